@@ -1,0 +1,41 @@
+//! The shared state handed to every listener: the current configuration (swapped atomically on
+//! reload), the store, the vault, TLS material and metrics.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::vault::Vault;
+
+pub struct App {
+    /// The configuration in force; a reload replaces it in one step, so a request sees either
+    /// the old or the new settings, never a mix.
+    pub config: ArcSwap<Config>,
+    pub store: Store,
+    pub vault: Vault,
+    /// The `[http]` TLS config; read per accepted connection so new certificates apply from
+    /// the next handshake after SIGHUP without rebinding.
+    pub http_tls: ArcSwapOption<rustls::ServerConfig>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(config: Config, store: Store, vault: Vault, http_tls: Option<Arc<rustls::ServerConfig>>) -> Arc<App> {
+        Arc::new(App {
+            config: ArcSwap::from_pointee(config),
+            store,
+            vault,
+            http_tls: ArcSwapOption::new(http_tls),
+            metrics: Metrics::new(),
+        })
+    }
+}

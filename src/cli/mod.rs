@@ -1,0 +1,194 @@
+//! The `pbxguard` command line (clap derive). The only layer that uses `anyhow`: library errors
+//! are typed, and here they become one clear sentence on stderr and an exit code
+//! (0 ok, 1 failure, 64 usage or configuration).
+
+mod docs;
+mod secret;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::store::Store;
+use crate::vault::{self, Vault};
+
+pub const DEFAULT_CONFIG: &str = "/etc/pbxguard/pbxguard.toml";
+
+/// Exit code for usage and configuration errors (BSD EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "pbxguard", version, about = "Security daemon guarding an Asterisk PBX", long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", env = "PBXGUARD_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd runs this).
+    Serve,
+    /// Create the state folder, database, master key, signing keys and a self-signed TLS
+    /// certificate where absent. Safe to run again.
+    Init,
+    /// Validate the configuration; print every problem with its key and exit 64 if any.
+    CheckConfig,
+    /// Manage secrets in the vault (values never appear in listings or logs).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (pbxguard.8 and one per subcommand) into DIR, or print pbxguard(8).
+    Man {
+        /// Folder to write the pages into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A failure that maps to exit code 64 rather than 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.chain().any(|c| c.is::<UsageError>() || c.is::<ConfigError>());
+            eprintln!("pbxguard: {e:#}");
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+/// Logs go to stderr; under systemd (JOURNAL_STREAM set) without timestamps and colours,
+/// since journald adds its own. Filter with RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => serve(&cli.config),
+        Command::Init => {
+            let config = load(&cli.config)?;
+            let report = runtime()?.block_on(crate::init::run(&config))?;
+            if report.created.is_empty() {
+                println!("already initialised; nothing changed");
+            }
+            for item in report.created {
+                println!("created {item}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
+        Command::Completions { shell } => {
+            docs::completions(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            docs::man(dir.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: configuration OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let problems = e.problems();
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            for p in problems {
+                eprintln!("{p}");
+            }
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_shutdown_signals(shutdown.clone())?;
+        crate::daemon::run(path, config, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM is how systemd stops us; SIGINT is Ctrl-C in a terminal. Both drain gracefully.
+fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// The vault of an initialised installation, for CLI commands.
+pub(crate) async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+    let master = vault::load_master_key(&config.vault.key_file)?;
+    let store = Store::open(&config.daemon.database, false).await?;
+    store.migrate().await?;
+    Ok(Vault::new(master, store))
+}
+
+/// Who runs this CLI command, for the audit log.
+pub(crate) fn actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
+    format!("cli:{user}")
+}

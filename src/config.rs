@@ -1,0 +1,841 @@
+//! Typed configuration: `/etc/pbxguard/pbxguard.toml`.
+//!
+//! Loading happens in two passes so that an admin sees every mistake at once: serde reads the
+//! TOML into a permissive "raw" form (strings for durations and addresses, every key optional,
+//! unknown keys recorded instead of rejected), then [`Config::from_raw`] converts each value and
+//! collects one [`Problem`] per bad key. Nothing binds a socket until this has succeeded, both at
+//! start and on SIGHUP.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Largest configuration file we read; a real one is a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// One thing wrong with the configuration, named by its dotted key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{} problem(s) in {}:\n{}", .problems.len(), .path.display(), list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// Every problem, for callers that print or log them one per line.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+            other => vec![Problem {
+                key: "(file)".into(),
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+/// Least role names usable in `[auth.routes]`; the levels behind them live in `auth::roles`
+/// once that module exists, the names are part of the config contract already.
+pub const ROLE_NAMES: [&str; 4] = ["agent", "supervisor", "manager", "admin"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub vault: VaultConfig,
+    pub http: Option<HttpConfig>,
+    pub auth: AuthConfig,
+    pub mfa: MfaConfig,
+    pub smtp: SmtpConfig,
+    pub recordings: RecordingsConfig,
+    pub realtime: Option<RealtimeConfig>,
+    pub ami: Option<AmiConfig>,
+    pub sip: Option<SipConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// `sqlite://…` URL; defaults to `state_dir/pbxguard.db`.
+    pub database: String,
+    pub init_if_missing: bool,
+    /// How long SIGTERM waits for open connections; below the unit's `TimeoutStopSec`.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultConfig {
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `None` means plain HTTP, which validation allows on loopback only.
+    pub tls: Option<TlsFiles>,
+    pub redirect_listen: Option<SocketAddr>,
+    /// Scheme, host and port without a trailing slash, e.g. `https://pbx.example.com:8443`.
+    pub public_url: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub metrics_allow: Vec<IpNet>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub session_idle_timeout: Duration,
+    pub session_max_lifetime: Duration,
+    pub lockout_threshold: u32,
+    pub lockout_window: Duration,
+    pub lockout_duration: Duration,
+    /// URI prefix -> least role name.
+    pub routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MfaConfig {
+    pub email_code_ttl: Duration,
+    pub email_fallback: bool,
+    pub totp_issuer: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Required,
+    Opportunistic,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub starttls: StartTls,
+    pub username: String,
+    pub password_secret: String,
+    pub from: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingsConfig {
+    pub root: PathBuf,
+    pub link_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeConfig {
+    pub listen: SocketAddr,
+    pub username: String,
+    pub password_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmiConfig {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub upstream_username: String,
+    pub upstream_secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    pub tls_listen: SocketAddr,
+    pub wss_listen: SocketAddr,
+    /// `None`: the `[http]` pair.
+    pub tls: Option<TlsFiles>,
+    pub upstream: SocketAddr,
+    pub upstream_transport: SipTransport,
+}
+
+// ---- raw form: what serde reads -------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    vault: RawVault,
+    http: Option<RawHttp>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    mfa: RawMfa,
+    #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
+    recordings: RawRecordings,
+    realtime: Option<RawRealtime>,
+    ami: Option<RawAmi>,
+    sip: Option<RawSip>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    database: Option<String>,
+    init_if_missing: Option<bool>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawVault {
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHttp {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    redirect_listen: Option<String>,
+    public_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    metrics_allow: Option<Vec<String>>,
+    max_connections: Option<i64>,
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_body_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAuth {
+    session_idle_timeout: Option<String>,
+    session_max_lifetime: Option<String>,
+    lockout_threshold: Option<i64>,
+    lockout_window: Option<String>,
+    lockout_duration: Option<String>,
+    routes: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawMfa {
+    email_code_ttl: Option<String>,
+    email_fallback: Option<bool>,
+    totp_issuer: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSmtp {
+    host: Option<String>,
+    port: Option<i64>,
+    starttls: Option<String>,
+    username: Option<String>,
+    password_secret: Option<String>,
+    from: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRecordings {
+    root: Option<PathBuf>,
+    link_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRealtime {
+    listen: Option<String>,
+    username: Option<String>,
+    password_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAmi {
+    listen: Option<String>,
+    upstream: Option<String>,
+    upstream_username: Option<String>,
+    upstream_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSip {
+    tls_listen: Option<String>,
+    wss_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    upstream: Option<String>,
+    upstream_transport: Option<String>,
+}
+
+// ---- conversion with collected problems -----------------------------------------------------
+
+/// Collects problems while converting raw values; each helper returns a usable fallback so
+/// that conversion continues past the first mistake.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn bad(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<&str>, default: &str) -> Duration {
+        let text = raw.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.bad(key, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(_) => {
+                self.bad(
+                    key,
+                    format!("{text:?} is not a duration (examples: \"30s\", \"10m\", \"8h\", \"2d\")"),
+                );
+                humantime::parse_duration(default).unwrap_or(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, raw: Option<&str>, default: &str) -> SocketAddr {
+        let text = raw.unwrap_or(default);
+        match text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.bad(
+                    key,
+                    format!("{text:?} is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:8443\" or \"[::1]:8443\")"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn nets(&mut self, key: &str, raw: Option<&Vec<String>>, default: &[&str]) -> Vec<IpNet> {
+        let items: Vec<String> = match raw {
+            Some(v) => v.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut out = Vec::new();
+        for item in items {
+            if let Ok(net) = item.parse::<IpNet>() {
+                out.push(net.trunc());
+            } else if let Ok(ip) = item.parse::<IpAddr>() {
+                out.push(IpNet::from(ip));
+            } else {
+                self.bad(key, format!("{item:?} is not an IP address or CIDR network"));
+            }
+        }
+        out
+    }
+
+    fn int<T: TryFrom<i64>>(&mut self, key: &str, raw: Option<i64>, default: T, min: i64, max: i64) -> T
+    where
+        T: Copy,
+    {
+        match raw {
+            None => default,
+            Some(v) if v < min || v > max => {
+                self.bad(key, format!("{v} is out of range ({min} to {max})"));
+                default
+            }
+            Some(v) => T::try_from(v).unwrap_or(default),
+        }
+    }
+
+    fn nonempty(&mut self, key: &str, raw: Option<&String>, default: &str) -> String {
+        let value = raw.map(String::as_str).unwrap_or(default);
+        if value.trim().is_empty() {
+            self.bad(key, "must not be empty");
+        }
+        value.to_string()
+    }
+
+    fn tls_pair(&mut self, section: &str, cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<TlsFiles> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.bad(&format!("{section}.tls_key"), "tls_cert is set but tls_key is missing; set both or neither");
+                None
+            }
+            (None, Some(_)) => {
+                self.bad(&format!("{section}.tls_cert"), "tls_key is set but tls_cert is missing; set both or neither");
+                None
+            }
+        }
+    }
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Secret names follow the vault's rule; repeated here so config problems are reported with keys.
+fn check_secret_name(c: &mut Checker, key: &str, name: &str) {
+    if let Err(e) = crate::vault::validate_name(name) {
+        c.bad(key, e.to_string());
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file; all problems come back together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses TOML text. Relative paths are taken relative to the current directory (as the
+    /// admin typed them); `base` is unused today but keeps the signature stable for includes.
+    pub fn parse(text: &str, _base: &Path) -> Result<Config, Vec<Problem>> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let raw: Raw = match serde_ignored::deserialize(de, |path| unknown.push(path.to_string())) {
+            Ok(raw) => raw,
+            Err(e) => {
+                return Err(vec![Problem {
+                    key: "(syntax)".into(),
+                    message: e.message().trim().to_string(),
+                }
+                .with_span(text, e.span())])
+            }
+        };
+        let mut c = Checker::default();
+        for key in unknown {
+            c.bad(&key, "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)");
+        }
+        let config = Config::from_raw(raw, &mut c);
+        if c.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(c.problems)
+        }
+    }
+
+    fn from_raw(raw: Raw, c: &mut Checker) -> Config {
+        let state_dir = raw.daemon.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/pbxguard"));
+        let database = match raw.daemon.database {
+            Some(url) => {
+                if !url.starts_with("sqlite:") {
+                    c.bad("daemon.database", format!("{url:?}: only sqlite:// URLs are supported"));
+                }
+                url
+            }
+            None => format!("sqlite://{}", state_dir.join("pbxguard.db").display()),
+        };
+        let daemon = DaemonConfig {
+            state_dir,
+            database,
+            init_if_missing: raw.daemon.init_if_missing.unwrap_or(false),
+            shutdown_grace: c.duration("daemon.shutdown_grace", raw.daemon.shutdown_grace.as_deref(), "10s"),
+        };
+        let vault = VaultConfig {
+            key_file: raw.vault.key_file.unwrap_or_else(|| PathBuf::from("/etc/pbxguard/master.key")),
+        };
+
+        let http = raw.http.map(|h| {
+            let listen = c.addr("http.listen", h.listen.as_deref(), "0.0.0.0:8443");
+            let tls = c.tls_pair("http", h.tls_cert, h.tls_key);
+            if tls.is_none() && !is_loopback(&listen) {
+                c.bad(
+                    "http.listen",
+                    format!("plain HTTP (no tls_cert/tls_key) is allowed on loopback only, not on {listen}"),
+                );
+            }
+            let redirect_listen = h
+                .redirect_listen
+                .as_deref()
+                .map(|r| c.addr("http.redirect_listen", Some(r), "127.0.0.1:0"));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let default_url = format!("{scheme}://{listen}");
+            let public_url = h.public_url.unwrap_or(default_url).trim_end_matches('/').to_string();
+            match public_url.parse::<axum::http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("https" | "http"))
+                        && uri.host().is_some()
+                        && uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) => {}
+                _ => c.bad(
+                    "http.public_url",
+                    format!("{public_url:?} must be an absolute http(s) URL with no path, e.g. \"https://pbx.example.com:8443\""),
+                ),
+            }
+            if redirect_listen.is_some() && !public_url.starts_with("https://") {
+                c.bad("http.public_url", "redirect_listen redirects to public_url, which must then be https://");
+            }
+            HttpConfig {
+                listen,
+                tls,
+                redirect_listen,
+                public_url,
+                trusted_proxies: c.nets("http.trusted_proxies", h.trusted_proxies.as_ref(), &[]),
+                metrics_allow: c.nets("http.metrics_allow", h.metrics_allow.as_ref(), &["127.0.0.0/8", "::1/128"]),
+                max_connections: c.int("http.max_connections", h.max_connections, 1024, 1, 1_000_000),
+                header_timeout: c.duration("http.header_timeout", h.header_timeout.as_deref(), "10s"),
+                request_timeout: c.duration("http.request_timeout", h.request_timeout.as_deref(), "30s"),
+                max_body_bytes: c.int("http.max_body_bytes", h.max_body_bytes, 64 * 1024, 1024, 64 * 1024 * 1024),
+            }
+        });
+
+        let routes = raw.auth.routes.unwrap_or_default();
+        for (prefix, role) in &routes {
+            let key = format!("auth.routes.{prefix:?}");
+            if !prefix.starts_with('/') {
+                c.bad(&key, "a route prefix must start with '/'");
+            }
+            if !ROLE_NAMES.contains(&role.as_str()) {
+                c.bad(&key, format!("{role:?} is not a role (agent, supervisor, manager, admin)"));
+            }
+        }
+        let auth = AuthConfig {
+            session_idle_timeout: c.duration("auth.session_idle_timeout", raw.auth.session_idle_timeout.as_deref(), "8h"),
+            session_max_lifetime: c.duration("auth.session_max_lifetime", raw.auth.session_max_lifetime.as_deref(), "12h"),
+            lockout_threshold: c.int("auth.lockout_threshold", raw.auth.lockout_threshold, 10, 1, 1000),
+            lockout_window: c.duration("auth.lockout_window", raw.auth.lockout_window.as_deref(), "15m"),
+            lockout_duration: c.duration("auth.lockout_duration", raw.auth.lockout_duration.as_deref(), "15m"),
+            routes,
+        };
+        if auth.session_idle_timeout > auth.session_max_lifetime {
+            c.bad("auth.session_idle_timeout", "is longer than auth.session_max_lifetime");
+        }
+
+        let mfa = MfaConfig {
+            email_code_ttl: c.duration("mfa.email_code_ttl", raw.mfa.email_code_ttl.as_deref(), "10m"),
+            email_fallback: raw.mfa.email_fallback.unwrap_or(true),
+            totp_issuer: c.nonempty("mfa.totp_issuer", raw.mfa.totp_issuer.as_ref(), "pbxguard"),
+        };
+
+        let starttls = match raw.smtp.starttls.as_deref().unwrap_or("required") {
+            "required" => StartTls::Required,
+            "opportunistic" => StartTls::Opportunistic,
+            "none" => StartTls::None,
+            other => {
+                c.bad("smtp.starttls", format!("{other:?} is not one of required, opportunistic, none"));
+                StartTls::Required
+            }
+        };
+        let smtp = SmtpConfig {
+            host: c.nonempty("smtp.host", raw.smtp.host.as_ref(), "127.0.0.1"),
+            port: c.int("smtp.port", raw.smtp.port, 587, 1, 65535),
+            starttls,
+            username: raw.smtp.username.unwrap_or_default(),
+            password_secret: raw.smtp.password_secret.unwrap_or_else(|| "smtp/password".into()),
+            from: c.nonempty("smtp.from", raw.smtp.from.as_ref(), "pbxguard@localhost"),
+        };
+        check_secret_name(c, "smtp.password_secret", &smtp.password_secret);
+
+        let recordings = RecordingsConfig {
+            root: raw.recordings.root.unwrap_or_else(|| PathBuf::from("/var/spool/asterisk/monitor")),
+            link_ttl: c.duration("recordings.link_ttl", raw.recordings.link_ttl.as_deref(), "8h"),
+        };
+
+        let realtime = raw.realtime.map(|r| {
+            let listen = c.addr("realtime.listen", r.listen.as_deref(), "127.0.0.1:8088");
+            if !is_loopback(&listen) {
+                c.bad("realtime.listen", format!("Asterisk's realtime interface must stay on loopback, not {listen}"));
+            }
+            let cfg = RealtimeConfig {
+                listen,
+                username: c.nonempty("realtime.username", r.username.as_ref(), "asterisk"),
+                password_secret: r.password_secret.unwrap_or_else(|| "realtime/password".into()),
+            };
+            check_secret_name(c, "realtime.password_secret", &cfg.password_secret);
+            cfg
+        });
+
+        let ami = raw.ami.map(|a| {
+            let cfg = AmiConfig {
+                listen: c.addr("ami.listen", a.listen.as_deref(), "127.0.0.1:5039"),
+                upstream: c.addr("ami.upstream", a.upstream.as_deref(), "127.0.0.1:5038"),
+                upstream_username: c.nonempty("ami.upstream_username", a.upstream_username.as_ref(), "pbxguard"),
+                upstream_secret: a.upstream_secret.unwrap_or_else(|| "ami/upstream".into()),
+            };
+            check_secret_name(c, "ami.upstream_secret", &cfg.upstream_secret);
+            cfg
+        });
+
+        let sip = raw.sip.map(|s| {
+            let upstream_transport = match s.upstream_transport.as_deref().unwrap_or("udp") {
+                "udp" => SipTransport::Udp,
+                "tcp" => SipTransport::Tcp,
+                other => {
+                    c.bad("sip.upstream_transport", format!("{other:?} is not one of udp, tcp"));
+                    SipTransport::Udp
+                }
+            };
+            SipConfig {
+                tls_listen: c.addr("sip.tls_listen", s.tls_listen.as_deref(), "0.0.0.0:5061"),
+                wss_listen: c.addr("sip.wss_listen", s.wss_listen.as_deref(), "0.0.0.0:8089"),
+                tls: c.tls_pair("sip", s.tls_cert, s.tls_key),
+                upstream: c.addr("sip.upstream", s.upstream.as_deref(), "127.0.0.1:5060"),
+                upstream_transport,
+            }
+        });
+        if let Some(sip) = &sip {
+            if sip.tls.is_none() && http.as_ref().is_none_or(|h| h.tls.is_none()) {
+                c.bad("sip.tls_cert", "SIP needs TLS: set sip.tls_cert/tls_key or http.tls_cert/tls_key");
+            }
+        }
+
+        let config = Config {
+            daemon,
+            vault,
+            http,
+            auth,
+            mfa,
+            smtp,
+            recordings,
+            realtime,
+            ami,
+            sip,
+        };
+        config.check_listener_clashes(c);
+        config.check_files(c);
+        config
+    }
+
+    /// Every listening socket with the key that configures it.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = Vec::new();
+        if let Some(h) = &self.http {
+            out.push(("http.listen", h.listen));
+            if let Some(r) = h.redirect_listen {
+                out.push(("http.redirect_listen", r));
+            }
+        }
+        if let Some(r) = &self.realtime {
+            out.push(("realtime.listen", r.listen));
+        }
+        if let Some(a) = &self.ami {
+            out.push(("ami.listen", a.listen));
+        }
+        if let Some(s) = &self.sip {
+            out.push(("sip.tls_listen", s.tls_listen));
+            out.push(("sip.wss_listen", s.wss_listen));
+        }
+        out
+    }
+
+    fn check_listener_clashes(&self, c: &mut Checker) {
+        let all = self.listeners();
+        for (i, (key, addr)) in all.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr) {
+                c.bad(key, format!("{addr} is already used by {other}"));
+            }
+        }
+    }
+
+    /// Referenced files must exist, unless `serve` is going to create them (`init_if_missing`).
+    fn check_files(&self, c: &mut Checker) {
+        if self.daemon.init_if_missing {
+            return;
+        }
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("master.key"))
+            .is_some_and(|p| p.exists());
+        if !credential && !self.vault.key_file.exists() {
+            c.bad(
+                "vault.key_file",
+                format!(
+                    "{} does not exist and no systemd credential master.key was passed; run `pbxguard init`",
+                    self.vault.key_file.display()
+                ),
+            );
+        }
+        let mut tls_files = Vec::new();
+        if let Some(t) = self.http.as_ref().and_then(|h| h.tls.as_ref()) {
+            tls_files.push(("http", t));
+        }
+        if let Some(t) = self.sip.as_ref().and_then(|s| s.tls.as_ref()) {
+            tls_files.push(("sip", t));
+        }
+        for (section, t) in tls_files {
+            for (name, path) in [("tls_cert", &t.cert), ("tls_key", &t.key)] {
+                if !path.exists() {
+                    c.bad(
+                        &format!("{section}.{name}"),
+                        format!("{} does not exist (`pbxguard init` creates a self-signed pair)", path.display()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The SQLite file behind `daemon.database`, when it is a plain file URL.
+    pub fn database_path(&self) -> Option<PathBuf> {
+        let rest = self.daemon.database.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let file = rest.split('?').next().unwrap_or(rest);
+        (!file.is_empty() && file != ":memory:").then(|| PathBuf::from(file))
+    }
+}
+
+impl Problem {
+    /// Adds "line N" to a syntax error so the admin can find it.
+    fn with_span(mut self, text: &str, span: Option<std::ops::Range<usize>>) -> Problem {
+        if let Some(span) = span {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            self.key = format!("(line {line})");
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse(text, Path::new("."))
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn empty_file_gives_production_defaults() {
+        let cfg = parse("[daemon]\ninit_if_missing = true\n").unwrap();
+        assert_eq!(cfg.auth.session_idle_timeout, Duration::from_secs(8 * 3600));
+        assert_eq!(cfg.auth.session_max_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(cfg.recordings.link_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(cfg.mfa.email_code_ttl, Duration::from_secs(600));
+        assert_eq!(cfg.daemon.database, "sqlite:///var/lib/pbxguard/pbxguard.db");
+        assert!(cfg.http.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+[daemon]
+init_if_missing = true
+shutdown_grace = "soon"
+colour = "blue"
+[http]
+listen = "0.0.0.0:99999"
+tls_cert = "/x/cert.pem"
+public_url = "ftp://x"
+trusted_proxies = ["10.0.0.0/8", "not-a-net"]
+[auth]
+session_idle_timeout = "8 lightyears"
+lockout_threshold = 0
+[auth.routes]
+"/monitoring" = "overlord"
+[smtp]
+starttls = "maybe"
+"#;
+        let problems = parse(text).unwrap_err();
+        let keys = keys(&problems);
+        for expected in [
+            "daemon.colour",
+            "daemon.shutdown_grace",
+            "http.listen",
+            "http.tls_key",
+            "http.public_url",
+            "http.trusted_proxies",
+            "auth.session_idle_timeout",
+            "auth.lockout_threshold",
+            "auth.routes.\"/monitoring\"",
+            "smtp.starttls",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let problems = parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(keys(&problems), vec!["http.listen"]);
+        assert!(parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"[::1]:8080\"\n").is_ok());
+    }
+
+    #[test]
+    fn missing_files_are_reported_unless_init_if_missing() {
+        let text = "[vault]\nkey_file = \"/nonexistent/master.key\"\n[http]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n";
+        let problems = parse(text).unwrap_err();
+        assert_eq!(keys(&problems), vec!["vault.key_file", "http.tls_cert", "http.tls_key"]);
+        assert!(parse(&format!("[daemon]\ninit_if_missing = true\n{text}")).is_ok());
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_clash() {
+        let text = "[daemon]\ninit_if_missing = true\n[http]\nlisten = \"127.0.0.1:9000\"\n[ami]\nlisten = \"127.0.0.1:9000\"\n";
+        let problems = parse(text).unwrap_err();
+        assert_eq!(keys(&problems), vec!["ami.listen"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let problems = parse("[daemon]\nstate_dir = \n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "(line 2)");
+    }
+
+    #[test]
+    fn realtime_must_stay_on_loopback() {
+        let problems = parse("[daemon]\ninit_if_missing = true\n[realtime]\nlisten = \"0.0.0.0:8088\"\n").unwrap_err();
+        assert_eq!(keys(&problems), vec!["realtime.listen"]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The daemon's lifecycle: prepare state, bind every enabled listener, tell systemd we are ready,
+//! keep the watchdog fed, reload on SIGHUP, drain on shutdown.
+//!
+//! Reload is all-or-nothing: the new file is validated, its TLS files loaded and every changed
+//! address bound before anything is swapped; any failure leaves the old configuration serving
+//! and is logged with every problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::metrics::ResultLabels;
+use crate::store::{Store, StoreError};
+use crate::vault::{self, Vault, VaultError};
+use crate::web::server::{self, Listener};
+use crate::web::tls::{self, TlsError};
+use crate::web;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("initialising state: {0}")]
+    Init(#[from] crate::init::InitError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS for [http]: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the {0} signal handler: {1}")]
+    Signal(&'static str, std::io::Error),
+}
+
+/// A running listener task and the token that stops it.
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Everything `run` keeps between reloads.
+struct Daemon {
+    app: Arc<App>,
+    config_path: PathBuf,
+    api_router: Arc<ArcSwap<Router>>,
+    redirect_router: Arc<ArcSwap<Router>>,
+    running: HashMap<Listener, Running>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Tells systemd (when it is listening) about a state change. Never unsets `NOTIFY_SOCKET`:
+/// that is unsound once threads exist, and the watchdog needs it later.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+fn http_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    match config.http.as_ref().and_then(|h| h.tls.as_ref()) {
+        Some(files) => Ok(Some(tls::server_config(files, &[b"h2", b"http/1.1"])?)),
+        None => Ok(None),
+    }
+}
+
+/// The HTTP listeners a configuration asks for.
+fn wanted(config: &Config) -> Vec<(Listener, &'static str, SocketAddr)> {
+    let mut out = Vec::new();
+    if let Some(h) = &config.http {
+        out.push((Listener::Main, "http.listen", h.listen));
+        if let Some(r) = h.redirect_listen {
+            out.push((Listener::Redirect, "http.redirect_listen", r));
+        }
+    }
+    out
+}
+
+fn warn_unimplemented(config: &Config) {
+    for (section, present) in [
+        ("ami", config.ami.is_some()),
+        ("sip", config.sip.is_some()),
+        ("realtime", config.realtime.is_some()),
+    ] {
+        if present {
+            warn!(section, "this build does not serve [{section}] yet; the section is validated but not started");
+        }
+    }
+}
+
+/// Opens the store and vault for serving; initialises first when `init_if_missing` is set.
+pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
+    if config.daemon.init_if_missing {
+        let report = crate::init::run(config).await?;
+        for item in report.created {
+            info!(created = %item, "initialised");
+        }
+    }
+    let master = vault::load_master_key(&config.vault.key_file)?;
+    let store = Store::open(&config.daemon.database, false).await?;
+    store.migrate().await?;
+    let vault = Vault::new(master, store.clone());
+    // Fails early with a clear message if the master key does not match this database.
+    vault.list().await?;
+    if store.current_data_key().await?.is_none() {
+        return Err(VaultError::NotInitialised.into());
+    }
+    Ok((store, vault))
+}
+
+/// Runs the daemon until `shutdown` is cancelled. `config_path` is re-read on SIGHUP.
+pub async fn run(config_path: &Path, config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let (store, vault) = prepare(&config).await?;
+    let tls = http_tls(&config)?;
+    warn_unimplemented(&config);
+    let app = App::new(config, store.clone(), vault, tls);
+    let mut daemon = Daemon {
+        api_router: Arc::new(ArcSwap::from_pointee(web::api_router(app.clone()))),
+        redirect_router: Arc::new(ArcSwap::from_pointee(web::redirect_router(app.clone()))),
+        app,
+        config_path: config_path.to_path_buf(),
+        running: HashMap::new(),
+        tracker: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+    };
+
+    let config = daemon.app.config.load_full();
+    let mut bound = Vec::new();
+    for (kind, key, addr) in wanted(&config) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind { key, addr, source })?;
+        bound.push((kind, addr, listener));
+    }
+    for (kind, addr, listener) in bound {
+        daemon.start(kind, addr, listener);
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| DaemonError::Signal("SIGHUP", e))?;
+
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    info!(version = env!("CARGO_PKG_VERSION"), "pbxguard ready");
+    spawn_watchdog(&daemon.tracker, shutdown.clone());
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangup.recv() => daemon.reload().await,
+        }
+    }
+
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining connections")]);
+    info!("shutting down");
+    for running in daemon.running.values() {
+        running.stop.cancel();
+    }
+    daemon.tracker.close();
+    let grace = daemon.app.config.load().daemon.shutdown_grace + Duration::from_secs(1);
+    if tokio::time::timeout(grace, daemon.tracker.wait()).await.is_err() {
+        warn!("listeners did not stop within the grace period");
+    }
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Feeds the systemd watchdog at half its interval, from the runtime, so a stalled runtime
+/// stops feeding it and gets restarted.
+fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    info!(period = ?period, "systemd watchdog enabled");
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+            }
+        }
+    });
+}
+
+impl Daemon {
+    fn start(&mut self, kind: Listener, addr: SocketAddr, listener: TcpListener) {
+        let stop = self.shutdown.child_token();
+        let router = match kind {
+            Listener::Main => self.api_router.clone(),
+            Listener::Redirect => self.redirect_router.clone(),
+        };
+        self.tracker
+            .spawn(server::serve(listener, kind, self.app.clone(), router, stop.clone()));
+        self.running.insert(kind, Running { addr, stop });
+    }
+
+    async fn reload(&mut self) {
+        notify(&[
+            NotifyState::Reloading,
+            NotifyState::Status("reloading configuration"),
+        ]);
+        // systemd >= 253 (Type=notify-reload) wants MONOTONIC_USEC with RELOADING=1; older
+        // versions ignore it.
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            notify(&[now]);
+        }
+        let outcome = self.try_reload().await;
+        let result = match &outcome {
+            Ok(()) => {
+                info!(path = %self.config_path.display(), "configuration reloaded");
+                "ok"
+            }
+            Err(problems) => {
+                for p in problems {
+                    error!(problem = %p, "reload refused; the previous configuration keeps serving");
+                }
+                "rejected"
+            }
+        };
+        self.app.metrics.config_reloads.get_or_create(&ResultLabels { result }).inc();
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    }
+
+    async fn try_reload(&mut self) -> Result<(), Vec<String>> {
+        let config = Config::load(&self.config_path)
+            .map_err(|e| e.problems().into_iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        if config.daemon.database != self.app.config.load().daemon.database
+            || config.daemon.state_dir != self.app.config.load().daemon.state_dir
+            || config.vault.key_file != self.app.config.load().vault.key_file
+        {
+            return Err(vec![
+                "daemon.state_dir, daemon.database and vault.key_file apply only at restart (systemctl restart pbxguard)"
+                    .to_string(),
+            ]);
+        }
+        let tls = http_tls(&config).map_err(|e| vec![e.to_string()])?;
+
+        let wanted = wanted(&config);
+        let mut fresh = Vec::new();
+        for (kind, key, addr) in &wanted {
+            if self.running.get(kind).is_some_and(|r| r.addr == *addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(l) => fresh.push((*kind, *addr, l)),
+                Err(e) => return Err(vec![format!("{key}: cannot listen on {addr}: {e}")]),
+            }
+        }
+        warn_unimplemented(&config);
+
+        // Point of no return: everything that could fail has succeeded.
+        self.app.config.store(Arc::new(config));
+        self.app.http_tls.store(tls);
+        self.api_router.store(Arc::new(web::api_router(self.app.clone())));
+        self.redirect_router.store(Arc::new(web::redirect_router(self.app.clone())));
+        let keep: Vec<Listener> = wanted.iter().map(|(k, _, _)| *k).collect();
+        let stale: Vec<Listener> = self
+            .running
+            .iter()
+            .filter(|(kind, r)| !keep.contains(kind) || fresh.iter().any(|(k, a, _)| k == *kind && *a != r.addr))
+            .map(|(kind, _)| *kind)
+            .collect();
+        for kind in stale {
+            if let Some(old) = self.running.remove(&kind) {
+                info!(listener = kind.name(), addr = %old.addr, "closing listener (address changed or removed)");
+                old.stop.cancel();
+            }
+        }
+        for (kind, addr, listener) in fresh {
+            self.start(kind, addr, listener);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! # pbxguard
+//!
+//! A security daemon for an Asterisk PBX host. One process guards everything around Asterisk:
+//! the manager interface, the secrets, the softphone path, recordings and the web tier's logins.
+//!
+//! # Layout
+//!
+//! [`config`] reads `/etc/pbxguard/pbxguard.toml` into typed sections and validates all of it
+//! at once, collecting every problem with its key, before anything binds a port.
+//!
+//! [`daemon`] is the lifecycle: it prepares state, binds each enabled listener, tells systemd
+//! it is ready, feeds the watchdog, reloads on SIGHUP (all-or-nothing) and drains on SIGTERM.
+//! [`app`] is the state shared by every listener: the configuration snapshot (swapped
+//! atomically), the store, the vault, TLS material and [`metrics`].
+//!
+//! [`store`] holds every SQL statement: sqlx over SQLite in WAL mode, with embedded migrations.
+//! [`vault`] keeps secrets AES-256-GCM encrypted under data keys wrapped by the master key that
+//! systemd hands over as a credential. [`init`] creates what a fresh host needs, idempotently.
+//!
+//! [`web`] is the HTTP side: axum behind our accept loop (connection limit, TLS handshake
+//! timeout, header limits, graceful drain), the redirect listener, `/healthz` and `/metrics`.
+//!
+//! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
+//! [`clock`] and [`ids`] are small helpers for times and random identifiers.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod ids;
+pub mod init;
+pub mod metrics;
+pub mod store;
+pub mod vault;
+pub mod web;

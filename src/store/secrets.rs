@@ -1,0 +1,205 @@
+//! Rows of the vault: encrypted secrets and the wrapped data keys they name.
+
+use super::{Store, StoreError};
+
+/// One encrypted secret as stored; only `vault` can make sense of `nonce` and `ciphertext`.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    pub name: String,
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A data key wrapped under the master key.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub id: String,
+    pub generation: i64,
+    pub nonce: Vec<u8>,
+    pub wrapped: Vec<u8>,
+    pub created_at: i64,
+}
+
+type SecretTuple = (String, String, Vec<u8>, Vec<u8>, i64, i64);
+type KeyTuple = (String, i64, Vec<u8>, Vec<u8>, i64);
+
+fn secret_row(t: SecretTuple) -> SecretRow {
+    SecretRow {
+        name: t.0,
+        key_id: t.1,
+        nonce: t.2,
+        ciphertext: t.3,
+        created_at: t.4,
+        updated_at: t.5,
+    }
+}
+
+fn key_row(t: KeyTuple) -> KeyRow {
+    KeyRow {
+        id: t.0,
+        generation: t.1,
+        nonce: t.2,
+        wrapped: t.3,
+        created_at: t.4,
+    }
+}
+
+const SECRET_COLUMNS: &str = "name, key_id, nonce, ciphertext, created_at, updated_at";
+const KEY_COLUMNS: &str = "id, generation, nonce, wrapped, created_at";
+
+impl Store {
+    pub async fn secret(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
+        let row: Option<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(secret_row))
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
+        let rows: Vec<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(secret_row).collect())
+    }
+
+    /// Inserts or replaces a secret, keeping its original `created_at`.
+    pub async fn put_secret(&self, row: &SecretRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce,
+                 ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+        )
+        .bind(&row.name)
+        .bind(&row.key_id)
+        .bind(&row.nonce)
+        .bind(&row.ciphertext)
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts a secret only when the name is free; returns whether it was written. Used for
+    /// keys that `init` generates, so a second `init` never replaces them.
+    pub async fn put_secret_if_absent(&self, row: &SecretRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&row.name)
+        .bind(&row.key_id)
+        .bind(&row.nonce)
+        .bind(&row.ciphertext)
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM secrets WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn data_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        let row: Option<KeyTuple> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(key_row))
+    }
+
+    /// The newest data key generation, which encrypts every new secret.
+    pub async fn current_data_key(&self) -> Result<Option<KeyRow>, StoreError> {
+        let row: Option<KeyTuple> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(key_row))
+    }
+
+    pub async fn data_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows: Vec<KeyTuple> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(key_row).collect())
+    }
+
+    /// Stores the first data key; does nothing when one exists (so `init` is idempotent and
+    /// two concurrent inits cannot both create generation 1).
+    pub async fn insert_first_data_key(&self, key: &KeyRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO vault_keys (id, generation, nonce, wrapped, created_at)
+             SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM vault_keys)",
+        )
+        .bind(&key.id)
+        .bind(key.generation)
+        .bind(&key.nonce)
+        .bind(&key.wrapped)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces every data key by `new_key` and every secret by its re-encryption, in one
+    /// transaction: either all secrets move to the new key or none does, and the old keys are
+    /// deleted only by the same commit. `reencrypt` gets each row and returns the new one.
+    pub async fn rotate_data_key<E>(
+        &self,
+        new_key: &KeyRow,
+        mut reencrypt: impl FnMut(&SecretRow) -> Result<SecretRow, E>,
+    ) -> Result<Result<usize, E>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // BEGIN IMMEDIATE semantics: take the write lock before reading, so a concurrent
+        // `secret set` waits instead of writing under the old key between our read and commit.
+        sqlx::query("UPDATE vault_keys SET generation = generation WHERE 0")
+            .execute(&mut *tx)
+            .await?;
+        let rows: Vec<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"))
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO vault_keys (id, generation, nonce, wrapped, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&new_key.id)
+            .bind(new_key.generation)
+            .bind(&new_key.nonce)
+            .bind(&new_key.wrapped)
+            .bind(new_key.created_at)
+            .execute(&mut *tx)
+            .await?;
+        let count = rows.len();
+        for row in rows.into_iter().map(secret_row) {
+            let new = match reencrypt(&row) {
+                Ok(new) => new,
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Ok(Err(e));
+                }
+            };
+            sqlx::query("UPDATE secrets SET key_id = ?, nonce = ?, ciphertext = ?, updated_at = ? WHERE name = ?")
+                .bind(&new.key_id)
+                .bind(&new.nonce)
+                .bind(&new.ciphertext)
+                .bind(new.updated_at)
+                .bind(&new.name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM vault_keys WHERE id <> ?")
+            .bind(&new_key.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(count))
+    }
+}

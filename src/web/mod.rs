@@ -1,0 +1,166 @@
+//! The HTTP side: routers for the API listener and the redirect listener, the middleware every
+//! request passes (metrics, HSTS, body and time limits), and the handlers of the foundation
+//! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`].
+
+pub mod error;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::App;
+use crate::metrics::{RequestLabels, RouteLabels};
+pub use error::ApiError;
+pub use server::Peer;
+
+/// One year, the value HSTS preload lists expect.
+const HSTS: &str = "max-age=31536000";
+
+/// The API listener's router. Built again on reload so that new limits apply to new connections.
+pub fn api_router(app: Arc<App>) -> Router {
+    let config = app.config.load();
+    let (max_body, request_timeout) = config
+        .http
+        .as_ref()
+        .map(|h| (h.max_body_bytes, h.request_timeout))
+        .unwrap_or((64 * 1024, std::time::Duration::from_secs(30)));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .with_state(app)
+}
+
+/// The redirect listener's router: every method and path answers 308 to the same path on
+/// `public_url`. The Host header is ignored, so it cannot steer the redirect elsewhere.
+pub fn redirect_router(app: Arc<App>) -> Router {
+    Router::new()
+        .fallback(redirect)
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+async fn redirect(State(app): State<Arc<App>>, req: Request) -> Response {
+    let config = app.config.load();
+    let base = config.http.as_ref().map(|h| h.public_url.as_str()).unwrap_or("");
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match HeaderValue::from_str(&format!("{base}{path}")) {
+        Ok(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "malformed request target").into_response(),
+    }
+}
+
+/// Counts every request by route template (never the raw path, to keep labels bounded) and
+/// adds HSTS to answers sent over TLS.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = match *req.method() {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::OPTIONS => {
+            req.method().as_str().to_string()
+        }
+        _ => "other".to_string(),
+    };
+    let tls = req.extensions().get::<Peer>().is_some_and(|p| p.tls);
+    let mut response = next.run(req).await;
+    if tls {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    app.metrics
+        .request_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    match app.store.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ok", "version": version })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "error", "version": version, "error": "database_unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Metrics reveal traffic patterns, so only `[http] metrics_allow` networks may read them.
+async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<Peer>>) -> Response {
+    let config = app.config.load();
+    let allowed = match (peer, config.http.as_ref()) {
+        (Some(Extension(peer)), Some(http)) => {
+            let ip = canonical_ip(peer.addr.ip());
+            http.metrics_allow.iter().any(|net| net.contains(&ip))
+        }
+        _ => false,
+    };
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are readable only from [http] metrics_allow networks",
+        )
+        .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`; match them as IPv4.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
