@@ -29,7 +29,12 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, vault: Vault, http_tls: Option<Arc<rustls::ServerConfig>>) -> Arc<App> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        vault: Vault,
+        http_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Arc<App> {
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
             store,

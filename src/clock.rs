@@ -12,7 +12,8 @@ pub fn now_unix() -> i64 {
 
 /// `2026-11-29T10:15:00Z`; out-of-range values (never produced by `now_unix`) print as the epoch.
 pub fn rfc3339(unix: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }

@@ -331,7 +331,9 @@ impl Checker {
             Err(_) => {
                 self.bad(
                     key,
-                    format!("{text:?} is not a duration (examples: \"30s\", \"10m\", \"8h\", \"2d\")"),
+                    format!(
+                        "{text:?} is not a duration (examples: \"30s\", \"10m\", \"8h\", \"2d\")"
+                    ),
                 );
                 humantime::parse_duration(default).unwrap_or(Duration::from_secs(1))
             }
@@ -364,15 +366,18 @@ impl Checker {
             } else if let Ok(ip) = item.parse::<IpAddr>() {
                 out.push(IpNet::from(ip));
             } else {
-                self.bad(key, format!("{item:?} is not an IP address or CIDR network"));
+                self.bad(
+                    key,
+                    format!("{item:?} is not an IP address or CIDR network"),
+                );
             }
         }
         out
     }
 
-    fn int<T: TryFrom<i64>>(&mut self, key: &str, raw: Option<i64>, default: T, min: i64, max: i64) -> T
+    fn int<T>(&mut self, key: &str, raw: Option<i64>, default: T, min: i64, max: i64) -> T
     where
-        T: Copy,
+        T: TryFrom<i64> + Copy,
     {
         match raw {
             None => default,
@@ -392,16 +397,27 @@ impl Checker {
         value.to_string()
     }
 
-    fn tls_pair(&mut self, section: &str, cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<TlsFiles> {
+    fn tls_pair(
+        &mut self,
+        section: &str,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Option<TlsFiles> {
         match (cert, key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
             (Some(_), None) => {
-                self.bad(&format!("{section}.tls_key"), "tls_cert is set but tls_key is missing; set both or neither");
+                self.bad(
+                    &format!("{section}.tls_key"),
+                    "tls_cert is set but tls_key is missing; set both or neither",
+                );
                 None
             }
             (None, Some(_)) => {
-                self.bad(&format!("{section}.tls_cert"), "tls_key is set but tls_cert is missing; set both or neither");
+                self.bad(
+                    &format!("{section}.tls_cert"),
+                    "tls_key is set but tls_cert is missing; set both or neither",
+                );
                 None
             }
         }
@@ -411,7 +427,9 @@ impl Checker {
 fn is_loopback(addr: &SocketAddr) -> bool {
     match addr.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -425,6 +443,15 @@ fn check_secret_name(c: &mut Checker, key: &str, name: &str) {
 impl Config {
     /// Reads and validates a configuration file; all problems come back together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_inner(path, true)
+    }
+
+    /// As [`Config::load`], but without requiring the files that `init` is about to create.
+    pub fn load_for_init(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_inner(path, false)
+    }
+
+    fn load_inner(path: &Path, check_files: bool) -> Result<Config, ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -438,19 +465,25 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|problems| ConfigError::Invalid {
+        Config::parse_inner(&text, check_files).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
         })
     }
 
-    /// Parses TOML text. Relative paths are taken relative to the current directory (as the
-    /// admin typed them); `base` is unused today but keeps the signature stable for includes.
-    pub fn parse(text: &str, _base: &Path) -> Result<Config, Vec<Problem>> {
+    /// Parses and validates TOML text, including that referenced files exist. Relative paths are
+    /// taken relative to the current directory, as the admin typed them.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse_inner(text, true)
+    }
+
+    fn parse_inner(text: &str, check_files: bool) -> Result<Config, Vec<Problem>> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
-        let raw: Raw = match serde_ignored::deserialize(de, |path| unknown.push(path.to_string())) {
+        let raw: Raw = match serde_ignored::deserialize(de, |path| {
+            // serde_ignored marks an Option layer as "?"; admins know only the TOML keys.
+            unknown.push(path.to_string().replace(".?", ""))
+        }) {
             Ok(raw) => raw,
             Err(e) => {
                 return Err(vec![Problem {
@@ -462,9 +495,15 @@ impl Config {
         };
         let mut c = Checker::default();
         for key in unknown {
-            c.bad(&key, "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)");
+            c.bad(
+                &key,
+                "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)",
+            );
         }
         let config = Config::from_raw(raw, &mut c);
+        if check_files {
+            config.check_files(&mut c);
+        }
         if c.problems.is_empty() {
             Ok(config)
         } else {
@@ -473,11 +512,17 @@ impl Config {
     }
 
     fn from_raw(raw: Raw, c: &mut Checker) -> Config {
-        let state_dir = raw.daemon.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/pbxguard"));
+        let state_dir = raw
+            .daemon
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/pbxguard"));
         let database = match raw.daemon.database {
             Some(url) => {
                 if !url.starts_with("sqlite:") {
-                    c.bad("daemon.database", format!("{url:?}: only sqlite:// URLs are supported"));
+                    c.bad(
+                        "daemon.database",
+                        format!("{url:?}: only sqlite:// URLs are supported"),
+                    );
                 }
                 url
             }
@@ -487,10 +532,17 @@ impl Config {
             state_dir,
             database,
             init_if_missing: raw.daemon.init_if_missing.unwrap_or(false),
-            shutdown_grace: c.duration("daemon.shutdown_grace", raw.daemon.shutdown_grace.as_deref(), "10s"),
+            shutdown_grace: c.duration(
+                "daemon.shutdown_grace",
+                raw.daemon.shutdown_grace.as_deref(),
+                "10s",
+            ),
         };
         let vault = VaultConfig {
-            key_file: raw.vault.key_file.unwrap_or_else(|| PathBuf::from("/etc/pbxguard/master.key")),
+            key_file: raw
+                .vault
+                .key_file
+                .unwrap_or_else(|| PathBuf::from("/etc/pbxguard/master.key")),
         };
 
         let http = raw.http.map(|h| {
@@ -543,23 +595,55 @@ impl Config {
                 c.bad(&key, "a route prefix must start with '/'");
             }
             if !ROLE_NAMES.contains(&role.as_str()) {
-                c.bad(&key, format!("{role:?} is not a role (agent, supervisor, manager, admin)"));
+                c.bad(
+                    &key,
+                    format!("{role:?} is not a role (agent, supervisor, manager, admin)"),
+                );
             }
         }
         let auth = AuthConfig {
-            session_idle_timeout: c.duration("auth.session_idle_timeout", raw.auth.session_idle_timeout.as_deref(), "8h"),
-            session_max_lifetime: c.duration("auth.session_max_lifetime", raw.auth.session_max_lifetime.as_deref(), "12h"),
-            lockout_threshold: c.int("auth.lockout_threshold", raw.auth.lockout_threshold, 10, 1, 1000),
-            lockout_window: c.duration("auth.lockout_window", raw.auth.lockout_window.as_deref(), "15m"),
-            lockout_duration: c.duration("auth.lockout_duration", raw.auth.lockout_duration.as_deref(), "15m"),
+            session_idle_timeout: c.duration(
+                "auth.session_idle_timeout",
+                raw.auth.session_idle_timeout.as_deref(),
+                "8h",
+            ),
+            session_max_lifetime: c.duration(
+                "auth.session_max_lifetime",
+                raw.auth.session_max_lifetime.as_deref(),
+                "12h",
+            ),
+            lockout_threshold: c.int(
+                "auth.lockout_threshold",
+                raw.auth.lockout_threshold,
+                10,
+                1,
+                1000,
+            ),
+            lockout_window: c.duration(
+                "auth.lockout_window",
+                raw.auth.lockout_window.as_deref(),
+                "15m",
+            ),
+            lockout_duration: c.duration(
+                "auth.lockout_duration",
+                raw.auth.lockout_duration.as_deref(),
+                "15m",
+            ),
             routes,
         };
         if auth.session_idle_timeout > auth.session_max_lifetime {
-            c.bad("auth.session_idle_timeout", "is longer than auth.session_max_lifetime");
+            c.bad(
+                "auth.session_idle_timeout",
+                "is longer than auth.session_max_lifetime",
+            );
         }
 
         let mfa = MfaConfig {
-            email_code_ttl: c.duration("mfa.email_code_ttl", raw.mfa.email_code_ttl.as_deref(), "10m"),
+            email_code_ttl: c.duration(
+                "mfa.email_code_ttl",
+                raw.mfa.email_code_ttl.as_deref(),
+                "10m",
+            ),
             email_fallback: raw.mfa.email_fallback.unwrap_or(true),
             totp_issuer: c.nonempty("mfa.totp_issuer", raw.mfa.totp_issuer.as_ref(), "pbxguard"),
         };
@@ -569,7 +653,10 @@ impl Config {
             "opportunistic" => StartTls::Opportunistic,
             "none" => StartTls::None,
             other => {
-                c.bad("smtp.starttls", format!("{other:?} is not one of required, opportunistic, none"));
+                c.bad(
+                    "smtp.starttls",
+                    format!("{other:?} is not one of required, opportunistic, none"),
+                );
                 StartTls::Required
             }
         };
@@ -578,25 +665,40 @@ impl Config {
             port: c.int("smtp.port", raw.smtp.port, 587, 1, 65535),
             starttls,
             username: raw.smtp.username.unwrap_or_default(),
-            password_secret: raw.smtp.password_secret.unwrap_or_else(|| "smtp/password".into()),
+            password_secret: raw
+                .smtp
+                .password_secret
+                .unwrap_or_else(|| "smtp/password".into()),
             from: c.nonempty("smtp.from", raw.smtp.from.as_ref(), "pbxguard@localhost"),
         };
         check_secret_name(c, "smtp.password_secret", &smtp.password_secret);
 
         let recordings = RecordingsConfig {
-            root: raw.recordings.root.unwrap_or_else(|| PathBuf::from("/var/spool/asterisk/monitor")),
-            link_ttl: c.duration("recordings.link_ttl", raw.recordings.link_ttl.as_deref(), "8h"),
+            root: raw
+                .recordings
+                .root
+                .unwrap_or_else(|| PathBuf::from("/var/spool/asterisk/monitor")),
+            link_ttl: c.duration(
+                "recordings.link_ttl",
+                raw.recordings.link_ttl.as_deref(),
+                "8h",
+            ),
         };
 
         let realtime = raw.realtime.map(|r| {
             let listen = c.addr("realtime.listen", r.listen.as_deref(), "127.0.0.1:8088");
             if !is_loopback(&listen) {
-                c.bad("realtime.listen", format!("Asterisk's realtime interface must stay on loopback, not {listen}"));
+                c.bad(
+                    "realtime.listen",
+                    format!("Asterisk's realtime interface must stay on loopback, not {listen}"),
+                );
             }
             let cfg = RealtimeConfig {
                 listen,
                 username: c.nonempty("realtime.username", r.username.as_ref(), "asterisk"),
-                password_secret: r.password_secret.unwrap_or_else(|| "realtime/password".into()),
+                password_secret: r
+                    .password_secret
+                    .unwrap_or_else(|| "realtime/password".into()),
             };
             check_secret_name(c, "realtime.password_secret", &cfg.password_secret);
             cfg
@@ -606,7 +708,11 @@ impl Config {
             let cfg = AmiConfig {
                 listen: c.addr("ami.listen", a.listen.as_deref(), "127.0.0.1:5039"),
                 upstream: c.addr("ami.upstream", a.upstream.as_deref(), "127.0.0.1:5038"),
-                upstream_username: c.nonempty("ami.upstream_username", a.upstream_username.as_ref(), "pbxguard"),
+                upstream_username: c.nonempty(
+                    "ami.upstream_username",
+                    a.upstream_username.as_ref(),
+                    "pbxguard",
+                ),
                 upstream_secret: a.upstream_secret.unwrap_or_else(|| "ami/upstream".into()),
             };
             check_secret_name(c, "ami.upstream_secret", &cfg.upstream_secret);
@@ -618,7 +724,10 @@ impl Config {
                 "udp" => SipTransport::Udp,
                 "tcp" => SipTransport::Tcp,
                 other => {
-                    c.bad("sip.upstream_transport", format!("{other:?} is not one of udp, tcp"));
+                    c.bad(
+                        "sip.upstream_transport",
+                        format!("{other:?} is not one of udp, tcp"),
+                    );
                     SipTransport::Udp
                 }
             };
@@ -632,7 +741,10 @@ impl Config {
         });
         if let Some(sip) = &sip {
             if sip.tls.is_none() && http.as_ref().is_none_or(|h| h.tls.is_none()) {
-                c.bad("sip.tls_cert", "SIP needs TLS: set sip.tls_cert/tls_key or http.tls_cert/tls_key");
+                c.bad(
+                    "sip.tls_cert",
+                    "SIP needs TLS: set sip.tls_cert/tls_key or http.tls_cert/tls_key",
+                );
             }
         }
 
@@ -649,7 +761,6 @@ impl Config {
             sip,
         };
         config.check_listener_clashes(c);
-        config.check_files(c);
         config
     }
 
@@ -716,7 +827,10 @@ impl Config {
                 if !path.exists() {
                     c.bad(
                         &format!("{section}.{name}"),
-                        format!("{} does not exist (`pbxguard init` creates a self-signed pair)", path.display()),
+                        format!(
+                            "{} does not exist (`pbxguard init` creates a self-signed pair)",
+                            path.display()
+                        ),
                     );
                 }
             }
@@ -748,7 +862,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        Config::parse(text, Path::new("."))
+        Config::parse(text)
     }
 
     fn keys(problems: &[Problem]) -> Vec<&str> {
@@ -759,10 +873,16 @@ mod tests {
     fn empty_file_gives_production_defaults() {
         let cfg = parse("[daemon]\ninit_if_missing = true\n").unwrap();
         assert_eq!(cfg.auth.session_idle_timeout, Duration::from_secs(8 * 3600));
-        assert_eq!(cfg.auth.session_max_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(
+            cfg.auth.session_max_lifetime,
+            Duration::from_secs(12 * 3600)
+        );
         assert_eq!(cfg.recordings.link_ttl, Duration::from_secs(8 * 3600));
         assert_eq!(cfg.mfa.email_code_ttl, Duration::from_secs(600));
-        assert_eq!(cfg.daemon.database, "sqlite:///var/lib/pbxguard/pbxguard.db");
+        assert_eq!(
+            cfg.daemon.database,
+            "sqlite:///var/lib/pbxguard/pbxguard.db"
+        );
         assert!(cfg.http.is_none());
     }
 
@@ -777,6 +897,7 @@ colour = "blue"
 listen = "0.0.0.0:99999"
 tls_cert = "/x/cert.pem"
 public_url = "ftp://x"
+sparkle = true
 trusted_proxies = ["10.0.0.0/8", "not-a-net"]
 [auth]
 session_idle_timeout = "8 lightyears"
@@ -790,6 +911,7 @@ starttls = "maybe"
         let keys = keys(&problems);
         for expected in [
             "daemon.colour",
+            "http.sparkle",
             "daemon.shutdown_grace",
             "http.listen",
             "http.tls_key",
@@ -800,22 +922,32 @@ starttls = "maybe"
             "auth.routes.\"/monitoring\"",
             "smtp.starttls",
         ] {
-            assert!(keys.contains(&expected), "missing {expected} in {problems:#?}");
+            assert!(
+                keys.contains(&expected),
+                "missing {expected} in {problems:#?}"
+            );
         }
     }
 
     #[test]
     fn plain_http_is_refused_off_loopback() {
-        let problems = parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        let problems =
+            parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"0.0.0.0:8080\"\n")
+                .unwrap_err();
         assert_eq!(keys(&problems), vec!["http.listen"]);
-        assert!(parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"[::1]:8080\"\n").is_ok());
+        assert!(
+            parse("[daemon]\ninit_if_missing = true\n[http]\nlisten = \"[::1]:8080\"\n").is_ok()
+        );
     }
 
     #[test]
     fn missing_files_are_reported_unless_init_if_missing() {
         let text = "[vault]\nkey_file = \"/nonexistent/master.key\"\n[http]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n";
         let problems = parse(text).unwrap_err();
-        assert_eq!(keys(&problems), vec!["vault.key_file", "http.tls_cert", "http.tls_key"]);
+        assert_eq!(
+            keys(&problems),
+            vec!["vault.key_file", "http.tls_cert", "http.tls_key"]
+        );
         assert!(parse(&format!("[daemon]\ninit_if_missing = true\n{text}")).is_ok());
     }
 
@@ -835,7 +967,9 @@ starttls = "maybe"
 
     #[test]
     fn realtime_must_stay_on_loopback() {
-        let problems = parse("[daemon]\ninit_if_missing = true\n[realtime]\nlisten = \"0.0.0.0:8088\"\n").unwrap_err();
+        let problems =
+            parse("[daemon]\ninit_if_missing = true\n[realtime]\nlisten = \"0.0.0.0:8088\"\n")
+                .unwrap_err();
         assert_eq!(keys(&problems), vec!["realtime.listen"]);
     }
 }

@@ -24,9 +24,9 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::ResultLabels;
 use crate::store::{Store, StoreError};
 use crate::vault::{self, Vault, VaultError};
+use crate::web;
 use crate::web::server::{self, Listener};
 use crate::web::tls::{self, TlsError};
-use crate::web;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -127,7 +127,11 @@ pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `config_path` is re-read on SIGHUP.
-pub async fn run(config_path: &Path, config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+pub async fn run(
+    config_path: &Path,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
     let (store, vault) = prepare(&config).await?;
     let tls = http_tls(&config)?;
     warn_unimplemented(&config);
@@ -167,14 +171,20 @@ pub async fn run(config_path: &Path, config: Config, shutdown: CancellationToken
         }
     }
 
-    notify(&[NotifyState::Stopping, NotifyState::Status("draining connections")]);
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining connections"),
+    ]);
     info!("shutting down");
     for running in daemon.running.values() {
         running.stop.cancel();
     }
     daemon.tracker.close();
     let grace = daemon.app.config.load().daemon.shutdown_grace + Duration::from_secs(1);
-    if tokio::time::timeout(grace, daemon.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, daemon.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("listeners did not stop within the grace period");
     }
     store.close().await;
@@ -209,8 +219,13 @@ impl Daemon {
             Listener::Main => self.api_router.clone(),
             Listener::Redirect => self.redirect_router.clone(),
         };
-        self.tracker
-            .spawn(server::serve(listener, kind, self.app.clone(), router, stop.clone()));
+        self.tracker.spawn(server::serve(
+            listener,
+            kind,
+            self.app.clone(),
+            router,
+            stop.clone(),
+        ));
         self.running.insert(kind, Running { addr, stop });
     }
 
@@ -237,13 +252,21 @@ impl Daemon {
                 "rejected"
             }
         };
-        self.app.metrics.config_reloads.get_or_create(&ResultLabels { result }).inc();
+        self.app
+            .metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     }
 
     async fn try_reload(&mut self) -> Result<(), Vec<String>> {
-        let config = Config::load(&self.config_path)
-            .map_err(|e| e.problems().into_iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        let config = Config::load(&self.config_path).map_err(|e| {
+            e.problems()
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        })?;
         if config.daemon.database != self.app.config.load().daemon.database
             || config.daemon.state_dir != self.app.config.load().daemon.state_dir
             || config.vault.key_file != self.app.config.load().vault.key_file
@@ -271,13 +294,17 @@ impl Daemon {
         // Point of no return: everything that could fail has succeeded.
         self.app.config.store(Arc::new(config));
         self.app.http_tls.store(tls);
-        self.api_router.store(Arc::new(web::api_router(self.app.clone())));
-        self.redirect_router.store(Arc::new(web::redirect_router(self.app.clone())));
+        self.api_router
+            .store(Arc::new(web::api_router(self.app.clone())));
+        self.redirect_router
+            .store(Arc::new(web::redirect_router(self.app.clone())));
         let keep: Vec<Listener> = wanted.iter().map(|(k, _, _)| *k).collect();
         let stale: Vec<Listener> = self
             .running
             .iter()
-            .filter(|(kind, r)| !keep.contains(kind) || fresh.iter().any(|(k, a, _)| k == *kind && *a != r.addr))
+            .filter(|(kind, r)| {
+                !keep.contains(kind) || fresh.iter().any(|(k, a, _)| k == *kind && *a != r.addr)
+            })
             .map(|(kind, _)| *kind)
             .collect();
         for kind in stale {

@@ -15,7 +15,9 @@ mod tests {
     fn length_and_alphabet() {
         let id = super::random_hex(16);
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(id, super::random_hex(16));
     }
 }

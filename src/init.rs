@@ -18,7 +18,10 @@ const SIGNING_KEY_LEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("cannot create folder {path}: {source}")]
-    Folder { path: PathBuf, source: std::io::Error },
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{present} exists but {missing} does not; remove it or restore its partner (init will not pair a new key with an old certificate)")]
     HalfTlsPair { present: PathBuf, missing: PathBuf },
     #[error(transparent)]
@@ -60,7 +63,11 @@ fn ensure_dir(dir: &Path, report: &mut InitReport) -> Result<(), InitError> {
 
 /// Names a self-signed certificate should carry: loopback plus the public host.
 fn certificate_names(config: &Config) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Some(host) = config
         .http
         .as_ref()
@@ -74,7 +81,11 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-fn ensure_tls(files: &TlsFiles, names: &[String], report: &mut InitReport) -> Result<(), InitError> {
+fn ensure_tls(
+    files: &TlsFiles,
+    names: &[String],
+    report: &mut InitReport,
+) -> Result<(), InitError> {
     match (files.cert.exists(), files.key.exists()) {
         (true, true) => Ok(()),
         (true, false) => Err(InitError::HalfTlsPair {
@@ -92,15 +103,21 @@ fn ensure_tls(files: &TlsFiles, names: &[String], report: &mut InitReport) -> Re
                 }
             }
             tls::write_self_signed(files, names)?;
-            report
-                .created
-                .push(format!("self-signed certificate {} ({})", files.cert.display(), names.join(", ")));
+            report.created.push(format!(
+                "self-signed certificate {} ({})",
+                files.cert.display(),
+                names.join(", ")
+            ));
             Ok(())
         }
     }
 }
 
-async fn ensure_signing_key(vault: &Vault, prefix: &str, report: &mut InitReport) -> Result<(), InitError> {
+async fn ensure_signing_key(
+    vault: &Vault,
+    prefix: &str,
+    report: &mut InitReport,
+) -> Result<(), InitError> {
     let existing = vault.list().await?;
     if existing.iter().any(|s| s.name.starts_with(prefix)) {
         return Ok(());
@@ -124,7 +141,9 @@ pub async fn run(config: &Config) -> Result<InitReport, InitError> {
             ensure_dir(parent, &mut report)?;
         }
         if vault::create_master_key_file(&source)? {
-            report.created.push(format!("master key {}", source.display()));
+            report
+                .created
+                .push(format!("master key {}", source.display()));
         }
     }
     let master = vault::load_master_key(&config.vault.key_file)?;

@@ -70,9 +70,17 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register("connections_open", "Open client connections", connections_open.clone());
+        registry.register(
+            "connections_open",
+            "Open client connections",
+            connections_open.clone(),
+        );
         let connections = Family::<ListenerLabels, Counter>::default();
-        registry.register("connections", "Accepted client connections", connections.clone());
+        registry.register(
+            "connections",
+            "Accepted client connections",
+            connections.clone(),
+        );
         let connections_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "connections_refused",
@@ -86,9 +94,15 @@ impl Metrics {
             tls_handshake_failures.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route template and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template and status",
+            requests.clone(),
+        );
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
         });
         registry.register(
             "http_request_duration_seconds",
@@ -96,7 +110,11 @@ impl Metrics {
             request_duration.clone(),
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("config_reloads", "Configuration reloads (SIGHUP) by result", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            config_reloads.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             connections_open,
@@ -133,7 +151,12 @@ mod tests {
             })
             .inc();
         let text = m.render();
-        assert!(text.contains("pbxguard_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "pbxguard_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("pbxguard_build_info{version=\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

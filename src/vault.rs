@@ -46,7 +46,10 @@ pub enum VaultError {
     #[error("master key file {0} does not exist (run `pbxguard init`, or pass the systemd credential {CREDENTIAL_NAME})")]
     KeyMissing(PathBuf),
     #[error("cannot read master key file {path}: {source}")]
-    KeyRead { path: PathBuf, source: std::io::Error },
+    KeyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("master key file {path} has mode {mode:04o}; it must be 0600 or stricter (chmod 600 {path})")]
     KeyMode { path: PathBuf, mode: u32 },
     #[error("master key file {path} is owned by uid {owner}, not by the user running pbxguard (uid {me}); chown it")]
@@ -86,8 +89,13 @@ pub fn validate_name(name: &str) -> Result<(), VaultError> {
     {
         return Err(VaultError::BadName("may only contain A-Z a-z 0-9 . _ - /"));
     }
-    if name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(VaultError::BadName("must not have empty, '.' or '..' path segments"));
+    if name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(VaultError::BadName(
+            "must not have empty, '.' or '..' path segments",
+        ));
     }
     Ok(())
 }
@@ -140,7 +148,9 @@ pub fn load_master_key(key_file: &Path) -> Result<Key, VaultError> {
     let path = master_key_source(key_file);
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(VaultError::KeyMissing(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(VaultError::KeyMissing(path))
+        }
         Err(source) => return Err(VaultError::KeyRead { path, source }),
     };
     let mode = meta.mode() & 0o7777;
@@ -183,7 +193,11 @@ fn decode_key(raw: &[u8]) -> Option<Key> {
         return Some(Key(out));
     }
     use base64::Engine;
-    let bytes = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(text).ok()?);
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?,
+    );
     Key::from_bytes(&bytes)
 }
 
@@ -237,20 +251,38 @@ pub fn seal(key: &Key, key_id: &str, name: &str, plaintext: &[u8]) -> ([u8; NONC
     // fail to open and be reported, never silently accepted.
     let ct = key
         .cipher()
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
         .unwrap_or_default();
     (nonce, ct)
 }
 
 /// Decrypts what [`seal`] produced; `None` when anything (nonce, ciphertext, tag, name, key id)
 /// differs from what was sealed.
-pub fn open(key: &Key, key_id: &str, name: &str, nonce: &[u8], ciphertext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub fn open(
+    key: &Key,
+    key_id: &str,
+    name: &str,
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
     if nonce.len() != NONCE_LEN {
         return None;
     }
     let aad = aad(SECRET_AAD, &[name, key_id]);
     key.cipher()
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
         .ok()
         .map(Zeroizing::new)
 }
@@ -368,11 +400,16 @@ impl Vault {
     }
 
     async fn current_key(&self) -> Result<(String, Key), VaultError> {
-        let row = self.store.current_data_key().await?.ok_or(VaultError::NotInitialised)?;
+        let row = self
+            .store
+            .current_data_key()
+            .await?
+            .ok_or(VaultError::NotInitialised)?;
         if let Some(k) = self.cached(&row.id) {
             return Ok((row.id, k));
         }
-        let key = unwrap_key(&self.master, &row).ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
+        let key = unwrap_key(&self.master, &row)
+            .ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
         self.remember(&row.id, &key);
         Ok((row.id, key))
     }
@@ -381,16 +418,28 @@ impl Vault {
         if let Some(k) = self.cached(id) {
             return Ok(k);
         }
-        let row = self.store.data_key(id).await?.ok_or_else(|| VaultError::UnknownKey {
-            name: name.to_string(),
-            key_id: id.to_string(),
-        })?;
-        let key = unwrap_key(&self.master, &row).ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
+        let row = self
+            .store
+            .data_key(id)
+            .await?
+            .ok_or_else(|| VaultError::UnknownKey {
+                name: name.to_string(),
+                key_id: id.to_string(),
+            })?;
+        let key = unwrap_key(&self.master, &row)
+            .ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
         self.remember(id, &key);
         Ok(key)
     }
 
-    fn sealed_row(&self, key_id: &str, key: &Key, name: &str, value: &[u8], created_at: i64) -> SecretRow {
+    fn sealed_row(
+        &self,
+        key_id: &str,
+        key: &Key,
+        name: &str,
+        value: &[u8],
+        created_at: i64,
+    ) -> SecretRow {
         let (nonce, ciphertext) = seal(key, key_id, name, value);
         SecretRow {
             name: name.to_string(),
@@ -471,7 +520,8 @@ impl Vault {
         }
         let mut old = HashMap::new();
         for row in &keys {
-            let key = unwrap_key(&self.master, row).ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
+            let key = unwrap_key(&self.master, row)
+                .ok_or_else(|| VaultError::WrongMasterKey(row.id.clone()))?;
             old.insert(row.id.clone(), key);
         }
         let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
@@ -484,7 +534,9 @@ impl Vault {
                     key_id: row.key_id.clone(),
                 })?;
                 let plain = open(key, &row.key_id, &row.name, &row.nonce, &row.ciphertext)
-                    .ok_or_else(|| VaultError::Decrypt { name: row.name.clone() })?;
+                    .ok_or_else(|| VaultError::Decrypt {
+                        name: row.name.clone(),
+                    })?;
                 Ok(self.sealed_row(&new_row.id, &new_key, &row.name, &plain, row.created_at))
             })
             .await?;
@@ -508,11 +560,28 @@ mod tests {
 
     #[test]
     fn names() {
-        for good in ["smtp/password", "ami/upstream", "keys/jwt/1a2b", "a", "A.b_c-d"] {
+        for good in [
+            "smtp/password",
+            "ami/upstream",
+            "keys/jwt/1a2b",
+            "a",
+            "A.b_c-d",
+        ] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
         let long = "x".repeat(129);
-        for bad in ["", "/abs", "trail/", "a//b", "a/../b", "..", "sp ace", "nul\0", "é", long.as_str()] {
+        for bad in [
+            "",
+            "/abs",
+            "trail/",
+            "a//b",
+            "a/../b",
+            "..",
+            "sp ace",
+            "nul\0",
+            "é",
+            long.as_str(),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -521,14 +590,28 @@ mod tests {
     fn seal_open_round_trip_and_binding() {
         let key = Key::random();
         let (nonce, ct) = seal(&key, "k1", "smtp/password", b"hunter2");
-        assert_eq!(open(&key, "k1", "smtp/password", &nonce, &ct).unwrap().as_slice(), b"hunter2");
-        assert!(open(&key, "k1", "other/name", &nonce, &ct).is_none(), "bound to the name");
-        assert!(open(&key, "k2", "smtp/password", &nonce, &ct).is_none(), "bound to the key id");
+        assert_eq!(
+            open(&key, "k1", "smtp/password", &nonce, &ct)
+                .unwrap()
+                .as_slice(),
+            b"hunter2"
+        );
+        assert!(
+            open(&key, "k1", "other/name", &nonce, &ct).is_none(),
+            "bound to the name"
+        );
+        assert!(
+            open(&key, "k2", "smtp/password", &nonce, &ct).is_none(),
+            "bound to the key id"
+        );
         assert!(open(&Key::random(), "k1", "smtp/password", &nonce, &ct).is_none());
         for i in 0..ct.len() {
             let mut flipped = ct.clone();
             flipped[i] ^= 0x01;
-            assert!(open(&key, "k1", "smtp/password", &nonce, &flipped).is_none(), "byte {i}");
+            assert!(
+                open(&key, "k1", "smtp/password", &nonce, &flipped).is_none(),
+                "byte {i}"
+            );
         }
         assert!(open(&key, "k1", "smtp/password", &nonce, &ct[..ct.len() - 1]).is_none());
         assert!(open(&key, "k1", "smtp/password", &nonce[..11], &ct).is_none());
@@ -560,7 +643,10 @@ mod tests {
         let master = Key::random();
         let (row, key) = new_key_row(&master, 3);
         assert_eq!(row.id, "k3");
-        assert_eq!(unwrap_key(&master, &row).unwrap().as_bytes(), key.as_bytes());
+        assert_eq!(
+            unwrap_key(&master, &row).unwrap().as_bytes(),
+            key.as_bytes()
+        );
         let mut relabelled = row.clone();
         relabelled.id = "k4".into();
         assert!(unwrap_key(&master, &relabelled).is_none());

@@ -31,7 +31,10 @@ fn write_pages(cmd: &clap::Command, name: &str, dir: &Path) -> anyhow::Result<()
     let page = cmd.clone().name(name.to_string());
     let path = dir.join(format!("{name}.8"));
     let mut out = Vec::new();
-    clap_mangen::Man::new(page).section("8").render(&mut out).context("rendering a man page")?;
+    clap_mangen::Man::new(page)
+        .section("8")
+        .render(&mut out)
+        .context("rendering a man page")?;
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         write_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;

@@ -75,7 +75,9 @@ pub fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            let usage = e.chain().any(|c| c.is::<UsageError>() || c.is::<ConfigError>());
+            let usage = e
+                .chain()
+                .any(|c| c.is::<UsageError>() || c.is::<ConfigError>());
             eprintln!("pbxguard: {e:#}");
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
@@ -87,7 +89,9 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
@@ -106,7 +110,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => serve(&cli.config),
         Command::Init => {
-            let config = load(&cli.config)?;
+            let config = Config::load_for_init(&cli.config)?;
             let report = runtime()?.block_on(crate::init::run(&config))?;
             if report.created.is_empty() {
                 println!("already initialised; nothing changed");

@@ -50,17 +50,25 @@ fn read_value(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         }
     }
     if buf.len() > MAX_SECRET_LEN {
-        return Err(UsageError(format!("the value on stdin is larger than {MAX_SECRET_LEN} bytes")).into());
+        return Err(UsageError(format!(
+            "the value on stdin is larger than {MAX_SECRET_LEN} bytes"
+        ))
+        .into());
     }
     if buf.is_empty() {
-        return Err(UsageError("refusing to store an empty secret (stdin was empty)".into()).into());
+        return Err(
+            UsageError("refusing to store an empty secret (stdin was empty)".into()).into(),
+        );
     }
     Ok(buf)
 }
 
 pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
-    if let SecretCommand::Set { name, .. } | SecretCommand::Get { name } | SecretCommand::Rm { name } = &cmd {
+    if let SecretCommand::Set { name, .. }
+    | SecretCommand::Get { name }
+    | SecretCommand::Rm { name } = &cmd
+    {
         crate::vault::validate_name(name).map_err(|e| UsageError(e.to_string()))?;
     }
     let vault = open_vault(&config).await?;
@@ -87,9 +95,15 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<40} {:<6} {:<20} {:<20}", "NAME", "KEY", "CREATED", "UPDATED");
+                println!(
+                    "{:<40} {:<6} {:<20} {:<20}",
+                    "NAME", "KEY", "CREATED", "UPDATED"
+                );
                 for s in list {
-                    println!("{:<40} {:<6} {:<20} {:<20}", s.name, s.key_id, s.created_at, s.updated_at);
+                    println!(
+                        "{:<40} {:<6} {:<20} {:<20}",
+                        s.name, s.key_id, s.created_at, s.updated_at
+                    );
                 }
             }
         }
@@ -100,8 +114,15 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
         }
         SecretCommand::RotateKey => {
             let r = vault.rotate().await?;
-            let detail = format!("{} -> {} ({} secrets)", r.old_key_ids.join(","), r.new_key_id, r.secrets);
-            store.audit(&actor(), "secret.rotate-key", "vault", &detail).await?;
+            let detail = format!(
+                "{} -> {} ({} secrets)",
+                r.old_key_ids.join(","),
+                r.new_key_id,
+                r.secrets
+            );
+            store
+                .audit(&actor(), "secret.rotate-key", "vault", &detail)
+                .await?;
             println!("rotated data key {detail}");
         }
     }

@@ -52,17 +52,21 @@ const KEY_COLUMNS: &str = "id, generation, nonce, wrapped, created_at";
 
 impl Store {
     pub async fn secret(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
-        let row: Option<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<SecretTuple> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(secret_row))
     }
 
     pub async fn secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
-        let rows: Vec<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<SecretTuple> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(secret_row).collect())
     }
 
@@ -111,10 +115,12 @@ impl Store {
     }
 
     pub async fn data_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
-        let row: Option<KeyTuple> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<KeyTuple> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(key_row))
     }
 
@@ -129,9 +135,11 @@ impl Store {
     }
 
     pub async fn data_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        let rows: Vec<KeyTuple> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<KeyTuple> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(key_row).collect())
     }
 
@@ -166,9 +174,11 @@ impl Store {
         sqlx::query("UPDATE vault_keys SET generation = generation WHERE 0")
             .execute(&mut *tx)
             .await?;
-        let rows: Vec<SecretTuple> = sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<SecretTuple> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO vault_keys (id, generation, nonce, wrapped, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&new_key.id)
             .bind(new_key.generation)

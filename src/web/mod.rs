@@ -42,7 +42,10 @@ pub fn api_router(app: Arc<App>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(app)
 }
 
@@ -57,11 +60,28 @@ pub fn redirect_router(app: Arc<App>) -> Router {
 
 async fn redirect(State(app): State<Arc<App>>, req: Request) -> Response {
     let config = app.config.load();
-    let base = config.http.as_ref().map(|h| h.public_url.as_str()).unwrap_or("");
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let base = config
+        .http
+        .as_ref()
+        .map(|h| h.public_url.as_str())
+        .unwrap_or("");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     match HeaderValue::from_str(&format!("{base}{path}")) {
-        Ok(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
-        Err(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "malformed request target").into_response(),
+        Ok(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed request target",
+        )
+        .into_response(),
     }
 }
 
@@ -75,17 +95,22 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = match *req.method() {
-        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::OPTIONS => {
-            req.method().as_str().to_string()
-        }
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => req.method().as_str().to_string(),
         _ => "other".to_string(),
     };
     let tls = req.extensions().get::<Peer>().is_some_and(|p| p.tls);
     let mut response = next.run(req).await;
     if tls {
-        response
-            .headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
     }
     app.metrics
         .requests

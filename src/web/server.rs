@@ -65,7 +65,9 @@ pub async fn serve(
     router: Arc<ArcSwap<Router>>,
     shutdown: CancellationToken,
 ) {
-    let labels = ListenerLabels { listener: kind.name() };
+    let labels = ListenerLabels {
+        listener: kind.name(),
+    };
     // A counter rather than a semaphore, so a reload that changes max_connections applies to
     // the next accept without rebinding.
     let open = Arc::new(AtomicUsize::new(0));
@@ -112,11 +114,16 @@ pub async fn serve(
         };
         let (app_c, labels_c) = (app.clone(), labels.clone());
         tokio::spawn(async move {
-            app_c.metrics.connections_open.get_or_create(&labels_c).inc();
+            app_c
+                .metrics
+                .connections_open
+                .get_or_create(&labels_c)
+                .inc();
             match tls {
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(stream)) => ctx.run(stream, true).await,
                         Ok(Err(e)) => ctx.handshake_failed(&e.to_string()),
                         Err(_) => ctx.handshake_failed("timed out"),
@@ -124,7 +131,11 @@ pub async fn serve(
                 }
                 None => ctx.run(stream, false).await,
             }
-            app_c.metrics.connections_open.get_or_create(&labels_c).dec();
+            app_c
+                .metrics
+                .connections_open
+                .get_or_create(&labels_c)
+                .dec();
             drop(slot);
         });
     }
@@ -132,7 +143,10 @@ pub async fn serve(
     drop(listener);
     let grace = app.config.load().daemon.shutdown_grace;
     info!(listener = kind.name(), "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(listener = kind.name(), grace = ?grace, "connections still open after the grace period; closing them");
     }
 }
@@ -180,7 +194,11 @@ struct Conn {
 
 impl Conn {
     fn handshake_failed(&self, reason: &str) {
-        self.app.metrics.tls_handshake_failures.get_or_create(&self.labels).inc();
+        self.app
+            .metrics
+            .tls_handshake_failures
+            .get_or_create(&self.labels)
+            .inc();
         debug!(listener = self.labels.listener, addr = %self.addr, reason, "TLS handshake failed");
     }
 
@@ -188,7 +206,10 @@ impl Conn {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = Peer { addr: self.addr, tls };
+        let peer = Peer {
+            addr: self.addr,
+            tls,
+        };
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);

@@ -18,11 +18,18 @@ pub enum TlsError {
     #[error("cannot read private key {path}: {reason}")]
     Key { path: String, reason: String },
     #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
-    Pair { cert: String, key: String, reason: String },
+    Pair {
+        cert: String,
+        key: String,
+        reason: String,
+    },
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(String),
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The process-wide crypto provider (aws-lc-rs), installed once before any TLS is used.
@@ -73,7 +80,8 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfi
 /// Writes a self-signed ECDSA P-256 certificate for `names` (DNS names or IP literals) and its
 /// key (mode 0600). Refuses to overwrite either file.
 pub fn write_self_signed(files: &TlsFiles, names: &[String]) -> Result<(), TlsError> {
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "pbxguard self-signed");

@@ -1,0 +1,265 @@
+//! Shared helpers for the end-to-end tests: a private folder per test with its own config and
+//! free loopback ports, the real `pbxguard` binary started as a process, and real clients
+//! (curl, openssl, sqlite3).
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");
+
+/// A free loopback port (the tiny race between drop and reuse is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub http_port: u16,
+    pub redirect_port: u16,
+}
+
+impl Env {
+    /// A fresh folder with a production-like config: TLS on, redirect listener, not initialised.
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("pbxguard.toml");
+        let env = Env {
+            dir,
+            config,
+            http_port: free_port(),
+            redirect_port: free_port(),
+        };
+        env.write_config(&env.config_text(env.http_port, env.redirect_port, ""));
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_text(&self, http_port: u16, redirect_port: u16, extra: &str) -> String {
+        let d = self.dir.path().display();
+        format!(
+            r#"[daemon]
+state_dir = "{d}/state"
+shutdown_grace = "3s"
+
+[vault]
+key_file = "{d}/etc/master.key"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+tls_cert = "{d}/etc/tls/cert.pem"
+tls_key = "{d}/etc/tls/key.pem"
+redirect_listen = "127.0.0.1:{redirect_port}"
+public_url = "https://localhost:{http_port}"
+{extra}
+"#
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("state/pbxguard.db")
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.path("etc/tls/cert.pem")
+    }
+
+    /// Runs `pbxguard -c CONFIG ARGS…` with `stdin` piped in.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pbxguard");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin);
+        }
+        child.wait_with_output().expect("wait pbxguard")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "pbxguard {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init"], b"");
+    }
+
+    /// Starts `serve` and waits until the API port accepts connections.
+    pub fn start(&self) -> Daemon {
+        let log = self.path("serve.log");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn serve");
+        let daemon = Daemon { child, log };
+        daemon.wait_for_port(self.http_port);
+        daemon
+    }
+
+    /// GET over TLS with the generated certificate as the only root of trust.
+    pub fn curl_https(&self, path: &str, extra: &[&str]) -> Output {
+        let cert = self.cert().display().to_string();
+        let url = format!("https://localhost:{}{path}", self.http_port);
+        let mut args: Vec<&str> = vec!["-sS", "-i", "--max-time", "10", "--cacert", &cert];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    }
+}
+
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl is installed")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Status code of the first response in `curl -i` output.
+pub fn status(out: &Output) -> u16 {
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 is installed");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for_port(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("port {port} never opened; log:\n{}", self.log());
+    }
+
+    /// Waits until the log contains `needle` (the daemon logs each state change).
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("log never showed {needle:?}:\n{}", self.log());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes on a plain TCP connection and returns everything read until close/timeout.
+pub fn raw_exchange(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}

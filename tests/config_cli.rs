@@ -1,0 +1,120 @@
+//! `check-config` and the CLI's exit codes, with the real binary.
+
+mod common;
+use common::*;
+
+#[test]
+fn check_config_reports_every_mistake_and_exits_64() {
+    let env = Env::new();
+    env.write_config(
+        r#"
+[daemon]
+state_dir = "/nonexistent/state"
+shutdown_grace = "a while"
+[vault]
+key_file = "/nonexistent/master.key"
+[http]
+listen = "0.0.0.0:8443"
+tls_cert = "/nonexistent/cert.pem"
+redirect_listen = "localhost"
+trusted_proxies = ["127.0.0.1/33"]
+[auth]
+session_idle_timeout = "8 hours please"
+lockout_window = "-5m"
+[auth.routes]
+"monitoring" = "supervisor"
+[smtp]
+starttls = "sometimes"
+portt = 25
+[ami]
+listen = "127.0.0.1:5039"
+upstream = "127.0.0.1"
+"#,
+    );
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "daemon.shutdown_grace:",
+        "vault.key_file:",
+        "http.tls_key:",
+        "http.listen:",
+        "http.redirect_listen:",
+        "http.trusted_proxies:",
+        "auth.session_idle_timeout:",
+        "auth.lockout_window:",
+        "auth.routes.\"monitoring\":",
+        "smtp.starttls:",
+        "smtp.portt:",
+        "ami.upstream:",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
+    // One line per problem, plus the heading line.
+    assert!(err.lines().count() >= 13, "{err}");
+}
+
+#[test]
+fn a_good_config_passes_and_serve_refuses_a_bad_one_before_binding() {
+    let env = Env::new();
+    env.init();
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("configuration OK"));
+
+    let bad = env.config_text(env.http_port, env.redirect_port, "bogus_key = 1\n");
+    env.write_config(&bad);
+    let out = env.run(&["serve"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("http.bogus_key"), "{}", text(&out));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", env.http_port)).is_err(),
+        "serve must not bind with a bad config"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let env = Env::new();
+    env.write_config("[daemon]\nstate_dir = \"/x\"\n[http\nlisten = 1\n");
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out).contains("(line 3)"), "{}", text(&out));
+}
+
+#[test]
+fn missing_config_file_is_a_clear_usage_error() {
+    let env = Env::new();
+    std::fs::remove_file(&env.config).unwrap();
+    let out = env.run(&["secret", "list"], b"");
+    assert_eq!(out.status.code(), Some(64));
+    let msg = text(&out);
+    assert!(
+        msg.contains("cannot read") && msg.contains("pbxguard.toml"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let env = Env::new();
+    assert_eq!(env.run(&["no-such-command"], b"").status.code(), Some(64));
+    assert_eq!(env.run(&["secret", "set"], b"").status.code(), Some(64));
+    assert_eq!(env.run(&["--help"], b"").status.code(), Some(0));
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let env = Env::new();
+    let bash = String::from_utf8(env.ok(&["completions", "bash"], b"")).unwrap();
+    assert!(
+        bash.contains("_pbxguard()") && bash.contains("check-config"),
+        "{bash}"
+    );
+    let man_dir = env.path("man");
+    env.ok(&["man", "--dir", man_dir.to_str().unwrap()], b"");
+    let page = std::fs::read_to_string(man_dir.join("pbxguard.8")).unwrap();
+    assert!(page.contains(".TH pbxguard 8"), "{page}");
+    assert!(man_dir.join("pbxguard-secret-rotate-key.8").exists());
+    assert!(man_dir.join("pbxguard-check-config.8").exists());
+}

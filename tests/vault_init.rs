@@ -1,0 +1,340 @@
+//! `init` and the vault through the real binary, with the SQLite file inspected and tampered
+//! with by the real `sqlite3` shell.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn rustix_uid() -> u32 {
+    std::fs::metadata(std::env::temp_dir()).map(|_| ()).ok();
+    // The uid that created the temp folder is ours.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(tempfile::tempdir().unwrap().path())
+        .unwrap()
+        .uid()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Everything init produces, as bytes: key file, cert, key, and the vault tables' contents.
+fn snapshot(env: &Env) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in ["etc/master.key", "etc/tls/cert.pem", "etc/tls/key.pem"] {
+        out.push(std::fs::read(env.path(f)).unwrap());
+    }
+    for sql in [
+        "SELECT id, hex(nonce), hex(wrapped), created_at FROM vault_keys ORDER BY id",
+        "SELECT name, key_id, hex(nonce), hex(ciphertext), updated_at FROM secrets ORDER BY name",
+        "SELECT COUNT(*) FROM audit_log",
+    ] {
+        out.push(sqlite(&env.db(), sql).into_bytes());
+    }
+    out
+}
+
+#[test]
+fn init_twice_changes_nothing_and_uses_strict_modes() {
+    let env = Env::new();
+    let first = String::from_utf8(env.ok(&["init"], b"")).unwrap();
+    for what in [
+        "master key",
+        "database",
+        "vault data key k1",
+        "signing key keys/jwt/",
+        "signing key keys/links/",
+        "self-signed certificate",
+    ] {
+        assert!(first.contains(what), "init did not report {what}: {first}");
+    }
+    let before = snapshot(&env);
+    let second = String::from_utf8(env.ok(&["init"], b"")).unwrap();
+    assert!(second.contains("nothing changed"), "{second}");
+    assert_eq!(before, snapshot(&env), "second init changed state");
+
+    assert_eq!(mode(&env.path("etc/master.key")), 0o600);
+    assert_eq!(
+        std::fs::metadata(env.path("etc/master.key")).unwrap().len(),
+        32
+    );
+    assert_eq!(mode(&env.path("etc/tls/key.pem")), 0o600);
+    for dir in ["state", "etc", "etc/tls"] {
+        assert_eq!(mode(&env.path(dir)), 0o700, "{dir}");
+    }
+    // WAL mode, as the daemon relies on readers not blocking the writer.
+    assert_eq!(sqlite(&env.db(), "PRAGMA journal_mode"), "wal");
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused_with_a_clear_error() {
+    let env = Env::new();
+    env.init();
+    let key = env.path("etc/master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["secret", "list"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out);
+    assert!(
+        msg.contains("mode 0644") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    // serve refuses too, before binding anything.
+    let out = env.run(&["serve"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("chmod 600"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    env.ok(&["secret", "list"], b"");
+    // Owned by someone else (the tests run as root in CI, so chown works there).
+    if std::os::unix::fs::chown(&key, Some(65534), None).is_ok() {
+        let msg = text(&env.run(&["secret", "list"], b""));
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
+        std::os::unix::fs::chown(&key, Some(rustix_uid()), None).unwrap();
+    }
+}
+
+#[test]
+fn a_wrong_master_key_is_named_not_a_panic() {
+    let env = Env::new();
+    env.init();
+    env.ok(&["secret", "set", "smtp/password"], b"s3cret\n");
+    std::fs::write(env.path("etc/master.key"), [9u8; 32]).unwrap();
+    let out = env.run(&["secret", "get", "smtp/password"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("master key is not the one"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn secrets_round_trip_and_never_appear_in_plaintext() {
+    let env = Env::new();
+    env.init();
+    let value = b"Plaintext-Marker-7f3a9c-do-not-store";
+    let mut input = value.to_vec();
+    input.extend_from_slice(b"\r\n");
+    env.ok(&["secret", "set", "sip/1001"], &input);
+    assert_eq!(
+        env.ok(&["secret", "get", "sip/1001"], b""),
+        value,
+        "one trailing CRLF is stripped"
+    );
+    env.ok(&["secret", "set", "raw/value", "--raw"], b"keep\n");
+    assert_eq!(env.ok(&["secret", "get", "raw/value"], b""), b"keep\n");
+
+    // The marker must be nowhere in the database, its WAL or shared-memory file.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", env.db().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value),
+                "plaintext found in {path}"
+            );
+        }
+    }
+    // Listing shows names and key ids, never values.
+    let list = String::from_utf8(env.ok(&["secret", "list", "--json"], b"")).unwrap();
+    assert!(!list.contains("Plaintext-Marker"));
+    let json: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"sip/1001") && names.contains(&"raw/value"),
+        "{names:?}"
+    );
+
+    env.ok(&["secret", "rm", "raw/value"], b"");
+    let out = env.run(&["secret", "get", "raw/value"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("\"raw/value\" does not exist"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_secret_input_is_refused_clearly() {
+    let env = Env::new();
+    env.init();
+    let out = env.run(&["secret", "set", "../etc/passwd"], b"x");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("secret name"));
+    let out = env.run(&["secret", "set", "empty"], b"\n");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out).contains("empty"));
+    let huge = vec![b'a'; 64 * 1024 + 10];
+    let out = env.run(&["secret", "set", "huge"], &huge);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out).contains("larger than"));
+    let out = env.run(&["secret", "get", "nobody/here"], b"");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn ciphertexts_are_bound_to_their_row_and_tampering_is_detected() {
+    let env = Env::new();
+    env.init();
+    env.ok(&["secret", "set", "a/one"], b"value-one");
+    env.ok(&["secret", "set", "b/two"], b"value-two");
+    let db = env.db();
+
+    // Swap the two ciphertexts (and nonces): each must now fail, naming its secret.
+    sqlite(
+        &db,
+        "CREATE TEMP TABLE t AS SELECT name, nonce, ciphertext FROM secrets;
+         UPDATE secrets SET nonce = (SELECT nonce FROM t WHERE name = 'b/two'),
+                            ciphertext = (SELECT ciphertext FROM t WHERE name = 'b/two') WHERE name = 'a/one';
+         UPDATE secrets SET nonce = (SELECT nonce FROM t WHERE name = 'a/one'),
+                            ciphertext = (SELECT ciphertext FROM t WHERE name = 'a/one') WHERE name = 'b/two';",
+    );
+    for name in ["a/one", "b/two"] {
+        let out = env.run(&["secret", "get", name], b"");
+        assert_eq!(out.status.code(), Some(1));
+        let msg = text(&out);
+        assert!(
+            msg.contains(&format!("{name:?} cannot be decrypted")),
+            "{msg}"
+        );
+        assert!(!msg.contains("value-"), "error leaks plaintext: {msg}");
+    }
+
+    // One flipped bit in the ciphertext.
+    env.ok(&["secret", "set", "c/three"], b"value-three");
+    let hex = sqlite(
+        &db,
+        "SELECT hex(ciphertext) FROM secrets WHERE name = 'c/three'",
+    );
+    let mut bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    bytes[3] ^= 0x01;
+    let flipped: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    assert_ne!(flipped, hex);
+    sqlite(
+        &db,
+        &format!("UPDATE secrets SET ciphertext = X'{flipped}' WHERE name = 'c/three'"),
+    );
+    let out = env.run(&["secret", "get", "c/three"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // Truncated ciphertext and a key id that does not exist.
+    env.ok(&["secret", "set", "d/four"], b"value-four");
+    sqlite(
+        &db,
+        "UPDATE secrets SET ciphertext = substr(ciphertext, 1, 10) WHERE name = 'd/four'",
+    );
+    assert!(text(&env.run(&["secret", "get", "d/four"], b"")).contains("cannot be decrypted"));
+    env.ok(&["secret", "set", "e/five"], b"value-five");
+    sqlite(
+        &db,
+        "UPDATE secrets SET key_id = 'k99' WHERE name = 'e/five'",
+    );
+    let msg = text(&env.run(&["secret", "get", "e/five"], b""));
+    assert!(msg.contains("names data key \"k99\""), "{msg}");
+
+    // Rotation refuses to proceed past a broken secret and changes nothing.
+    let before = sqlite(&db, "SELECT name || key_id FROM secrets ORDER BY name");
+    let out = env.run(&["secret", "rotate-key"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        before,
+        sqlite(&db, "SELECT name || key_id FROM secrets ORDER BY name")
+    );
+}
+
+#[test]
+fn rotate_key_keeps_every_secret_and_changes_key_ids() {
+    let env = Env::new();
+    env.init();
+    for i in 0..20 {
+        env.ok(
+            &["secret", "set", &format!("sip/{i}")],
+            format!("pw-{i}").as_bytes(),
+        );
+    }
+    let ids = |env: &Env| sqlite(&env.db(), "SELECT DISTINCT key_id FROM secrets");
+    assert_eq!(ids(&env), "k1");
+    let out = String::from_utf8(env.ok(&["secret", "rotate-key"], b"")).unwrap();
+    assert!(out.contains("k1 -> k2 (22 secrets)"), "{out}"); // 20 + two signing keys
+    assert_eq!(ids(&env), "k2");
+    assert_eq!(
+        sqlite(&env.db(), "SELECT id FROM vault_keys"),
+        "k2",
+        "old key deleted"
+    );
+    env.ok(&["secret", "rotate-key"], b"");
+    assert_eq!(ids(&env), "k3");
+    for i in 0..20 {
+        assert_eq!(
+            env.ok(&["secret", "get", &format!("sip/{i}")], b""),
+            format!("pw-{i}").as_bytes()
+        );
+    }
+    let audit = sqlite(
+        &env.db(),
+        "SELECT action FROM audit_log WHERE action = 'secret.rotate-key'",
+    );
+    assert_eq!(audit.lines().count(), 2);
+}
+
+#[test]
+fn kill_9_during_a_burst_of_sets_loses_nothing_completed() {
+    let env = Env::new();
+    env.init();
+    let mut completed = Vec::new();
+    for i in 0..40u32 {
+        let name = format!("burst/{i}");
+        let value = format!("value-{i}");
+        let mut child = Command::new(BIN)
+            .args(["-c", env.config.to_str().unwrap(), "secret", "set", &name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(value.as_bytes()).unwrap();
+        }
+        // Kill every third process at a varying point of its run; let the others finish.
+        if i % 3 == 0 {
+            std::thread::sleep(Duration::from_millis(u64::from(i % 7) * 3));
+            let _ = child.kill(); // SIGKILL
+        }
+        let status = child.wait().unwrap();
+        if status.success() {
+            completed.push((name, value));
+        }
+    }
+    assert!(
+        completed.len() >= 26,
+        "only {} sets completed",
+        completed.len()
+    );
+    assert!(
+        completed.len() < 40,
+        "no process was killed: the test proved nothing"
+    );
+    assert_eq!(sqlite(&env.db(), "PRAGMA integrity_check"), "ok");
+    for (name, value) in &completed {
+        assert_eq!(
+            &env.ok(&["secret", "get", name], b""),
+            value.as_bytes(),
+            "{name}"
+        );
+    }
+    // The store still accepts writes after the kills.
+    env.ok(&["secret", "set", "after/kill"], b"fine");
+}
