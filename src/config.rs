@@ -966,6 +966,18 @@ starttls = "maybe"
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        // The production file names /etc paths that exist only on an installed host.
+        let prod = include_str!("../etc/pbxguard.toml")
+            .replace("init_if_missing = false", "init_if_missing = true");
+        let cfg = parse(&prod).unwrap();
+        assert!(cfg.http.as_ref().is_some_and(|h| h.tls.is_some()));
+        let dev = parse(include_str!("../etc/pbxguard.dev.toml")).unwrap();
+        assert!(dev.daemon.init_if_missing);
+        assert!(dev.http.is_some_and(|h| h.listen.ip().is_loopback()));
+    }
+
+    #[test]
     fn realtime_must_stay_on_loopback() {
         let problems =
             parse("[daemon]\ninit_if_missing = true\n[realtime]\nlisten = \"0.0.0.0:8088\"\n")

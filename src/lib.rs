@@ -24,7 +24,10 @@
 //! [`clock`] and [`ids`] are small helpers for times and random identifiers.
 #![forbid(unsafe_code)]
 // Peer-controlled input must never panic the daemon: no unwrap/expect outside tests.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod app;
 pub mod cli;

@@ -68,6 +68,8 @@ pub enum VaultError {
     UnknownKey { name: String, key_id: String },
     #[error("data key {0:?} cannot be unwrapped: the master key is not the one this database was created with")]
     WrongMasterKey(String),
+    #[error("the new master key is the current one; generate a different key")]
+    SameMasterKey,
     #[error("the vault has no data key yet (run `pbxguard init`)")]
     NotInitialised,
     #[error(transparent)]
@@ -142,10 +144,16 @@ pub fn master_key_source(key_file: &Path) -> PathBuf {
     key_file.to_path_buf()
 }
 
-/// Reads the master key, refusing files that other users could read or that belong to someone
-/// else (a key readable by the web tier's user would defeat the vault).
+/// Reads the master key (the systemd credential, else `key_file`), refusing files that other
+/// users could read or that belong to someone else (a key readable by the web tier's user would
+/// defeat the vault).
 pub fn load_master_key(key_file: &Path) -> Result<Key, VaultError> {
-    let path = master_key_source(key_file);
+    read_key_file(&master_key_source(key_file))
+}
+
+/// Reads one key file with the same ownership and mode rules as the master key.
+pub fn read_key_file(path: &Path) -> Result<Key, VaultError> {
+    let path = path.to_path_buf();
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -513,7 +521,14 @@ impl Vault {
 
     /// New data key generation; every secret re-encrypted under it in one transaction. A secret
     /// that cannot be decrypted aborts the whole rotation (nothing changes) and is named.
-    pub async fn rotate(&self) -> Result<Rotation, VaultError> {
+    ///
+    /// With `new_master`, the new data key is wrapped under that key instead: once this commits,
+    /// only the new master key opens the vault (the old data keys are deleted in the same
+    /// transaction), so the caller must install it before anything else uses the vault.
+    pub async fn rotate(&self, new_master: Option<&Key>) -> Result<Rotation, VaultError> {
+        if new_master.is_some_and(|k| k.as_bytes() == self.master.as_bytes()) {
+            return Err(VaultError::SameMasterKey);
+        }
         let keys = self.store.data_keys().await?;
         if keys.is_empty() {
             return Err(VaultError::NotInitialised);
@@ -525,7 +540,7 @@ impl Vault {
             old.insert(row.id.clone(), key);
         }
         let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
-        let (new_row, new_key) = new_key_row(&self.master, generation);
+        let (new_row, new_key) = new_key_row(new_master.unwrap_or(&self.master), generation);
         let outcome = self
             .store
             .rotate_data_key(&new_row, |row| -> Result<SecretRow, VaultError> {

@@ -338,3 +338,51 @@ fn kill_9_during_a_burst_of_sets_loses_nothing_completed() {
     // The store still accepts writes after the kills.
     env.ok(&["secret", "set", "after/kill"], b"fine");
 }
+
+#[test]
+fn rotate_key_can_replace_the_master_key() {
+    let env = Env::new();
+    env.init();
+    env.ok(&["secret", "set", "ami/upstream"], b"upstream-pw");
+    let old_key = std::fs::read(env.path("etc/master.key")).unwrap();
+    let new_path = env.path("etc/master.key.new");
+    let out = String::from_utf8(env.ok(
+        &[
+            "secret",
+            "rotate-key",
+            "--new-master-key",
+            new_path.to_str().unwrap(),
+        ],
+        b"",
+    ))
+    .unwrap();
+    assert!(out.contains("new master key installed"), "{out}");
+    assert!(!new_path.exists(), "the new key was moved into place");
+    let installed = std::fs::read(env.path("etc/master.key")).unwrap();
+    assert_ne!(installed, old_key);
+    assert_eq!(mode(&env.path("etc/master.key")), 0o600);
+    assert_eq!(
+        env.ok(&["secret", "get", "ami/upstream"], b""),
+        b"upstream-pw"
+    );
+    // The old master key no longer opens anything.
+    std::fs::write(env.path("etc/master.key"), &old_key).unwrap();
+    let msg = text(&env.run(&["secret", "get", "ami/upstream"], b""));
+    assert!(msg.contains("master key is not the one"), "{msg}");
+    // Rotating to the very same key is refused.
+    std::fs::write(env.path("etc/master.key"), &installed).unwrap();
+    let same = env.path("same.key");
+    std::fs::write(&same, &installed).unwrap();
+    std::fs::set_permissions(&same, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.run(
+        &[
+            "secret",
+            "rotate-key",
+            "--new-master-key",
+            same.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("is the current one"));
+}

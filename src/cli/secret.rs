@@ -1,7 +1,7 @@
 //! `pbxguard secret …`: the vault from the command line.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,7 +9,35 @@ use clap::Subcommand;
 use zeroize::Zeroizing;
 
 use super::{actor, load, open_vault, UsageError};
-use crate::vault::MAX_SECRET_LEN;
+use crate::vault::{self, MAX_SECRET_LEN};
+
+/// After a master-key rotation has committed, only the new key opens the vault: put it where
+/// the daemon reads it, or say exactly what the admin must do.
+fn install_master_key(new: &Path, key_file: &Path) -> anyhow::Result<()> {
+    let source = vault::master_key_source(key_file);
+    if source != key_file {
+        println!(
+            "the master key comes from a systemd credential; install the new key with:\n  \
+             systemd-creds encrypt --name=master.key {} /etc/pbxguard/master.key.cred\n  \
+             shred -u {}\n  systemctl restart pbxguard",
+            new.display(),
+            new.display()
+        );
+        return Ok(());
+    }
+    std::fs::rename(new, key_file).with_context(|| {
+        format!(
+            "the vault now needs the NEW master key in {}; move it over {} by hand",
+            new.display(),
+            key_file.display()
+        )
+    })?;
+    println!(
+        "new master key installed at {}; restart the daemon (systemctl restart pbxguard)",
+        key_file.display()
+    );
+    Ok(())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -30,8 +58,14 @@ pub enum SecretCommand {
     /// Delete a secret.
     Rm { name: String },
     /// New data-key generation: every secret is re-encrypted in one transaction and the old
-    /// key deleted when it commits.
-    RotateKey,
+    /// key deleted when it commits. Logged-in users stay logged in.
+    RotateKey {
+        /// Also replace the master key with the key in FILE (created, 0600, when absent). With
+        /// a key file the new key is moved over `[vault] key_file`; with a systemd credential
+        /// the command prints how to encrypt it. Restart the daemon afterwards.
+        #[arg(long, value_name = "FILE")]
+        new_master_key: Option<PathBuf>,
+    },
 }
 
 /// Reads a secret value from stdin, bounded, and strips one trailing `\n` or `\r\n`.
@@ -112,18 +146,31 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
             store.audit(&actor(), "secret.rm", &name, "").await?;
             eprintln!("secret {name:?} removed");
         }
-        SecretCommand::RotateKey => {
-            let r = vault.rotate().await?;
-            let detail = format!(
+        SecretCommand::RotateKey { new_master_key } => {
+            let new_master = match &new_master_key {
+                Some(path) => {
+                    vault::create_master_key_file(path)?;
+                    Some(vault::read_key_file(path)?)
+                }
+                None => None,
+            };
+            let r = vault.rotate(new_master.as_ref()).await?;
+            let mut detail = format!(
                 "{} -> {} ({} secrets)",
                 r.old_key_ids.join(","),
                 r.new_key_id,
                 r.secrets
             );
+            if new_master.is_some() {
+                detail.push_str(", new master key");
+            }
             store
                 .audit(&actor(), "secret.rotate-key", "vault", &detail)
                 .await?;
             println!("rotated data key {detail}");
+            if let Some(path) = new_master_key {
+                install_master_key(&path, &config.vault.key_file)?;
+            }
         }
     }
     store.close().await;
