@@ -342,3 +342,60 @@ fn a_missing_certificate_on_reload_keeps_the_old_one() {
     let out = env.curl_https("/healthz", &["--insecure"]);
     assert_eq!(status(&out), 200);
 }
+
+/// The sd_notify protocol as systemd speaks it: datagrams on $NOTIFY_SOCKET.
+#[test]
+fn tells_systemd_ready_reloading_stopping_and_feeds_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    env.init();
+    let sock_path = env.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = env.start_with(&[
+        ("NOTIFY_SOCKET", sock_path.display().to_string()),
+        ("WATCHDOG_USEC", "400000".to_string()),
+    ]);
+    let mut seen: Vec<String> = Vec::new();
+    let count = |seen: &[String], m: &str| seen.iter().filter(|l| l.as_str() == m).count();
+    collect(&sock, &mut seen, &|s| {
+        count(s, "READY=1") >= 1 && count(s, "WATCHDOG=1") >= 3
+    });
+    d.signal("HUP");
+    collect(&sock, &mut seen, &|s| {
+        count(s, "RELOADING=1") == 1 && count(s, "READY=1") >= 2
+    });
+    let reloading = seen.iter().position(|l| l == "RELOADING=1").unwrap();
+    assert!(
+        seen[reloading..].iter().any(|l| l == "READY=1"),
+        "READY=1 must follow RELOADING=1: {seen:?}"
+    );
+    assert!(seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")));
+    d.signal("TERM");
+    collect(&sock, &mut seen, &|s| count(s, "STOPPING=1") == 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// Reads notify datagrams until `until` holds (10 s at most).
+fn collect(
+    sock: &std::os::unix::net::UnixDatagram,
+    seen: &mut Vec<String>,
+    until: &dyn Fn(&[String]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !until(seen) {
+        assert!(
+            Instant::now() < deadline,
+            "notify messages so far: {seen:?}"
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+}

@@ -115,15 +115,29 @@ public_url = "https://localhost:{http_port}"
 
     /// Starts `serve` and waits until the API port accepts connections.
     pub fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// As [`Env::start`], with extra environment variables (e.g. a systemd notify socket).
+    pub fn start_with(&self, vars: &[(&str, String)]) -> Daemon {
         let log = self.path("serve.log");
-        let child = Command::new(BIN)
+        // Through `sh … exec` so that WATCHDOG_PID can name the daemon's own pid, as systemd
+        // sets it (sd_notify ignores WATCHDOG_USEC meant for another process).
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", BIN]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        if !vars.iter().any(|(k, _)| *k == "NOTIFY_SOCKET") {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
+        let child = cmd
             .arg("-c")
             .arg(&self.config)
             .arg("serve")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
