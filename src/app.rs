@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -20,6 +21,7 @@ pub struct App {
     /// the next handshake after SIGHUP without rebinding.
     pub http_tls: ArcSwapOption<rustls::ServerConfig>,
     pub metrics: Metrics,
+    pub auth: Auth,
 }
 
 impl std::fmt::Debug for App {
@@ -33,9 +35,11 @@ impl App {
         config: Config,
         store: Store,
         vault: Vault,
+        auth: Auth,
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
         Arc::new(App {
+            auth,
             config: ArcSwap::from_pointee(config),
             store,
             vault,

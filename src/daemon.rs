@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::app::App;
+use crate::auth::{Auth, AuthError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ResultLabels;
 use crate::store::{Store, StoreError};
@@ -46,6 +47,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("cannot install the {0} signal handler: {1}")]
     Signal(&'static str, std::io::Error),
 }
@@ -135,7 +138,8 @@ pub async fn run(
     let (store, vault) = prepare(&config).await?;
     let tls = http_tls(&config)?;
     warn_unimplemented(&config);
-    let app = App::new(config, store.clone(), vault, tls);
+    let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
+    let app = App::new(config, store.clone(), vault, auth, tls);
     let mut daemon = Daemon {
         api_router: Arc::new(ArcSwap::from_pointee(web::api_router(app.clone()))),
         redirect_router: Arc::new(ArcSwap::from_pointee(web::redirect_router(app.clone()))),
@@ -163,6 +167,7 @@ pub async fn run(
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     info!(version = env!("CARGO_PKG_VERSION"), "pbxguard ready");
     spawn_watchdog(&daemon.tracker, shutdown.clone());
+    spawn_housekeeping(&daemon.tracker, store.clone(), shutdown.clone());
 
     loop {
         tokio::select! {
@@ -207,6 +212,29 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+            }
+        }
+    });
+}
+
+/// Ended sessions are kept this long for `session list`-style forensics, then deleted (the
+/// login history keeps its own rows).
+const SESSION_RETENTION_SECS: i64 = 7 * 24 * 3600;
+
+/// Hourly clean-up of long-ended sessions.
+fn spawn_housekeeping(tracker: &TaskTracker, store: Store, shutdown: CancellationToken) {
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    match store.purge_sessions(crate::clock::now_unix() - SESSION_RETENTION_SECS).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(sessions = n, "purged ended sessions"),
+                        Err(e) => warn!(error = %e, "purging ended sessions failed"),
+                    }
+                }
             }
         }
     });
@@ -290,6 +318,10 @@ impl Daemon {
             }
         }
         warn_unimplemented(&config);
+
+        if let Err(e) = self.app.auth.reload_keys(&self.app.vault).await {
+            return Err(vec![format!("JWT signing keys: {e}")]);
+        }
 
         // Point of no return: everything that could fail has succeeded.
         self.app.config.store(Arc::new(config));

@@ -17,6 +17,10 @@
 //! [`vault`] keeps secrets AES-256-GCM encrypted under data keys wrapped by the master key that
 //! systemd hands over as a credential. [`init`] creates what a fresh host needs, idempotently.
 //!
+//! [`auth`] is login and roles: argon2id passwords on a bounded pool, HS256 JWTs with key ids,
+//! server-side sessions behind a stamp-invalidated cache, throttling, the forward-auth route
+//! rules and the client-IP rule.
+//!
 //! [`web`] is the HTTP side: axum behind our accept loop (connection limit, TLS handshake
 //! timeout, header limits, graceful drain), the redirect listener, `/healthz` and `/metrics`.
 //!
@@ -30,6 +34,7 @@
 )]
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -47,6 +47,14 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub logins: Family<ResultLabels, Counter>,
+    /// Forward-auth answers by status (200/401/403): a spike of 401 is an attack or an outage.
+    pub auth_checks: Family<StatusLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: u16,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,8 +123,22 @@ impl Metrics {
             "Configuration reloads (SIGHUP) by result",
             config_reloads.clone(),
         );
+        let logins = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "logins",
+            "Login attempts by result (as in the login history)",
+            logins.clone(),
+        );
+        let auth_checks = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "auth_checks",
+            "Forward-auth check answers by status",
+            auth_checks.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            logins,
+            auth_checks,
             connections_open,
             connections,
             connections_refused,
@@ -125,6 +147,10 @@ impl Metrics {
             request_duration,
             config_reloads,
         }
+    }
+
+    pub fn login(&self, result: &'static str) {
+        self.logins.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// OpenMetrics text of every metric.

@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages -> a command each provides.
-declare -A peers=([curl]=curl [openssl]=openssl [sqlite3]=sqlite3)
+declare -A peers=([curl]=curl [openssl]=openssl [sqlite3]=sqlite3 [nginx-light]=nginx [wrk]=wrk)
 missing=()
 for pkg in "${!peers[@]}"; do
-    command -v "${peers[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
+    cmd=${peers[$pkg]}
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test peers: ${missing[*]}"

@@ -4,6 +4,7 @@
 
 mod docs;
 mod secret;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,14 @@ pub enum Command {
     Init,
     /// Validate the configuration; print every problem with its key and exit 64 if any.
     CheckConfig,
+    /// Manage web-tier users (levels 1-9).
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// List and revoke login sessions; revocation applies at the daemon's next request.
+    #[command(subcommand)]
+    Session(users::SessionCommand),
+    /// The login history (newest first).
+    History(users::HistoryArgs),
     /// Manage secrets in the vault (values never appear in listings or logs).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -122,6 +131,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => check_config(&cli.config),
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
+        Command::User(cmd) => runtime()?.block_on(users::user(&cli.config, cmd)),
+        Command::Session(cmd) => runtime()?.block_on(users::session(&cli.config, cmd)),
+        Command::History(args) => runtime()?.block_on(users::history(&cli.config, args)),
         Command::Completions { shell } => {
             docs::completions(shell);
             Ok(ExitCode::SUCCESS)
@@ -181,12 +193,17 @@ fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database of an initialised installation, migrated to this version.
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::open(&config.daemon.database, false).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
 /// The vault of an initialised installation, for CLI commands.
 pub(crate) async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     let master = vault::load_master_key(&config.vault.key_file)?;
-    let store = Store::open(&config.daemon.database, false).await?;
-    store.migrate().await?;
-    Ok(Vault::new(master, store))
+    Ok(Vault::new(master, open_store(config).await?))
 }
 
 /// Who runs this CLI command, for the audit log.

@@ -5,7 +5,10 @@
 //! in the binary and applied by `init` and `serve`.
 
 mod audit;
+mod history;
 mod secrets;
+mod sessions;
+mod users;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,7 +19,10 @@ use sqlx::sqlite::{
 };
 
 pub use audit::AuditEntry;
+pub use history::HistoryRow;
 pub use secrets::{KeyRow, SecretRow};
+pub use sessions::{NewHistory, SessionRow};
+pub use users::UserRow;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -2,7 +2,10 @@
 //! request passes (metrics, HSTS, body and time limits), and the handlers of the foundation
 //! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`].
 
+pub mod admin_api;
+pub mod auth_api;
 pub mod error;
+pub mod extract;
 pub mod server;
 pub mod tls;
 
@@ -13,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -37,6 +40,20 @@ pub fn api_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/auth/login", post(auth_api::login))
+        .route("/api/v1/auth/logout", post(auth_api::logout))
+        .route("/api/v1/auth/check", get(auth_api::check))
+        .route("/api/v1/me", get(auth_api::me))
+        .route("/api/v1/admin/sessions", get(admin_api::sessions))
+        .route(
+            "/api/v1/admin/sessions/{id}",
+            delete(admin_api::revoke_session),
+        )
+        .route(
+            "/api/v1/admin/users/{name}/sessions",
+            delete(admin_api::revoke_user_sessions),
+        )
+        .route("/api/v1/admin/login-history", get(admin_api::login_history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -106,6 +123,28 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     };
     let tls = req.extensions().get::<Peer>().is_some_and(|p| p.tls);
     let mut response = next.run(req).await;
+    if response.headers().get(header::CONTENT_TYPE).is_none() {
+        // Layers below us (timeout, body limit) answer with bare text; keep the JSON shape.
+        match response.status() {
+            StatusCode::REQUEST_TIMEOUT => {
+                response = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request took too long",
+                )
+                .into_response()
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                response = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
+                .into_response()
+            }
+            _ => {}
+        }
+    }
     if tls {
         response.headers_mut().insert(
             header::STRICT_TRANSPORT_SECURITY,

@@ -1,0 +1,3 @@
+-- Throttling looks up recent failures per client IP as well as per account.
+CREATE INDEX login_history_ip ON login_history (ip, at);
+CREATE INDEX sessions_expires ON sessions (expires_at);

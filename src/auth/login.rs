@@ -1,0 +1,260 @@
+//! The password step of a login and the issuing of a session. Unknown users, wrong passwords
+//! and malformed names cost the same argon2 work and get the same refusal, so accounts cannot
+//! be enumerated; every attempt is written to the login history, and a history write that
+//! fails fails the login.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::clock::now_unix;
+use crate::store::{NewHistory, SessionRow, StoreError, UserRow};
+
+use super::jwt::{Claims, JwtError, AUDIENCE, ISSUER};
+use super::password::PasswordError;
+use super::roles::Role;
+use super::throttle;
+
+/// Longest user name; names are `a-z 0-9 . _ - @`, starting with a letter or digit.
+pub const MAX_NAME_LEN: usize = 64;
+/// How much of a typed name the history keeps.
+const HISTORY_NAME_LEN: usize = 64;
+const HISTORY_AGENT_LEN: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    #[error("user has a level outside 1-9")]
+    BadLevel,
+}
+
+/// Checks a user name for `user add` and friends.
+pub fn validate_username(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err("a user name has 1 to 64 characters");
+    }
+    if !name.bytes().all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'@')
+    }) {
+        return Err("a user name may only contain a-z 0-9 . _ - @");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err("a user name starts with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Who is trying, from where.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: String,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    InvalidCredentials,
+    Disabled,
+    Throttled { retry_after: u64 },
+}
+
+/// A session that was just created, with its token.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub session_id: String,
+    pub user: String,
+    pub level: u8,
+    pub expires_at: i64,
+}
+
+#[derive(Debug)]
+pub enum PasswordStep {
+    /// The password is right and the user may log in; the caller decides about a second
+    /// factor before issuing a session.
+    Verified(UserRow),
+    Refused(Refusal),
+}
+
+async fn record(
+    app: &App,
+    now: i64,
+    typed: &str,
+    client: &Client,
+    result: &'static str,
+) -> Result<(), StoreError> {
+    app.metrics.login(result);
+    app.store
+        .record_login(&NewHistory {
+            at: now,
+            username: &bounded(typed, HISTORY_NAME_LEN),
+            ip: &client.ip,
+            user_agent: &bounded(&client.user_agent, HISTORY_AGENT_LEN),
+            result,
+        })
+        .await
+}
+
+/// Records a refused attempt of any step (e.g. a wrong second factor) in the history.
+pub async fn record_failure(
+    app: &App,
+    typed: &str,
+    client: &Client,
+    result: &'static str,
+) -> Result<(), StoreError> {
+    record(app, now_unix(), typed, client, result).await
+}
+
+/// Throttle, look up, verify. Does not create a session.
+pub async fn check_password(
+    app: &App,
+    typed: &str,
+    password: Zeroizing<String>,
+    client: &Client,
+) -> Result<PasswordStep, LoginError> {
+    let cfg = app.config.load_full();
+    let now = now_unix();
+    let account = typed.to_ascii_lowercase();
+    if let Some(retry_after) =
+        throttle::locked(&app.store, &cfg.auth, &account, &client.ip, now).await?
+    {
+        record(app, now, typed, client, "throttled").await?;
+        return Ok(PasswordStep::Refused(Refusal::Throttled { retry_after }));
+    }
+    let user = match validate_username(&account) {
+        Ok(()) => app.store.user(&account).await?,
+        Err(_) => None,
+    };
+    let verified = app
+        .auth
+        .hasher
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await?;
+    // The hash took a while: re-read the clock for the history row.
+    let now = now_unix();
+    match user {
+        None => {
+            record(app, now, typed, client, "unknown_user").await?;
+            Ok(PasswordStep::Refused(Refusal::InvalidCredentials))
+        }
+        Some(_) if !verified => {
+            record(app, now, typed, client, "bad_password").await?;
+            Ok(PasswordStep::Refused(Refusal::InvalidCredentials))
+        }
+        Some(u) if u.disabled => {
+            record(app, now, typed, client, "disabled").await?;
+            Ok(PasswordStep::Refused(Refusal::Disabled))
+        }
+        Some(u) => Ok(PasswordStep::Verified(u)),
+    }
+}
+
+/// Creates the session row (with its `ok` history row, atomically) and signs its token.
+pub async fn issue_session(
+    app: &Arc<App>,
+    user: &UserRow,
+    client: &Client,
+) -> Result<Issued, LoginError> {
+    let cfg = app.config.load_full();
+    let role = Role::of_level(user.level).ok_or(LoginError::BadLevel)?;
+    let now = now_unix();
+    let expires_at = now + cfg.auth.session_max_lifetime.as_secs() as i64;
+    let id = crate::ids::random_hex(16);
+    let claims = Claims {
+        sub: user.name.clone(),
+        lvl: user.level,
+        role: role.name().to_string(),
+        sid: id.clone(),
+        iat: now as u64,
+        nbf: now as u64,
+        exp: expires_at as u64,
+        iss: ISSUER.to_string(),
+        aud: AUDIENCE.to_string(),
+    };
+    let token = app.auth.keyring.load().sign(&claims)?;
+    let row = SessionRow {
+        id: id.clone(),
+        user_id: user.id,
+        user: user.name.clone(),
+        level: user.level,
+        created_at: now,
+        last_seen: now,
+        expires_at,
+        ip: client.ip.clone(),
+        user_agent: bounded(&client.user_agent, HISTORY_AGENT_LEN),
+        revoked_at: None,
+        user_level: user.level,
+        user_disabled: false,
+    };
+    app.store
+        .create_session(
+            &row,
+            &NewHistory {
+                at: now,
+                username: &user.name,
+                ip: &client.ip,
+                user_agent: &row.user_agent,
+                result: "ok",
+            },
+        )
+        .await?;
+    app.metrics.login("ok");
+    Ok(Issued {
+        token,
+        session_id: id,
+        user: user.name.clone(),
+        level: user.level,
+        expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names() {
+        for good in ["alice", "agent.007", "j-doe", "ops@callcenter", "9lives"] {
+            assert!(validate_username(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "Alice",
+            ".hidden",
+            "-x",
+            "a b",
+            "a\0b",
+            "ünï",
+            "a/b",
+            long.as_str(),
+        ] {
+            assert!(validate_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bounded_respects_char_boundaries() {
+        assert_eq!(bounded("abc", 10), "abc");
+        assert_eq!(bounded("aé", 2), "a");
+        assert_eq!(bounded(&"x".repeat(100), 64).len(), 64);
+    }
+}

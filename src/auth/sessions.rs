@@ -1,0 +1,212 @@
+//! Server-side session checks on every request, fast and revocable at once.
+//!
+//! The database is the truth; the daemon keeps a cache of sessions it has looked up so the
+//! forward-auth check costs no SQL. Any process that changes users, sessions or signing keys
+//! (the CLI runs separately, against the same database) commits first and then replaces the
+//! *auth stamp* file in `state_dir`. The check `stat`s that file — one syscall — and drops the
+//! whole cache when it changed, so a revocation applies from the very next request.
+//!
+//! `last_seen` is kept in memory on every check and written back at most once per
+//! [`TOUCH_INTERVAL`]; after a cache drop the database value is at most that stale, which is
+//! the accuracy of the idle expiry.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::config::AuthConfig;
+use crate::store::{SessionRow, Store, StoreError};
+
+use super::jwt::Claims;
+
+/// How often `last_seen` is written back per session.
+pub const TOUCH_INTERVAL: i64 = 60;
+/// The cache is dropped wholesale beyond this many entries (an attacker cannot make it grow:
+/// only sessions that exist in the database get cached).
+const MAX_CACHED: usize = 100_000;
+pub const STAMP_FILE: &str = "auth.stamp";
+
+/// Why a token's session is not acceptable. The check answers 401 for all of them; the
+/// distinction is for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Deny {
+    #[error("no such session")]
+    Unknown,
+    #[error("session revoked")]
+    Revoked,
+    #[error("session past its maximum lifetime")]
+    Expired,
+    #[error("session idle for too long")]
+    Idle,
+    #[error("user level changed or user disabled")]
+    UserChanged,
+    #[error("token does not match its session")]
+    Mismatch,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    user: String,
+    level: u8,
+    created_at: i64,
+    expires_at: i64,
+    last_seen: i64,
+    last_written: i64,
+}
+
+/// An accepted session, as handlers need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user: String,
+    pub level: u8,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// The outcome of a check: the session, and whether `last_seen` is due to be written back.
+#[derive(Debug)]
+pub struct Checked {
+    pub session: Session,
+    pub touch: Option<i64>,
+}
+
+type StampId = (u64, i64, i64);
+
+/// Replaces the auth stamp (new inode every time, so the change is always visible).
+pub fn touch_stamp(state_dir: &Path) -> std::io::Result<()> {
+    let tmp = state_dir.join(format!("{STAMP_FILE}.{}", crate::ids::random_hex(6)));
+    std::fs::write(&tmp, crate::ids::random_hex(16))?;
+    std::fs::rename(&tmp, state_dir.join(STAMP_FILE))
+}
+
+fn read_stamp(path: &Path) -> Option<StampId> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    stamp_path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stamp: Option<StampId>,
+    map: HashMap<String, Cached>,
+}
+
+impl Sessions {
+    pub fn new(state_dir: &Path) -> Sessions {
+        let stamp_path = state_dir.join(STAMP_FILE);
+        Sessions {
+            inner: Mutex::new(Inner {
+                stamp: read_stamp(&stamp_path),
+                map: HashMap::new(),
+            }),
+            stamp_path,
+        }
+    }
+
+    /// Drops the cache if another process changed auth state; returns whether it did.
+    pub fn sync(&self) -> bool {
+        let now = read_stamp(&self.stamp_path);
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        if inner.stamp != now {
+            inner.stamp = now;
+            inner.map.clear();
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.map.clear();
+        }
+    }
+
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.map.remove(id);
+        }
+    }
+
+    fn cached(&self, id: &str) -> Option<Cached> {
+        self.inner.lock().ok().and_then(|i| i.map.get(id).cloned())
+    }
+
+    /// Accepts `claims` if their session is live; `Ok(Err(deny))` when it is not.
+    pub async fn check(
+        &self,
+        store: &Store,
+        cfg: &AuthConfig,
+        claims: &Claims,
+        now: i64,
+    ) -> Result<Result<Checked, Deny>, StoreError> {
+        let cached = match self.cached(&claims.sid) {
+            Some(c) => c,
+            None => {
+                let Some(row) = store.session(&claims.sid).await? else {
+                    return Ok(Err(Deny::Unknown));
+                };
+                match admit(&row) {
+                    Ok(c) => c,
+                    Err(d) => return Ok(Err(d)),
+                }
+            }
+        };
+        if cached.user != claims.sub || cached.level != claims.lvl {
+            return Ok(Err(Deny::Mismatch));
+        }
+        if now >= cached.expires_at {
+            return Ok(Err(Deny::Expired));
+        }
+        if now - cached.last_seen > cfg.session_idle_timeout.as_secs() as i64 {
+            return Ok(Err(Deny::Idle));
+        }
+        let touch = (now - cached.last_written >= TOUCH_INTERVAL).then_some(now);
+        let session = Session {
+            id: claims.sid.clone(),
+            user: cached.user.clone(),
+            level: cached.level,
+            created_at: cached.created_at,
+            expires_at: cached.expires_at,
+        };
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.map.len() >= MAX_CACHED && !inner.map.contains_key(&claims.sid) {
+                inner.map.clear();
+            }
+            let entry = inner.map.entry(claims.sid.clone()).or_insert(cached);
+            entry.last_seen = entry.last_seen.max(now);
+            if let Some(t) = touch {
+                entry.last_written = t;
+            }
+        }
+        Ok(Ok(Checked { session, touch }))
+    }
+}
+
+/// A database row becomes a cache entry only when it is acceptable as a whole.
+fn admit(row: &SessionRow) -> Result<Cached, Deny> {
+    if row.revoked_at.is_some() {
+        return Err(Deny::Revoked);
+    }
+    if row.user_disabled || row.level != row.user_level {
+        return Err(Deny::UserChanged);
+    }
+    Ok(Cached {
+        user: row.user.clone(),
+        level: row.level,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        last_seen: row.last_seen,
+        last_written: row.last_seen,
+    })
+}

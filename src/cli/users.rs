@@ -1,0 +1,331 @@
+//! `pbxguard user …`, `session …` and `history`: accounts, sessions and the login history from
+//! the command line. Every change that could affect a live session is committed and then
+//! announced through the auth stamp, so the running daemon applies it on its next request.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::{actor, load, open_store, UsageError};
+use crate::auth::login::validate_username;
+use crate::auth::password;
+use crate::auth::roles::Role;
+use crate::auth::sessions::touch_stamp;
+use crate::clock::{now_unix, rfc3339};
+use crate::config::Config;
+use crate::store::Store;
+use crate::web::admin_api::{HistoryView, SessionView, MAX_HISTORY_LIMIT};
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; the password is read from stdin.
+    Add {
+        name: String,
+        /// 1-4 agent, 5-6 supervisor, 7-8 manager, 9 admin.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=9))]
+        level: u8,
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from stdin (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's level; ends the user's sessions.
+    SetLevel {
+        name: String,
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=9))]
+        level: u8,
+    },
+    /// Disable a user; ends the user's sessions.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+    /// Set a new password (from stdin); ends the user's sessions.
+    Passwd {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Live sessions, newest first.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one session, every session of a user, or every session.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    /// Session id.
+    id: Option<String>,
+    /// Every session of this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Every session of every user (everyone must log in again).
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HISTORY_LIMIT)))]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_password() -> anyhow::Result<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(password::MAX_LEN as u64 + 3)
+        .read_to_end(&mut buf)
+        .context("reading the password from stdin")?;
+    let len = buf.len();
+    if buf.ends_with(b"\r\n") {
+        buf.truncate(len - 2);
+    } else if buf.ends_with(b"\n") {
+        buf.truncate(len - 1);
+    }
+    let text = std::str::from_utf8(&buf)
+        .map_err(|_| UsageError("the password is not valid UTF-8".into()))?;
+    password::check_policy(text).map_err(|e| UsageError(e.to_string()))?;
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+fn check_email(email: &str) -> Result<(), UsageError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(format!("{email:?} is not an email address")))
+    }
+}
+
+/// Tells the running daemon that auth state changed (see `auth::sessions`).
+fn announce(config: &Config) -> anyhow::Result<()> {
+    touch_stamp(&config.daemon.state_dir).with_context(|| {
+        format!(
+            "the change is stored, but the daemon could not be told: cannot write {}/auth.stamp",
+            config.daemon.state_dir.display()
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct UserView {
+    name: String,
+    level: u8,
+    role: &'static str,
+    email: Option<String>,
+    disabled: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+fn changed(store_result: Option<u64>, name: &str) -> anyhow::Result<u64> {
+    store_result.ok_or_else(|| anyhow::anyhow!("user {name:?} does not exist"))
+}
+
+pub async fn user(config_path: &Path, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    let store = open_store(&config).await?;
+    let out = user_inner(&config, &store, cmd).await;
+    store.close().await;
+    out
+}
+
+async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCommand::Add {
+            name, level, email, ..
+        } => {
+            validate_username(&name).map_err(|e| UsageError(e.to_string()))?;
+            if let Some(e) = &email {
+                check_email(e)?;
+            }
+            let pw = read_password()?;
+            let hash = password::hash_now(pw.as_bytes())?;
+            if !store
+                .insert_user(&name, level, email.as_deref(), &hash)
+                .await?
+            {
+                bail!("user {name:?} already exists");
+            }
+            store
+                .audit(&actor(), "user.add", &name, &format!("level {level}"))
+                .await?;
+            eprintln!("user {name:?} added with level {level}");
+        }
+        UserCommand::List { json } => {
+            let users: Vec<UserView> = store
+                .users()
+                .await?
+                .into_iter()
+                .map(|u| UserView {
+                    role: Role::of_level(u.level).map(Role::name).unwrap_or("agent"),
+                    name: u.name,
+                    level: u.level,
+                    email: u.email,
+                    disabled: u.disabled,
+                    created_at: rfc3339(u.created_at),
+                    updated_at: rfc3339(u.updated_at),
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "{:<24} {:>5} {:<10} {:<8} EMAIL",
+                    "NAME", "LEVEL", "ROLE", "STATE"
+                );
+                for u in users {
+                    let state = if u.disabled { "disabled" } else { "active" };
+                    println!(
+                        "{:<24} {:>5} {:<10} {:<8} {}",
+                        u.name,
+                        u.level,
+                        u.role,
+                        state,
+                        u.email.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        UserCommand::SetLevel { name, level } => {
+            let ended = changed(store.set_user_level(&name, level).await?, &name)?;
+            announce(config)?;
+            store
+                .audit(&actor(), "user.set-level", &name, &format!("level {level}"))
+                .await?;
+            eprintln!("user {name:?} now has level {level}; {ended} session(s) ended");
+        }
+        UserCommand::Disable { name } => {
+            let ended = changed(store.set_user_disabled(&name, true).await?, &name)?;
+            announce(config)?;
+            store.audit(&actor(), "user.disable", &name, "").await?;
+            eprintln!("user {name:?} disabled; {ended} session(s) ended");
+        }
+        UserCommand::Enable { name } => {
+            changed(store.set_user_disabled(&name, false).await?, &name)?;
+            store.audit(&actor(), "user.enable", &name, "").await?;
+            eprintln!("user {name:?} enabled");
+        }
+        UserCommand::Passwd { name, .. } => {
+            let pw = read_password()?;
+            let hash = password::hash_now(pw.as_bytes())?;
+            let ended = changed(store.set_user_password(&name, &hash).await?, &name)?;
+            announce(config)?;
+            store.audit(&actor(), "user.passwd", &name, "").await?;
+            eprintln!("password of {name:?} changed; {ended} session(s) ended");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    let store = open_store(&config).await?;
+    let now = now_unix();
+    match cmd {
+        SessionCommand::List { user, json } => {
+            let idle = config.auth.session_idle_timeout.as_secs() as i64;
+            let rows = store.live_sessions(user.as_deref(), now, idle).await?;
+            let views: Vec<SessionView> = rows.iter().map(|r| SessionView::new(r, idle)).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                println!(
+                    "{:<32} {:<16} {:<20} {:<20} {:<20} IP",
+                    "ID", "USER", "CREATED", "LAST SEEN", "EXPIRES"
+                );
+                for v in views {
+                    println!(
+                        "{:<32} {:<16} {:<20} {:<20} {:<20} {}",
+                        v.id, v.user, v.created_at, v.last_seen, v.expires_at, v.ip
+                    );
+                }
+            }
+        }
+        SessionCommand::Revoke(args) => {
+            let (target, n) = match (args.id, args.user, args.all) {
+                (Some(id), _, _) => {
+                    if !store.revoke_session(&id, now).await? {
+                        bail!("no live session {id:?}");
+                    }
+                    (id, 1)
+                }
+                (_, Some(user), _) => {
+                    let n = store
+                        .revoke_user_sessions(&user, now)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("user {user:?} does not exist"))?;
+                    (format!("user {user}"), n)
+                }
+                _ => ("all".to_string(), store.revoke_all_sessions(now).await?),
+            };
+            announce(&config)?;
+            store
+                .audit(
+                    &actor(),
+                    "session.revoke",
+                    &target,
+                    &format!("{n} sessions"),
+                )
+                .await?;
+            eprintln!("{n} session(s) revoked");
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    let store = open_store(&config).await?;
+    let rows: Vec<HistoryView> = store
+        .history(args.user.as_deref(), args.limit)
+        .await?
+        .into_iter()
+        .map(HistoryView::from)
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<20} {:<16} {:<12} {:<39} USER AGENT",
+            "AT", "USER", "RESULT", "IP"
+        );
+        for r in rows {
+            println!(
+                "{:<20} {:<16} {:<12} {:<39} {}",
+                r.at, r.user, r.result, r.ip, r.user_agent
+            );
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

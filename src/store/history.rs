@@ -1,0 +1,111 @@
+//! The login history: every attempt with time, name as typed, client IP, user agent, result.
+//! Throttling reads its recent failures from here, so locks survive a restart.
+
+use super::sessions::NewHistory;
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub at: i64,
+    pub user: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub result: String,
+}
+
+/// Results that count towards a lockout.
+pub const FAILURE_RESULTS: &str = "('bad_password', 'unknown_user', 'disabled', 'mfa_failed')";
+
+pub(super) async fn insert_history(
+    conn: &mut sqlx::SqliteConnection,
+    h: &NewHistory<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO login_history (at, username, ip, user_agent, result) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(h.at)
+    .bind(h.username)
+    .bind(h.ip)
+    .bind(h.user_agent)
+    .bind(h.result)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn record_login(&self, h: &NewHistory<'_>) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_history(&mut conn, h).await
+    }
+
+    /// Newest first.
+    pub async fn history(
+        &self,
+        user: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT at, username, ip, user_agent, result FROM login_history
+             WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(user)
+        .bind(user)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, user, ip, user_agent, result)| HistoryRow {
+                at,
+                user,
+                ip,
+                user_agent,
+                result,
+            })
+            .collect())
+    }
+
+    /// Times of the newest `limit` failures for an account since `since`, ignoring failures
+    /// before the account's last successful login (a success resets the count).
+    pub async fn account_failures(
+        &self,
+        username: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT at FROM login_history
+             WHERE username = ? AND at >= ? AND result IN {FAILURE_RESULTS}
+               AND id > COALESCE((SELECT MAX(id) FROM login_history WHERE username = ? AND result = 'ok'), 0)
+             ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(username)
+        .bind(since)
+        .bind(username)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Times of the newest `limit` failures from a client IP since `since`. Successes do not
+    /// reset this count: an attacker must not clear it by logging into an account of their own.
+    pub async fn ip_failures(
+        &self,
+        ip: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT at FROM login_history WHERE ip = ? AND at >= ? AND result IN {FAILURE_RESULTS}
+             ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(ip)
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}

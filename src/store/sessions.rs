@@ -1,0 +1,208 @@
+//! Server-side sessions: the truth behind every JWT (`sid`), so revocation is immediate.
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: i64,
+    pub user: String,
+    /// The level the session was created with; a token is void when the user's level differs.
+    pub level: u8,
+    pub created_at: i64,
+    pub last_seen: i64,
+    /// Absolute end (`session_max_lifetime` after creation).
+    pub expires_at: i64,
+    pub ip: String,
+    pub user_agent: String,
+    pub revoked_at: Option<i64>,
+    /// The user's state now (joined), so one lookup answers the whole check.
+    pub user_level: u8,
+    pub user_disabled: bool,
+}
+
+type SessionTuple = (
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    bool,
+);
+
+fn session_row(t: SessionTuple) -> SessionRow {
+    SessionRow {
+        id: t.0,
+        user_id: t.1,
+        user: t.2,
+        level: u8::try_from(t.3).unwrap_or(0),
+        created_at: t.4,
+        last_seen: t.5,
+        expires_at: t.6,
+        ip: t.7,
+        user_agent: t.8,
+        revoked_at: t.9,
+        user_level: u8::try_from(t.10).unwrap_or(0),
+        user_disabled: t.11,
+    }
+}
+
+const SESSION_SELECT: &str =
+    "SELECT s.id, s.user_id, u.name, s.level, s.created_at, s.last_seen, s.expires_at,
+        s.ip, s.user_agent, s.revoked_at, u.level, u.disabled
+     FROM sessions s JOIN users u ON u.id = s.user_id";
+
+/// A login attempt as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHistory<'a> {
+    pub at: i64,
+    pub username: &'a str,
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    pub result: &'a str,
+}
+
+impl Store {
+    /// Creates a session and its `ok` history row in one transaction: a login whose history
+    /// cannot be written does not happen.
+    pub async fn create_session(
+        &self,
+        s: &SessionRow,
+        history: &NewHistory<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(s.user_id)
+        .bind(i64::from(s.level))
+        .bind(s.created_at)
+        .bind(s.last_seen)
+        .bind(s.expires_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?;
+        super::history::insert_history(&mut tx, history).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row: Option<SessionTuple> = sqlx::query_as(&format!("{SESSION_SELECT} WHERE s.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(session_row))
+    }
+
+    /// Sessions that are neither revoked nor past either expiry, newest first.
+    pub async fn live_sessions(
+        &self,
+        user: Option<&str>,
+        now: i64,
+        idle: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let rows: Vec<SessionTuple> = sqlx::query_as(&format!(
+            "{SESSION_SELECT} WHERE s.revoked_at IS NULL AND s.expires_at > ? AND s.last_seen + ? > ?
+               AND (? IS NULL OR u.name = ?)
+             ORDER BY s.created_at DESC, s.id"
+        ))
+        .bind(now)
+        .bind(idle)
+        .bind(now)
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(session_row).collect())
+    }
+
+    /// Records activity; only moves `last_seen` forward.
+    pub async fn touch_session(&self, id: &str, last_seen: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id = ? AND last_seen < ?")
+            .bind(last_seen)
+            .bind(id)
+            .bind(last_seen)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `true` when a live session was revoked.
+    pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Revokes a session and records the logout in the history, in one transaction.
+    pub async fn logout(&self, id: &str, history: &NewHistory<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done =
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(history.at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        super::history::insert_history(&mut tx, history).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Revokes every live session of a user; `None` when the user does not exist.
+    pub async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        now: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(Some(done.rows_affected()))
+    }
+
+    pub async fn revoke_all_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE revoked_at IS NULL")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes sessions that ended before `before` (revoked or expired); the history keeps the
+    /// record of each login.
+    pub async fn purge_sessions(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM sessions WHERE expires_at < ? OR (revoked_at IS NOT NULL AND revoked_at < ?)",
+        )
+        .bind(before)
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,171 @@
+//! Users of the web tier (agents, supervisors, managers, admins).
+
+use super::{Store, StoreError};
+use crate::clock::now_unix;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    pub level: u8,
+    pub email: Option<String>,
+    /// PHC string (argon2id); never leaves the process.
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+type UserTuple = (i64, String, i64, Option<String>, String, bool, i64, i64);
+
+fn user_row(t: UserTuple) -> UserRow {
+    UserRow {
+        id: t.0,
+        name: t.1,
+        level: u8::try_from(t.2).unwrap_or(1),
+        email: t.3,
+        password_hash: t.4,
+        disabled: t.5,
+        created_at: t.6,
+        updated_at: t.7,
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, name, level, email, password_hash, disabled, created_at, updated_at";
+
+/// Revokes every live session of `user_id` inside an open transaction.
+async fn revoke_in_tx(
+    tx: &mut sqlx::SqliteConnection,
+    user_id: i64,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let done =
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(user_id)
+            .execute(tx)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+/// What a user change did: `None` when the user does not exist.
+pub type Changed = Option<u64>;
+
+impl Store {
+    /// Adds a user; `false` when the name is taken.
+    pub async fn insert_user(
+        &self,
+        name: &str,
+        level: u8,
+        email: Option<&str>,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_unix();
+        let done = sqlx::query(
+            "INSERT INTO users (name, level, email, password_hash, disabled, created_at, updated_at)
+             VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(i64::from(level))
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        let row: Option<UserTuple> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(user_row))
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let rows: Vec<UserTuple> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(user_row).collect())
+    }
+
+    /// Applies `set` (an UPDATE of one user by id) and, when `end_sessions`, revokes that
+    /// user's sessions in the same transaction, so no request can slip in between.
+    async fn change_user(
+        &self,
+        name: &str,
+        set: &str,
+        value: Value<'_>,
+        end_sessions: bool,
+    ) -> Result<Changed, StoreError> {
+        let now = now_unix();
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let sql = format!("UPDATE users SET {set} = ?, updated_at = ? WHERE id = ?");
+        let query = sqlx::query(&sql);
+        let query = match value {
+            Value::Int(v) => query.bind(v),
+            Value::Text(v) => query.bind(v),
+            Value::OptText(v) => query.bind(v),
+        };
+        query.bind(now).bind(id).execute(&mut *tx).await?;
+        let revoked = if end_sessions {
+            revoke_in_tx(&mut tx, id, now).await?
+        } else {
+            0
+        };
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
+    /// Returns the number of sessions ended, or `None` for an unknown user.
+    pub async fn set_user_level(&self, name: &str, level: u8) -> Result<Changed, StoreError> {
+        self.change_user(name, "level", Value::Int(i64::from(level)), true)
+            .await
+    }
+
+    pub async fn set_user_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+    ) -> Result<Changed, StoreError> {
+        self.change_user(name, "disabled", Value::Int(i64::from(disabled)), disabled)
+            .await
+    }
+
+    pub async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<Changed, StoreError> {
+        self.change_user(name, "password_hash", Value::Text(password_hash), true)
+            .await
+    }
+
+    pub async fn set_user_email(
+        &self,
+        name: &str,
+        email: Option<&str>,
+    ) -> Result<Changed, StoreError> {
+        self.change_user(name, "email", Value::OptText(email), false)
+            .await
+    }
+}
+
+/// A value for [`Store::change_user`]; the column name is always one of ours, never input.
+enum Value<'a> {
+    Int(i64),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+}

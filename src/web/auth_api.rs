@@ -1,0 +1,397 @@
+//! Login, logout, the forward-auth check and `/me`.
+//!
+//! The check answers only 200, 401 or 403 — nginx's `auth_request` turns anything else into a
+//! 500 for the user — and fails closed: an internal error is a 401 (and an error log line).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{error, warn};
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::auth::jwt::JwtError;
+use crate::auth::login::{self, Client, Issued, PasswordStep, Refusal};
+use crate::auth::roles::Role;
+use crate::auth::sessions::{Deny, Session};
+use crate::auth::{client_ip, password, routes};
+use crate::clock::{now_unix, rfc3339};
+use crate::metrics::StatusLabels;
+
+use super::extract::ApiJson;
+use super::{ApiError, Peer};
+
+pub const COOKIE_NAME: &str = "pbxguard_session";
+/// Typed user names longer than this are refused before any work.
+const MAX_TYPED_NAME: usize = 256;
+
+/// Why a request is not authenticated; all are 401 to the client.
+#[derive(Debug)]
+pub enum AuthFail {
+    NoToken,
+    BadToken(JwtError),
+    Denied(Deny),
+    Internal,
+}
+
+/// The token from `Authorization: Bearer …`, else from the session cookie.
+pub fn token_from(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = v.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(token.trim());
+            }
+        }
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value)
+}
+
+/// Verifies the token and its server-side session.
+pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session, AuthFail> {
+    if app.auth.sessions.sync() {
+        // Another process changed users, sessions or keys: pick up new signing keys too.
+        if let Err(e) = app.auth.reload_keys(&app.vault).await {
+            error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
+        }
+    }
+    let token = token_from(headers).ok_or(AuthFail::NoToken)?;
+    let claims = app
+        .auth
+        .keyring
+        .load()
+        .verify(token)
+        .map_err(AuthFail::BadToken)?;
+    let config = app.config.load();
+    match app
+        .auth
+        .sessions
+        .check(&app.store, &config.auth, &claims, now_unix())
+        .await
+    {
+        Ok(Ok(checked)) => {
+            if let Some(at) = checked.touch {
+                let store = app.store.clone();
+                let id = checked.session.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.touch_session(&id, at).await {
+                        warn!(error = %e, "recording session activity failed");
+                    }
+                });
+            }
+            Ok(checked.session)
+        }
+        Ok(Err(deny)) => Err(AuthFail::Denied(deny)),
+        Err(e) => {
+            error!(error = %e, "session lookup failed; refusing the request");
+            Err(AuthFail::Internal)
+        }
+    }
+}
+
+pub fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid session is required; log in again",
+    )
+}
+
+/// An authenticated session of at least `role`, or the API error to answer with.
+pub async fn require(app: &Arc<App>, headers: &HeaderMap, role: Role) -> Result<Session, ApiError> {
+    let session = authenticate(app, headers)
+        .await
+        .map_err(|_| unauthorized())?;
+    if role.allows(session.level) {
+        Ok(session)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {role} role"),
+        ))
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    super::canonical_ip(ip).is_loopback()
+}
+
+/// The client as the history records it.
+pub fn client(app: &App, peer: &Peer, headers: &HeaderMap) -> Client {
+    let config = app.config.load();
+    let proxies = config
+        .http
+        .as_ref()
+        .map(|h| h.trusted_proxies.as_slice())
+        .unwrap_or(&[]);
+    let xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let ip = client_ip::client_ip(peer.addr.ip(), xff, proxies);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Client {
+        ip: ip.to_string(),
+        user_agent,
+    }
+}
+
+/// `Secure` is dropped only for plain HTTP from loopback (the dev setup); a trusted proxy that
+/// terminated TLS says so with `X-Forwarded-Proto: https`.
+fn cookie_secure(peer: &Peer, headers: &HeaderMap) -> bool {
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    peer.tls || !is_loopback(peer.addr.ip()) || forwarded_https
+}
+
+fn session_cookie(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={value}; HttpOnly{secure}; SameSite=Strict; Path=/; Max-Age={max_age}"
+    ))
+    .ok()
+}
+
+/// The body and cookie of a completed login (also used after a second factor).
+pub fn issued_response(issued: &Issued, peer: &Peer, headers: &HeaderMap) -> Response {
+    let role = Role::of_level(issued.level)
+        .map(Role::name)
+        .unwrap_or("agent");
+    let body = json!({
+        "status": "ok",
+        "token": issued.token,
+        "expires_at": rfc3339(issued.expires_at),
+        "user": { "name": issued.user, "level": issued.level, "role": role },
+    });
+    let mut response = Json(body).into_response();
+    let max_age = (issued.expires_at - now_unix()).max(0);
+    if let Some(cookie) = session_cookie(&issued.token, max_age, cookie_secure(peer, headers)) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn refusal_response(refusal: &Refusal) -> Response {
+    match refusal {
+        Refusal::InvalidCredentials => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid user name or password",
+        )
+        .into_response(),
+        Refusal::Disabled => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled",
+        )
+        .into_response(),
+        Refusal::Throttled { retry_after } => {
+            let body = json!({
+                "error": "too_many_attempts",
+                "message": "too many failed logins; try again later",
+                "retry_after": retry_after,
+            });
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            response
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+pub async fn login(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Response {
+    let password = Zeroizing::new(body.password);
+    if body.username.is_empty() || body.username.len() > MAX_TYPED_NAME {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "username must have 1 to 256 bytes",
+        )
+        .into_response();
+    }
+    if password.is_empty() || password.len() > password::MAX_LEN {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "password must have 1 to 1024 bytes",
+        )
+        .into_response();
+    }
+    let client = client(&app, &peer, &headers);
+    let step = match login::check_password(&app, &body.username, password, &client).await {
+        Ok(step) => step,
+        Err(e) => {
+            error!(error = %e, "login failed internally");
+            return ApiError::internal().into_response();
+        }
+    };
+    let user = match step {
+        PasswordStep::Refused(r) => return refusal_response(&r),
+        PasswordStep::Verified(user) => user,
+    };
+    match login::issue_session(&app, &user, &client).await {
+        Ok(issued) => issued_response(&issued, &peer, &headers),
+        Err(e) => {
+            error!(error = %e, "creating a session failed");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let session = match authenticate(&app, &headers).await {
+        Ok(s) => s,
+        Err(_) => return unauthorized().into_response(),
+    };
+    let client = client(&app, &peer, &headers);
+    let entry = crate::store::NewHistory {
+        at: now_unix(),
+        username: &session.user,
+        ip: &client.ip,
+        user_agent: &login::bounded(&client.user_agent, 256),
+        result: "logout",
+    };
+    if let Err(e) = app.store.logout(&session.id, &entry).await {
+        error!(error = %e, "logout failed");
+        return ApiError::internal().into_response();
+    }
+    app.auth.sessions.forget(&session.id);
+    app.metrics.login("logout");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(cookie) = session_cookie("", 0, cookie_secure(&peer, &headers)) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match authenticate(&app, &headers).await {
+        Ok(s) => Json(json!({
+            "name": s.user,
+            "level": s.level,
+            "role": Role::of_level(s.level).map(Role::name),
+            "session": { "id": s.id, "created_at": rfc3339(s.created_at), "expires_at": rfc3339(s.expires_at) },
+        }))
+        .into_response(),
+        Err(_) => unauthorized().into_response(),
+    }
+}
+
+/// The least role a check asks for: `X-Required-Role`, then `?role=`, then `[auth.routes]` on
+/// `X-Original-URI`. `Err` for a requirement that names no role (deny).
+fn required_role(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Option<Role>, ()> {
+    if let Some(v) = headers.get("x-required-role") {
+        return v.to_str().ok().and_then(Role::parse).map(Some).ok_or(());
+    }
+    if let Some(query) = uri.query() {
+        for pair in query.split('&') {
+            if let Some(v) = pair.strip_prefix("role=") {
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .map_err(|_| ())?;
+                return Role::parse(&v).map(Some).ok_or(());
+            }
+        }
+    }
+    let Some(original) = headers.get("x-original-uri") else {
+        return Ok(None);
+    };
+    let original = String::from_utf8_lossy(original.as_bytes());
+    Ok(routes::required_role(
+        &app.config.load().auth.routes,
+        &original,
+    ))
+}
+
+static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+static X_AUTH_LEVEL: HeaderName = HeaderName::from_static("x-auth-level");
+static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
+static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
+
+pub async fn check(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
+    let response = match authenticate(&app, &headers).await {
+        Err(_) => {
+            let mut r = unauthorized().into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        Ok(session) => match required_role(&app, &headers, &uri) {
+            Ok(need) if need.is_none_or(|r| r.allows(session.level)) => {
+                let role = Role::of_level(session.level)
+                    .map(Role::name)
+                    .unwrap_or("agent");
+                let mut r = StatusCode::OK.into_response();
+                let h = r.headers_mut();
+                // User names are validated ASCII, so these conversions cannot fail in practice.
+                if let Ok(v) = HeaderValue::from_str(&session.user) {
+                    h.insert(X_AUTH_USER.clone(), v);
+                }
+                h.insert(
+                    X_AUTH_LEVEL.clone(),
+                    HeaderValue::from(u16::from(session.level)),
+                );
+                h.insert(X_AUTH_ROLE.clone(), HeaderValue::from_static(role));
+                if let Ok(v) = HeaderValue::from_str(&session.id) {
+                    h.insert(X_AUTH_SESSION.clone(), v);
+                }
+                r
+            }
+            _ => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "your role may not use this route",
+            )
+            .into_response(),
+        },
+    };
+    app.metrics
+        .auth_checks
+        .get_or_create(&StatusLabels {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
