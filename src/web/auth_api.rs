@@ -72,12 +72,10 @@ pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session
         }
     }
     let token = token_from(headers).ok_or(AuthFail::NoToken)?;
-    let claims = app
-        .auth
-        .keyring
-        .load()
-        .verify(token)
-        .map_err(AuthFail::BadToken)?;
+    let claims = app.auth.keyring.load().verify(token).map_err(|e| {
+        tracing::debug!(reason = %e, "token refused");
+        AuthFail::BadToken(e)
+    })?;
     let config = app.config.load();
     match app
         .auth
@@ -97,7 +95,10 @@ pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session
             }
             Ok(checked.session)
         }
-        Ok(Err(deny)) => Err(AuthFail::Denied(deny)),
+        Ok(Err(deny)) => {
+            tracing::debug!(session = %claims.sid, reason = %deny, "session refused");
+            Err(AuthFail::Denied(deny))
+        }
         Err(e) => {
             error!(error = %e, "session lookup failed; refusing the request");
             Err(AuthFail::Internal)

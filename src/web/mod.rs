@@ -56,13 +56,14 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route("/api/v1/admin/login-history", get(admin_api::login_history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost, so it also sees (and reshapes) the answers of the layers above.
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
 
@@ -123,7 +124,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     };
     let tls = req.extensions().get::<Peer>().is_some_and(|p| p.tls);
     let mut response = next.run(req).await;
-    if response.headers().get(header::CONTENT_TYPE).is_none() {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
         // Layers below us (timeout, body limit) answer with bare text; keep the JSON shape.
         match response.status() {
             StatusCode::REQUEST_TIMEOUT => {

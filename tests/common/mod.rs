@@ -277,3 +277,110 @@ pub fn raw_exchange(port: u16, bytes: &[u8]) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// An HTTP answer as curl saw it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    /// curl's own complaints (empty when the exchange went fine).
+    pub curl_error: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// First value of a response header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+impl Env {
+    /// One request over verified TLS; `headers` are `Name: value` lines.
+    pub fn request(&self, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> Resp {
+        let cert = self.cert().display().to_string();
+        let url = format!("https://localhost:{}{path}", self.http_port);
+        let mut args: Vec<String> = [
+            "-sS",
+            "-i",
+            "--max-time",
+            "20",
+            "--cacert",
+            &cert,
+            "-X",
+            method,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for h in headers {
+            args.push("-H".into());
+            args.push(h.to_string());
+        }
+        if let Some(b) = body {
+            args.push("--data-binary".into());
+            args.push(b.to_string());
+        }
+        args.push(url);
+        let out = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl is installed");
+        let raw = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+        Resp {
+            status: head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            head: head.to_string(),
+            body: body.to_string(),
+            curl_error: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    pub fn add_user(&self, name: &str, level: u8, password: &str) {
+        self.ok(
+            &[
+                "user",
+                "add",
+                name,
+                "--level",
+                &level.to_string(),
+                "--password-stdin",
+            ],
+            format!("{password}\n").as_bytes(),
+        );
+    }
+
+    pub fn login(&self, name: &str, password: &str, headers: &[&str]) -> Resp {
+        let body = serde_json::json!({ "username": name, "password": password }).to_string();
+        let mut all = vec!["Content-Type: application/json"];
+        all.extend_from_slice(headers);
+        self.request("POST", "/api/v1/auth/login", &all, Some(&body))
+    }
+
+    /// Logs in and returns the token.
+    pub fn token(&self, name: &str, password: &str) -> String {
+        let r = self.login(name, password, &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["token"].as_str().expect("token").to_string()
+    }
+
+    pub fn check(&self, token: &str, headers: &[&str]) -> Resp {
+        let auth = format!("Authorization: Bearer {token}");
+        let mut all = vec![auth.as_str()];
+        all.extend_from_slice(headers);
+        self.request("GET", "/api/v1/auth/check", &all, None)
+    }
+}
