@@ -47,4 +47,14 @@ impl App {
             metrics: Metrics::new(),
         })
     }
+
+    /// Picks up changes other processes made to users, sessions or signing keys (announced
+    /// through the auth stamp): drops the session cache and reloads the JWT keys.
+    pub async fn sync_auth(&self) {
+        if self.auth.sessions.sync() {
+            if let Err(e) = self.auth.reload_keys(&self.vault).await {
+                tracing::error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
+            }
+        }
+    }
 }

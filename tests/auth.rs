@@ -754,3 +754,30 @@ fn bad_user_commands_are_refused_clearly() {
     assert_eq!(list[0]["role"], "supervisor");
     assert!(!String::from_utf8_lossy(&env.ok(&["user", "list", "--json"], b"")).contains("argon2"));
 }
+
+#[test]
+fn rotate_key_keeps_sessions_unless_logout_all_is_asked() {
+    let (env, _d) = setup("");
+    let token = env.token("alice", PW);
+    env.ok(&["secret", "rotate-key"], b"");
+    assert_eq!(
+        env.check(&token, &[]).status,
+        200,
+        "a data-key rotation logs nobody out"
+    );
+    let old_kid = signing_key(&env).0;
+    let out = String::from_utf8(env.ok(&["secret", "rotate-key", "--logout-all"], b"")).unwrap();
+    assert!(out.contains("1 session(s) revoked"), "{out}");
+    // New logins are signed with the new key at once (no request in between to notice it).
+    let first = env.token("alice", PW);
+    assert_eq!(env.check(&first, &[]).status, 200);
+    assert_eq!(env.check(&token, &[]).status, 401);
+    // New logins are signed with the new key, which the daemon picked up by itself.
+    let fresh = env.token("alice", PW);
+    let (new_kid, _) = signing_key(&env);
+    assert_ne!(new_kid, old_kid);
+    let header: serde_json::Value =
+        serde_json::from_slice(&B64.decode(fresh.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["kid"], new_kid.as_str());
+    assert_eq!(env.check(&fresh, &[]).status, 200);
+}

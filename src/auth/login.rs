@@ -173,6 +173,8 @@ pub async fn issue_session(
     user: &UserRow,
     client: &Client,
 ) -> Result<Issued, LoginError> {
+    // Sign with the key that is current now, even if the CLI just replaced it.
+    app.sync_auth().await;
     let cfg = app.config.load_full();
     let role = Role::of_level(user.level).ok_or(LoginError::BadLevel)?;
     let now = now_unix();

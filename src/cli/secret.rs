@@ -11,6 +11,25 @@ use zeroize::Zeroizing;
 use super::{actor, load, open_vault, UsageError};
 use crate::vault::{self, MAX_SECRET_LEN};
 
+/// A new JWT signing key; the old ones are deleted, so no token signed before verifies again.
+async fn replace_jwt_key(vault: &vault::Vault) -> anyhow::Result<String> {
+    let old: Vec<String> = vault
+        .list()
+        .await?
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| n.starts_with(crate::init::JWT_KEY_PREFIX))
+        .collect();
+    let kid = crate::ids::random_hex(4);
+    vault
+        .generate_if_absent(&format!("{}{kid}", crate::init::JWT_KEY_PREFIX), 32)
+        .await?;
+    for name in old {
+        vault.remove(&name).await?;
+    }
+    Ok(kid)
+}
+
 /// After a master-key rotation has committed, only the new key opens the vault: put it where
 /// the daemon reads it, or say exactly what the admin must do.
 fn install_master_key(new: &Path, key_file: &Path) -> anyhow::Result<()> {
@@ -65,6 +84,10 @@ pub enum SecretCommand {
         /// the command prints how to encrypt it. Restart the daemon afterwards.
         #[arg(long, value_name = "FILE")]
         new_master_key: Option<PathBuf>,
+        /// Also replace the JWT signing key and revoke every session: everyone must log in
+        /// again. Without it, logged-in users stay logged in.
+        #[arg(long)]
+        logout_all: bool,
     },
 }
 
@@ -146,7 +169,24 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
             store.audit(&actor(), "secret.rm", &name, "").await?;
             eprintln!("secret {name:?} removed");
         }
-        SecretCommand::RotateKey { new_master_key } => {
+        SecretCommand::RotateKey {
+            new_master_key,
+            logout_all,
+        } => {
+            if logout_all {
+                let kid = replace_jwt_key(&vault).await?;
+                let n = store.revoke_all_sessions(crate::clock::now_unix()).await?;
+                super::users::announce(&config)?;
+                store
+                    .audit(
+                        &actor(),
+                        "secret.rotate-key",
+                        "keys/jwt",
+                        &format!("new signing key {kid}; {n} sessions revoked"),
+                    )
+                    .await?;
+                println!("new JWT signing key {kid}; {n} session(s) revoked");
+            }
             let new_master = match &new_master_key {
                 Some(path) => {
                     vault::create_master_key_file(path)?;

@@ -126,7 +126,7 @@ fn check_email(email: &str) -> Result<(), UsageError> {
 }
 
 /// Tells the running daemon that auth state changed (see `auth::sessions`).
-fn announce(config: &Config) -> anyhow::Result<()> {
+pub(super) fn announce(config: &Config) -> anyhow::Result<()> {
     touch_stamp(&config.daemon.state_dir).with_context(|| {
         format!(
             "the change is stored, but the daemon could not be told: cannot write {}/auth.stamp",

@@ -65,12 +65,7 @@ pub fn token_from(headers: &HeaderMap) -> Option<&str> {
 
 /// Verifies the token and its server-side session.
 pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session, AuthFail> {
-    if app.auth.sessions.sync() {
-        // Another process changed users, sessions or keys: pick up new signing keys too.
-        if let Err(e) = app.auth.reload_keys(&app.vault).await {
-            error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
-        }
-    }
+    app.sync_auth().await;
     let token = token_from(headers).ok_or(AuthFail::NoToken)?;
     let claims = app.auth.keyring.load().verify(token).map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
