@@ -50,6 +50,19 @@ pub struct Metrics {
     pub logins: Family<ResultLabels, Counter>,
     /// Forward-auth answers by status (200/401/403): a spike of 401 is an attack or an outage.
     pub auth_checks: Family<StatusLabels, Counter>,
+    /// `auth_checks` for 200, 401, 403, resolved once.
+    check_counters: [Counter; 3],
+    /// `http_requests` of `GET /api/v1/auth/check` for 200, 401, 403, resolved once.
+    check_requests: [Counter; 3],
+    check_duration: Histogram,
+}
+
+fn status_index(status: axum::http::StatusCode) -> usize {
+    match status.as_u16() {
+        200 => 0,
+        401 => 1,
+        _ => 2,
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,8 +148,26 @@ impl Metrics {
             "Forward-auth check answers by status",
             auth_checks.clone(),
         );
+        let check_counters = [200u16, 401, 403]
+            .map(|status| auth_checks.get_or_create(&StatusLabels { status }).clone());
+        let check_route = "/api/v1/auth/check".to_string();
+        let check_requests = [200u16, 401, 403].map(|status| {
+            requests
+                .get_or_create(&RequestLabels {
+                    route: check_route.clone(),
+                    method: "GET".into(),
+                    status,
+                })
+                .clone()
+        });
+        let check_duration = request_duration
+            .get_or_create(&RouteLabels { route: check_route })
+            .clone();
         Metrics {
             registry: Arc::new(registry),
+            check_counters,
+            check_requests,
+            check_duration,
             logins,
             auth_checks,
             connections_open,
@@ -147,6 +178,22 @@ impl Metrics {
             request_duration,
             config_reloads,
         }
+    }
+
+    /// Counts a forward-auth answer. The hot path, so the three possible label sets are looked
+    /// up once and kept.
+    pub fn count_check(&self, status: axum::http::StatusCode) {
+        self.check_counters[status_index(status)].inc();
+    }
+
+    /// The request metrics of the check's fast path (which bypasses the router's middleware).
+    pub fn observe_check_request(
+        &self,
+        status: axum::http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.check_requests[status_index(status)].inc();
+        self.check_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn login(&self, result: &'static str) {

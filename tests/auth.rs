@@ -380,6 +380,7 @@ fn check_enforces_least_roles_from_every_source() {
         (&agent, "/agent/%2e%2e/monitoring", 403),
         (&agent, "//monitoring", 403),
         (&agent, "/agent/./../admin/users?x=/agent", 403),
+        (&agent, "/MONITORING/queues", 403),
         (&sup, "/admin", 403),
         (&sup, "/monitoring/../admin/x", 403),
         (&admin, "/admin/x", 200),
@@ -397,6 +398,23 @@ fn check_enforces_least_roles_from_every_source() {
         200
     );
     assert_eq!(env.check(&sup, &["X-Required-Role: overlord"]).status, 403);
+    // The strictest requirement wins: a header can raise what a route needs, never lower it.
+    assert_eq!(
+        env.check(
+            &agent,
+            &["X-Required-Role: agent", "X-Original-URI: /monitoring/x"]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        env.check(
+            &sup,
+            &["X-Required-Role: admin", "X-Original-URI: /monitoring/x"]
+        )
+        .status,
+        403
+    );
     let q = |t: &str, role: &str| {
         env.request(
             "GET",

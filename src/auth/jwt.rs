@@ -4,6 +4,7 @@
 //! typed: `exp` as a string or 1e309 does not parse.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,9 @@ impl std::fmt::Debug for Keyring {
             .finish()
     }
 }
+
+/// Built once: the check verifies tokens on every web request.
+static VALIDATION: LazyLock<Validation> = LazyLock::new(validation);
 
 fn validation() -> Validation {
     let mut v = Validation::new(Algorithm::HS256);
@@ -136,7 +140,7 @@ impl Keyring {
         }
         let kid = header.kid.as_deref().ok_or(JwtError::UnknownKey)?;
         let key = self.verifying.get(kid).ok_or(JwtError::UnknownKey)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation())
+        let data = jsonwebtoken::decode::<Claims>(token, key, &VALIDATION)
             .map_err(|e| JwtError::Invalid(e.to_string()))?;
         let claims = data.claims;
         match Role::of_level(claims.lvl) {

@@ -11,7 +11,9 @@ pub mod routes;
 pub mod sessions;
 pub mod throttle;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -35,13 +37,25 @@ pub struct Auth {
     /// on SIGHUP.
     pub keyring: ArcSwap<jwt::Keyring>,
     pub sessions: sessions::Sessions,
+    /// Tokens whose signature and claims were verified, by exact text: the check sees the
+    /// same token on every request of a session, and an HMAC plus two JSON parses per request
+    /// was a quarter of its CPU. Only verified tokens get in, so it cannot be filled with junk;
+    /// times are re-checked on every hit, and the server-side session still decides.
+    verified: Mutex<HashMap<Box<str>, Arc<jwt::Claims>>>,
 }
 
-/// Concurrent argon2 computations: one per core keeps latency flat without oversubscribing.
+/// Verified tokens kept at most; the map is dropped wholesale beyond (a rare event: one entry
+/// per live session).
+const MAX_VERIFIED: usize = 100_000;
+
+/// Concurrent argon2 computations: one core is always left to the async workers, so a login
+/// storm slows logins down rather than every other request.
 fn hash_concurrency() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
+        .saturating_sub(1)
+        .max(1)
 }
 
 impl Auth {
@@ -54,6 +68,7 @@ impl Auth {
             hasher: password::Hasher::new(hash_concurrency())?,
             keyring: ArcSwap::from_pointee(keyring),
             sessions: sessions::Sessions::new(state_dir),
+            verified: Mutex::default(),
         })
     }
 
@@ -63,7 +78,40 @@ impl Auth {
         if ring.signing_kid().is_none() {
             return Err(AuthError::NoSigningKey);
         }
-        self.keyring.store(std::sync::Arc::new(ring));
+        self.keyring.store(Arc::new(ring));
+        if let Ok(mut v) = self.verified.lock() {
+            v.clear();
+        }
         Ok(())
+    }
+
+    /// Verifies a token (see [`jwt::Keyring::verify`]), remembering the result.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<jwt::Claims>, jwt::JwtError> {
+        if token.len() > jwt::MAX_TOKEN_LEN {
+            return Err(jwt::JwtError::TooLong);
+        }
+        let hit = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|v| v.get(token).cloned());
+        if let Some(claims) = hit {
+            let leeway = jwt::LEEWAY_SECS as i64;
+            let (exp, nbf) = (claims.exp as i64, claims.nbf as i64);
+            if now > exp.saturating_add(leeway) || now < nbf.saturating_sub(leeway) {
+                return Err(jwt::JwtError::Invalid(
+                    "token expired or not yet valid".into(),
+                ));
+            }
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.keyring.load().verify(token)?);
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= MAX_VERIFIED {
+                v.clear();
+            }
+            v.insert(token.into(), claims.clone());
+        }
+        Ok(claims)
     }
 }

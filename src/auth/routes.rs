@@ -28,13 +28,16 @@ pub fn normalize(target: &str) -> String {
 }
 
 /// Longest configured prefix of the normalised path wins; `None` when no prefix matches.
-/// Prefixes match as strings, so `/admin` also covers `/administration` (the strict side).
+/// Prefixes match as strings and without regard to ASCII case, so `/admin` also covers
+/// `/administration` and `/Admin` (the strict side: an app that treats paths
+/// case-insensitively cannot be reached around a rule).
 pub fn required_role(routes: &BTreeMap<String, String>, target: &str) -> Option<Role> {
-    let path = normalize(target);
+    let path = normalize(target).to_ascii_lowercase();
     routes
         .iter()
-        .filter(|(prefix, _)| path.starts_with(normalize(prefix).as_str()))
-        .max_by_key(|(prefix, _)| normalize(prefix).len())
+        .map(|(prefix, role)| (normalize(prefix).to_ascii_lowercase(), role))
+        .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
         .and_then(|(_, role)| Role::parse(role))
 }
 
@@ -96,5 +99,13 @@ mod tests {
             Some(Role::Supervisor)
         );
         assert_eq!(required_role(&routes, "/agent/home"), None);
+        assert_eq!(
+            required_role(&routes, "/MONITORING/queues"),
+            Some(Role::Supervisor)
+        );
+        assert_eq!(
+            required_role(&routes, "/Monitoring/Admin"),
+            Some(Role::Admin)
+        );
     }
 }

@@ -22,12 +22,12 @@ use crate::auth::roles::Role;
 use crate::auth::sessions::{Deny, Session};
 use crate::auth::{client_ip, password, routes};
 use crate::clock::{now_unix, rfc3339};
-use crate::metrics::StatusLabels;
 
 use super::extract::ApiJson;
 use super::{ApiError, Peer};
 
 pub const COOKIE_NAME: &str = "pbxguard_session";
+pub const CHECK_PATH: &str = "/api/v1/auth/check";
 /// Typed user names longer than this are refused before any work.
 const MAX_TYPED_NAME: usize = 256;
 
@@ -64,10 +64,11 @@ pub fn token_from(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Verifies the token and its server-side session.
-pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session, AuthFail> {
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Session, AuthFail> {
     app.sync_auth().await;
     let token = token_from(headers).ok_or(AuthFail::NoToken)?;
-    let claims = app.auth.keyring.load().verify(token).map_err(|e| {
+    let now = now_unix();
+    let claims = app.auth.verify(token, now).map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
         AuthFail::BadToken(e)
     })?;
@@ -75,7 +76,7 @@ pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> Result<Session
     match app
         .auth
         .sessions
-        .check(&app.store, &config.auth, &claims, now_unix())
+        .check(&app.store, &config.auth, &claims, now)
         .await
     {
         Ok(Ok(checked)) => {
@@ -315,11 +316,14 @@ pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The least role a check asks for: `X-Required-Role`, then `?role=`, then `[auth.routes]` on
-/// `X-Original-URI`. `Err` for a requirement that names no role (deny).
+/// The least role a check asks for: the strictest of `X-Required-Role`, `?role=` and
+/// `[auth.routes]` on `X-Original-URI`. Taking the strictest means a header the client slipped
+/// through a proxy can raise the requirement but never lower it. `Err` when a requirement
+/// names no role (deny).
 fn required_role(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Option<Role>, ()> {
+    let mut need: Option<Role> = None;
     if let Some(v) = headers.get("x-required-role") {
-        return v.to_str().ok().and_then(Role::parse).map(Some).ok_or(());
+        need = need.max(Some(v.to_str().ok().and_then(Role::parse).ok_or(())?));
     }
     if let Some(query) = uri.query() {
         for pair in query.split('&') {
@@ -327,18 +331,18 @@ fn required_role(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Option<Rol
                 let v = percent_encoding::percent_decode_str(v)
                     .decode_utf8()
                     .map_err(|_| ())?;
-                return Role::parse(&v).map(Some).ok_or(());
+                need = need.max(Some(Role::parse(&v).ok_or(())?));
             }
         }
     }
-    let Some(original) = headers.get("x-original-uri") else {
-        return Ok(None);
-    };
-    let original = String::from_utf8_lossy(original.as_bytes());
-    Ok(routes::required_role(
-        &app.config.load().auth.routes,
-        &original,
-    ))
+    if let Some(original) = headers.get("x-original-uri") {
+        let original = String::from_utf8_lossy(original.as_bytes());
+        need = need.max(routes::required_role(
+            &app.config.load().auth.routes,
+            &original,
+        ));
+    }
+    Ok(need)
 }
 
 static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -346,15 +350,16 @@ static X_AUTH_LEVEL: HeaderName = HeaderName::from_static("x-auth-level");
 static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
 static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
 
-pub async fn check(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
-    let response = match authenticate(&app, &headers).await {
+/// The forward-auth decision for a request's headers and target.
+pub async fn check_response(app: &App, headers: &HeaderMap, uri: &Uri) -> Response {
+    let response = match authenticate(app, headers).await {
         Err(_) => {
             let mut r = unauthorized().into_response();
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
-        Ok(session) => match required_role(&app, &headers, &uri) {
+        Ok(session) => match required_role(app, headers, uri) {
             Ok(need) if need.is_none_or(|r| r.allows(session.level)) => {
                 let role = Role::of_level(session.level)
                     .map(Role::name)
@@ -383,11 +388,10 @@ pub async fn check(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) ->
             .into_response(),
         },
     };
-    app.metrics
-        .auth_checks
-        .get_or_create(&StatusLabels {
-            status: response.status().as_u16(),
-        })
-        .inc();
+    app.metrics.count_check(response.status());
     response
+}
+
+pub async fn check(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
+    check_response(&app, &headers, &uri).await
 }

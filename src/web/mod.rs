@@ -27,7 +27,7 @@ pub use error::ApiError;
 pub use server::Peer;
 
 /// One year, the value HSTS preload lists expect.
-const HSTS: &str = "max-age=31536000";
+pub(crate) const HSTS: &str = "max-age=31536000";
 
 /// The API listener's router. Built again on reload so that new limits apply to new connections.
 pub fn api_router(app: Arc<App>) -> Router {
@@ -42,7 +42,7 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/logout", post(auth_api::logout))
-        .route("/api/v1/auth/check", get(auth_api::check))
+        .route(auth_api::CHECK_PATH, get(auth_api::check))
         .route("/api/v1/me", get(auth_api::me))
         .route("/api/v1/admin/sessions", get(admin_api::sessions))
         .route(

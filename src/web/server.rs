@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -183,6 +183,23 @@ impl Drop for Slot {
     }
 }
 
+/// `GET /api/v1/auth/check` bypasses the router and its layers: the web tier calls it on every
+/// request it serves, it has no body to limit, and its answer is computed from the headers
+/// alone. It keeps the same metrics (resolved once) and HSTS.
+async fn fast_check(app: &App, req: &Request<Incoming>, tls: bool) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let mut response = super::auth_api::check_response(app, req.headers(), req.uri()).await;
+    if tls {
+        response.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static(super::HSTS),
+        );
+    }
+    app.metrics
+        .observe_check_request(response.status(), started.elapsed());
+    response
+}
+
 struct Conn {
     app: Arc<App>,
     router: Arc<Router>,
@@ -211,9 +228,21 @@ impl Conn {
             tls,
         };
         let router = self.router.clone();
+        let app = self.app.clone();
+        let fast = self.labels.listener == Listener::Main.name();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
-            Router::clone(&router).oneshot(req)
+            let router = router.clone();
+            let app = app.clone();
+            async move {
+                if fast
+                    && req.method() == Method::GET
+                    && req.uri().path() == super::auth_api::CHECK_PATH
+                {
+                    return Ok(fast_check(&app, &req, tls).await);
+                }
+                Router::clone(&router).oneshot(req).await
+            }
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = self.watcher.watch(conn).await {
