@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::AuthConfig;
 use crate::store::{SessionRow, Store, StoreError};
@@ -47,7 +47,8 @@ pub enum Deny {
 
 #[derive(Debug, Clone)]
 struct Cached {
-    user: String,
+    id: Arc<str>,
+    user: Arc<str>,
     level: u8,
     created_at: i64,
     expires_at: i64,
@@ -58,8 +59,8 @@ struct Cached {
 /// An accepted session, as handlers need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub id: String,
-    pub user: String,
+    pub id: Arc<str>,
+    pub user: Arc<str>,
     pub level: u8,
     pub created_at: i64,
     pub expires_at: i64,
@@ -138,9 +139,6 @@ impl Sessions {
         }
     }
 
-    fn cached(&self, id: &str) -> Option<Cached> {
-        self.inner.lock().ok().and_then(|i| i.map.get(id).cloned())
-    }
 
     /// Accepts `claims` if their session is live; `Ok(Err(deny))` when it is not.
     pub async fn check(
@@ -150,46 +148,55 @@ impl Sessions {
         claims: &Claims,
         now: i64,
     ) -> Result<Result<Checked, Deny>, StoreError> {
-        let cached = match self.cached(&claims.sid) {
-            Some(c) => c,
-            None => {
-                let Some(row) = store.session(&claims.sid).await? else {
-                    return Ok(Err(Deny::Unknown));
-                };
-                match admit(&row) {
-                    Ok(c) => c,
-                    Err(d) => return Ok(Err(d)),
-                }
-            }
+        let idle = cfg.session_idle_timeout.as_secs() as i64;
+        if let Some(answer) = self.check_cached(claims, idle, now) {
+            return Ok(answer);
+        }
+        let Some(row) = store.session(&claims.sid).await? else {
+            return Ok(Err(Deny::Unknown));
         };
-        if cached.user != claims.sub || cached.level != claims.lvl {
-            return Ok(Err(Deny::Mismatch));
-        }
-        if now >= cached.expires_at {
-            return Ok(Err(Deny::Expired));
-        }
-        if now - cached.last_seen > cfg.session_idle_timeout.as_secs() as i64 {
-            return Ok(Err(Deny::Idle));
-        }
-        let touch = (now - cached.last_written >= TOUCH_INTERVAL).then_some(now);
-        let session = Session {
-            id: claims.sid.clone(),
-            user: cached.user.clone(),
-            level: cached.level,
-            created_at: cached.created_at,
-            expires_at: cached.expires_at,
+        let cached = match admit(&row) {
+            Ok(c) => c,
+            Err(d) => return Ok(Err(d)),
         };
         if let Ok(mut inner) = self.inner.lock() {
-            if inner.map.len() >= MAX_CACHED && !inner.map.contains_key(&claims.sid) {
+            if inner.map.len() >= MAX_CACHED {
                 inner.map.clear();
             }
-            let entry = inner.map.entry(claims.sid.clone()).or_insert(cached);
-            entry.last_seen = entry.last_seen.max(now);
-            if let Some(t) = touch {
-                entry.last_written = t;
-            }
+            inner.map.entry(claims.sid.clone()).or_insert(cached);
         }
-        Ok(Ok(Checked { session, touch }))
+        Ok(self.check_cached(claims, idle, now).unwrap_or(Err(Deny::Unknown)))
+    }
+
+    /// The whole decision under one lock, without allocating beyond two reference counts;
+    /// `None` when the session is not cached.
+    fn check_cached(&self, claims: &Claims, idle: i64, now: i64) -> Option<Result<Checked, Deny>> {
+        let mut inner = self.inner.lock().ok()?;
+        let c = inner.map.get_mut(claims.sid.as_str())?;
+        if *c.user != *claims.sub || c.level != claims.lvl {
+            return Some(Err(Deny::Mismatch));
+        }
+        if now >= c.expires_at {
+            return Some(Err(Deny::Expired));
+        }
+        if now - c.last_seen > idle {
+            return Some(Err(Deny::Idle));
+        }
+        c.last_seen = c.last_seen.max(now);
+        let touch = (now - c.last_written >= TOUCH_INTERVAL).then_some(now);
+        if let Some(t) = touch {
+            c.last_written = t;
+        }
+        Some(Ok(Checked {
+            session: Session {
+                id: c.id.clone(),
+                user: c.user.clone(),
+                level: c.level,
+                created_at: c.created_at,
+                expires_at: c.expires_at,
+            },
+            touch,
+        }))
     }
 }
 
@@ -202,7 +209,8 @@ fn admit(row: &SessionRow) -> Result<Cached, Deny> {
         return Err(Deny::UserChanged);
     }
     Ok(Cached {
-        user: row.user.clone(),
+        id: row.id.as_str().into(),
+        user: row.user.as_str().into(),
         level: row.level,
         created_at: row.created_at,
         expires_at: row.expires_at,
