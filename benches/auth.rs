@@ -83,19 +83,51 @@ fn auth(c: &mut Criterion) {
         lockout_duration: Duration::from_secs(900),
         routes: Default::default(),
     };
-    c.bench_function("check path (stamp + verify + cached session)", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                sessions.sync();
-                let claims = ring.verify(black_box(&token)).expect("valid");
-                sessions
-                    .check(&store, &cfg, &claims, now_unix())
-                    .await
-                    .expect("store")
-                    .expect("live")
+    c.bench_function(
+        "check path, JWT verified every time (stamp + verify + cached session)",
+        |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    sessions.sync();
+                    let claims = ring.verify(black_box(&token)).expect("valid");
+                    sessions
+                        .check(&store, &cfg, &claims, now_unix())
+                        .await
+                        .expect("store")
+                        .expect("live")
+                })
             })
-        })
+        },
+    );
+    // As the daemon serves it: the verified-token cache in front of the JWT check.
+    let (auth, cached_token) = rt.block_on(async {
+        let vault = pbxguard::vault::Vault::new(pbxguard::vault::Key::random(), store.clone());
+        vault.initialise().await.expect("vault");
+        vault.set("keys/jwt/k1", &[7; 32]).await.expect("jwt key");
+        let auth = pbxguard::auth::Auth::new(&vault, dir.path())
+            .await
+            .expect("auth");
+        let token = auth.keyring.load().sign(&claims(now, sid)).expect("sign");
+        (auth, token)
     });
+    c.bench_function(
+        "check path as served (stamp + token cache + cached session)",
+        |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    auth.sessions.sync();
+                    let claims = auth
+                        .verify(black_box(&cached_token), now_unix())
+                        .expect("valid");
+                    auth.sessions
+                        .check(&store, &cfg, &claims, now_unix())
+                        .await
+                        .expect("store")
+                        .expect("live")
+                })
+            })
+        },
+    );
     c.bench_function("session lookup from SQLite (cache miss)", |b| {
         b.iter(|| {
             rt.block_on(async {

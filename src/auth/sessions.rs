@@ -139,7 +139,6 @@ impl Sessions {
         }
     }
 
-
     /// Accepts `claims` if their session is live; `Ok(Err(deny))` when it is not.
     pub async fn check(
         &self,
@@ -165,7 +164,9 @@ impl Sessions {
             }
             inner.map.entry(claims.sid.clone()).or_insert(cached);
         }
-        Ok(self.check_cached(claims, idle, now).unwrap_or(Err(Deny::Unknown)))
+        Ok(self
+            .check_cached(claims, idle, now)
+            .unwrap_or(Err(Deny::Unknown)))
     }
 
     /// The whole decision under one lock, without allocating beyond two reference counts;
