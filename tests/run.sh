@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages -> a command each provides.
-declare -A peers=([curl]=curl [openssl]=openssl [sqlite3]=sqlite3 [nginx-light]=nginx [wrk]=wrk)
+declare -A peers=([curl]=curl [openssl]=openssl [sqlite3]=sqlite3 [nginx-light]=nginx)
 missing=()
 for pkg in "${!peers[@]}"; do
     cmd=${peers[$pkg]}
