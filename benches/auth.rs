@@ -71,7 +71,10 @@ fn auth(c: &mut Criterion) {
             user_agent: "bench",
             result: "ok",
         };
-        store.create_session(&row, &history).await.expect("session");
+        store
+            .create_session(&row, "x", &history)
+            .await
+            .expect("session");
         store
     });
     let sessions = Sessions::new(dir.path());
@@ -82,6 +85,7 @@ fn auth(c: &mut Criterion) {
         lockout_window: Duration::from_secs(900),
         lockout_duration: Duration::from_secs(900),
         routes: Default::default(),
+        history_retention: Duration::from_secs(365 * 86400),
     };
     c.bench_function(
         "check path, JWT verified every time (stamp + verify + cached session)",

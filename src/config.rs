@@ -15,6 +15,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+const UNKNOWN_KEY: &str =
+    "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)";
+
+/// Longest duration accepted anywhere; keeps time arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 /// Largest configuration file we read; a real one is a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -132,6 +137,8 @@ pub struct AuthConfig {
     pub lockout_duration: Duration,
     /// URI prefix -> least role name.
     pub routes: BTreeMap<String, String>,
+    /// Login history rows older than this are deleted (hourly).
+    pub history_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,6 +260,7 @@ struct RawAuth {
     lockout_window: Option<String>,
     lockout_duration: Option<String>,
     routes: Option<BTreeMap<String, String>>,
+    history_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -320,11 +328,47 @@ impl Checker {
         });
     }
 
+    /// Reads one section: unknown keys and the first type error inside it become problems
+    /// named by their full key; `None` when the section cannot be read at all.
+    fn section<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path| {
+            // serde_ignored marks an Option layer as "?"; admins know only the TOML keys.
+            unknown.push(path.to_string().replace("?.", "").replace(".?", ""))
+        };
+        let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        let result: Result<T, _> = serde_path_to_error::deserialize(de);
+        for key in unknown {
+            self.bad(&format!("{name}.{key}"), UNKNOWN_KEY);
+        }
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let key = if path == "." || path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}.{path}")
+                };
+                self.bad(&key, e.into_inner().to_string().trim().to_string());
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, key: &str, raw: Option<&str>, default: &str) -> Duration {
         let text = raw.unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => {
                 self.bad(key, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.bad(key, format!("{text:?} is longer than 10 years"));
                 Duration::from_secs(1)
             }
             Ok(d) => d,
@@ -478,27 +522,39 @@ impl Config {
     }
 
     fn parse_inner(text: &str, check_files: bool) -> Result<Config, Vec<Problem>> {
-        let mut unknown = Vec::new();
-        let de = toml::Deserializer::new(text);
-        let raw: Raw = match serde_ignored::deserialize(de, |path| {
-            // serde_ignored marks an Option layer as "?"; admins know only the TOML keys.
-            unknown.push(path.to_string().replace(".?", ""))
-        }) {
-            Ok(raw) => raw,
+        // Syntax first (one error, with its line); then each section on its own, so a type
+        // error in one section does not hide the problems of the others.
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
             Err(e) => {
+                let e: toml::de::Error = e;
                 return Err(vec![Problem {
                     key: "(syntax)".into(),
                     message: e.message().trim().to_string(),
                 }
-                .with_span(text, e.span())])
+                .with_span(text, e.span())]);
             }
         };
         let mut c = Checker::default();
-        for key in unknown {
-            c.bad(
-                &key,
-                "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)",
-            );
+        let mut raw = Raw::default();
+        for (name, value) in table {
+            match name.as_str() {
+                "daemon" => raw.daemon = c.section(&name, value).unwrap_or_default(),
+                "vault" => raw.vault = c.section(&name, value).unwrap_or_default(),
+                "http" => raw.http = c.section(&name, value),
+                "auth" => raw.auth = c.section(&name, value).unwrap_or_default(),
+                "mfa" => raw.mfa = c.section(&name, value).unwrap_or_default(),
+                "smtp" => raw.smtp = c.section(&name, value).unwrap_or_default(),
+                "recordings" => raw.recordings = c.section(&name, value).unwrap_or_default(),
+                "realtime" => raw.realtime = c.section(&name, value),
+                "ami" => raw.ami = c.section(&name, value),
+                "sip" => raw.sip = c.section(&name, value),
+                _ => c.bad(&name, UNKNOWN_KEY),
+            }
+        }
+        if c.problems.iter().any(|p| p.message != UNKNOWN_KEY) {
+            // A section did not deserialize; its defaults would only add confusing problems.
+            return Err(c.problems);
         }
         let config = Config::from_raw(raw, &mut c);
         if check_files {
@@ -630,6 +686,11 @@ impl Config {
                 "15m",
             ),
             routes,
+            history_retention: c.duration(
+                "auth.history_retention",
+                raw.auth.history_retention.as_deref(),
+                "365d",
+            ),
         };
         if auth.session_idle_timeout > auth.session_max_lifetime {
             c.bad(
@@ -926,6 +987,21 @@ starttls = "maybe"
                 keys.contains(&expected),
                 "missing {expected} in {problems:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_are_all_named() {
+        let text = "[daemon]\ninit_if_missing = \"yes\"\n[auth]\nlockout_threshold = \"ten\"\n[http]\ntrusted_proxies = \"10.0.0.1\"\n[bogus]\nx = 1\n";
+        let problems = parse(text).unwrap_err();
+        let keys = keys(&problems);
+        for k in [
+            "daemon.init_if_missing",
+            "auth.lockout_threshold",
+            "http.trusted_proxies",
+            "bogus",
+        ] {
+            assert!(keys.contains(&k), "missing {k}: {problems:#?}");
         }
     }
 

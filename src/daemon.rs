@@ -167,7 +167,7 @@ pub async fn run(
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     info!(version = env!("CARGO_PKG_VERSION"), "pbxguard ready");
     spawn_watchdog(&daemon.tracker, shutdown.clone());
-    spawn_housekeeping(&daemon.tracker, store.clone(), shutdown.clone());
+    spawn_housekeeping(&daemon.tracker, daemon.app.clone(), shutdown.clone());
 
     loop {
         tokio::select! {
@@ -221,18 +221,25 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
 /// login history keeps its own rows).
 const SESSION_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
-/// Hourly clean-up of long-ended sessions.
-fn spawn_housekeeping(tracker: &TaskTracker, store: Store, shutdown: CancellationToken) {
+/// Hourly clean-up: long-ended sessions, and login history past `[auth] history_retention`.
+fn spawn_housekeeping(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    match store.purge_sessions(crate::clock::now_unix() - SESSION_RETENTION_SECS).await {
+                    let now = crate::clock::now_unix();
+                    match app.store.purge_sessions(now - SESSION_RETENTION_SECS).await {
                         Ok(0) => {}
                         Ok(n) => info!(sessions = n, "purged ended sessions"),
                         Err(e) => warn!(error = %e, "purging ended sessions failed"),
+                    }
+                    let keep = app.config.load().auth.history_retention.as_secs() as i64;
+                    match app.store.purge_history(now - keep).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(rows = n, "purged old login history"),
+                        Err(e) => warn!(error = %e, "purging login history failed"),
                     }
                 }
             }

@@ -68,6 +68,8 @@ pub enum VaultError {
     UnknownKey { name: String, key_id: String },
     #[error("data key {0:?} cannot be unwrapped: the master key is not the one this database was created with")]
     WrongMasterKey(String),
+    #[error("the vault's keys kept changing during the write (concurrent rotations); try again")]
+    Busy,
     #[error("the new master key is the current one; generate a different key")]
     SameMasterKey,
     #[error("the vault has no data key yet (run `pbxguard init`)")]
@@ -154,13 +156,18 @@ pub fn load_master_key(key_file: &Path) -> Result<Key, VaultError> {
 /// Reads one key file with the same ownership and mode rules as the master key.
 pub fn read_key_file(path: &Path) -> Result<Key, VaultError> {
     let path = path.to_path_buf();
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
+    // Open first, then judge the opened file itself: no window to swap the path in between.
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(VaultError::KeyMissing(path))
         }
         Err(source) => return Err(VaultError::KeyRead { path, source }),
     };
+    let meta = file.metadata().map_err(|source| VaultError::KeyRead {
+        path: path.clone(),
+        source,
+    })?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(VaultError::KeyMode { path, mode });
@@ -174,8 +181,8 @@ pub fn read_key_file(path: &Path) -> Result<Key, VaultError> {
         });
     }
     let mut raw = Zeroizing::new(Vec::with_capacity(128));
-    std::fs::File::open(&path)
-        .and_then(|f| f.take(256).read_to_end(&mut raw))
+    file.take(256)
+        .read_to_end(&mut raw)
         .map_err(|source| VaultError::KeyRead {
             path: path.clone(),
             source,
@@ -465,10 +472,16 @@ impl Vault {
         if value.len() > MAX_SECRET_LEN {
             return Err(VaultError::TooLarge);
         }
-        let (key_id, key) = self.current_key().await?;
-        let row = self.sealed_row(&key_id, &key, name, value, now_unix());
-        self.store.put_secret(&row).await?;
-        Ok(())
+        // The write only lands if its data key still exists; a rotation in between makes us
+        // seal again under the new key instead of leaving a row no key can open.
+        for _ in 0..3 {
+            let (key_id, key) = self.current_key().await?;
+            let row = self.sealed_row(&key_id, &key, name, value, now_unix());
+            if self.store.put_secret(&row).await? {
+                return Ok(());
+            }
+        }
+        Err(VaultError::Busy)
     }
 
     /// Stores a freshly generated random secret of `len` bytes unless `name` exists.

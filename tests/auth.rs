@@ -799,3 +799,46 @@ fn rotate_key_keeps_sessions_unless_logout_all_is_asked() {
     assert_eq!(header["kid"], new_kid.as_str());
     assert_eq!(env.check(&fresh, &[]).status, 200);
 }
+
+#[test]
+fn parallel_guesses_in_any_letter_case_cannot_outrun_the_lockout() {
+    let (env, _d) =
+        setup("lockout_threshold = 3\nlockout_window = \"1m\"\nlockout_duration = \"1m\"\n");
+    let variants = [
+        "alice", "ALICE", "Alice", "aLICE", "alIce", "aliCE", "ALice", "alicE", "AlIcE", "aLiCe",
+        "ALICe", "aLIce",
+    ];
+    // Distinct client IPs, so only the account lock can stop them.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = variants
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let env = &env;
+                scope.spawn(move || {
+                    env.login(
+                        name,
+                        "wrong password",
+                        &[&format!("X-Forwarded-For: 198.51.100.{}", i + 10)],
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let guesses = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(guesses + refused, variants.len(), "{statuses:?}");
+    assert!(
+        guesses <= 3,
+        "{guesses} guesses got a verdict with lockout_threshold = 3: {statuses:?}"
+    );
+    let r = env.login("alice", PW, &["X-Forwarded-For: 198.51.100.99"]);
+    assert_eq!(
+        r.status, 429,
+        "the account is locked for every case variant: {r:?}"
+    );
+    // The history shows every variant under `history --user alice`.
+    assert_eq!(history(&env, "alice").len(), variants.len() + 1);
+}

@@ -14,7 +14,6 @@ use crate::store::{NewHistory, SessionRow, StoreError, UserRow};
 use super::jwt::{Claims, JwtError, AUDIENCE, ISSUER};
 use super::password::PasswordError;
 use super::roles::Role;
-use super::throttle;
 
 /// Longest user name; names are `a-z 0-9 . _ - @`, starting with a letter or digit.
 pub const MAX_NAME_LEN: usize = 64;
@@ -32,6 +31,8 @@ pub enum LoginError {
     Jwt(#[from] JwtError),
     #[error("user has a level outside 1-9")]
     BadLevel,
+    #[error("the user's password, level or state changed during the login")]
+    UserChanged,
 }
 
 /// Checks a user name for `user add` and friends.
@@ -132,15 +133,35 @@ pub async fn check_password(
 ) -> Result<PasswordStep, LoginError> {
     let cfg = app.config.load_full();
     let now = now_unix();
+    // Names are lower-case, so every case variant of a name is the same account for the
+    // lookup and for throttling.
     let account = typed.to_ascii_lowercase();
-    if let Some(retry_after) =
-        throttle::locked(&app.store, &cfg.auth, &account, &client.ip, now).await?
+    let ticket = match app
+        .auth
+        .pending
+        .admit(&app.store, &cfg.auth, &account, &client.ip, now)
+        .await?
     {
-        record(app, now, typed, client, "throttled").await?;
-        return Ok(PasswordStep::Refused(Refusal::Throttled { retry_after }));
-    }
-    let user = match validate_username(&account) {
-        Ok(()) => app.store.user(&account).await?,
+        Ok(ticket) => ticket,
+        Err(retry_after) => {
+            record(app, now, typed, client, "throttled").await?;
+            return Ok(PasswordStep::Refused(Refusal::Throttled { retry_after }));
+        }
+    };
+    let outcome = verify_and_record(app, typed, &account, password, client).await;
+    app.auth.pending.release(ticket).await;
+    outcome
+}
+
+async fn verify_and_record(
+    app: &App,
+    typed: &str,
+    account: &str,
+    password: Zeroizing<String>,
+    client: &Client,
+) -> Result<PasswordStep, LoginError> {
+    let user = match validate_username(account) {
+        Ok(()) => app.store.user(account).await?,
         Err(_) => None,
     };
     let verified = app
@@ -206,9 +227,11 @@ pub async fn issue_session(
         user_level: user.level,
         user_disabled: false,
     };
-    app.store
+    let created = app
+        .store
         .create_session(
             &row,
+            &user.password_hash,
             &NewHistory {
                 at: now,
                 username: &user.name,
@@ -218,6 +241,9 @@ pub async fn issue_session(
             },
         )
         .await?;
+    if !created {
+        return Err(LoginError::UserChanged);
+    }
     app.metrics.login("ok");
     Ok(Issued {
         token,

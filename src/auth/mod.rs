@@ -37,6 +37,8 @@ pub struct Auth {
     /// on SIGHUP.
     pub keyring: ArcSwap<jwt::Keyring>,
     pub sessions: sessions::Sessions,
+    /// Login attempts in flight, for throttling.
+    pub pending: throttle::Pending,
     /// Tokens whose signature and claims were verified, by exact text: the check sees the
     /// same token on every request of a session, and an HMAC plus two JSON parses per request
     /// was a quarter of its CPU. Only verified tokens get in, so it cannot be filled with junk;
@@ -69,6 +71,7 @@ impl Auth {
             keyring: ArcSwap::from_pointee(keyring),
             sessions: sessions::Sessions::new(state_dir),
             verified: Mutex::default(),
+            pending: throttle::Pending::default(),
         })
     }
 

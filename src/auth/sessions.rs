@@ -98,6 +98,9 @@ pub struct Sessions {
 struct Inner {
     stamp: Option<StampId>,
     map: HashMap<String, Cached>,
+    /// Bumped whenever entries are dropped. A lookup that read the database before a drop must
+    /// not put its (possibly revoked-since) row back afterwards.
+    generation: u64,
 }
 
 impl Sessions {
@@ -107,6 +110,7 @@ impl Sessions {
             inner: Mutex::new(Inner {
                 stamp: read_stamp(&stamp_path),
                 map: HashMap::new(),
+                generation: 0,
             }),
             stamp_path,
         }
@@ -121,6 +125,7 @@ impl Sessions {
         if inner.stamp != now {
             inner.stamp = now;
             inner.map.clear();
+            inner.generation += 1;
             true
         } else {
             false
@@ -130,13 +135,19 @@ impl Sessions {
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.map.clear();
+            inner.generation += 1;
         }
     }
 
     pub fn forget(&self, id: &str) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.map.remove(id);
+            inner.generation += 1;
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.lock().map(|i| i.generation).unwrap_or(0)
     }
 
     /// Accepts `claims` if their session is live; `Ok(Err(deny))` when it is not.
@@ -151,6 +162,7 @@ impl Sessions {
         if let Some(answer) = self.check_cached(claims, idle, now) {
             return Ok(answer);
         }
+        let generation = self.generation();
         let Some(row) = store.session(&claims.sid).await? else {
             return Ok(Err(Deny::Unknown));
         };
@@ -158,11 +170,21 @@ impl Sessions {
             Ok(c) => c,
             Err(d) => return Ok(Err(d)),
         };
-        if let Ok(mut inner) = self.inner.lock() {
-            if inner.map.len() >= MAX_CACHED {
-                inner.map.clear();
+        let stale = match self.inner.lock() {
+            Ok(mut inner) if inner.generation == generation => {
+                if inner.map.len() >= MAX_CACHED {
+                    inner.map.clear();
+                    inner.generation += 1;
+                }
+                inner.map.entry(claims.sid.clone()).or_insert(cached);
+                false
             }
-            inner.map.entry(claims.sid.clone()).or_insert(cached);
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        if stale {
+            // A revocation may have happened while we read: decide again from the database.
+            return Box::pin(self.check(store, cfg, claims, now)).await;
         }
         Ok(self
             .check_cached(claims, idle, now)

@@ -34,6 +34,9 @@ pub enum UserCommand {
         /// Read the password from stdin (required: passwords never go on the command line).
         #[arg(long, required = true)]
         password_stdin: bool,
+        /// Keep stdin's bytes exactly (no trailing newline stripped).
+        #[arg(long)]
+        raw: bool,
     },
     /// List users.
     List {
@@ -55,6 +58,9 @@ pub enum UserCommand {
         name: String,
         #[arg(long, required = true)]
         password_stdin: bool,
+        /// Keep stdin's bytes exactly (no trailing newline stripped).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -94,22 +100,38 @@ pub struct HistoryArgs {
     json: bool,
 }
 
-fn read_password() -> anyhow::Result<Zeroizing<String>> {
+fn read_password(raw: bool) -> anyhow::Result<Zeroizing<String>> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin()
         .take(password::MAX_LEN as u64 + 3)
         .read_to_end(&mut buf)
         .context("reading the password from stdin")?;
-    let len = buf.len();
-    if buf.ends_with(b"\r\n") {
-        buf.truncate(len - 2);
-    } else if buf.ends_with(b"\n") {
-        buf.truncate(len - 1);
+    if !raw {
+        let len = buf.len();
+        if buf.ends_with(b"\r\n") {
+            buf.truncate(len - 2);
+        } else if buf.ends_with(b"\n") {
+            buf.truncate(len - 1);
+        }
     }
     let text = std::str::from_utf8(&buf)
         .map_err(|_| UsageError("the password is not valid UTF-8".into()))?;
     password::check_policy(text).map_err(|e| UsageError(e.to_string()))?;
     Ok(Zeroizing::new(text.to_string()))
+}
+
+/// Table output shows client-supplied text (names as typed, user agents): control characters
+/// are escaped so they cannot drive the admin's terminal. JSON output escapes them anyway.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn check_email(email: &str) -> Result<(), UsageError> {
@@ -161,13 +183,17 @@ pub async fn user(config_path: &Path, cmd: UserCommand) -> anyhow::Result<ExitCo
 async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UserCommand::Add {
-            name, level, email, ..
+            name,
+            level,
+            email,
+            raw,
+            ..
         } => {
             validate_username(&name).map_err(|e| UsageError(e.to_string()))?;
             if let Some(e) = &email {
                 check_email(e)?;
             }
-            let pw = read_password()?;
+            let pw = read_password(raw)?;
             let hash = password::hash_now(pw.as_bytes())?;
             if !store
                 .insert_user(&name, level, email.as_deref(), &hash)
@@ -234,8 +260,8 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             store.audit(&actor(), "user.enable", &name, "").await?;
             eprintln!("user {name:?} enabled");
         }
-        UserCommand::Passwd { name, .. } => {
-            let pw = read_password()?;
+        UserCommand::Passwd { name, raw, .. } => {
+            let pw = read_password(raw)?;
             let hash = password::hash_now(pw.as_bytes())?;
             let ended = changed(store.set_user_password(&name, &hash).await?, &name)?;
             announce(config)?;
@@ -322,7 +348,11 @@ pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<Ex
         for r in rows {
             println!(
                 "{:<20} {:<16} {:<12} {:<39} {}",
-                r.at, r.user, r.result, r.ip, r.user_agent
+                r.at,
+                printable(&r.user),
+                r.result,
+                r.ip,
+                printable(&r.user_agent)
             );
         }
     }

@@ -47,7 +47,7 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
             "SELECT at, username, ip, user_agent, result FROM login_history
-             WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?",
+             WHERE (? IS NULL OR lower(username) = lower(?)) ORDER BY id DESC LIMIT ?",
         )
         .bind(user)
         .bind(user)
@@ -66,8 +66,9 @@ impl Store {
             .collect())
     }
 
-    /// Times of the newest `limit` failures for an account since `since`, ignoring failures
-    /// before the account's last successful login (a success resets the count).
+    /// Times of the newest `limit` failures for an account (`account` in lower case; every
+    /// case variant typed counts) since `since`, ignoring failures before the account's last
+    /// successful login (a success resets the count).
     pub async fn account_failures(
         &self,
         username: &str,
@@ -76,8 +77,8 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let rows: Vec<i64> = sqlx::query_scalar(&format!(
             "SELECT at FROM login_history
-             WHERE username = ? AND at >= ? AND result IN {FAILURE_RESULTS}
-               AND id > COALESCE((SELECT MAX(id) FROM login_history WHERE username = ? AND result = 'ok'), 0)
+             WHERE lower(username) = ? AND at >= ? AND result IN {FAILURE_RESULTS}
+               AND id > COALESCE((SELECT MAX(id) FROM login_history WHERE lower(username) = ? AND result = 'ok'), 0)
              ORDER BY id DESC LIMIT ?"
         ))
         .bind(username)
@@ -107,5 +108,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+}
+
+impl Store {
+    /// Deletes history rows older than `before`; returns how many.
+    pub async fn purge_history(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM login_history WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

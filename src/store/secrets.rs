@@ -71,9 +71,12 @@ impl Store {
     }
 
     /// Inserts or replaces a secret, keeping its original `created_at`.
-    pub async fn put_secret(&self, row: &SecretRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+    /// Returns `false` (and writes nothing) when the row's data key no longer exists: a
+    /// rotation committed after the caller picked the key, and the caller must seal again.
+    pub async fn put_secret(&self, row: &SecretRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at)
+             SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM vault_keys WHERE id = ?)
              ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce,
                  ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
         )
@@ -83,16 +86,18 @@ impl Store {
         .bind(&row.ciphertext)
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(&row.key_id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Inserts a secret only when the name is free; returns whether it was written. Used for
     /// keys that `init` generates, so a second `init` never replaces them.
     pub async fn put_secret_if_absent(&self, row: &SecretRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at)
+             SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM vault_keys WHERE id = ?)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&row.name)
@@ -101,6 +106,7 @@ impl Store {
         .bind(&row.ciphertext)
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(&row.key_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

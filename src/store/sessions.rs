@@ -71,15 +71,21 @@ pub struct NewHistory<'a> {
 impl Store {
     /// Creates a session and its `ok` history row in one transaction: a login whose history
     /// cannot be written does not happen.
+    ///
+    /// The session is created only if the user is still as the password step saw it (same
+    /// password hash and level, enabled): a password change or disable committed in between
+    /// ends the login too. Returns `false` (nothing written) otherwise.
     pub async fn create_session(
         &self,
         s: &SessionRow,
+        password_hash: &str,
         history: &NewHistory<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
+                 SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
         )
         .bind(&s.id)
         .bind(s.user_id)
@@ -89,11 +95,18 @@ impl Store {
         .bind(s.expires_at)
         .bind(&s.ip)
         .bind(&s.user_agent)
+        .bind(s.user_id)
+        .bind(password_hash)
+        .bind(i64::from(s.level))
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         super::history::insert_history(&mut tx, history).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {

@@ -266,6 +266,7 @@ pub async fn login(
     };
     match login::issue_session(&app, &user, &client).await {
         Ok(issued) => issued_response(&issued, &peer, &headers),
+        Err(login::LoginError::UserChanged) => refusal_response(&Refusal::InvalidCredentials),
         Err(e) => {
             error!(error = %e, "creating a session failed");
             ApiError::internal().into_response()
