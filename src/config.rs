@@ -126,6 +126,8 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Connections that move no byte for this long are closed (HTTP/1 keep-alive and HTTP/2).
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +252,7 @@ struct RawHttp {
     header_timeout: Option<String>,
     request_timeout: Option<String>,
     max_body_bytes: Option<i64>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -641,9 +644,18 @@ impl Config {
                 header_timeout: c.duration("http.header_timeout", h.header_timeout.as_deref(), "10s"),
                 request_timeout: c.duration("http.request_timeout", h.request_timeout.as_deref(), "30s"),
                 max_body_bytes: c.int("http.max_body_bytes", h.max_body_bytes, 64 * 1024, 1024, 64 * 1024 * 1024),
+                idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), "60s"),
             }
         });
 
+        if let Some(h) = &http {
+            if h.idle_timeout < h.request_timeout {
+                c.bad(
+                    "http.idle_timeout",
+                    "must be at least http.request_timeout (a slow request would be cut off)",
+                );
+            }
+        }
         let routes = raw.auth.routes.unwrap_or_default();
         for (prefix, role) in &routes {
             let key = format!("auth.routes.{prefix:?}");

@@ -399,3 +399,33 @@ fn collect(
         }
     }
 }
+
+#[test]
+fn silent_connections_are_closed_after_the_idle_timeout() {
+    // A connection that never sends a byte is not caught by the header timeout (hyper is still
+    // waiting to tell HTTP/1 from HTTP/2); the idle timeout closes it.
+    let (env, _d) =
+        started("header_timeout = \"30s\"\nrequest_timeout = \"1s\"\nidle_timeout = \"2s\"\n");
+    for port in [env.redirect_port, env.http_port] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let started = Instant::now();
+        let n = s.read(&mut [0u8; 64]).unwrap_or(usize::MAX);
+        let waited = started.elapsed();
+        assert_eq!(
+            n, 0,
+            "port {port}: expected the server to close the connection"
+        );
+        assert!(
+            waited >= Duration::from_millis(1800) && waited < Duration::from_secs(6),
+            "port {port}: {waited:?}"
+        );
+    }
+    // Busy connections are not affected: a keep-alive client making a request every second.
+    let cert = env.cert().display().to_string();
+    let url = format!("https://localhost:{}/healthz", env.http_port);
+    let out = curl(&[
+        "-sS", "--cacert", &cert, &url, "--next", "--cacert", &cert, &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -6,6 +6,7 @@ pub mod admin_api;
 pub mod auth_api;
 pub mod error;
 pub mod extract;
+pub mod idle;
 pub mod server;
 pub mod tls;
 

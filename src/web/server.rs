@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use super::idle::{Activity, Tracked};
 use crate::app::App;
 use crate::metrics::ListenerLabels;
 
@@ -105,6 +106,7 @@ pub async fn serve(
             Listener::Redirect => None,
         };
         let ctx = Conn {
+            idle_timeout: http.idle_timeout,
             app: app.clone(),
             router: router.load_full(),
             builder: builder(http),
@@ -113,6 +115,7 @@ pub async fn serve(
             addr,
         };
         let (app_c, labels_c) = (app.clone(), labels.clone());
+        let idle = http.idle_timeout;
         tokio::spawn(async move {
             app_c
                 .metrics
@@ -122,7 +125,7 @@ pub async fn serve(
             match tls {
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT.min(idle), acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => ctx.run(stream, true).await,
                         Ok(Err(e)) => ctx.handshake_failed(&e.to_string()),
@@ -201,6 +204,8 @@ async fn fast_check(app: &App, req: &Request<Incoming>, tls: bool) -> axum::resp
 }
 
 struct Conn {
+    /// A connection that moves no byte for this long is closed.
+    idle_timeout: Duration,
     app: Arc<App>,
     router: Arc<Router>,
     builder: Builder<TokioExecutor>,
@@ -244,9 +249,18 @@ impl Conn {
                 Router::clone(&router).oneshot(req).await
             }
         });
+        let activity = Activity::new();
+        let io = Tracked::new(io, activity.clone());
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(conn).await {
-            debug!(listener = self.labels.listener, addr = %self.addr, error = %e, "connection ended with an error");
+        tokio::select! {
+            result = self.watcher.watch(conn) => {
+                if let Err(e) = result {
+                    debug!(listener = self.labels.listener, addr = %self.addr, error = %e, "connection ended with an error");
+                }
+            }
+            _ = activity.expired(self.idle_timeout) => {
+                debug!(listener = self.labels.listener, addr = %self.addr, "closing an idle connection");
+            }
         }
     }
 }
