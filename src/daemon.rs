@@ -112,7 +112,7 @@ fn warn_unimplemented(config: &Config) {
 /// Opens the store and vault for serving; initialises first when `init_if_missing` is set.
 pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
     if config.daemon.init_if_missing {
-        let report = crate::init::run(config).await?;
+        let report = crate::init::run(config, None).await?;
         for item in report.created {
             info!(created = %item, "initialised");
         }

@@ -24,6 +24,8 @@ pub enum InitError {
     },
     #[error("{present} exists but {missing} does not; remove it or restore its partner (init will not pair a new key with an old certificate)")]
     HalfTlsPair { present: PathBuf, missing: PathBuf },
+    #[error("no user {0:?} in /etc/passwd (create the service account first, e.g. with the package's sysusers file)")]
+    NoSuchUser(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -36,6 +38,95 @@ pub enum InitError {
 #[derive(Debug, Default)]
 pub struct InitReport {
     pub created: Vec<String>,
+    /// Folders this run created (for `--owner`).
+    pub created_dirs: Vec<PathBuf>,
+}
+
+/// The service account that must own the state `init` creates as root (`init --owner`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// Looks `name` up in /etc/passwd (system accounts are local; no NSS needed).
+    pub fn lookup(name: &str) -> Result<Owner, InitError> {
+        let passwd =
+            std::fs::read_to_string("/etc/passwd").map_err(|source| InitError::Folder {
+                path: PathBuf::from("/etc/passwd"),
+                source,
+            })?;
+        passwd
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && f[0] == name).then(|| (f[2].parse().ok(), f[3].parse().ok()))
+            })
+            .find_map(|(uid, gid)| {
+                Some(Owner {
+                    name: name.to_string(),
+                    uid: uid?,
+                    gid: gid?,
+                })
+            })
+            .ok_or_else(|| InitError::NoSuchUser(name.to_string()))
+    }
+}
+
+fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), InitError> {
+    std::os::unix::fs::chown(path, uid, gid).map_err(|source| InitError::Folder {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), InitError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        InitError::Folder {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Hands what the daemon must read or write to the service account: the state folder and
+/// everything in it, the master key file, the TLS pair. Folders `init` created elsewhere (e.g.
+/// /etc/pbxguard/tls) become root:GROUP 0750 so the daemon can reach its files but not change
+/// them.
+fn hand_over(config: &Config, owner: &Owner, report: &InitReport) -> Result<(), InitError> {
+    let state = &config.daemon.state_dir;
+    for dir in &report.created_dirs {
+        if !dir.starts_with(state) {
+            chown(dir, None, Some(owner.gid))?;
+            chmod(dir, 0o750)?;
+        }
+    }
+    chown(state, Some(owner.uid), Some(owner.gid))?;
+    let entries = std::fs::read_dir(state).map_err(|source| InitError::Folder {
+        path: state.clone(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        chown(&entry.path(), Some(owner.uid), Some(owner.gid))?;
+    }
+    let key = vault::master_key_source(&config.vault.key_file);
+    if key == config.vault.key_file && key.exists() {
+        chown(&key, Some(owner.uid), Some(owner.gid))?;
+    }
+    let pairs = [
+        config.http.as_ref().and_then(|h| h.tls.as_ref()),
+        config.sip.as_ref().and_then(|s| s.tls.as_ref()),
+    ];
+    for files in pairs.into_iter().flatten() {
+        for f in [&files.cert, &files.key] {
+            if f.exists() {
+                chown(f, Some(owner.uid), Some(owner.gid))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates missing folders (0700 for each one created) up to and including `dir`.
@@ -54,6 +145,7 @@ fn ensure_dir(dir: &Path, report: &mut InitReport) -> Result<(), InitError> {
         Ok(()) => {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
             report.created.push(format!("folder {}", dir.display()));
+            report.created_dirs.push(dir.to_path_buf());
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -130,8 +222,8 @@ async fn ensure_signing_key(
     Ok(())
 }
 
-/// Runs every step; safe to repeat.
-pub async fn run(config: &Config) -> Result<InitReport, InitError> {
+/// Runs every step; safe to repeat. With `owner`, hands the state over to that account.
+pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, InitError> {
     let mut report = InitReport::default();
     ensure_dir(&config.daemon.state_dir, &mut report)?;
 
@@ -176,5 +268,8 @@ pub async fn run(config: &Config) -> Result<InitReport, InitError> {
         store.audit("init", "init.create", item, "").await?;
     }
     store.close().await;
+    if let Some(owner) = owner {
+        hand_over(config, owner, &report)?;
+    }
     Ok(report)
 }

@@ -38,7 +38,12 @@ pub enum Command {
     Serve,
     /// Create the state folder, database, master key, signing keys and a self-signed TLS
     /// certificate where absent. Safe to run again.
-    Init,
+    Init {
+        /// Run as root for a service that runs as USER: hand the state folder, master key and
+        /// TLS files to USER (e.g. `--owner pbxguard`).
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
     /// Validate the configuration; print every problem with its key and exit 64 if any.
     CheckConfig,
     /// Manage web-tier users (levels 1-9).
@@ -118,9 +123,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => serve(&cli.config),
-        Command::Init => {
+        Command::Init { owner } => {
             let config = Config::load_for_init(&cli.config)?;
-            let report = runtime()?.block_on(crate::init::run(&config))?;
+            let owner = owner
+                .as_deref()
+                .map(crate::init::Owner::lookup)
+                .transpose()?;
+            let report = runtime()?.block_on(crate::init::run(&config, owner.as_ref()))?;
             if report.created.is_empty() {
                 println!("already initialised; nothing changed");
             }

@@ -125,7 +125,11 @@ pub async fn serve(
             match tls {
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT.min(idle), acceptor.accept(stream)).await
+                    match tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT.min(idle),
+                        acceptor.accept(stream),
+                    )
+                    .await
                     {
                         Ok(Ok(stream)) => ctx.run(stream, true).await,
                         Ok(Err(e)) => ctx.handshake_failed(&e.to_string()),
