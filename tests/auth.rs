@@ -842,3 +842,18 @@ fn parallel_guesses_in_any_letter_case_cannot_outrun_the_lockout() {
     // The history shows every variant under `history --user alice`.
     assert_eq!(history(&env, "alice").len(), variants.len() + 1);
 }
+
+#[test]
+fn every_error_has_the_json_shape() {
+    let (env, _d) = setup("");
+    let admin = env.token("root", PW);
+    // A path parameter that is not valid UTF-8 once decoded: axum's own rejection, reshaped.
+    let r = env.request(
+        "DELETE",
+        "/api/v1/admin/sessions/%ff",
+        &[&format!("Authorization: Bearer {admin}")],
+        None,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "bad_request");
+}

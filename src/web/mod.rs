@@ -129,27 +129,17 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !json {
-        // Layers below us (timeout, body limit) answer with bare text; keep the JSON shape.
-        match response.status() {
-            StatusCode::REQUEST_TIMEOUT => {
-                response = ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
-                    "the request took too long",
-                )
-                .into_response()
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                response = ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
-                .into_response()
-            }
-            _ => {}
-        }
+    if !json && (response.status().is_client_error() || response.status().is_server_error()) {
+        // Layers and extractors below us (timeout, body limit, path decoding) answer with bare
+        // text; every error keeps the JSON shape.
+        let status = response.status();
+        let (code, message) = match status {
+            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+            s if s.is_server_error() => ("internal", "internal error; the daemon log has details"),
+            _ => ("bad_request", "the request is malformed"),
+        };
+        response = ApiError::new(status, code, message).into_response();
     }
     if tls {
         response.headers_mut().insert(
