@@ -857,3 +857,24 @@ fn every_error_has_the_json_shape() {
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.json()["error"], "bad_request");
 }
+
+#[test]
+fn a_shift_logging_in_at_once_from_one_address_is_not_throttled() {
+    let (env, _d) = setup("lockout_threshold = 3\n");
+    let names: Vec<String> = (0..8).map(|i| format!("agent{i}")).collect();
+    for n in &names {
+        env.add_user(n, 2, PW);
+    }
+    // Everyone behind the same NAT address, all at once, more than lockout_threshold of them.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let env = &env;
+                scope.spawn(move || env.login(n, PW, &["X-Forwarded-For: 203.0.113.5"]).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200; 8]);
+}

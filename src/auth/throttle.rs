@@ -28,6 +28,8 @@ pub struct Pending {
     /// An async mutex held across the history queries and the reservation: a release (which
     /// also takes it) cannot fall between another attempt's query and its reservation.
     counts: tokio::sync::Mutex<Counts>,
+    /// Woken whenever an attempt's outcome is recorded, for attempts waiting their turn.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -52,9 +54,18 @@ fn dec(map: &mut HashMap<String, u32>, key: &str) {
     }
 }
 
+/// How long an attempt waits for earlier in-flight attempts of the same account or IP before
+/// it is answered as throttled.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Pending {
     /// `Ok(Ok(ticket))` to go ahead, `Ok(Err(retry_after_secs))` when the account (lower-case)
     /// or the IP is locked.
+    ///
+    /// Recorded failures alone decide a lock. When the attempts still in flight could complete
+    /// a lock, this one waits for them instead of being refused: a shift of agents logging in at
+    /// once behind one NAT address is served, while a burst of parallel guesses never gets more
+    /// verdicts than `lockout_threshold`.
     pub async fn admit(
         &self,
         store: &Store,
@@ -63,44 +74,58 @@ impl Pending {
         ip: &str,
         now: i64,
     ) -> Result<Result<Ticket, u64>, StoreError> {
-        let mut counts = self.counts.lock().await;
-        let since = now - (cfg.lockout_window + cfg.lockout_duration).as_secs() as i64;
-        let mut by_account = store
-            .account_failures(account, since, cfg.lockout_threshold)
-            .await?;
-        let mut by_ip = store.ip_failures(ip, since, cfg.lockout_threshold).await?;
-        for (list, pending) in [
-            (
-                &mut by_account,
-                counts.accounts.get(account).copied().unwrap_or(0),
-            ),
-            (&mut by_ip, counts.ips.get(ip).copied().unwrap_or(0)),
-        ] {
-            // Newest first: the in-flight attempts are the newest.
-            list.splice(0..0, std::iter::repeat_n(now, pending as usize));
+        let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Register before checking, so a release between our check and our wait is not lost.
+            released.as_mut().enable();
+            {
+                let mut counts = self.counts.lock().await;
+                let now = now.max(crate::clock::now_unix());
+                let since = now - (cfg.lockout_window + cfg.lockout_duration).as_secs() as i64;
+                let by_account = store
+                    .account_failures(account, since, cfg.lockout_threshold)
+                    .await?;
+                let by_ip = store.ip_failures(ip, since, cfg.lockout_threshold).await?;
+                let recorded = [
+                    lock_from(&by_account, cfg, now),
+                    lock_from(&by_ip, cfg, now),
+                ];
+                if let Some(retry_after) = recorded.into_iter().flatten().max() {
+                    return Ok(Err(retry_after));
+                }
+                let pending_account = counts.accounts.get(account).copied().unwrap_or(0);
+                let pending_ip = counts.ips.get(ip).copied().unwrap_or(0);
+                let could_lock = |list: &[i64], pending: u32| {
+                    // Newest first: the in-flight attempts would be the newest failures.
+                    let mut with: Vec<i64> = std::iter::repeat_n(now, pending as usize).collect();
+                    with.extend_from_slice(list);
+                    lock_from(&with, cfg, now).is_some()
+                };
+                if !could_lock(&by_account, pending_account) && !could_lock(&by_ip, pending_ip) {
+                    *counts.accounts.entry(account.to_string()).or_default() += 1;
+                    *counts.ips.entry(ip.to_string()).or_default() += 1;
+                    return Ok(Ok(Ticket {
+                        account: account.to_string(),
+                        ip: ip.to_string(),
+                    }));
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Ok(Err(cfg
+                    .lockout_duration
+                    .as_secs()
+                    .min(QUEUE_WAIT.as_secs())));
+            }
         }
-        let lock = [
-            lock_from(&by_account, cfg, now),
-            lock_from(&by_ip, cfg, now),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        if let Some(retry_after) = lock {
-            return Ok(Err(retry_after));
-        }
-        *counts.accounts.entry(account.to_string()).or_default() += 1;
-        *counts.ips.entry(ip.to_string()).or_default() += 1;
-        Ok(Ok(Ticket {
-            account: account.to_string(),
-            ip: ip.to_string(),
-        }))
     }
 
     pub async fn release(&self, ticket: Ticket) {
         let mut counts = self.counts.lock().await;
         dec(&mut counts.accounts, &ticket.account);
         dec(&mut counts.ips, &ticket.ip);
+        self.released.notify_waiters();
     }
 }
 
