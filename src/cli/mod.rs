@@ -215,6 +215,33 @@ pub(crate) async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     Ok(Vault::new(master, open_store(config).await?))
 }
 
+/// Reads a secret from stdin (DESIGN §6): at most `limit` bytes plus a line ending, one
+/// trailing `\n` or `\r\n` stripped unless `raw`. `what` names it in errors.
+pub(crate) fn read_stdin_secret(
+    limit: usize,
+    raw: bool,
+    what: &str,
+) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(limit as u64 + 3)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading the {what} from stdin"))?;
+    if !raw {
+        let len = buf.len();
+        if buf.ends_with(b"\r\n") {
+            buf.truncate(len - 2);
+        } else if buf.ends_with(b"\n") {
+            buf.truncate(len - 1);
+        }
+    }
+    if buf.len() > limit {
+        return Err(UsageError(format!("the {what} on stdin is larger than {limit} bytes")).into());
+    }
+    Ok(buf)
+}
+
 /// Who runs this CLI command, for the audit log.
 pub(crate) fn actor() -> String {
     let user = std::env::var("SUDO_USER")

@@ -1,6 +1,6 @@
 //! `pbxguard secret …`: the vault from the command line.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -93,25 +93,7 @@ pub enum SecretCommand {
 
 /// Reads a secret value from stdin, bounded, and strips one trailing `\n` or `\r\n`.
 fn read_value(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(MAX_SECRET_LEN as u64 + 3)
-        .read_to_end(&mut buf)
-        .context("reading the secret from stdin")?;
-    if !raw {
-        let len = buf.len();
-        if buf.ends_with(b"\r\n") {
-            buf.truncate(len - 2);
-        } else if buf.ends_with(b"\n") {
-            buf.truncate(len - 1);
-        }
-    }
-    if buf.len() > MAX_SECRET_LEN {
-        return Err(UsageError(format!(
-            "the value on stdin is larger than {MAX_SECRET_LEN} bytes"
-        ))
-        .into());
-    }
+    let buf = super::read_stdin_secret(MAX_SECRET_LEN, raw, "value")?;
     if buf.is_empty() {
         return Err(
             UsageError("refusing to store an empty secret (stdin was empty)".into()).into(),

@@ -2,7 +2,6 @@
 //! the command line. Every change that could affect a live session is committed and then
 //! announced through the auth stamp, so the running daemon applies it on its next request.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -101,19 +100,7 @@ pub struct HistoryArgs {
 }
 
 fn read_password(raw: bool) -> anyhow::Result<Zeroizing<String>> {
-    let mut buf = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(password::MAX_LEN as u64 + 3)
-        .read_to_end(&mut buf)
-        .context("reading the password from stdin")?;
-    if !raw {
-        let len = buf.len();
-        if buf.ends_with(b"\r\n") {
-            buf.truncate(len - 2);
-        } else if buf.ends_with(b"\n") {
-            buf.truncate(len - 1);
-        }
-    }
+    let buf = super::read_stdin_secret(password::MAX_LEN, raw, "password")?;
     let text = std::str::from_utf8(&buf)
         .map_err(|_| UsageError("the password is not valid UTF-8".into()))?;
     password::check_policy(text).map_err(|e| UsageError(e.to_string()))?;
