@@ -17,7 +17,8 @@
 # a temporary folder that is removed at the end; every process started here is stopped on exit
 # (also on Ctrl-C or an error). Needs: cargo, wrk, nginx, curl.
 # Knobs (environment): NGINX (default /usr/sbin/nginx), RUNS (3), DURATION (10s),
-# LOGIN_CLIENTS (100), LOGIN_SECONDS (8), KEEP=1 keeps the folder for inspection.
+# LOGIN_CLIENTS (100), LOGIN_SECONDS (8), WORKERS (pbxguard worker threads), KEEP=1 keeps the
+# folder for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,11 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 LOGIN_CLIENTS=${LOGIN_CLIENTS:-100}
 LOGIN_SECONDS=${LOGIN_SECONDS:-8}
+# WORKERS=N sets pbxguard's [daemon] worker_threads (default: one per core, like nginx's
+# `worker_processes auto`).
+WORKERS=${WORKERS:-}
+WORKERS_LINE=
+[ -n "$WORKERS" ] && WORKERS_LINE="worker_threads = $WORKERS"
 PASSWORD="a long password for the bench"
 
 for tool in wrk curl cargo; do
@@ -92,6 +98,7 @@ cat >"$WORK/pbxguard.toml" <<EOF
 [daemon]
 state_dir = "$WORK/state"
 shutdown_grace = "2s"
+$WORKERS_LINE
 
 [vault]
 key_file = "$WORK/master.key"

@@ -99,6 +99,8 @@ pub struct DaemonConfig {
     pub init_if_missing: bool,
     /// How long SIGTERM waits for open connections; below the unit's `TimeoutStopSec`.
     pub shutdown_grace: Duration,
+    /// Async worker threads; `None` = one per core. Lets an admin keep cores for Asterisk.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -232,6 +234,7 @@ struct RawDaemon {
     database: Option<String>,
     init_if_missing: Option<bool>,
     shutdown_grace: Option<String>,
+    worker_threads: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -596,6 +599,10 @@ impl Config {
                 raw.daemon.shutdown_grace.as_deref(),
                 "10s",
             ),
+            worker_threads: raw
+                .daemon
+                .worker_threads
+                .map(|n| c.int("daemon.worker_threads", Some(n), 1usize, 1, 256)),
         };
         let vault = VaultConfig {
             key_file: raw
@@ -1015,6 +1022,21 @@ starttls = "maybe"
         ] {
             assert!(keys.contains(&k), "missing {k}: {problems:#?}");
         }
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        assert_eq!(
+            parse("[daemon]\ninit_if_missing = true\n")
+                .unwrap()
+                .daemon
+                .worker_threads,
+            None
+        );
+        let one = parse("[daemon]\ninit_if_missing = true\nworker_threads = 1\n").unwrap();
+        assert_eq!(one.daemon.worker_threads, Some(1));
+        let problems = parse("[daemon]\ninit_if_missing = true\nworker_threads = 0\n").unwrap_err();
+        assert_eq!(keys(&problems), vec!["daemon.worker_threads"]);
     }
 
     #[test]

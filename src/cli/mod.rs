@@ -114,7 +114,15 @@ fn init_logging() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -177,7 +185,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
 
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
-    let rt = runtime()?;
+    let rt = runtime_with(config.daemon.worker_threads)?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_shutdown_signals(shutdown.clone())?;
