@@ -27,8 +27,8 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 LOGIN_CLIENTS=${LOGIN_CLIENTS:-100}
 LOGIN_SECONDS=${LOGIN_SECONDS:-8}
-# WORKERS=N sets pbxguard's [daemon] worker_threads (default: one per core, like nginx's
-# `worker_processes auto`).
+# WORKERS=N sets pbxguard's [daemon] worker_threads (default: half the cores; nginx keeps its
+# `worker_processes auto`, one per core).
 WORKERS=${WORKERS:-}
 WORKERS_LINE=
 [ -n "$WORKERS" ] && WORKERS_LINE="worker_threads = $WORKERS"

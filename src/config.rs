@@ -99,7 +99,7 @@ pub struct DaemonConfig {
     pub init_if_missing: bool,
     /// How long SIGTERM waits for open connections; below the unit's `TimeoutStopSec`.
     pub shutdown_grace: Duration,
-    /// Async worker threads; `None` = one per core. Lets an admin keep cores for Asterisk.
+    /// Async worker threads; `None` = half the cores (at least one), leaving the rest to Asterisk.
     pub worker_threads: Option<usize>,
 }
 
