@@ -686,21 +686,7 @@ fn malformed_login_requests_get_clear_errors() {
     let path = env.path("huge.json");
     std::fs::write(&path, huge).unwrap();
     // HTTP/1.1 with Expect: 100-continue, so the refusal arrives before curl sends the body.
-    let data = format!("@{}", path.display());
-    let out = env.curl_https(
-        "/api/v1/auth/login",
-        &[
-            "--http1.1",
-            "-H",
-            json,
-            "-H",
-            "Expect: 100-continue",
-            "--expect100-timeout",
-            "10",
-            "--data-binary",
-            &data,
-        ],
-    );
+    let out = env.post_expecting_continue("/api/v1/auth/login", &path, &[json]);
     assert_eq!(status(&out), 413, "{}", text(&out));
     assert!(
         text(&out).contains(r#""error":"payload_too_large""#),

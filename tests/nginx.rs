@@ -181,20 +181,6 @@ http {{
     nginx
 }
 
-fn add_user(env: &Env, name: &str, level: u8) {
-    env.ok(
-        &[
-            "user",
-            "add",
-            name,
-            "--level",
-            &level.to_string(),
-            "--password-stdin",
-        ],
-        format!("{PW}\n").as_bytes(),
-    );
-}
-
 /// Logs in directly at pbxguard (as the login page would) and returns the token.
 fn token(env: &Env, name: &str) -> String {
     let cert = env.cert().display().to_string();
@@ -236,8 +222,8 @@ fn setup() -> (Env, Daemon, Nginx) {
         env.config_text(env.http_port, env.redirect_port, "")
     ));
     env.init();
-    add_user(&env, "agent", 2);
-    add_user(&env, "sup", 5);
+    env.add_user("agent", 2, PW);
+    env.add_user("sup", 5, PW);
     let daemon = env.start();
     let nginx = start_nginx(&env);
     (env, daemon, nginx)

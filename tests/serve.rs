@@ -235,19 +235,7 @@ fn oversized_and_garbage_requests_get_errors_and_the_daemon_keeps_serving() {
     // Expect: 100-continue the client waits, so the answer is deterministic).
     let body = env.path("big-body");
     std::fs::write(&body, vec![b'x'; 100_000]).unwrap();
-    let data = format!("@{}", body.display());
-    let out = env.curl_https(
-        "/healthz",
-        &[
-            "--http1.1",
-            "-H",
-            "Expect: 100-continue",
-            "--expect100-timeout",
-            "10",
-            "--data-binary",
-            &data,
-        ],
-    );
+    let out = env.post_expecting_continue("/healthz", &body, &[]);
     assert_eq!(status(&out), 413, "{}", text(&out));
     assert_eq!(status(&env.curl_https("/healthz", &[])), 200);
 }

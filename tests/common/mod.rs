@@ -349,6 +349,24 @@ impl Env {
         }
     }
 
+    /// POSTs `file` over HTTP/1.1 with `Expect: 100-continue`, so a refusal made from the
+    /// headers (413) arrives before curl sends the body: a deterministic answer.
+    pub fn post_expecting_continue(&self, path: &str, file: &Path, headers: &[&str]) -> Output {
+        let data = format!("@{}", file.display());
+        let mut args = vec![
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "10",
+        ];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.extend(["--data-binary", &data]);
+        self.curl_https(path, &args)
+    }
+
     pub fn add_user(&self, name: &str, level: u8, password: &str) {
         self.ok(
             &[
