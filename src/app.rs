@@ -8,6 +8,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::recordings::Recordings;
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -22,6 +23,7 @@ pub struct App {
     pub http_tls: ArcSwapOption<rustls::ServerConfig>,
     pub metrics: Metrics,
     pub auth: Auth,
+    pub recordings: Recordings,
 }
 
 impl std::fmt::Debug for App {
@@ -36,10 +38,12 @@ impl App {
         store: Store,
         vault: Vault,
         auth: Auth,
+        recordings: Recordings,
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
         Arc::new(App {
             auth,
+            recordings,
             config: ArcSwap::from_pointee(config),
             store,
             vault,
@@ -49,11 +53,14 @@ impl App {
     }
 
     /// Picks up changes other processes made to users, sessions or signing keys (announced
-    /// through the auth stamp): drops the session cache and reloads the JWT keys.
+    /// through the auth stamp): drops the session cache and reloads the JWT and link keys.
     pub async fn sync_auth(&self) {
         if self.auth.sessions.sync() {
             if let Err(e) = self.auth.reload_keys(&self.vault).await {
                 tracing::error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
+            }
+            if let Err(e) = self.recordings.reload_keys(&self.vault).await {
+                tracing::error!(error = %e, "reloading link keys after an auth change failed; keeping the old ones");
             }
         }
     }

@@ -173,6 +173,8 @@ pub struct SmtpConfig {
 pub struct RecordingsConfig {
     pub root: PathBuf,
     pub link_ttl: Duration,
+    /// The longest lifetime a link may be given (`--ttl`, the API's `ttl`).
+    pub max_link_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,6 +292,7 @@ struct RawSmtp {
 struct RawRecordings {
     root: Option<PathBuf>,
     link_ttl: Option<String>,
+    max_link_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -763,7 +766,22 @@ impl Config {
                 raw.recordings.link_ttl.as_deref(),
                 "8h",
             ),
+            max_link_ttl: c.duration(
+                "recordings.max_link_ttl",
+                raw.recordings.max_link_ttl.as_deref(),
+                "7d",
+            ),
         };
+        if recordings.link_ttl > recordings.max_link_ttl {
+            c.bad(
+                "recordings.link_ttl",
+                format!(
+                    "{} is longer than recordings.max_link_ttl ({})",
+                    humantime::format_duration(recordings.link_ttl),
+                    humantime::format_duration(recordings.max_link_ttl)
+                ),
+            );
+        }
 
         let realtime = raw.realtime.map(|r| {
             let listen = c.addr("realtime.listen", r.listen.as_deref(), "127.0.0.1:8088");

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::auth::{Auth, AuthError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ResultLabels;
+use crate::recordings::Recordings;
 use crate::store::{Store, StoreError};
 use crate::vault::{self, Vault, VaultError};
 use crate::web;
@@ -109,12 +110,31 @@ fn warn_unimplemented(config: &Config) {
     }
 }
 
+/// Links can only be minted for files under `[recordings] root`; without it everything else
+/// still serves, so a missing folder is a warning (Asterisk may simply not be installed yet).
+fn check_recordings_root(config: &Config) {
+    let root = &config.recordings.root;
+    if !root.is_dir() {
+        warn!(root = %root.display(), "[recordings] root is not a folder; recording links cannot be minted or served until it exists");
+    }
+}
+
 /// Opens the store and vault for serving; initialises first when `init_if_missing` is set.
 pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
     if config.daemon.init_if_missing {
         let report = crate::init::run(config, None).await?;
         for item in report.created {
             info!(created = %item, "initialised");
+        }
+        // The development setup gets an (empty) recordings folder to mint links into.
+        let root = &config.recordings.root;
+        if !root.exists() {
+            match std::fs::create_dir_all(root) {
+                Ok(()) => info!(created = %root.display(), "initialised recordings folder"),
+                Err(e) => {
+                    warn!(root = %root.display(), error = %e, "cannot create the recordings folder")
+                }
+            }
         }
     }
     let master = vault::load_master_key(&config.vault.key_file)?;
@@ -139,7 +159,9 @@ pub async fn run(
     let tls = http_tls(&config)?;
     warn_unimplemented(&config);
     let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
-    let app = App::new(config, store.clone(), vault, auth, tls);
+    let recordings = Recordings::start(&vault, store.clone()).await?;
+    check_recordings_root(&config);
+    let app = App::new(config, store.clone(), vault, auth, recordings, tls);
     let mut daemon = Daemon {
         api_router: Arc::new(ArcSwap::from_pointee(web::api_router(app.clone()))),
         redirect_router: Arc::new(ArcSwap::from_pointee(web::redirect_router(app.clone()))),
@@ -192,6 +214,7 @@ pub async fn run(
     {
         warn!("listeners did not stop within the grace period");
     }
+    daemon.app.recordings.journal.flush().await;
     store.close().await;
     info!("stopped");
     Ok(())
@@ -221,6 +244,10 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
 /// login history keeps its own rows).
 const SESSION_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
+/// Expired links are kept this long so `recording list --all` can still explain a 410; the
+/// audit log keeps every mint and download beyond that.
+const LINK_RETENTION_SECS: i64 = 30 * 24 * 3600;
+
 /// Hourly clean-up: long-ended sessions, and login history past `[auth] history_retention`.
 fn spawn_housekeeping(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
     tracker.spawn(async move {
@@ -234,6 +261,11 @@ fn spawn_housekeeping(tracker: &TaskTracker, app: Arc<App>, shutdown: Cancellati
                         Ok(0) => {}
                         Ok(n) => info!(sessions = n, "purged ended sessions"),
                         Err(e) => warn!(error = %e, "purging ended sessions failed"),
+                    }
+                    match app.store.purge_links(now - LINK_RETENTION_SECS).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(links = n, "purged long-expired recording links"),
+                        Err(e) => warn!(error = %e, "purging recording links failed"),
                     }
                     let keep = app.config.load().auth.history_retention.as_secs() as i64;
                     match app.store.purge_history(now - keep).await {
@@ -329,6 +361,10 @@ impl Daemon {
         if let Err(e) = self.app.auth.reload_keys(&self.app.vault).await {
             return Err(vec![format!("JWT signing keys: {e}")]);
         }
+        if let Err(e) = self.app.recordings.reload_keys(&self.app.vault).await {
+            return Err(vec![format!("recording link keys: {e}")]);
+        }
+        check_recordings_root(&config);
 
         // Point of no return: everything that could fail has succeeded.
         self.app.config.store(Arc::new(config));

@@ -13,7 +13,7 @@ use crate::web::tls::{self, TlsError};
 pub const JWT_KEY_PREFIX: &str = "keys/jwt/";
 pub const LINK_KEY_PREFIX: &str = "keys/links/";
 /// 256-bit HMAC keys (HS256 and HMAC-SHA256 links want at least the hash length).
-const SIGNING_KEY_LEN: usize = 32;
+pub const SIGNING_KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

@@ -24,6 +24,10 @@
 //! [`web`] is the HTTP side: axum behind our accept loop (connection limit, TLS handshake
 //! timeout, header limits, graceful drain), the redirect listener, `/healthz` and `/metrics`.
 //!
+//! [`recordings`] mints signed links to Asterisk's recordings (a random id under an HMAC;
+//! the path stays in the database) and serves them with nginx's Range rules, opening files
+//! only beneath the recordings folder and logging every download.
+//!
 //! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
 //! [`clock`] and [`ids`] are small helpers for times and random identifiers.
 #![forbid(unsafe_code)]
@@ -42,6 +46,7 @@ pub mod daemon;
 pub mod ids;
 pub mod init;
 pub mod metrics;
+pub mod recordings;
 pub mod store;
 pub mod vault;
 pub mod web;

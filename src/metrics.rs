@@ -55,6 +55,13 @@ pub struct Metrics {
     /// `http_requests` of `GET /api/v1/auth/check` for 200, 401, 403, resolved once.
     check_requests: [Counter; 3],
     check_duration: Histogram,
+    /// Recording downloads of genuine links by status (200, 206, 304, 403 revoked, 404, 410…).
+    pub recording_downloads: Family<StatusLabels, Counter>,
+    /// Link tokens refused before any lookup (`malformed`, `bad_signature`, `unknown_key`).
+    pub link_refusals: Family<ResultLabels, Counter>,
+    /// Recording bytes sent (bodies only).
+    pub recording_bytes: Counter,
+    pub links_minted: Counter,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -163,7 +170,35 @@ impl Metrics {
         let check_duration = request_duration
             .get_or_create(&RouteLabels { route: check_route })
             .clone();
+        let recording_downloads = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "recording_downloads",
+            "Requests for recordings with a genuine link, by status",
+            recording_downloads.clone(),
+        );
+        let link_refusals = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "recording_link_refusals",
+            "Recording link tokens refused by the signature check, by reason",
+            link_refusals.clone(),
+        );
+        let recording_bytes = Counter::default();
+        registry.register(
+            "recording_sent_bytes",
+            "Recording bytes sent to clients",
+            recording_bytes.clone(),
+        );
+        let links_minted = Counter::default();
+        registry.register(
+            "recording_links_minted",
+            "Recording links minted (API and CLI of this process)",
+            links_minted.clone(),
+        );
         Metrics {
+            recording_downloads,
+            link_refusals,
+            recording_bytes,
+            links_minted,
             registry: Arc::new(registry),
             check_counters,
             check_requests,

@@ -3,6 +3,7 @@
 //! (0 ok, 1 failure, 64 usage or configuration).
 
 mod docs;
+mod recording;
 mod secret;
 mod users;
 
@@ -57,6 +58,9 @@ pub enum Command {
     /// Manage secrets in the vault (values never appear in listings or logs).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Signed links to Asterisk's recordings.
+    #[command(subcommand)]
+    Recording(recording::RecordingCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -152,6 +156,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => check_config(&cli.config),
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
+        Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::User(cmd) => runtime()?.block_on(users::user(&cli.config, cmd)),
         Command::Session(cmd) => runtime()?.block_on(users::session(&cli.config, cmd)),
         Command::History(args) => runtime()?.block_on(users::history(&cli.config, args)),

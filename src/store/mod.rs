@@ -6,6 +6,7 @@
 
 mod audit;
 mod history;
+mod links;
 mod secrets;
 mod sessions;
 mod users;
@@ -20,6 +21,7 @@ use sqlx::sqlite::{
 
 pub use audit::AuditEntry;
 pub use history::HistoryRow;
+pub use links::{LinkFilter, LinkRow};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use users::UserRow;

@@ -7,6 +7,7 @@ pub mod auth_api;
 pub mod error;
 pub mod extract;
 pub mod idle;
+pub mod recordings_api;
 pub mod server;
 pub mod tls;
 
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -55,6 +56,16 @@ pub fn api_router(app: Arc<App>) -> Router {
             delete(admin_api::revoke_user_sessions),
         )
         .route("/api/v1/admin/login-history", get(admin_api::login_history))
+        .route("/api/v1/recordings/links", post(recordings_api::mint))
+        .route("/api/v1/admin/recordings/links", get(recordings_api::links))
+        .route(
+            "/api/v1/admin/recordings/links/{id}",
+            delete(recordings_api::revoke),
+        )
+        // Every method, so that the handler answers 405 itself and anything under /rec/ that
+        // is not a genuine token is one uniform 403.
+        .route("/rec/", any(recordings_api::download))
+        .route("/rec/{*token}", any(recordings_api::download))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod nginx;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");
 
 /// A free loopback port (the tiny race between drop and reuse is acceptable in tests).

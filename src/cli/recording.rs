@@ -1,0 +1,223 @@
+//! `pbxguard recording …`: mint a signed link for a recording, list and revoke links, rotate
+//! the link signing key. Revocations are read by the daemon on every download, so they apply
+//! at once; a new key is announced through the auth stamp.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+use super::users::announce;
+use super::{actor, load, open_store, open_vault, UsageError};
+use crate::clock::{now_unix, rfc3339};
+use crate::init::{LINK_KEY_PREFIX, SIGNING_KEY_LEN};
+use crate::recordings::{self, LinkKeys, Minter, PathError, RecordingError};
+use crate::store::LinkFilter;
+use crate::web::recordings_api::{LinkView, MAX_LINKS_LIMIT};
+
+#[derive(Debug, Subcommand)]
+pub enum RecordingCommand {
+    /// Print a signed link to a recording (PATH relative to [recordings] root, or absolute
+    /// inside it).
+    Link {
+        path: String,
+        /// Lifetime, e.g. 30m or 2d (default [recordings] link_ttl, at most max_link_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Print {"url","id","path","expires_at"} instead of the bare URL.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List links, newest first (live ones unless --all).
+    List {
+        /// Only links to this recording.
+        #[arg(long)]
+        path: Option<String>,
+        /// Include expired and revoked links.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=MAX_LINKS_LIMIT as i64))]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a link, named by its id, its token or its whole URL; or every live link to a
+    /// recording with --path.
+    Revoke {
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
+        link: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
+    },
+    /// Start signing links with a new key. Links signed with the previous keys stay valid until
+    /// they expire; keys replaced longer ago than max_link_ttl are deleted.
+    RotateKey,
+}
+
+fn path_problem(e: PathError, input: &str) -> anyhow::Error {
+    match e {
+        PathError::Missing => anyhow::anyhow!("no such recording: {input}"),
+        PathError::Root(e) => {
+            anyhow::anyhow!("the recordings folder ([recordings] root) cannot be opened: {e}")
+        }
+        PathError::Unreadable(e) => anyhow::anyhow!("the recording cannot be opened: {e}"),
+        other => UsageError(format!("{other}: {input}")).into(),
+    }
+}
+
+pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    match cmd {
+        RecordingCommand::Link { path, ttl, json } => {
+            let vault = open_vault(&config).await?;
+            let keys = LinkKeys::load(&vault).await?;
+            let who = actor();
+            let by = Minter { name: &who, ip: "" };
+            let store = open_store(&config).await?;
+            let minted = match recordings::mint(&store, &keys, &config, &path, ttl, &by).await {
+                Ok(m) => m,
+                Err(RecordingError::Path(e)) => return Err(path_problem(e, &path)),
+                Err(
+                    e @ (RecordingError::TtlZero
+                    | RecordingError::TtlTooLong { .. }
+                    | RecordingError::NoPublicUrl),
+                ) => return Err(UsageError(e.to_string()).into()),
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "url": minted.url,
+                        "id": minted.id,
+                        "path": minted.path,
+                        "expires_at": rfc3339(minted.expires_at),
+                    })
+                );
+            } else {
+                println!("{}", minted.url);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RecordingCommand::List {
+            path,
+            all,
+            limit,
+            json,
+        } => {
+            let store = open_store(&config).await?;
+            let path = path
+                .map(|p| {
+                    recordings::paths::normalise(&p, &config.recordings.root)
+                        .map_err(|e| path_problem(e, &p))
+                })
+                .transpose()?;
+            let now = now_unix();
+            let rows = store.links(&LinkFilter { path, all, limit }, now).await?;
+            let views: Vec<LinkView> = rows.iter().map(|r| LinkView::new(r, now)).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else if views.is_empty() {
+                println!("no links");
+            } else {
+                println!(
+                    "{:<32}  {:<8}  {:<20}  {:<16}  PATH",
+                    "ID", "STATE", "EXPIRES", "BY"
+                );
+                for v in views {
+                    println!(
+                        "{:<32}  {:<8}  {:<20}  {:<16}  {}",
+                        v.id, v.state, v.expires_at, v.minted_by, v.path
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RecordingCommand::Revoke { link, path } => {
+            let store = open_store(&config).await?;
+            let who = actor();
+            let now = now_unix();
+            if let Some(p) = path {
+                let rel = recordings::paths::normalise(&p, &config.recordings.root)
+                    .map_err(|e| path_problem(e, &p))?;
+                let n = store.revoke_links_to(&rel, &who, now).await?;
+                store
+                    .audit(&who, "recording.revoke", &rel, &format!("links={n}"))
+                    .await?;
+                println!("revoked {n} link(s) to {rel}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let reference = link.unwrap_or_default();
+            let Some(id) = recordings::link_id_from(&reference) else {
+                return Err(UsageError(
+                    "name the link by its id (32 hex characters), its token or its URL".into(),
+                )
+                .into());
+            };
+            let Some(row) = store.link(&id).await? else {
+                bail!("no such link: {id}");
+            };
+            if store.revoke_link(&id, &who, now).await? {
+                store
+                    .audit(&who, "recording.revoke", &row.path, &format!("link={id}"))
+                    .await?;
+                println!("revoked link {id}");
+            } else {
+                println!("link {id} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RecordingCommand::RotateKey => rotate_key(&config).await,
+    }
+}
+
+async fn rotate_key(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let vault = open_vault(config).await?;
+    let mut keys: Vec<_> = vault
+        .list()
+        .await?
+        .into_iter()
+        .filter(|s| s.name.starts_with(LINK_KEY_PREFIX))
+        .collect();
+    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    // Keys are ordered by creation second; make sure the new one is strictly the newest.
+    if keys.iter().any(|k| k.created_at == rfc3339(now_unix())) {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let kid = crate::ids::random_hex(4);
+    let name = format!("{LINK_KEY_PREFIX}{kid}");
+    if !vault.generate_if_absent(&name, SIGNING_KEY_LEN).await? {
+        bail!("a link key named {name} already exists; run the command again");
+    }
+    let who = actor();
+    let store = open_store(config).await?;
+    store.audit(&who, "recording.rotate_key", &name, "").await?;
+    println!("links are now signed with key {kid}");
+
+    // A key replaced (by the next one) longer ago than the longest link lifetime signs no
+    // link that is still valid.
+    let max = i64::try_from(config.recordings.max_link_ttl.as_secs()).unwrap_or(i64::MAX);
+    let now = now_unix();
+    for pair in keys.windows(2) {
+        let replaced_at = time::OffsetDateTime::parse(
+            &pair[1].created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(now);
+        if now - replaced_at > max {
+            vault
+                .remove(&pair[0].name)
+                .await
+                .with_context(|| format!("deleting the retired link key {}", pair[0].name))?;
+            store
+                .audit(&who, "recording.retire_key", &pair[0].name, "")
+                .await?;
+            println!("deleted {} (no valid link can use it)", pair[0].name);
+        }
+    }
+    announce(config)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,329 @@
+//! Signed recording links and the recording server.
+//!
+//! A link is `public_url/rec/{token}` (see [`token`] for the format): a random link id under
+//! an HMAC with the key id and expiry, while the path stays in the database. Serving checks the
+//! signature before anything else, then the expiry (410), then the link row (revoked: 403),
+//! then opens the file beneath `[recordings] root` again ([`paths`]) and answers with nginx's
+//! Range and conditional rules ([`range`]), streaming the file ([`body`]). Every mint and every
+//! request for a genuine link lands in the audit log ([`journal`]), never with the token.
+
+pub mod body;
+pub mod journal;
+pub mod paths;
+pub mod range;
+pub mod token;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::store::{LinkRow, Store, StoreError};
+use crate::vault::{Vault, VaultError};
+pub use paths::PathError;
+pub use token::{LinkKeys, TokenError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("the link lifetime must be more than zero")]
+    TtlZero,
+    #[error("the link lifetime {asked} is longer than [recordings] max_link_ttl ({max})")]
+    TtlTooLong { asked: String, max: String },
+    #[error("links need [http] public_url in the configuration")]
+    NoPublicUrl,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// The daemon's recording state: the link keys (swapped on reload and when another process
+/// rotates them) and the download log.
+#[derive(Debug)]
+pub struct Recordings {
+    pub keys: ArcSwap<LinkKeys>,
+    pub journal: journal::Journal,
+    /// Lets an unknown key id look for new keys at most once a second, so that a flood of
+    /// made-up key ids cannot turn into disk reads.
+    pub key_sync: SyncGate,
+}
+
+/// At most one pass per second.
+#[derive(Debug, Default)]
+pub struct SyncGate(AtomicI64);
+
+impl SyncGate {
+    pub fn allow(&self, now: i64) -> bool {
+        let last = self.0.load(Ordering::Relaxed);
+        now > last
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Recordings {
+    /// Loads the keys and starts the download log writer (needs a runtime).
+    pub async fn start(vault: &Vault, store: Store) -> Result<Recordings, VaultError> {
+        Ok(Recordings {
+            keys: ArcSwap::from_pointee(LinkKeys::load(vault).await?),
+            journal: journal::Journal::start(store),
+            key_sync: SyncGate::default(),
+        })
+    }
+
+    pub async fn reload_keys(&self, vault: &Vault) -> Result<(), VaultError> {
+        self.keys.store(Arc::new(LinkKeys::load(vault).await?));
+        Ok(())
+    }
+}
+
+/// A freshly minted link.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub id: String,
+    pub url: String,
+    pub path: String,
+    pub expires_at: i64,
+}
+
+/// Who asks for a link, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Minter<'a> {
+    pub name: &'a str,
+    pub ip: &'a str,
+}
+
+/// Checks the path (normal form, beneath root, a regular file pbxguard can open), stores the
+/// link and returns its URL.
+pub async fn mint(
+    store: &Store,
+    keys: &LinkKeys,
+    config: &Config,
+    input: &str,
+    ttl: Option<Duration>,
+    by: &Minter<'_>,
+) -> Result<Minted, RecordingError> {
+    let rc = &config.recordings;
+    let ttl = ttl.unwrap_or(rc.link_ttl);
+    if ttl.as_secs() == 0 {
+        return Err(RecordingError::TtlZero);
+    }
+    if ttl > rc.max_link_ttl {
+        return Err(RecordingError::TtlTooLong {
+            asked: humantime::format_duration(ttl).to_string(),
+            max: humantime::format_duration(rc.max_link_ttl).to_string(),
+        });
+    }
+    let base = config
+        .http
+        .as_ref()
+        .map(|h| h.public_url.trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .ok_or(RecordingError::NoPublicUrl)?;
+    let path = paths::normalise(input, &rc.root)?;
+    let root = rc.root.clone();
+    let rel = path.clone();
+    tokio::task::spawn_blocking(move || paths::open(&root, &rel).map(|_| ()))
+        .await
+        .map_err(|_| PathError::Unreadable(std::io::Error::other("open task failed")))??;
+
+    let mut id = [0u8; token::LINK_ID_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    let now = crate::clock::now_unix();
+    let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    let token = keys.mint(&id, expires_at)?;
+    let row = LinkRow {
+        id: token::hex(&id),
+        path: path.clone(),
+        key_id: keys.signing_kid().unwrap_or_default(),
+        minted_by: by.name.to_string(),
+        minted_ip: by.ip.to_string(),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        revoked_by: None,
+    };
+    store.insert_link(&row).await?;
+    store
+        .audit(
+            by.name,
+            "recording.link",
+            &path,
+            &format!(
+                "link={}{} expires_at={}",
+                row.id,
+                if by.ip.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ip={}", by.ip)
+                },
+                crate::clock::rfc3339(expires_at)
+            ),
+        )
+        .await?;
+    Ok(Minted {
+        id: row.id,
+        url: format!("{base}/rec/{token}"),
+        path,
+        expires_at,
+    })
+}
+
+/// The link an admin names: its id (32 hex), its token, or its whole URL.
+pub fn link_id_from(reference: &str) -> Option<String> {
+    let r = reference.trim();
+    if let Some(id) = token::parse_link_id(r) {
+        return Some(token::hex(&id));
+    }
+    let tail = r
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(r)
+        .rsplit('/')
+        .next()
+        .unwrap_or(r);
+    token::decode(tail).ok().map(|l| l.id_hex())
+}
+
+/// `Content-Type` by extension, for the formats Asterisk records in.
+pub fn content_type(path: &str) -> &'static str {
+    let ext = Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        // `wav49` recordings are GSM in a WAV container, named .WAV.
+        "wav" => "audio/wav",
+        "gsm" => "audio/x-gsm",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "flac" => "audio/flac",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `attachment; filename="…"` with the file's own name reduced to characters that need no
+/// quoting anywhere (the name is only offered for saving; it never appears in a URL).
+pub fn disposition(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let mut safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.trim_matches('.').is_empty() {
+        safe = "recording".to_string();
+    }
+    format!("attachment; filename=\"{safe}\"")
+}
+
+/// The body of a multi-range answer and its length, laid out as nginx does: for each range
+/// `CRLF--B CRLF Content-Type: T CRLF Content-Range: bytes s-e/len CRLF CRLF <data>`, then
+/// `CRLF--B-- CRLF`.
+pub fn multipart(
+    ranges: &[(u64, u64)],
+    len: u64,
+    content_type: &str,
+    boundary: &str,
+) -> (Vec<body::Part>, u64) {
+    let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+    let mut total = 0u64;
+    for &(start, end) in ranges {
+        let head = format!(
+            "\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+            end - 1
+        );
+        total += head.len() as u64 + (end - start);
+        parts.push(body::Part::Bytes(Bytes::from(head)));
+        parts.push(body::Part::File {
+            offset: start,
+            len: end - start,
+        });
+    }
+    let tail = format!("\r\n--{boundary}--\r\n");
+    total += tail.len() as u64;
+    parts.push(body::Part::Bytes(Bytes::from(tail)));
+    (parts, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_and_names() {
+        assert_eq!(content_type("2026/a.wav"), "audio/wav");
+        assert_eq!(content_type("a.WAV"), "audio/wav");
+        assert_eq!(content_type("a.gsm"), "audio/x-gsm");
+        assert_eq!(content_type("a.opus"), "audio/ogg");
+        assert_eq!(content_type("a"), "application/octet-stream");
+        assert_eq!(
+            disposition("2026/11/29/20261129-101500_5551234567_agent1-all.wav"),
+            "attachment; filename=\"20261129-101500_5551234567_agent1-all.wav\""
+        );
+        assert_eq!(
+            disposition("x/a\"b;c é.wav"),
+            "attachment; filename=\"a_b_c__.wav\""
+        );
+        assert_eq!(disposition(".."), "attachment; filename=\"recording\"");
+    }
+
+    #[test]
+    fn multipart_layout_and_length() {
+        let (parts, total) = multipart(&[(0, 2), (8, 10)], 10, "audio/wav", "B");
+        let mut text = Vec::new();
+        for p in &parts {
+            match p {
+                body::Part::Bytes(b) => text.extend_from_slice(b),
+                body::Part::File { offset, len } => {
+                    text.extend(std::iter::repeat_n(b'x', *len as usize));
+                    assert!(*offset == 0 || *offset == 8);
+                }
+            }
+        }
+        let want = "\r\n--B\r\nContent-Type: audio/wav\r\nContent-Range: bytes 0-1/10\r\n\r\nxx\
+                    \r\n--B\r\nContent-Type: audio/wav\r\nContent-Range: bytes 8-9/10\r\n\r\nxx\
+                    \r\n--B--\r\n";
+        assert_eq!(String::from_utf8(text).unwrap(), want);
+        assert_eq!(total, want.len() as u64);
+    }
+
+    #[test]
+    fn admins_name_links_by_id_token_or_url() {
+        let keys = LinkKeys::from_keys(&[("01020304".to_string(), &[3u8; 32][..])]);
+        let id = [0xabu8; 16];
+        let t = keys.mint(&id, 99).unwrap();
+        let hex = token::hex(&id);
+        assert_eq!(link_id_from(&hex).as_deref(), Some(hex.as_str()));
+        assert_eq!(link_id_from(&t).as_deref(), Some(hex.as_str()));
+        assert_eq!(
+            link_id_from(&format!("https://pbx.example.com:8443/rec/{t}")).as_deref(),
+            Some(hex.as_str())
+        );
+        assert_eq!(link_id_from("https://pbx/rec/nonsense"), None);
+    }
+
+    #[test]
+    fn key_sync_at_most_once_a_second() {
+        let gate = SyncGate::default();
+        assert!(gate.allow(100));
+        assert!(!gate.allow(100));
+        assert!(gate.allow(101));
+    }
+}

@@ -1,0 +1,284 @@
+//! Which file a recording path names, decided so that nothing outside `[recordings] root` can
+//! ever be reached.
+//!
+//! Two layers: [`normalise`] refuses traversal outright (any `..`, also percent-encoded once or
+//! twice, NUL and control characters, absolute paths outside root) and gives the one spelling
+//! the database keeps; [`open`] then opens the file relative to a handle on root with
+//! `openat2(RESOLVE_BENEATH)`, so the kernel refuses any resolution — symlinks included, and
+//! whatever was swapped in since the link was minted — that would leave root. Symlinks that
+//! stay inside root are followed. Only regular files are served; FIFOs are opened
+//! non-blocking so that probing one cannot hang a worker.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::{Component, Path};
+
+use percent_encoding::percent_decode_str;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// Longest path accepted (Linux's PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("bad recording path: {0}")]
+    Bad(&'static str),
+    #[error("the recording path leaves the recordings folder")]
+    Outside,
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("no such recording")]
+    Missing,
+    #[error("the recordings folder cannot be opened: {0}")]
+    Root(io::Error),
+    #[error("the recording cannot be read: {0}")]
+    Unreadable(io::Error),
+}
+
+/// The path relative to `root`, normalised (`a/b.wav`: no empty or `.` components).
+pub fn normalise(input: &str, root: &Path) -> Result<String, PathError> {
+    if input.is_empty() {
+        return Err(PathError::Bad("empty path"));
+    }
+    if input.len() > MAX_PATH {
+        return Err(PathError::Bad("path too long"));
+    }
+    if input.chars().any(char::is_control) {
+        return Err(PathError::Bad("control character in path"));
+    }
+    // Recording names never contain percent escapes; a `%2e%2e%2f` (or its double encoding)
+    // is someone probing for a decoder somewhere down the line.
+    let mut decoded = input.to_string();
+    for _ in 0..3 {
+        if has_dot_dot(&decoded) {
+            return Err(PathError::Bad("`..` in path"));
+        }
+        let next = percent_decode_str(&decoded)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    if has_dot_dot(&decoded) || decoded.contains('\0') {
+        return Err(PathError::Bad("`..` in path"));
+    }
+
+    let path = Path::new(input);
+    let relative = if path.is_absolute() {
+        strip_root(path, root).ok_or(PathError::Outside)?
+    } else {
+        path.to_path_buf()
+    };
+    let mut parts = Vec::new();
+    for c in relative.components() {
+        match c {
+            Component::Normal(p) => {
+                let p = p.to_str().ok_or(PathError::Bad("path is not UTF-8"))?;
+                if p.len() > 255 {
+                    return Err(PathError::Bad("path component too long"));
+                }
+                parts.push(p);
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::Bad("`..` in path")),
+            Component::RootDir | Component::Prefix(_) => return Err(PathError::Outside),
+        }
+    }
+    if parts.is_empty() {
+        return Err(PathError::NotRegular);
+    }
+    Ok(parts.join("/"))
+}
+
+fn has_dot_dot(s: &str) -> bool {
+    s.split(['/', '\\']).any(|c| c == "..")
+}
+
+/// `path` minus `root` (as configured, or as it resolves), lexically.
+fn strip_root(path: &Path, root: &Path) -> Option<std::path::PathBuf> {
+    let clean = |p: &Path| p.components().collect::<std::path::PathBuf>();
+    let path = clean(path);
+    if let Ok(rest) = path.strip_prefix(clean(root)) {
+        return Some(rest.to_path_buf());
+    }
+    let real = std::fs::canonicalize(root).ok()?;
+    path.strip_prefix(real).ok().map(Path::to_path_buf)
+}
+
+/// Opens the normalised `relative` path under `root` for reading; the file and its metadata.
+/// Blocking: call from `spawn_blocking`.
+pub fn open(root: &Path, relative: &str) -> Result<(File, Metadata), PathError> {
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| PathError::Root(e.into()))?;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat2(
+        &dir,
+        relative,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        // Kernels before 5.6, or a seccomp filter without openat2 (systemd answers EPERM).
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            return open_fallback(root, relative, flags)
+        }
+        Err(e) => return Err(classify(e.into())),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(PathError::Unreadable)?;
+    if !meta.is_file() {
+        return Err(PathError::NotRegular);
+    }
+    Ok((file, meta))
+}
+
+fn classify(e: io::Error) -> PathError {
+    match rustix::io::Errno::from_io_error(&e) {
+        Some(rustix::io::Errno::XDEV) | Some(rustix::io::Errno::LOOP) => PathError::Outside,
+        Some(rustix::io::Errno::NOENT) | Some(rustix::io::Errno::NOTDIR) => PathError::Missing,
+        // A socket or a device without a driver.
+        Some(rustix::io::Errno::NXIO) | Some(rustix::io::Errno::NODEV) => PathError::NotRegular,
+        _ => PathError::Unreadable(e),
+    }
+}
+
+/// Without openat2: resolve, check the result is under the resolved root, open it without
+/// following a final symlink, and make sure the opened file is the one that was checked.
+fn open_fallback(
+    root: &Path,
+    relative: &str,
+    flags: OFlags,
+) -> Result<(File, Metadata), PathError> {
+    let real_root = std::fs::canonicalize(root).map_err(PathError::Root)?;
+    let real = std::fs::canonicalize(root.join(relative)).map_err(classify)?;
+    if !real.starts_with(&real_root) {
+        return Err(PathError::Outside);
+    }
+    let fd = rustix::fs::open(&real, flags | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(|e| classify(e.into()))?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(PathError::Unreadable)?;
+    let checked = std::fs::metadata(&real).map_err(classify)?;
+    use std::os::unix::fs::MetadataExt;
+    if meta.dev() != checked.dev() || meta.ino() != checked.ino() {
+        return Err(PathError::Outside);
+    }
+    if !meta.is_file() {
+        return Err(PathError::NotRegular);
+    }
+    Ok((file, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> &'static Path {
+        Path::new("/var/spool/asterisk/monitor")
+    }
+
+    #[test]
+    fn normal_forms() {
+        for (input, want) in [
+            ("2026/11/29/a.wav", "2026/11/29/a.wav"),
+            ("./2026//11/./a.wav", "2026/11/a.wav"),
+            ("/var/spool/asterisk/monitor/2026/a.wav", "2026/a.wav"),
+            ("/var/spool/asterisk//monitor/2026/a.wav", "2026/a.wav"),
+            ("a b+c.wav", "a b+c.wav"),
+        ] {
+            assert_eq!(normalise(input, root()).unwrap(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn traversal_is_refused() {
+        for input in [
+            "../etc/passwd",
+            "2026/../../etc/passwd",
+            "..",
+            "a/..",
+            "%2e%2e%2fetc%2fpasswd",
+            "%2E%2E/etc/passwd",
+            "%252e%252e%252fetc%252fpasswd",
+            "..\\..\\etc\\passwd",
+            "a\0b",
+            "a\nb.wav",
+        ] {
+            assert!(
+                matches!(normalise(input, root()), Err(PathError::Bad(_))),
+                "{input:?}"
+            );
+        }
+        for input in ["/etc/passwd", "/var/spool/asterisk/monitorx/a.wav", "/"] {
+            assert!(
+                matches!(normalise(input, root()), Err(PathError::Outside)),
+                "{input:?}"
+            );
+        }
+        assert!(matches!(
+            normalise(&"a/".repeat(3000), root()),
+            Err(PathError::Bad(_))
+        ));
+        assert!(matches!(normalise("", root()), Err(PathError::Bad(_))));
+        assert!(matches!(
+            normalise("/var/spool/asterisk/monitor", root()),
+            Err(PathError::NotRegular)
+        ));
+    }
+
+    #[test]
+    fn opens_only_regular_files_beneath_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rec");
+        std::fs::create_dir_all(root.join("2026")).unwrap();
+        std::fs::write(root.join("2026/a.wav"), b"RIFF").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"secret").unwrap();
+        std::os::unix::fs::symlink("a.wav", root.join("2026/inside.wav")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("out.wav")).unwrap();
+        std::os::unix::fs::symlink("../secret.txt", root.join("rel-out.wav")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo.wav"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+
+        fn fallback(root: &Path, rel: &str) -> Result<(File, Metadata), PathError> {
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+            open_fallback(root, rel, flags)
+        }
+        type Opener = fn(&Path, &str) -> Result<(File, Metadata), PathError>;
+        // The openat2 path and the fallback for kernels without it must agree on everything.
+        for open in [open as Opener, fallback as Opener] {
+            let (_, meta) = open(&root, "2026/a.wav").unwrap();
+            assert_eq!(meta.len(), 4);
+            assert!(open(&root, "2026/inside.wav").is_ok());
+            assert!(matches!(open(&root, "out.wav"), Err(PathError::Outside)));
+            assert!(matches!(
+                open(&root, "rel-out.wav"),
+                Err(PathError::Outside)
+            ));
+            assert!(matches!(open(&root, "etc/passwd"), Err(PathError::Outside)));
+            assert!(matches!(open(&root, "2026"), Err(PathError::NotRegular)));
+            assert!(matches!(
+                open(&root, "fifo.wav"),
+                Err(PathError::NotRegular)
+            ));
+            assert!(matches!(open(&root, "nope.wav"), Err(PathError::Missing)));
+            assert!(matches!(
+                open(&dir.path().join("gone"), "a.wav"),
+                Err(PathError::Root(_))
+            ));
+        }
+    }
+}
