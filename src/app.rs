@@ -39,6 +39,7 @@ impl App {
         vault: Vault,
         auth: Auth,
         recordings: Recordings,
+        metrics: Metrics,
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
         Arc::new(App {
@@ -48,7 +49,7 @@ impl App {
             store,
             vault,
             http_tls: ArcSwapOption::new(http_tls),
-            metrics: Metrics::new(),
+            metrics,
         })
     }
 
@@ -56,6 +57,7 @@ impl App {
     /// through the auth stamp): drops the session cache and reloads the JWT and link keys.
     pub async fn sync_auth(&self) {
         if self.auth.sessions.sync() {
+            self.recordings.links.clear();
             if let Err(e) = self.auth.reload_keys(&self.vault).await {
                 tracing::error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
             }

@@ -182,6 +182,8 @@ pub struct RealtimeConfig {
     pub listen: SocketAddr,
     pub username: String,
     pub password_secret: String,
+    /// Families whose `store`/`update`/`destroy` are honoured; the others answer -1.
+    pub writable: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +302,7 @@ struct RawRealtime {
     listen: Option<String>,
     username: Option<String>,
     password_secret: Option<String>,
+    writable: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -797,7 +800,19 @@ impl Config {
                 password_secret: r
                     .password_secret
                     .unwrap_or_else(|| "realtime/password".into()),
+                writable: r.writable.unwrap_or_default(),
             };
+            for family in &cfg.writable {
+                if !crate::realtime::FAMILIES.contains(&family.as_str()) {
+                    c.bad(
+                        "realtime.writable",
+                        format!(
+                            "{family:?} is not a family pbxguard serves (served: {})",
+                            crate::realtime::FAMILIES.join(", ")
+                        ),
+                    );
+                }
+            }
             check_secret_name(c, "realtime.password_secret", &cfg.password_secret);
             cfg
         });

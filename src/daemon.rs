@@ -66,6 +66,7 @@ struct Daemon {
     config_path: PathBuf,
     api_router: Arc<ArcSwap<Router>>,
     redirect_router: Arc<ArcSwap<Router>>,
+    realtime_router: Arc<ArcSwap<Router>>,
     running: HashMap<Listener, Running>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -95,6 +96,9 @@ fn wanted(config: &Config) -> Vec<(Listener, &'static str, SocketAddr)> {
             out.push((Listener::Redirect, "http.redirect_listen", r));
         }
     }
+    if let Some(r) = &config.realtime {
+        out.push((Listener::Realtime, "realtime.listen", r.listen));
+    }
     out
 }
 
@@ -102,7 +106,6 @@ fn warn_unimplemented(config: &Config) {
     for (section, present) in [
         ("ami", config.ami.is_some()),
         ("sip", config.sip.is_some()),
-        ("realtime", config.realtime.is_some()),
     ] {
         if present {
             warn!(section, "this build does not serve [{section}] yet; the section is validated but not started");
@@ -159,12 +162,19 @@ pub async fn run(
     let tls = http_tls(&config)?;
     warn_unimplemented(&config);
     let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
-    let recordings = Recordings::start(&vault, store.clone()).await?;
+    let metrics = crate::metrics::Metrics::new();
+    let recordings = Recordings::start(
+        &vault,
+        store.clone(),
+        metrics.download_log_overflow.clone(),
+    )
+    .await?;
     check_recordings_root(&config);
-    let app = App::new(config, store.clone(), vault, auth, recordings, tls);
+    let app = App::new(config, store.clone(), vault, auth, recordings, metrics, tls);
     let mut daemon = Daemon {
         api_router: Arc::new(ArcSwap::from_pointee(web::api_router(app.clone()))),
         redirect_router: Arc::new(ArcSwap::from_pointee(web::redirect_router(app.clone()))),
+        realtime_router: Arc::new(ArcSwap::from_pointee(crate::realtime::router(app.clone()))),
         app,
         config_path: config_path.to_path_buf(),
         running: HashMap::new(),
@@ -285,6 +295,7 @@ impl Daemon {
         let router = match kind {
             Listener::Main => self.api_router.clone(),
             Listener::Redirect => self.redirect_router.clone(),
+            Listener::Realtime => self.realtime_router.clone(),
         };
         self.tracker.spawn(server::serve(
             listener,
@@ -373,6 +384,8 @@ impl Daemon {
             .store(Arc::new(web::api_router(self.app.clone())));
         self.redirect_router
             .store(Arc::new(web::redirect_router(self.app.clone())));
+        self.realtime_router
+            .store(Arc::new(crate::realtime::router(self.app.clone())));
         let keep: Vec<Listener> = wanted.iter().map(|(k, _, _)| *k).collect();
         let stale: Vec<Listener> = self
             .running

@@ -38,6 +38,7 @@
 )]
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -46,6 +47,7 @@ pub mod daemon;
 pub mod ids;
 pub mod init;
 pub mod metrics;
+pub mod realtime;
 pub mod recordings;
 pub mod store;
 pub mod vault;

@@ -31,6 +31,13 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RealtimeLabels {
+    pub family: String,
+    pub op: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -62,6 +69,12 @@ pub struct Metrics {
     /// Recording bytes sent (bodies only).
     pub recording_bytes: Counter,
     pub links_minted: Counter,
+    /// Download log rows that went to the daemon's log because the queue was full.
+    pub download_log_overflow: Counter,
+    /// Asterisk realtime requests by family (served ones, else `other`), operation and status.
+    pub realtime_requests: Family<RealtimeLabels, Counter>,
+    /// SIP passwords decrypted for Asterisk, by result (`ok`, `error`).
+    pub realtime_decryptions: Family<ResultLabels, Counter>,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -194,7 +207,28 @@ impl Metrics {
             "Recording links minted (API and CLI of this process)",
             links_minted.clone(),
         );
+        let download_log_overflow = Counter::default();
+        registry.register(
+            "recording_download_log_overflow",
+            "Download log rows written to the daemon's log instead of the database (queue full)",
+            download_log_overflow.clone(),
+        );
+        let realtime_requests = Family::<RealtimeLabels, Counter>::default();
+        registry.register(
+            "realtime_requests",
+            "Asterisk realtime (res_config_curl) requests by family, operation and status",
+            realtime_requests.clone(),
+        );
+        let realtime_decryptions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "realtime_decryptions",
+            "SIP passwords decrypted for Asterisk, by result",
+            realtime_decryptions.clone(),
+        );
         Metrics {
+            download_log_overflow,
+            realtime_requests,
+            realtime_decryptions,
             recording_downloads,
             link_refusals,
             recording_bytes,

@@ -453,8 +453,17 @@ fn altered_tokens_are_403_and_expired_ones_410() {
         let got = fetch(&env, &format!("/rec/{bad}"), &[]);
         assert_eq!(got.status, 403, "{bad:?}");
     }
-    // Refusals before the database leave no audit rows, only a metric.
-    assert!(audit(&env, "recording.download", 0).is_empty());
+    // Refusals before the database leave no audit rows, only a metric: after one genuine
+    // download, that download is the only row.
+    assert_eq!(fetch(&env, &rec_path(&url), &["-I"]).status, 200);
+    let rows = audit(&env, "recording.download", 1);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let metrics = env.request("GET", "/metrics", &[], None);
+    assert!(
+        metrics.body.contains("pbxguard_recording_link_refusals_total{result=\"bad_signature\"}"),
+        "{}",
+        metrics.body
+    );
 
     let short = link(&env, &[REC, "--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
@@ -463,8 +472,8 @@ fn altered_tokens_are_403_and_expired_ones_410() {
     assert_eq!(json_of(&gone)["error"], "link_expired");
     // Still the whole catalogue of refusals, and the daemon still serves the good link.
     assert_eq!(fetch(&env, &rec_path(&url), &["-I"]).status, 200);
-    let rows = audit(&env, "recording.download", 2);
-    assert!(rows[0].contains("status=410"), "{rows:?}");
+    let rows = audit(&env, "recording.download", 3);
+    assert!(rows[1].contains("status=410"), "{rows:?}");
     assert!(!daemon.log().contains("panick"));
 }
 

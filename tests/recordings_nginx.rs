@@ -154,6 +154,8 @@ impl Both {
         // The same type table as pbxguard's, so part headers can be compared too.
         let http = format!(
             r#"    types {{ audio/wav wav; audio/x-gsm gsm; audio/mpeg mp3; audio/ogg ogg opus; }}
+    # pbxguard's cap on ranges per request (nginx's default has none).
+    max_ranges 64;
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{port};
@@ -272,6 +274,9 @@ fn range_cases(len: usize) -> Vec<Vec<String>> {
         format!("bytes={}-,0-1", len * 2),
         format!("bytes={}-{},0-1", len, len + 5),
         format!("bytes=0-{},{}-", len / 2 - 1, len / 2),
+        format!("bytes={}", vec!["0-0"; 64].join(",")),
+        format!("bytes={}", vec!["0-0"; 65].join(",")),
+        format!("bytes={}", (0..70).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect::<Vec<_>>().join(",")),
     ]);
     let mut cases: Vec<Vec<String>> = vec![vec![]];
     cases.extend(specs.into_iter().map(|s| vec![format!("Range: {s}")]));

@@ -2,9 +2,11 @@
 //! are typed, and here they become one clear sentence on stderr and an exit code
 //! (0 ok, 1 failure, 64 usage or configuration).
 
+mod audit;
 mod docs;
 mod recording;
 mod secret;
+mod sip;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +63,12 @@ pub enum Command {
     /// Signed links to Asterisk's recordings.
     #[command(subcommand)]
     Recording(recording::RecordingCommand),
+    /// SIP credentials Asterisk fetches over realtime.
+    #[command(subcommand)]
+    Sip(sip::SipCommand),
+    /// Audit Asterisk's configuration.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -157,6 +165,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => check_config(&cli.config),
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
+        Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
+        // Reads only Asterisk's files: no configuration of ours needed.
+        Command::Audit(cmd) => audit::run(cmd),
         Command::User(cmd) => runtime()?.block_on(users::user(&cli.config, cmd)),
         Command::Session(cmd) => runtime()?.block_on(users::session(&cli.config, cmd)),
         Command::History(args) => runtime()?.block_on(users::history(&cli.config, args)),

@@ -146,6 +146,7 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
                 store
                     .audit(&who, "recording.revoke", &rel, &format!("links={n}"))
                     .await?;
+                announce(&config)?;
                 println!("revoked {n} link(s) to {rel}");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -163,6 +164,7 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
                 store
                     .audit(&who, "recording.revoke", &row.path, &format!("link={id}"))
                     .await?;
+                announce(&config)?;
                 println!("revoked link {id}");
             } else {
                 println!("link {id} was already revoked");
@@ -196,11 +198,16 @@ async fn rotate_key(config: &crate::config::Config) -> anyhow::Result<ExitCode> 
     store.audit(&who, "recording.rotate_key", &name, "").await?;
     println!("links are now signed with key {kid}");
 
-    // A key replaced (by the next one) longer ago than the longest link lifetime signs no
-    // link that is still valid.
+    // A key is retired when it was replaced (by the next one) longer ago than the longest link
+    // lifetime AND no unexpired link in the database names it — the second condition keeps
+    // links minted under an earlier, longer max_link_ttl working.
     let max = i64::try_from(config.recordings.max_link_ttl.as_secs()).unwrap_or(i64::MAX);
     let now = now_unix();
     for pair in keys.windows(2) {
+        let kid = &pair[0].name[LINK_KEY_PREFIX.len()..];
+        if store.live_links_signed_by(kid, now).await? > 0 {
+            continue;
+        }
         let replaced_at = time::OffsetDateTime::parse(
             &pair[1].created_at,
             &time::format_description::well_known::Rfc3339,

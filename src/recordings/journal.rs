@@ -1,7 +1,9 @@
 //! The download log: one audit row per request for a genuine link, written by one task in
 //! batches (a transaction per batch) so that a busy recording server does not wait for a disk
-//! sync per download. Rows are queued without a bound — each is a few hundred bytes and the
-//! writer drains hundreds per transaction — and flushed before the daemon exits.
+//! sync per download. The queue holds up to [`QUEUE`] rows (a few hundred bytes each); should
+//! the database stall for that long, further rows go to the daemon's log (journald) instead
+//! and are counted, so memory stays bounded and nothing vanishes silently. Flushed before the
+//! daemon exits.
 
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use tracing::{error, warn};
 use crate::store::{AuditEntry, Store};
 
 const MAX_BATCH: usize = 1000;
+/// Rows waiting for the writer at most.
+pub const QUEUE: usize = 65_536;
 const ATTEMPTS: u32 = 5;
 
 enum Msg {
@@ -20,34 +24,41 @@ enum Msg {
 
 #[derive(Debug, Clone)]
 pub struct Journal {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
+    overflow: prometheus_client::metrics::counter::Counter,
 }
 
 impl Journal {
     /// Starts the writer on the current runtime.
-    pub fn start(store: Store) -> Journal {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// `overflow` counts rows that went to the daemon's log instead of the database.
+    pub fn start(store: Store, overflow: prometheus_client::metrics::counter::Counter) -> Journal {
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer(store, rx));
-        Journal { tx }
+        Journal { tx, overflow }
     }
 
     pub fn record(&self, entry: AuditEntry) {
-        if let Err(mpsc::error::SendError(Msg::Entry(e))) = self.tx.send(Msg::Entry(entry)) {
-            // Only after the writer is gone (shutdown): keep the row in the journal at least.
-            warn!(action = %e.action, target = %e.target, detail = %e.detail, "download log closed; row not stored");
+        if let Err(e) = self.tx.try_send(Msg::Entry(entry)) {
+            let (mpsc::error::TrySendError::Full(Msg::Entry(row))
+            | mpsc::error::TrySendError::Closed(Msg::Entry(row))) = e
+            else {
+                return;
+            };
+            self.overflow.inc();
+            warn!(at = row.at, actor = %row.actor, action = %row.action, target = %row.target, detail = %row.detail, "download log queue full or closed; row kept here instead of the database");
         }
     }
 
     /// Resolves once every row recorded before the call is stored (or given up on).
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Msg::Flush(ack)).is_ok() {
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
             let _ = done.await;
         }
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut acks = Vec::new();

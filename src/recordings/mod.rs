@@ -54,6 +54,63 @@ pub struct Recordings {
     /// Lets an unknown key id look for new keys at most once a second, so that a flood of
     /// made-up key ids cannot turn into disk reads.
     pub key_sync: SyncGate,
+    /// Link rows by id, so a download does not query the database; dropped whenever the auth
+    /// stamp says another process changed something (a CLI revocation), and per entry when the
+    /// API revokes.
+    pub links: LinkCache,
+}
+
+/// Entries kept at most; the cache is emptied wholesale beyond (one entry per live link that
+/// was downloaded, so only a very busy host ever gets there).
+const MAX_CACHED_LINKS: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct LinkCache(std::sync::Mutex<CacheInner>);
+
+#[derive(Debug, Default)]
+pub struct CacheInner {
+    map: std::collections::HashMap<String, Arc<LinkRow>>,
+    /// Bumped by every forget and clear: a row read from the database before a revocation
+    /// must not be cached after it.
+    generation: u64,
+}
+
+impl LinkCache {
+    pub fn get(&self, id: &str) -> Option<Arc<LinkRow>> {
+        self.0.lock().ok()?.map.get(id).cloned()
+    }
+
+    /// Call before reading a row from the database; pass the value to [`LinkCache::insert`].
+    pub fn generation(&self) -> u64 {
+        self.0.lock().map(|c| c.generation).unwrap_or(u64::MAX)
+    }
+
+    /// Caches `row` unless something was revoked since `generation` was taken.
+    pub fn insert(&self, row: Arc<LinkRow>, generation: u64) {
+        if let Ok(mut c) = self.0.lock() {
+            if c.generation != generation {
+                return;
+            }
+            if c.map.len() >= MAX_CACHED_LINKS {
+                c.map.clear();
+            }
+            c.map.insert(row.id.clone(), row);
+        }
+    }
+
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.0.lock() {
+            c.map.remove(id);
+            c.generation += 1;
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.0.lock() {
+            c.map.clear();
+            c.generation += 1;
+        }
+    }
 }
 
 /// At most one pass per second.
@@ -72,12 +129,18 @@ impl SyncGate {
 }
 
 impl Recordings {
-    /// Loads the keys and starts the download log writer (needs a runtime).
-    pub async fn start(vault: &Vault, store: Store) -> Result<Recordings, VaultError> {
+    /// Loads the keys and starts the download log writer (needs a runtime); `overflow` counts
+    /// download rows that could not be queued.
+    pub async fn start(
+        vault: &Vault,
+        store: Store,
+        overflow: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Recordings, VaultError> {
         Ok(Recordings {
             keys: ArcSwap::from_pointee(LinkKeys::load(vault).await?),
-            journal: journal::Journal::start(store),
+            journal: journal::Journal::start(store, overflow),
             key_sync: SyncGate::default(),
+            links: LinkCache::default(),
         })
     }
 
@@ -130,12 +193,17 @@ pub async fn mint(
         .map(|h| h.public_url.trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty())
         .ok_or(RecordingError::NoPublicUrl)?;
-    let path = paths::normalise(input, &rc.root)?;
+    // Normalising may resolve the root (an absolute path given through a symlinked root), so
+    // it runs on the blocking pool with the open.
     let root = rc.root.clone();
-    let rel = path.clone();
-    tokio::task::spawn_blocking(move || paths::open(&root, &rel).map(|_| ()))
-        .await
-        .map_err(|_| PathError::Unreadable(std::io::Error::other("open task failed")))??;
+    let given = input.to_string();
+    let path = tokio::task::spawn_blocking(move || {
+        let rel = paths::normalise(&given, &root)?;
+        paths::open(&root, &rel)?;
+        Ok::<_, PathError>(rel)
+    })
+    .await
+    .map_err(|_| PathError::Unreadable(std::io::Error::other("open task failed")))??;
 
     let mut id = [0u8; token::LINK_ID_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
@@ -317,6 +385,34 @@ mod tests {
             Some(hex.as_str())
         );
         assert_eq!(link_id_from("https://pbx/rec/nonsense"), None);
+    }
+
+    fn row(id: &str) -> Arc<LinkRow> {
+        Arc::new(LinkRow {
+            id: id.into(),
+            path: "a.wav".into(),
+            key_id: "k".into(),
+            minted_by: "x".into(),
+            minted_ip: String::new(),
+            created_at: 0,
+            expires_at: 10,
+            revoked_at: None,
+            revoked_by: None,
+        })
+    }
+
+    #[test]
+    fn a_row_read_before_a_revocation_is_not_cached_after_it() {
+        let cache = LinkCache::default();
+        let before = cache.generation();
+        cache.forget("a"); // the revocation lands while the row is read
+        cache.insert(row("a"), before);
+        assert!(cache.get("a").is_none());
+        let now = cache.generation();
+        cache.insert(row("a"), now);
+        assert!(cache.get("a").is_some());
+        cache.clear();
+        assert!(cache.get("a").is_none());
     }
 
     #[test]

@@ -34,19 +34,22 @@ impl Store {
 
     /// Writes `entries` in one transaction (one sync to disk for the lot): the download log
     /// batches its rows this way so that a busy recording server does not fsync per file.
+    /// Multi-row INSERTs of up to 500 rows (2 500 bound values, far below SQLite's limit): each
+    /// statement is one trip to the database thread, not one per row.
     pub async fn audit_many(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for e in entries {
-            sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(e.at)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in entries.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_log (at, actor, action, target, detail) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                row.push_bind(e.at)
+                    .push_bind(&e.actor)
+                    .push_bind(&e.action)
+                    .push_bind(&e.target)
+                    .push_bind(&e.detail);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

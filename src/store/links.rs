@@ -125,6 +125,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Unexpired links signed with key `kid`.
+    pub async fn live_links_signed_by(&self, kid: &str, now: i64) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM recording_links WHERE key_id = ? AND expires_at > ?",
+        )
+        .bind(kid)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Deletes links that expired before `before` (the audit log keeps their story).
     pub async fn purge_links(&self, before: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM recording_links WHERE expires_at < ?")

@@ -9,6 +9,7 @@ mod history;
 mod links;
 mod secrets;
 mod sessions;
+mod sip;
 mod users;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
+pub use sip::SipCredentialRow;
 pub use users::UserRow;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

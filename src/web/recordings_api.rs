@@ -224,11 +224,12 @@ pub async fn revoke(
         let Some(row) = app.store.link(&id).await? else {
             return Ok(None);
         };
-        if app
+        let revoked = app
             .store
             .revoke_link(&id, &session.user, now_unix())
-            .await?
-        {
+            .await?;
+        app.recordings.links.forget(&id);
+        if revoked {
             app.store
                 .audit(
                     &session.user,
@@ -300,8 +301,41 @@ impl Outcome<'_> {
     }
 }
 
-fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+fn header_string(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The conditional headers, owned, to decide on the blocking pool.
+struct OwnedConditions([Option<String>; 6]);
+
+impl From<&HeaderMap> for OwnedConditions {
+    fn from(h: &HeaderMap) -> Self {
+        OwnedConditions([
+            header_string(h, header::RANGE),
+            header_string(h, header::IF_RANGE),
+            header_string(h, header::IF_MATCH),
+            header_string(h, header::IF_NONE_MATCH),
+            header_string(h, header::IF_MODIFIED_SINCE),
+            header_string(h, header::IF_UNMODIFIED_SINCE),
+        ])
+    }
+}
+
+impl OwnedConditions {
+    fn view(&self) -> Conditions<'_> {
+        let [range, if_range, if_match, if_none_match, ims, ius] = &self.0;
+        Conditions {
+            range: range.as_deref(),
+            if_range: if_range.as_deref(),
+            if_match: if_match.as_deref(),
+            if_none_match: if_none_match.as_deref(),
+            if_modified_since: ims.as_deref(),
+            if_unmodified_since: ius.as_deref(),
+        }
+    }
 }
 
 /// `GET`/`HEAD /rec/{token}`. The token is taken from the raw path, so it has exactly one
@@ -370,12 +404,24 @@ pub async fn download(
         }
     };
     out.link = link.id_hex();
-    let row = match app.store.link(&out.link).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return out.record(bad_link()),
-        Err(e) => {
-            error!(error = %e, "looking up a recording link failed");
-            return ApiError::internal().into_response();
+    // A revocation from the CLI is announced through the auth stamp and empties the cache.
+    app.sync_auth().await;
+    let row = match app.recordings.links.get(&out.link) {
+        Some(row) => row,
+        None => {
+            let generation = app.recordings.links.generation();
+            match app.store.link(&out.link).await {
+                Ok(Some(row)) => {
+                    let row = Arc::new(row);
+                    app.recordings.links.insert(row.clone(), generation);
+                    row
+                }
+                Ok(None) => return out.record(bad_link()),
+                Err(e) => {
+                    error!(error = %e, "looking up a recording link failed");
+                    return out.record(ApiError::internal().into_response());
+                }
+            }
         }
     };
     out.path = row.path.clone();
@@ -390,14 +436,34 @@ pub async fn download(
         return out.record(bad_link());
     }
 
+    // One trip to the blocking pool does it all: open (beneath root, again), decide the answer
+    // from the request's Range and conditional headers, and read the first chunk. A 64 KiB
+    // recording then costs a single hop.
     let root = app.config.load().recordings.root.clone();
     let rel = row.path.clone();
+    let owned = OwnedConditions::from(headers);
     let opened = tokio::task::spawn_blocking(move || {
-        recordings::paths::normalise(&rel, &root)
-            .and_then(|rel| recordings::paths::open(&root, &rel))
+        let rel = recordings::paths::normalise(&rel, &root)?;
+        let (file, meta) = recordings::paths::open(&root, &rel)?;
+        let v = Validators::new(meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        let plan = range::plan(&owned.view(), &v);
+        let first = match &plan {
+            _ if head => None,
+            Plan::Full => Some((0, v.len)),
+            Plan::Partial(ranges) => ranges.first().copied(),
+            _ => None,
+        };
+        let prefetched = match first {
+            Some((start, end)) if end > start => {
+                let n = (end - start).min(body::CHUNK);
+                Some(body::read_chunk(&file, start, n).map_err(PathError::Unreadable)?)
+            }
+            _ => None,
+        };
+        Ok::<_, PathError>((file, v, plan, prefetched))
     })
     .await;
-    let (file, meta) = match opened {
+    let (file, v, plan, prefetched) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(PathError::Missing)) => {
             warn!(link = %out.link, path = %row.path, "recording requested through a valid link no longer exists");
@@ -424,17 +490,6 @@ pub async fn download(
             return out.record(ApiError::internal().into_response());
         }
     };
-
-    let v = Validators::new(meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-    let conditions = Conditions {
-        range: header_str(headers, header::RANGE),
-        if_range: header_str(headers, header::IF_RANGE),
-        if_match: header_str(headers, header::IF_MATCH),
-        if_none_match: header_str(headers, header::IF_NONE_MATCH),
-        if_modified_since: header_str(headers, header::IF_MODIFIED_SINCE),
-        if_unmodified_since: header_str(headers, header::IF_UNMODIFIED_SINCE),
-    };
-    let plan = range::plan(&conditions, &v);
     let content_type = recordings::content_type(&row.path);
 
     let mut builder = Response::builder()
@@ -529,6 +584,10 @@ pub async fn download(
     let journal = app.recordings.journal.clone();
     let sent = app.metrics.recording_bytes.clone();
     let entry = out.entry(status.as_u16(), 0, false);
+    let parts = match prefetched {
+        Some(chunk) => body::splice_first(parts, chunk),
+        None => parts,
+    };
     let counted = body::Counted::new(
         body::stream_parts(Arc::new(file), parts),
         length,

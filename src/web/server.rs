@@ -30,6 +30,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams per connection.
 const MAX_H2_STREAMS: u32 = 64;
+/// Bytes queued per HTTP/2 stream before the body stream is asked for more.
+const H2_SEND_BUF: usize = 128 * 1024;
 
 /// Per-request facts about the connection, inserted as a request extension.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,8 @@ pub enum Listener {
     Main,
     /// `[http] redirect_listen`: plain HTTP that redirects everything to `public_url`.
     Redirect,
+    /// `[realtime] listen`: Asterisk's res_config_curl, plain HTTP on loopback.
+    Realtime,
 }
 
 impl Listener {
@@ -53,6 +57,7 @@ impl Listener {
         match self {
             Listener::Main => "http",
             Listener::Redirect => "http_redirect",
+            Listener::Realtime => "realtime",
         }
     }
 }
@@ -90,10 +95,8 @@ pub async fn serve(
             },
         };
         let config = app.config.load_full();
-        let Some(http) = config.http.as_ref() else {
-            continue;
-        };
-        if open.load(Ordering::Acquire) >= http.max_connections {
+        let limits = Limits::of(config.http.as_ref());
+        if open.load(Ordering::Acquire) >= limits.max_connections {
             app.metrics.connections_refused.get_or_create(&labels).inc();
             debug!(listener = kind.name(), %addr, "connection limit reached; closing");
             continue;
@@ -103,19 +106,19 @@ pub async fn serve(
         app.metrics.connections.get_or_create(&labels).inc();
         let tls = match kind {
             Listener::Main => app.http_tls.load_full(),
-            Listener::Redirect => None,
+            Listener::Redirect | Listener::Realtime => None,
         };
         let ctx = Conn {
-            idle_timeout: http.idle_timeout,
+            idle_timeout: limits.idle_timeout,
             app: app.clone(),
             router: router.load_full(),
-            builder: builder(http),
+            builder: builder(&limits),
             watcher: graceful.watcher(),
             labels: labels.clone(),
             addr,
         };
         let (app_c, labels_c) = (app.clone(), labels.clone());
-        let idle = http.idle_timeout;
+        let idle = limits.idle_timeout;
         tokio::spawn(async move {
             app_c
                 .metrics
@@ -158,8 +161,33 @@ pub async fn serve(
     }
 }
 
+/// The connection limits of `[http]`, which apply to every listener (the realtime listener
+/// works without an `[http]` section, with the same defaults).
+struct Limits {
+    max_connections: usize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Limits {
+    fn of(http: Option<&crate::config::HttpConfig>) -> Limits {
+        match http {
+            Some(h) => Limits {
+                max_connections: h.max_connections,
+                header_timeout: h.header_timeout,
+                idle_timeout: h.idle_timeout,
+            },
+            None => Limits {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
 /// Builder with the current limits; made per connection so reloads apply at once.
-fn builder(http: &crate::config::HttpConfig) -> Builder<TokioExecutor> {
+fn builder(http: &Limits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -170,7 +198,10 @@ fn builder(http: &crate::config::HttpConfig) -> Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(MAX_H2_STREAMS);
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        // hyper's default (~400 KiB) queued per stream, times 64 streams, lets one client that
+        // reads slowly pin tens of MB with recording downloads.
+        .max_send_buf_size(H2_SEND_BUF);
     builder
 }
 

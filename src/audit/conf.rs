@@ -1,0 +1,475 @@
+//! Asterisk's `.conf` format, read the way `main/config.c` reads it, with the file and line
+//! of every variable kept for the audit's findings.
+//!
+//! What Asterisk does and we follow: `;` comments (`\;` is a literal `;`), `;-- … --;` block
+//! comments (nesting), `[name]` sections with options right after the `]`: `(!)` a template,
+//! `(+)` adding to an earlier section, `(tpl,…)` inheriting from earlier sections (names not
+//! trimmed, as Asterisk does not trim them); `name = value`, `name => value`, `name += value`;
+//! `#include` / `#tryinclude` with paths relative to the configuration folder and glob
+//! patterns, at most 10 deep. `#exec` is not run (the audit never executes anything).
+//! Anything Asterisk would refuse to load is reported as a problem rather than guessed at.
+
+use std::path::{Path, PathBuf};
+
+const MAX_DEPTH: usize = 10;
+/// Asterisk skips longer lines; so do we.
+const MAX_LINE: usize = 8192;
+/// Bounds what a hostile or broken tree can make us read.
+const MAX_FILE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    pub name: String,
+    pub value: String,
+    /// Written as `name => value`.
+    pub object: bool,
+    pub file: PathBuf,
+    pub line: usize,
+    /// Copied from a template.
+    pub inherited: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Category {
+    pub name: String,
+    pub template: bool,
+    pub file: PathBuf,
+    pub line: usize,
+    pub vars: Vec<Var>,
+}
+
+impl Category {
+    /// The value in force for options applied in order (pjsip, manager): the last one.
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The first one, as `ast_variable_retrieve` and pjsip's `type` lookup see it.
+    pub fn first(&self, name: &str) -> Option<&Var> {
+        self.vars.iter().find(|v| v.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|v| v.value.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Var> + 'a {
+        self.vars
+            .iter()
+            .filter(move |v| v.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Something that makes Asterisk refuse (or partly ignore) the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Conf {
+    pub categories: Vec<Category>,
+    pub problems: Vec<Problem>,
+}
+
+impl Conf {
+    /// Non-template sections.
+    pub fn sections(&self) -> impl Iterator<Item = &Category> {
+        self.categories.iter().filter(|c| !c.template)
+    }
+
+    pub fn section(&self, name: &str) -> Option<&Category> {
+        self.sections().find(|c| c.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Loads `name` from `dir`; `None` when the file does not exist.
+pub fn load(dir: &Path, name: &str) -> Option<Conf> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return None;
+    }
+    let mut p = Parser {
+        dir: dir.to_path_buf(),
+        conf: Conf::default(),
+        current: None,
+        comment_depth: 0,
+    };
+    p.file(&path, 0);
+    Some(p.conf)
+}
+
+struct Parser {
+    dir: PathBuf,
+    conf: Conf,
+    /// Index of the section variables go to.
+    current: Option<usize>,
+    comment_depth: usize,
+}
+
+impl Parser {
+    fn problem(&mut self, file: &Path, line: usize, message: impl Into<String>) {
+        self.conf.problems.push(Problem {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn file(&mut self, path: &Path, depth: usize) {
+        let text = match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_FILE => {
+                self.problem(path, 0, "file larger than 8 MiB; not read");
+                return;
+            }
+            _ => match std::fs::read(path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => {
+                    self.problem(path, 0, format!("cannot read: {e}"));
+                    return;
+                }
+            },
+        };
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            if raw.len() >= MAX_LINE {
+                self.problem(path, n, "line longer than Asterisk reads; skipped");
+                continue;
+            }
+            let line = self.strip_comments(raw);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('#') {
+                self.directive(rest, path, n, depth);
+            } else if line.starts_with('[') {
+                self.header(line, path, n);
+            } else {
+                self.variable(line, path, n);
+            }
+        }
+    }
+
+    /// Drops `;` comments and block comments, keeping `\;` as `;`.
+    fn strip_comments(&mut self, raw: &str) -> String {
+        let b = raw.as_bytes();
+        let mut out = String::with_capacity(raw.len());
+        let mut i = 0;
+        while i < b.len() {
+            if self.comment_depth > 0 {
+                if raw[i..].starts_with("--;") {
+                    self.comment_depth -= 1;
+                    i += 3;
+                } else if raw[i..].starts_with(";--") && !raw[i + 3..].starts_with('-') {
+                    self.comment_depth += 1;
+                    i += 3;
+                } else {
+                    i += raw[i..].chars().next().map_or(1, char::len_utf8);
+                }
+                continue;
+            }
+            if raw[i..].starts_with("\\;") {
+                out.push(';');
+                i += 2;
+                continue;
+            }
+            if b[i] == b';' {
+                if raw[i..].starts_with(";--") && !raw[i + 3..].starts_with('-') {
+                    self.comment_depth = (self.comment_depth + 1).min(128);
+                    i += 3;
+                    continue;
+                }
+                break;
+            }
+            let c = raw[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+        }
+        out
+    }
+
+    fn directive(&mut self, rest: &str, path: &Path, n: usize, depth: usize) {
+        let word_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let (word, arg) = rest.split_at(word_len);
+        let arg = arg.trim();
+        let arg = strip_balanced(arg);
+        match word.to_ascii_lowercase().as_str() {
+            kind @ ("include" | "tryinclude") => {
+                if depth + 1 >= MAX_DEPTH {
+                    self.problem(path, n, "includes nested more than 10 deep");
+                    return;
+                }
+                let target = if Path::new(arg).is_absolute() {
+                    PathBuf::from(arg)
+                } else {
+                    self.dir.join(arg)
+                };
+                let files = expand_glob(&target);
+                if files.is_empty() {
+                    if kind == "include" {
+                        self.problem(
+                            path,
+                            n,
+                            format!("#include {arg}: no such file (Asterisk refuses to load this file)"),
+                        );
+                    }
+                    return;
+                }
+                for f in files {
+                    self.file(&f, depth + 1);
+                }
+            }
+            "exec" => self.problem(path, n, format!("#exec {arg} is not evaluated by the audit")),
+            other => self.problem(path, n, format!("unknown directive #{other}")),
+        }
+    }
+
+    fn header(&mut self, line: &str, path: &Path, n: usize) {
+        let Some(close) = line.find(']') else {
+            self.problem(path, n, "section header without `]`");
+            return;
+        };
+        let name = line[1..close].to_string();
+        let after = &line[close + 1..];
+        let mut template = false;
+        let mut add = false;
+        let mut bases = Vec::new();
+        if let Some(opts) = after.strip_prefix('(') {
+            let Some(end) = opts.find(')') else {
+                self.problem(path, n, "section options without `)`");
+                return;
+            };
+            for opt in opts[..end].split(',') {
+                match opt {
+                    "!" => template = true,
+                    "+" => add = true,
+                    "" => {}
+                    base => bases.push(base.to_string()),
+                }
+            }
+        }
+        if add {
+            match self
+                .conf
+                .categories
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(&name))
+            {
+                Some(i) => self.current = Some(i),
+                None => {
+                    self.problem(path, n, format!("[{name}](+) adds to a section that does not exist"));
+                    self.current = None;
+                }
+            }
+            return;
+        }
+        let mut cat = Category {
+            name: name.clone(),
+            template,
+            file: path.to_path_buf(),
+            line: n,
+            vars: Vec::new(),
+        };
+        for base in bases {
+            match self
+                .conf
+                .categories
+                .iter()
+                .rev()
+                .find(|c| c.name.eq_ignore_ascii_case(&base))
+            {
+                Some(b) => cat.vars.extend(b.vars.iter().cloned().map(|mut v| {
+                    v.inherited = true;
+                    v
+                })),
+                None => self.problem(
+                    path,
+                    n,
+                    format!("[{name}] inherits from [{base}], which is not defined before it"),
+                ),
+            }
+        }
+        self.conf.categories.push(cat);
+        self.current = Some(self.conf.categories.len() - 1);
+    }
+
+    fn variable(&mut self, line: &str, path: &Path, n: usize) {
+        let Some(eq) = line.find('=') else {
+            self.problem(path, n, format!("not a `name = value` line: {line}"));
+            return;
+        };
+        let (mut name, mut value) = (line[..eq].trim(), &line[eq + 1..]);
+        let mut object = false;
+        if let Some(v) = value.strip_prefix('>') {
+            object = true;
+            value = v;
+        }
+        let mut append = false;
+        if let Some(n) = name.strip_suffix('+') {
+            append = true;
+            name = n.trim_end();
+        }
+        let value = value.trim();
+        let Some(idx) = self.current else {
+            self.problem(path, n, "variable before any [section]");
+            return;
+        };
+        let cat = &mut self.conf.categories[idx];
+        if append {
+            if let Some(v) = cat.vars.iter_mut().rev().find(|v| v.name == name) {
+                v.value.push_str(value);
+                return;
+            }
+        }
+        cat.vars.push(Var {
+            name: name.to_string(),
+            value: value.to_string(),
+            object,
+            file: path.to_path_buf(),
+            line: n,
+            inherited: false,
+        });
+    }
+}
+
+fn strip_balanced(arg: &str) -> &str {
+    for (open, close) in [('"', '"'), ('<', '>')] {
+        if arg.len() >= 2 && arg.starts_with(open) && arg.ends_with(close) {
+            return &arg[1..arg.len() - 1];
+        }
+    }
+    arg
+}
+
+/// `*` and `?` in the last path component, as `glob()` expands them; sorted like glob.
+fn expand_glob(path: &Path) -> Vec<PathBuf> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !name.contains(['*', '?']) {
+        return if path.is_file() { vec![path.to_path_buf()] } else { Vec::new() };
+    }
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| !n.starts_with('.') && wildcard(name, n))
+        })
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    for &pc in &p {
+        let mut next = vec![false; t.len() + 1];
+        if pc == '*' {
+            let mut any = false;
+            for j in 0..=t.len() {
+                any |= row[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=t.len() {
+                next[j] = row[j - 1] && (pc == '?' || pc == t[j - 1]);
+            }
+        }
+        row = next;
+    }
+    row[t.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn sections_templates_and_inheritance() {
+        let d = tree(&[(
+            "pjsip.conf",
+            "; top comment\n[tpl](!)\ntype=endpoint\nmedia_encryption=dtls\n\n[1001](tpl)\nmedia_encryption = no ; override\nauth=>1001\n[1001](+)\nallow=ulaw\n",
+        )]);
+        let c = load(d.path(), "pjsip.conf").unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.sections().count(), 1);
+        let e = c.section("1001").unwrap();
+        assert_eq!(e.value("type"), Some("endpoint"));
+        assert_eq!(e.value("media_encryption"), Some("no"), "later lines win");
+        assert_eq!(e.first("media_encryption").unwrap().value, "dtls");
+        assert!(e.first("media_encryption").unwrap().inherited);
+        assert_eq!(e.get("media_encryption").unwrap().line, 7);
+        assert!(e.get("auth").unwrap().object);
+        assert_eq!(e.value("allow"), Some("ulaw"));
+    }
+
+    #[test]
+    fn comments_escapes_and_appends() {
+        let d = tree(&[(
+            "x.conf",
+            "[a]\nsecret = pa\\;ss ; comment\n;-- block\n[b]\nhidden=1\n--;\nlist = a\nlist += ,b\n",
+        )]);
+        let c = load(d.path(), "x.conf").unwrap();
+        let a = c.section("a").unwrap();
+        assert_eq!(a.value("secret"), Some("pa;ss"));
+        assert_eq!(a.value("list"), Some("a,b"));
+        assert!(c.section("b").is_none());
+        assert!(a.get("hidden").is_none());
+    }
+
+    #[test]
+    fn includes_relative_to_the_folder_with_globs() {
+        let d = tree(&[
+            ("pjsip.conf", "[global]\ntype=global\n#include \"pjsip.d/*.conf\"\n#tryinclude missing.conf\n"),
+            ("pjsip.d/b.conf", "[b]\ntype=endpoint\n"),
+            ("pjsip.d/a.conf", "[a]\ntype=endpoint\n"),
+        ]);
+        let c = load(d.path(), "pjsip.conf").unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let names: Vec<&str> = c.sections().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["global", "a", "b"]);
+        assert!(c.section("a").unwrap().file.ends_with("pjsip.d/a.conf"));
+    }
+
+    #[test]
+    fn what_asterisk_would_refuse_is_reported() {
+        let d = tree(&[(
+            "x.conf",
+            "orphan=1\n[a](nope)\n[b](+)\n[c]\n#include gone.conf\nnot a line\n#include x.conf\n",
+        )]);
+        let c = load(d.path(), "x.conf").unwrap();
+        let msgs: Vec<&str> = c.problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(msgs.iter().any(|m| m.contains("before any [section]")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("inherits from [nope]")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("does not exist")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("gone.conf")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("not a `name = value`")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("nested more than 10")), "{msgs:?}");
+        assert!(load(d.path(), "absent.conf").is_none());
+    }
+}

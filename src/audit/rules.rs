@@ -1,0 +1,413 @@
+//! The checks. Each finding names the file and line of the setting that causes it (or of the
+//! section, when a setting is missing) and one line on how to fix it.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::conf::{self, Category, Conf, Var};
+use super::{Finding, Severity};
+
+/// The files the audit reads.
+pub struct Files {
+    pub pjsip: Option<Conf>,
+    pub manager: Option<Conf>,
+    pub http: Option<Conf>,
+    pub ari: Option<Conf>,
+}
+
+impl Files {
+    pub fn load(dir: &Path) -> Files {
+        Files {
+            pjsip: conf::load(dir, "pjsip.conf"),
+            manager: conf::load(dir, "manager.conf"),
+            http: conf::load(dir, "http.conf"),
+            ari: conf::load(dir, "ari.conf"),
+        }
+    }
+}
+
+/// Shortest SIP password accepted without a finding.
+pub const MIN_SIP_PASSWORD: usize = 12;
+/// Shortest AMI secret accepted without a finding.
+pub const MIN_AMI_SECRET: usize = 16;
+/// Manager write classes that give away the host or the dial plan.
+const DANGEROUS_WRITE: &[(&str, Severity, &str)] = &[
+    ("all", Severity::High, "every action, including shell commands"),
+    ("system", Severity::High, "shell commands and restarts"),
+    ("command", Severity::High, "any CLI command"),
+    ("config", Severity::High, "rewriting Asterisk's configuration"),
+    ("agi", Severity::High, "AGI commands, including EXEC of any application"),
+    ("originate", Severity::Medium, "placing calls anywhere (toll fraud)"),
+];
+const COMMON_PASSWORDS: &[&str] = &[
+    "password", "secret", "changeme", "asterisk", "admin", "letmein", "qwerty", "welcome",
+];
+
+/// `ast_true`.
+fn truthy(v: Option<&str>) -> bool {
+    v.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "yes" | "true" | "y" | "t" | "1" | "on"
+        )
+    })
+}
+
+/// Whether a bind address (`0.0.0.0:5060`, `[::]`, `127.0.0.1`, `host:port`) is loopback only.
+/// Empty, wildcard and names other than `localhost` count as reachable from the network.
+pub fn loopback_only(bind: &str) -> bool {
+    let b = bind.trim();
+    let host = if let Some(rest) = b.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if b.matches(':').count() == 1 {
+        b.split(':').next().unwrap_or("")
+    } else {
+        b
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+struct Out<'a> {
+    dir: &'a Path,
+    findings: Vec<Finding>,
+}
+
+impl Out<'_> {
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(self.dir)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    }
+
+    fn at_var(&mut self, sev: Severity, cat: &Category, var: &Var, message: String, fix: &str) {
+        let file = self.rel(&var.file);
+        self.findings.push(Finding {
+            severity: sev,
+            file,
+            line: var.line,
+            object: cat.name.clone(),
+            message,
+            fix: fix.to_string(),
+        });
+    }
+
+    fn at_cat(&mut self, sev: Severity, cat: &Category, message: String, fix: &str) {
+        let file = self.rel(&cat.file);
+        self.findings.push(Finding {
+            severity: sev,
+            file,
+            line: cat.line,
+            object: cat.name.clone(),
+            message,
+            fix: fix.to_string(),
+        });
+    }
+
+    fn problems(&mut self, conf: &Conf) {
+        for p in &conf.problems {
+            let file = self.rel(&p.file);
+            self.findings.push(Finding {
+                severity: Severity::Medium,
+                file,
+                line: p.line,
+                object: String::new(),
+                message: p.message.clone(),
+                fix: "correct the file; Asterisk refuses or ignores what it cannot parse".into(),
+            });
+        }
+    }
+}
+
+pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
+    let mut out = Out {
+        dir,
+        findings: Vec::new(),
+    };
+    let http_tls = files
+        .http
+        .as_ref()
+        .and_then(|h| h.section("general"))
+        .is_some_and(|g| truthy(g.value("tlsenable")));
+    let ws_transport = files.pjsip.as_ref().is_some_and(|p| {
+        p.sections().any(|c| {
+            type_of(c) == Some("transport")
+                && c.value("protocol").is_some_and(|v| v.eq_ignore_ascii_case("ws"))
+        })
+    });
+    let ari = files
+        .ari
+        .as_ref()
+        .and_then(|a| a.section("general"))
+        .is_some_and(|g| truthy(g.value("enabled")));
+    let mut manager_web = false;
+    if let Some(m) = &files.manager {
+        out.problems(m);
+        manager_web = manager(&mut out, m, http_tls);
+    }
+    if let Some(p) = &files.pjsip {
+        out.problems(p);
+        pjsip(&mut out, p);
+    }
+    if let Some(h) = &files.http {
+        out.problems(h);
+        http(&mut out, h, manager_web, ws_transport || ari);
+    }
+    out.findings
+}
+
+/// pjsip reads a section's type from its first `type` line.
+fn type_of(c: &Category) -> Option<&str> {
+    c.first("type").map(|v| v.value.as_str())
+}
+
+fn pjsip(out: &mut Out<'_>, p: &Conf) {
+    let transports: Vec<&Category> = p
+        .sections()
+        .filter(|c| type_of(c) == Some("transport"))
+        .collect();
+    let protocol_of = |name: &str| -> Option<String> {
+        transports
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.value("protocol").unwrap_or("udp").to_ascii_lowercase())
+    };
+    for t in &transports {
+        let protocol = t.value("protocol").unwrap_or("udp").to_ascii_lowercase();
+        let bind = t.value("bind").unwrap_or("0.0.0.0");
+        if !loopback_only(bind) && protocol != "tls" && protocol != "wss" {
+            let msg = format!("transport listens on {bind} with {protocol}: SIP signalling (and any SDES keys) in clear on the network");
+            let fix = "use protocol=tls or wss, or bind to 127.0.0.1 behind pbxguard's SIP edge";
+            match t.get("bind").or(t.get("protocol")) {
+                Some(v) => out.at_var(Severity::High, t, v, msg, fix),
+                None => out.at_cat(Severity::High, t, msg, fix),
+            }
+        }
+    }
+    let identified: Vec<String> = p
+        .sections()
+        .filter(|c| type_of(c) == Some("identify") && c.get("match").is_some())
+        .filter_map(|c| c.value("endpoint").map(str::to_string))
+        .collect();
+    for e in p.sections().filter(|c| type_of(c) == Some("endpoint")) {
+        let transport = e.value("transport").and_then(protocol_of);
+        let enc = e.value("media_encryption").map(|v| v.to_ascii_lowercase());
+        match (enc.as_deref(), e.get("media_encryption")) {
+            (None, _) => out.at_cat(
+                Severity::High,
+                e,
+                "endpoint without media_encryption: calls go as plain RTP".into(),
+                "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
+            ),
+            (Some("no"), Some(v)) => out.at_var(
+                Severity::High,
+                e,
+                v,
+                "media_encryption=no: calls go as plain RTP".into(),
+                "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
+            ),
+            (Some("sdes"), Some(v)) if transport.as_deref().is_some_and(|t| t != "tls" && t != "wss") => {
+                out.at_var(
+                    Severity::High,
+                    e,
+                    v,
+                    format!(
+                        "SDES keys are sent in the SDP over a {} transport, readable by anyone on the path",
+                        transport.as_deref().unwrap_or("?")
+                    ),
+                    "use a tls or wss transport for this endpoint, or media_encryption=dtls",
+                )
+            }
+            _ => {}
+        }
+        if let Some(v) = e.get("media_encryption_optimistic").filter(|v| truthy(Some(&v.value))) {
+            out.at_var(
+                Severity::Medium,
+                e,
+                v,
+                "media_encryption_optimistic=yes falls back to plain RTP when the peer declines".into(),
+                "set media_encryption_optimistic=no",
+            );
+        }
+        if let Some(v) = e.get("webrtc").filter(|v| truthy(Some(&v.value))) {
+            let wss = match e.value("transport") {
+                Some(_) => transport.as_deref() == Some("wss"),
+                None => transports
+                    .iter()
+                    .any(|t| t.value("protocol").is_some_and(|p| p.eq_ignore_ascii_case("wss"))),
+            };
+            if !wss {
+                out.at_var(
+                    Severity::Medium,
+                    e,
+                    v,
+                    "webrtc=yes without a WSS transport: browsers would signal over plain WebSocket".into(),
+                    "add a protocol=wss transport and name it in transport=",
+                );
+            }
+        }
+        let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
+        let restricted = identified.iter().any(|n| n == &e.name)
+            || e.get("permit").is_some()
+            || e.get("acl").is_some()
+            || e.get("deny").is_some();
+        if !has_auth && !restricted {
+            out.at_cat(
+                Severity::High,
+                e,
+                "endpoint without auth accepts calls from any address".into(),
+                "add auth=, or an identify section with match= and permit=/acl= limits",
+            );
+        }
+    }
+    for a in p.sections().filter(|c| type_of(c) == Some("auth")) {
+        if let Some(v) = a.get("password") {
+            let username = a.value("username").unwrap_or("");
+            let pw = v.value.as_str();
+            let weak = pw.len() < MIN_SIP_PASSWORD
+                || pw.bytes().all(|b| b.is_ascii_digit())
+                || pw.eq_ignore_ascii_case(username)
+                || pw.eq_ignore_ascii_case(&a.name)
+                || COMMON_PASSWORDS.iter().any(|c| pw.to_ascii_lowercase().contains(c));
+            if weak {
+                out.at_var(
+                    Severity::High,
+                    a,
+                    v,
+                    format!("weak SIP password (shorter than {MIN_SIP_PASSWORD}, all digits, the user name or a common word): registration scanners guess these"),
+                    "use a random password of 16+ characters",
+                );
+            }
+            out.at_var(
+                Severity::Low,
+                a,
+                v,
+                "SIP password in plaintext in the configuration".into(),
+                "store it with `pbxguard sip credential set ID` and let Asterisk fetch ps_auths over realtime",
+            );
+        }
+        if let Some(v) = a.get("md5_cred") {
+            out.at_var(
+                Severity::Low,
+                a,
+                v,
+                "md5_cred is as good as the password to anyone who reads it".into(),
+                "store the credential in pbxguard's vault and fetch ps_auths over realtime",
+            );
+        }
+    }
+}
+
+/// Returns whether the manager is enabled over HTTP (`webenabled`).
+fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
+    let general = m.section("general");
+    let enabled = general.is_some_and(|g| truthy(g.value("enabled")));
+    let web = enabled && general.is_some_and(|g| truthy(g.value("webenabled")));
+    if let Some(g) = general.filter(|_| enabled) {
+        let bind = g.value("bindaddr").unwrap_or("::");
+        if !loopback_only(bind) {
+            let msg = format!("AMI listens on {bind}: the manager interface is reachable from the network");
+            let fix = "set bindaddr=127.0.0.1 and let clients in through pbxguard's AMI gateway";
+            match g.get("bindaddr").or(g.get("enabled")) {
+                Some(v) => out.at_var(Severity::High, g, v, msg, fix),
+                None => out.at_cat(Severity::High, g, msg, fix),
+            }
+        }
+        if web && !http_tls {
+            if let Some(v) = g.get("webenabled") {
+                out.at_var(
+                    Severity::High,
+                    g,
+                    v,
+                    "webenabled=yes while http.conf has no TLS: AMI logins travel in clear".into(),
+                    "set webenabled=no (use pbxguard's AMI gateway) or tlsenable=yes in http.conf",
+                );
+            }
+        }
+    }
+    for u in m.sections().filter(|c| !c.name.eq_ignore_ascii_case("general")) {
+        if let Some(v) = u.get("write") {
+            for class in v.value.split(',').map(|c| c.trim().to_ascii_lowercase()) {
+                if let Some((_, sev, what)) = DANGEROUS_WRITE.iter().find(|(c, _, _)| *c == class) {
+                    out.at_var(
+                        *sev,
+                        u,
+                        v,
+                        format!("AMI user may write class {class}: {what}"),
+                        "grant only the classes this client needs; pbxguard's gateway can filter per action",
+                    );
+                }
+            }
+        }
+        match u.get("secret") {
+            None => out.at_cat(
+                Severity::High,
+                u,
+                "AMI user without a secret".into(),
+                "set a random secret of 16+ characters",
+            ),
+            Some(v) if v.value.chars().count() < MIN_AMI_SECRET => out.at_var(
+                Severity::High,
+                u,
+                v,
+                format!("AMI secret shorter than {MIN_AMI_SECRET} characters"),
+                "set a random secret of 16+ characters",
+            ),
+            Some(_) => {}
+        }
+        if u.get("permit").is_none() && u.get("deny").is_none() && u.get("acl").is_none() {
+            out.at_cat(
+                Severity::Medium,
+                u,
+                "AMI user may log in from any address".into(),
+                "add deny=0.0.0.0/0.0.0.0 and permit=127.0.0.1/255.255.255.255",
+            );
+        }
+    }
+    web
+}
+
+fn http(out: &mut Out<'_>, h: &Conf, manager_web: bool, websocket: bool) {
+    let Some(g) = h.section("general") else {
+        return;
+    };
+    // Asterisk starts the server only when enabled=yes and bindaddr is set.
+    let (Some(enabled), Some(bind)) = (g.get("enabled"), g.get("bindaddr")) else {
+        return;
+    };
+    if !truthy(Some(&enabled.value)) || loopback_only(&bind.value) {
+        return;
+    }
+    if (manager_web || websocket) && !truthy(g.value("tlsenable")) {
+        let what = match (manager_web, websocket) {
+            (true, true) => "the manager and WebSockets",
+            (true, false) => "the manager",
+            _ => "WebSockets",
+        };
+        out.at_var(
+            Severity::High,
+            g,
+            bind,
+            format!("plain HTTP on {} serves {what} to the network", bind.value),
+            "bind the plain server to 127.0.0.1 and serve the public side with tlsenable=yes (or through pbxguard)",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses() {
+        for b in ["127.0.0.1", "127.0.0.1:5060", "[::1]:5060", "::1", "localhost:5038"] {
+            assert!(loopback_only(b), "{b}");
+        }
+        for b in ["0.0.0.0", "0.0.0.0:5060", "[::]", "::", "", "192.168.1.5", "pbx.example.com"] {
+            assert!(!loopback_only(b), "{b}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Asterisk's realtime interface (`res_config_curl`) on `[realtime] listen`: SIP auth objects
+//! (family `ps_auths`) decrypted from the vault only when Asterisk asks for one, so no SIP
+//! password sits in a plaintext `pjsip.conf` or database.
+//!
+//! Asterisk ignores the HTTP status and reads only the body, so every answer it can receive is
+//! shaped as it expects: `single` one line, `multi` one line per record, writes a row count
+//! (`-1` refused), `require` `0`, and an empty body for "nothing" — including errors, which
+//! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
+//! the vault secret `password_secret`.
+
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Extension, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+use tracing::{debug, error, info, warn};
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::metrics::RealtimeLabels;
+use crate::store::SipCredentialRow;
+use crate::web::Peer;
+use wire::Field;
+
+/// Families served.
+pub const FAMILIES: &[&str] = &["ps_auths"];
+/// Vault secret holding the password of SIP credential `<id>`.
+pub const SIP_SECRET_PREFIX: &str = "sip/";
+/// Longest SIP credential id (also a vault name segment) and user name.
+pub const MAX_ID_LEN: usize = 64;
+pub const MAX_USERNAME_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    #[error("SIP credential ids are 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 . _ -")]
+    BadId,
+    #[error("SIP user names are 1-{MAX_USERNAME_LEN} printable characters without spaces")]
+    BadUsername,
+}
+
+pub fn validate_id(id: &str) -> Result<(), RealtimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    ok.then_some(()).ok_or(RealtimeError::BadId)
+}
+
+pub fn validate_username(name: &str) -> Result<(), RealtimeError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_USERNAME_LEN
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace());
+    ok.then_some(()).ok_or(RealtimeError::BadUsername)
+}
+
+pub fn secret_name(id: &str) -> String {
+    format!("{SIP_SECRET_PREFIX}{id}")
+}
+
+/// The realtime listener's router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/realtime/{family}/{op}", any(handle))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(DefaultBodyLimit::max(wire::MAX_REQUEST))
+        .with_state(app)
+}
+
+fn plain(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether the request carries `[realtime] username` and the vault password.
+async fn authorised(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
+    let config = app.config.load();
+    let Some(rt) = config.realtime.as_ref() else {
+        return false;
+    };
+    let who = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .and_then(|b| STANDARD.decode(b.trim()).ok())
+        .map(Zeroizing::new);
+    let Some(given) = given else {
+        warn!(peer = %who, "realtime request without credentials refused");
+        return false;
+    };
+    let expected = match app.vault.get(&rt.password_secret).await {
+        Ok(p) => p,
+        Err(e) => {
+            error!(secret = %rt.password_secret, error = %e, "realtime password unavailable; every realtime request is refused until `pbxguard secret set {}` stores it", rt.password_secret);
+            return false;
+        }
+    };
+    let mut want = Zeroizing::new(Vec::with_capacity(rt.username.len() + 1 + expected.len()));
+    want.extend_from_slice(rt.username.as_bytes());
+    want.push(b':');
+    want.extend_from_slice(&expected);
+    // Lengths may differ; `ct_eq` on slices of different length is false without leaking where.
+    let ok: bool = want.as_slice().ct_eq(given.as_slice()).into();
+    if !ok {
+        warn!(peer = %who, "realtime request with wrong credentials refused");
+    }
+    ok
+}
+
+async fn handle(
+    State(app): State<Arc<App>>,
+    Path((family, op)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let op_label = match op.as_str() {
+        "single" | "multi" | "store" | "update" | "destroy" | "require" | "static" => op.clone(),
+        _ => "other".to_string(),
+    };
+    let family_label = if FAMILIES.contains(&family.as_str()) {
+        family.clone()
+    } else {
+        "other".to_string()
+    };
+    let count = |status: StatusCode| {
+        app.metrics
+            .realtime_requests
+            .get_or_create(&RealtimeLabels {
+                family: family_label.clone(),
+                op: op_label.clone(),
+                status: status.as_u16(),
+            })
+            .inc();
+    };
+    if !authorised(&app, &headers, peer.as_ref().map(|Extension(p)| p)).await {
+        count(StatusCode::UNAUTHORIZED);
+        let mut r = plain(StatusCode::UNAUTHORIZED, String::new());
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"pbxguard realtime\""),
+        );
+        return r;
+    }
+    let answer = answer(&app, &family, &op, &method, query.as_deref(), &body).await;
+    count(answer.status());
+    answer
+}
+
+async fn answer(app: &App, family: &str, op: &str, method: &Method, query: Option<&str>, body: &[u8]) -> Response {
+    let expect = if op == "static" { Method::GET } else { Method::POST };
+    if *method != expect {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, String::new());
+    }
+    let Ok(body) = std::str::from_utf8(body) else {
+        warn!(family, op, "realtime request body is not text; answered empty");
+        return plain(StatusCode::BAD_REQUEST, String::new());
+    };
+    let fields = match wire::parse_fields(body) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(family, op, error = %e, "malformed realtime request; answered empty");
+            return plain(StatusCode::BAD_REQUEST, String::new());
+        }
+    };
+    let served = FAMILIES.contains(&family);
+    match op {
+        "single" | "multi" if !served => {
+            debug!(family, "realtime lookup for a family pbxguard does not serve");
+            plain(StatusCode::OK, String::new())
+        }
+        "single" => match lookup(app, &fields, true).await {
+            Ok(lines) => plain(StatusCode::OK, lines.into_iter().next().map(|l| format!("{l}\n")).unwrap_or_default()),
+            Err(()) => plain(StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+        },
+        "multi" => match lookup(app, &fields, false).await {
+            Ok(lines) => plain(
+                StatusCode::OK,
+                lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            ),
+            Err(()) => plain(StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+        },
+        // Every column a ps_auths lookup can need exists here.
+        "require" => plain(StatusCode::OK, "0\n".to_string()),
+        // Static configuration files are not served over realtime.
+        "static" => plain(StatusCode::OK, String::new()),
+        "store" | "update" | "destroy" => {
+            let writable = app
+                .config
+                .load()
+                .realtime
+                .as_ref()
+                .is_some_and(|r| r.writable.iter().any(|f| f == family));
+            if !served || !writable {
+                info!(family, op, "realtime write refused: the family is not in [realtime] writable");
+                return plain(StatusCode::OK, "-1\n".to_string());
+            }
+            let lookup_fields = match query.map(wire::parse_fields).transpose() {
+                Ok(q) => q.unwrap_or_default(),
+                Err(e) => {
+                    warn!(family, op, error = %e, "malformed realtime query string");
+                    return plain(StatusCode::OK, "-1\n".to_string());
+                }
+            };
+            let n = write(app, op, &lookup_fields, &fields).await;
+            plain(StatusCode::OK, format!("{n}\n"))
+        }
+        _ => plain(StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
+/// The fields a lookup may test; conditions on anything else (the password above all) match
+/// nothing, so the interface cannot be used as a password oracle.
+fn value_of<'a>(row: &'a SipCredentialRow, name: &str) -> Option<&'a str> {
+    match name {
+        "id" => Some(&row.id),
+        "username" => Some(&row.username),
+        "auth_type" => Some("userpass"),
+        _ => None,
+    }
+}
+
+/// Matching ps_auths records as answer lines; `Err` after logging when any password cannot be
+/// decrypted (never a partial answer).
+async fn lookup(app: &App, fields: &[Field], single: bool) -> Result<Vec<String>, ()> {
+    let rows = match single_or_all(app, fields).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            error!(error = %e, "realtime lookup failed");
+            return Err(());
+        }
+    };
+    let mut lines = Vec::new();
+    for row in rows {
+        if !fields
+            .iter()
+            .all(|f| value_of(&row, &f.name).is_some_and(|v| f.matches(v)))
+        {
+            continue;
+        }
+        let password = match app.vault.get(&secret_name(&row.id)).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(id = %row.id, error = %e, "SIP credential cannot be decrypted; Asterisk gets no record");
+                app.metrics
+                    .realtime_decryptions
+                    .get_or_create(&crate::metrics::ResultLabels { result: "error" })
+                    .inc();
+                return Err(());
+            }
+        };
+        app.metrics
+            .realtime_decryptions
+            .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
+            .inc();
+        lines.push(wire::line(&[
+            ("id", row.id.as_bytes()),
+            ("auth_type", b"userpass"),
+            ("username", row.username.as_bytes()),
+            ("password", &password),
+        ]));
+        if single {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+/// A lookup by exact id reads one row; anything else reads them all and filters.
+async fn single_or_all(app: &App, fields: &[Field]) -> Result<Vec<SipCredentialRow>, crate::store::StoreError> {
+    if let Some(f) = fields
+        .iter()
+        .find(|f| f.name == "id" && f.op == wire::Op::Eq)
+    {
+        return Ok(app.store.sip_credential(&f.value).await?.into_iter().collect());
+    }
+    app.store.sip_credentials().await
+}
+
+/// A write to ps_auths (only when configured writable): the row count, or -1.
+async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
+    let get = |set: &[Field], name: &str| {
+        set.iter()
+            .find(|f| f.name == name && f.op == wire::Op::Eq)
+            .map(|f| f.value.clone())
+    };
+    let now = crate::clock::now_unix();
+    let result: Result<i64, String> = async {
+        match op {
+            "store" => {
+                let id = get(fields, "id").ok_or("store without id")?;
+                let username = get(fields, "username").ok_or("store without username")?;
+                let password = Zeroizing::new(get(fields, "password").ok_or("store without password")?);
+                if get(fields, "auth_type").is_some_and(|t| t != "userpass") {
+                    return Err("only auth_type=userpass can be stored".into());
+                }
+                put(app, &id, &username, &password, now).await?;
+                Ok(1)
+            }
+            "update" => {
+                let id = get(lookup, "id").ok_or("update without id")?;
+                let Some(row) = app.store.sip_credential(&id).await.map_err(|e| e.to_string())? else {
+                    return Ok(0);
+                };
+                let username = get(fields, "username").unwrap_or(row.username);
+                let password = match get(fields, "password") {
+                    Some(p) => Zeroizing::new(p),
+                    None => {
+                        let old = app.vault.get(&secret_name(&id)).await.map_err(|e| e.to_string())?;
+                        Zeroizing::new(String::from_utf8(old.to_vec()).map_err(|_| "stored password is not UTF-8")?)
+                    }
+                };
+                put(app, &id, &username, &password, now).await?;
+                Ok(1)
+            }
+            _ => {
+                let id = get(fields, "id").ok_or("destroy without id")?;
+                let gone = app.store.delete_sip_credential(&id).await.map_err(|e| e.to_string())?;
+                let _ = app.vault.remove(&secret_name(&id)).await;
+                if gone {
+                    let _ = app.store.audit("asterisk", "sip.credential.rm", &id, "via realtime").await;
+                }
+                Ok(i64::from(gone))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(n) => n,
+        Err(why) => {
+            warn!(op, reason = %why, "realtime write refused");
+            -1
+        }
+    }
+}
+
+async fn put(app: &App, id: &str, username: &str, password: &str, now: i64) -> Result<(), String> {
+    validate_id(id).map_err(|e| e.to_string())?;
+    validate_username(username).map_err(|e| e.to_string())?;
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    app.vault
+        .set(&secret_name(id), password.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    app.store
+        .put_sip_credential(id, username, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = app.store.audit("asterisk", "sip.credential.set", id, "via realtime").await;
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! SIP credentials: the listable half (id, username); the password is a vault secret.
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipCredentialRow {
+    pub id: String,
+    pub username: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+type Row = (String, String, i64, i64);
+
+fn from_row(r: Row) -> SipCredentialRow {
+    SipCredentialRow {
+        id: r.0,
+        username: r.1,
+        created_at: r.2,
+        updated_at: r.3,
+    }
+}
+
+impl Store {
+    /// Creates or updates; returns whether it was created.
+    pub async fn put_sip_credential(&self, id: &str, username: &str, now: i64) -> Result<bool, StoreError> {
+        let existed: Option<(String,)> = sqlx::query_as("SELECT id FROM sip_credentials WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sip_credentials (id, username, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
+             ON CONFLICT(id) DO UPDATE SET username = excluded.username, updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(existed.is_none())
+    }
+
+    pub async fn sip_credential(&self, id: &str) -> Result<Option<SipCredentialRow>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, username, created_at, updated_at FROM sip_credentials WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(from_row))
+    }
+
+    /// Every credential, by id.
+    pub async fn sip_credentials(&self) -> Result<Vec<SipCredentialRow>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, username, created_at, updated_at FROM sip_credentials ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    pub async fn delete_sip_credential(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM sip_credentials WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
