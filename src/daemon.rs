@@ -103,10 +103,7 @@ fn wanted(config: &Config) -> Vec<(Listener, &'static str, SocketAddr)> {
 }
 
 fn warn_unimplemented(config: &Config) {
-    for (section, present) in [
-        ("ami", config.ami.is_some()),
-        ("sip", config.sip.is_some()),
-    ] {
+    for (section, present) in [("ami", config.ami.is_some()), ("sip", config.sip.is_some())] {
         if present {
             warn!(section, "this build does not serve [{section}] yet; the section is validated but not started");
         }
@@ -163,12 +160,8 @@ pub async fn run(
     warn_unimplemented(&config);
     let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
     let metrics = crate::metrics::Metrics::new();
-    let recordings = Recordings::start(
-        &vault,
-        store.clone(),
-        metrics.download_log_overflow.clone(),
-    )
-    .await?;
+    let recordings =
+        Recordings::start(&vault, store.clone(), metrics.download_log_overflow.clone()).await?;
     check_recordings_root(&config);
     let app = App::new(config, store.clone(), vault, auth, recordings, metrics, tls);
     let mut daemon = Daemon {

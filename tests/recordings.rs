@@ -460,7 +460,9 @@ fn altered_tokens_are_403_and_expired_ones_410() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let metrics = env.request("GET", "/metrics", &[], None);
     assert!(
-        metrics.body.contains("pbxguard_recording_link_refusals_total{result=\"bad_signature\"}"),
+        metrics
+            .body
+            .contains("pbxguard_recording_link_refusals_total{result=\"bad_signature\"}"),
         "{}",
         metrics.body
     );

@@ -276,7 +276,13 @@ fn range_cases(len: usize) -> Vec<Vec<String>> {
         format!("bytes=0-{},{}-", len / 2 - 1, len / 2),
         format!("bytes={}", vec!["0-0"; 64].join(",")),
         format!("bytes={}", vec!["0-0"; 65].join(",")),
-        format!("bytes={}", (0..70).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect::<Vec<_>>().join(",")),
+        format!(
+            "bytes={}",
+            (0..70)
+                .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     ]);
     let mut cases: Vec<Vec<String>> = vec![vec![]];
     cases.extend(specs.into_iter().map(|s| vec![format!("Range: {s}")]));

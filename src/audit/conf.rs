@@ -218,7 +218,9 @@ impl Parser {
                         self.problem(
                             path,
                             n,
-                            format!("#include {arg}: no such file (Asterisk refuses to load this file)"),
+                            format!(
+                                "#include {arg}: no such file (Asterisk refuses to load this file)"
+                            ),
                         );
                     }
                     return;
@@ -227,7 +229,11 @@ impl Parser {
                     self.file(&f, depth + 1);
                 }
             }
-            "exec" => self.problem(path, n, format!("#exec {arg} is not evaluated by the audit")),
+            "exec" => self.problem(
+                path,
+                n,
+                format!("#exec {arg} is not evaluated by the audit"),
+            ),
             other => self.problem(path, n, format!("unknown directive #{other}")),
         }
     }
@@ -265,7 +271,11 @@ impl Parser {
             {
                 Some(i) => self.current = Some(i),
                 None => {
-                    self.problem(path, n, format!("[{name}](+) adds to a section that does not exist"));
+                    self.problem(
+                        path,
+                        n,
+                        format!("[{name}](+) adds to a section that does not exist"),
+                    );
                     self.current = None;
                 }
             }
@@ -353,7 +363,11 @@ fn strip_balanced(arg: &str) -> &str {
 fn expand_glob(path: &Path) -> Vec<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !name.contains(['*', '?']) {
-        return if path.is_file() { vec![path.to_path_buf()] } else { Vec::new() };
+        return if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            Vec::new()
+        };
     }
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut out: Vec<PathBuf> = std::fs::read_dir(parent)
@@ -445,7 +459,10 @@ mod tests {
     #[test]
     fn includes_relative_to_the_folder_with_globs() {
         let d = tree(&[
-            ("pjsip.conf", "[global]\ntype=global\n#include \"pjsip.d/*.conf\"\n#tryinclude missing.conf\n"),
+            (
+                "pjsip.conf",
+                "[global]\ntype=global\n#include \"pjsip.d/*.conf\"\n#tryinclude missing.conf\n",
+            ),
             ("pjsip.d/b.conf", "[b]\ntype=endpoint\n"),
             ("pjsip.d/a.conf", "[a]\ntype=endpoint\n"),
         ]);
@@ -464,12 +481,27 @@ mod tests {
         )]);
         let c = load(d.path(), "x.conf").unwrap();
         let msgs: Vec<&str> = c.problems.iter().map(|p| p.message.as_str()).collect();
-        assert!(msgs.iter().any(|m| m.contains("before any [section]")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("inherits from [nope]")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("does not exist")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("before any [section]")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("inherits from [nope]")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("does not exist")),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.contains("gone.conf")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("not a `name = value`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("nested more than 10")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("not a `name = value`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("nested more than 10")),
+            "{msgs:?}"
+        );
         assert!(load(d.path(), "absent.conf").is_none());
     }
 }

@@ -32,12 +32,28 @@ pub const MIN_SIP_PASSWORD: usize = 12;
 pub const MIN_AMI_SECRET: usize = 16;
 /// Manager write classes that give away the host or the dial plan.
 const DANGEROUS_WRITE: &[(&str, Severity, &str)] = &[
-    ("all", Severity::High, "every action, including shell commands"),
+    (
+        "all",
+        Severity::High,
+        "every action, including shell commands",
+    ),
     ("system", Severity::High, "shell commands and restarts"),
     ("command", Severity::High, "any CLI command"),
-    ("config", Severity::High, "rewriting Asterisk's configuration"),
-    ("agi", Severity::High, "AGI commands, including EXEC of any application"),
-    ("originate", Severity::Medium, "placing calls anywhere (toll fraud)"),
+    (
+        "config",
+        Severity::High,
+        "rewriting Asterisk's configuration",
+    ),
+    (
+        "agi",
+        Severity::High,
+        "AGI commands, including EXEC of any application",
+    ),
+    (
+        "originate",
+        Severity::Medium,
+        "placing calls anywhere (toll fraud)",
+    ),
 ];
 const COMMON_PASSWORDS: &[&str] = &[
     "password", "secret", "changeme", "asterisk", "admin", "letmein", "qwerty", "welcome",
@@ -77,10 +93,7 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn rel(&self, p: &Path) -> String {
-        p.strip_prefix(self.dir)
-            .unwrap_or(p)
-            .display()
-            .to_string()
+        p.strip_prefix(self.dir).unwrap_or(p).display().to_string()
     }
 
     fn at_var(&mut self, sev: Severity, cat: &Category, var: &Var, message: String, fix: &str) {
@@ -135,7 +148,8 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
     let ws_transport = files.pjsip.as_ref().is_some_and(|p| {
         p.sections().any(|c| {
             type_of(c) == Some("transport")
-                && c.value("protocol").is_some_and(|v| v.eq_ignore_ascii_case("ws"))
+                && c.value("protocol")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("ws"))
         })
     });
     let ari = files
@@ -223,21 +237,26 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
             }
             _ => {}
         }
-        if let Some(v) = e.get("media_encryption_optimistic").filter(|v| truthy(Some(&v.value))) {
+        if let Some(v) = e
+            .get("media_encryption_optimistic")
+            .filter(|v| truthy(Some(&v.value)))
+        {
             out.at_var(
                 Severity::Medium,
                 e,
                 v,
-                "media_encryption_optimistic=yes falls back to plain RTP when the peer declines".into(),
+                "media_encryption_optimistic=yes falls back to plain RTP when the peer declines"
+                    .into(),
                 "set media_encryption_optimistic=no",
             );
         }
         if let Some(v) = e.get("webrtc").filter(|v| truthy(Some(&v.value))) {
             let wss = match e.value("transport") {
                 Some(_) => transport.as_deref() == Some("wss"),
-                None => transports
-                    .iter()
-                    .any(|t| t.value("protocol").is_some_and(|p| p.eq_ignore_ascii_case("wss"))),
+                None => transports.iter().any(|t| {
+                    t.value("protocol")
+                        .is_some_and(|p| p.eq_ignore_ascii_case("wss"))
+                }),
             };
             if !wss {
                 out.at_var(
@@ -271,7 +290,9 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
                 || pw.bytes().all(|b| b.is_ascii_digit())
                 || pw.eq_ignore_ascii_case(username)
                 || pw.eq_ignore_ascii_case(&a.name)
-                || COMMON_PASSWORDS.iter().any(|c| pw.to_ascii_lowercase().contains(c));
+                || COMMON_PASSWORDS
+                    .iter()
+                    .any(|c| pw.to_ascii_lowercase().contains(c));
             if weak {
                 out.at_var(
                     Severity::High,
@@ -309,7 +330,9 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
     if let Some(g) = general.filter(|_| enabled) {
         let bind = g.value("bindaddr").unwrap_or("::");
         if !loopback_only(bind) {
-            let msg = format!("AMI listens on {bind}: the manager interface is reachable from the network");
+            let msg = format!(
+                "AMI listens on {bind}: the manager interface is reachable from the network"
+            );
             let fix = "set bindaddr=127.0.0.1 and let clients in through pbxguard's AMI gateway";
             match g.get("bindaddr").or(g.get("enabled")) {
                 Some(v) => out.at_var(Severity::High, g, v, msg, fix),
@@ -328,7 +351,10 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
             }
         }
     }
-    for u in m.sections().filter(|c| !c.name.eq_ignore_ascii_case("general")) {
+    for u in m
+        .sections()
+        .filter(|c| !c.name.eq_ignore_ascii_case("general"))
+    {
         if let Some(v) = u.get("write") {
             for class in v.value.split(',').map(|c| c.trim().to_ascii_lowercase()) {
                 if let Some((_, sev, what)) = DANGEROUS_WRITE.iter().find(|(c, _, _)| *c == class) {
@@ -403,10 +429,24 @@ mod tests {
 
     #[test]
     fn bind_addresses() {
-        for b in ["127.0.0.1", "127.0.0.1:5060", "[::1]:5060", "::1", "localhost:5038"] {
+        for b in [
+            "127.0.0.1",
+            "127.0.0.1:5060",
+            "[::1]:5060",
+            "::1",
+            "localhost:5038",
+        ] {
             assert!(loopback_only(b), "{b}");
         }
-        for b in ["0.0.0.0", "0.0.0.0:5060", "[::]", "::", "", "192.168.1.5", "pbx.example.com"] {
+        for b in [
+            "0.0.0.0",
+            "0.0.0.0:5060",
+            "[::]",
+            "::",
+            "",
+            "192.168.1.5",
+            "pbx.example.com",
+        ] {
             assert!(!loopback_only(b), "{b}");
         }
     }

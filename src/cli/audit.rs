@@ -52,5 +52,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         );
     }
     let high = findings.iter().any(|f| f.severity == Severity::High);
-    Ok(if high { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if high {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

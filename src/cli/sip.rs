@@ -76,7 +76,12 @@ pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode
             let store = open_store(&config).await?;
             let created = store.put_sip_credential(&id, &username, now_unix()).await?;
             store
-                .audit(&actor(), "sip.credential.set", &id, &format!("username={username}"))
+                .audit(
+                    &actor(),
+                    "sip.credential.set",
+                    &id,
+                    &format!("username={username}"),
+                )
                 .await?;
             println!(
                 "{} SIP credential {id} (user {username})",

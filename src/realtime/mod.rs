@@ -80,7 +80,10 @@ pub fn router(app: Arc<App>) -> Router {
 fn plain(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         body,
     )
         .into_response()
@@ -96,7 +99,10 @@ async fn authorised(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> bool
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
         .and_then(|b| STANDARD.decode(b.trim()).ok())
         .map(Zeroizing::new);
     let Some(given) = given else {
@@ -129,7 +135,7 @@ async fn handle(
     peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let op_label = match op.as_str() {
         "single" | "multi" | "store" | "update" | "destroy" | "require" | "static" => op.clone(),
@@ -159,18 +165,41 @@ async fn handle(
         );
         return r;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(family = %family, op = %op, error = %e, "realtime request body refused");
+            let status = e.status();
+            count(status);
+            return plain(status, String::new());
+        }
+    };
     let answer = answer(&app, &family, &op, &method, query.as_deref(), &body).await;
     count(answer.status());
     answer
 }
 
-async fn answer(app: &App, family: &str, op: &str, method: &Method, query: Option<&str>, body: &[u8]) -> Response {
-    let expect = if op == "static" { Method::GET } else { Method::POST };
+async fn answer(
+    app: &App,
+    family: &str,
+    op: &str,
+    method: &Method,
+    query: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let expect = if op == "static" {
+        Method::GET
+    } else {
+        Method::POST
+    };
     if *method != expect {
         return plain(StatusCode::METHOD_NOT_ALLOWED, String::new());
     }
     let Ok(body) = std::str::from_utf8(body) else {
-        warn!(family, op, "realtime request body is not text; answered empty");
+        warn!(
+            family,
+            op, "realtime request body is not text; answered empty"
+        );
         return plain(StatusCode::BAD_REQUEST, String::new());
     };
     let fields = match wire::parse_fields(body) {
@@ -183,11 +212,23 @@ async fn answer(app: &App, family: &str, op: &str, method: &Method, query: Optio
     let served = FAMILIES.contains(&family);
     match op {
         "single" | "multi" if !served => {
-            debug!(family, "realtime lookup for a family pbxguard does not serve");
+            debug!(
+                family,
+                "realtime lookup for a family pbxguard does not serve"
+            );
             plain(StatusCode::OK, String::new())
         }
+        // Asterisk always names at least one field; "everything" is never the answer to nothing.
+        "single" | "multi" if fields.is_empty() => plain(StatusCode::OK, String::new()),
         "single" => match lookup(app, &fields, true).await {
-            Ok(lines) => plain(StatusCode::OK, lines.into_iter().next().map(|l| format!("{l}\n")).unwrap_or_default()),
+            Ok(lines) => plain(
+                StatusCode::OK,
+                lines
+                    .into_iter()
+                    .next()
+                    .map(|l| format!("{l}\n"))
+                    .unwrap_or_default(),
+            ),
             Err(()) => plain(StatusCode::INTERNAL_SERVER_ERROR, String::new()),
         },
         "multi" => match lookup(app, &fields, false).await {
@@ -209,7 +250,10 @@ async fn answer(app: &App, family: &str, op: &str, method: &Method, query: Optio
                 .as_ref()
                 .is_some_and(|r| r.writable.iter().any(|f| f == family));
             if !served || !writable {
-                info!(family, op, "realtime write refused: the family is not in [realtime] writable");
+                info!(
+                    family,
+                    op, "realtime write refused: the family is not in [realtime] writable"
+                );
                 return plain(StatusCode::OK, "-1\n".to_string());
             }
             let lookup_fields = match query.map(wire::parse_fields).transpose() {
@@ -284,12 +328,20 @@ async fn lookup(app: &App, fields: &[Field], single: bool) -> Result<Vec<String>
 }
 
 /// A lookup by exact id reads one row; anything else reads them all and filters.
-async fn single_or_all(app: &App, fields: &[Field]) -> Result<Vec<SipCredentialRow>, crate::store::StoreError> {
+async fn single_or_all(
+    app: &App,
+    fields: &[Field],
+) -> Result<Vec<SipCredentialRow>, crate::store::StoreError> {
     if let Some(f) = fields
         .iter()
         .find(|f| f.name == "id" && f.op == wire::Op::Eq)
     {
-        return Ok(app.store.sip_credential(&f.value).await?.into_iter().collect());
+        return Ok(app
+            .store
+            .sip_credential(&f.value)
+            .await?
+            .into_iter()
+            .collect());
     }
     app.store.sip_credentials().await
 }
@@ -307,7 +359,8 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
             "store" => {
                 let id = get(fields, "id").ok_or("store without id")?;
                 let username = get(fields, "username").ok_or("store without username")?;
-                let password = Zeroizing::new(get(fields, "password").ok_or("store without password")?);
+                let password =
+                    Zeroizing::new(get(fields, "password").ok_or("store without password")?);
                 if get(fields, "auth_type").is_some_and(|t| t != "userpass") {
                     return Err("only auth_type=userpass can be stored".into());
                 }
@@ -316,15 +369,27 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
             }
             "update" => {
                 let id = get(lookup, "id").ok_or("update without id")?;
-                let Some(row) = app.store.sip_credential(&id).await.map_err(|e| e.to_string())? else {
+                let Some(row) = app
+                    .store
+                    .sip_credential(&id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                else {
                     return Ok(0);
                 };
                 let username = get(fields, "username").unwrap_or(row.username);
                 let password = match get(fields, "password") {
                     Some(p) => Zeroizing::new(p),
                     None => {
-                        let old = app.vault.get(&secret_name(&id)).await.map_err(|e| e.to_string())?;
-                        Zeroizing::new(String::from_utf8(old.to_vec()).map_err(|_| "stored password is not UTF-8")?)
+                        let old = app
+                            .vault
+                            .get(&secret_name(&id))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Zeroizing::new(
+                            String::from_utf8(old.to_vec())
+                                .map_err(|_| "stored password is not UTF-8")?,
+                        )
                     }
                 };
                 put(app, &id, &username, &password, now).await?;
@@ -332,10 +397,17 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
             }
             _ => {
                 let id = get(fields, "id").ok_or("destroy without id")?;
-                let gone = app.store.delete_sip_credential(&id).await.map_err(|e| e.to_string())?;
+                let gone = app
+                    .store
+                    .delete_sip_credential(&id)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let _ = app.vault.remove(&secret_name(&id)).await;
                 if gone {
-                    let _ = app.store.audit("asterisk", "sip.credential.rm", &id, "via realtime").await;
+                    let _ = app
+                        .store
+                        .audit("asterisk", "sip.credential.rm", &id, "via realtime")
+                        .await;
                 }
                 Ok(i64::from(gone))
             }
@@ -365,6 +437,9 @@ async fn put(app: &App, id: &str, username: &str, password: &str, now: i64) -> R
         .put_sip_credential(id, username, now)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = app.store.audit("asterisk", "sip.credential.set", id, "via realtime").await;
+    let _ = app
+        .store
+        .audit("asterisk", "sip.credential.set", id, "via realtime")
+        .await;
     Ok(())
 }

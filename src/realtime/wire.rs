@@ -13,7 +13,11 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_FIELDS: usize = 64;
 
 fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        )
 }
 
 /// `ast_uri_encode(s, ast_uri_http)`.

@@ -79,8 +79,8 @@ pub fn stream_parts(
                 let n = len.min(CHUNK);
                 let reader = file.clone();
                 let chunk = tokio::task::spawn_blocking(move || read_chunk(&reader, offset, n))
-                .await
-                .map_err(std::io::Error::other)??;
+                    .await
+                    .map_err(std::io::Error::other)??;
                 if len > n {
                     queue.push_front(Part::File {
                         offset: offset + n,
@@ -233,7 +233,10 @@ mod tests {
             })
             .collect();
         assert_eq!(shape, ["head", "abc", "13+2", "50+5"]);
-        let whole = splice_first(vec![Part::File { offset: 0, len: 3 }], Bytes::from_static(b"abc"));
+        let whole = splice_first(
+            vec![Part::File { offset: 0, len: 3 }],
+            Bytes::from_static(b"abc"),
+        );
         assert_eq!(whole.len(), 1);
     }
 

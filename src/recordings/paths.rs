@@ -345,6 +345,9 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
         assert_eq!(leaks, [0, 0], "files outside root were opened");
-        assert!(served.iter().all(|&n| n > 0), "the race left nothing to check: {served:?}");
+        assert!(
+            served.iter().all(|&n| n > 0),
+            "the race left nothing to check: {served:?}"
+        );
     }
 }

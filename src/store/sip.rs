@@ -23,11 +23,17 @@ fn from_row(r: Row) -> SipCredentialRow {
 
 impl Store {
     /// Creates or updates; returns whether it was created.
-    pub async fn put_sip_credential(&self, id: &str, username: &str, now: i64) -> Result<bool, StoreError> {
-        let existed: Option<(String,)> = sqlx::query_as("SELECT id FROM sip_credentials WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn put_sip_credential(
+        &self,
+        id: &str,
+        username: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let existed: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM sip_credentials WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         sqlx::query(
             "INSERT INTO sip_credentials (id, username, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
              ON CONFLICT(id) DO UPDATE SET username = excluded.username, updated_at = excluded.updated_at",
