@@ -150,6 +150,16 @@ pub struct MfaConfig {
     pub email_code_ttl: Duration,
     pub email_fallback: bool,
     pub totp_issuer: String,
+    /// Whether admins (level 9) may use emailed codes at all; email is the weaker factor.
+    pub email_for_admins: bool,
+    /// Lifetime of an `mfa_token` (the pending login after a correct password).
+    pub mfa_token_ttl: Duration,
+    /// Lifetime of an `enroll_token` (scanning a QR code takes a while).
+    pub enroll_token_ttl: Duration,
+    /// Wrong codes one pending login may take before it is void.
+    pub max_code_failures: u32,
+    /// Shortest interval between two mailed codes for one login.
+    pub email_resend_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +177,11 @@ pub struct SmtpConfig {
     pub username: String,
     pub password_secret: String,
     pub from: String,
+    /// Extra CA certificate (PEM) trusted for STARTTLS besides the system's, e.g. a relay with
+    /// a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Connect, STARTTLS and every SMTP command must finish within this.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +293,11 @@ struct RawMfa {
     email_code_ttl: Option<String>,
     email_fallback: Option<bool>,
     totp_issuer: Option<String>,
+    email_for_admins: Option<bool>,
+    mfa_token_ttl: Option<String>,
+    enroll_token_ttl: Option<String>,
+    max_code_failures: Option<i64>,
+    email_resend_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +308,8 @@ struct RawSmtp {
     username: Option<String>,
     password_secret: Option<String>,
     from: Option<String>,
+    ca_file: Option<PathBuf>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,9 +512,21 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 }
 
 /// Secret names follow the vault's rule; repeated here so config problems are reported with keys.
+/// Vault name prefixes pbxguard manages itself; a configured secret there would be overwritten
+/// or deleted (a SIP credential `set`, a key rotation, a 2FA reset).
+const RESERVED_SECRET_PREFIXES: &[&str] = &["sip/", "keys/", "mfa/"];
+
 fn check_secret_name(c: &mut Checker, key: &str, name: &str) {
     if let Err(e) = crate::vault::validate_name(name) {
         c.bad(key, e.to_string());
+    } else if let Some(p) = RESERVED_SECRET_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(*p))
+    {
+        c.bad(
+            key,
+            format!("{name:?} is under {p}, which pbxguard manages itself; choose another name"),
+        );
     }
 }
 
@@ -732,7 +766,32 @@ impl Config {
             ),
             email_fallback: raw.mfa.email_fallback.unwrap_or(true),
             totp_issuer: c.nonempty("mfa.totp_issuer", raw.mfa.totp_issuer.as_ref(), "pbxguard"),
+            email_for_admins: raw.mfa.email_for_admins.unwrap_or(true),
+            mfa_token_ttl: c.duration("mfa.mfa_token_ttl", raw.mfa.mfa_token_ttl.as_deref(), "5m"),
+            enroll_token_ttl: c.duration(
+                "mfa.enroll_token_ttl",
+                raw.mfa.enroll_token_ttl.as_deref(),
+                "15m",
+            ),
+            max_code_failures: c.int(
+                "mfa.max_code_failures",
+                raw.mfa.max_code_failures,
+                5,
+                1,
+                100,
+            ),
+            email_resend_interval: c.duration(
+                "mfa.email_resend_interval",
+                raw.mfa.email_resend_interval.as_deref(),
+                "30s",
+            ),
         };
+        if mfa.totp_issuer.contains(':') {
+            c.bad(
+                "mfa.totp_issuer",
+                "must not contain ':' (it separates issuer and user in the otpauth URI)",
+            );
+        }
 
         let starttls = match raw.smtp.starttls.as_deref().unwrap_or("required") {
             "required" => StartTls::Required,
@@ -756,6 +815,8 @@ impl Config {
                 .password_secret
                 .unwrap_or_else(|| "smtp/password".into()),
             from: c.nonempty("smtp.from", raw.smtp.from.as_ref(), "pbxguard@localhost"),
+            ca_file: raw.smtp.ca_file,
+            timeout: c.duration("smtp.timeout", raw.smtp.timeout.as_deref(), "10s"),
         };
         check_secret_name(c, "smtp.password_secret", &smtp.password_secret);
 

@@ -159,6 +159,8 @@ pub async fn run(
     let tls = http_tls(&config)?;
     warn_unimplemented(&config);
     let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
+    // Installs initialised before 2FA get their email-code key now, not racily on first use.
+    crate::auth::mfa::email_key(&vault).await?;
     let metrics = crate::metrics::Metrics::new();
     let recordings =
         Recordings::start(&vault, store.clone(), metrics.download_log_overflow.clone()).await?;
@@ -264,6 +266,11 @@ fn spawn_housekeeping(tracker: &TaskTracker, app: Arc<App>, shutdown: Cancellati
                         Ok(0) => {}
                         Ok(n) => info!(sessions = n, "purged ended sessions"),
                         Err(e) => warn!(error = %e, "purging ended sessions failed"),
+                    }
+                    match app.store.purge_mfa(now - 24 * 3600, now).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(rows = n, "purged ended second-factor logins"),
+                        Err(e) => warn!(error = %e, "purging second-factor logins failed"),
                     }
                     match app.store.purge_links(now - LINK_RETENTION_SECS).await {
                         Ok(0) => {}

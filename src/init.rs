@@ -256,6 +256,7 @@ pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, I
     }
     ensure_signing_key(&vault, JWT_KEY_PREFIX, &mut report).await?;
     ensure_signing_key(&vault, LINK_KEY_PREFIX, &mut report).await?;
+    ensure_signing_key(&vault, crate::auth::mfa::MFA_KEY_PREFIX, &mut report).await?;
 
     let names = certificate_names(config);
     if let Some(files) = config.http.as_ref().and_then(|h| h.tls.as_ref()) {

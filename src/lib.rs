@@ -46,6 +46,7 @@ pub mod config;
 pub mod daemon;
 pub mod ids;
 pub mod init;
+pub mod mail;
 pub mod metrics;
 pub mod realtime;
 pub mod recordings;

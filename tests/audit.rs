@@ -129,7 +129,7 @@ fn an_insecure_tree_gets_every_finding_with_file_and_line() {
         "manager.conf",
         5,
         "general",
-        "webenabled=yes while http.conf has no TLS",
+        "webenabled=yes while http.conf serves plain HTTP",
     );
     has(&all, "high", "manager.conf", 10, "admin", "write class all");
     has(&all, "high", "manager.conf", 8, "admin", "shorter than 16");
@@ -152,6 +152,22 @@ fn an_insecure_tree_gets_every_finding_with_file_and_line() {
     assert!(find(&all, "from any address")
         .iter()
         .all(|f| f["object"] != "dialer"));
+    has(
+        &all,
+        "high",
+        "manager.conf",
+        24,
+        "wallboard",
+        "write class all",
+    );
+    assert_eq!(
+        find(&all, "write class")
+            .iter()
+            .filter(|f| f["object"] == "wallboard")
+            .count(),
+        1,
+        "`all` is reported once"
+    );
     // http.conf.
     has(
         &all,

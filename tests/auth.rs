@@ -550,15 +550,18 @@ fn sessions_expire_when_idle_and_at_their_maximum_lifetime() {
     let idle_since = Instant::now();
     let busy = env.token("alice", PW);
     let busy_since = Instant::now();
-    let keep_busy_until = |deadline: Duration| {
-        while busy_since.elapsed() < deadline {
-            std::thread::sleep(Duration::from_millis(700));
-            assert_eq!(
-                env.check(&busy, &[]).status,
-                200,
-                "activity keeps a session alive"
-            );
+    // Checks every 700 ms, never after `deadline` (a check slept into past the deadline could
+    // land after the 8 s maximum).
+    let keep_busy_until = |deadline: Duration| loop {
+        std::thread::sleep(Duration::from_millis(700));
+        if busy_since.elapsed() >= deadline {
+            break;
         }
+        assert_eq!(
+            env.check(&busy, &[]).status,
+            200,
+            "activity keeps a session alive"
+        );
     };
     keep_busy_until(Duration::from_millis(4200));
     assert!(idle_since.elapsed() > Duration::from_millis(4100));

@@ -47,6 +47,7 @@ fn init_twice_changes_nothing_and_uses_strict_modes() {
         "vault data key k1",
         "signing key keys/jwt/",
         "signing key keys/links/",
+        "signing key keys/mfa/",
         "self-signed certificate",
     ] {
         assert!(first.contains(what), "init did not report {what}: {first}");
@@ -271,7 +272,7 @@ fn rotate_key_keeps_every_secret_and_changes_key_ids() {
     let ids = |env: &Env| sqlite(&env.db(), "SELECT DISTINCT key_id FROM secrets");
     assert_eq!(ids(&env), "k1");
     let out = String::from_utf8(env.ok(&["secret", "rotate-key"], b"")).unwrap();
-    assert!(out.contains("k1 -> k2 (22 secrets)"), "{out}"); // 20 + two signing keys
+    assert!(out.contains("k1 -> k2 (23 secrets)"), "{out}"); // 20 + three signing keys
     assert_eq!(ids(&env), "k2");
     assert_eq!(
         sqlite(&env.db(), "SELECT id FROM vault_keys"),

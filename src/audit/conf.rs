@@ -225,9 +225,15 @@ impl Parser {
                     }
                     return;
                 }
+                // Asterisk parses an included file with its own comment state, and the lines after
+                // the #include go back to the section they were in.
+                let (current, depth_before) = (self.current, self.comment_depth);
                 for f in files {
+                    self.comment_depth = 0;
                     self.file(&f, depth + 1);
                 }
+                self.current = current;
+                self.comment_depth = depth_before;
             }
             "exec" => self.problem(
                 path,
@@ -256,7 +262,8 @@ impl Parser {
             for opt in opts[..end].split(',') {
                 match opt {
                     "!" => template = true,
-                    "+" => add = true,
+                    // `+` alone, or `+type=aor` with a filter (not evaluated: the first match).
+                    o if o.starts_with('+') => add = true,
                     "" => {}
                     base => bases.push(base.to_string()),
                 }
@@ -267,7 +274,7 @@ impl Parser {
                 .conf
                 .categories
                 .iter()
-                .position(|c| c.name.eq_ignore_ascii_case(&name))
+                .position(|c| !c.template && c.name.eq_ignore_ascii_case(&name))
             {
                 Some(i) => self.current = Some(i),
                 None => {
@@ -289,11 +296,11 @@ impl Parser {
             vars: Vec::new(),
         };
         for base in bases {
+            // ast_category_get: the first section of that name, template or not.
             match self
                 .conf
                 .categories
                 .iter()
-                .rev()
                 .find(|c| c.name.eq_ignore_ascii_case(&base))
             {
                 Some(b) => cat.vars.extend(b.vars.iter().cloned().map(|mut v| {
@@ -471,6 +478,23 @@ mod tests {
         let names: Vec<&str> = c.sections().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["global", "a", "b"]);
         assert!(c.section("a").unwrap().file.ends_with("pjsip.d/a.conf"));
+    }
+
+    #[test]
+    fn lines_after_an_include_go_back_to_their_section() {
+        let d = tree(&[
+            (
+                "manager.conf",
+                "[general]\nenabled=yes\n#include users.conf\nbindaddr=0.0.0.0\n",
+            ),
+            ("users.conf", "[alice]\nsecret=x\n;-- never closed\n"),
+        ]);
+        let c = load(d.path(), "manager.conf").unwrap();
+        assert_eq!(
+            c.section("general").unwrap().value("bindaddr"),
+            Some("0.0.0.0")
+        );
+        assert!(c.section("alice").unwrap().get("bindaddr").is_none());
     }
 
     #[test]

@@ -140,16 +140,20 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
         dir,
         findings: Vec::new(),
     };
-    let http_tls = files
+    let http_plain_public = files
         .http
         .as_ref()
         .and_then(|h| h.section("general"))
-        .is_some_and(|g| truthy(g.value("tlsenable")));
+        .is_some_and(|g| {
+            truthy(g.value("enabled")) && g.value("bindaddr").is_some_and(|b| !loopback_only(b))
+        });
+    // Asterisk's /ws answers on both HTTP servers, whatever protocol the transport names; the
+    // plain server runs whenever enabled=yes and bindaddr is set, TLS or not.
     let ws_transport = files.pjsip.as_ref().is_some_and(|p| {
         p.sections().any(|c| {
             type_of(c) == Some("transport")
                 && c.value("protocol")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("ws"))
+                    .is_some_and(|v| v.eq_ignore_ascii_case("ws") || v.eq_ignore_ascii_case("wss"))
         })
     });
     let ari = files
@@ -160,7 +164,7 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
     let mut manager_web = false;
     if let Some(m) = &files.manager {
         out.problems(m);
-        manager_web = manager(&mut out, m, http_tls);
+        manager_web = manager(&mut out, m, http_plain_public);
     }
     if let Some(p) = &files.pjsip {
         out.problems(p);
@@ -206,9 +210,29 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
         .filter(|c| type_of(c) == Some("identify") && c.get("match").is_some())
         .filter_map(|c| c.value("endpoint").map(str::to_string))
         .collect();
+    // Signalling nobody on the network can read: TLS, WSS, or loopback only (pbxguard's SIP
+    // edge in front).
+    let private = |t: &Category| {
+        let p = t.value("protocol").unwrap_or("udp").to_ascii_lowercase();
+        p == "tls" || p == "wss" || loopback_only(t.value("bind").unwrap_or("0.0.0.0"))
+    };
     for e in p.sections().filter(|c| type_of(c) == Some("endpoint")) {
         let transport = e.value("transport").and_then(protocol_of);
-        let enc = e.value("media_encryption").map(|v| v.to_ascii_lowercase());
+        let signalling_private = match e.value("transport") {
+            Some(name) => transports
+                .iter()
+                .find(|t| t.name == name)
+                .is_some_and(|t| private(t)),
+            // Without transport=, pjsip may use any of them.
+            None => transports.iter().all(|t| private(t)),
+        };
+        let webrtc = e.value("webrtc").is_some_and(|v| truthy(Some(v)));
+        // webrtc=yes makes pjsip use DTLS whatever media_encryption says.
+        let enc = if webrtc {
+            Some("dtls".to_string())
+        } else {
+            e.value("media_encryption").map(|v| v.to_ascii_lowercase())
+        };
         match (enc.as_deref(), e.get("media_encryption")) {
             (None, _) => out.at_cat(
                 Severity::High,
@@ -223,18 +247,16 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
                 "media_encryption=no: calls go as plain RTP".into(),
                 "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
             ),
-            (Some("sdes"), Some(v)) if transport.as_deref().is_some_and(|t| t != "tls" && t != "wss") => {
-                out.at_var(
-                    Severity::High,
-                    e,
-                    v,
-                    format!(
-                        "SDES keys are sent in the SDP over a {} transport, readable by anyone on the path",
-                        transport.as_deref().unwrap_or("?")
-                    ),
-                    "use a tls or wss transport for this endpoint, or media_encryption=dtls",
-                )
-            }
+            (Some("sdes"), Some(v)) if !signalling_private => out.at_var(
+                Severity::High,
+                e,
+                v,
+                format!(
+                    "SDES keys are sent in the SDP over a {} transport reachable from the network, readable by anyone on the path",
+                    transport.as_deref().unwrap_or("non-TLS (no transport= set)")
+                ),
+                "name a tls or wss transport in transport=, or use media_encryption=dtls",
+            ),
             _ => {}
         }
         if let Some(v) = e
@@ -269,16 +291,20 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
             }
         }
         let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
-        let restricted = identified.iter().any(|n| n == &e.name)
+        // An identify section pins the endpoint to addresses only when it identifies by IP
+        // alone: the default `username,ip` lets anyone claim it by its name.
+        let by_ip_only = e
+            .value("identify_by")
+            .is_some_and(|v| v.split(',').all(|m| m.trim().eq_ignore_ascii_case("ip")));
+        let restricted = (by_ip_only && identified.iter().any(|n| n == &e.name))
             || e.get("permit").is_some()
-            || e.get("acl").is_some()
-            || e.get("deny").is_some();
+            || e.get("acl").is_some();
         if !has_auth && !restricted {
             out.at_cat(
                 Severity::High,
                 e,
                 "endpoint without auth accepts calls from any address".into(),
-                "add auth=, or an identify section with match= and permit=/acl= limits",
+                "add auth=, or identify_by=ip with an identify section (match=), or permit=/acl=",
             );
         }
     }
@@ -322,8 +348,18 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
     }
 }
 
+/// `ast_instring` as `get_perm` uses it: every item but the last matches as a prefix of the
+/// class (so an empty item matches all), the last one exactly; no trimming, case-sensitive.
+fn grants(list: &str, class: &str) -> bool {
+    let tokens: Vec<&str> = list.split(',').collect();
+    let Some((last, rest)) = tokens.split_last() else {
+        return false;
+    };
+    rest.iter().any(|t| class.starts_with(t)) || *last == class
+}
+
 /// Returns whether the manager is enabled over HTTP (`webenabled`).
-fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
+fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
     let general = m.section("general");
     let enabled = general.is_some_and(|g| truthy(g.value("enabled")));
     let web = enabled && general.is_some_and(|g| truthy(g.value("webenabled")));
@@ -339,14 +375,14 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
                 None => out.at_cat(Severity::High, g, msg, fix),
             }
         }
-        if web && !http_tls {
+        if web && http_plain_public {
             if let Some(v) = g.get("webenabled") {
                 out.at_var(
                     Severity::High,
                     g,
                     v,
-                    "webenabled=yes while http.conf has no TLS: AMI logins travel in clear".into(),
-                    "set webenabled=no (use pbxguard's AMI gateway) or tlsenable=yes in http.conf",
+                    "webenabled=yes while http.conf serves plain HTTP to the network: AMI logins travel in clear".into(),
+                    "set webenabled=no (use pbxguard's AMI gateway) or bind http.conf's plain server to 127.0.0.1",
                 );
             }
         }
@@ -356,24 +392,31 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
         .filter(|c| !c.name.eq_ignore_ascii_case("general"))
     {
         if let Some(v) = u.get("write") {
-            for class in v.value.split(',').map(|c| c.trim().to_ascii_lowercase()) {
-                if let Some((_, sev, what)) = DANGEROUS_WRITE.iter().find(|(c, _, _)| *c == class) {
-                    out.at_var(
-                        *sev,
-                        u,
-                        v,
-                        format!("AMI user may write class {class}: {what}"),
-                        "grant only the classes this client needs; pbxguard's gateway can filter per action",
-                    );
-                }
+            // `all` grants everything; report it alone rather than every class it implies.
+            let classes: Vec<&(&str, Severity, &str)> = if grants(&v.value, "all") {
+                DANGEROUS_WRITE.iter().take(1).collect()
+            } else {
+                DANGEROUS_WRITE
+                    .iter()
+                    .filter(|(c, _, _)| grants(&v.value, c))
+                    .collect()
+            };
+            for (class, sev, what) in classes {
+                out.at_var(
+                    *sev,
+                    u,
+                    v,
+                    format!("AMI user may write class {class}: {what}"),
+                    "grant only the classes this client needs (comma-separated, no spaces or empty items); pbxguard's gateway can filter per action",
+                );
             }
         }
         match u.get("secret") {
             None => out.at_cat(
-                Severity::High,
+                Severity::Medium,
                 u,
-                "AMI user without a secret".into(),
-                "set a random secret of 16+ characters",
+                "AMI user without a secret (Asterisk refuses its logins)".into(),
+                "remove the user, or set a random secret of 16+ characters",
             ),
             Some(v) if v.value.chars().count() < MIN_AMI_SECRET => out.at_var(
                 Severity::High,
@@ -384,7 +427,7 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_tls: bool) -> bool {
             ),
             Some(_) => {}
         }
-        if u.get("permit").is_none() && u.get("deny").is_none() && u.get("acl").is_none() {
+        if u.get("permit").is_none() && u.get("acl").is_none() {
             out.at_cat(
                 Severity::Medium,
                 u,
@@ -407,7 +450,8 @@ fn http(out: &mut Out<'_>, h: &Conf, manager_web: bool, websocket: bool) {
     if !truthy(Some(&enabled.value)) || loopback_only(&bind.value) {
         return;
     }
-    if (manager_web || websocket) && !truthy(g.value("tlsenable")) {
+    // tlsenable adds a TLS server beside the plain one; it does not turn the plain one off.
+    if manager_web || websocket {
         let what = match (manager_web, websocket) {
             (true, true) => "the manager and WebSockets",
             (true, false) => "the manager",
@@ -418,7 +462,7 @@ fn http(out: &mut Out<'_>, h: &Conf, manager_web: bool, websocket: bool) {
             g,
             bind,
             format!("plain HTTP on {} serves {what} to the network", bind.value),
-            "bind the plain server to 127.0.0.1 and serve the public side with tlsenable=yes (or through pbxguard)",
+            "bind the plain server to 127.0.0.1 (bindaddr) and serve the network with tlsenable=yes only",
         );
     }
 }
@@ -426,6 +470,21 @@ fn http(out: &mut Out<'_>, h: &Conf, manager_web: bool, websocket: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_classes_as_asterisk_grants_them() {
+        assert!(grants("call,system", "system"));
+        assert!(!grants("call, system", "system"), "no trimming");
+        assert!(!grants("call,System", "system"), "case-sensitive");
+        assert!(grants(",call", "all"), "an empty item matches every class");
+        assert!(
+            grants("a,call", "agi") && grants("a,call", "all"),
+            "prefixes match"
+        );
+        assert!(!grants("call,originate", "system"));
+        assert!(grants("originate", "originate"));
+        assert!(!grants("originat", "originate"), "the last item is exact");
+    }
 
     #[test]
     fn bind_addresses() {

@@ -194,6 +194,26 @@ pub async fn issue_session(
     user: &UserRow,
     client: &Client,
 ) -> Result<Issued, LoginError> {
+    issue(app, user, client, None).await
+}
+
+/// Opens the session of a login finished with a second factor (see
+/// [`crate::store::Store::create_session_after_mfa`]).
+pub async fn issue_session_after_mfa(
+    app: &Arc<App>,
+    user: &UserRow,
+    client: &Client,
+    finish: &crate::store::Finish<'_>,
+) -> Result<Issued, LoginError> {
+    issue(app, user, client, Some(finish)).await
+}
+
+async fn issue(
+    app: &Arc<App>,
+    user: &UserRow,
+    client: &Client,
+    finish: Option<&crate::store::Finish<'_>>,
+) -> Result<Issued, LoginError> {
     // Sign with the key that is current now, even if the CLI just replaced it.
     app.sync_auth().await;
     let cfg = app.config.load_full();
@@ -227,20 +247,25 @@ pub async fn issue_session(
         user_level: user.level,
         user_disabled: false,
     };
-    let created = app
-        .store
-        .create_session(
-            &row,
-            &user.password_hash,
-            &NewHistory {
-                at: now,
-                username: &user.name,
-                ip: &client.ip,
-                user_agent: &row.user_agent,
-                result: "ok",
-            },
-        )
-        .await?;
+    let history = NewHistory {
+        at: now,
+        username: &user.name,
+        ip: &client.ip,
+        user_agent: &row.user_agent,
+        result: "ok",
+    };
+    let created = match finish {
+        None => {
+            app.store
+                .create_session(&row, &user.password_hash, &history)
+                .await?
+        }
+        Some(f) => {
+            app.store
+                .create_session_after_mfa(&row, &user.password_hash, &history, f)
+                .await?
+        }
+    };
     if !created {
         return Err(LoginError::UserChanged);
     }

@@ -3,13 +3,16 @@
 //! rules, throttling and the client-IP rule for the history.
 
 pub mod client_ip;
+pub mod email_code;
 pub mod jwt;
 pub mod login;
+pub mod mfa;
 pub mod password;
 pub mod roles;
 pub mod routes;
 pub mod sessions;
 pub mod throttle;
+pub mod totp;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -4,6 +4,7 @@
 
 mod audit;
 mod docs;
+mod mfa;
 mod recording;
 mod secret;
 mod sip;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Signed links to Asterisk's recordings.
     #[command(subcommand)]
     Recording(recording::RecordingCommand),
+    /// Two-factor authentication: policy, status, resets, exemptions.
+    #[command(subcommand)]
+    Mfa(mfa::MfaCommand),
     /// SIP credentials Asterisk fetches over realtime.
     #[command(subcommand)]
     Sip(sip::SipCommand),
@@ -166,6 +170,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
+        Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),
         // Reads only Asterisk's files: no configuration of ours needed.
         Command::Audit(cmd) => audit::run(cmd),
         Command::User(cmd) => runtime()?.block_on(users::user(&cli.config, cmd)),

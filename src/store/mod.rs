@@ -7,6 +7,7 @@
 mod audit;
 mod history;
 mod links;
+mod mfa;
 mod secrets;
 mod sessions;
 mod sip;
@@ -23,6 +24,7 @@ use sqlx::sqlite::{
 pub use audit::AuditEntry;
 pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};
+pub use mfa::{Finish, MfaStatusRow, PendingRow};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use sip::SipCredentialRow;

@@ -86,6 +86,15 @@ impl Store {
         Ok(row.map(user_row))
     }
 
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        let row: Option<UserTuple> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(user_row))
+    }
+
     pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
         let rows: Vec<UserTuple> =
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::app::App;
 use crate::auth::jwt::JwtError;
 use crate::auth::login::{self, Client, Issued, PasswordStep, Refusal};
+use crate::auth::mfa::Next;
 use crate::auth::roles::Role;
 use crate::auth::sessions::{Deny, Session};
 use crate::auth::{client_ip, password, routes};
@@ -264,6 +265,42 @@ pub async fn login(
         PasswordStep::Refused(r) => return refusal_response(&r),
         PasswordStep::Verified(user) => user,
     };
+    let next = match crate::auth::mfa::after_password(&app, &user, &client, now_unix()).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!(error = %e, "deciding the second factor failed");
+            return ApiError::internal().into_response();
+        }
+    };
+    let pending = |body: serde_json::Value| {
+        let mut r = Json(body).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    };
+    match next {
+        Next::Session => {}
+        Next::Mfa { token, methods } => {
+            return pending(
+                json!({ "status": "mfa_required", "mfa_token": token, "methods": methods }),
+            )
+        }
+        Next::Enroll {
+            enroll_token,
+            email: None,
+        } => return pending(json!({ "status": "enroll_required", "enroll_token": enroll_token })),
+        Next::Enroll {
+            enroll_token,
+            email: Some(mfa_token),
+        } => {
+            return pending(json!({
+                "status": "enroll_required",
+                "enroll_token": enroll_token,
+                "mfa_token": mfa_token,
+                "methods": ["email"],
+            }))
+        }
+    }
     match login::issue_session(&app, &user, &client).await {
         Ok(issued) => issued_response(&issued, &peer, &headers),
         Err(login::LoginError::UserChanged) => refusal_response(&Refusal::InvalidCredentials),

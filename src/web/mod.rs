@@ -7,6 +7,8 @@ pub mod auth_api;
 pub mod error;
 pub mod extract;
 pub mod idle;
+pub mod login_page;
+pub mod mfa_api;
 pub mod recordings_api;
 pub mod server;
 pub mod tls;
@@ -56,6 +58,26 @@ pub fn api_router(app: Arc<App>) -> Router {
             delete(admin_api::revoke_user_sessions),
         )
         .route("/api/v1/admin/login-history", get(admin_api::login_history))
+        .route("/api/v1/auth/mfa", post(mfa_api::finish))
+        .route("/api/v1/auth/mfa/email", post(mfa_api::email))
+        .route("/api/v1/auth/totp/enroll", post(mfa_api::totp_enroll))
+        .route("/api/v1/auth/totp/confirm", post(mfa_api::totp_confirm))
+        .route("/api/v1/admin/mfa", get(mfa_api::admin_status))
+        .route(
+            "/api/v1/admin/mfa/policy",
+            get(mfa_api::admin_policy_get).put(mfa_api::admin_policy_put),
+        )
+        .route(
+            "/api/v1/admin/users/{name}/mfa/reset",
+            post(mfa_api::admin_reset),
+        )
+        .route(
+            "/api/v1/admin/users/{name}/mfa/exempt",
+            post(mfa_api::admin_exempt).delete(mfa_api::admin_unexempt),
+        )
+        .route("/login", get(login_page::page))
+        .route("/login/app.js", get(login_page::script))
+        .route("/login/style.css", get(login_page::style))
         .route("/api/v1/recordings/links", post(recordings_api::mint))
         .route("/api/v1/admin/recordings/links", get(recordings_api::links))
         .route(

@@ -1,0 +1,102 @@
+// The login page: password, then the second factor the server asks for. Talks only to
+// pbxguard's own API; the session cookie it sets is HttpOnly, so nothing here keeps the token.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let mfaToken = null;
+let enrollToken = null;
+
+function show(id) {
+  for (const s of ["password-step", "totp-step", "enroll-step", "email-step", "done"]) {
+    $(s).hidden = s !== id;
+  }
+}
+
+function fail(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+async function api(path, body, bearer) {
+  const headers = { "Content-Type": "application/json" };
+  if (bearer) headers["Authorization"] = "Bearer " + bearer;
+  const r = await fetch(path, {
+    method: "POST",
+    headers,
+    body: JSON.stringify(body || {}),
+    credentials: "same-origin",
+  });
+  let data = {};
+  try { data = await r.json(); } catch (_) { /* 204 */ }
+  if (!r.ok) throw new Error(data.message || ("HTTP " + r.status));
+  return data;
+}
+
+function loggedIn(data) {
+  $("who").textContent = data.user.name;
+  $("role").textContent = data.user.role;
+  show("done");
+  const next = new URLSearchParams(location.search).get("next");
+  // Same-site paths only: never an open redirect.
+  if (next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\")) {
+    setTimeout(() => location.assign(next), 500);
+  }
+}
+
+async function afterPassword(data) {
+  $("error").hidden = true;
+  if (data.status === "ok") return loggedIn(data);
+  if (data.status === "mfa_required") {
+    mfaToken = data.mfa_token;
+    if (data.methods.includes("totp")) { show("totp-step"); $("totp-code").focus(); }
+    else show("email-step");
+    return;
+  }
+  if (data.status === "enroll_required") {
+    enrollToken = data.enroll_token;
+    mfaToken = data.mfa_token || null;
+    $("email-offer").hidden = !mfaToken;
+    const e = await api("/api/v1/auth/totp/enroll", {}, enrollToken);
+    $("qr").src = "data:image/svg+xml;base64," + btoa(e.qr_svg);
+    $("secret").textContent = e.secret;
+    show("enroll-step");
+    $("enroll-code").focus();
+  }
+}
+
+function guard(fn) {
+  return async (ev) => {
+    if (ev) ev.preventDefault();
+    try { await fn(); } catch (e) { fail(e.message); }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("password-step").addEventListener("submit", guard(async () => {
+    const data = await api("/api/v1/auth/login", {
+      username: $("username").value.trim(),
+      password: $("password").value,
+    });
+    $("password").value = "";
+    await afterPassword(data);
+  }));
+  $("totp-step").addEventListener("submit", guard(async () => {
+    loggedIn(await api("/api/v1/auth/mfa", {
+      mfa_token: mfaToken, method: "totp", code: $("totp-code").value.trim(),
+    }));
+  }));
+  $("enroll-form").addEventListener("submit", guard(async () => {
+    loggedIn(await api("/api/v1/auth/totp/confirm", { code: $("enroll-code").value.trim() }, enrollToken));
+  }));
+  $("use-email").addEventListener("click", guard(async () => { show("email-step"); }));
+  $("send-email").addEventListener("click", guard(async () => {
+    await api("/api/v1/auth/mfa/email", { mfa_token: mfaToken });
+    $("email-sent").hidden = false;
+    $("email-code").focus();
+  }));
+  $("email-step").addEventListener("submit", guard(async () => {
+    loggedIn(await api("/api/v1/auth/mfa", {
+      mfa_token: mfaToken, method: "email", code: $("email-code").value.trim(),
+    }));
+  }));
+});

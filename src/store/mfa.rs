@@ -1,0 +1,383 @@
+//! Second-factor state: confirmed TOTP per user (with the last accepted time step), pending
+//! logins and enrollments, the force policy, exemptions.
+
+use super::sessions::SessionRow;
+use super::{NewHistory, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub token_hash: String,
+    pub attempt: String,
+    /// `mfa` or `enroll`.
+    pub kind: String,
+    pub user_id: i64,
+    pub password_hash: String,
+    /// `totp` or `email` for `mfa` rows.
+    pub methods: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub failures: i64,
+    pub used_at: Option<i64>,
+    pub email_code_hash: Option<String>,
+    pub email_sent_at: Option<i64>,
+    pub email_code_failures: i64,
+    pub emails_sent: i64,
+}
+
+type PendingTuple = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+const PENDING_COLUMNS: &str = "token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at, failures, used_at, email_code_hash, email_sent_at, email_code_failures, emails_sent";
+
+fn pending_row(t: PendingTuple) -> PendingRow {
+    PendingRow {
+        token_hash: t.0,
+        attempt: t.1,
+        kind: t.2,
+        user_id: t.3,
+        password_hash: t.4,
+        methods: t.5,
+        ip: t.6,
+        user_agent: t.7,
+        created_at: t.8,
+        expires_at: t.9,
+        failures: t.10,
+        used_at: t.11,
+        email_code_hash: t.12,
+        email_sent_at: t.13,
+        email_code_failures: t.14,
+        emails_sent: t.15,
+    }
+}
+
+type StatusTuple = (String, i64, Option<String>, Option<i64>, Option<i64>);
+
+/// One user's second factor as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaStatusRow {
+    pub user: String,
+    pub level: u8,
+    pub email: Option<String>,
+    pub totp_confirmed_at: Option<i64>,
+    pub exempt_until: Option<i64>,
+}
+
+/// What must hold, in the same transaction, for a second factor to open a session.
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    pub attempt: &'a str,
+    /// `(user id, step)`: the TOTP step used, which must be later than the last one accepted.
+    pub totp_step: Option<(i64, i64)>,
+}
+
+impl Store {
+    /// `(confirmed_at, last_step)` of a user's TOTP.
+    pub async fn totp(&self, user_id: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT confirmed_at, last_step FROM mfa_totp WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records a confirmed enrollment; `step` (the confirming code's) is spent.
+    pub async fn confirm_totp(&self, user_id: i64, now: i64, step: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO mfa_totp (user_id, confirmed_at, last_step) VALUES (?1, ?2, ?3)
+             ON CONFLICT(user_id) DO UPDATE SET confirmed_at = ?2, last_step = MAX(last_step, ?3)",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a user's TOTP and revokes the user's sessions, in one transaction.
+    pub async fn reset_totp(&self, user_id: i64, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM mfa_totp WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_pending(&self, rows: &[PendingRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.token_hash)
+            .bind(&r.attempt)
+            .bind(&r.kind)
+            .bind(r.user_id)
+            .bind(&r.password_hash)
+            .bind(&r.methods)
+            .bind(&r.ip)
+            .bind(&r.user_agent)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn pending(&self, token_hash: &str) -> Result<Option<PendingRow>, StoreError> {
+        let row: Option<PendingTuple> = sqlx::query_as(&format!(
+            "SELECT {PENDING_COLUMNS} FROM mfa_pending WHERE token_hash = ?"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(pending_row))
+    }
+
+    /// Counts a wrong code against a pending login; returns the new count.
+    pub async fn pending_failure(&self, token_hash: &str, email: bool) -> Result<i64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE mfa_pending SET failures = failures + 1,
+                 email_code_failures = email_code_failures + ?2
+             WHERE token_hash = ?1 RETURNING failures",
+        )
+        .bind(token_hash)
+        .bind(i64::from(email))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Stores a freshly mailed code (replacing any earlier one) and extends the pending login
+    /// to the code's lifetime.
+    pub async fn set_email_code(
+        &self,
+        token_hash: &str,
+        code_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mfa_pending SET email_code_hash = ?, email_sent_at = ?, email_code_failures = 0,
+                 emails_sent = emails_sent + 1, expires_at = MAX(expires_at, ?)
+             WHERE token_hash = ?",
+        )
+        .bind(code_hash)
+        .bind(now)
+        .bind(expires_at)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates the session of a login finished with a second factor. In one transaction: the
+    /// attempt is used up (all its tokens), the TOTP step is spent (it must be later than the
+    /// last one), the user must be unchanged, and the history row is written. `false` when any
+    /// of it no longer holds — e.g. the same code won in a parallel request.
+    pub async fn create_session_after_mfa(
+        &self,
+        s: &SessionRow,
+        password_hash: &str,
+        history: &NewHistory<'_>,
+        finish: &Finish<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let used =
+            sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE attempt = ? AND used_at IS NULL")
+                .bind(s.created_at)
+                .bind(finish.attempt)
+                .execute(&mut *tx)
+                .await?;
+        if used.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some((user_id, step)) = finish.totp_step {
+            let spent = sqlx::query(
+                "UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1",
+            )
+            .bind(step)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+            if spent.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        let created = sqlx::query(
+            "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
+             SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
+                 SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
+        )
+        .bind(&s.id)
+        .bind(s.user_id)
+        .bind(i64::from(s.level))
+        .bind(s.created_at)
+        .bind(s.last_seen)
+        .bind(s.expires_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .bind(s.user_id)
+        .bind(password_hash)
+        .bind(i64::from(s.level))
+        .execute(&mut *tx)
+        .await?;
+        if created.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        super::history::insert_history(&mut tx, history).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Spends a TOTP step outside a login (re-enrollment confirmed by a logged-in user).
+    pub async fn spend_totp_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1")
+                .bind(step)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_setting(
+        &self,
+        key: &str,
+        value: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET value = ?2, updated_at = ?3, updated_by = ?4",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn exempt_until(&self, user_id: i64) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT until FROM mfa_exemptions WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_exemption(
+        &self,
+        user_id: i64,
+        until: i64,
+        by: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO mfa_exemptions (user_id, until, created_by, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(user_id) DO UPDATE SET until = ?2, created_by = ?3, created_at = ?4",
+        )
+        .bind(user_id)
+        .bind(until)
+        .bind(by)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_exemption(&self, user_id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM mfa_exemptions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every user with their second factor, by name; exemptions that ended are not shown.
+    pub async fn mfa_status(&self, now: i64) -> Result<Vec<MfaStatusRow>, StoreError> {
+        let rows: Vec<StatusTuple> = sqlx::query_as(
+            "SELECT u.name, u.level, u.email, t.confirmed_at, CASE WHEN e.until > ?1 THEN e.until END
+             FROM users u
+             LEFT JOIN mfa_totp t ON t.user_id = u.id
+             LEFT JOIN mfa_exemptions e ON e.user_id = u.id
+             ORDER BY u.name",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, level, email, confirmed, exempt)| MfaStatusRow {
+                user,
+                level: u8::try_from(level).unwrap_or(0),
+                email,
+                totp_confirmed_at: confirmed,
+                exempt_until: exempt,
+            })
+            .collect())
+    }
+
+    /// Deletes pending logins that ended before `before`, and exemptions that ended.
+    pub async fn purge_mfa(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM mfa_pending WHERE expires_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM mfa_exemptions WHERE until < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
