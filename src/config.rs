@@ -989,6 +989,11 @@ impl Config {
                 ),
             );
         }
+        if let Some(ca) = &self.smtp.ca_file {
+            if !ca.is_file() {
+                c.bad("smtp.ca_file", format!("{} does not exist", ca.display()));
+            }
+        }
         let mut tls_files = Vec::new();
         if let Some(t) = self.http.as_ref().and_then(|h| h.tls.as_ref()) {
             tls_files.push(("http", t));

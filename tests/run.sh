@@ -4,12 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages -> a command each provides.
-declare -A peers=([curl]=curl [openssl]=openssl [sqlite3]=sqlite3 [nginx-light]=nginx)
+# Debian package -> how to tell it is there.
+declare -A peers=(
+    [curl]="command -v curl"
+    [openssl]="command -v openssl"
+    [sqlite3]="command -v sqlite3"
+    [nginx-light]="command -v nginx || test -x /usr/sbin/nginx"
+    [oathtool]="command -v oathtool"
+    [python3-aiosmtpd]="/usr/bin/python3 -c 'import aiosmtpd'"
+    [python3-selenium]="/usr/bin/python3 -c 'import selenium'"
+    [chromium]="test -x /usr/bin/chromium"
+    [chromium-driver]="test -x /usr/bin/chromedriver"
+)
 missing=()
 for pkg in "${!peers[@]}"; do
-    cmd=${peers[$pkg]}
-    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+    bash -c "${peers[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test peers: ${missing[*]}"

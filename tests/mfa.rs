@@ -1,0 +1,907 @@
+//! Two-factor authentication end to end: the real daemon, TOTP codes from Debian's `oathtool`,
+//! emailed codes through a real SMTP server (aiosmtpd, with and without STARTTLS), the admin
+//! policy through the API and the CLI.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PW: &str = "a long password";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The TOTP code `oathtool` computes for `secret` (base32) at now + `offset` seconds.
+fn oathtool(secret: &str, offset: i64) -> String {
+    let out = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-b",
+            secret,
+            "-N",
+            &format!("@{}", now() + offset),
+        ])
+        .output()
+        .expect("oathtool is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A real SMTP server storing what it receives (tests/peers/smtp_sink.py on aiosmtpd).
+struct Sink {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Sink {
+    fn start(dir: PathBuf, tls: Option<(&Path, &Path)>) -> Sink {
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_sink.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script).arg(port.to_string()).arg(&dir);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with aiosmtpd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
+        Sink { child, dir, port }
+    }
+
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    /// Waits for message number `n` (1-based) and returns its code.
+    fn code(&self, n: usize) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mails = self.mails();
+            if mails.len() >= n {
+                let m = mails[n - 1].clone();
+                let code = m
+                    .split("login code is ")
+                    .nth(1)
+                    .map(|r| r[..6].to_string())
+                    .unwrap_or_else(|| panic!("no code in {m}"));
+                return (code, m);
+            }
+            assert!(Instant::now() < deadline, "no mail number {n} arrived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_post(env: &Env, path: &str, bearer: Option<&str>, body: serde_json::Value) -> Resp {
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}"));
+    let mut headers = vec!["Content-Type: application/json"];
+    if let Some(a) = &auth {
+        headers.push(a);
+    }
+    env.request("POST", path, &headers, Some(&body.to_string()))
+}
+
+fn mfa(env: &Env, token: &str, method: &str, code: &str) -> Resp {
+    json_post(
+        env,
+        "/api/v1/auth/mfa",
+        None,
+        serde_json::json!({ "mfa_token": token, "method": method, "code": code }),
+    )
+}
+
+/// A daemon with `[mfa]`/`[smtp]` settings (`extra` goes after `[http]`).
+fn setup(extra: &str) -> (Env, Daemon) {
+    let env = Env::new();
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, extra));
+    env.init();
+    let d = env.start();
+    (env, d)
+}
+
+/// Logs `name` in with a session and enrolls TOTP through the API; returns the secret.
+fn enroll_with_session(env: &Env, name: &str) -> String {
+    let jwt = env.token(name, PW);
+    let e = json_post(
+        env,
+        "/api/v1/auth/totp/enroll",
+        Some(&jwt),
+        serde_json::json!({}),
+    );
+    assert_eq!(e.status, 200, "{e:?}");
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    let c = json_post(
+        env,
+        "/api/v1/auth/totp/confirm",
+        Some(&jwt),
+        serde_json::json!({ "code": oathtool(&secret, 0) }),
+    );
+    assert_eq!(c.status, 200, "{c:?}");
+    secret
+}
+
+#[test]
+fn totp_enrollment_then_logins_with_single_use_codes() {
+    let (env, d) = setup("");
+    env.add_user("alice", 5, PW);
+    let jwt = env.token("alice", PW);
+
+    let e = json_post(
+        &env,
+        "/api/v1/auth/totp/enroll",
+        Some(&jwt),
+        serde_json::json!({}),
+    );
+    assert_eq!(e.status, 200, "{e:?}");
+    let v = e.json();
+    let secret = v["secret"].as_str().unwrap().to_string();
+    assert_eq!(secret.len(), 32, "160 bits in base32");
+    assert!(secret
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    assert_eq!(
+        v["otpauth_uri"],
+        format!("otpauth://totp/pbxguard:alice?secret={secret}&issuer=pbxguard&algorithm=SHA1&digits=6&period=30")
+    );
+    assert!(v["qr_svg"].as_str().unwrap().contains("<svg"));
+    assert_eq!(e.header("cache-control").as_deref(), Some("no-store"));
+    // Stored encrypted, pending until confirmed.
+    let rows = sqlite(
+        &env.db(),
+        "SELECT name FROM secrets WHERE name LIKE 'mfa/%'",
+    );
+    assert!(rows.starts_with("mfa/totp-pending/"), "{rows}");
+    let raw = sqlite(
+        &env.db(),
+        "SELECT hex(ciphertext) FROM secrets WHERE name LIKE 'mfa/totp-pending/%'",
+    );
+    assert!(!raw.contains(&hex_of_base32(&secret)));
+    // Until confirmed, logins need the password only.
+    assert_eq!(env.login("alice", PW, &[]).json()["status"], "ok");
+
+    let wrong = json_post(
+        &env,
+        "/api/v1/auth/totp/confirm",
+        Some(&jwt),
+        serde_json::json!({ "code": "000000" }),
+    );
+    assert_eq!(wrong.status, 401);
+    let confirming = oathtool(&secret, 0);
+    let ok = json_post(
+        &env,
+        "/api/v1/auth/totp/confirm",
+        Some(&jwt),
+        serde_json::json!({ "code": confirming }),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+
+    // Now the password alone is not enough.
+    let r = env.login("alice", PW, &[]);
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["status"], "mfa_required");
+    assert_eq!(j["methods"], serde_json::json!(["totp"]));
+    assert!(j.get("token").is_none());
+    let token = j["mfa_token"].as_str().unwrap().to_string();
+    // The mfa_token is no session.
+    assert_eq!(env.check(&token, &[]).status, 401);
+    // The confirming code is spent.
+    let reused = mfa(&env, &token, "totp", &confirming);
+    assert_eq!(
+        (reused.status, reused.json()["error"].as_str()),
+        (401, Some("invalid_code"))
+    );
+    // Two steps ahead is outside the window.
+    assert_eq!(
+        mfa(&env, &token, "totp", &oathtool(&secret, 60)).status,
+        401
+    );
+    // Malformed codes: a clear 400.
+    for bad in [
+        " 12345",
+        "12345 ",
+        "+12345",
+        "12345",
+        "1234567",
+        "１２３４５６",
+        "12 345",
+        "abcdef",
+    ] {
+        let r = mfa(&env, &token, "totp", bad);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_code")),
+            "{bad:?}"
+        );
+    }
+    // The next step's code (within the ±1 window) completes the login.
+    let next = oathtool(&secret, 30);
+    let done = mfa(&env, &token, "totp", &next);
+    assert_eq!(done.status, 200, "{done:?}");
+    let session = done.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(env.check(&session, &[]).status, 200);
+    assert!(done
+        .header("set-cookie")
+        .unwrap()
+        .starts_with("pbxguard_session="));
+    // The mfa_token is used up, and the code too (for a new login).
+    assert_eq!(mfa(&env, &token, "totp", &next).status, 401);
+    let again = env.login("alice", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(mfa(&env, &again, "totp", &next).status, 401);
+    // Unknown and foreign tokens.
+    assert_eq!(
+        mfa(
+            &env,
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "totp",
+            &next
+        )
+        .json()["error"],
+        "invalid_mfa_token"
+    );
+    assert_eq!(
+        mfa(&env, &session, "totp", &next).status,
+        401,
+        "a JWT is not an mfa_token"
+    );
+    let history = sqlite(
+        &env.db(),
+        "SELECT result FROM login_history WHERE username = 'alice' ORDER BY id",
+    );
+    assert!(history.contains("mfa_failed"), "{history}");
+    assert!(!d.log().contains(&secret), "the secret is never logged");
+}
+
+/// What the base32 secret's bytes look like in hex, to search a ciphertext for them.
+fn hex_of_base32(b32: &str) -> String {
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut n = 0;
+    let mut out = String::new();
+    for c in b32.chars() {
+        bits = (bits << 5) | alphabet.find(c).unwrap() as u64;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push_str(&format!("{:02X}", (bits >> n) & 0xff));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_same_code_in_parallel_wins_exactly_once() {
+    let (env, _d) = setup("");
+    env.add_user("bob", 2, PW);
+    let secret = enroll_with_session(&env, "bob");
+    // Two logins waiting, one code (the next step's, so the confirming one is not in the way).
+    let tokens: Vec<String> = (0..4)
+        .map(|_| {
+            env.login("bob", PW, &[]).json()["mfa_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let code = oathtool(&secret, 30);
+    let handles: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let body =
+                serde_json::json!({ "mfa_token": t, "method": "totp", "code": code }).to_string();
+            let cert = env.cert().display().to_string();
+            let url = format!("https://localhost:{}/api/v1/auth/mfa", env.http_port);
+            std::thread::spawn(move || {
+                let out = curl(&[
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                    &cert,
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ]);
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        })
+        .collect();
+    let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "401").count(), 3, "{codes:?}");
+}
+
+#[test]
+fn wrong_codes_void_the_login_and_lock_the_account() {
+    let (env, _d) = setup("[auth]\nlockout_threshold = 6\n[mfa]\nmax_code_failures = 3\n");
+    env.add_user("carol", 2, PW);
+    let _secret = enroll_with_session(&env, "carol");
+    let token = env.login("carol", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        assert_eq!(
+            mfa(&env, &token, "totp", "000000").json()["error"],
+            "invalid_code"
+        );
+    }
+    assert_eq!(
+        mfa(&env, &token, "totp", "000000").json()["error"],
+        "invalid_mfa_token",
+        "void after 3"
+    );
+    let token = env.login("carol", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        mfa(&env, &token, "totp", "111111");
+    }
+    // Six second-factor failures: the account is locked, even for the right password.
+    let r = env.login("carol", PW, &[]);
+    assert_eq!(r.status, 429, "{r:?}");
+    let fails = sqlite(
+        &env.db(),
+        "SELECT count(*) FROM login_history WHERE username = 'carol' AND result = 'mfa_failed'",
+    );
+    assert_eq!(fails, "6");
+}
+
+#[test]
+fn forced_enrollment_exemptions_and_resets() {
+    let (env, _d) = setup("");
+    env.add_user("root", 9, PW);
+    env.add_user("dave", 3, PW);
+    env.add_user("erin", 3, PW);
+    let admin = env.token("root", PW);
+    let agent = env.token("dave", PW);
+    let auth = format!("Authorization: Bearer {admin}");
+    let put = env.request(
+        "PUT",
+        "/api/v1/admin/mfa/policy",
+        &[&auth, "Content-Type: application/json"],
+        Some(r#"{"force":true}"#),
+    );
+    assert_eq!(put.status, 200, "{put:?}");
+    assert_eq!(put.json()["force"], true);
+    let denied = env.request(
+        "PUT",
+        "/api/v1/admin/mfa/policy",
+        &[
+            &format!("Authorization: Bearer {agent}"),
+            "Content-Type: application/json",
+        ],
+        Some(r#"{"force":false}"#),
+    );
+    assert_eq!(denied.status, 403);
+
+    // dave has no TOTP and no email: enrollment only.
+    let r = env.login("dave", PW, &[]).json();
+    assert_eq!(r["status"], "enroll_required");
+    assert!(
+        r.get("mfa_token").is_none() && r.get("token").is_none(),
+        "{r}"
+    );
+    let enroll = r["enroll_token"].as_str().unwrap().to_string();
+    // The enroll_token opens nothing else.
+    assert_eq!(env.check(&enroll, &[]).status, 401);
+    assert_eq!(
+        env.request(
+            "GET",
+            "/api/v1/me",
+            &[&format!("Authorization: Bearer {enroll}")],
+            None
+        )
+        .status,
+        401
+    );
+    let e = json_post(
+        &env,
+        "/api/v1/auth/totp/enroll",
+        Some(&enroll),
+        serde_json::json!({}),
+    );
+    assert_eq!(e.status, 200);
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    let done = json_post(
+        &env,
+        "/api/v1/auth/totp/confirm",
+        Some(&enroll),
+        serde_json::json!({ "code": oathtool(&secret, 0) }),
+    );
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(done.json()["status"], "ok", "confirming finishes the login");
+    let dave_session = done.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(env.check(&dave_session, &[]).status, 200);
+    // Used up.
+    assert_eq!(
+        json_post(
+            &env,
+            "/api/v1/auth/totp/enroll",
+            Some(&enroll),
+            serde_json::json!({})
+        )
+        .status,
+        401
+    );
+
+    // An exemption lets erin in with the password alone, until it is lifted.
+    let ex = env.request(
+        "POST",
+        "/api/v1/admin/users/erin/mfa/exempt",
+        &[&auth, "Content-Type: application/json"],
+        Some(&format!(r#"{{"until":"{}"}}"#, rfc3339(now() + 3600))),
+    );
+    assert_eq!(ex.status, 200, "{ex:?}");
+    assert_eq!(env.login("erin", PW, &[]).json()["status"], "ok");
+    let status = env
+        .request("GET", "/api/v1/admin/mfa", &[&auth], None)
+        .json();
+    let row = |u: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["user"] == u)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("dave")["method"], "totp");
+    assert!(row("dave")["enrolled_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(row("erin")["method"], "none");
+    assert!(row("erin")["exempt_until"].is_string());
+    env.ok(&["mfa", "unexempt", "erin"], b"");
+    assert_eq!(
+        env.login("erin", PW, &[]).json()["status"],
+        "enroll_required"
+    );
+    let past = env.request(
+        "POST",
+        "/api/v1/admin/users/erin/mfa/exempt",
+        &[&auth, "Content-Type: application/json"],
+        Some(r#"{"until":"2001-01-01T00:00:00Z"}"#),
+    );
+    assert_eq!(past.status, 400);
+
+    // Reset: TOTP gone, sessions ended, enrollment again.
+    let reset = env.request("POST", "/api/v1/admin/users/dave/mfa/reset", &[&auth], None);
+    assert_eq!(reset.status, 200, "{reset:?}");
+    assert_eq!(env.check(&dave_session, &[]).status, 401);
+    assert_eq!(
+        env.login("dave", PW, &[]).json()["status"],
+        "enroll_required"
+    );
+    let audit = sqlite(
+        &env.db(),
+        "SELECT group_concat(action, ' ') FROM audit_log WHERE action LIKE 'mfa.%'",
+    );
+    for a in [
+        "mfa.policy",
+        "mfa.totp.confirm",
+        "mfa.exempt",
+        "mfa.unexempt",
+        "mfa.reset",
+    ] {
+        assert!(audit.contains(a), "{a} missing: {audit}");
+    }
+
+    // The CLI sees and changes the same state.
+    let cli: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["mfa", "status", "--json"], b"")).unwrap();
+    assert!(cli
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["user"] == "dave" && r["method"] == "none"));
+    let out = String::from_utf8(env.ok(&["mfa", "policy", "--force", "off"], b"")).unwrap();
+    assert!(out.contains("force enrollment: off"));
+    assert_eq!(env.login("dave", PW, &[]).json()["status"], "ok");
+    env.ok(&["mfa", "exempt", "erin", "--for", "2d"], b"");
+    assert_eq!(
+        env.run(&["mfa", "exempt", "erin", "--for", "400d"], b"")
+            .status
+            .code(),
+        Some(64)
+    );
+    assert_eq!(
+        env.run(&["mfa", "reset", "nobody"], b"").status.code(),
+        Some(1)
+    );
+}
+
+fn rfc3339(t: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+fn private_ca(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| env.path(n);
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pbxguard test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "smtp-key.pem",
+        "-out",
+        "smtp.csr",
+    ]);
+    run(&a);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "smtp.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "smtp-cert.pem",
+    ]);
+    (p("ca.pem"), p("smtp-cert.pem"), p("smtp-key.pem"))
+}
+
+fn smtp_config(port: u16, starttls: &str, ca: Option<&Path>) -> String {
+    let ca = ca
+        .map(|p| format!("ca_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\nstarttls = \"{starttls}\"\nfrom = \"pbxguard@pbx.example.com\"\ntimeout = \"3s\"\n{ca}"
+    )
+}
+
+#[test]
+fn emailed_codes_finish_a_forced_login() {
+    let env = Env::new();
+    let sink = Sink::start(env.path("mail"), None);
+    let extra = format!(
+        "{}\n[mfa]\nemail_resend_interval = \"2s\"\n",
+        smtp_config(sink.port, "none", None)
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    env.init();
+    let _d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "fred",
+            "--level",
+            "3",
+            "--email",
+            "fred@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+
+    let r = env.login("fred", PW, &[]).json();
+    assert_eq!(r["status"], "enroll_required");
+    assert_eq!(r["methods"], serde_json::json!(["email"]));
+    let token = r["mfa_token"].as_str().unwrap().to_string();
+    let sent = json_post(
+        &env,
+        "/api/v1/auth/mfa/email",
+        None,
+        serde_json::json!({ "mfa_token": token }),
+    );
+    assert_eq!(sent.status, 202, "{sent:?}");
+    let (code, mail) = sink.code(1);
+    assert!(mail.contains("X-Test-Rcpt: fred@example.com"), "{mail}");
+    assert!(mail.contains("From: pbxguard@pbx.example.com"), "{mail}");
+    // Rate-limited resends.
+    let again = json_post(
+        &env,
+        "/api/v1/auth/mfa/email",
+        None,
+        serde_json::json!({ "mfa_token": token }),
+    );
+    assert_eq!(again.status, 429);
+    // A TOTP attempt with an email-only token is refused clearly.
+    assert_eq!(
+        mfa(&env, &token, "totp", &code).json()["error"],
+        "method_not_allowed"
+    );
+    // The code is stored only as a keyed hash.
+    let stored = sqlite(
+        &env.db(),
+        "SELECT email_code_hash FROM mfa_pending WHERE email_code_hash IS NOT NULL",
+    );
+    assert!(!stored.contains(&code) && stored.len() == 64, "{stored}");
+    let done = mfa(&env, &token, "email", &code);
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(
+        env.check(done.json()["token"].as_str().unwrap(), &[])
+            .status,
+        200
+    );
+    assert_eq!(mfa(&env, &token, "email", &code).status, 401, "single use");
+
+    // Three wrong tries void a code; a newer code replaces the old one.
+    let token = env.login("fred", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json_post(
+        &env,
+        "/api/v1/auth/mfa/email",
+        None,
+        serde_json::json!({ "mfa_token": token }),
+    );
+    let (first, _) = sink.code(2);
+    std::thread::sleep(Duration::from_millis(2100));
+    json_post(
+        &env,
+        "/api/v1/auth/mfa/email",
+        None,
+        serde_json::json!({ "mfa_token": token }),
+    );
+    let (second, _) = sink.code(3);
+    if first != second {
+        assert_eq!(
+            mfa(&env, &token, "email", &first).status,
+            401,
+            "the older code is void"
+        );
+    }
+    let wrong = if second == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    for _ in 0..2 {
+        assert_eq!(mfa(&env, &token, "email", wrong).status, 401);
+    }
+    // (3 failures so far when the first code differed; void now either way after one more.)
+    assert_eq!(mfa(&env, &token, "email", wrong).status, 401);
+    assert_eq!(
+        mfa(&env, &token, "email", &second).status,
+        401,
+        "void after 3 wrong tries"
+    );
+}
+
+#[test]
+fn smtp_trouble_is_a_clear_503_and_starttls_is_enforced() {
+    let env = Env::new();
+    // A STARTTLS server with a certificate for 127.0.0.1 from a private CA (ca_file).
+    let (ca, cert, key) = private_ca(&env);
+    let tls_sink = Sink::start(env.path("mail-tls"), Some((&cert, &key)));
+    let plain_sink = Sink::start(env.path("mail-plain"), None);
+    let dead_port = free_port();
+    let write = |smtp: String| {
+        let extra = format!("{smtp}\n[mfa]\nemail_resend_interval = \"1s\"\n");
+        env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    };
+    write(smtp_config(tls_sink.port, "required", Some(&ca)));
+    env.init();
+    let d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "gina",
+            "--level",
+            "3",
+            "--email",
+            "gina@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+    let token = env.login("gina", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = || {
+        json_post(
+            &env,
+            "/api/v1/auth/mfa/email",
+            None,
+            serde_json::json!({ "mfa_token": token }),
+        )
+    };
+
+    // Over STARTTLS, verified against ca_file.
+    assert_eq!(send().status, 202);
+    let (code, mail) = tls_sink.code(1);
+    assert!(mail.starts_with("X-Test-TLS: yes"), "{mail}");
+
+    // Required STARTTLS against a server without it: refused, nothing half-done.
+    write(smtp_config(plain_sink.port, "required", None));
+    d.signal("HUP");
+    d.wait_for_log("configuration reloaded");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = send();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("smtp_unavailable")),
+        "{r:?}"
+    );
+    assert!(plain_sink.mails().is_empty(), "nothing sent in clear");
+    // Server down.
+    write(smtp_config(dead_port, "none", None));
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = send();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("smtp_unavailable")),
+        "{r:?}"
+    );
+    d.wait_for_log("mailing a login code failed");
+    // The code mailed before still works: the failures stored nothing.
+    assert_eq!(mfa(&env, &token, "email", &code).status, 200);
+    assert_eq!(env.request("GET", "/healthz", &[], None).status, 200);
+}
+
+#[test]
+fn email_can_be_forbidden_for_admins_and_needs_an_address() {
+    let env = Env::new();
+    let sink = Sink::start(env.path("mail"), None);
+    let extra = format!(
+        "{}\n[mfa]\nemail_for_admins = false\n",
+        smtp_config(sink.port, "none", None)
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    env.init();
+    let _d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "boss",
+            "--level",
+            "9",
+            "--email",
+            "boss@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    env.add_user("hank", 3, PW);
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+    let r = env.login("boss", PW, &[]).json();
+    assert_eq!(r["status"], "enroll_required");
+    assert!(r.get("mfa_token").is_none(), "no email for admins: {r}");
+    let r = env.login("hank", PW, &[]).json();
+    assert!(r.get("mfa_token").is_none(), "no address, no email: {r}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["mfa", "status", "--json"], b"")).unwrap();
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["method"] == "none"),
+        "{status}"
+    );
+}
+
+#[test]
+fn expired_mfa_tokens_and_old_codes_are_refused() {
+    let (env, _d) = setup("[mfa]\nmfa_token_ttl = \"1s\"\n");
+    env.add_user("jane", 2, PW);
+    let secret = enroll_with_session(&env, "jane");
+    let token = env.login("jane", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Two steps back is outside the window too.
+    assert_eq!(
+        mfa(&env, &token, "totp", &oathtool(&secret, -60)).json()["error"],
+        "invalid_code"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = mfa(&env, &token, "totp", &oathtool(&secret, 30));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("invalid_mfa_token"))
+    );
+    // A fresh login with the same (unspent) code works: the expiry, not the code, refused it.
+    let token = env.login("jane", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        mfa(&env, &token, "totp", &oathtool(&secret, 30)).status,
+        200
+    );
+}
