@@ -28,6 +28,11 @@
 //! the path stays in the database) and serves them with nginx's Range rules, opening files
 //! only beneath the recordings folder and logging every download.
 //!
+//! [`realtime`] answers Asterisk's `res_config_curl` on loopback with SIP auth objects
+//! decrypted from the vault per request; [`audit`] reads Asterisk's configuration the way
+//! Asterisk does and reports what weakens the PBX. [`mail`] sends the emailed second factor;
+//! TOTP, emailed codes and the pending-login tokens live in [`auth`].
+//!
 //! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
 //! [`clock`] and [`ids`] are small helpers for times and random identifiers.
 #![forbid(unsafe_code)]

@@ -53,7 +53,9 @@ fn enrollment_and_login_in_headless_chromium() {
     env.init();
     let d = env.start();
     env.add_user("ivy", 4, PW);
+    env.add_user("jack", 2, PW);
     env.ok(&["mfa", "policy", "--force", "on"], b"");
+    env.ok(&["mfa", "exempt", "jack", "--for", "1h"], b"");
 
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("login-page");
     let _ = std::fs::remove_dir_all(&out_dir);
@@ -66,6 +68,7 @@ fn enrollment_and_login_in_headless_chromium() {
         .args(["ivy", PW])
         .arg(&out_dir)
         .arg(&profile)
+        .arg("jack")
         .output()
         .expect("python3 with selenium");
     assert!(

@@ -905,3 +905,167 @@ fn expired_mfa_tokens_and_old_codes_are_refused() {
         200
     );
 }
+
+#[test]
+fn tokens_open_only_their_own_door() {
+    let (env, _d) = setup("[auth]\nlockout_threshold = 3\n");
+    env.add_user("kim", 3, PW);
+    env.add_user("lee", 3, PW);
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+    // kim holds two enroll_tokens (two logins), enrolls with the first.
+    let stale = env.login("kim", PW, &[]).json()["enroll_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fresh = env.login("kim", PW, &[]).json()["enroll_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = json_post(
+        &env,
+        "/api/v1/auth/totp/enroll",
+        Some(&fresh),
+        serde_json::json!({}),
+    );
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    // Malformed codes are refused before anything else at /totp/confirm too.
+    assert_eq!(
+        json_post(
+            &env,
+            "/api/v1/auth/totp/confirm",
+            Some(&fresh),
+            serde_json::json!({ "code": "12 345" })
+        )
+        .status,
+        400
+    );
+    let done = json_post(
+        &env,
+        "/api/v1/auth/totp/confirm",
+        Some(&fresh),
+        serde_json::json!({ "code": oathtool(&secret, 0) }),
+    );
+    assert_eq!(done.status, 200);
+    let session = done.json()["token"].as_str().unwrap().to_string();
+    // The other enroll_token can no longer replace the confirmed factor.
+    assert_eq!(
+        json_post(
+            &env,
+            "/api/v1/auth/totp/enroll",
+            Some(&stale),
+            serde_json::json!({})
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        json_post(
+            &env,
+            "/api/v1/auth/totp/confirm",
+            Some(&stale),
+            serde_json::json!({ "code": "123456" })
+        )
+        .status,
+        401
+    );
+    // Nor can a session.
+    let r = json_post(
+        &env,
+        "/api/v1/auth/totp/enroll",
+        Some(&session),
+        serde_json::json!({}),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (409, Some("already_enrolled"))
+    );
+    // Tokens of one kind do not work at the other's endpoints.
+    let lee = env.login("lee", PW, &[]).json();
+    let lee_enroll = lee["enroll_token"].as_str().unwrap();
+    assert_eq!(
+        mfa(&env, lee_enroll, "totp", "123456").json()["error"],
+        "invalid_mfa_token"
+    );
+    let kim_mfa = env.login("kim", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        json_post(
+            &env,
+            "/api/v1/auth/totp/enroll",
+            Some(&kim_mfa),
+            serde_json::json!({})
+        )
+        .status,
+        401
+    );
+
+    // A lock applies to a login that was already waiting for its code.
+    for _ in 0..3 {
+        assert_eq!(env.login("kim", "wrong password!", &[]).status, 401);
+    }
+    let r = mfa(&env, &kim_mfa, "totp", &oathtool(&secret, 30));
+    assert_eq!(r.status, 429, "{r:?}");
+}
+
+#[test]
+fn parallel_mail_requests_send_one_mail() {
+    let env = Env::new();
+    let sink = Sink::start(env.path("mail"), None);
+    env.write_config(&env.config_text(
+        env.http_port,
+        env.redirect_port,
+        &smtp_config(sink.port, "none", None),
+    ));
+    env.init();
+    let _d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "max",
+            "--level",
+            "3",
+            "--email",
+            "max@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+    let token = env.login("max", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cert = env.cert().display().to_string();
+    let url = format!("https://localhost:{}/api/v1/auth/mfa/email", env.http_port);
+    let body = serde_json::json!({ "mfa_token": token }).to_string();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (cert, url, body) = (cert.clone(), url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let out = curl(&[
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                    &cert,
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ]);
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        })
+        .collect();
+    let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "202").count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "429").count(), 5, "{codes:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.mails().len(), 1);
+}

@@ -37,9 +37,14 @@ function loggedIn(data) {
   $("role").textContent = data.user.role;
   show("done");
   const next = new URLSearchParams(location.search).get("next");
-  // Same-site paths only: never an open redirect.
-  if (next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\")) {
-    setTimeout(() => location.assign(next), 500);
+  // Same origin only, decided by the browser's own URL parser (which drops tabs and
+  // newlines and reads backslashes as slashes): never an open redirect.
+  if (next) {
+    let target = null;
+    try { target = new URL(next, location.origin); } catch (_) { /* not a URL */ }
+    if (target && target.origin === location.origin) {
+      setTimeout(() => location.assign(target.pathname + target.search + target.hash), 500);
+    }
   }
 }
 

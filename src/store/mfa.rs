@@ -99,18 +99,24 @@ impl Store {
         )
     }
 
-    /// Records a confirmed enrollment; `step` (the confirming code's) is spent.
-    pub async fn confirm_totp(&self, user_id: i64, now: i64, step: i64) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Records a confirmed enrollment, `step` (the confirming code's) spent; `false` when the
+    /// user already has one (only an admin reset removes it).
+    pub async fn confirm_totp(
+        &self,
+        user_id: i64,
+        now: i64,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO mfa_totp (user_id, confirmed_at, last_step) VALUES (?1, ?2, ?3)
-             ON CONFLICT(user_id) DO UPDATE SET confirmed_at = ?2, last_step = MAX(last_step, ?3)",
+             ON CONFLICT(user_id) DO NOTHING",
         )
         .bind(user_id)
         .bind(now)
         .bind(step)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Removes a user's TOTP and revokes the user's sessions, in one transaction.
@@ -182,6 +188,54 @@ impl Store {
         Ok(n.unwrap_or(0))
     }
 
+    /// Reserves one mail for a pending login — at most `max` per login, none within `interval`
+    /// of the previous one — in one statement, so parallel requests cannot all pass the check.
+    /// `Some(previous send time)` when reserved (hand it to [`Store::release_email`] if the
+    /// mail then fails).
+    pub async fn reserve_email(
+        &self,
+        token_hash: &str,
+        now: i64,
+        interval: i64,
+        max: i64,
+    ) -> Result<Option<Option<i64>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT email_sent_at FROM mfa_pending WHERE token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let done = sqlx::query(
+            "UPDATE mfa_pending SET emails_sent = emails_sent + 1, email_sent_at = ?1
+             WHERE token_hash = ?2 AND emails_sent < ?3
+               AND (email_sent_at IS NULL OR email_sent_at <= ?1 - ?4)",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .bind(max)
+        .bind(interval)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((done.rows_affected() == 1).then(|| previous.flatten()))
+    }
+
+    /// Gives a reservation back after the mail could not be sent.
+    pub async fn release_email(
+        &self,
+        token_hash: &str,
+        previous: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mfa_pending SET emails_sent = MAX(emails_sent - 1, 0), email_sent_at = ? WHERE token_hash = ?",
+        )
+        .bind(previous)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Stores a freshly mailed code (replacing any earlier one) and extends the pending login
     /// to the code's lifetime.
     pub async fn set_email_code(
@@ -193,7 +247,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE mfa_pending SET email_code_hash = ?, email_sent_at = ?, email_code_failures = 0,
-                 emails_sent = emails_sent + 1, expires_at = MAX(expires_at, ?)
+                 expires_at = MAX(expires_at, ?)
              WHERE token_hash = ?",
         )
         .bind(code_hash)

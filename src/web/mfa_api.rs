@@ -215,8 +215,14 @@ pub struct EmailBody {
 }
 
 /// `POST /api/v1/auth/mfa/email`: mails a code; 202 once the SMTP server took the message.
-pub async fn email(State(app): State<Arc<App>>, ApiJson(body): ApiJson<EmailBody>) -> Response {
+pub async fn email(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<EmailBody>,
+) -> Response {
     let now = now_unix();
+    let client = client(&app, &peer, &headers);
     let row = match live_pending(&app, &body.mfa_token, "mfa", now).await {
         Ok(Some(r)) => r,
         Ok(None) => return invalid_token(),
@@ -248,17 +254,51 @@ pub async fn email(State(app): State<Arc<App>>, ApiJson(body): ApiJson<EmailBody
         .into_response();
     };
     let cfg = app.config.load_full();
+    // A locked account gets no mail either.
+    let ticket = match app
+        .auth
+        .pending
+        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(retry_after)) => return refusal_response(&Refusal::Throttled { retry_after }),
+        Err(e) => return internal(e, "checking the lockout"),
+    };
+    let response = send_code(&app, &row, &user, &address, now).await;
+    app.auth.pending.release(ticket).await;
+    response
+}
+
+async fn send_code(
+    app: &Arc<App>,
+    row: &PendingRow,
+    user: &UserRow,
+    address: &str,
+    now: i64,
+) -> Response {
+    let cfg = app.config.load_full();
     let interval = i64::try_from(cfg.mfa.email_resend_interval.as_secs()).unwrap_or(30);
-    let wait = row
-        .email_sent_at
-        .map(|sent| sent + interval - now)
-        .filter(|w| *w > 0);
-    if let Some(wait) = wait {
-        return too_many("a code was just sent; wait before asking again", wait);
-    }
-    if row.emails_sent >= MAX_EMAILS {
-        return too_many("too many codes for this login; log in again", 0);
-    }
+    let previous = match app
+        .store
+        .reserve_email(&row.token_hash, now, interval, MAX_EMAILS)
+        .await
+    {
+        Ok(Some(previous)) => previous,
+        Ok(None) => {
+            let wait = row
+                .email_sent_at
+                .map(|sent| sent + interval - now)
+                .filter(|w| *w > 0)
+                .unwrap_or(interval);
+            return if row.emails_sent >= MAX_EMAILS {
+                too_many("too many codes for this login; log in again", 0)
+            } else {
+                too_many("a code was just sent; wait before asking again", wait)
+            };
+        }
+        Err(e) => return internal(e, "reserving a mail"),
+    };
     let key = match mfa::email_key(&app.vault).await {
         Ok(k) => k,
         Err(e) => return internal(e, "reading the email-code key"),
@@ -278,10 +318,13 @@ pub async fn email(State(app): State<Arc<App>>, ApiJson(body): ApiJson<EmailBody
     ));
     let subject = format!("{} login code", cfg.mfa.totp_issuer);
     if let Err(e) =
-        crate::mail::send(&cfg.smtp, &app.vault, &address, &subject, text.to_string()).await
+        crate::mail::send(&cfg.smtp, &app.vault, address, &subject, text.to_string()).await
     {
         // Nothing was stored: an earlier code (if any) stays as it was.
         error!(error = %e, user = %user.name, "mailing a login code failed");
+        if let Err(e) = app.store.release_email(&row.token_hash, previous).await {
+            error!(error = %e, "giving back a mail reservation failed");
+        }
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "smtp_unavailable",
@@ -332,30 +375,52 @@ async fn enroller(
     now: i64,
 ) -> Result<(Enroller, UserRow), Response> {
     let token = token_from(headers).unwrap_or("");
-    if mfa::looks_like_token(token) {
+    let (who, user) = if mfa::looks_like_token(token) {
         let row = match live_pending(app, token, "enroll", now).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(invalid_token()),
             Err(e) => return Err(internal(e, "looking up an enrollment")),
         };
-        return match user_of(app, &row).await {
-            Ok(Some(u)) => Ok((Enroller::Pending(Box::new(row)), u)),
-            Ok(None) => Err(invalid_token()),
-            Err(e) => Err(internal(e, "looking up a user")),
-        };
-    }
-    let session = authenticate(app, headers)
-        .await
-        .map_err(|_| super::auth_api::unauthorized().into_response())?;
-    match app.store.user(&session.user).await {
-        Ok(Some(u)) => Ok((Enroller::Session, u)),
-        Ok(None) => Err(super::auth_api::unauthorized().into_response()),
-        Err(e) => Err(internal(e, "looking up a user")),
+        match user_of(app, &row).await {
+            Ok(Some(u)) => (Enroller::Pending(Box::new(row)), u),
+            Ok(None) => return Err(invalid_token()),
+            Err(e) => return Err(internal(e, "looking up a user")),
+        }
+    } else {
+        let session = authenticate(app, headers)
+            .await
+            .map_err(|_| super::auth_api::unauthorized().into_response())?;
+        match app.store.user(&session.user).await {
+            Ok(Some(u)) => (Enroller::Session, u),
+            Ok(None) => return Err(super::auth_api::unauthorized().into_response()),
+            Err(e) => return Err(internal(e, "looking up a user")),
+        }
+    };
+    // A confirmed factor is replaced only after an admin reset: neither a stolen session nor a
+    // stale enroll_token (the user enrolled meanwhile) may take it over.
+    match app.store.totp(user.id).await {
+        Ok(None) => Ok((who, user)),
+        Ok(Some(_)) => Err(match who {
+            Enroller::Pending(_) => invalid_token(),
+            Enroller::Session => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_enrolled",
+                "TOTP is already set up for this account; an admin can reset it (mfa reset)",
+            )
+            .into_response(),
+        }),
+        Err(e) => Err(internal(e, "reading TOTP state")),
     }
 }
 
 /// `POST /api/v1/auth/totp/enroll`: a fresh secret, pending until confirmed.
-pub async fn totp_enroll(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+/// The request body (`{}` or empty) is read and ignored: answering before a client finished
+/// sending it makes HTTP/2 reset the stream, which some clients report as a failure.
+pub async fn totp_enroll(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> Response {
     let now = now_unix();
     let (_, user) = match enroller(&app, &headers, now).await {
         Ok(x) => x,
@@ -408,6 +473,34 @@ pub async fn totp_confirm(
         return bad_code();
     }
     let client = client(&app, &peer, &headers);
+    // Confirming is a second-factor attempt like any other: the lockout applies.
+    let cfg = app.config.load_full();
+    let ticket = match app
+        .auth
+        .pending
+        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(retry_after)) => return refusal_response(&Refusal::Throttled { retry_after }),
+        Err(e) => return internal(e, "checking the lockout"),
+    };
+    let response = confirm_checked(&app, who, user, &client, &body, now, &peer, &headers).await;
+    app.auth.pending.release(ticket).await;
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn confirm_checked(
+    app: &Arc<App>,
+    who: Enroller,
+    user: UserRow,
+    client: &Client,
+    body: &ConfirmBody,
+    now: i64,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Response {
     let pending_name = mfa::pending_totp_secret_name(user.id);
     let secret = match app.vault.get(&pending_name).await {
         Ok(s) => s,
@@ -423,27 +516,39 @@ pub async fn totp_confirm(
     };
     let Some(step) = totp::verify(&secret, &body.code, now) else {
         if let Enroller::Pending(row) = &who {
-            failure(&app, row, &user, &client, false).await;
-        } else if let Err(e) = login::record_failure(&app, &user.name, &client, "mfa_failed").await
-        {
+            failure(app, row, &user, client, false).await;
+        } else if let Err(e) = login::record_failure(app, &user.name, client, "mfa_failed").await {
             error!(error = %e, "recording a second-factor failure failed");
         }
         return invalid_code();
     };
     let confirmed = async {
+        // The row first: of two confirmations racing, one claims the account and the other
+        // finds it taken, so a confirmed secret is never overwritten.
+        if !app.store.confirm_totp(user.id, now, step).await? {
+            return Ok(false);
+        }
         app.vault
             .set(&mfa::totp_secret_name(user.id), &secret)
             .await?;
-        app.store.confirm_totp(user.id, now, step).await?;
         let _ = app.vault.remove(&pending_name).await;
         app.store
             .audit(&user.name, "mfa.totp.confirm", &user.name, "")
             .await?;
-        Ok::<_, StepError>(())
+        Ok::<_, StepError>(true)
     }
     .await;
-    if let Err(e) = confirmed {
-        return internal(e, "confirming a TOTP enrollment");
+    match confirmed {
+        Ok(true) => {}
+        Ok(false) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "already_enrolled",
+                "TOTP was set up for this account meanwhile",
+            )
+            .into_response()
+        }
+        Err(e) => return internal(e, "confirming a TOTP enrollment"),
     }
     info!(user = %user.name, "TOTP enrolled");
     match who {
@@ -453,8 +558,8 @@ pub async fn totp_confirm(
                 attempt: &row.attempt,
                 totp_step: None,
             };
-            match login::issue_session_after_mfa(&app, &user, &client, &finish).await {
-                Ok(issued) => issued_response(&issued, &peer, &headers),
+            match login::issue_session_after_mfa(app, &user, client, &finish).await {
+                Ok(issued) => issued_response(&issued, peer, headers),
                 Err(login::LoginError::UserChanged) => invalid_token(),
                 Err(e) => internal(e, "creating a session"),
             }
@@ -587,6 +692,7 @@ pub async fn admin_reset(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    _body: axum::body::Bytes,
 ) -> Response {
     let session = match require(&app, &headers, Role::Admin).await {
         Ok(s) => s,
