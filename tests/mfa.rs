@@ -1069,3 +1069,41 @@ fn parallel_mail_requests_send_one_mail() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.mails().len(), 1);
 }
+
+#[test]
+fn parallel_guesses_on_one_login_get_at_most_its_tries() {
+    let (env, _d) = setup("[auth]\nlockout_threshold = 50\n[mfa]\nmax_code_failures = 3\n");
+    env.add_user("ned", 2, PW);
+    let _secret = enroll_with_session(&env, "ned");
+    let token = env.login("ned", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cert = env.cert().display().to_string();
+    let url = format!("https://localhost:{}/api/v1/auth/mfa", env.http_port);
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let body = serde_json::json!({ "mfa_token": token, "method": "totp", "code": format!("{:06}", 100_000 + i) }).to_string();
+            let (cert, url) = (cert.clone(), url.clone());
+            std::thread::spawn(move || {
+                let out = curl(&["-sS", "--cacert", &cert, "-H", "Content-Type: application/json", "--data-binary", &body, &url]);
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let verdicts = answers
+        .iter()
+        .filter(|a| a.contains("invalid_code"))
+        .count();
+    assert!(
+        verdicts <= 3,
+        "{verdicts} guesses were judged: {answers:#?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.contains("invalid_code") || a.contains("invalid_mfa_token")),
+        "{answers:#?}"
+    );
+}

@@ -174,37 +174,51 @@ impl Store {
         Ok(row.map(pending_row))
     }
 
-    /// Counts a wrong code against a pending login; returns the new count.
-    pub async fn pending_failure(&self, token_hash: &str, email: bool) -> Result<i64, StoreError> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "UPDATE mfa_pending SET failures = failures + 1,
-                 email_code_failures = email_code_failures + ?2
-             WHERE token_hash = ?1 RETURNING failures",
+    /// Takes one of a pending login's `max` tries, in one statement, before a code is checked:
+    /// parallel guesses cannot get more than `max` verdicts. `false` when none is left (or the
+    /// row is used or expired).
+    pub async fn claim_try(
+        &self,
+        token_hash: &str,
+        max: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE mfa_pending SET failures = failures + 1
+             WHERE token_hash = ? AND failures < ? AND used_at IS NULL AND expires_at > ?",
         )
         .bind(token_hash)
-        .bind(i64::from(email))
-        .fetch_optional(&self.pool)
+        .bind(max)
+        .bind(now)
+        .execute(&self.pool)
         .await?;
-        Ok(n.unwrap_or(0))
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Counts a wrong emailed code (three void it).
+    pub async fn email_code_failure(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mfa_pending SET email_code_failures = email_code_failures + 1 WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Reserves one mail for a pending login — at most `max` per login, none within `interval`
     /// of the previous one — in one statement, so parallel requests cannot all pass the check.
-    /// `Some(previous send time)` when reserved (hand it to [`Store::release_email`] if the
-    /// mail then fails).
+    /// `true` when reserved; hand the previous send time to [`Store::release_email`] if the mail
+    /// then fails.
     pub async fn reserve_email(
         &self,
         token_hash: &str,
         now: i64,
         interval: i64,
         max: i64,
-    ) -> Result<Option<Option<i64>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let previous: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT email_sent_at FROM mfa_pending WHERE token_hash = ?")
-                .bind(token_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+    ) -> Result<bool, StoreError> {
+        // One statement, no read-then-write transaction: SQLite cannot upgrade a reader that
+        // lost a race, and would answer "busy".
         let done = sqlx::query(
             "UPDATE mfa_pending SET emails_sent = emails_sent + 1, email_sent_at = ?1
              WHERE token_hash = ?2 AND emails_sent < ?3
@@ -214,10 +228,9 @@ impl Store {
         .bind(token_hash)
         .bind(max)
         .bind(interval)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok((done.rows_affected() == 1).then(|| previous.flatten()))
+        Ok(done.rows_affected() == 1)
     }
 
     /// Gives a reservation back after the mail could not be sent.

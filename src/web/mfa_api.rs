@@ -80,14 +80,27 @@ async fn user_of(app: &App, row: &PendingRow) -> Result<Option<UserRow>, crate::
         .filter(|u| !u.disabled && u.password_hash == row.password_hash))
 }
 
-/// A wrong code: counted against the pending login and, as `mfa_failed`, in the login history
-/// (which feeds the account and IP lockout).
+/// A wrong code (its try was already taken with [`claim`]): written to the login history as
+/// `mfa_failed`, which feeds the account and IP lockout; a wrong emailed code also counts
+/// against that code.
 async fn failure(app: &App, row: &PendingRow, user: &UserRow, client: &Client, email: bool) {
-    if let Err(e) = app.store.pending_failure(&row.token_hash, email).await {
-        error!(error = %e, "counting a second-factor failure failed");
+    if email {
+        if let Err(e) = app.store.email_code_failure(&row.token_hash).await {
+            error!(error = %e, "counting a wrong emailed code failed");
+        }
     }
     if let Err(e) = login::record_failure(app, &user.name, client, "mfa_failed").await {
         error!(error = %e, "recording a second-factor failure failed");
+    }
+}
+
+/// Takes one try of a pending login before its code is checked.
+async fn claim(app: &App, row: &PendingRow, now: i64) -> Result<(), Response> {
+    let max = i64::from(app.config.load().mfa.max_code_failures);
+    match app.store.claim_try(&row.token_hash, max, now).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(invalid_token()),
+        Err(e) => Err(internal(e, "counting a second-factor try")),
     }
 }
 
@@ -144,7 +157,10 @@ pub async fn finish(
         }
         Err(e) => return internal(e, "checking the lockout"),
     };
-    let response = check_code(&app, &row, &user, &client, &body, now, &peer, &headers).await;
+    let response = match claim(&app, &row, now).await {
+        Ok(()) => check_code(&app, &row, &user, &client, &body, now, &peer, &headers).await,
+        Err(r) => r,
+    };
     app.auth.pending.release(ticket).await;
     response
 }
@@ -279,13 +295,14 @@ async fn send_code(
 ) -> Response {
     let cfg = app.config.load_full();
     let interval = i64::try_from(cfg.mfa.email_resend_interval.as_secs()).unwrap_or(30);
-    let previous = match app
+    let previous = row.email_sent_at;
+    match app
         .store
         .reserve_email(&row.token_hash, now, interval, MAX_EMAILS)
         .await
     {
-        Ok(Some(previous)) => previous,
-        Ok(None) => {
+        Ok(true) => {}
+        Ok(false) => {
             let wait = row
                 .email_sent_at
                 .map(|sent| sent + interval - now)
@@ -514,6 +531,12 @@ async fn confirm_checked(
         }
         Err(e) => return internal(e, "reading a pending TOTP secret"),
     };
+    // An enroll_token has its tries too.
+    if let Enroller::Pending(row) = &who {
+        if let Err(r) = claim(app, row, now).await {
+            return r;
+        }
+    }
     let Some(step) = totp::verify(&secret, &body.code, now) else {
         if let Enroller::Pending(row) = &who {
             failure(app, row, &user, client, false).await;
