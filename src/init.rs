@@ -26,6 +26,8 @@ pub enum InitError {
     HalfTlsPair { present: PathBuf, missing: PathBuf },
     #[error("no user {0:?} in /etc/passwd (create the service account first, e.g. with the package's sysusers file)")]
     NoSuchUser(String),
+    #[error("the database {db} already holds a vault, but its master key ({key}) is missing and no systemd credential was passed; a new key could never open it. Restore the key, or run init through the unit's credential (systemd-run --pipe --wait -p LoadCredentialEncrypted=master.key:/etc/pbxguard/master.key.cred pbxguard init)")]
+    MasterKeyLost { db: PathBuf, key: PathBuf },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -222,6 +224,26 @@ async fn ensure_signing_key(
     Ok(())
 }
 
+/// A new master key next to a database whose data keys were wrapped by another one would
+/// make every secret unreadable: refuse instead (a deleted key file, or a key that now lives
+/// only in an encrypted systemd credential).
+async fn refuse_if_vault_exists(config: &Config) -> Result<(), InitError> {
+    let Some(db) = config.database_path().filter(|p| p.exists()) else {
+        return Ok(());
+    };
+    let store = Store::open(&config.daemon.database, false).await?;
+    store.migrate().await?;
+    let has_keys = store.current_data_key().await?.is_some();
+    store.close().await;
+    if has_keys {
+        return Err(InitError::MasterKeyLost {
+            db,
+            key: config.vault.key_file.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Runs every step; safe to repeat. With `owner`, hands the state over to that account.
 pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, InitError> {
     let mut report = InitReport::default();
@@ -229,6 +251,7 @@ pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, I
 
     let source = vault::master_key_source(&config.vault.key_file);
     if source == config.vault.key_file && !source.exists() {
+        refuse_if_vault_exists(config).await?;
         if let Some(parent) = source.parent() {
             ensure_dir(parent, &mut report)?;
         }

@@ -447,3 +447,35 @@ fn init_owner_hands_the_state_to_the_service_account() {
         );
     }
 }
+
+#[test]
+fn init_never_pairs_a_new_master_key_with_an_existing_vault() {
+    let env = Env::new();
+    env.init();
+    env.ok(&["secret", "set", "smtp/password"], b"kept\n");
+    let before = sqlite(
+        &env.db(),
+        "SELECT name || key_id || hex(ciphertext) FROM secrets ORDER BY name",
+    );
+    // The key file is gone (say it now lives only in an encrypted systemd credential).
+    std::fs::remove_file(env.path("etc/master.key")).unwrap();
+    let out = env.run(&["init"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already holds a vault") && err.contains("master key"),
+        "{err}"
+    );
+    assert!(
+        !env.path("etc/master.key").exists(),
+        "no new key was written"
+    );
+    assert_eq!(
+        before,
+        sqlite(
+            &env.db(),
+            "SELECT name || key_id || hex(ciphertext) FROM secrets ORDER BY name"
+        ),
+        "the vault is untouched"
+    );
+}
