@@ -53,6 +53,7 @@ pub mod ids;
 pub mod init;
 pub mod mail;
 pub mod metrics;
+pub mod pattern;
 pub mod realtime;
 pub mod recordings;
 pub mod store;

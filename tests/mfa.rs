@@ -112,6 +112,36 @@ impl Drop for Sink {
     }
 }
 
+/// POSTs every JSON body at once, one thread each; (status, body) in order.
+fn post_all(env: &Env, path: &str, bodies: Vec<String>) -> Vec<(u16, String)> {
+    let cert = env.cert().display().to_string();
+    let url = format!("https://localhost:{}{path}", env.http_port);
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (cert, url) = (cert.clone(), url.clone());
+            std::thread::spawn(move || {
+                let out = curl(&[
+                    "-sS",
+                    "-w",
+                    "\n%{http_code}",
+                    "--cacert",
+                    &cert,
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+                (status.trim().parse().unwrap_or(0), body.to_string())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 fn json_post(env: &Env, path: &str, bearer: Option<&str>, body: serde_json::Value) -> Resp {
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}"));
     let mut headers = vec!["Content-Type: application/json"];
@@ -327,33 +357,14 @@ fn the_same_code_in_parallel_wins_exactly_once() {
         })
         .collect();
     let code = oathtool(&secret, 30);
-    let handles: Vec<_> = tokens
+    let bodies = tokens
         .iter()
-        .map(|t| {
-            let body =
-                serde_json::json!({ "mfa_token": t, "method": "totp", "code": code }).to_string();
-            let cert = env.cert().display().to_string();
-            let url = format!("https://localhost:{}/api/v1/auth/mfa", env.http_port);
-            std::thread::spawn(move || {
-                let out = curl(&[
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--cacert",
-                    &cert,
-                    "-H",
-                    "Content-Type: application/json",
-                    "--data-binary",
-                    &body,
-                    &url,
-                ]);
-                String::from_utf8_lossy(&out.stdout).to_string()
-            })
-        })
+        .map(|t| serde_json::json!({ "mfa_token": t, "method": "totp", "code": code }).to_string())
         .collect();
-    let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let codes: Vec<String> = post_all(&env, "/api/v1/auth/mfa", bodies)
+        .into_iter()
+        .map(|(status, _)| status.to_string())
+        .collect();
     assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| *c == "401").count(), 3, "{codes:?}");
 }
@@ -1038,32 +1049,11 @@ fn parallel_mail_requests_send_one_mail() {
         .as_str()
         .unwrap()
         .to_string();
-    let cert = env.cert().display().to_string();
-    let url = format!("https://localhost:{}/api/v1/auth/mfa/email", env.http_port);
     let body = serde_json::json!({ "mfa_token": token }).to_string();
-    let handles: Vec<_> = (0..6)
-        .map(|_| {
-            let (cert, url, body) = (cert.clone(), url.clone(), body.clone());
-            std::thread::spawn(move || {
-                let out = curl(&[
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--cacert",
-                    &cert,
-                    "-H",
-                    "Content-Type: application/json",
-                    "--data-binary",
-                    &body,
-                    &url,
-                ]);
-                String::from_utf8_lossy(&out.stdout).to_string()
-            })
-        })
+    let codes: Vec<String> = post_all(&env, "/api/v1/auth/mfa/email", vec![body; 6])
+        .into_iter()
+        .map(|(status, _)| status.to_string())
         .collect();
-    let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(codes.iter().filter(|c| *c == "202").count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| *c == "429").count(), 5, "{codes:?}");
     std::thread::sleep(Duration::from_millis(500));
@@ -1079,19 +1069,16 @@ fn parallel_guesses_on_one_login_get_at_most_its_tries() {
         .as_str()
         .unwrap()
         .to_string();
-    let cert = env.cert().display().to_string();
-    let url = format!("https://localhost:{}/api/v1/auth/mfa", env.http_port);
-    let handles: Vec<_> = (0..10)
+    let bodies = (0..10)
         .map(|i| {
-            let body = serde_json::json!({ "mfa_token": token, "method": "totp", "code": format!("{:06}", 100_000 + i) }).to_string();
-            let (cert, url) = (cert.clone(), url.clone());
-            std::thread::spawn(move || {
-                let out = curl(&["-sS", "--cacert", &cert, "-H", "Content-Type: application/json", "--data-binary", &body, &url]);
-                String::from_utf8_lossy(&out.stdout).to_string()
-            })
+            serde_json::json!({ "mfa_token": token, "method": "totp", "code": format!("{:06}", 100_000 + i) })
+                .to_string()
         })
         .collect();
-    let answers: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let answers: Vec<String> = post_all(&env, "/api/v1/auth/mfa", bodies)
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
     let verdicts = answers
         .iter()
         .filter(|a| a.contains("invalid_code"))

@@ -394,26 +394,7 @@ fn expand_glob(path: &Path) -> Vec<PathBuf> {
 }
 
 fn wildcard(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let mut row = vec![false; t.len() + 1];
-    row[0] = true;
-    for &pc in &p {
-        let mut next = vec![false; t.len() + 1];
-        if pc == '*' {
-            let mut any = false;
-            for j in 0..=t.len() {
-                any |= row[j];
-                next[j] = any;
-            }
-        } else {
-            for j in 1..=t.len() {
-                next[j] = row[j - 1] && (pc == '?' || pc == t[j - 1]);
-            }
-        }
-        row = next;
-    }
-    row[t.len()]
+    crate::pattern::wildcard(pattern, text, '*', '?')
 }
 
 #[cfg(test)]

@@ -146,30 +146,9 @@ pub fn line(pairs: &[(&str, &[u8])]) -> String {
 }
 
 /// SQL `LIKE` as Asterisk's realtime drivers pass it on: `%` any run, `_` one character,
-/// compared case-sensitively (ids are case-sensitive in pjsip). Dynamic programming, so no
-/// pattern can make it take more than pattern × text steps.
+/// compared case-sensitively (ids are case-sensitive in pjsip).
 pub fn like(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // row[j]: does the pattern so far match t[..j]?
-    let mut row = vec![false; t.len() + 1];
-    row[0] = true;
-    for &pc in &p {
-        let mut next = vec![false; t.len() + 1];
-        if pc == '%' {
-            let mut any = false;
-            for j in 0..=t.len() {
-                any |= row[j];
-                next[j] = any;
-            }
-        } else {
-            for j in 1..=t.len() {
-                next[j] = row[j - 1] && (pc == '_' || pc == t[j - 1]);
-            }
-        }
-        row = next;
-    }
-    row[t.len()]
+    crate::pattern::wildcard(pattern, text, '%', '_')
 }
 
 impl Field {

@@ -307,29 +307,10 @@ impl Store {
                 return Ok(false);
             }
         }
-        let created = sqlx::query(
-            "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
-             SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
-                 SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
-        )
-        .bind(&s.id)
-        .bind(s.user_id)
-        .bind(i64::from(s.level))
-        .bind(s.created_at)
-        .bind(s.last_seen)
-        .bind(s.expires_at)
-        .bind(&s.ip)
-        .bind(&s.user_agent)
-        .bind(s.user_id)
-        .bind(password_hash)
-        .bind(i64::from(s.level))
-        .execute(&mut *tx)
-        .await?;
-        if created.rows_affected() != 1 {
+        if !super::sessions::insert_session(&mut tx, s, password_hash, history).await? {
             tx.rollback().await?;
             return Ok(false);
         }
-        super::history::insert_history(&mut tx, history).await?;
         tx.commit().await?;
         Ok(true)
     }

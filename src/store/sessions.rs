@@ -68,6 +68,40 @@ pub struct NewHistory<'a> {
     pub result: &'a str,
 }
 
+/// Inserts the session and its history row, if the user is still as the password step saw it
+/// (same password hash and level, enabled); `false` (nothing written) otherwise. Part of the
+/// caller's transaction.
+pub(super) async fn insert_session(
+    conn: &mut sqlx::SqliteConnection,
+    s: &SessionRow,
+    password_hash: &str,
+    history: &NewHistory<'_>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
+         SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
+             SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
+    )
+    .bind(&s.id)
+    .bind(s.user_id)
+    .bind(i64::from(s.level))
+    .bind(s.created_at)
+    .bind(s.last_seen)
+    .bind(s.expires_at)
+    .bind(&s.ip)
+    .bind(&s.user_agent)
+    .bind(s.user_id)
+    .bind(password_hash)
+    .bind(i64::from(s.level))
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    super::history::insert_history(conn, history).await?;
+    Ok(true)
+}
+
 impl Store {
     /// Creates a session and its `ok` history row in one transaction: a login whose history
     /// cannot be written does not happen.
@@ -82,29 +116,10 @@ impl Store {
         history: &NewHistory<'_>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
-             SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
-                 SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
-        )
-        .bind(&s.id)
-        .bind(s.user_id)
-        .bind(i64::from(s.level))
-        .bind(s.created_at)
-        .bind(s.last_seen)
-        .bind(s.expires_at)
-        .bind(&s.ip)
-        .bind(&s.user_agent)
-        .bind(s.user_id)
-        .bind(password_hash)
-        .bind(i64::from(s.level))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        if !insert_session(&mut tx, s, password_hash, history).await? {
             tx.rollback().await?;
             return Ok(false);
         }
-        super::history::insert_history(&mut tx, history).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -94,6 +94,32 @@ async fn failure(app: &App, row: &PendingRow, user: &UserRow, client: &Client, e
     }
 }
 
+/// The password lockout, per account and per client address, for every second-factor step;
+/// a refusal is recorded as `throttled`. Hand the ticket back with `pending.release`.
+async fn admit(
+    app: &App,
+    user: &UserRow,
+    client: &Client,
+    now: i64,
+) -> Result<crate::auth::throttle::Ticket, Response> {
+    let cfg = app.config.load_full();
+    match app
+        .auth
+        .pending
+        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
+        .await
+    {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(retry_after)) => {
+            if let Err(e) = login::record_failure(app, &user.name, client, "throttled").await {
+                error!(error = %e, "recording a throttled attempt failed");
+            }
+            Err(refusal_response(&Refusal::Throttled { retry_after }))
+        }
+        Err(e) => Err(internal(e, "checking the lockout")),
+    }
+}
+
 /// Takes one try of a pending login before its code is checked.
 async fn claim(app: &App, row: &PendingRow, now: i64) -> Result<(), Response> {
     let max = i64::from(app.config.load().mfa.max_code_failures);
@@ -142,20 +168,9 @@ pub async fn finish(
         Ok(None) => return invalid_token(),
         Err(e) => return internal(e, "looking up a user"),
     };
-    // The same lockout as passwords: per account and per client address.
-    let cfg = app.config.load_full();
-    let ticket = match app
-        .auth
-        .pending
-        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
-        .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(retry_after)) => {
-            let _ = login::record_failure(&app, &user.name, &client, "throttled").await;
-            return refusal_response(&Refusal::Throttled { retry_after });
-        }
-        Err(e) => return internal(e, "checking the lockout"),
+    let ticket = match admit(&app, &user, &client, now).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let response = match claim(&app, &row, now).await {
         Ok(()) => check_code(&app, &row, &user, &client, &body, now, &peer, &headers).await,
@@ -269,17 +284,10 @@ pub async fn email(
         )
         .into_response();
     };
-    let cfg = app.config.load_full();
     // A locked account gets no mail either.
-    let ticket = match app
-        .auth
-        .pending
-        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
-        .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(retry_after)) => return refusal_response(&Refusal::Throttled { retry_after }),
-        Err(e) => return internal(e, "checking the lockout"),
+    let ticket = match admit(&app, &user, &client, now).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let response = send_code(&app, &row, &user, &address, now).await;
     app.auth.pending.release(ticket).await;
@@ -491,16 +499,9 @@ pub async fn totp_confirm(
     }
     let client = client(&app, &peer, &headers);
     // Confirming is a second-factor attempt like any other: the lockout applies.
-    let cfg = app.config.load_full();
-    let ticket = match app
-        .auth
-        .pending
-        .admit(&app.store, &cfg.auth, &user.name, &client.ip, now)
-        .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(retry_after)) => return refusal_response(&Refusal::Throttled { retry_after }),
-        Err(e) => return internal(e, "checking the lockout"),
+    let ticket = match admit(&app, &user, &client, now).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let response = confirm_checked(&app, who, user, &client, &body, now, &peer, &headers).await;
     app.auth.pending.release(ticket).await;
