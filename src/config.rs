@@ -204,9 +204,30 @@ pub struct RealtimeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmiConfig {
     pub listen: SocketAddr,
+    /// Optional TLS towards clients (AMI over TLS, as Asterisk's `tlsenable`).
+    pub tls: Option<TlsFiles>,
     pub upstream: SocketAddr,
     pub upstream_username: String,
     pub upstream_secret: String,
+    /// Connecting and logging in to Asterisk must finish within this.
+    pub upstream_timeout: Duration,
+    /// Pre-authenticated upstream sessions kept ready for clients that connect per action.
+    pub pool_size: usize,
+    /// Asterisk's `authtimeout`: an unauthenticated client is closed after this.
+    pub auth_timeout: Duration,
+    /// Asterisk's `authlimit`: connections not yet logged in, beyond which new ones are closed.
+    pub max_unauthenticated: usize,
+    /// All client connections at once.
+    pub max_clients: usize,
+    /// Failed logins from one IP (or for one user) within `ban_window` that ban it.
+    pub ban_threshold: u32,
+    pub ban_window: Duration,
+    pub ban_duration: Duration,
+    /// Actions per second a client may send (token bucket), and the burst above that.
+    pub action_rate: u32,
+    pub action_burst: u32,
+    /// Bytes waiting for one client; a client that lets more pile up is disconnected.
+    pub max_output_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,9 +351,22 @@ struct RawRealtime {
 #[derive(Debug, Default, Deserialize)]
 struct RawAmi {
     listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     upstream: Option<String>,
     upstream_username: Option<String>,
     upstream_secret: Option<String>,
+    upstream_timeout: Option<String>,
+    pool_size: Option<i64>,
+    auth_timeout: Option<String>,
+    max_unauthenticated: Option<i64>,
+    max_clients: Option<i64>,
+    ban_threshold: Option<i64>,
+    ban_window: Option<String>,
+    ban_duration: Option<String>,
+    action_rate: Option<i64>,
+    action_burst: Option<i64>,
+    max_output_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -514,7 +548,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 /// Secret names follow the vault's rule; repeated here so config problems are reported with keys.
 /// Vault name prefixes pbxguard manages itself; a configured secret there would be overwritten
 /// or deleted (a SIP credential `set`, a key rotation, a 2FA reset).
-const RESERVED_SECRET_PREFIXES: &[&str] = &["sip/", "keys/", "mfa/"];
+const RESERVED_SECRET_PREFIXES: &[&str] = &["sip/", "keys/", "mfa/", "ami/clients/"];
 
 fn check_secret_name(c: &mut Checker, key: &str, name: &str) {
     if let Err(e) = crate::vault::validate_name(name) {
@@ -881,7 +915,35 @@ impl Config {
         let ami = raw.ami.map(|a| {
             let cfg = AmiConfig {
                 listen: c.addr("ami.listen", a.listen.as_deref(), "127.0.0.1:5039"),
+                tls: c.tls_pair("ami", a.tls_cert, a.tls_key),
                 upstream: c.addr("ami.upstream", a.upstream.as_deref(), "127.0.0.1:5038"),
+                upstream_timeout: c.duration(
+                    "ami.upstream_timeout",
+                    a.upstream_timeout.as_deref(),
+                    "5s",
+                ),
+                pool_size: c.int("ami.pool_size", a.pool_size, 0, 0, 256),
+                auth_timeout: c.duration("ami.auth_timeout", a.auth_timeout.as_deref(), "30s"),
+                max_unauthenticated: c.int(
+                    "ami.max_unauthenticated",
+                    a.max_unauthenticated,
+                    50,
+                    1,
+                    100_000,
+                ),
+                max_clients: c.int("ami.max_clients", a.max_clients, 1000, 1, 100_000),
+                ban_threshold: c.int("ami.ban_threshold", a.ban_threshold, 5, 1, 1000),
+                ban_window: c.duration("ami.ban_window", a.ban_window.as_deref(), "5m"),
+                ban_duration: c.duration("ami.ban_duration", a.ban_duration.as_deref(), "15m"),
+                action_rate: c.int("ami.action_rate", a.action_rate, 50, 1, 1_000_000),
+                action_burst: c.int("ami.action_burst", a.action_burst, 200, 1, 1_000_000),
+                max_output_bytes: c.int(
+                    "ami.max_output_bytes",
+                    a.max_output_bytes,
+                    4 << 20,
+                    64 << 10,
+                    1 << 30,
+                ),
                 upstream_username: c.nonempty(
                     "ami.upstream_username",
                     a.upstream_username.as_ref(),
@@ -1000,6 +1062,9 @@ impl Config {
         }
         if let Some(t) = self.sip.as_ref().and_then(|s| s.tls.as_ref()) {
             tls_files.push(("sip", t));
+        }
+        if let Some(t) = self.ami.as_ref().and_then(|a| a.tls.as_ref()) {
+            tls_files.push(("ami", t));
         }
         for (section, t) in tls_files {
             for (name, path) in [("tls_cert", &t.cert), ("tls_key", &t.key)] {

@@ -60,6 +60,14 @@ struct Running {
     stop: CancellationToken,
 }
 
+/// The AMI gateway while `[ami]` is configured: its listener, and a token that ends its
+/// sessions and upstream maintenance (cancelled when the section goes or at shutdown).
+struct AmiRunning {
+    gateway: Arc<crate::ami::Gateway>,
+    listener: Running,
+    sessions: CancellationToken,
+}
+
 /// Everything `run` keeps between reloads.
 struct Daemon {
     app: Arc<App>,
@@ -68,6 +76,7 @@ struct Daemon {
     redirect_router: Arc<ArcSwap<Router>>,
     realtime_router: Arc<ArcSwap<Router>>,
     running: HashMap<Listener, Running>,
+    ami: Option<AmiRunning>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -103,10 +112,18 @@ fn wanted(config: &Config) -> Vec<(Listener, &'static str, SocketAddr)> {
 }
 
 fn warn_unimplemented(config: &Config) {
-    for (section, present) in [("ami", config.ami.is_some()), ("sip", config.sip.is_some())] {
-        if present {
-            warn!(section, "this build does not serve [{section}] yet; the section is validated but not started");
-        }
+    if config.sip.is_some() {
+        warn!(
+            section = "sip",
+            "this build does not serve [sip] yet; the section is validated but not started"
+        );
+    }
+}
+
+fn ami_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    match config.ami.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(files) => Ok(Some(tls::server_config(files, &[])?)),
+        None => Ok(None),
     }
 }
 
@@ -173,6 +190,7 @@ pub async fn run(
         app,
         config_path: config_path.to_path_buf(),
         running: HashMap::new(),
+        ami: None,
         tracker: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
@@ -185,8 +203,26 @@ pub async fn run(
             .map_err(|source| DaemonError::Bind { key, addr, source })?;
         bound.push((kind, addr, listener));
     }
+    let ami = match &config.ami {
+        Some(a) => {
+            let tls = ami_tls(&config)?;
+            let listener =
+                TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| DaemonError::Bind {
+                        key: "ami.listen",
+                        addr: a.listen,
+                        source,
+                    })?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     for (kind, addr, listener) in bound {
         daemon.start(kind, addr, listener);
+    }
+    if let Some((listener, tls)) = ami {
+        daemon.start_ami(listener, tls).await;
     }
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal("SIGHUP", e))?;
@@ -210,6 +246,10 @@ pub async fn run(
     info!("shutting down");
     for running in daemon.running.values() {
         running.stop.cancel();
+    }
+    if let Some(ami) = &daemon.ami {
+        ami.listener.stop.cancel();
+        ami.sessions.cancel();
     }
     daemon.tracker.close();
     let grace = daemon.app.config.load().daemon.shutdown_grace + Duration::from_secs(1);
@@ -290,6 +330,43 @@ fn spawn_housekeeping(tracker: &TaskTracker, app: Arc<App>, shutdown: Cancellati
 }
 
 impl Daemon {
+    /// Starts the AMI gateway on `listener` (a new gateway unless one is running).
+    async fn start_ami(&mut self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                error!(error = %e, "AMI listener has no address");
+                return;
+            }
+        };
+        let (gateway, sessions) = match self.ami.take() {
+            Some(old) => {
+                old.listener.stop.cancel();
+                old.gateway.set_tls(tls);
+                (old.gateway, old.sessions)
+            }
+            None => {
+                let gateway = crate::ami::Gateway::new(self.app.clone(), tls).await;
+                let sessions = self.shutdown.child_token();
+                gateway.start_maintenance(&self.tracker, sessions.clone());
+                (gateway, sessions)
+            }
+        };
+        let stop = self.shutdown.child_token();
+        self.tracker.spawn(crate::ami::serve(
+            gateway.clone(),
+            listener,
+            self.tracker.clone(),
+            stop.clone(),
+            sessions.clone(),
+        ));
+        self.ami = Some(AmiRunning {
+            gateway,
+            listener: Running { addr, stop },
+            sessions,
+        });
+    }
+
     fn start(&mut self, kind: Listener, addr: SocketAddr, listener: TcpListener) {
         let stop = self.shutdown.child_token();
         let router = match kind {
@@ -367,6 +444,26 @@ impl Daemon {
                 Err(e) => return Err(vec![format!("{key}: cannot listen on {addr}: {e}")]),
             }
         }
+        let ami_tls = ami_tls(&config).map_err(|e| vec![format!("TLS for [ami]: {e}")])?;
+        let ami_listener = match &config.ami {
+            Some(a)
+                if self
+                    .ami
+                    .as_ref()
+                    .is_none_or(|r| r.listener.addr != a.listen) =>
+            {
+                match TcpListener::bind(a.listen).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        return Err(vec![format!(
+                            "ami.listen: cannot listen on {}: {e}",
+                            a.listen
+                        )])
+                    }
+                }
+            }
+            _ => None,
+        };
         warn_unimplemented(&config);
 
         if let Err(e) = self.app.auth.reload_keys(&self.app.vault).await {
@@ -403,6 +500,22 @@ impl Daemon {
         }
         for (kind, addr, listener) in fresh {
             self.start(kind, addr, listener);
+        }
+        let ami_wanted = self.app.config.load().ami.is_some();
+        match (ami_listener, ami_wanted) {
+            (Some(listener), _) => self.start_ami(listener, ami_tls).await,
+            (None, true) => {
+                if let Some(ami) = &self.ami {
+                    ami.gateway.set_tls(ami_tls);
+                }
+            }
+            (None, false) => {
+                if let Some(old) = self.ami.take() {
+                    info!(addr = %old.listener.addr, "closing the AMI gateway ([ami] removed)");
+                    old.listener.stop.cancel();
+                    old.sessions.cancel();
+                }
+            }
         }
         Ok(())
     }

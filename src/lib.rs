@@ -42,6 +42,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod ami;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -51,6 +52,7 @@ pub mod config;
 pub mod daemon;
 pub mod ids;
 pub mod init;
+pub mod journal;
 pub mod mail;
 pub mod metrics;
 pub mod pattern;

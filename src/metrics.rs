@@ -75,6 +75,16 @@ pub struct Metrics {
     pub realtime_requests: Family<RealtimeLabels, Counter>,
     /// SIP passwords decrypted for Asterisk, by result (`ok`, `error`).
     pub realtime_decryptions: Family<ResultLabels, Counter>,
+    /// AMI client connections logged in through the gateway right now.
+    pub ami_sessions: Gauge,
+    /// AMI client logins by result (`ok`, `failed`, `banned`, `upstream_down`).
+    pub ami_logins: Family<ResultLabels, Counter>,
+    /// AMI client actions by outcome (`forwarded`, `refused`, `rate_limited`, `override`).
+    pub ami_actions: Family<ResultLabels, Counter>,
+    /// AMI clients disconnected because they read too slowly.
+    pub ami_slow_clients: Counter,
+    /// 1 while pbxguard can log in to Asterisk's AMI.
+    pub ami_upstream_up: Gauge,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -225,7 +235,42 @@ impl Metrics {
             "SIP passwords decrypted for Asterisk, by result",
             realtime_decryptions.clone(),
         );
+        let ami_sessions = Gauge::default();
+        registry.register(
+            "ami_sessions",
+            "AMI clients logged in through the gateway",
+            ami_sessions.clone(),
+        );
+        let ami_logins = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ami_logins",
+            "AMI client logins by result",
+            ami_logins.clone(),
+        );
+        let ami_actions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ami_actions",
+            "AMI client actions by outcome",
+            ami_actions.clone(),
+        );
+        let ami_slow_clients = Counter::default();
+        registry.register(
+            "ami_slow_clients",
+            "AMI clients disconnected because their output queue overflowed",
+            ami_slow_clients.clone(),
+        );
+        let ami_upstream_up = Gauge::default();
+        registry.register(
+            "ami_upstream_up",
+            "1 while pbxguard can log in to Asterisk's AMI",
+            ami_upstream_up.clone(),
+        );
         Metrics {
+            ami_sessions,
+            ami_logins,
+            ami_actions,
+            ami_slow_clients,
+            ami_upstream_up,
             download_log_overflow,
             realtime_requests,
             realtime_decryptions,

@@ -15,6 +15,9 @@ declare -A peers=(
     [python3-selenium]="/usr/bin/python3 -c 'import selenium'"
     [chromium]="test -x /usr/bin/chromium"
     [chromium-driver]="test -x /usr/bin/chromedriver"
+    [python3-panoramisk]="/usr/bin/python3 -c 'import panoramisk'"
+    [nodejs]="command -v node"
+    [npm]="command -v npm"
 )
 missing=()
 for pkg in "${!peers[@]}"; do
@@ -26,6 +29,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Node AMI client library for the gateway tests, pinned in tests/clients/package-lock.json.
+if [ ! -d tests/clients/node_modules/asterisk-manager ]; then
+    (cd tests/clients && npm ci --no-audit --no-fund --silent)
 fi
 
 exec cargo test --locked "$@"

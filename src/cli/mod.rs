@@ -2,6 +2,7 @@
 //! are typed, and here they become one clear sentence on stderr and an exit code
 //! (0 ok, 1 failure, 64 usage or configuration).
 
+mod ami;
 mod audit;
 mod docs;
 mod mfa;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Audit Asterisk's configuration.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Clients of the AMI gateway.
+    #[command(subcommand)]
+    Ami(ami::AmiCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -170,6 +174,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
+        Command::Ami(cmd) => runtime()?.block_on(ami::run(&cli.config, cmd)),
         Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),
         // Reads only Asterisk's files: no configuration of ours needed.
         Command::Audit(cmd) => audit::run(cmd),

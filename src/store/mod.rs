@@ -4,6 +4,7 @@
 //! (PostgreSQL, for several PBX hosts sharing users) touches one place. Migrations are embedded
 //! in the binary and applied by `init` and `serve`.
 
+mod ami;
 mod audit;
 mod history;
 mod links;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use ami::AmiClientRow;
 pub use audit::AuditEntry;
 pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};

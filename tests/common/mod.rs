@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ami;
 pub mod nginx;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");

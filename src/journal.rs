@@ -1,6 +1,6 @@
-//! The download log: one audit row per request for a genuine link, written by one task in
-//! batches (a transaction per batch) so that a busy recording server does not wait for a disk
-//! sync per download. The queue holds up to [`QUEUE`] rows (a few hundred bytes each); should
+//! The high-volume audit log: one row per recording download and per state-changing AMI action,
+//! written by one task in batches (a transaction per batch) so that a busy recording server or
+//! dialer does not wait for a disk sync per row. The queue holds up to [`QUEUE`] rows (a few hundred bytes each); should
 //! the database stall for that long, further rows go to the daemon's log (journald) instead
 //! and are counted, so memory stays bounded and nothing vanishes silently. Flushed before the
 //! daemon exits.

@@ -1,0 +1,393 @@
+//! The AMI gateway: clients (dialers, wallboards, the web tier) log in to pbxguard with their
+//! own credentials; each gets its own session with Asterisk's AMI on loopback, logged in with
+//! pbxguard's upstream secret, and every action passes the client's policy first.
+//!
+//! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
+//! - [`classes`] is Asterisk's event-class arithmetic.
+//! - [`policy`] is default deny plus the built-in refusals.
+//! - [`guards`] holds login bans and action rate limits.
+//! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
+//!   reachability state and the pool of ready sessions; `session` runs one client.
+
+pub mod classes;
+pub mod codec;
+pub mod guards;
+pub mod policy;
+mod session;
+pub mod upstream;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::config::AmiConfig;
+use crate::store::AmiClientRow;
+use upstream::{Upstream, UpstreamError};
+
+/// Sent when Asterisk has never been reached (Asterisk 20's AMI version); replaced by the real
+/// banner as soon as pbxguard has logged in once, and remembered across restarts.
+pub const DEFAULT_BANNER: &str = "Asterisk Call Manager/9.0.0";
+const BANNER_SETTING: &str = "ami.banner";
+/// Vault names of client secrets.
+pub const CLIENT_SECRET_PREFIX: &str = "ami/clients/";
+
+pub fn client_secret_name(name: &str) -> String {
+    format!("{CLIENT_SECRET_PREFIX}{name}")
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("an AMI client name is 1 to 64 characters: letters, digits, '.', '_' or '-'")]
+    Invalid,
+}
+
+/// Client names are matched case-insensitively by Asterisk, so they are stored in lower case.
+pub fn normalise_name(name: &str) -> Result<String, NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(NameError::Invalid)
+    }
+}
+
+/// The policy stored for a client, as the gateway applies it.
+pub fn policy_from_row(row: &AmiClientRow) -> policy::ClientPolicy {
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(|x| x.trim().to_ascii_lowercase())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    policy::ClientPolicy {
+        name: row.name.clone(),
+        allow: list(&row.allow),
+        read: classes::parse_class_list(&row.events).unwrap_or(0),
+        permit: list(&row.permit)
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        overrides: list(&row.overrides)
+            .iter()
+            .filter_map(|o| policy::Rule::parse(o))
+            .collect(),
+        updated_at: row.updated_at,
+    }
+}
+
+/// State shared by every AMI client session.
+pub struct Gateway {
+    app: Arc<App>,
+    banner: ArcSwap<String>,
+    upstream_up: AtomicBool,
+    /// Wakes the monitor when a session finds Asterisk unreachable.
+    monitor_wake: tokio::sync::Notify,
+    pool: Mutex<Vec<Upstream>>,
+    pool_wake: tokio::sync::Notify,
+    bans: guards::Bans,
+    unauthenticated: AtomicUsize,
+    clients: AtomicUsize,
+    tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Logged-in sessions: id → (client, its row's `updated_at`, the token that ends it).
+    live: Mutex<HashMap<u64, (String, i64, CancellationToken)>>,
+    next_session: AtomicU64,
+}
+
+/// How often open sessions are checked against the stored clients (removed or changed → ended).
+const RECHECK: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// Holds one slot of a counter; gives it back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn try_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
+    let prev = counter.fetch_add(1, Ordering::AcqRel);
+    let slot = Slot(counter);
+    (prev < max).then_some(slot)
+}
+
+impl Gateway {
+    pub async fn new(app: Arc<App>, tls: Option<Arc<rustls::ServerConfig>>) -> Arc<Gateway> {
+        let banner = match app.store.setting(BANNER_SETTING).await {
+            Ok(Some(b)) if b.starts_with(upstream::BANNER_PREFIX) => b,
+            _ => DEFAULT_BANNER.to_string(),
+        };
+        Arc::new(Gateway {
+            app,
+            banner: ArcSwap::from_pointee(banner),
+            upstream_up: AtomicBool::new(true),
+            monitor_wake: tokio::sync::Notify::new(),
+            pool: Mutex::new(Vec::new()),
+            pool_wake: tokio::sync::Notify::new(),
+            bans: guards::Bans::default(),
+            unauthenticated: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            tls: ArcSwapOption::new(tls),
+            live: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+        })
+    }
+
+    /// Registers a logged-in session; the returned token is cancelled when the client is
+    /// removed or its policy changes. Call [`Gateway::unregister`] when the session ends.
+    fn register(
+        &self,
+        name: &str,
+        updated_at: i64,
+        parent: &CancellationToken,
+    ) -> (u64, CancellationToken) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let token = parent.child_token();
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (name.to_string(), updated_at, token.clone()));
+        (id, token)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Ends sessions whose client was removed or changed since they logged in.
+    async fn recheck_sessions(&self) {
+        let names: HashSet<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        for name in names {
+            let current = match self.app.store.ami_client(&name).await {
+                Ok(row) => row.map(|r| r.updated_at),
+                Err(e) => {
+                    warn!(error = %e, "cannot re-check AMI clients");
+                    return;
+                }
+            };
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            for (n, at, token) in live.values() {
+                if *n == name && current != Some(*at) && !token.is_cancelled() {
+                    info!(client = %name, "ending AMI session: the client was removed or its policy changed");
+                    token.cancel();
+                }
+            }
+        }
+    }
+
+    /// New TLS material after a reload; applies from the next handshake.
+    pub fn set_tls(&self, tls: Option<Arc<rustls::ServerConfig>>) {
+        self.tls.store(tls);
+    }
+
+    fn config(&self) -> Option<AmiConfig> {
+        self.app.config.load().ami.clone()
+    }
+
+    async fn learn_banner(&self, banner: &str) {
+        if **self.banner.load() == banner {
+            return;
+        }
+        info!(banner, "learned Asterisk's AMI banner");
+        self.banner.store(Arc::new(banner.to_string()));
+        if let Err(e) = self
+            .app
+            .store
+            .set_setting(BANNER_SETTING, banner, "ami", crate::clock::now_unix())
+            .await
+        {
+            warn!(error = %e, "cannot remember Asterisk's AMI banner");
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.upstream_up.swap(up, Ordering::AcqRel);
+        self.app.metrics.ami_upstream_up.set(i64::from(up));
+        if was && !up {
+            warn!("Asterisk's AMI is unreachable; AMI logins fail until it is back");
+            self.monitor_wake.notify_one();
+        } else if !was && up {
+            info!("Asterisk's AMI is reachable again");
+            self.pool_wake.notify_one();
+        }
+    }
+
+    /// A fresh logged-in session, with Asterisk asked for `events` (its syntax).
+    async fn connect(&self, cfg: &AmiConfig, events: &str) -> Result<Upstream, UpstreamError> {
+        let secret: Zeroizing<Vec<u8>> = match self.app.vault.get(&cfg.upstream_secret).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(UpstreamError::LoginRefused {
+                    user: cfg.upstream_username.clone(),
+                    message: format!("the vault secret is unavailable: {e}"),
+                })
+            }
+        };
+        let result = upstream::connect(
+            cfg.upstream,
+            &cfg.upstream_username,
+            &secret,
+            events,
+            cfg.upstream_timeout,
+        )
+        .await;
+        match &result {
+            Ok(up) => {
+                self.learn_banner(&up.banner).await;
+                self.set_up(true);
+            }
+            Err(_) => self.set_up(false),
+        }
+        result
+    }
+
+    /// A session for a client that just logged in: from the pool when one is ready (then told
+    /// the client's event mask), else a new one. Fails fast while Asterisk is known down.
+    async fn upstream_for(&self, cfg: &AmiConfig, events: &str) -> Result<Upstream, UpstreamError> {
+        if !self.upstream_up.load(Ordering::Acquire) {
+            return Err(UpstreamError::Closed);
+        }
+        loop {
+            let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut up) = pooled else { break };
+            self.pool_wake.notify_one();
+            if !up.is_fresh() {
+                continue;
+            }
+            if events == "off" {
+                return Ok(up);
+            }
+            match session::set_events(&mut up, events, cfg.upstream_timeout).await {
+                Ok(()) => return Ok(up),
+                Err(e) => warn!(error = %e, "a pooled Asterisk session failed; using a new one"),
+            }
+        }
+        self.connect(cfg, events).await
+    }
+
+    /// Keeps the pool filled and, while Asterisk is down, retries with backoff (1 s to 30 s).
+    async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        // The first round always logs in once: that learns the banner before clients arrive.
+        let mut first = true;
+        loop {
+            let Some(cfg) = self.config() else { return };
+            let wanted = if self.upstream_up.load(Ordering::Acquire) {
+                cfg.pool_size
+                    .saturating_sub(self.pool.lock().unwrap_or_else(|e| e.into_inner()).len())
+            } else {
+                0
+            };
+            let probe = first || !self.upstream_up.load(Ordering::Acquire) || wanted > 0;
+            first = false;
+            let mut failed = false;
+            if probe {
+                match self.connect(&cfg, "off").await {
+                    Ok(mut up) => {
+                        backoff = Duration::from_secs(1);
+                        if wanted > 0 {
+                            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(up);
+                            continue;
+                        }
+                        let _ = up.stream.write_all(b"Action: Logoff\r\n\r\n").await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "cannot log in to Asterisk's AMI");
+                        failed = true;
+                    }
+                }
+            }
+            let wait = if failed {
+                let w = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                w
+            } else {
+                Duration::from_secs(60)
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.monitor_wake.notified(), if !failed => {}
+                _ = self.pool_wake.notified(), if !failed => {}
+            }
+        }
+    }
+
+    /// Logs in to Asterisk once at start (learning the banner), then keeps the pool and the
+    /// reachability state up to date until `stop`.
+    pub fn start_maintenance(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {
+        tracker.spawn(self.clone().maintain(stop.clone()));
+        let gw = self.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(RECHECK);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => gw.recheck_sessions().await,
+                }
+            }
+        });
+    }
+}
+
+/// Accepts AMI clients on `listener` until `stop`; client sessions end when `sessions` is
+/// cancelled (a changed listen address closes the old socket but keeps its sessions).
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    sessions: CancellationToken,
+) {
+    let addr = listener.local_addr().ok();
+    info!(listen = ?addr, "AMI gateway listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "AMI accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let gw = gateway.clone();
+        let end = sessions.child_token();
+        tracker.spawn(async move { session::run(gw, stream, peer, end).await });
+    }
+    info!("AMI gateway stopped accepting");
+}

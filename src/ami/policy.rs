@@ -1,0 +1,514 @@
+//! What a client may ask of Asterisk. Default deny: only actions on the client's allowlist
+//! pass. On top of that, refusals no allowlist lifts (only a per-client override, logged on
+//! every use) for the actions that turn AMI access into shell access or config access:
+//! AST-2019-007, CVE-2024-42365 (Originate/Redirect into System, Exec, AGI, …; dialplan
+//! functions such as SHELL() in Data or Variable) and CVE-2023-49294 (GetConfig path traversal).
+//!
+//! Headers are read with [`Message::get`]/[`Message::all`], i.e. exactly as Asterisk reads them.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+use super::codec::Message;
+
+/// A built-in refusal; each can be lifted for one client with `ami user add --override`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// `Application:` naming an application that runs programs or reloads (Originate & co).
+    Application,
+    /// A dialplan function that reaches the shell, files, databases or other URLs.
+    Function,
+    /// `Command` loading or unloading modules, or originating into a refused application.
+    Command,
+    /// Config actions on manager.conf or outside Asterisk's config folder.
+    Config,
+    /// `ModuleLoad`.
+    ModuleLoad,
+}
+
+pub const RULES: &[Rule] = &[
+    Rule::Application,
+    Rule::Function,
+    Rule::Command,
+    Rule::Config,
+    Rule::ModuleLoad,
+];
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Application => "application",
+            Rule::Function => "function",
+            Rule::Command => "command",
+            Rule::Config => "config",
+            Rule::ModuleLoad => "moduleload",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Rule> {
+        RULES.iter().copied().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Substrings (lower case) that make an application name refused, as Asterisk's own
+/// `action_originate` check does with `strcasestr`: `TrySystem`, `ExecIf`, `EAGI` are caught too.
+const BAD_APPLICATIONS: &[&str] = &[
+    "system",
+    "exec",
+    "agi",
+    "mixmonitor",
+    "externalivr",
+    "originate",
+    "reload",
+    "dbdeltree",
+];
+
+/// Dialplan functions (upper case; a trailing `_` is a prefix) that run programs, read or write
+/// files, or reach databases and URLs.
+const BAD_FUNCTIONS: &[&str] = &[
+    "SHELL",
+    "EVAL",
+    "EVAL_",
+    "FILE",
+    "FILE_",
+    "CURL",
+    "CURLOPT",
+    "ODBC",
+    "ODBC_",
+    "REALTIME",
+    "REALTIME_",
+    "DB",
+    "DB_",
+];
+
+const CONFIG_ACTIONS: &[&str] = &[
+    "getconfig",
+    "getconfigjson",
+    "updateconfig",
+    "createconfig",
+    "listcategories",
+];
+
+const FILE_HEADERS: &[&str] = &["Filename", "SrcFilename", "DstFilename"];
+
+/// Actions every authenticated client may send: keep-alives, the session's own event mask and
+/// logging off change nothing in Asterisk.
+const ALWAYS: &[&str] = &["ping", "logoff", "events"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: Option<Rule>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward; `overrides` lists built-in refusals this client's overrides lifted.
+    Pass {
+        overrides: Vec<Rule>,
+    },
+    Refuse(Refusal),
+}
+
+/// One client's policy, loaded at login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPolicy {
+    pub name: String,
+    /// Lower-case action names or `*` globs.
+    pub allow: Vec<String>,
+    /// Event classes the client may receive.
+    pub read: u32,
+    pub permit: Vec<IpNet>,
+    pub overrides: Vec<Rule>,
+    /// The stored row's `updated_at`: a session whose row changed or vanished is ended.
+    pub updated_at: i64,
+}
+
+fn lower(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).to_ascii_lowercase()
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The first refused function call in `value`, or a function whose name is assembled from
+/// variables (`${${X}ELL(…)}`), which could be any function once Asterisk expands it.
+pub fn bad_function(value: &[u8]) -> Option<String> {
+    for (i, _) in value.iter().enumerate().filter(|(_, &b)| b == b'(') {
+        let mut end = i;
+        while end > 0 && value[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        let mut start = end;
+        while start > 0 && is_ident(value[start - 1]) {
+            start -= 1;
+        }
+        if start > 0 && matches!(value[start - 1], b'}' | b']') {
+            return Some("a function name built from variables".to_string());
+        }
+        let name = String::from_utf8_lossy(&value[start..end]).to_ascii_uppercase();
+        if name.is_empty() {
+            continue;
+        }
+        let hit = BAD_FUNCTIONS.iter().any(|bad| match bad.strip_suffix('_') {
+            Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
+            None => name == *bad,
+        });
+        if hit {
+            return Some(format!("{name}()"));
+        }
+    }
+    None
+}
+
+fn bad_application(value: &[u8]) -> Option<&'static str> {
+    let v = lower(value);
+    BAD_APPLICATIONS.iter().copied().find(|bad| v.contains(bad))
+}
+
+/// Why a `Command` is refused: module (un)loading, or originating into a refused application.
+fn bad_command(command: &[u8]) -> Option<String> {
+    let text = lower(command);
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    if words.len() >= 2 && words[0] == "module" && matches!(words[1], "load" | "unload") {
+        return Some(format!(
+            "`module {}` is not allowed through the gateway",
+            words[1]
+        ));
+    }
+    let originate = words.first() == Some(&"originate")
+        || (words.len() >= 2 && words[0] == "channel" && words[1] == "originate");
+    let dialplan = words.len() >= 3 && words[..3] == ["dialplan", "add", "extension"];
+    if originate || dialplan {
+        if let Some(bad) = words
+            .iter()
+            .skip(1)
+            .find_map(|w| bad_application(w.as_bytes()))
+        {
+            return Some(format!(
+                "a CLI originate or dialplan change into an application matching {bad:?}"
+            ));
+        }
+    }
+    None
+}
+
+fn bad_config_file(value: &[u8]) -> Option<String> {
+    let v = lower(value.trim_ascii());
+    if v.contains('/') || v.contains('\\') || v.contains("..") {
+        return Some(format!(
+            "the path {:?} (only files in Asterisk's config folder)",
+            String::from_utf8_lossy(value)
+        ));
+    }
+    if v.starts_with("manager") {
+        return Some("manager.conf and its includes".to_string());
+    }
+    None
+}
+
+/// The built-in refusals that apply to `msg` (action name lower-case in `action`).
+pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if action == "moduleload" {
+        out.push(Refusal {
+            rule: Some(Rule::ModuleLoad),
+            message: "ModuleLoad is not allowed through the gateway".into(),
+        });
+    }
+    if let Some(bad) = msg.all("Application").find_map(bad_application) {
+        out.push(Refusal {
+            rule: Some(Rule::Application),
+            message: format!(
+                "applications matching {bad:?} are not allowed through the gateway (AST-2019-007)"
+            ),
+        });
+    }
+    for line in &msg.lines {
+        if super::codec::header_value(line, "ActionID").is_some() {
+            continue;
+        }
+        if let Some(bad) = bad_function(line) {
+            out.push(Refusal {
+                rule: Some(Rule::Function),
+                message: format!("{bad} is not allowed through the gateway (CVE-2024-42365)"),
+            });
+            break;
+        }
+    }
+    if action == "command" {
+        if let Some(why) = msg.get("Command").and_then(bad_command) {
+            out.push(Refusal {
+                rule: Some(Rule::Command),
+                message: why,
+            });
+        }
+    }
+    if CONFIG_ACTIONS.contains(&action) {
+        let why = FILE_HEADERS
+            .iter()
+            .flat_map(|h| msg.all(h))
+            .find_map(bad_config_file);
+        if let Some(why) = why {
+            out.push(Refusal {
+                rule: Some(Rule::Config),
+                message: format!("config actions on {why} are not allowed (CVE-2023-49294)"),
+            });
+        }
+    }
+    out
+}
+
+impl ClientPolicy {
+    pub fn allows_action(&self, action: &str) -> bool {
+        ALWAYS.contains(&action)
+            || self
+                .allow
+                .iter()
+                .any(|p| crate::pattern::wildcard(p, action, '*', '\u{0}'))
+    }
+
+    /// Decides one authenticated client message that names an action (`action` lower-case).
+    pub fn decide(&self, action: &str, msg: &Message) -> Verdict {
+        if !self.allows_action(action) {
+            return Verdict::Refuse(Refusal {
+                rule: None,
+                message: "Permission denied".into(),
+            });
+        }
+        let mut overrides = Vec::new();
+        for refusal in builtin(action, msg) {
+            match refusal.rule {
+                Some(rule) if self.overrides.contains(&rule) => overrides.push(rule),
+                _ => return Verdict::Refuse(refusal),
+            }
+        }
+        Verdict::Pass { overrides }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str]) -> ClientPolicy {
+        ClientPolicy {
+            name: "dialer".into(),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            read: 0,
+            permit: vec![],
+            overrides: vec![],
+            updated_at: 0,
+        }
+    }
+
+    fn decide(p: &ClientPolicy, pairs: &[(&str, &str)]) -> Verdict {
+        let m = Message::from_pairs(pairs);
+        let action = lower(m.action().unwrap_or_default());
+        p.decide(&action, &m)
+    }
+
+    fn refused(v: &Verdict) -> Option<Rule> {
+        match v {
+            Verdict::Refuse(r) => r.rule,
+            Verdict::Pass { .. } => panic!("passed"),
+        }
+    }
+
+    #[test]
+    fn default_deny_with_globs() {
+        let p = policy(&["originate", "queue*"]);
+        assert!(matches!(
+            decide(&p, &[("Action", "QueueAdd")]),
+            Verdict::Pass { .. }
+        ));
+        assert!(matches!(
+            decide(&p, &[("Action", "Ping")]),
+            Verdict::Pass { .. }
+        ));
+        assert_eq!(refused(&decide(&p, &[("Action", "Hangup")])), None);
+    }
+
+    #[test]
+    fn originate_into_programs_is_refused_in_any_spelling() {
+        let p = policy(&["*"]);
+        for app in [
+            "System",
+            "TRYSYSTEM",
+            " exec",
+            "ExecIf",
+            "agi",
+            "EAGI",
+            "ExternalIVR",
+            "MixMonitor",
+            "Originate",
+            "Reload",
+            "DBdeltree",
+            "system\t",
+        ] {
+            let v = decide(
+                &p,
+                &[
+                    ("Action", "Originate"),
+                    ("Channel", "Local/1@x"),
+                    ("Application", app),
+                ],
+            );
+            assert_eq!(refused(&v), Some(Rule::Application), "{app}");
+        }
+        let ok = decide(
+            &p,
+            &[
+                ("Action", "Originate"),
+                ("Application", "Playback"),
+                ("Data", "demo-congrats"),
+            ],
+        );
+        assert!(matches!(ok, Verdict::Pass { .. }));
+    }
+
+    #[test]
+    fn dangerous_functions_anywhere() {
+        let p = policy(&["*"]);
+        for (h, v) in [
+            ("Data", "${SHELL(id)}"),
+            ("Data", "${shell (id)}"),
+            ("Variable", "x=${EVAL(${y})}"),
+            ("Variable", "FILE(/etc/passwd)=x"),
+            ("Value", "${CURL(http://a)}"),
+            ("Data", "${ODBC_READ(1)}"),
+            ("Data", "${REALTIME(sippeers,name,1)}"),
+            ("Data", "${DB(a/b)}"),
+            ("Data", "${DB_DELETE(a/b)}"),
+            ("Data", "${${X}ELL(id)}"),
+            ("Data", "$[${SHELL(id)}]"),
+        ] {
+            let verdict = decide(
+                &p,
+                &[("Action", "Originate"), ("Application", "NoOp"), (h, v)],
+            );
+            assert_eq!(refused(&verdict), Some(Rule::Function), "{h}: {v}");
+        }
+        // Every Variable header is read, as Asterisk collects them all.
+        let v = decide(
+            &p,
+            &[
+                ("Action", "Originate"),
+                ("Variable", "a=1"),
+                ("Variable", "b=${SHELL(id)}"),
+            ],
+        );
+        assert_eq!(refused(&v), Some(Rule::Function));
+        let ok = decide(
+            &p,
+            &[
+                ("Action", "Setvar"),
+                ("Variable", "DBX"),
+                ("Value", "${CALLERID(num)}"),
+            ],
+        );
+        assert!(matches!(ok, Verdict::Pass { .. }));
+    }
+
+    #[test]
+    fn commands_and_config_files() {
+        let p = policy(&["*"]);
+        for c in [
+            "module load chan_x.so",
+            "MODULE   unload res_pjsip.so",
+            "channel originate Local/1@x application System id",
+            "originate Local/1@x application TrySystem id",
+        ] {
+            assert_eq!(
+                refused(&decide(&p, &[("Action", "Command"), ("Command", c)])),
+                Some(Rule::Command),
+                "{c}"
+            );
+        }
+        assert!(matches!(
+            decide(
+                &p,
+                &[("Action", "Command"), ("Command", "core show channels")]
+            ),
+            Verdict::Pass { .. }
+        ));
+        for f in [
+            "manager.conf",
+            "Manager.conf",
+            "../../etc/passwd",
+            "/etc/asterisk/sip.conf",
+            "a\\b",
+            "manager_custom.conf",
+        ] {
+            for a in [
+                "GetConfig",
+                "getconfigjson",
+                "UpdateConfig",
+                "CreateConfig",
+                "ListCategories",
+            ] {
+                assert_eq!(
+                    refused(&decide(&p, &[("Action", a), ("Filename", f)])),
+                    Some(Rule::Config),
+                    "{a} {f}"
+                );
+            }
+        }
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[
+                    ("Action", "UpdateConfig"),
+                    ("SrcFilename", "sip.conf"),
+                    ("DstFilename", "manager.conf")
+                ]
+            )),
+            Some(Rule::Config)
+        );
+        assert!(matches!(
+            decide(&p, &[("Action", "GetConfig"), ("Filename", "queues.conf")]),
+            Verdict::Pass { .. }
+        ));
+        assert_eq!(
+            refused(&decide(&p, &[("Action", "ModuleLoad"), ("Module", "x")])),
+            Some(Rule::ModuleLoad)
+        );
+    }
+
+    #[test]
+    fn overrides_lift_only_their_rule() {
+        let mut p = policy(&["*"]);
+        p.overrides = vec![Rule::Application];
+        let v = decide(
+            &p,
+            &[
+                ("Action", "Originate"),
+                ("Application", "AGI"),
+                ("Data", "agi://x"),
+            ],
+        );
+        assert_eq!(
+            v,
+            Verdict::Pass {
+                overrides: vec![Rule::Application]
+            }
+        );
+        let v = decide(
+            &p,
+            &[
+                ("Action", "Originate"),
+                ("Application", "AGI"),
+                ("Data", "${SHELL(x)}"),
+            ],
+        );
+        assert_eq!(refused(&v), Some(Rule::Function));
+    }
+}

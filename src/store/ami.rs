@@ -1,0 +1,91 @@
+//! AMI gateway clients: the listable half (policy); the secret is a vault secret.
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmiClientRow {
+    pub name: String,
+    pub allow: String,
+    pub events: String,
+    pub permit: String,
+    pub overrides: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+type Row = (String, String, String, String, String, i64, i64);
+
+fn from_row(r: Row) -> AmiClientRow {
+    AmiClientRow {
+        name: r.0,
+        allow: r.1,
+        events: r.2,
+        permit: r.3,
+        overrides: r.4,
+        created_at: r.5,
+        updated_at: r.6,
+    }
+}
+
+const COLUMNS: &str = "name, allow, events, permit, overrides, created_at, updated_at";
+
+impl Store {
+    /// Creates or replaces the policy of `row.name`; returns whether it was created.
+    pub async fn put_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
+        // One statement: the insert tells us whether the row is new, without a read first.
+        let inserted = sqlx::query(
+            "INSERT INTO ami_clients (name, allow, events, permit, overrides, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO NOTHING",
+        )
+        .bind(&row.name)
+        .bind(&row.allow)
+        .bind(&row.events)
+        .bind(&row.permit)
+        .bind(&row.overrides)
+        .bind(row.updated_at)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(true);
+        }
+        sqlx::query(
+            "UPDATE ami_clients SET allow = ?2, events = ?3, permit = ?4, overrides = ?5, \
+             updated_at = ?6 WHERE name = ?1",
+        )
+        .bind(&row.name)
+        .bind(&row.allow)
+        .bind(&row.events)
+        .bind(&row.permit)
+        .bind(&row.overrides)
+        .bind(row.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
+    }
+
+    pub async fn ami_client(&self, name: &str) -> Result<Option<AmiClientRow>, StoreError> {
+        let row: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(from_row))
+    }
+
+    /// Every client, by name.
+    pub async fn ami_clients(&self) -> Result<Vec<AmiClientRow>, StoreError> {
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients ORDER BY name"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    pub async fn delete_ami_client(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM ami_clients WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,784 @@
+//! End to end: the real binary as the AMI gateway in front of the protocol-faithful Asterisk
+//! AMI peer (`tests/peers/ami_peer.py`), with raw sockets and real client libraries.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ami::{header, AmiClient, AmiPeer, Msg};
+use common::{free_port, sqlite, Daemon, Env};
+
+const UPSTREAM_SECRET: &str = "up-secret-9f2";
+const DIALER_SECRET: &str = "dialer-secret-1";
+const T: Duration = Duration::from_secs(10);
+
+struct Gw {
+    env: Env,
+    peer: AmiPeer,
+    daemon: Daemon,
+    port: u16,
+}
+
+/// Peer + initialised daemon with `[ami]` (plus `extra` keys) and the client `dialer`.
+fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
+    let mut args = vec!["--writetimeout", "0"];
+    args.extend_from_slice(peer_args);
+    let peer = AmiPeer::start_with(&[("pbxguard", UPSTREAM_SECRET, "all", "all")], &args);
+    let env = Env::new();
+    let port = free_port();
+    let extra = extra.replace("{dir}", &env.dir.path().display().to_string());
+    let ami = format!(
+        "[ami]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nupstream_timeout = \"2s\"\n{extra}",
+        peer.port()
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &ami));
+    env.init();
+    env.ok(
+        &["secret", "set", "ami/upstream"],
+        UPSTREAM_SECRET.as_bytes(),
+    );
+    add_client(
+        &env,
+        "dialer",
+        DIALER_SECRET,
+        &[
+            "--allow",
+            "Originate,Hangup,CoreShowChannels,Command,Status,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,ListCategories,ModuleLoad,Redirect,Queue*",
+            "--events",
+            "call",
+        ],
+    );
+    let daemon = env.start();
+    daemon.wait_for_port(port);
+    Gw {
+        env,
+        peer,
+        daemon,
+        port,
+    }
+}
+
+fn add_client(env: &Env, name: &str, secret: &str, args: &[&str]) {
+    let mut all = vec!["ami", "user", "add", name, "--password-stdin"];
+    all.extend_from_slice(args);
+    env.ok(&all, secret.as_bytes());
+}
+
+impl Gw {
+    fn client(&self) -> AmiClient {
+        AmiClient::connect(self.port)
+    }
+
+    fn dialer(&self) -> AmiClient {
+        let mut c = self.client();
+        let r = c.login("dialer", DIALER_SECRET);
+        assert_eq!(
+            header(&r, "Message"),
+            Some("Authentication accepted"),
+            "{r:?}"
+        );
+        c
+    }
+}
+
+fn is_error(m: &Msg, message_part: &str) -> bool {
+    header(m, "Response") == Some("Error")
+        && header(m, "Message").is_some_and(|t| t.contains(message_part))
+}
+
+#[test]
+fn banner_login_plain_and_md5_and_logoff() {
+    let gw = gateway("", &["--version", "8.0.3"]);
+    gw.daemon.wait_for_log("learned Asterisk's AMI banner");
+    let mut c = gw.client();
+    assert_eq!(c.banner(), "Asterisk Call Manager/8.0.3");
+    // Before login only Login, Challenge and Logoff: everything else as Asterisk answers it.
+    let r = c.action(&[("Action", "Ping")]);
+    assert_eq!(header(&r, "Message"), Some("Permission denied"));
+    let r = c.login("DIALER", DIALER_SECRET);
+    assert_eq!(header(&r, "Response"), Some("Success"));
+    // Leading blanks of a value are skipped and trailing ones kept, as Asterisk echoes them.
+    c.send_raw(b"Action: Ping\r\nActionID:   spaced id \r\n\r\n");
+    let pong = c.read_response(T).unwrap();
+    assert_eq!(header(&pong, "Ping"), Some("Pong"));
+    assert_eq!(header(&pong, "ActionID"), Some("spaced id "));
+    let r = c.action(&[("Action", "Logoff")]);
+    assert_eq!(header(&r, "Response"), Some("Goodbye"));
+    assert_eq!(header(&r, "Message"), Some("Thanks for all the fish."));
+    assert!(c.wait_closed(T));
+
+    let mut m = gw.client();
+    let r = m.login_md5("dialer", DIALER_SECRET);
+    assert_eq!(
+        header(&r, "Message"),
+        Some("Authentication accepted"),
+        "{r:?}"
+    );
+    assert_eq!(
+        header(&m.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    // The upstream login used MD5 too: the peer never saw pbxguard's secret on the wire.
+    let logins = gw.peer.actions_named("Login");
+    assert!(!logins.is_empty());
+    assert!(logins
+        .iter()
+        .all(|a| a.header("Secret").is_none() && a.header("Key").is_some()));
+}
+
+#[test]
+fn wrong_credentials_fail_after_a_delay_then_close_and_ban() {
+    let gw = gateway("ban_threshold = 3\n", &[]);
+    add_client(
+        &gw.env,
+        "remote",
+        "remote-secret",
+        &["--allow", "Ping", "--permit", "192.0.2.0/24"],
+    );
+    // Outside its permit list: refused like a wrong secret.
+    let mut c = gw.client();
+    let t = Instant::now();
+    let r = c.login("remote", "remote-secret");
+    assert!(is_error(&r, "Authentication failed"), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(c.wait_closed(T));
+
+    for _ in 0..2 {
+        let mut c = gw.client();
+        assert!(is_error(
+            &c.login("dialer", "wrong"),
+            "Authentication failed"
+        ));
+    }
+    // Three failures from this address: banned, even with the right secret.
+    let mut c = gw.client();
+    assert!(is_error(
+        &c.login("dialer", DIALER_SECRET),
+        "Authentication failed"
+    ));
+    gw.daemon.wait_for_log("AMI login ban started");
+    let rows = sqlite(
+        &gw.env.db(),
+        "SELECT count(*) FROM audit_log WHERE action = 'ami.login_failed'",
+    );
+    assert!(rows.trim().parse::<u32>().unwrap() >= 4, "{rows}");
+    assert!(!gw.daemon.log().contains("remote-secret") && !gw.daemon.log().contains(DIALER_SECRET));
+}
+
+#[test]
+fn refusals_never_reach_asterisk_and_the_session_stays_open() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    gw.peer.clear_actions();
+    let refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "System"),
+            ("Data", "id"),
+        ],
+        vec![
+            ("Action", "originate"),
+            ("Channel", "Local/1@x"),
+            ("application", "trysystem"),
+            ("Data", "id"),
+        ],
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "ExecIf"),
+            ("Data", "1?System(id)"),
+        ],
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "EAGI"),
+            ("Data", "x"),
+        ],
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "Originate"),
+            ("Data", "x"),
+        ],
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "NoOp"),
+            ("Data", "${SHELL(id)}"),
+        ],
+        vec![
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Context", "c"),
+            ("Exten", "1"),
+            ("Priority", "1"),
+            ("Variable", "a=1"),
+            ("Variable", "b=${FILE(/etc/passwd)}"),
+        ],
+        vec![
+            ("Action", "Setvar"),
+            ("Channel", "PJSIP/1"),
+            ("Variable", "x"),
+            ("Value", "${CURL(http://evil)}"),
+        ],
+        vec![("Action", "Getvar"), ("Variable", "DB(secret/key)")],
+        vec![
+            ("Action", "Redirect"),
+            ("Channel", "PJSIP/1"),
+            ("Context", "c"),
+            ("Exten", "${EVAL(${X})}"),
+            ("Priority", "1"),
+        ],
+        vec![
+            ("Action", "Command"),
+            ("Command", "module load chan_evil.so"),
+        ],
+        vec![
+            ("Action", "Command"),
+            (
+                "Command",
+                "channel originate Local/1@x application System id",
+            ),
+        ],
+        vec![("Action", "GetConfig"), ("Filename", "manager.conf")],
+        vec![("Action", "GetConfig"), ("Filename", "../../../etc/shadow")],
+        vec![
+            ("Action", "UpdateConfig"),
+            ("SrcFilename", "sip.conf"),
+            ("DstFilename", "/etc/asterisk/manager.conf"),
+        ],
+        vec![
+            ("Action", "CreateConfig"),
+            ("Filename", "manager_custom.conf"),
+        ],
+        vec![("Action", "ListCategories"), ("Filename", "../x.conf")],
+        vec![
+            ("Action", "ModuleLoad"),
+            ("Module", "chan_evil.so"),
+            ("LoadType", "load"),
+        ],
+        // Not on the allowlist at all.
+        vec![("Action", "Reload")],
+        vec![("Action", "UserEvent"), ("UserEvent", "x")],
+    ];
+    for action in &refused {
+        let r = c.action(action);
+        assert_eq!(header(&r, "Response"), Some("Error"), "{action:?} -> {r:?}");
+        let msg = header(&r, "Message").unwrap_or_default();
+        assert!(!msg.is_empty(), "{action:?}");
+    }
+    // Still open and serving.
+    assert_eq!(
+        header(&c.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    let seen: Vec<String> = gw.peer.actions().iter().map(|a| a.action.clone()).collect();
+    assert!(
+        seen.iter().all(|a| a.eq_ignore_ascii_case("Ping")),
+        "Asterisk saw refused actions: {seen:?}"
+    );
+    // Allowed ones pass: a harmless Originate and a config read of another file.
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Playback"),
+        ("Data", "demo-congrats"),
+    ]);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let r = c.action(&[("Action", "GetConfig"), ("Filename", "queues.conf")]);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Originate").len(), 1);
+    // Refusals and state changes are in the audit log, without secrets.
+    let audit = sqlite(
+        &gw.env.db(),
+        "SELECT action || ' ' || detail FROM audit_log WHERE actor = 'ami:dialer'",
+    );
+    assert!(audit.contains("ami.refused"), "{audit}");
+    assert!(
+        audit.contains("ami.Originate Channel: PJSIP/100"),
+        "{audit}"
+    );
+    gw.daemon.wait_for_log("AMI action refused");
+}
+
+#[test]
+fn smuggling_is_read_as_asterisk_reads_it() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    gw.peer.clear_actions();
+    // Duplicate Action: the first wins, for pbxguard and for Asterisk.
+    c.send_raw(b"Action: Ping\r\nAction: Originate\r\nChannel: Local/1@x\r\nActionID: dup\r\n\r\n");
+    let r = c.read_response(T).unwrap();
+    assert_eq!(header(&r, "Ping"), Some("Pong"), "{r:?}");
+    // `action :` is no Action header at all.
+    c.send_raw(b"action : Originate\r\nActionID: sp\r\n\r\n");
+    assert!(is_error(
+        &c.read_response(T).unwrap(),
+        "Missing action in request"
+    ));
+    // A NUL ends the line for Asterisk: `System\0Playback` is System.
+    c.send_raw(b"Action: Originate\r\nChannel: Local/1@x\r\nApplication: System\0Playback\r\nActionID: nul\r\n\r\n");
+    assert!(is_error(&c.read_response(T).unwrap(), "not allowed"));
+    // A CR inside a value stays in it; the refused name is still found.
+    c.send_raw(b"Action: Originate\r\nChannel: Local/1@x\r\nApplication: Play\rSystem\r\nActionID: cr\r\n\r\n");
+    assert!(is_error(&c.read_response(T).unwrap(), "not allowed"));
+    // An overlong line whose tail is a header: the whole message is refused, as by Asterisk.
+    let mut long = b"Action: Ping\r\nX: ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 1021));
+    long.extend_from_slice(b"Action: Originate\r\nApplication: System\r\n\r\n");
+    c.send_raw(&long);
+    assert!(is_error(
+        &c.read_response(T).unwrap(),
+        "Failed to parse message: line too long"
+    ));
+    // 500 headers.
+    let mut many = b"Action: Ping\r\nActionID: many\r\n".to_vec();
+    for i in 0..500 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    c.send_raw(&many);
+    let r = c.read_response(T).unwrap();
+    assert!(is_error(&r, "Too many lines in message"), "{r:?}");
+    assert_eq!(header(&r, "ActionID"), Some("many"));
+    // Still serving; Asterisk saw only the first Ping (the rest were answered by pbxguard).
+    assert_eq!(
+        header(&c.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    let seen = gw.peer.actions();
+    assert!(
+        seen.iter().all(|a| a.action.eq_ignore_ascii_case("Ping")),
+        "{:?}",
+        seen.iter().map(|a| &a.action).collect::<Vec<_>>()
+    );
+    assert!(seen.iter().all(|a| a.header("Application").is_none()));
+}
+
+#[test]
+fn pipelined_answers_keep_their_order() {
+    let gw = gateway("", &[]);
+    gw.peer.set_channels(serde_json::json!([
+        {"Channel": "PJSIP/100-00000001"}, {"Channel": "PJSIP/101-00000002"}
+    ]));
+    let mut c = gw.dialer();
+    // No ActionIDs: the order alone tells the client which answer is which.
+    c.send_raw(b"Action: CoreShowChannels\r\n\r\nAction: Originate\r\nApplication: System\r\n\r\nAction: Ping\r\n\r\nAction: Reload\r\n\r\nAction: Ping\r\n\r\n");
+    let mut kinds = Vec::new();
+    while kinds.len() < 8 {
+        let m = c.read_message(T).expect("message");
+        assert!(
+            header(&m, "ActionID").is_none(),
+            "a gateway ActionID leaked: {m:?}"
+        );
+        let kind = if let Some(e) = header(&m, "Event") {
+            e.to_string()
+        } else if header(&m, "Ping").is_some() {
+            "Pong".to_string()
+        } else {
+            header(&m, "Response").unwrap_or_default().to_string()
+        };
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "Success",
+            "CoreShowChannel",
+            "CoreShowChannel",
+            "CoreShowChannelsComplete",
+            "Error",
+            "Pong",
+            "Error",
+            "Pong"
+        ]
+    );
+}
+
+#[test]
+fn events_and_originate_responses_reach_only_their_clients() {
+    let gw = gateway("", &[]);
+    add_client(
+        &gw.env,
+        "wallboard",
+        "wb-secret",
+        &["--allow", "Originate", "--events", "call,agent"],
+    );
+    add_client(&gw.env, "blind", "blind-secret", &["--allow", "Ping"]);
+    let mut dialer = gw.dialer();
+    let mut wb = gw.client();
+    assert_eq!(
+        header(&wb.login("wallboard", "wb-secret"), "Response"),
+        Some("Success")
+    );
+    let mut blind = gw.client();
+    // Asks for everything; may read nothing.
+    blind.send(&[
+        ("Action", "Login"),
+        ("Username", "blind"),
+        ("Secret", "blind-secret"),
+        ("Events", "on"),
+    ]);
+    assert_eq!(
+        header(&blind.read_response(T).unwrap(), "Response"),
+        Some("Success")
+    );
+    gw.peer.wait_logged_in(3, T);
+
+    gw.peer
+        .event("AgentLogin", "agent", &[("Agent", "1001")], 1);
+    gw.peer.event("Reload", "system", &[("Module", "x")], 1);
+    gw.peer
+        .event("Newchannel", "call", &[("Channel", "PJSIP/100-1")], 1);
+    let until_newchannel = |c: &mut AmiClient| -> Vec<String> {
+        let mut names = Vec::new();
+        while let Some(m) = c.read_message(Duration::from_secs(3)) {
+            let name = header(&m, "Event").unwrap_or("?").to_string();
+            names.push(name.clone());
+            if name == "Newchannel" {
+                break;
+            }
+        }
+        names
+    };
+    assert_eq!(until_newchannel(&mut dialer), ["Newchannel"]);
+    assert_eq!(until_newchannel(&mut wb), ["AgentLogin", "Newchannel"]);
+    assert!(blind.read_message(Duration::from_millis(500)).is_none());
+
+    // The same ActionID from two clients: each gets its own OriginateResponse only.
+    for c in [&mut dialer, &mut wb] {
+        let r = c.action(&[
+            ("Action", "Originate"),
+            ("Channel", "PJSIP/200"),
+            ("Context", "default"),
+            ("Exten", "200"),
+            ("Priority", "1"),
+            ("Async", "true"),
+            ("ActionID", "same-1"),
+        ]);
+        assert_eq!(header(&r, "Message"), Some("Originate successfully queued"));
+    }
+    for c in [&mut dialer, &mut wb] {
+        let mut responses = Vec::new();
+        while let Some(m) = c.read_message(Duration::from_secs(2)) {
+            if header(&m, "Event") == Some("OriginateResponse") {
+                responses.push(m);
+            }
+        }
+        assert_eq!(responses.len(), 1, "{responses:?}");
+        assert_eq!(header(&responses[0], "ActionID"), Some("same-1"));
+    }
+
+    // The Events action narrows further, within what the client may read.
+    let r = wb.action(&[("Action", "Events"), ("EventMask", "agent")]);
+    assert_eq!(header(&r, "Events"), Some("On"));
+    gw.peer
+        .event("Newchannel", "call", &[("Channel", "PJSIP/100-2")], 1);
+    gw.peer
+        .event("AgentLogoff", "agent", &[("Agent", "1001")], 1);
+    let m = wb.read_message(T).unwrap();
+    assert_eq!(header(&m, "Event"), Some("AgentLogoff"));
+    // Asking for a class it may not read still answers "On" but delivers nothing.
+    let r = blind.action(&[("Action", "Events"), ("EventMask", "system")]);
+    assert_eq!(header(&r, "Events"), Some("On"));
+}
+
+#[test]
+fn unauthenticated_limits_timeout_and_rate_limit() {
+    let gw = gateway(
+        "auth_timeout = \"1s\"\nmax_unauthenticated = 2\naction_rate = 5\naction_burst = 5\n",
+        &[],
+    );
+    let mut a = gw.client();
+    let _b = gw.client();
+    // A third unauthenticated connection is closed without a banner (Asterisk's authlimit).
+    let mut third = AmiClient::try_connect(gw.port).unwrap();
+    assert!(third.read_line(Duration::from_secs(2)).is_none());
+    assert!(third.wait_closed(T));
+    // Idle unauthenticated connections are closed after auth_timeout.
+    assert!(a.wait_closed(Duration::from_secs(5)));
+    // Rate limit: a burst of 12 pipelined actions, 5 pass.
+    let mut c = gw.dialer();
+    let mut burst = Vec::new();
+    for i in 0..12 {
+        burst.extend_from_slice(format!("Action: Ping\r\nActionID: r{i}\r\n\r\n").as_bytes());
+    }
+    c.send_raw(&burst);
+    let mut limited = 0;
+    for _ in 0..12 {
+        let m = c.read_response(T).unwrap();
+        if is_error(&m, "Rate limit exceeded") {
+            limited += 1;
+        }
+    }
+    assert!((6..=7).contains(&limited), "{limited} rate-limited");
+}
+
+#[test]
+fn slow_reader_is_disconnected_and_others_keep_working() {
+    let gw = gateway("max_output_bytes = 65536\n", &[]);
+    let slow = gw.client();
+    let mut slow = slow;
+    slow.send(&[
+        ("Action", "Login"),
+        ("Username", "dialer"),
+        ("Secret", DIALER_SECRET),
+    ]);
+    // ... and never reads again.
+    add_client(&gw.env, "pinger", "pinger-secret", &["--allow", "Ping"]);
+    let mut other = gw.client();
+    assert_eq!(
+        header(&other.login("pinger", "pinger-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.wait_logged_in(2, T);
+    let r = gw
+        .peer
+        .blast("Newchannel", "call", &[("Channel", "PJSIP/1")], 200_000);
+    assert!(r.get("ok").is_some(), "{r}");
+    gw.daemon.wait_for_log("output queue full");
+    assert_eq!(
+        header(&other.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", gw.daemon.pid())).unwrap();
+    let kb: u64 = rss
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(kb < 200_000, "RSS {kb} kB after a slow reader");
+}
+
+#[test]
+fn upstream_restart_disconnects_cleanly_and_logins_wait_for_it() {
+    let mut gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    gw.peer.stop();
+    assert!(
+        c.wait_closed(T),
+        "client not disconnected when Asterisk went away"
+    );
+    let mut d = gw.client();
+    let r = d.login("dialer", DIALER_SECRET);
+    assert!(is_error(&r, "Asterisk is not reachable"), "{r:?}");
+    gw.peer.restart();
+    // Backoff starts at 1 s; within a few seconds logins work again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut e = gw.client();
+        let r = e.login("dialer", DIALER_SECRET);
+        if header(&r, "Response") == Some("Success") {
+            assert_eq!(
+                header(&e.action(&[("Action", "Ping")]), "Ping"),
+                Some("Pong")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "logins did not recover: {r:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The HTTP side never noticed.
+    let out = gw.env.curl_https("/healthz", &[]);
+    assert_eq!(common::status(&out), 200);
+}
+
+#[test]
+fn cli_manages_clients_and_removal_ends_sessions() {
+    let gw = gateway("", &[]);
+    let env = &gw.env;
+    let json: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["ami", "user", "list", "--json"], b"")).unwrap();
+    assert_eq!(json[0]["name"], "dialer");
+    assert_eq!(json[0]["events"], serde_json::json!(["call"]));
+    assert_eq!(
+        json[0]["permit"],
+        serde_json::json!(["127.0.0.0/8", "::1/128"])
+    );
+    assert!(
+        !String::from_utf8_lossy(&env.ok(&["ami", "user", "list"], b"")).contains(DIALER_SECRET)
+    );
+    for (args, stdin, needle) in [
+        (
+            vec![
+                "ami",
+                "user",
+                "add",
+                "x",
+                "--password-stdin",
+                "--allow",
+                "Ping",
+                "--events",
+                "calls",
+            ],
+            "s",
+            "not an event class",
+        ),
+        (
+            vec![
+                "ami",
+                "user",
+                "add",
+                "x",
+                "--password-stdin",
+                "--allow",
+                "Ping",
+                "--permit",
+                "10.0.0.300/8",
+            ],
+            "s",
+            "not an IP address",
+        ),
+        (
+            vec![
+                "ami",
+                "user",
+                "add",
+                "x",
+                "--password-stdin",
+                "--allow",
+                "Ping",
+                "--override",
+                "everything",
+            ],
+            "s",
+            "not a built-in refusal",
+        ),
+        (
+            vec![
+                "ami",
+                "user",
+                "add",
+                "x",
+                "--password-stdin",
+                "--allow",
+                "Ping",
+            ],
+            "",
+            "empty",
+        ),
+        (
+            vec![
+                "ami",
+                "user",
+                "add",
+                "bad name",
+                "--password-stdin",
+                "--allow",
+                "Ping",
+            ],
+            "s",
+            "AMI client name",
+        ),
+        (vec!["ami", "user", "rm", "nobody"], "", "no AMI client"),
+    ] {
+        let out = env.run(&args, stdin.as_bytes());
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let mut c = gw.dialer();
+    env.ok(&["ami", "user", "rm", "dialer"], b"");
+    assert!(
+        c.wait_closed(Duration::from_secs(15)),
+        "session survived the client's removal"
+    );
+    let mut d = gw.client();
+    assert!(is_error(
+        &d.login("dialer", DIALER_SECRET),
+        "Authentication failed"
+    ));
+    assert!(
+        sqlite(
+            &env.db(),
+            "SELECT count(*) FROM secrets WHERE name = 'ami/clients/dialer'"
+        )
+        .trim()
+            == "0"
+    );
+}
+
+#[test]
+fn tls_clients_and_the_pool() {
+    let gw = gateway(
+        "tls_cert = \"{dir}/etc/tls/cert.pem\"\ntls_key = \"{dir}/etc/tls/key.pem\"\npool_size = 2\n",
+        &[],
+    );
+    // The pool logs in ahead of clients: two sessions with events off, plus the banner probe.
+    gw.peer.wait_logged_in(2, T);
+    let script = format!(
+        r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile="{cafile}")
+ctx.check_hostname = False
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port})), server_hostname="localhost")
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+s.sendall(b"Action: Login\r\nUsername: dialer\r\nSecret: {secret}\r\nActionID: L\r\n\r\nAction: Ping\r\nActionID: P\r\n\r\n")
+for _ in range(2):
+    while True:
+        line = f.readline().decode().strip()
+        if not line: break
+        print(line)
+"#,
+        cafile = gw.env.cert().display(),
+        port = gw.port,
+        secret = DIALER_SECRET,
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("Asterisk Call Manager/"), "{text}");
+    assert!(
+        text.contains("Message: Authentication accepted") && text.contains("Ping: Pong"),
+        "{text}"
+    );
+    // Plain text is refused on the TLS port.
+    let mut plain = AmiClient::try_connect(gw.port).unwrap();
+    plain.send_raw(b"Action: Login\r\n\r\n");
+    assert!(plain.read_line(Duration::from_secs(2)).is_none());
+}
+
+#[test]
+fn real_clients_panoramisk_and_node_asterisk_manager() {
+    let gw = gateway("", &[]);
+    let dir = env!("CARGO_MANIFEST_DIR");
+    for md5 in ["plain", "md5"] {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(format!("{dir}/tests/clients/ami_panoramisk.py"))
+            .args([&gw.port.to_string(), "dialer", DIALER_SECRET, md5])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "panoramisk {md5}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = std::process::Command::new("node")
+        .arg(format!("{dir}/tests/clients/ami_node.js"))
+        .args([&gw.port.to_string(), "dialer", DIALER_SECRET])
+        .env("NODE_PATH", format!("{dir}/tests/clients/node_modules"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "asterisk-manager: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
