@@ -33,6 +33,11 @@
 //! Asterisk does and reports what weakens the PBX. [`mail`] sends the emailed second factor;
 //! TOTP, emailed codes and the pending-login tokens live in [`auth`].
 //!
+//! [`ami`] is the AMI gateway: it reads client bytes exactly as Asterisk's `manager.c` does,
+//! logs each client in with its own credentials, checks every action against a default-deny
+//! policy with built-in refusals, and relays to a dedicated Asterisk session per client.
+//! [`journal`] batches the high-volume audit rows (downloads, AMI actions).
+//!
 //! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
 //! [`clock`] and [`ids`] are small helpers for times and random identifiers.
 #![forbid(unsafe_code)]

@@ -10,7 +10,7 @@
 //! Upstream side: Asterisk writes `\r\n` lines and a blank line after each message; the banner
 //! is one line on its own.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// Asterisk's `inbuf` holds 1025 bytes, of which `maxlen` = 1024 are used.
 pub const MAX_LINE: usize = 1024;
@@ -141,29 +141,47 @@ impl ClientFramer {
     }
 }
 
-/// A message from Asterisk: its lines without terminators.
+/// A message from Asterisk: its bytes as received (blank line included) and where its lines
+/// are, so that an event passes through without being copied or re-encoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
-    pub lines: Vec<Vec<u8>>,
+    pub raw: Bytes,
+    /// `(start, end)` of each line in `raw`, terminators excluded.
+    spans: Vec<(u32, u32)>,
 }
 
 impl Reply {
+    /// A message made of `lines` in Asterisk's own form (`\r\n` after each, a blank line).
+    pub fn from_lines<L: AsRef<[u8]>>(lines: &[L]) -> Reply {
+        let mut raw = Vec::new();
+        let mut spans = Vec::with_capacity(lines.len());
+        for line in lines {
+            let start = raw.len() as u32;
+            raw.extend_from_slice(line.as_ref());
+            spans.push((start, raw.len() as u32));
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        Reply {
+            raw: Bytes::from(raw),
+            spans,
+        }
+    }
+
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(a, b)| &self.raw[a as usize..b as usize])
+    }
+
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.lines.iter().find_map(|l| header_value(l, name))
+        self.lines().find_map(|l| header_value(l, name))
     }
 
     pub fn is_event(&self) -> bool {
-        self.lines
-            .first()
+        self.lines()
+            .next()
             .is_some_and(|l| header_value(l, "Event").is_some())
-    }
-
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        for line in &self.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -173,66 +191,79 @@ pub enum UpstreamFrameError {
     TooLarge,
 }
 
+/// Bytes read from Asterisk at once (and kept free in the buffer before each read).
+const READ_CHUNK: usize = 64 << 10;
+
 /// Splits Asterisk's output into messages; blank lines between messages are skipped.
 #[derive(Debug, Default)]
 pub struct UpstreamFramer {
     buf: BytesMut,
-    scanned: usize,
-    current: Reply,
-    size: usize,
+    /// Where the current line starts; everything before it belongs to the current message.
+    line_start: usize,
+    spans: Vec<(u32, u32)>,
 }
 
 impl UpstreamFramer {
-    /// Room to read into.
+    /// Room to read into (at least 64 KiB free, so each read can take a large chunk).
     pub fn buffer(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
         &mut self.buf
     }
 
     /// Nothing buffered and no message begun.
     pub fn pending_is_empty(&self) -> bool {
-        self.buf.is_empty() && self.current.lines.is_empty()
+        self.buf.is_empty() && self.spans.is_empty()
     }
 
-    /// Takes one line (the banner) if a whole one is buffered.
+    /// Takes one line (the banner) if a whole one is buffered before any message.
     pub fn line(&mut self) -> Option<Vec<u8>> {
+        if !self.spans.is_empty() {
+            return None;
+        }
         let nl = self.buf.iter().position(|&b| b == b'\n')?;
         let mut line = self.buf.split_to(nl + 1).to_vec();
         line.pop();
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        self.scanned = 0;
+        self.line_start = 0;
         Some(line)
     }
 
     /// Every complete message buffered so far.
     pub fn messages(&mut self, out: &mut Vec<Reply>) -> Result<(), UpstreamFrameError> {
         loop {
-            let Some(rel) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
-                self.scanned = self.buf.len();
-                if self.size + self.buf.len() > MAX_UPSTREAM_MESSAGE {
+            let Some(rel) = self.buf[self.line_start..].iter().position(|&b| b == b'\n') else {
+                if self.buf.len() > MAX_UPSTREAM_MESSAGE {
                     return Err(UpstreamFrameError::TooLarge);
                 }
                 return Ok(());
             };
-            let chunk = self.buf.split_to(self.scanned + rel + 1);
-            self.scanned = 0;
-            let mut line = &chunk[..chunk.len() - 1];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+            let nl = self.line_start + rel;
+            let mut end = nl;
+            if end > self.line_start && self.buf[end - 1] == b'\r' {
+                end -= 1;
             }
-            if line.is_empty() {
-                if !self.current.lines.is_empty() {
-                    out.push(std::mem::take(&mut self.current));
-                    self.size = 0;
+            if end > self.line_start {
+                if nl + 1 > MAX_UPSTREAM_MESSAGE {
+                    return Err(UpstreamFrameError::TooLarge);
                 }
-                continue;
+                self.spans.push((self.line_start as u32, end as u32));
+                self.line_start = nl + 1;
+            } else if self.spans.is_empty() {
+                // A blank line between messages.
+                let _ = self.buf.split_to(nl + 1);
+                self.line_start = 0;
+            } else {
+                let raw = self.buf.split_to(nl + 1).freeze();
+                out.push(Reply {
+                    raw,
+                    spans: std::mem::take(&mut self.spans),
+                });
+                self.line_start = 0;
             }
-            self.size += line.len() + 2;
-            if self.size > MAX_UPSTREAM_MESSAGE {
-                return Err(UpstreamFrameError::TooLarge);
-            }
-            self.current.lines.push(line.to_vec());
         }
     }
 }
@@ -359,7 +390,32 @@ mod tests {
         f.buffer().extend_from_slice(b"\r\n\r\n");
         out.clear();
         f.messages(&mut out).unwrap();
-        assert_eq!(out[0].lines, vec![b"Event: Partial".to_vec()]);
+        assert_eq!(
+            out[0].lines().collect::<Vec<_>>(),
+            vec![&b"Event: Partial"[..]]
+        );
+        // The raw bytes are Asterisk's, blank line included.
+        assert_eq!(&out[0].raw[..], &b"Event: Partial\r\n\r\n"[..]);
+    }
+
+    #[test]
+    fn upstream_split_anywhere_gives_the_same_messages() {
+        let input =
+            b"\r\nResponse: Success\r\nActionID: 1\r\n\r\nEvent: X\nPrivilege: call,all\n\n";
+        let mut whole = UpstreamFramer::default();
+        whole.buffer().extend_from_slice(input);
+        let mut expected = Vec::new();
+        whole.messages(&mut expected).unwrap();
+        assert_eq!(expected.len(), 2);
+        for step in 1..input.len() {
+            let mut f = UpstreamFramer::default();
+            let mut got = Vec::new();
+            for chunk in input.chunks(step) {
+                f.buffer().extend_from_slice(chunk);
+                f.messages(&mut got).unwrap();
+            }
+            assert_eq!(got, expected, "step {step}");
+        }
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct Gateway {
     app: Arc<App>,
     banner: ArcSwap<String>,
     upstream_up: AtomicBool,
+    /// Whether pbxguard has logged in to Asterisk since it started (logged once).
+    greeted: AtomicBool,
     /// Wakes the monitor when a session finds Asterisk unreachable.
     monitor_wake: tokio::sync::Notify,
     pool: Mutex<Vec<Upstream>>,
@@ -142,6 +144,7 @@ impl Gateway {
             app,
             banner: ArcSwap::from_pointee(banner),
             upstream_up: AtomicBool::new(true),
+            greeted: AtomicBool::new(false),
             monitor_wake: tokio::sync::Notify::new(),
             pool: Mutex::new(Vec::new()),
             pool_wake: tokio::sync::Notify::new(),
@@ -215,6 +218,9 @@ impl Gateway {
     }
 
     async fn learn_banner(&self, banner: &str) {
+        if !self.greeted.swap(true, Ordering::AcqRel) {
+            info!(banner, "logged in to Asterisk's AMI");
+        }
         if **self.banner.load() == banner {
             return;
         }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -61,7 +62,7 @@ fn answer(response: &str, action_id: Option<&[u8]>, message: &str) -> Vec<u8> {
 /// too, rather than buffering without bound).
 #[derive(Clone)]
 struct Output {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
     limit: usize,
 }
@@ -70,7 +71,8 @@ struct Output {
 struct Overflow;
 
 impl Output {
-    fn send(&self, bytes: Vec<u8>) -> Result<(), Overflow> {
+    fn send(&self, bytes: impl Into<Bytes>) -> Result<(), Overflow> {
+        let bytes = bytes.into();
         let n = bytes.len();
         if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit {
             return Err(Overflow);
@@ -81,23 +83,36 @@ impl Output {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+        // Small pieces waiting together go out in one write; a lone piece is written as is.
+        let mut next = rx.try_recv().ok();
+        let written = if next.is_none() {
+            if w.write_all(&first).await.is_err() {
+                return;
             }
-        }
-        if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
+            first.len()
+        } else {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while let Some(more) = next.take() {
+                batch.extend_from_slice(&more);
+                if batch.len() < WRITE_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if w.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.len()
+        };
+        if w.flush().await.is_err() {
             return;
         }
-        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        queued.fetch_sub(written, Ordering::AcqRel);
     }
     let _ = w.shutdown().await;
 }
@@ -523,28 +538,31 @@ fn is_session_tag(v: &[u8]) -> bool {
 
 impl Shared {
     /// What the client gets for one message from Asterisk, if anything.
-    fn deliver(&self, mut reply: Reply) -> Option<Vec<u8>> {
+    fn deliver(&self, reply: Reply) -> Option<Bytes> {
         let id_line = reply
-            .lines
-            .iter()
+            .lines()
             .position(|l| header_value(l, "ActionID").is_some());
+        // Which line to replace (with `Some(new)`) or drop (`None`) before the client sees it.
+        let mut edit: Option<(usize, Option<Vec<u8>>)> = None;
         if let Some(i) = id_line {
-            let value = header_value(&reply.lines[i], "ActionID").unwrap_or_default();
+            let value = reply
+                .lines()
+                .nth(i)
+                .and_then(|l| header_value(l, "ActionID"))
+                .unwrap_or_default();
             if let Some(rest) = value.strip_prefix(self.tag.as_bytes()) {
                 match rest.first() {
                     Some(b'-') => {
                         let mut line = b"ActionID: ".to_vec();
                         line.extend_from_slice(&rest[1..]);
-                        reply.lines[i] = line;
+                        edit = Some((i, Some(line)));
                     }
-                    Some(b'.') => {
-                        reply.lines.remove(i);
-                    }
+                    Some(b'.') => edit = Some((i, None)),
                     Some(b'!') => {
                         let n: u64 = std::str::from_utf8(&rest[1..]).ok()?.parse().ok()?;
                         let mut markers = self.markers.lock().unwrap_or_else(|e| e.into_inner());
                         let pos = markers.iter().position(|(m, _)| *m == n)?;
-                        return markers.remove(pos).map(|(_, bytes)| bytes);
+                        return markers.remove(pos).map(|(_, bytes)| Bytes::from(bytes));
                     }
                     _ => {}
                 }
@@ -561,10 +579,24 @@ impl Shared {
                 }
             }
         }
-        let mut out =
-            Vec::with_capacity(reply.lines.iter().map(|l| l.len() + 2).sum::<usize>() + 2);
-        reply.write_to(&mut out);
-        Some(out)
+        let Some((i, replacement)) = edit else {
+            return Some(reply.raw);
+        };
+        let mut out = Vec::with_capacity(reply.raw.len() + 2);
+        for (n, line) in reply.lines().enumerate() {
+            let line = if n == i {
+                match &replacement {
+                    Some(new) => new.as_slice(),
+                    None => continue,
+                }
+            } else {
+                line
+            };
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Some(Bytes::from(out))
     }
 }
 
@@ -751,7 +783,11 @@ impl Relay<'_> {
                 let value = header_value(&msg.lines[i], "ActionID").unwrap_or_default();
                 let mut line = format!("ActionID: {}-", self.shared.tag).into_bytes();
                 line.extend_from_slice(value);
-                msg.lines[i] = line;
+                // A tagged line too long for Asterisk's buffer would fail the action there;
+                // such an id goes untagged instead.
+                if line.len() + 2 < super::codec::MAX_LINE {
+                    msg.lines[i] = line;
+                }
             }
             // No ActionID (or an empty one, which Asterisk ignores): ours goes first. At the
             // header limit there is no room; the action goes untagged rather than refused.
@@ -836,16 +872,35 @@ async fn relay<R: AsyncRead + Unpin>(
         let slow = gw.app.metrics.ami_slow_clients.clone();
         async move {
             let mut replies = Vec::new();
+            let mut batch = Vec::new();
             loop {
                 if up_framer.messages(&mut replies).is_err() {
                     return "Asterisk sent an oversized message";
                 }
+                // Everything one read brought goes to the client as one piece.
+                let mut single = None;
                 for reply in replies.drain(..) {
                     if let Some(bytes) = shared.deliver(reply) {
-                        if out.send(bytes).is_err() {
-                            slow.inc();
-                            return "the client read too slowly (output queue full)";
+                        match single.take() {
+                            None if batch.is_empty() => single = Some(bytes),
+                            prev => {
+                                if let Some(prev) = prev {
+                                    batch.extend_from_slice(&prev);
+                                }
+                                batch.extend_from_slice(&bytes);
+                            }
                         }
+                    }
+                }
+                let piece = match single {
+                    Some(b) => Some(b),
+                    None if !batch.is_empty() => Some(Bytes::from(std::mem::take(&mut batch))),
+                    None => None,
+                };
+                if let Some(piece) = piece {
+                    if out.send(piece).is_err() {
+                        slow.inc();
+                        return "the client read too slowly (output queue full)";
                     }
                 }
                 match up_rd.read_buf(up_framer.buffer()).await {
@@ -908,9 +963,7 @@ mod tests {
     }
 
     fn reply(lines: &[&str]) -> Reply {
-        Reply {
-            lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
-        }
+        Reply::from_lines(lines)
     }
 
     #[test]
@@ -924,7 +977,7 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!(
-            got,
+            &got[..],
             b"Response: Success\r\nActionID: 42 \r\nPing: Pong\r\n\r\n"
         );
         let got = s
@@ -934,7 +987,7 @@ mod tests {
                 "Ping: Pong",
             ]))
             .unwrap();
-        assert_eq!(got, b"Response: Success\r\nPing: Pong\r\n\r\n");
+        assert_eq!(&got[..], b"Response: Success\r\nPing: Pong\r\n\r\n");
     }
 
     #[test]

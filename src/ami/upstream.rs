@@ -148,7 +148,7 @@ async fn connect_inner(
     if !pending.is_empty() {
         let mut again = Vec::new();
         for r in &pending {
-            r.write_to(&mut again);
+            again.extend_from_slice(&r.raw);
         }
         again.extend_from_slice(framer.buffer());
         framer.buffer().clear();

@@ -22,6 +22,7 @@ the session runs an action (they follow its response).
 Control port: newline-delimited JSON, one JSON line answer per request:
   {"cmd":"event","name":"Newchannel","class":"call","fields":{"Channel":"PJSIP/1"},"count":1}
   {"cmd":"blast","name":"Newexten","class":"dialplan","count":100000,"fields":{...}}
+      (optional "rate": events per second to pace at; default as fast as possible)
   {"cmd":"actions"} {"cmd":"clear"} {"cmd":"sessions"} {"cmd":"drop"} {"cmd":"ping"}
   {"cmd":"channels"} {"cmd":"channels","channels":[{"Channel":"PJSIP/100-00000001",...}]}
 """
@@ -1331,7 +1332,9 @@ class Peer:
     async def blast(self, req):
         cat = self.parse_class(req.get("class", "call"))
         count = int(req.get("count", 1000))
-        batch = int(req.get("batch", 2000))
+        # rate: events per second to pace at (0: as fast as the sockets take them).
+        rate = float(req.get("rate", 0))
+        batch = int(req.get("batch", max(1, int(rate / 100)) if rate else 2000))
         head = self.event_head(from_json_str(req.get("name", "Blast")), cat).encode("latin-1")
         head += self.fields_text(req.get("fields", {})).encode("latin-1")
         targets = [s for s in self.sessions if s.wants(cat)]
@@ -1344,6 +1347,10 @@ class Peer:
                 s.deliver(chunk)
             total += len(chunk)
             await self.drain_all([s for s in targets if not s.closed])
+            if rate:
+                ahead = t0 + min(count, start + batch) / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
         await self.flushed(targets)
         return {"ok": True, "sent": len(targets), "count": count, "bytes": total,
                 "seconds": round(time.monotonic() - t0, 6),
