@@ -782,3 +782,39 @@ fn real_clients_panoramisk_and_node_asterisk_manager() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn reload_moves_the_listener_and_keeps_open_sessions() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    let new_port = free_port();
+    let text = std::fs::read_to_string(&gw.env.config).unwrap().replace(
+        &format!("listen = \"127.0.0.1:{}\"", gw.port),
+        &format!("listen = \"127.0.0.1:{new_port}\""),
+    );
+    gw.env.write_config(&text);
+    gw.daemon.signal("HUP");
+    gw.daemon.wait_for_log("configuration reloaded");
+    gw.daemon.wait_for_port(new_port);
+    let mut d = AmiClient::connect(new_port);
+    assert_eq!(
+        header(&d.login("dialer", DIALER_SECRET), "Response"),
+        Some("Success")
+    );
+    assert!(
+        AmiClient::try_connect(gw.port).is_err(),
+        "old port still accepts"
+    );
+    // The session opened before the reload still works.
+    assert_eq!(
+        header(&c.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    // Removing [ami] closes the gateway and its sessions.
+    let without: String = text.split("[ami]").next().unwrap().to_string();
+    gw.env.write_config(&without);
+    gw.daemon.signal("HUP");
+    gw.daemon.wait_for_log("closing the AMI gateway");
+    assert!(c.wait_closed(T) && d.wait_closed(T));
+    assert!(AmiClient::try_connect(new_port).is_err());
+}
