@@ -1042,11 +1042,13 @@ impl Config {
         let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
             .map(|d| PathBuf::from(d).join("master.key"))
             .is_some_and(|p| p.exists());
-        if !credential && !self.vault.key_file.exists() {
+        // master_key_source also finds `<key_file>.cred`, the encrypted key the package leaves.
+        if !credential && !crate::vault::master_key_source(&self.vault.key_file).exists() {
             c.bad(
                 "vault.key_file",
                 format!(
-                    "{} does not exist and no systemd credential master.key was passed; run `pbxguard init`",
+                    "{} does not exist (nor its encrypted form {}.cred) and no systemd credential master.key was passed; run `pbxguard init`",
+                    self.vault.key_file.display(),
                     self.vault.key_file.display()
                 ),
             );

@@ -54,6 +54,8 @@ pub enum VaultError {
     KeyMode { path: PathBuf, mode: u32 },
     #[error("master key file {path} is owned by uid {owner}, not by the user running pbxguard (uid {me}); chown it")]
     KeyOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("cannot decrypt the master key credential {path} with systemd-creds (run as root on the host that encrypted it): {detail}")]
+    CredentialDecrypt { path: PathBuf, detail: String },
     #[error("master key file {0} does not hold a 32-byte key (raw 32 bytes, 64 hex digits or base64 are accepted)")]
     KeyFormat(PathBuf),
     #[error("secret name {0}")]
@@ -135,7 +137,16 @@ impl Key {
     }
 }
 
-/// Where the master key comes from: the systemd credential when present, else the key file.
+/// The encrypted form of `key_file` that the Debian package leaves in its place
+/// (`/etc/pbxguard/master.key.cred`, made by `systemd-creds encrypt --name=master.key`).
+pub fn encrypted_key_file(key_file: &Path) -> PathBuf {
+    let mut name = key_file.as_os_str().to_os_string();
+    name.push(".cred");
+    PathBuf::from(name)
+}
+
+/// Where the master key comes from: the systemd credential when present, else the key file,
+/// else (key file absent) its encrypted form `<key_file>.cred` when that exists.
 pub fn master_key_source(key_file: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let cred = PathBuf::from(dir).join(CREDENTIAL_NAME);
@@ -143,14 +154,52 @@ pub fn master_key_source(key_file: &Path) -> PathBuf {
             return cred;
         }
     }
+    if !key_file.exists() {
+        let encrypted = encrypted_key_file(key_file);
+        if encrypted.exists() {
+            return encrypted;
+        }
+    }
     key_file.to_path_buf()
 }
 
 /// Reads the master key (the systemd credential, else `key_file`), refusing files that other
 /// users could read or that belong to someone else (a key readable by the web tier's user would
-/// defeat the vault).
+/// defeat the vault). Outside the unit, when only `<key_file>.cred` is left (the package
+/// encrypted the key), the key is decrypted with `systemd-creds`, which needs root (host key)
+/// or the TPM2: this is how `pbxguard secret set` and the other commands run by root get it.
 pub fn load_master_key(key_file: &Path) -> Result<Key, VaultError> {
-    read_key_file(&master_key_source(key_file))
+    let source = master_key_source(key_file);
+    if source != key_file && source == encrypted_key_file(key_file) {
+        return decrypt_credential(&source);
+    }
+    read_key_file(&source)
+}
+
+/// `systemd-creds decrypt --name=master.key CRED -`: the plaintext goes from its stdout into a
+/// buffer that is wiped on drop, never to a file or a log. Only its stderr is reported.
+fn decrypt_credential(path: &Path) -> Result<Key, VaultError> {
+    let output = std::process::Command::new("systemd-creds")
+        .arg("decrypt")
+        .arg(format!("--name={CREDENTIAL_NAME}"))
+        .arg("--newline=no")
+        .arg(path)
+        .arg("-")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| VaultError::KeyRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let plain = Zeroizing::new(output.stdout);
+    if !output.status.success() {
+        let detail = String::from_utf8_lossy(&output.stderr);
+        return Err(VaultError::CredentialDecrypt {
+            path: path.to_path_buf(),
+            detail: detail.trim().lines().last().unwrap_or("").to_string(),
+        });
+    }
+    decode_key(&plain).ok_or_else(|| VaultError::KeyFormat(path.to_path_buf()))
 }
 
 /// Reads one key file with the same ownership and mode rules as the master key.
@@ -664,6 +713,56 @@ mod tests {
         assert_eq!(decode_key(b64.as_bytes()).unwrap().as_bytes(), &raw);
         assert!(decode_key(&[1u8; 31]).is_none());
         assert!(decode_key(b"too short\n").is_none());
+    }
+
+    /// The CLI's path when the package left only `master.key.cred`. The null key
+    /// (`--with-key=tpm2-absent`) needs neither root nor a host key, so this runs anywhere
+    /// systemd-creds (systemd >= 250) is installed; elsewhere it says so and passes.
+    #[test]
+    fn encrypted_key_file_is_decrypted_with_systemd_creds() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("master.key");
+        let cred = encrypted_key_file(&key_file);
+        assert_eq!(cred, dir.path().join("master.key.cred"));
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, [9u8; KEY_LEN]).unwrap();
+        let encrypt = |name: &str, out: &Path| {
+            std::process::Command::new("systemd-creds")
+                .args(["encrypt", "--with-key=tpm2-absent"])
+                .arg(format!("--name={name}"))
+                .arg(&plain)
+                .arg(out)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !encrypt(CREDENTIAL_NAME, &cred) {
+            eprintln!("skipped: systemd-creds cannot encrypt with the null key here");
+            return;
+        }
+        assert_eq!(master_key_source(&key_file), cred);
+        match load_master_key(&key_file) {
+            Ok(key) => assert_eq!(key.as_bytes(), &[9u8; KEY_LEN]),
+            // A host with a TPM2 refuses null-key credentials on decryption.
+            Err(VaultError::CredentialDecrypt { detail, .. }) if detail.contains("TPM") => {
+                eprintln!("skipped: {detail}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // The credential's embedded name is checked.
+        assert!(encrypt("other", &cred));
+        assert!(matches!(
+            load_master_key(&key_file),
+            Err(VaultError::CredentialDecrypt { .. })
+        ));
+        // A plaintext key file, when present, wins over the credential.
+        std::fs::rename(&plain, &key_file).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(master_key_source(&key_file), key_file);
     }
 
     #[test]

@@ -336,6 +336,30 @@ fn smuggling_is_read_as_asterisk_reads_it() {
         &c.read_response(T).unwrap(),
         "Failed to parse message: line too long"
     ));
+    // 1023 bytes + LF would pass Asterisk's own reader, but forwarded with CRLF it would split
+    // the message there and run the second half unjudged: refused as a whole.
+    let mut edge = b"Action: Ping\nActionID: edge\nX-Pad: ".to_vec();
+    edge.extend(std::iter::repeat_n(b'a', 1023 - 7));
+    edge.extend_from_slice(b"\nAction: Originate\nChannel: PJSIP/trunk/0900123456\nContext: default\nExten: s\nPriority: 1\n\n");
+    c.send_raw(&edge);
+    let r = c.read_response(T).unwrap();
+    assert!(is_error(&r, "line too long"), "{r:?}");
+    // Escapes and quotes that Asterisk removes before it evaluates a function name.
+    for variable in ["FI\\LE(/tmp/pwned,,,a)=x", "\"FILE\"(/tmp/pwned,,,a)=x"] {
+        let r = c.action(&[
+            ("Action", "Originate"),
+            ("Channel", "Local/1@x"),
+            ("Application", "NoOp"),
+            ("Variable", variable),
+        ]);
+        assert!(is_error(&r, "not allowed"), "{variable}: {r:?}");
+    }
+    // CLI quoting as main/cli.c parses it.
+    let r = c.action(&[
+        ("Action", "Command"),
+        ("Command", "module \"load\" /tmp/evil.so"),
+    ]);
+    assert!(is_error(&r, "module load"), "{r:?}");
     // 500 headers.
     let mut many = b"Action: Ping\r\nActionID: many\r\n".to_vec();
     for i in 0..500 {
@@ -353,9 +377,12 @@ fn smuggling_is_read_as_asterisk_reads_it() {
     );
     let seen = gw.peer.actions();
     assert!(
-        seen.iter().all(|a| a.action.eq_ignore_ascii_case("Ping")),
+        seen.iter()
+            .all(|a| a.action.eq_ignore_ascii_case("Ping") && a.outcome == "executed"),
         "{:?}",
-        seen.iter().map(|a| &a.action).collect::<Vec<_>>()
+        seen.iter()
+            .map(|a| (&a.action, &a.outcome))
+            .collect::<Vec<_>>()
     );
     assert!(seen.iter().all(|a| a.header("Application").is_none()));
 }
@@ -502,8 +529,16 @@ fn unauthenticated_limits_timeout_and_rate_limit() {
     assert!(third.wait_closed(T));
     // Idle unauthenticated connections are closed after auth_timeout.
     assert!(a.wait_closed(Duration::from_secs(5)));
+    // A flood of junk before login (each blank line earns an answer) is cut off early, and
+    // its connection slot comes back.
+    let mut junk = gw.client();
+    junk.send_raw(&[b'\n'; 200_000]);
+    assert!(junk.wait_closed(T), "junk flood not closed");
+    drop(junk);
+    std::thread::sleep(Duration::from_millis(300));
     // Rate limit: a burst of 12 pipelined actions, 5 pass.
     let mut c = gw.dialer();
+    gw.peer.clear_actions();
     let mut burst = Vec::new();
     for i in 0..12 {
         burst.extend_from_slice(format!("Action: Ping\r\nActionID: r{i}\r\n\r\n").as_bytes());
@@ -517,6 +552,9 @@ fn unauthenticated_limits_timeout_and_rate_limit() {
         }
     }
     assert!((6..=7).contains(&limited), "{limited} rate-limited");
+    // The refused ones cost Asterisk one stand-in Ping together, not one each.
+    let pings = gw.peer.actions_named("Ping").len();
+    assert!(pings <= 8, "Asterisk saw {pings} Pings for 12 actions");
 }
 
 #[test]

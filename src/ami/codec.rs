@@ -14,6 +14,8 @@ use bytes::{Bytes, BytesMut};
 
 /// Asterisk's `inbuf` holds 1025 bytes, of which `maxlen` = 1024 are used.
 pub const MAX_LINE: usize = 1024;
+/// The longest line that still fits Asterisk's buffer with the CRLF pbxguard forwards it with.
+pub const MAX_FORWARD_LINE: usize = MAX_LINE - 2;
 /// `AST_MAX_MANHEADERS`.
 pub const MAX_HEADERS: usize = 128;
 /// A message from Asterisk larger than this means the upstream is broken (or not Asterisk).
@@ -135,6 +137,12 @@ impl ClientFramer {
         }
         if let Some(nul) = line.iter().position(|&b| b == 0) {
             line.truncate(nul);
+        }
+        if line.len() > MAX_FORWARD_LINE {
+            // Asterisk accepts 1023 bytes before a bare LF, but the line is forwarded with
+            // CRLF, which would overflow its buffer there and split the message in two, the
+            // second half never judged. One byte stricter than Asterisk, with its answer.
+            self.current.line_too_long = true;
         }
         if line.is_empty() {
             out.push(std::mem::take(&mut self.current));
@@ -340,13 +348,21 @@ mod tests {
 
     #[test]
     fn line_limits_match_asterisk() {
-        // 1023 bytes + LF and 1022 bytes + CRLF are the longest lines Asterisk accepts.
+        // 1022 bytes + CRLF (or LF) is the longest line accepted: it is forwarded with CRLF.
         let mut ok = b"Action: Ping\r\nX: ".to_vec();
-        ok.extend(std::iter::repeat_n(b'a', 1023 - 3));
+        ok.extend(std::iter::repeat_n(b'a', 1022 - 3));
         ok.extend_from_slice(b"\n\n");
         let m = frames(&ok).remove(0);
         assert!(!m.line_too_long);
-        assert_eq!(m.lines[1].len(), 1023);
+        assert_eq!(m.lines[1].len(), 1022);
+
+        // Asterisk would take 1023 bytes + LF, but forwarded with CRLF it would overflow there.
+        let mut edge = b"Action: Ping\r\nX: ".to_vec();
+        edge.extend(std::iter::repeat_n(b'a', 1023 - 3));
+        edge.extend_from_slice(b"\nAction: Originate\n\n");
+        let out = frames(&edge);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].line_too_long);
 
         // 1023 bytes + CRLF: the kept CR and the LF make an empty line, ending the message.
         let mut long = b"Action: Ping\r\nX: ".to_vec();
@@ -385,6 +401,9 @@ mod tests {
             if let Some(n) = l.iter().position(|&c| c == 0) {
                 l.truncate(n);
             }
+            if l.len() > MAX_FORWARD_LINE {
+                cur.line_too_long = true;
+            }
             if l.is_empty() {
                 out.push(std::mem::take(&mut cur));
             } else if cur.lines.len() < MAX_HEADERS {
@@ -422,6 +441,15 @@ mod tests {
                 rest = &rest[n..];
             }
             assert_eq!(got, reference(&input));
+            // What is forwarded reads back to the same message in Asterisk's framing: no
+            // message can split in two on the way.
+            for m in got
+                .iter()
+                .filter(|m| !m.line_too_long && !m.header_loss && !m.lines.is_empty())
+            {
+                let again = reference(&m.to_bytes());
+                assert_eq!(again, vec![m.clone()]);
+            }
         }
     }
 

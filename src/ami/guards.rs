@@ -35,6 +35,17 @@ pub struct Bans {
     entries: Mutex<HashMap<Key, Entry>>,
 }
 
+/// The address a ban applies to: IPv4 as is, IPv6 by its /64 (one host's whole allocation).
+fn ip_key(ip: IpAddr) -> Key {
+    match crate::web::canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            Key::Ip(IpAddr::V6(prefix.into()))
+        }
+        v4 => Key::Ip(v4),
+    }
+}
+
 impl Bans {
     fn banned(&self, key: &Key, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -44,12 +55,14 @@ impl Bans {
 
     /// How long the IP (or, when given, the user) stays banned.
     pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Option<Duration> {
-        let by_ip = self.banned(&Key::Ip(ip), now);
+        let by_ip = self.banned(&ip_key(ip), now);
         let by_user = user.and_then(|u| self.banned(&Key::User(u.to_string()), now));
         by_ip.max(by_user)
     }
 
-    /// Records a failed login; returns whether this failure started a ban.
+    /// Records a failed login against the address and, when given, the user (only an existing
+    /// user failing from an address it may log in from: otherwise anyone could lock it out);
+    /// returns whether this failure started a ban.
     pub fn failure(&self, ip: IpAddr, user: Option<&str>, rules: BanRules, now: Instant) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_TRACKED {
@@ -57,13 +70,15 @@ impl Bans {
                 e.banned_until.is_some_and(|u| u > now)
                     || e.failures.back().is_some_and(|&t| now - t < rules.window)
             });
-            if entries.len() >= MAX_TRACKED {
-                entries.clear();
-            }
         }
         let mut started = false;
-        let keys = std::iter::once(Key::Ip(ip)).chain(user.map(|u| Key::User(u.to_string())));
+        let keys = std::iter::once(ip_key(ip)).chain(user.map(|u| Key::User(u.to_string())));
         for key in keys {
+            // Full of live entries (an address-spraying attack): new keys go untracked rather
+            // than dropping bans in force.
+            if entries.len() >= MAX_TRACKED && !entries.contains_key(&key) {
+                continue;
+            }
             let entry = entries.entry(key).or_default();
             while entry
                 .failures
@@ -137,6 +152,26 @@ mod tests {
         assert!(bans
             .check(a, Some("dialer"), t + Duration::from_secs(601))
             .is_none());
+    }
+
+    #[test]
+    fn ipv6_is_banned_by_its_64() {
+        let bans = Bans::default();
+        let t = Instant::now();
+        for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"] {
+            bans.failure(host.parse().unwrap(), None, RULES, t);
+        }
+        assert!(bans
+            .check("2001:db8:1:2::99".parse().unwrap(), None, t)
+            .is_some());
+        assert!(bans
+            .check("2001:db8:1:3::1".parse().unwrap(), None, t)
+            .is_none());
+        // An IPv4-mapped address is the IPv4 address.
+        for _ in 0..3 {
+            bans.failure("::ffff:192.0.2.7".parse().unwrap(), None, RULES, t);
+        }
+        assert!(bans.check("192.0.2.7".parse().unwrap(), None, t).is_some());
     }
 
     #[test]

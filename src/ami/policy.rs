@@ -86,6 +86,28 @@ const BAD_FUNCTIONS: &[&str] = &[
     "REALTIME_",
     "DB",
     "DB_",
+    // Read any config file (manager.conf secrets) or sorcery object (SIP passwords).
+    "AST_CONFIG",
+    "AST_SORCERY",
+    // Writing ENV(LD_PRELOAD) reaches every program Asterisk starts later.
+    "ENV",
+    "STAT",
+];
+
+/// Channel variables that make Asterisk run a program later (Monitor's post-processing).
+const BAD_VARIABLES: &[&str] = &["MONITOR_EXEC", "MONITOR_EXEC_ARGS", "MIXMONITOR_EXEC"];
+
+/// Config files an AMI client must not read: AMI and SIP secrets. Writing any config file
+/// (UpdateConfig, CreateConfig) is refused outright: the dialplan or users.conf is code.
+const SECRET_CONFIGS: &[&str] = &[
+    "manager",
+    "pjsip",
+    "sip.conf",
+    "iax.conf",
+    "users.conf",
+    "voicemail.conf",
+    "extconfig.conf",
+    "res_config",
 ];
 
 const CONFIG_ACTIONS: &[&str] = &[
@@ -139,9 +161,33 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// The first refused function call in `value`, or a function whose name is assembled from
-/// variables (`${${X}ELL(…)}`), which could be any function once Asterisk expands it.
+/// `value` as Asterisk's argument splitting (`__ast_app_separate_args`, used for `Variable:`
+/// headers and by Set/MSet) leaves it: `\` escapes and `"` quotes removed. `FI\LE(` and
+/// `"FILE"(` become `FILE(`.
+fn unescape(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut escaped = false;
+    for &b in value {
+        if escaped {
+            out.push(b);
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b != b'"' {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The first refused function call in `value`, read both as written and with Asterisk's
+/// escapes and quotes removed, or a function whose name is assembled from variables
+/// (`${${X}ELL(…)}`), which could be any function once Asterisk expands it.
 pub fn bad_function(value: &[u8]) -> Option<String> {
+    bad_function_in(value).or_else(|| bad_function_in(&unescape(value)))
+}
+
+fn bad_function_in(value: &[u8]) -> Option<String> {
     for (i, _) in value.iter().enumerate().filter(|(_, &b)| b == b'(') {
         let mut end = i;
         while end > 0 && value[end - 1].is_ascii_whitespace() {
@@ -151,8 +197,8 @@ pub fn bad_function(value: &[u8]) -> Option<String> {
         while start > 0 && is_ident(value[start - 1]) {
             start -= 1;
         }
-        if start > 0 && matches!(value[start - 1], b'}' | b']') {
-            return Some("a function name built from variables".to_string());
+        if start > 0 && matches!(value[start - 1], b'}' | b']' | b'\\' | b'"') {
+            return Some("a function name built from variables or escapes".to_string());
         }
         let name = String::from_utf8_lossy(&value[start..end]).to_ascii_uppercase();
         if name.is_empty() {
@@ -169,15 +215,85 @@ pub fn bad_function(value: &[u8]) -> Option<String> {
     None
 }
 
+/// A variable assignment (in a `Variable:` item or a Set/MSet argument) naming a variable that
+/// makes Asterisk run a program.
+fn bad_variable(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(&unescape(line)).to_ascii_uppercase();
+    BAD_VARIABLES
+        .iter()
+        .find(|v| text.contains(*v))
+        .map(|v| format!("the variable {v}"))
+}
+
+/// `Queue` as the application with its sixth argument (an AGI to run) set, which Asterisk's
+/// own Originate check refuses too.
+fn queue_with_agi(msg: &Message) -> bool {
+    let is_queue = msg
+        .all("Application")
+        .any(|a| lower(&unescape(a)).trim() == "queue");
+    is_queue
+        && msg.all("Data").any(|d| {
+            unescape(d)
+                .split(|&b| b == b',' || b == b'|')
+                .nth(5)
+                .is_some_and(|agi| !agi.trim_ascii().is_empty())
+        })
+}
+
 fn bad_application(value: &[u8]) -> Option<&'static str> {
     let v = lower(value);
     BAD_APPLICATIONS.iter().copied().find(|bad| v.contains(bad))
 }
 
+/// A CLI line split into words as `main/cli.c` `parse_args` does: blanks separate words
+/// outside double quotes, quotes are removed, a backslash takes the next character as is.
+fn cli_words(line: &[u8]) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = Vec::new();
+    let (mut quoted, mut escaped, mut started) = (false, false, false);
+    for &b in line {
+        if escaped {
+            word.push(b);
+            escaped = false;
+            started = true;
+        } else if b == b'\\' {
+            escaped = true;
+            started = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+            started = true;
+        } else if (b == b' ' || b == b'\t') && !quoted {
+            if started {
+                words.push(lower(&std::mem::take(&mut word)));
+                started = false;
+            }
+        } else {
+            word.push(b);
+            started = true;
+        }
+    }
+    if started {
+        words.push(lower(&word));
+    }
+    words
+}
+
+/// Words of a CLI originate or `dialplan add extension` that name no application.
+const CLI_KEYWORDS: &[&str] = &[
+    "channel",
+    "originate",
+    "application",
+    "extension",
+    "dialplan",
+    "add",
+    "into",
+    "replace",
+];
+
 /// Why a `Command` is refused: module (un)loading, or originating into a refused application.
 fn bad_command(command: &[u8]) -> Option<String> {
-    let text = lower(command);
-    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    let owned = cli_words(command);
+    let words: Vec<&str> = owned.iter().map(String::as_str).collect();
     if words.len() >= 2 && words[0] == "module" && matches!(words[1], "load" | "unload") {
         return Some(format!(
             "`module {}` is not allowed through the gateway",
@@ -190,7 +306,7 @@ fn bad_command(command: &[u8]) -> Option<String> {
     if originate || dialplan {
         if let Some(bad) = words
             .iter()
-            .skip(1)
+            .filter(|w| !CLI_KEYWORDS.contains(w))
             .find_map(|w| bad_application(w.as_bytes()))
         {
             return Some(format!(
@@ -201,7 +317,7 @@ fn bad_command(command: &[u8]) -> Option<String> {
     None
 }
 
-fn bad_config_file(value: &[u8]) -> Option<String> {
+fn bad_config_file(value: &[u8], write: bool) -> Option<String> {
     let v = lower(value.trim_ascii());
     if v.contains('/') || v.contains('\\') || v.contains("..") {
         return Some(format!(
@@ -209,8 +325,11 @@ fn bad_config_file(value: &[u8]) -> Option<String> {
             String::from_utf8_lossy(value)
         ));
     }
-    if v.starts_with("manager") {
-        return Some("manager.conf and its includes".to_string());
+    if write {
+        return Some("writing config files (the dialplan and users.conf are code)".to_string());
+    }
+    if SECRET_CONFIGS.iter().any(|s| v.starts_with(s)) {
+        return Some(format!("{v} (it holds AMI or SIP secrets)"));
     }
     None
 }
@@ -224,19 +343,33 @@ pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
             message: "ModuleLoad is not allowed through the gateway".into(),
         });
     }
-    if let Some(bad) = msg.all("Application").find_map(bad_application) {
+    let app = msg
+        .all("Application")
+        .find_map(|a| bad_application(&unescape(a)).or_else(|| bad_application(a)));
+    if let Some(bad) = app {
         out.push(Refusal {
             rule: Some(Rule::Application),
             message: format!(
                 "applications matching {bad:?} are not allowed through the gateway (AST-2019-007)"
             ),
         });
+    } else if action == "agi" {
+        out.push(Refusal {
+            rule: Some(Rule::Application),
+            message: "the AGI action (AsyncAGI EXEC) is not allowed through the gateway".into(),
+        });
+    } else if queue_with_agi(msg) {
+        out.push(Refusal {
+            rule: Some(Rule::Application),
+            message: "Queue with an AGI argument is not allowed through the gateway".into(),
+        });
     }
     for line in &msg.lines {
         if super::codec::header_value(line, "ActionID").is_some() {
             continue;
         }
-        if let Some(bad) = bad_function(line) {
+        let bad = bad_function(line).or_else(|| bad_variable(line));
+        if let Some(bad) = bad {
             out.push(Refusal {
                 rule: Some(Rule::Function),
                 message: format!("{bad} is not allowed through the gateway (CVE-2024-42365)"),
@@ -253,10 +386,11 @@ pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
         }
     }
     if CONFIG_ACTIONS.contains(&action) {
+        let write = matches!(action, "updateconfig" | "createconfig");
         let why = FILE_HEADERS
             .iter()
             .flat_map(|h| msg.all(h))
-            .find_map(bad_config_file);
+            .find_map(|f| bad_config_file(f, write));
         if let Some(why) = why {
             out.push(Refusal {
                 rule: Some(Rule::Config),
@@ -480,6 +614,103 @@ mod tests {
         assert_eq!(
             refused(&decide(&p, &[("Action", "ModuleLoad"), ("Module", "x")])),
             Some(Rule::ModuleLoad)
+        );
+    }
+
+    #[test]
+    fn escapes_quotes_and_cli_quoting_do_not_hide_anything() {
+        let p = policy(&["*"]);
+        for (h, v) in [
+            ("Variable", "FI\\LE(/etc/asterisk/extensions.conf,,,al)=x"),
+            ("Variable", "\"FILE\"(/tmp/pwned,,,a)=x"),
+            ("Data", "FI\\LE(/tmp/pwned,,,a)=x"),
+            ("Variable", "SH\\ELL(id)"),
+            ("Variable", "AST_CONFIG(manager.conf,pbxguard,secret)"),
+            ("Variable", "AST_SORCERY(res_pjsip,auth,1001,password)"),
+            ("Variable", "ENV(LD_PRELOAD)=/tmp/x.so"),
+            ("Variable", "MONITOR_EXEC=/tmp/x"),
+        ] {
+            let v = decide(
+                &p,
+                &[("Action", "Originate"), ("Application", "MSet"), (h, v)],
+            );
+            assert_eq!(refused(&v), Some(Rule::Function), "{h}: {v:?}");
+        }
+        for c in [
+            "module \"load\" /tmp/evil.so",
+            "mod\\ule load x.so",
+            "\"channel\" originate Local/s@default application System id",
+            "dialplan add extension 666,1,Sys\"tem\",id into default",
+        ] {
+            assert_eq!(
+                refused(&decide(&p, &[("Action", "Command"), ("Command", c)])),
+                Some(Rule::Command),
+                "{c}"
+            );
+        }
+        // A harmless CLI originate is not caught by the word "originate" itself.
+        let ok = decide(
+            &p,
+            &[
+                ("Action", "Command"),
+                (
+                    "Command",
+                    "channel originate Local/100@default extension 200@default",
+                ),
+            ],
+        );
+        assert!(matches!(ok, Verdict::Pass { .. }), "{ok:?}");
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[
+                    ("Action", "AGI"),
+                    ("Channel", "PJSIP/1"),
+                    ("Command", "EXEC Playback x")
+                ]
+            )),
+            Some(Rule::Application)
+        );
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[
+                    ("Action", "Originate"),
+                    ("Application", "Queue"),
+                    ("Data", "support,,,,,agi://evil")
+                ]
+            )),
+            Some(Rule::Application)
+        );
+        assert!(matches!(
+            decide(
+                &p,
+                &[
+                    ("Action", "Originate"),
+                    ("Application", "Queue"),
+                    ("Data", "support")
+                ]
+            ),
+            Verdict::Pass { .. }
+        ));
+        // Every config write is refused; reads only of files that hold secrets.
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[
+                    ("Action", "UpdateConfig"),
+                    ("SrcFilename", "extensions.conf"),
+                    ("DstFilename", "extensions.conf")
+                ]
+            )),
+            Some(Rule::Config)
+        );
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[("Action", "GetConfig"), ("Filename", "pjsip.conf")]
+            )),
+            Some(Rule::Config)
         );
     }
 

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -40,6 +42,14 @@ const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes handed to one write to the client at most (coalesced small messages).
 const WRITE_BATCH: usize = 64 << 10;
+/// A write to the client that makes no progress for this long ends the session (Asterisk's
+/// `writetimeout` is 100 ms; the output queue absorbs bursts, this catches a reader that
+/// stopped altogether).
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Output allowed to pile up before login: answers to a flood of junk stay small.
+const UNAUTHENTICATED_OUTPUT: usize = 64 << 10;
+/// Messages a connection may send before logging in; no client needs more than a few.
+const MAX_MESSAGES_BEFORE_LOGIN: usize = 64;
 
 /// An answer as Asterisk formats it (`astman_send_response_full`).
 fn answer(response: &str, action_id: Option<&[u8]>, message: &str) -> Vec<u8> {
@@ -64,7 +74,8 @@ fn answer(response: &str, action_id: Option<&[u8]>, message: &str) -> Vec<u8> {
 struct Output {
     tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    limit: usize,
+    /// Small until login (nothing legitimate is large before it), `max_output_bytes` after.
+    limit: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -74,7 +85,7 @@ impl Output {
     fn send(&self, bytes: impl Into<Bytes>) -> Result<(), Overflow> {
         let bytes = bytes.into();
         let n = bytes.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit.load(Ordering::Acquire) {
             return Err(Overflow);
         }
         self.tx.send(bytes).map_err(|_| Overflow)
@@ -91,7 +102,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Small pieces waiting together go out in one write; a lone piece is written as is.
         let mut next = rx.try_recv().ok();
         let written = if next.is_none() {
-            if w.write_all(&first).await.is_err() {
+            if !matches!(timeout(WRITE_STALL, w.write_all(&first)).await, Ok(Ok(()))) {
                 return;
             }
             first.len()
@@ -104,12 +115,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     next = rx.try_recv().ok();
                 }
             }
-            if w.write_all(&batch).await.is_err() {
+            if !matches!(timeout(WRITE_STALL, w.write_all(&batch)).await, Ok(Ok(()))) {
                 return;
             }
             batch.len()
         };
-        if w.flush().await.is_err() {
+        if !matches!(timeout(WRITE_STALL, w.flush()).await, Ok(Ok(()))) {
             return;
         }
         queued.fetch_sub(written, Ordering::AcqRel);
@@ -191,9 +202,9 @@ async fn client<S>(
     let out = Output {
         tx,
         queued: queued.clone(),
-        limit: cfg.max_output_bytes,
+        limit: Arc::new(AtomicUsize::new(UNAUTHENTICATED_OUTPUT)),
     };
-    let writer = tokio::spawn(write_loop(wr, rx, queued));
+    let mut writer = tokio::spawn(write_loop(wr, rx, queued));
     let banner = format!("{}\r\n", gw.banner.load());
     let _ = out.send(banner.into_bytes());
 
@@ -210,6 +221,7 @@ async fn client<S>(
     };
     drop(unauth);
     if let Login::Accepted(accepted) = login {
+        out.limit.store(cfg.max_output_bytes, Ordering::Release);
         let policy = accepted.policy.clone();
         gw.app.metrics.ami_sessions.inc();
         info!(client = %policy.name, %peer, "AMI client logged in");
@@ -220,7 +232,14 @@ async fn client<S>(
         info!(client = %policy.name, %peer, reason = why, "AMI client session ended");
     }
     drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The writer ends once the queue is drained; a client that stopped reading could hold it
+    // forever (and with it the socket and the queued bytes), so it is cut off.
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 async fn read_messages<R: AsyncRead + Unpin>(
@@ -303,8 +322,14 @@ async fn login<R: AsyncRead + Unpin>(
 ) -> Login {
     let mut queue = VecDeque::new();
     let mut challenge: Option<String> = None;
+    let mut seen = 0;
     loop {
         while let Some(msg) = queue.pop_front() {
+            seen += 1;
+            if seen > MAX_MESSAGES_BEFORE_LOGIN {
+                debug!(%peer, "AMI connection closed: too many messages before login");
+                return Login::Close;
+            }
             if let Some(err) = malformed(&msg) {
                 if out.send(err).is_err() {
                     return Login::Close;
@@ -371,12 +396,14 @@ async fn authenticate(
     };
     let metrics = &gw.app.metrics;
     let verdict = check_credentials(gw, msg, &username, challenge, peer).await;
+    let username = truncate(&username, 64);
     let policy = match verdict {
         Ok(p) => p,
-        Err(reason) => {
+        Err(Failure { reason, counts }) => {
             let now = Instant::now();
-            let banned = gw.bans.check(peer.ip(), Some(&username), now).is_some();
-            if !banned && gw.bans.failure(peer.ip(), Some(&username), rules, now) {
+            let banned = reason == BANNED;
+            let user = (counts == Counts::AddressAndUser).then_some(username.as_str());
+            if counts != Counts::Nothing && gw.bans.failure(peer.ip(), user, rules, now) {
                 warn!(%peer, user = %username, duration = ?cfg.ban_duration, "AMI login ban started after repeated failures");
             }
             warn!(%peer, user = %username, reason, "AMI login failed");
@@ -388,7 +415,7 @@ async fn authenticate(
                 .inc();
             gw.app.recordings.journal.record(AuditEntry {
                 at: crate::clock::now_unix(),
-                actor: format!("ami:{}", truncate(&username, 64)),
+                actor: format!("ami:{username}"),
                 action: "ami.login_failed".into(),
                 target: peer.ip().to_string(),
                 detail: reason.to_string(),
@@ -424,62 +451,84 @@ async fn authenticate(
     }
 }
 
+const BANNED: &str = "banned after repeated failures";
+
+/// What a failed login counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    /// pbxguard's own trouble (store, vault), or an attempt while banned.
+    Nothing,
+    Address,
+    /// A wrong secret for an existing user from an address it may log in from.
+    AddressAndUser,
+}
+
+struct Failure {
+    reason: &'static str,
+    counts: Counts,
+}
+
+fn fail(reason: &'static str, counts: Counts) -> Result<ClientPolicy, Failure> {
+    Err(Failure { reason, counts })
+}
+
 async fn check_credentials(
     gw: &Gateway,
     msg: &Message,
     username: &str,
     challenge: Option<&str>,
     peer: SocketAddr,
-) -> Result<ClientPolicy, &'static str> {
+) -> Result<ClientPolicy, Failure> {
     if gw
         .bans
         .check(peer.ip(), Some(username), Instant::now())
         .is_some()
     {
-        return Err("banned after repeated failures");
+        return fail(BANNED, Counts::Nothing);
     }
     let Ok(name) = super::normalise_name(username) else {
-        return Err("unknown user");
+        return fail("unknown user", Counts::Address);
     };
     let row = match gw.app.store.ami_client(&name).await {
         Ok(Some(row)) => row,
-        Ok(None) => return Err("unknown user"),
+        Ok(None) => return fail("unknown user", Counts::Address),
         Err(e) => {
             warn!(error = %e, "AMI client lookup failed");
-            return Err("store unavailable");
+            return fail("store unavailable", Counts::Nothing);
         }
     };
     let policy = super::policy_from_row(&row);
     let ip = crate::web::canonical_ip(peer.ip());
     if !policy.permit.iter().any(|net| net.contains(&ip)) {
-        return Err("source address not in the client's permit list");
+        return fail(
+            "source address not in the client's permit list",
+            Counts::Address,
+        );
     }
     let secret = match gw.app.vault.get(&super::client_secret_name(&name)).await {
         Ok(s) => s,
         Err(e) => {
             warn!(client = %name, error = %e, "AMI client secret unavailable");
-            return Err("secret unavailable");
+            return fail("secret unavailable", Counts::Nothing);
         }
     };
     let md5 = msg
         .get("AuthType")
         .is_some_and(|t| t.eq_ignore_ascii_case(b"md5"));
+    // Digests of equal length are compared, so the time taken says nothing about lengths.
+    let same = |a: &[u8], b: &[u8]| bool::from(Sha256::digest(a).ct_eq(&Sha256::digest(b)));
     let ok = if md5 {
         match (challenge, msg.get("Key")) {
-            (Some(c), Some(key)) => {
-                let expected = upstream::md5_key(c.as_bytes(), &secret);
-                bool::from(expected.as_bytes().ct_eq(key))
-            }
+            (Some(c), Some(key)) => same(upstream::md5_key(c.as_bytes(), &secret).as_bytes(), key),
             _ => false,
         }
     } else {
-        let given = msg.get("Secret").unwrap_or_default();
-        bool::from(secret.as_slice().ct_eq(given))
+        same(&secret, msg.get("Secret").unwrap_or_default())
     };
     if ok {
         Ok(policy)
     } else {
-        Err("wrong secret or key")
+        fail("wrong secret or key", Counts::AddressAndUser)
     }
 }
 
@@ -567,7 +616,22 @@ impl Shared {
                     _ => {}
                 }
             } else if is_session_tag(value) && reply.is_event() {
-                return None;
+                // Another client's broadcast. Its OriginateResponse belongs to that client
+                // alone; anything else (a UserEvent carries its sender's headers) is shown with
+                // the sender's own ActionID, as Asterisk would.
+                if reply.get("Event") == Some(b"OriginateResponse") {
+                    return None;
+                }
+                let rest = &value[20..];
+                edit = match rest.first() {
+                    Some(b'-') => {
+                        let mut line = b"ActionID: ".to_vec();
+                        line.extend_from_slice(&rest[1..]);
+                        Some((i, Some(line)))
+                    }
+                    Some(b'.') => Some((i, None)),
+                    _ => return None,
+                };
             }
         }
         if reply.is_event() {
@@ -667,6 +731,9 @@ struct Relay<'a> {
     peer: SocketAddr,
     bucket: Bucket,
     next_marker: u64,
+    /// The marker of the last message sent to Asterisk, when that was a stand-in Ping.
+    open_marker: Option<u64>,
+    warned_rate: bool,
     challenge: Option<String>,
 }
 
@@ -692,33 +759,36 @@ impl Relay<'_> {
 
     /// The bytes to send to Asterisk for one client message.
     fn handle(&mut self, mut msg: Message) -> Vec<u8> {
-        let local = if let Some(err) = malformed(&msg) {
+        let raw_action = msg.action().unwrap_or_default().to_vec();
+        let action = lower(&raw_action);
+        let shown = truncate(&String::from_utf8_lossy(&raw_action), 64);
+        // Every message counts, junk included: each costs Asterisk a round trip.
+        let local = if !self.bucket.take(
+            self.cfg.action_rate,
+            self.cfg.action_burst,
+            Instant::now(),
+        ) {
+            self.count("rate_limited");
+            if !self.warned_rate {
+                warn!(client = %self.policy.name, peer = %self.peer, action = %shown, "AMI actions refused: rate limit (logged once per session)");
+                self.warned_rate = true;
+            }
+            Some(answer(
+                "Error",
+                msg.action_id(),
+                &format!(
+                    "Rate limit exceeded ({} actions per second); action not run",
+                    self.cfg.action_rate
+                ),
+            ))
+        } else if let Some(err) = malformed(&msg) {
             Some(err)
         } else {
-            let raw_action = msg.action().unwrap_or_default().to_vec();
-            let action = lower(&raw_action);
-            let shown = truncate(&String::from_utf8_lossy(&raw_action), 64);
-            let id = msg.action_id();
+            let id = msg.action_id().map(<[u8]>::to_vec);
+            let id = id.as_deref();
             match action.as_str() {
                 "login" => Some(answer("Success", id, "Already authenticated")),
                 "challenge" => Some(challenge_answer(&msg, &mut self.challenge)),
-                _ if !self.bucket.take(
-                    self.cfg.action_rate,
-                    self.cfg.action_burst,
-                    Instant::now(),
-                ) =>
-                {
-                    self.count("rate_limited");
-                    warn!(client = %self.policy.name, peer = %self.peer, action = %shown, "AMI action refused: rate limit");
-                    Some(answer(
-                        "Error",
-                        id,
-                        &format!(
-                            "Rate limit exceeded ({} actions per second); action not run",
-                            self.cfg.action_rate
-                        ),
-                    ))
-                }
                 _ => match self.policy.decide(&action, &msg) {
                     Verdict::Refuse(refusal) => {
                         self.count("refused");
@@ -752,50 +822,74 @@ impl Relay<'_> {
                         if action == "events" {
                             self.rewrite_event_mask(&mut msg);
                         }
-                        None
+                        if self.tag_action_id(&mut msg) {
+                            None
+                        } else {
+                            Some(answer(
+                                "Error",
+                                id,
+                                "ActionID too long to forward (pbxguard needs 21 more bytes of the line)",
+                            ))
+                        }
                     }
                 },
             }
         };
         match local {
-            Some(bytes) => {
-                self.next_marker += 1;
-                let n = self.next_marker;
-                self.shared
-                    .markers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back((n, bytes));
-                format!("Action: Ping\r\nActionID: {}!{n}\r\n\r\n", self.shared.tag).into_bytes()
-            }
+            Some(bytes) => self.answer_locally(bytes),
             None => {
-                self.tag_action_id(&mut msg);
+                self.open_marker = None;
                 msg.to_bytes()
             }
         }
     }
 
+    /// Queues pbxguard's own answer behind everything sent so far; returns the Ping to send
+    /// (nothing when the previous message was also answered here: the answer joins its Ping,
+    /// so a flood of refusals costs Asterisk one round trip, not one each).
+    fn answer_locally(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        let mut markers = self
+            .shared
+            .markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (Some(open), Some(back)) = (self.open_marker, markers.back_mut()) {
+            if back.0 == open {
+                back.1.extend_from_slice(&bytes);
+                return Vec::new();
+            }
+        }
+        self.next_marker += 1;
+        let n = self.next_marker;
+        markers.push_back((n, bytes));
+        self.open_marker = Some(n);
+        format!("Action: Ping\r\nActionID: {}!{n}\r\n\r\n", self.shared.tag).into_bytes()
+    }
+
     /// Puts this session's tag in front of the ActionID Asterisk will read (adding one when
-    /// there is none), so that answers and broadcasts can be attributed.
-    fn tag_action_id(&self, msg: &mut Message) {
+    /// there is none), so that answers and broadcasts can be attributed. False when there is
+    /// no room (the line would not fit Asterisk's buffer, or the message has 128 lines): such
+    /// an action is refused rather than sent untagged, whose broadcasts could not be kept
+    /// from other clients.
+    fn tag_action_id(&self, msg: &mut Message) -> bool {
         match msg.action_id_line() {
             Some(i) if msg.action_id().is_some() => {
                 let value = header_value(&msg.lines[i], "ActionID").unwrap_or_default();
                 let mut line = format!("ActionID: {}-", self.shared.tag).into_bytes();
                 line.extend_from_slice(value);
-                // A tagged line too long for Asterisk's buffer would fail the action there;
-                // such an id goes untagged instead.
-                if line.len() + 2 < super::codec::MAX_LINE {
-                    msg.lines[i] = line;
+                if line.len() > super::codec::MAX_FORWARD_LINE {
+                    return false;
                 }
+                msg.lines[i] = line;
+                true
             }
-            // No ActionID (or an empty one, which Asterisk ignores): ours goes first. At the
-            // header limit there is no room; the action goes untagged rather than refused.
+            // No ActionID (or an empty one, which Asterisk ignores): ours goes first.
             _ if msg.lines.len() < super::codec::MAX_HEADERS => {
                 msg.lines
                     .insert(0, format!("ActionID: {}.", self.shared.tag).into_bytes());
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -863,14 +957,18 @@ async fn relay<R: AsyncRead + Unpin>(
         peer,
         bucket: Bucket::new(cfg.action_burst, Instant::now()),
         next_marker: 0,
+        open_marker: None,
+        warned_rate: false,
         challenge: None,
     };
 
-    let from_asterisk = {
+    // Its own task: Asterisk's output is drained even while a write to Asterisk waits (else a
+    // burst of actions could stall both directions and Asterisk's writetimeout cut the session).
+    let mut from_asterisk = {
         let shared = shared.clone();
         let out = out.clone();
         let slow = gw.app.metrics.ami_slow_clients.clone();
-        async move {
+        tokio::spawn(async move {
             let mut replies = Vec::new();
             let mut batch = Vec::new();
             loop {
@@ -908,9 +1006,8 @@ async fn relay<R: AsyncRead + Unpin>(
                     Ok(_) => {}
                 }
             }
-        }
+        })
     };
-    tokio::pin!(from_asterisk);
 
     let mut buf = vec![0u8; 8192];
     let mut to_asterisk = Vec::new();
@@ -919,12 +1016,18 @@ async fn relay<R: AsyncRead + Unpin>(
         while let Some(msg) = queue.pop_front() {
             to_asterisk.extend_from_slice(&relay.handle(msg));
         }
-        if !to_asterisk.is_empty() && up_wr.write_all(&to_asterisk).await.is_err() {
-            break "Asterisk closed the session";
+        if !to_asterisk.is_empty()
+            && !matches!(
+                timeout(WRITE_STALL, up_wr.write_all(&to_asterisk)).await,
+                Ok(Ok(()))
+            )
+        {
+            break "Asterisk stopped taking actions";
         }
         tokio::select! {
             _ = stop.cancelled() => break "ended by pbxguard (shutdown, or the client was removed or changed)",
             why = &mut from_asterisk => {
+                let why = why.unwrap_or("the Asterisk reader failed");
                 if why.starts_with("the client") {
                     warn!(client = %relay.policy.name, %peer, "AMI client disconnected: output queue full (slow reader)");
                 }
@@ -940,6 +1043,7 @@ async fn relay<R: AsyncRead + Unpin>(
             }
         }
     };
+    from_asterisk.abort();
     // Log off politely so Asterisk does not report a dropped manager session.
     let _ = tokio::time::timeout(
         Duration::from_millis(200),
@@ -1036,6 +1140,36 @@ mod tests {
                 "ActionID: pbxg0123456789abcdef-7"
             ]))
             .is_some());
+    }
+
+    #[test]
+    fn another_sessions_user_event_keeps_its_own_action_id() {
+        let user = 1 << 6;
+        let s = shared(user, user);
+        let got = s
+            .deliver(reply(&[
+                "Event: UserEvent",
+                "Privilege: user,all",
+                "ActionID: pbxgfedcba9876543210-7",
+                "UserEvent: hello",
+            ]))
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            b"Event: UserEvent\r\nPrivilege: user,all\r\nActionID: 7\r\nUserEvent: hello\r\n\r\n"
+        );
+        let got = s
+            .deliver(reply(&[
+                "Event: UserEvent",
+                "Privilege: user,all",
+                "ActionID: pbxgfedcba9876543210.",
+                "UserEvent: hi",
+            ]))
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            b"Event: UserEvent\r\nPrivilege: user,all\r\nUserEvent: hi\r\n\r\n"
+        );
     }
 
     #[test]
