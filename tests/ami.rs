@@ -856,3 +856,56 @@ fn reload_moves_the_listener_and_keeps_open_sessions() {
     assert!(c.wait_closed(T) && d.wait_closed(T));
     assert!(AmiClient::try_connect(new_port).is_err());
 }
+
+/// One plain login from `source` (another loopback address); returns the answer's Message.
+fn login_from(source: &str, port: u16, user: &str, secret: &str) -> String {
+    let script = format!(
+        r#"
+import socket
+s = socket.socket()
+s.bind(("{source}", 0))
+s.connect(("127.0.0.1", {port}))
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"Action: Login\r\nUsername: {user}\r\nSecret: {secret}\r\n\r\n")
+for line in iter(f.readline, b""):
+    if line.startswith(b"Message: "):
+        print(line[9:].decode().strip())
+        break
+"#
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn outsiders_cannot_lock_a_client_out() {
+    let gw = gateway("ban_threshold = 3\n", &[]);
+    add_client(
+        &gw.env,
+        "office",
+        "office-secret",
+        &["--allow", "Ping", "--permit", "127.0.0.1/32"],
+    );
+    // Guesses from an address outside office's permit list ban that address only ...
+    for _ in 0..3 {
+        assert_eq!(
+            login_from("127.0.0.2", gw.port, "office", "guess"),
+            "Authentication failed"
+        );
+    }
+    gw.daemon.wait_for_log("AMI login ban started");
+    // ... (banned now, even with the right secret) ...
+    assert_eq!(
+        login_from("127.0.0.2", gw.port, "office", "office-secret"),
+        "Authentication failed"
+    );
+    // ... while office itself still logs in from its own address.
+    assert_eq!(
+        login_from("127.0.0.1", gw.port, "office", "office-secret"),
+        "Authentication accepted"
+    );
+}

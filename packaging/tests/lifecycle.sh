@@ -41,7 +41,7 @@ fail() {
         echo "--- journal of pbxguard.service (last 40 lines)" >&2
         in_ct journalctl -u pbxguard --no-pager -n 40 >&2 || true
     fi
-    echo "lifecycle: $passed passed, 1 failed" >&2
+    echo "lifecycle: FAILED after $passed checks passed" >&2
     exit 1
 }
 
@@ -72,7 +72,7 @@ if ! unshare --mount --pid --uts --ipc --net --fork true 2>/dev/null; then
 # the package lifecycle under systemd was NOT tested.
 ############################################################################################
 EOF
-    echo "lifecycle: 0 passed, 0 failed, 1 skipped"
+    echo "lifecycle: SKIPPED, no check ran"
     exit 0
 fi
 
@@ -101,7 +101,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "build: release binary, package 0.1.0-1 (lintian) and 0.1.0-2 (same build, for the upgrade)"
+say "build: ${DEB_PROFILE:-release} profile, package 0.1.0-1 (lintian) and 0.1.0-2 (same build, for the upgrade)"
 packaging/build-deb.sh --lintian --output "$debs/"
 packaging/build-deb.sh --no-build --deb-revision 2 --output "$debs/"
 deb1=$(ls "$debs"/pbxguard_*-1_*.deb)
@@ -403,4 +403,4 @@ leftovers
 pass "no-encryption host: key file 0600 + drop-in, started, /healthz OK; purge left nothing"
 
 echo "lifecycle took ${SECONDS}s"
-echo "lifecycle: $passed passed, 0 failed"
+echo "lifecycle: all $passed checks passed"
