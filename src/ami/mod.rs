@@ -7,12 +7,15 @@
 //! - [`policy`] is default deny plus the built-in refusals.
 //! - [`guards`] holds login bans and action rate limits.
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
-//!   reachability state and the pool of ready sessions; `session` runs one client.
+//!   reachability state and the pool of ready sessions; `session` runs one client connection,
+//!   `login` its login phase and `relay` the relay to its Asterisk session.
 
 pub mod classes;
 pub mod codec;
 pub mod guards;
+mod login;
 pub mod policy;
+mod relay;
 mod session;
 pub mod upstream;
 
@@ -293,7 +296,7 @@ impl Gateway {
             if events == "off" {
                 return Ok(up);
             }
-            match session::set_events(&mut up, events, cfg.upstream_timeout).await {
+            match upstream::set_events(&mut up, events, cfg.upstream_timeout).await {
                 Ok(()) => return Ok(up),
                 Err(e) => warn!(error = %e, "a pooled Asterisk session failed; using a new one"),
             }

@@ -153,7 +153,8 @@ pub struct ClientPolicy {
     pub updated_at: i64,
 }
 
-fn lower(v: &[u8]) -> String {
+/// Header bytes as lower-case text (action names, application names, file names).
+pub(super) fn lower(v: &[u8]) -> String {
     String::from_utf8_lossy(v).to_ascii_lowercase()
 }
 

@@ -177,6 +177,37 @@ impl Upstream {
     }
 }
 
+/// Sends `Events` on a pooled session and consumes the answer.
+pub async fn set_events(
+    up: &mut Upstream,
+    events: &str,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let action =
+        format!("Action: Events\r\nActionID: pbxguard-events\r\nEventMask: {events}\r\n\r\n");
+    let exchange = async {
+        up.stream.write_all(action.as_bytes()).await?;
+        let mut replies = Vec::new();
+        loop {
+            up.framer.messages(&mut replies)?;
+            if let Some(pos) = replies
+                .iter()
+                .position(|r| r.get("ActionID") == Some(b"pbxguard-events"))
+            {
+                // Anything else that arrived first (none expected) is dropped with it.
+                replies.drain(..=pos);
+                return Ok(());
+            }
+            if up.stream.read_buf(up.framer.buffer()).await? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| UpstreamError::Closed)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
