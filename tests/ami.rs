@@ -642,78 +642,34 @@ fn cli_manages_clients_and_removal_ends_sessions() {
     assert!(
         !String::from_utf8_lossy(&env.ok(&["ami", "user", "list"], b"")).contains(DIALER_SECRET)
     );
+    // Refused inputs: (arguments, stdin, part of the error).
+    let add = |name: &'static str, extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec![
+            "ami",
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+            "--allow",
+            "Ping",
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
     for (args, stdin, needle) in [
+        (add("x", &["--events", "calls"]), "s", "not an event class"),
         (
-            vec![
-                "ami",
-                "user",
-                "add",
-                "x",
-                "--password-stdin",
-                "--allow",
-                "Ping",
-                "--events",
-                "calls",
-            ],
-            "s",
-            "not an event class",
-        ),
-        (
-            vec![
-                "ami",
-                "user",
-                "add",
-                "x",
-                "--password-stdin",
-                "--allow",
-                "Ping",
-                "--permit",
-                "10.0.0.300/8",
-            ],
+            add("x", &["--permit", "10.0.0.300/8"]),
             "s",
             "not an IP address",
         ),
         (
-            vec![
-                "ami",
-                "user",
-                "add",
-                "x",
-                "--password-stdin",
-                "--allow",
-                "Ping",
-                "--override",
-                "everything",
-            ],
+            add("x", &["--override", "everything"]),
             "s",
             "not a built-in refusal",
         ),
-        (
-            vec![
-                "ami",
-                "user",
-                "add",
-                "x",
-                "--password-stdin",
-                "--allow",
-                "Ping",
-            ],
-            "",
-            "empty",
-        ),
-        (
-            vec![
-                "ami",
-                "user",
-                "add",
-                "bad name",
-                "--password-stdin",
-                "--allow",
-                "Ping",
-            ],
-            "s",
-            "AMI client name",
-        ),
+        (add("x", &[]), "", "empty"),
+        (add("bad name", &[]), "s", "AMI client name"),
         (vec!["ami", "user", "rm", "nobody"], "", "no AMI client"),
     ] {
         let out = env.run(&args, stdin.as_bytes());
