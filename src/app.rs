@@ -24,6 +24,8 @@ pub struct App {
     pub metrics: Metrics,
     pub auth: Auth,
     pub recordings: Recordings,
+    /// WebSocket tickets minted by the web API and redeemed by the SIP edge.
+    pub sip_tickets: crate::sip::ticket::Tickets,
 }
 
 impl std::fmt::Debug for App {
@@ -50,6 +52,7 @@ impl App {
             vault,
             http_tls: ArcSwapOption::new(http_tls),
             metrics,
+            sip_tickets: Default::default(),
         })
     }
 

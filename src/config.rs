@@ -244,6 +244,39 @@ pub struct SipConfig {
     pub tls: Option<TlsFiles>,
     pub upstream: SocketAddr,
     pub upstream_transport: SipTransport,
+    /// Our loopback address towards Asterisk: the `Via`, `Record-Route` and `Path` we add name
+    /// it, so it must stay put while phones are registered (port 0: any, for tests).
+    pub upstream_bind: SocketAddr,
+    /// The host phones should use in our `Record-Route` entries; default: the address each
+    /// connection arrived on.
+    pub public_host: Option<String>,
+    /// Browser origins allowed to open the WebSocket (exact `scheme://host[:port]`).
+    pub wss_origins: Vec<String>,
+    /// Lifetime of a WebSocket ticket minted by `POST /api/v1/sip/ticket`.
+    pub ticket_ttl: Duration,
+    /// Header carrying the bound extension to Asterisk (`identify_by = header`); any copy a
+    /// client sends is removed.
+    pub identity_header: String,
+    /// Requests per second (and burst) per client address and per bound user; 0 = unlimited.
+    pub rate_per_ip: u32,
+    pub burst_per_ip: u32,
+    pub rate_per_user: u32,
+    pub burst_per_user: u32,
+    /// Case-insensitive substrings of `User-Agent` that mark a scanner (banned at once).
+    pub blocked_user_agents: Vec<String>,
+    /// Failed authentications (401/407 after credentials, 403, 404 on REGISTER) from one
+    /// address within `ban_window` that ban it for `ban_duration`.
+    pub ban_threshold: u32,
+    pub ban_window: Duration,
+    pub ban_duration: Duration,
+    /// Client connections at once (TLS and WSS together).
+    pub max_connections: usize,
+    /// A client connection that sends nothing for this long is closed (phones refresh
+    /// registrations and send CRLF keep-alives well within it).
+    pub idle_timeout: Duration,
+    /// Media policy: accepted SDES suites, and whether T.38 fax (`m=image`) may pass.
+    pub crypto_suites: Vec<String>,
+    pub allow_t38: bool,
 }
 
 // ---- raw form: what serde reads -------------------------------------------------------------
@@ -377,6 +410,23 @@ struct RawSip {
     tls_key: Option<PathBuf>,
     upstream: Option<String>,
     upstream_transport: Option<String>,
+    upstream_bind: Option<String>,
+    public_host: Option<String>,
+    wss_origins: Option<Vec<String>>,
+    ticket_ttl: Option<String>,
+    identity_header: Option<String>,
+    rate_per_ip: Option<i64>,
+    burst_per_ip: Option<i64>,
+    rate_per_user: Option<i64>,
+    burst_per_user: Option<i64>,
+    blocked_user_agents: Option<Vec<String>>,
+    ban_threshold: Option<i64>,
+    ban_window: Option<String>,
+    ban_duration: Option<String>,
+    max_connections: Option<i64>,
+    idle_timeout: Option<String>,
+    crypto_suites: Option<Vec<String>>,
+    allow_t38: Option<bool>,
 }
 
 // ---- conversion with collected problems -----------------------------------------------------
@@ -549,6 +599,86 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 /// Vault name prefixes pbxguard manages itself; a configured secret there would be overwritten
 /// or deleted (a SIP credential `set`, a key rotation, a 2FA reset).
 const RESERVED_SECRET_PREFIXES: &[&str] = &["sip/", "keys/", "mfa/", "ami/clients/"];
+
+/// User-Agent fragments of the SIP scanners seen on the Internet (SIPVicious and its forks,
+/// sipcli, the VaxSIP-based and other toll-fraud scanners).
+pub const DEFAULT_SCANNERS: &[&str] = &[
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "sip-scan",
+    "sundayddr",
+    "iwar",
+    "sivus",
+    "pplsip",
+    "voip-scanner",
+];
+
+/// The browser origin of the web tier (`http.public_url` without its path), the one page
+/// allowed to open the SIP WebSocket unless `sip.wss_origins` says otherwise.
+fn default_origins(http: Option<&HttpConfig>) -> Vec<String> {
+    http.and_then(|h| h.public_url.parse::<axum::http::Uri>().ok())
+        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
+        .into_iter()
+        .collect()
+}
+
+/// The `[sip]` values whose shape matters beyond their type.
+fn check_sip(c: &mut Checker, sip: &SipConfig) {
+    for origin in &sip.wss_origins {
+        let ok = origin
+            .parse::<axum::http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+            .filter(|u| u.authority().is_some() && u.path() == "/" && !origin.ends_with('/'))
+            .is_some();
+        if !ok {
+            c.bad(
+                "sip.wss_origins",
+                format!("{origin:?} is not an origin like \"https://pbx.example.com\" (scheme and host, optional port, no path)"),
+            );
+        }
+    }
+    let name = &sip.identity_header;
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        || !name.to_ascii_lowercase().starts_with("x-")
+    {
+        c.bad(
+            "sip.identity_header",
+            format!("{name:?} must be a header name starting with X- (letters, digits, dashes)"),
+        );
+    }
+    if let Some(host) = &sip.public_host {
+        if crate::sip::uri::SipUri::parse(&format!("sip:{host}")).is_err() {
+            c.bad(
+                "sip.public_host",
+                format!("{host:?} is not a host name or address (add no port or scheme)"),
+            );
+        }
+    }
+    if sip.blocked_user_agents.iter().any(|s| s.trim().is_empty()) {
+        c.bad(
+            "sip.blocked_user_agents",
+            "entries must not be empty (an empty one would block everyone)",
+        );
+    }
+    let known = crate::sip::sdp::MediaPolicy::default().crypto_suites;
+    for suite in &sip.crypto_suites {
+        if !known.contains(suite) {
+            c.bad(
+                "sip.crypto_suites",
+                format!("{suite:?} is not one of {}", known.join(", ")),
+            );
+        }
+    }
+    if sip.crypto_suites.is_empty() {
+        c.bad(
+            "sip.crypto_suites",
+            "at least one suite is needed for SDES-SRTP phones",
+        );
+    }
+}
 
 fn check_secret_name(c: &mut Checker, key: &str, name: &str) {
     if let Err(e) = crate::vault::validate_name(name) {
@@ -973,9 +1103,47 @@ impl Config {
                 tls: c.tls_pair("sip", s.tls_cert, s.tls_key),
                 upstream: c.addr("sip.upstream", s.upstream.as_deref(), "127.0.0.1:5060"),
                 upstream_transport,
+                upstream_bind: c.addr(
+                    "sip.upstream_bind",
+                    s.upstream_bind.as_deref(),
+                    "127.0.0.1:5070",
+                ),
+                public_host: s.public_host,
+                wss_origins: s
+                    .wss_origins
+                    .unwrap_or_else(|| default_origins(http.as_ref())),
+                ticket_ttl: c.duration("sip.ticket_ttl", s.ticket_ttl.as_deref(), "30s"),
+                identity_header: c.nonempty(
+                    "sip.identity_header",
+                    s.identity_header.as_ref(),
+                    "X-PBXGuard-Identity",
+                ),
+                rate_per_ip: c.int("sip.rate_per_ip", s.rate_per_ip, 20, 0, 1_000_000),
+                burst_per_ip: c.int("sip.burst_per_ip", s.burst_per_ip, 100, 1, 1_000_000),
+                rate_per_user: c.int("sip.rate_per_user", s.rate_per_user, 10, 0, 1_000_000),
+                burst_per_user: c.int("sip.burst_per_user", s.burst_per_user, 50, 1, 1_000_000),
+                blocked_user_agents: s
+                    .blocked_user_agents
+                    .unwrap_or_else(|| DEFAULT_SCANNERS.iter().map(|s| s.to_string()).collect()),
+                ban_threshold: c.int("sip.ban_threshold", s.ban_threshold, 10, 1, 100_000),
+                ban_window: c.duration("sip.ban_window", s.ban_window.as_deref(), "10m"),
+                ban_duration: c.duration("sip.ban_duration", s.ban_duration.as_deref(), "1h"),
+                max_connections: c.int(
+                    "sip.max_connections",
+                    s.max_connections,
+                    20_000,
+                    1,
+                    1_000_000,
+                ),
+                idle_timeout: c.duration("sip.idle_timeout", s.idle_timeout.as_deref(), "15m"),
+                crypto_suites: s
+                    .crypto_suites
+                    .unwrap_or_else(|| crate::sip::sdp::MediaPolicy::default().crypto_suites),
+                allow_t38: s.allow_t38.unwrap_or(false),
             }
         });
         if let Some(sip) = &sip {
+            check_sip(c, sip);
             if sip.tls.is_none() && http.as_ref().is_none_or(|h| h.tls.is_none()) {
                 c.bad(
                     "sip.tls_cert",
@@ -1018,6 +1186,9 @@ impl Config {
         if let Some(s) = &self.sip {
             out.push(("sip.tls_listen", s.tls_listen));
             out.push(("sip.wss_listen", s.wss_listen));
+            if s.upstream_transport == SipTransport::Tcp {
+                out.push(("sip.upstream_bind", s.upstream_bind));
+            }
         }
         out
     }

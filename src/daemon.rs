@@ -52,6 +52,8 @@ pub enum DaemonError {
     Auth(#[from] AuthError),
     #[error("cannot install the {0} signal handler: {1}")]
     Signal(&'static str, std::io::Error),
+    #[error("{0}")]
+    Sip(String),
 }
 
 /// A running listener task and the token that stops it.
@@ -68,6 +70,69 @@ struct AmiRunning {
     sessions: CancellationToken,
 }
 
+/// The SIP edge while `[sip]` is configured.
+struct SipRunning {
+    edge: Arc<crate::sip::Edge>,
+    tls: Running,
+    wss: Running,
+    /// Ends every client connection (the section went, or shutdown).
+    conns: CancellationToken,
+    /// Stops the current Asterisk-side readers (replaced when a reload moves that side).
+    upstream_stop: CancellationToken,
+    upstream_key: UpstreamKey,
+    maintenance: CancellationToken,
+}
+
+type UpstreamKey = (crate::config::SipTransport, SocketAddr, SocketAddr);
+
+fn upstream_key(sip: &crate::config::SipConfig) -> UpstreamKey {
+    (sip.upstream_transport, sip.upstream_bind, sip.upstream)
+}
+
+/// What a (re)start of the SIP edge needs bound beforehand; `None` fields are kept as running.
+#[derive(Default)]
+struct SipBound {
+    tls: Option<TcpListener>,
+    wss: Option<TcpListener>,
+    upstream: Option<crate::sip::upstream::Upstream>,
+    tls_configs: Option<crate::sip::TlsPair>,
+}
+
+async fn bind_listener(key: &'static str, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+}
+
+/// Binds what `config`'s `[sip]` needs and `running` does not already have.
+async fn bind_sip(config: &Config, running: Option<&SipRunning>) -> Result<SipBound, String> {
+    let Some(sip) = &config.sip else {
+        return Ok(SipBound::default());
+    };
+    let tls_configs = crate::sip::tls_configs(config).map_err(|e| format!("TLS for [sip]: {e}"))?;
+    let mut bound = SipBound {
+        tls_configs,
+        ..SipBound::default()
+    };
+    if running.is_none_or(|r| r.tls.addr != sip.tls_listen) {
+        bound.tls = Some(bind_listener("sip.tls_listen", sip.tls_listen).await?);
+    }
+    if running.is_none_or(|r| r.wss.addr != sip.wss_listen) {
+        bound.wss = Some(bind_listener("sip.wss_listen", sip.wss_listen).await?);
+    }
+    if running.is_none_or(|r| r.upstream_key != upstream_key(sip)) {
+        let up = crate::sip::upstream::Upstream::bind(
+            sip.upstream_transport,
+            sip.upstream_bind,
+            sip.upstream,
+        )
+        .await
+        .map_err(|e| format!("sip.upstream_bind: cannot bind {}: {e}", sip.upstream_bind))?;
+        bound.upstream = Some(up);
+    }
+    Ok(bound)
+}
+
 /// Everything `run` keeps between reloads.
 struct Daemon {
     app: Arc<App>,
@@ -77,6 +142,7 @@ struct Daemon {
     realtime_router: Arc<ArcSwap<Router>>,
     running: HashMap<Listener, Running>,
     ami: Option<AmiRunning>,
+    sip: Option<SipRunning>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -109,15 +175,6 @@ fn wanted(config: &Config) -> Vec<(Listener, &'static str, SocketAddr)> {
         out.push((Listener::Realtime, "realtime.listen", r.listen));
     }
     out
-}
-
-fn warn_unimplemented(config: &Config) {
-    if config.sip.is_some() {
-        warn!(
-            section = "sip",
-            "this build does not serve [sip] yet; the section is validated but not started"
-        );
-    }
 }
 
 fn ami_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
@@ -174,7 +231,6 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let (store, vault) = prepare(&config).await?;
     let tls = http_tls(&config)?;
-    warn_unimplemented(&config);
     let auth = Auth::new(&vault, &config.daemon.state_dir).await?;
     // Installs initialised before 2FA get their email-code key now, not racily on first use.
     crate::auth::mfa::email_key(&vault).await?;
@@ -191,6 +247,7 @@ pub async fn run(
         config_path: config_path.to_path_buf(),
         running: HashMap::new(),
         ami: None,
+        sip: None,
         tracker: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
@@ -218,9 +275,11 @@ pub async fn run(
         }
         None => None,
     };
+    let sip = bind_sip(&config, None).await.map_err(DaemonError::Sip)?;
     for (kind, addr, listener) in bound {
         daemon.start(kind, addr, listener);
     }
+    daemon.apply_sip(sip);
     if let Some((listener, tls)) = ami {
         daemon.start_ami(listener, tls).await;
     }
@@ -250,6 +309,9 @@ pub async fn run(
     if let Some(ami) = &daemon.ami {
         ami.listener.stop.cancel();
         ami.sessions.cancel();
+    }
+    if let Some(sip) = daemon.sip.take() {
+        sip.stop();
     }
     daemon.tracker.close();
     let grace = daemon.app.config.load().daemon.shutdown_grace + Duration::from_secs(1);
@@ -367,6 +429,94 @@ impl Daemon {
         });
     }
 
+    /// Brings the SIP edge in line with the configuration in force, using what `bound` holds
+    /// (new listeners, a new Asterisk side); everything not in it keeps running.
+    fn apply_sip(&mut self, bound: SipBound) {
+        let config = self.app.config.load_full();
+        let Some(sip_cfg) = &config.sip else {
+            if let Some(old) = self.sip.take() {
+                info!("closing the SIP edge ([sip] removed)");
+                old.stop();
+            }
+            return;
+        };
+        let (tls, wss) = match bound.tls_configs {
+            Some((t, w)) => (Some(t), Some(w)),
+            None => (None, None),
+        };
+        let mut fresh_upstream = bound.upstream;
+        let mut running = match self.sip.take() {
+            Some(r) => r,
+            None => {
+                let Some(upstream) = fresh_upstream.take() else {
+                    return;
+                };
+                let upstream = Arc::new(upstream);
+                let edge = Arc::new(crate::sip::Edge::new(self.app.clone(), upstream.clone()));
+                let upstream_stop = self.shutdown.child_token();
+                edge.start_upstream(&upstream, &self.tracker, upstream_stop.clone());
+                let maintenance = self.shutdown.child_token();
+                edge.start_maintenance(&self.tracker, maintenance.clone());
+                SipRunning {
+                    edge,
+                    tls: Running {
+                        addr: sip_cfg.tls_listen,
+                        stop: CancellationToken::new(),
+                    },
+                    wss: Running {
+                        addr: sip_cfg.wss_listen,
+                        stop: CancellationToken::new(),
+                    },
+                    conns: self.shutdown.child_token(),
+                    upstream_stop,
+                    upstream_key: upstream_key(sip_cfg),
+                    maintenance,
+                }
+            }
+        };
+        if running.upstream_key != upstream_key(sip_cfg) {
+            if let Some(upstream) = fresh_upstream {
+                let upstream = Arc::new(upstream);
+                running.upstream_stop.cancel();
+                running.upstream_stop = self.shutdown.child_token();
+                running.edge.start_upstream(
+                    &upstream,
+                    &self.tracker,
+                    running.upstream_stop.clone(),
+                );
+                running.edge.set_upstream(upstream);
+                running.upstream_key = upstream_key(sip_cfg);
+                info!(upstream = %sip_cfg.upstream, "SIP edge now relays to a new Asterisk side");
+            }
+        }
+        running.edge.tls.store(tls);
+        running.edge.wss_tls.store(wss);
+        for (kind, listener, slot) in [
+            (crate::sip::flow::Kind::Tls, bound.tls, &mut running.tls),
+            (crate::sip::flow::Kind::Wss, bound.wss, &mut running.wss),
+        ] {
+            let Some(listener) = listener else { continue };
+            slot.stop.cancel();
+            let stop = self.shutdown.child_token();
+            if let Ok(addr) = listener.local_addr() {
+                slot.addr = addr;
+            }
+            slot.stop = stop.clone();
+            self.tracker.spawn(crate::sip::transport::serve(
+                running.edge.clone(),
+                kind,
+                listener,
+                self.tracker.clone(),
+                stop,
+                running.conns.clone(),
+            ));
+        }
+        // Listener addresses are kept as configured so a reload compares like with like.
+        running.tls.addr = sip_cfg.tls_listen;
+        running.wss.addr = sip_cfg.wss_listen;
+        self.sip = Some(running);
+    }
+
     fn start(&mut self, kind: Listener, addr: SocketAddr, listener: TcpListener) {
         let stop = self.shutdown.child_token();
         let router = match kind {
@@ -464,7 +614,9 @@ impl Daemon {
             }
             _ => None,
         };
-        warn_unimplemented(&config);
+        let sip = bind_sip(&config, self.sip.as_ref())
+            .await
+            .map_err(|e| vec![e])?;
 
         if let Err(e) = self.app.auth.reload_keys(&self.app.vault).await {
             return Err(vec![format!("JWT signing keys: {e}")]);
@@ -501,6 +653,7 @@ impl Daemon {
         for (kind, addr, listener) in fresh {
             self.start(kind, addr, listener);
         }
+        self.apply_sip(sip);
         let ami_wanted = self.app.config.load().ami.is_some();
         match (ami_listener, ami_wanted) {
             (Some(listener), _) => self.start_ami(listener, ami_tls).await,
@@ -518,5 +671,15 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+impl SipRunning {
+    fn stop(self) {
+        self.tls.stop.cancel();
+        self.wss.stop.cancel();
+        self.conns.cancel();
+        self.upstream_stop.cancel();
+        self.maintenance.cancel();
     }
 }

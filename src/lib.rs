@@ -38,6 +38,12 @@
 //! policy with built-in refusals, and relays to a dedicated Asterisk session per client.
 //! [`journal`] batches the high-volume audit rows (downloads, AMI actions).
 //!
+//! [`sip`] is the SIP edge: softphones over TLS and secure WebSocket only, our own strict
+//! framing and message model (whatever passes is re-serialised before Asterisk sees it), an
+//! SRTP-only SDP policy in both directions, WebSockets bound to web sessions by single-use
+//! tickets, and rates, scanner filtering and bans that must live here because Asterisk sees
+//! only pbxguard.
+//!
 //! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
 //! [`clock`] and [`ids`] are small helpers for times and random identifiers.
 #![forbid(unsafe_code)]
@@ -63,6 +69,7 @@ pub mod metrics;
 pub mod pattern;
 pub mod realtime;
 pub mod recordings;
+pub mod sip;
 pub mod store;
 pub mod vault;
 pub mod web;

@@ -85,6 +85,18 @@ pub struct Metrics {
     pub ami_slow_clients: Counter,
     /// 1 while pbxguard can log in to Asterisk's AMI.
     pub ami_upstream_up: Gauge,
+    /// SIP client connections open now, by transport (`tls`, `wss`).
+    pub sip_connections: Family<ListenerLabels, Gauge>,
+    /// SIP messages from clients by outcome (`forwarded`, `invalid`, `media_refused`,
+    /// `rate_limited`, `scanner`, `identity_mismatch`, `unsupported`, `too_many_hops`).
+    pub sip_client_messages: Family<ResultLabels, Counter>,
+    /// SIP messages from Asterisk by outcome (`forwarded`, `no_route`, `media_refused`,
+    /// `invalid`, `stray`).
+    pub sip_upstream_messages: Family<ResultLabels, Counter>,
+    /// Client addresses banned by the SIP edge, by reason (`auth_failures`, `scanner`).
+    pub sip_bans: Family<ResultLabels, Counter>,
+    /// WebSocket upgrades refused, by reason (`ticket`, `origin`, `protocol`, `path`).
+    pub sip_ws_refusals: Family<ResultLabels, Counter>,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -265,7 +277,42 @@ impl Metrics {
             "1 while pbxguard can log in to Asterisk's AMI",
             ami_upstream_up.clone(),
         );
+        let sip_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "sip_connections",
+            "SIP client connections open, by transport",
+            sip_connections.clone(),
+        );
+        let sip_client_messages = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sip_client_messages",
+            "SIP messages from clients by outcome",
+            sip_client_messages.clone(),
+        );
+        let sip_upstream_messages = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sip_upstream_messages",
+            "SIP messages from Asterisk by outcome",
+            sip_upstream_messages.clone(),
+        );
+        let sip_bans = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sip_bans",
+            "Client addresses banned by the SIP edge, by reason",
+            sip_bans.clone(),
+        );
+        let sip_ws_refusals = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sip_ws_refusals",
+            "SIP WebSocket upgrades refused, by reason",
+            sip_ws_refusals.clone(),
+        );
         Metrics {
+            sip_connections,
+            sip_client_messages,
+            sip_upstream_messages,
+            sip_bans,
+            sip_ws_refusals,
             ami_sessions,
             ami_logins,
             ami_actions,

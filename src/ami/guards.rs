@@ -113,6 +113,11 @@ impl Bucket {
         }
     }
 
+    /// How long since the bucket was last used.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last)
+    }
+
     pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;

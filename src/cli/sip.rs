@@ -18,6 +18,83 @@ pub enum SipCommand {
     /// SIP credentials (pjsip auth objects, family ps_auths).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Client addresses the SIP edge has banned (failed authentications, scanners).
+    #[command(subcommand)]
+    Ban(BanCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BanCommand {
+    /// List the bans in force.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban (an address; IPv6 bans cover the /64), or every ban with --all. The running
+    /// daemon lets the address in again within 2 seconds.
+    Rm {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        address: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct BanView {
+    address: String,
+    reason: String,
+    created_at: String,
+    expires_at: String,
+}
+
+async fn ban(config: &crate::config::Config, cmd: BanCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    match cmd {
+        BanCommand::List { json } => {
+            let views: Vec<BanView> = store
+                .sip_bans(now_unix())
+                .await?
+                .into_iter()
+                .map(|r| BanView {
+                    address: r.ip,
+                    reason: r.reason,
+                    created_at: rfc3339(r.created_at),
+                    expires_at: rfc3339(r.expires_at),
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else if views.is_empty() {
+                println!("no SIP bans");
+            } else {
+                println!("{:<40}  {:<14}  EXPIRES", "ADDRESS", "REASON");
+                for v in views {
+                    println!("{:<40}  {:<14}  {}", v.address, v.reason, v.expires_at);
+                }
+            }
+        }
+        BanCommand::Rm { address, .. } => {
+            let key = match &address {
+                Some(a) => Some(crate::sip::guards::parse_ban_key(a).ok_or_else(|| {
+                    UsageError(format!(
+                        "{a:?} is not an IP address (IPv6 bans may be given as PREFIX/64)"
+                    ))
+                })?),
+                None => None,
+            };
+            let gone = store.delete_sip_bans(key.as_deref()).await?;
+            let target = key.clone().unwrap_or_else(|| "all".into());
+            store.audit(&actor(), "sip.ban.rm", &target, "").await?;
+            match key {
+                Some(k) if gone == 0 => bail!("no SIP ban on {k}"),
+                Some(k) => println!("lifted the SIP ban on {k}"),
+                None => println!("lifted {gone} SIP ban(s)"),
+            }
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +131,10 @@ struct CredentialView {
 
 pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
-    let SipCommand::Credential(cmd) = cmd;
+    let cmd = match cmd {
+        SipCommand::Credential(c) => c,
+        SipCommand::Ban(b) => return ban(&config, b).await,
+    };
     match cmd {
         CredentialCommand::Set {
             id,

@@ -36,6 +36,9 @@ pub enum UserCommand {
         /// Keep stdin's bytes exactly (no trailing newline stripped).
         #[arg(long)]
         raw: bool,
+        /// The SIP extension the user's browser softphone registers as (see set-extension).
+        #[arg(long)]
+        extension: Option<String>,
     },
     /// List users.
     List {
@@ -61,6 +64,45 @@ pub enum UserCommand {
         #[arg(long)]
         raw: bool,
     },
+    /// Bind the SIP extension a user's browser softphone may use over the WebSocket (its From
+    /// and REGISTER To must be this extension); --clear removes it.
+    SetExtension {
+        name: String,
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        extension: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// An extension is the user part of a SIP URI: keep it to characters that need no escaping.
+fn check_extension(ext: &str) -> anyhow::Result<()> {
+    let ok = !ext.is_empty()
+        && ext.len() <= 32
+        && ext
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+'));
+    if !ok {
+        return Err(UsageError(format!(
+            "extension {ext:?} must be 1-32 letters, digits, '_', '.', '-' or '+'"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn set_extension(store: &Store, name: &str, ext: Option<&str>) -> anyhow::Result<()> {
+    use crate::store::ExtensionSet;
+    match store.set_user_extension(name, ext, now_unix()).await? {
+        ExtensionSet::Done => Ok(()),
+        ExtensionSet::NoSuchUser => bail!("user {name:?} does not exist"),
+        ExtensionSet::Taken(other) => {
+            bail!(
+                "extension {:?} already belongs to {other}",
+                ext.unwrap_or_default()
+            )
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +192,8 @@ struct UserView {
     level: u8,
     role: &'static str,
     email: Option<String>,
+    /// The SIP extension of the user's browser softphone.
+    extension: Option<String>,
     disabled: bool,
     created_at: String,
     updated_at: String,
@@ -174,11 +218,15 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             level,
             email,
             raw,
+            extension,
             ..
         } => {
             validate_username(&name).map_err(|e| UsageError(e.to_string()))?;
             if let Some(e) = &email {
                 check_email(e)?;
+            }
+            if let Some(ext) = &extension {
+                check_extension(ext)?;
             }
             let pw = read_password(raw)?;
             let hash = password::hash_now(pw.as_bytes())?;
@@ -188,17 +236,23 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             {
                 bail!("user {name:?} already exists");
             }
+            if let Some(ext) = &extension {
+                set_extension(store, &name, Some(ext)).await?;
+            }
             store
                 .audit(&actor(), "user.add", &name, &format!("level {level}"))
                 .await?;
             eprintln!("user {name:?} added with level {level}");
         }
         UserCommand::List { json } => {
+            let extensions: std::collections::HashMap<String, String> =
+                store.user_extensions().await?.into_iter().collect();
             let users: Vec<UserView> = store
                 .users()
                 .await?
                 .into_iter()
                 .map(|u| UserView {
+                    extension: extensions.get(&u.name).cloned(),
                     role: Role::of_level(u.level).map(Role::name).unwrap_or("agent"),
                     name: u.name,
                     level: u.level,
@@ -212,17 +266,18 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 println!(
-                    "{:<24} {:>5} {:<10} {:<8} EMAIL",
-                    "NAME", "LEVEL", "ROLE", "STATE"
+                    "{:<24} {:>5} {:<10} {:<8} {:<10} EMAIL",
+                    "NAME", "LEVEL", "ROLE", "STATE", "EXTENSION"
                 );
                 for u in users {
                     let state = if u.disabled { "disabled" } else { "active" };
                     println!(
-                        "{:<24} {:>5} {:<10} {:<8} {}",
+                        "{:<24} {:>5} {:<10} {:<8} {:<10} {}",
                         u.name,
                         u.level,
                         u.role,
                         state,
+                        u.extension.as_deref().unwrap_or("-"),
                         u.email.unwrap_or_default()
                     );
                 }
@@ -246,6 +301,22 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             changed(store.set_user_disabled(&name, false).await?, &name)?;
             store.audit(&actor(), "user.enable", &name, "").await?;
             eprintln!("user {name:?} enabled");
+        }
+        UserCommand::SetExtension {
+            name, extension, ..
+        } => {
+            if let Some(ext) = &extension {
+                check_extension(ext)?;
+            }
+            set_extension(store, &name, extension.as_deref()).await?;
+            let detail = extension.as_deref().unwrap_or("(none)");
+            store
+                .audit(&actor(), "user.set-extension", &name, detail)
+                .await?;
+            match &extension {
+                Some(ext) => eprintln!("user {name:?} now uses SIP extension {ext}"),
+                None => eprintln!("user {name:?} has no SIP extension now"),
+            }
         }
         UserCommand::Passwd { name, raw, .. } => {
             let pw = read_password(raw)?;

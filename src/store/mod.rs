@@ -12,6 +12,7 @@ mod mfa;
 mod secrets;
 mod sessions;
 mod sip;
+mod sip_edge;
 mod users;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use mfa::{Finish, MfaStatusRow, PendingRow};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use sip::SipCredentialRow;
+pub use sip_edge::{ExtensionSet, SipBanRow};
 pub use users::UserRow;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

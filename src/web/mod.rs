@@ -11,6 +11,7 @@ pub mod login_page;
 pub mod mfa_api;
 pub mod recordings_api;
 pub mod server;
+pub mod sip_api;
 pub mod tls;
 
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route("/login/app.js", get(login_page::script))
         .route("/login/style.css", get(login_page::style))
         .route("/api/v1/recordings/links", post(recordings_api::mint))
+        .route("/api/v1/sip/ticket", post(sip_api::ticket))
         .route("/api/v1/admin/recordings/links", get(recordings_api::links))
         .route(
             "/api/v1/admin/recordings/links/{id}",

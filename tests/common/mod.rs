@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod ami;
 pub mod nginx;
+pub mod sip;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");
 

@@ -1,0 +1,159 @@
+//! The SIP edge: softphones reach Asterisk only through here, over TLS or secure WebSocket.
+//!
+//! [`framing`] cuts TLS streams into messages (exactly one valid Content-Length, size caps);
+//! [`message`] and [`uri`] are our strict message model, which re-serialises whatever passes
+//! so Asterisk never sees a client's bytes; [`sdp`] is the SRTP-only media policy;
+//! [`transport`] runs the listeners, [`flow`] names client connections in what we send
+//! Asterisk, [`upstream`] is the loopback side, [`proxy`] decides what crosses, [`guards`]
+//! holds rates, scanner filtering and bans, and [`ticket`] binds browser WebSockets to web
+//! sessions.
+
+pub mod flow;
+pub mod framing;
+pub mod guards;
+pub mod message;
+pub mod proxy;
+pub mod sdp;
+pub mod ticket;
+pub mod transport;
+pub mod upstream;
+pub mod uri;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use proxy::Edge;
+
+use crate::clock::now_unix;
+use crate::config::Config;
+use crate::store::SessionRow;
+use crate::web::tls::{self, TlsError};
+
+/// How often bans are re-read from the store (the CLI lifts them there).
+const BAN_REFRESH: Duration = Duration::from_secs(2);
+/// How often WebSockets are checked against their web sessions (revocation, expiry).
+const SESSION_RECHECK: Duration = Duration::from_secs(5);
+
+/// TLS for the SIP listener and for the WebSocket listener: `[sip]`'s pair, else `[http]`'s.
+pub type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
+
+pub fn tls_configs(config: &Config) -> Result<Option<TlsPair>, TlsError> {
+    let Some(sip) = &config.sip else {
+        return Ok(None);
+    };
+    let files = sip
+        .tls
+        .as_ref()
+        .or_else(|| config.http.as_ref().and_then(|h| h.tls.as_ref()));
+    match files {
+        Some(f) => Ok(Some((
+            tls::server_config(f, &[])?,
+            tls::server_config(f, &[b"http/1.1"])?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Whether a web session still backs a WebSocket: not revoked, the user enabled and at the
+/// same level, within its lifetime and not idle past the limit.
+fn session_alive(row: &SessionRow, now: i64, idle: i64) -> bool {
+    row.revoked_at.is_none()
+        && !row.user_disabled
+        && row.level == row.user_level
+        && now < row.expires_at
+        && now - row.last_seen <= idle
+}
+
+impl Edge {
+    /// Starts reading from Asterisk (until `stop`).
+    pub fn start_upstream(
+        self: &Arc<Self>,
+        upstream: &Arc<upstream::Upstream>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let edge = Arc::downgrade(self);
+        upstream.start(
+            tracker,
+            stop,
+            Arc::new(move |msg| {
+                if let Some(edge) = edge.upgrade() {
+                    edge.from_upstream(&msg);
+                }
+            }),
+        );
+    }
+
+    /// Bans from the store, WebSockets whose web session ended, expired tickets and
+    /// transactions: checked periodically until `stop`.
+    pub fn start_maintenance(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {
+        let edge = self.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(BAN_REFRESH);
+            let mut last_sessions = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                edge.refresh_bans().await;
+                if last_sessions.elapsed() >= SESSION_RECHECK {
+                    last_sessions = Instant::now();
+                    edge.recheck_sessions().await;
+                }
+                edge.app.sip_tickets.sweep(Instant::now());
+                edge.sweep();
+            }
+        });
+    }
+
+    async fn refresh_bans(&self) {
+        let now = now_unix();
+        match self.app.store.sip_bans(now).await {
+            Ok(rows) => self
+                .bans
+                .replace(rows.into_iter().map(|r| (r.ip, r.expires_at))),
+            Err(e) => {
+                warn!(error = %e, "reading SIP bans failed; keeping the ones in memory");
+                return;
+            }
+        }
+        for flow in self.flows.all() {
+            if self.bans.banned(flow.peer.ip(), now).is_some() {
+                flow.close.cancel();
+            }
+        }
+    }
+
+    async fn recheck_sessions(&self) {
+        let idle = self.app.config.load().auth.session_idle_timeout.as_secs() as i64;
+        let now = now_unix();
+        let mut verdicts: std::collections::HashMap<String, bool> = Default::default();
+        for flow in self.flows.all() {
+            let Some(binding) = &flow.binding else {
+                continue;
+            };
+            let alive = match verdicts.get(&binding.session) {
+                Some(v) => *v,
+                None => {
+                    let v = match self.app.store.session(&binding.session).await {
+                        Ok(Some(row)) => session_alive(&row, now, idle),
+                        Ok(None) => false,
+                        // Do not cut phones off because the database hiccuped.
+                        Err(_) => true,
+                    };
+                    verdicts.insert(binding.session.clone(), v);
+                    v
+                }
+            };
+            if !alive {
+                info!(user = %binding.user, peer = %flow.peer, "web session ended; closing its SIP WebSocket");
+                flow.close.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,948 @@
+//! The proxy itself (RFC 3261 §16, stateless apart from a small table of INVITEs in flight):
+//! what crosses from a client to Asterisk and back, and every check on the way.
+//!
+//! Client requests always go to Asterisk, whatever their Request-URI or `Route` say: the
+//! edge is no open relay. Everything we add towards Asterisk (`Via`, `Record-Route`, `Path`)
+//! names our loopback address and carries a MAC'd token of the client connection, so answers
+//! and requests coming back find that connection. Towards clients we add our own `Via` and a
+//! `Record-Route` naming the address they reached us on (double record-routing, RFC 5658).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::flow::{Flow, Flows, Kind};
+use super::guards::{BanRules, Bans, Rates};
+use super::message::{error_response, Message, Method, Via};
+use super::sdp::{self, MediaPolicy, Refusal};
+use super::upstream::Upstream;
+use crate::app::App;
+use crate::clock::now_unix;
+use crate::config::SipConfig;
+use crate::metrics::ResultLabels;
+
+/// The URI parameter and `Via` parameter carrying our flow token.
+pub const TOKEN_PARAM: &str = "pbxg";
+/// INVITEs in flight remembered for tearing down a refused answer, at most, and how long.
+const MAX_PENDING: usize = 50_000;
+const PENDING_TTL: Duration = Duration::from_secs(300);
+
+/// What we sent Asterisk for one client INVITE: enough to CANCEL it or ACK its failure.
+#[derive(Debug, Clone)]
+struct Pending {
+    flow: u64,
+    request_uri: String,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    /// We cancelled it ourselves: its final answer is ours to ACK and swallow.
+    cancelled: bool,
+    at: Instant,
+}
+
+pub struct Edge {
+    pub(super) app: Arc<App>,
+    pub flows: Flows,
+    pub bans: Bans,
+    rates: Rates,
+    /// Swapped when a reload moves the Asterisk side.
+    upstream: ArcSwap<Upstream>,
+    /// Client connections open (TLS and WSS), for `max_connections`.
+    pub(super) connections: Arc<AtomicUsize>,
+    /// TLS for the SIP listener and for the WebSocket listener (ALPN http/1.1); swapped on
+    /// reload, applied from the next handshake.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    pub wss_tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Our branch -> the client INVITE it carries.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Client branches whose INVITE we answered ourselves; their ACK stops here.
+    absorb: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").finish_non_exhaustive()
+    }
+}
+
+fn policy(cfg: &SipConfig) -> MediaPolicy {
+    MediaPolicy {
+        crypto_suites: cfg.crypto_suites.clone(),
+        allow_t38: cfg.allow_t38,
+    }
+}
+
+fn host_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// Methods whose request may start a dialog or refresh its target: these get our
+/// `Record-Route`, so the dialog's later requests come through us.
+fn record_routes(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify | Method::Update
+    )
+}
+
+/// A response built from the headers of `msg` (a response whose own `Via` are the ones to
+/// answer along): used to answer an INVITE ourselves after refusing what came back for it.
+fn restatus(msg: &Message, code: u16, reason: &str, extra: &[(&str, String)]) -> Bytes {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in msg.vias() {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    for name in ["From", "To", "Call-ID", "CSeq"] {
+        if let Some(v) = msg.header(name) {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    Bytes::from(out)
+}
+
+fn label(result: &'static str) -> ResultLabels {
+    ResultLabels { result }
+}
+
+impl Edge {
+    pub fn new(app: Arc<App>, upstream: Arc<Upstream>) -> Edge {
+        Edge {
+            app,
+            flows: Flows::new(),
+            bans: Bans::default(),
+            rates: Rates::default(),
+            upstream: ArcSwap::new(upstream),
+            connections: Arc::default(),
+            tls: ArcSwapOption::empty(),
+            wss_tls: ArcSwapOption::empty(),
+            pending: Mutex::default(),
+            absorb: Mutex::default(),
+        }
+    }
+
+    pub fn up(&self) -> Arc<Upstream> {
+        self.upstream.load_full()
+    }
+
+    /// Points the edge at a new Asterisk side (reload).
+    pub fn set_upstream(&self, upstream: Arc<Upstream>) {
+        self.upstream.store(upstream);
+    }
+
+    fn count_client(&self, result: &'static str) {
+        self.app
+            .metrics
+            .sip_client_messages
+            .get_or_create(&label(result))
+            .inc();
+    }
+
+    fn count_upstream(&self, result: &'static str) {
+        self.app
+            .metrics
+            .sip_upstream_messages
+            .get_or_create(&label(result))
+            .inc();
+    }
+
+    fn agent(&self) -> String {
+        self.app
+            .config
+            .load()
+            .sip
+            .as_ref()
+            .and_then(|s| s.public_host.clone())
+            .unwrap_or_else(|| "pbxguard".to_string())
+    }
+
+    /// Our `Via` towards Asterisk for a request from `flow`.
+    fn upstream_via(&self, flow: u64, flag: char, incoming_branch: &str) -> Via {
+        let local = self.up().local();
+        Via {
+            transport: self.up().via_transport().to_string(),
+            host: host_of(local.ip()),
+            port: Some(local.port()),
+            params: vec![
+                (
+                    "branch".into(),
+                    Some(self.flows.branch(flow, incoming_branch)),
+                ),
+                ("rport".into(), None),
+                (TOKEN_PARAM.into(), Some(self.flows.token(flow, flag))),
+            ],
+        }
+    }
+
+    /// `<sip:127.0.0.1:5070;transport=udp;lr;pbxg=...>`: how Asterisk reaches `flow`.
+    fn loopback_uri(&self, flow: u64) -> String {
+        let local = self.up().local();
+        format!(
+            "<sip:{}:{};transport={};lr;{TOKEN_PARAM}={}>",
+            host_of(local.ip()),
+            local.port(),
+            self.up().uri_transport(),
+            self.flows.token(flow, 'n')
+        )
+    }
+
+    /// How the client behind `flow` reaches us again: the address it connected to.
+    fn public_uri(&self, flow: &Flow, cfg: &SipConfig) -> String {
+        let host = cfg
+            .public_host
+            .clone()
+            .unwrap_or_else(|| host_of(flow.local.ip()));
+        format!(
+            "<sip:{host}:{};transport={};lr;{TOKEN_PARAM}={}>",
+            flow.local.port(),
+            flow.kind.uri_param(),
+            self.flows.token(flow.id, 'n')
+        )
+    }
+
+    /// Answers a client request ourselves.
+    fn answer(
+        &self,
+        flow: &Flow,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) {
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
+        let tag = crate::ids::random_hex(8);
+        let resp = req.response(code, reason, &tag, extra);
+        flow.send(Bytes::from(resp.to_bytes()));
+    }
+
+    /// Answers a request from Asterisk ourselves.
+    fn answer_upstream(&self, req: &Message, code: u16, reason: &str, extra: &[(&str, String)]) {
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
+        let tag = crate::ids::random_hex(8);
+        let resp = req.response(code, reason, &tag, extra);
+        self.up().send(Bytes::from(resp.to_bytes()));
+    }
+
+    fn warning(&self, refusal: &Refusal) -> (&'static str, String) {
+        ("Warning", sdp::warning_value(&self.agent(), refusal))
+    }
+
+    /// Bans the address of `flow` (and closes every connection from it).
+    fn ban_now(&self, ip: IpAddr, reason: &'static str, duration: Duration) {
+        let (key, until) = self.bans.ban(ip, duration, now_unix());
+        self.persist_ban(key, reason, until);
+    }
+
+    fn persist_ban(&self, key: String, reason: &'static str, until: i64) {
+        self.app
+            .metrics
+            .sip_bans
+            .get_or_create(&label(reason))
+            .inc();
+        info!(address = %key, reason, until = %crate::clock::rfc3339(until), "SIP edge banned a client address");
+        for flow in self.flows.all() {
+            if super::guards::ban_key(flow.peer.ip()) == key {
+                flow.close.cancel();
+            }
+        }
+        let store = self.app.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.put_sip_ban(&key, reason, now_unix(), until).await {
+                warn!(error = %e, "recording a SIP ban failed; it holds in memory until restart");
+            }
+        });
+    }
+
+    // ---- client -> Asterisk -----------------------------------------------------------------
+
+    /// One message from a client connection (one framed message or one WebSocket message).
+    pub fn from_client(&self, flow: &Arc<Flow>, raw: &[u8]) {
+        let cfg = self.app.config.load();
+        let Some(sip) = cfg.sip.as_ref() else {
+            return;
+        };
+        let msg = match Message::parse(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_client("invalid");
+                debug!(peer = %flow.peer, error = %e, "refusing an invalid SIP message");
+                if let Some(resp) = error_response(raw, &e) {
+                    flow.send(Bytes::from(resp));
+                }
+                return;
+            }
+        };
+        if msg.status().is_some() {
+            self.client_response(flow, msg, sip);
+        } else {
+            self.client_request(flow, msg, sip);
+        }
+    }
+
+    fn client_request(&self, flow: &Arc<Flow>, mut msg: Message, sip: &SipConfig) {
+        let now = Instant::now();
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        if let Some(ua) = msg.user_agent() {
+            if super::guards::is_scanner(ua, &sip.blocked_user_agents) {
+                self.count_client("scanner");
+                self.ban_now(flow.peer.ip(), "scanner", sip.ban_duration);
+                flow.close.cancel();
+                return;
+            }
+        }
+        let user_ok = flow.binding.as_ref().is_none_or(|b| {
+            self.rates
+                .allow_user(&b.extension, sip.rate_per_user, sip.burst_per_user, now)
+        });
+        if !user_ok
+            || !self
+                .rates
+                .allow_ip(flow.peer.ip(), sip.rate_per_ip, sip.burst_per_ip, now)
+        {
+            self.count_client("rate_limited");
+            self.answer(
+                flow,
+                &msg,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "5".into())],
+            );
+            return;
+        }
+        if let Method::Other(_) = method {
+            self.count_client("unsupported");
+            self.answer(
+                flow,
+                &msg,
+                501,
+                "Not Implemented",
+                &[("Allow", ALLOW.to_string())],
+            );
+            return;
+        }
+        if method == Method::Ack && self.absorbed(&msg) {
+            return;
+        }
+        match msg.max_forwards() {
+            Some(0) | None => {
+                self.count_client("too_many_hops");
+                self.answer(flow, &msg, 483, "Too Many Hops", &[]);
+                return;
+            }
+            Some(n) => msg.set_max_forwards(n - 1),
+        }
+        if let Err(why) = check_identity(flow, &msg, &method) {
+            self.count_client("identity_mismatch");
+            debug!(peer = %flow.peer, why, "refusing a request outside the session's extension");
+            let refusal = Refusal {
+                reason: why.to_string(),
+            };
+            self.answer(flow, &msg, 403, "Forbidden", &[self.warning(&refusal)]);
+            return;
+        }
+        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+            self.count_client("media_refused");
+            info!(peer = %flow.peer, reason = %refusal, method = method.as_str(), "refused media offer");
+            self.answer(
+                flow,
+                &msg,
+                488,
+                "Not Acceptable Here",
+                &[self.warning(&refusal)],
+            );
+            return;
+        }
+        msg.remove_all(&sip.identity_header);
+        if let Some(b) = &flow.binding {
+            msg.push_back(&sip.identity_header, b.extension.clone());
+        }
+        let Some(mut top) = msg.top_via() else {
+            return;
+        };
+        top.set_param("received", Some(flow.peer.ip().to_string()));
+        if top.param("rport").is_some() {
+            top.set_param("rport", Some(flow.peer.port().to_string()));
+        }
+        msg.set_top_via(&top);
+        let incoming = top.branch().unwrap_or_default().to_string();
+        // Only Asterisk is behind us: a client's route set has nothing left to say.
+        msg.remove_all("Route");
+        let has_credentials =
+            msg.header("Authorization").is_some() || msg.header("Proxy-Authorization").is_some();
+        let via = self.upstream_via(flow.id, if has_credentials { 'a' } else { 'n' }, &incoming);
+        msg.push_front("Via", via.to_string());
+        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+        if record_routes(&method) && !in_dialog {
+            msg.push_front("Record-Route", self.public_uri(flow, sip));
+            msg.push_front("Record-Route", self.loopback_uri(flow.id));
+        }
+        if method == Method::Register {
+            msg.push_front("Path", self.loopback_uri(flow.id));
+            add_supported_path(&mut msg);
+            for c in msg.contacts() {
+                self.flows.remember_contact(c.uri.to_string(), flow.id);
+            }
+        }
+        if method == Method::Invite {
+            self.remember_invite(flow.id, &via, &msg);
+        }
+        self.count_client("forwarded");
+        self.up().send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// A client's answer to a request Asterisk sent it through us.
+    fn client_response(&self, flow: &Arc<Flow>, mut msg: Message, sip: &SipConfig) {
+        let Some(top) = msg.top_via() else { return };
+        let ours = top
+            .param(TOKEN_PARAM)
+            .flatten()
+            .and_then(|t| self.flows.parse_token(t));
+        // A client may only answer what we sent it.
+        if ours.map(|(id, _)| id) != Some(flow.id) {
+            self.count_client("stray");
+            return;
+        }
+        msg.remove_first("Via");
+        if let Some((_, 'l')) = ours {
+            // The answer to a request we made up ourselves (a teardown BYE): ours to keep.
+            return;
+        }
+        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+            self.count_client("media_refused");
+            self.refuse_client_answer(flow, &msg, &refusal);
+            return;
+        }
+        self.count_client("forwarded");
+        self.up().send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// A phone answered an incoming call with media the policy refuses: Asterisk gets 488,
+    /// the phone an ACK (for a 2xx) and a BYE.
+    fn refuse_client_answer(&self, flow: &Arc<Flow>, msg: &Message, refusal: &Refusal) {
+        warn!(peer = %flow.peer, reason = %refusal, "a phone answered with media the policy refuses; ending that call");
+        let code = msg.status().unwrap_or(0);
+        let is_invite = matches!(msg.cseq(), Some((_, Method::Invite)));
+        if !(200..300).contains(&code) {
+            // Provisional answers with refused early media are simply not passed on.
+            return;
+        }
+        if is_invite {
+            let target = msg.contacts().first().map(|c| c.uri.to_string());
+            if let (Some(target), Some((n, _))) = (target, msg.cseq()) {
+                for (method, seq) in [("ACK", n), ("BYE", n.saturating_add(1))] {
+                    let req = self.generated(method, &target, msg, seq, &client_via(self, flow));
+                    flow.send(req);
+                }
+            }
+            self.up().send(restatus(
+                msg,
+                488,
+                "Not Acceptable Here",
+                &[self.warning(refusal)],
+            ));
+        }
+    }
+
+    fn check_media(&self, msg: &Message, kind: Kind, sip: &SipConfig) -> Result<(), Refusal> {
+        if msg.body().is_empty() {
+            return Ok(());
+        }
+        sdp::check_body(
+            msg.content_type(),
+            msg.header("Content-Encoding"),
+            msg.body(),
+            &policy(sip),
+            kind == Kind::Wss,
+        )
+        .map(|_| ())
+    }
+
+    fn remember_invite(&self, flow: u64, via: &Via, msg: &Message) {
+        let (Some(branch), Some(uri), Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
+            via.branch(),
+            msg.request_uri(),
+            msg.header("From"),
+            msg.header("To"),
+            msg.call_id(),
+            msg.cseq(),
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING {
+            pending.retain(|_, p| now.duration_since(p.at) < PENDING_TTL);
+            if pending.len() >= MAX_PENDING {
+                return;
+            }
+        }
+        pending.insert(
+            branch.to_string(),
+            Pending {
+                flow,
+                request_uri: uri.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+                call_id: call_id.to_string(),
+                cseq,
+                cancelled: false,
+                at: now,
+            },
+        );
+    }
+
+    /// True when `ack` acknowledges a final answer we gave ourselves (it ends here).
+    fn absorbed(&self, ack: &Message) -> bool {
+        let Some(branch) = ack.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
+            return false;
+        };
+        let mut absorb = self.absorb.lock().unwrap_or_else(|e| e.into_inner());
+        absorb.remove(&branch).is_some()
+    }
+
+    fn absorb_ack_for(&self, client_branch: &str) {
+        let now = Instant::now();
+        let mut absorb = self.absorb.lock().unwrap_or_else(|e| e.into_inner());
+        if absorb.len() >= MAX_PENDING {
+            absorb.retain(|_, at| now.duration_since(*at) < PENDING_TTL);
+        }
+        absorb.insert(client_branch.to_string(), now);
+    }
+
+    // ---- Asterisk -> client -----------------------------------------------------------------
+
+    /// One message from Asterisk.
+    pub fn from_upstream(&self, raw: &[u8]) {
+        let cfg = self.app.config.load();
+        let Some(sip) = cfg.sip.as_ref() else {
+            return;
+        };
+        let msg = match Message::parse(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_upstream("invalid");
+                warn!(error = %e, "Asterisk sent a SIP message pbxguard cannot parse; dropped");
+                return;
+            }
+        };
+        if msg.status().is_some() {
+            self.upstream_response(msg, sip);
+        } else {
+            self.upstream_request(msg, sip);
+        }
+    }
+
+    fn upstream_response(&self, mut msg: Message, sip: &SipConfig) {
+        let Some(top) = msg.top_via() else { return };
+        let token = top
+            .param(TOKEN_PARAM)
+            .flatten()
+            .and_then(|t| self.flows.parse_token(t));
+        let Some((flow_id, flag)) = token else {
+            self.count_upstream("stray");
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        let method = msg.cseq().map(|(_, m)| m);
+        let branch = top.branch().unwrap_or_default().to_string();
+        let flow = self.flows.get(flow_id);
+        if let Some(flow) = &flow {
+            self.track_failure(flow, status, flag, method.as_ref(), sip);
+        }
+        if flag == 'l' {
+            return;
+        }
+        if method == Some(Method::Invite) && status >= 200 {
+            let done = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&branch);
+            if let Some(p) = done.filter(|p| p.cancelled) {
+                if status >= 300 {
+                    self.ack_failure(&p, &branch, &msg);
+                }
+                return;
+            }
+        }
+        msg.remove_first("Via");
+        let Some(flow) = flow else {
+            self.count_upstream("no_route");
+            return;
+        };
+        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+            self.count_upstream("media_refused");
+            self.refuse_upstream_answer(&flow, &msg, &branch, &refusal);
+            return;
+        }
+        self.count_upstream("forwarded");
+        flow.send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// 401/407 to a request that carried credentials, 403, and 404 to a REGISTER count as
+    /// failed authentications from the client's address (brute force, enumeration).
+    fn track_failure(
+        &self,
+        flow: &Flow,
+        status: u16,
+        flag: char,
+        method: Option<&Method>,
+        sip: &SipConfig,
+    ) {
+        let failed = match status {
+            401 | 407 => flag == 'a',
+            403 => true,
+            404 => method == Some(&Method::Register),
+            _ => false,
+        };
+        if !failed {
+            return;
+        }
+        let rules = BanRules {
+            threshold: sip.ban_threshold,
+            window: sip.ban_window,
+            duration: sip.ban_duration,
+        };
+        if let Some((key, until)) =
+            self.bans
+                .failure(flow.peer.ip(), rules, Instant::now(), now_unix())
+        {
+            self.persist_ban(key, "auth_failures", until);
+        }
+    }
+
+    /// Asterisk answered a client's INVITE with media the policy refuses: the client gets a
+    /// 488 instead; Asterisk gets a CANCEL (provisional answer) or an ACK and a BYE (2xx).
+    fn refuse_upstream_answer(
+        &self,
+        flow: &Arc<Flow>,
+        msg: &Message,
+        branch: &str,
+        refusal: &Refusal,
+    ) {
+        warn!(peer = %flow.peer, reason = %refusal, "Asterisk answered with media the policy refuses; ending that call");
+        let status = msg.status().unwrap_or(0);
+        let is_invite = matches!(msg.cseq(), Some((_, Method::Invite)));
+        if !is_invite {
+            return;
+        }
+        let client_branch = msg
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let upstream_via = self.generated_upstream_via(flow.id);
+        if (200..300).contains(&status) {
+            let target = msg.contacts().first().map(|c| c.uri.to_string());
+            if let (Some(target), Some((n, _))) = (target, msg.cseq()) {
+                for (method, seq) in [("ACK", n), ("BYE", n.saturating_add(1))] {
+                    self.up()
+                        .send(self.generated(method, &target, msg, seq, &upstream_via));
+                }
+            }
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(branch);
+        } else {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = pending.get_mut(branch) else {
+                return;
+            };
+            if p.cancelled {
+                return;
+            }
+            p.cancelled = true;
+            let cancel = self.cancel_for(p, branch);
+            drop(pending);
+            self.up().send(cancel);
+        }
+        self.absorb_ack_for(&client_branch);
+        flow.send(restatus(
+            msg,
+            488,
+            "Not Acceptable Here",
+            &[self.warning(refusal)],
+        ));
+    }
+
+    fn generated_upstream_via(&self, flow: u64) -> Via {
+        let seed = crate::ids::random_hex(8);
+        self.upstream_via(flow, 'l', &seed)
+    }
+
+    /// An in-dialog request we originate (teardown), along the dialog of response `msg`.
+    fn generated(&self, method: &str, target: &str, msg: &Message, seq: u32, via: &Via) -> Bytes {
+        let from = msg.header("From").unwrap_or_default();
+        let to = msg.header("To").unwrap_or_default();
+        let call_id = msg.call_id().unwrap_or_default();
+        Bytes::from(format!(
+            "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
+        ))
+    }
+
+    /// CANCEL for an INVITE we forwarded: same Request-URI, From, To, Call-ID, CSeq number
+    /// and top `Via` (our branch), as RFC 3261 §9.1 wants.
+    fn cancel_for(&self, p: &Pending, branch: &str) -> Bytes {
+        let via = self.cancel_via(p.flow, branch);
+        Bytes::from(format!(
+            "CANCEL {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            p.request_uri, p.from, p.to, p.call_id, p.cseq
+        ))
+    }
+
+    /// Our `Via` with the INVITE's branch but a local flag, so the CANCEL's 200 stops here.
+    fn cancel_via(&self, flow: u64, branch: &str) -> Via {
+        let local = self.up().local();
+        Via {
+            transport: self.up().via_transport().to_string(),
+            host: host_of(local.ip()),
+            port: Some(local.port()),
+            params: vec![
+                ("branch".into(), Some(branch.to_string())),
+                ("rport".into(), None),
+                (TOKEN_PARAM.into(), Some(self.flows.token(flow, 'l'))),
+            ],
+        }
+    }
+
+    /// The hop-by-hop ACK for the failure answer to an INVITE we cancelled.
+    fn ack_failure(&self, p: &Pending, branch: &str, msg: &Message) {
+        let via = self.cancel_via(p.flow, branch);
+        let to = msg.header("To").unwrap_or(&p.to);
+        self.up().send(Bytes::from(format!(
+            "ACK {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            p.request_uri, p.from, p.call_id, p.cseq
+        )));
+    }
+
+    fn upstream_request(&self, mut msg: Message, sip: &SipConfig) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let flow = msg
+            .routes()
+            .iter()
+            .find_map(|r| {
+                r.uri
+                    .param(TOKEN_PARAM)
+                    .flatten()
+                    .and_then(|t| self.flows.parse_token(t))
+            })
+            .and_then(|(id, _)| self.flows.get(id))
+            .or_else(|| {
+                msg.request_uri()
+                    .and_then(|u| self.flows.by_contact(&u.to_string()))
+            });
+        let Some(flow) = flow else {
+            self.count_upstream("no_route");
+            self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
+            return;
+        };
+        msg.remove_all("Route");
+        match msg.max_forwards() {
+            Some(0) | None => {
+                self.answer_upstream(&msg, 483, "Too Many Hops", &[]);
+                return;
+            }
+            Some(n) => msg.set_max_forwards(n - 1),
+        }
+        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+            self.count_upstream("media_refused");
+            info!(peer = %flow.peer, reason = %refusal, "refused a media offer from Asterisk");
+            self.answer_upstream(&msg, 488, "Not Acceptable Here", &[self.warning(&refusal)]);
+            return;
+        }
+        let incoming = msg
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let mut via = client_via(self, &flow);
+        via.set_param("branch", Some(self.flows.branch(flow.id, &incoming)));
+        via.set_param(TOKEN_PARAM, Some(self.flows.token(flow.id, 'n')));
+        msg.push_front("Via", via.to_string());
+        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+        if record_routes(&method) && !in_dialog {
+            msg.push_front("Record-Route", self.loopback_uri(flow.id));
+            msg.push_front("Record-Route", self.public_uri(&flow, sip));
+        }
+        self.count_upstream("forwarded");
+        flow.send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// Forgets INVITEs and absorbed ACKs older than their transactions can live.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, p| now.duration_since(p.at) < PENDING_TTL);
+        self.absorb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| now.duration_since(*at) < PENDING_TTL);
+    }
+}
+
+/// The methods we pass; anything else is answered 501 here.
+pub const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, REGISTER, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE, PUBLISH";
+
+/// Our `Via` towards a client (a fresh branch and a local flag, for requests we make up).
+fn client_via(edge: &Edge, flow: &Flow) -> Via {
+    let cfg = edge.app.config.load();
+    let host = cfg
+        .sip
+        .as_ref()
+        .and_then(|s| s.public_host.clone())
+        .unwrap_or_else(|| host_of(flow.local.ip()));
+    Via {
+        transport: flow.kind.via_name().to_string(),
+        host,
+        port: Some(flow.local.port()),
+        params: vec![
+            (
+                "branch".into(),
+                Some(format!("z9hG4bK-pg{}", crate::ids::random_hex(8))),
+            ),
+            (TOKEN_PARAM.into(), Some(edge.flows.token(flow.id, 'l'))),
+        ],
+    }
+}
+
+/// Adds `path` to `Supported` (RFC 3327 §5.2: the registrar must know Path is in use).
+fn add_supported_path(msg: &mut Message) {
+    let current = msg.header("Supported").map(str::to_owned);
+    let has = current
+        .as_deref()
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("path")));
+    if has {
+        return;
+    }
+    msg.remove_all("Supported");
+    let value = match current {
+        Some(v) if !v.trim().is_empty() => format!("{v}, path"),
+        _ => "path".to_string(),
+    };
+    msg.push_back("Supported", value);
+}
+
+/// A WebSocket bound to a web session may only speak as that session's extension: `From` on
+/// every request that starts something (no To-tag), and `To` as well on REGISTER.
+fn check_identity(flow: &Flow, msg: &Message, method: &Method) -> Result<(), &'static str> {
+    let Some(binding) = &flow.binding else {
+        return Ok(());
+    };
+    let user_of = |na: Option<super::uri::NameAddr>| na.and_then(|n| n.uri.user);
+    let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+    let from_ok = user_of(msg.from()).as_deref() == Some(binding.extension.as_str());
+    if *method == Method::Register {
+        let to_ok = user_of(msg.to()).as_deref() == Some(binding.extension.as_str());
+        if !(from_ok && to_ok) {
+            return Err("REGISTER From and To must be the extension of this session");
+        }
+    } else if !in_dialog && !from_ok {
+        return Err("From must be the extension of this session");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::ticket::Binding;
+    use tokio_util::sync::CancellationToken;
+
+    fn msg(method: &str, from: &str, to: &str, extra: &str) -> Message {
+        // `extra` is a To parameter (";tag=t") or further header lines ("\r\nName: value").
+        let raw = format!(
+            "{method} sip:x@pbx SIP/2.0\r\nVia: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@pbx>;tag=f\r\nTo: <sip:{to}@pbx>{extra}\r\nCall-ID: c\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    fn flow(binding: Option<Binding>) -> Arc<Flow> {
+        let flows = Flows::new();
+        let (f, _rx) = flows.add(
+            Kind::Wss,
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:8089".parse().unwrap(),
+            binding,
+            CancellationToken::new(),
+        );
+        f
+    }
+
+    #[test]
+    fn a_bound_websocket_speaks_only_as_its_extension() {
+        let bound = flow(Some(Binding {
+            user: "alice".into(),
+            extension: "1001".into(),
+            session: "s".into(),
+        }));
+        let ok = |m: &Message| check_identity(&bound, m, m.method().unwrap()).is_ok();
+        assert!(ok(&msg("REGISTER", "1001", "1001", "")));
+        assert!(!ok(&msg("REGISTER", "1001", "1002", "")));
+        assert!(!ok(&msg("REGISTER", "1002", "1001", "")));
+        assert!(ok(&msg("INVITE", "1001", "2000", "")));
+        assert!(!ok(&msg("INVITE", "1002", "2000", "")));
+        assert!(!ok(&msg("MESSAGE", "10011", "2000", "")));
+        // In a dialog Asterisk started, the phone's From is whatever Asterisk addressed it as.
+        assert!(ok(&msg("BYE", "abc123", "2000", ";tag=t")));
+        // TLS phones are not bound.
+        let free = flow(None);
+        assert!(check_identity(&free, &msg("INVITE", "9", "2", ""), &Method::Invite).is_ok());
+    }
+
+    #[test]
+    fn path_support_is_announced_once() {
+        let mut m = msg("REGISTER", "1", "1", "");
+        add_supported_path(&mut m);
+        assert_eq!(m.header("Supported"), Some("path"));
+        let mut m = msg("REGISTER", "1", "1", "\r\nSupported: outbound, gruu");
+        add_supported_path(&mut m);
+        assert_eq!(m.header("Supported"), Some("outbound, gruu, path"));
+        let mut m = msg("REGISTER", "1", "1", "\r\nSupported: PATH");
+        add_supported_path(&mut m);
+        assert_eq!(m.header("Supported"), Some("PATH"));
+    }
+
+    #[test]
+    fn only_dialog_starting_methods_are_record_routed() {
+        for m in [
+            Method::Invite,
+            Method::Subscribe,
+            Method::Refer,
+            Method::Notify,
+        ] {
+            assert!(record_routes(&m));
+        }
+        for m in [
+            Method::Register,
+            Method::Options,
+            Method::Message,
+            Method::Bye,
+        ] {
+            assert!(!record_routes(&m));
+        }
+    }
+}

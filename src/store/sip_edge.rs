@@ -1,0 +1,138 @@
+//! What the SIP edge keeps: which extension a web user's browser softphone may use, and the
+//! bans by client address (shared with the CLI, which lists and lifts them).
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipBanRow {
+    pub ip: String,
+    pub reason: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// The outcome of binding an extension to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionSet {
+    Done,
+    NoSuchUser,
+    /// Another user has it.
+    Taken(String),
+}
+
+impl Store {
+    /// Binds `extension` to `user` (`None` removes the binding).
+    pub async fn set_user_extension(
+        &self,
+        user: &str,
+        extension: Option<&str>,
+        now: i64,
+    ) -> Result<ExtensionSet, StoreError> {
+        if let Some(ext) = extension {
+            let holder: Option<(String,)> =
+                sqlx::query_as("SELECT name FROM users WHERE sip_extension = ? AND name <> ?")
+                    .bind(ext)
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some((other,)) = holder {
+                return Ok(ExtensionSet::Taken(other));
+            }
+        }
+        let done = sqlx::query("UPDATE users SET sip_extension = ?, updated_at = ? WHERE name = ?")
+            .bind(extension)
+            .bind(now)
+            .bind(user)
+            .execute(&self.pool)
+            .await;
+        match done {
+            Ok(d) if d.rows_affected() == 1 => Ok(ExtensionSet::Done),
+            Ok(_) => Ok(ExtensionSet::NoSuchUser),
+            // Lost a race with another writer taking the same extension.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Ok(ExtensionSet::Taken(String::from("another user")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn user_extension(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT sip_extension FROM users WHERE name = ?")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|r| r.0))
+    }
+
+    /// Every user with an extension: (user, extension), by user.
+    pub async fn user_extensions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT name, sip_extension FROM users WHERE sip_extension IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records (or extends) a ban.
+    pub async fn put_sip_ban(
+        &self,
+        ip: &str,
+        reason: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sip_bans (ip, reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(ip) DO UPDATE SET reason = excluded.reason, \
+             expires_at = max(sip_bans.expires_at, excluded.expires_at)",
+        )
+        .bind(ip)
+        .bind(reason)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Bans still in force at `now`, soonest to end first; expired rows are deleted on the way.
+    pub async fn sip_bans(&self, now: i64) -> Result<Vec<SipBanRow>, StoreError> {
+        sqlx::query("DELETE FROM sip_bans WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT ip, reason, created_at, expires_at FROM sip_bans ORDER BY expires_at, ip",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SipBanRow {
+                ip: r.0,
+                reason: r.1,
+                created_at: r.2,
+                expires_at: r.3,
+            })
+            .collect())
+    }
+
+    /// Lifts one ban (`Some`) or all of them (`None`); returns how many went.
+    pub async fn delete_sip_bans(&self, ip: Option<&str>) -> Result<u64, StoreError> {
+        let done = match ip {
+            Some(ip) => {
+                sqlx::query("DELETE FROM sip_bans WHERE ip = ?")
+                    .bind(ip)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM sip_bans")
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
+    }
+}

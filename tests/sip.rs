@@ -1,0 +1,806 @@
+//! End to end: the real binary as the SIP edge, between raw SIP-over-TLS / WebSocket clients
+//! and the Asterisk stand-in (`tests/peers/sip_peer.py`). Each test asserts both what the
+//! client got back and what "Asterisk" saw (the peer logs every message it received).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sip::{
+    base_headers, digest, request, rnd, sdes_key, sdp_dtls, sdp_plain, sdp_sdes, SipMsg, SipPeer,
+    SipTls, SipWs,
+};
+use common::{free_port, Daemon, Env};
+
+const T: Duration = Duration::from_secs(10);
+const ORIGIN: &str = "https://softphone.test";
+
+struct Edge {
+    env: Env,
+    peer: SipPeer,
+    daemon: Daemon,
+    tls: u16,
+    wss: u16,
+}
+
+/// Peer (users 1001:pw1001, 1002:pw1002, 1003 forbidden) + initialised daemon with `[sip]`
+/// (plus `extra` keys in that section).
+fn edge(extra: &str) -> Edge {
+    edge_with_peer(extra, &[])
+}
+
+fn edge_with_peer(extra: &str, peer_args: &[&str]) -> Edge {
+    let peer = SipPeer::start(&["1001:pw1001", "1002:pw1002", "1003:!"], peer_args);
+    let env = Env::new();
+    let (tls, wss) = (free_port(), free_port());
+    let sip = format!(
+        r#"
+[sip]
+tls_listen = "127.0.0.1:{tls}"
+wss_listen = "127.0.0.1:{wss}"
+upstream = "127.0.0.1:{udp}"
+upstream_bind = "127.0.0.1:0"
+wss_origins = ["{ORIGIN}"]
+{extra}
+"#,
+        udp = peer.udp
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &sip));
+    env.init();
+    let daemon = env.start();
+    daemon.wait_for_port(tls);
+    daemon.wait_for_port(wss);
+    Edge {
+        env,
+        peer,
+        daemon,
+        tls,
+        wss,
+    }
+}
+
+impl Edge {
+    fn client(&self) -> SipTls {
+        SipTls::connect(self.tls, &self.env.cert())
+    }
+
+    /// REGISTER with the digest dance; the final status.
+    fn register(&self, c: &mut SipTls, user: &str, password: &str) -> SipMsg {
+        register_on(
+            |b| {
+                c.send(b);
+                c.final_response(T)
+            },
+            user,
+            password,
+            "TLS",
+        )
+    }
+}
+
+/// REGISTER through `exchange` (send, then the final response), answering one challenge.
+fn register_on(
+    mut exchange: impl FnMut(&[u8]) -> Option<SipMsg>,
+    user: &str,
+    password: &str,
+    transport: &str,
+) -> SipMsg {
+    let call_id = rnd();
+    let uri = "sip:pbx.test";
+    let first = request(
+        &format!("REGISTER {uri} SIP/2.0"),
+        &base_headers("REGISTER", user, user, transport, &call_id, 1),
+        "",
+    );
+    let resp = exchange(&first).expect("answer to REGISTER");
+    if resp.status() != Some(401) {
+        return resp;
+    }
+    let challenge = resp
+        .header("WWW-Authenticate")
+        .expect("challenge")
+        .to_string();
+    let mut lines = base_headers("REGISTER", user, user, transport, &call_id, 2);
+    lines.push(format!(
+        "Authorization: {}",
+        digest(&challenge, user, password, "REGISTER", uri)
+    ));
+    exchange(&request(&format!("REGISTER {uri} SIP/2.0"), &lines, "")).expect("final answer")
+}
+
+fn invite(user: &str, to: &str, transport: &str, sdp: &str) -> Vec<u8> {
+    let mut lines = base_headers("INVITE", user, to, transport, &rnd(), 1);
+    lines.push("Content-Type: application/sdp".into());
+    request(&format!("INVITE sip:{to}@pbx.test SIP/2.0"), &lines, sdp)
+}
+
+fn options(user: &str) -> Vec<u8> {
+    request(
+        "OPTIONS sip:pbx.test SIP/2.0",
+        &base_headers("OPTIONS", user, user, "TLS", &rnd(), 1),
+        "",
+    )
+}
+
+#[test]
+fn register_over_tls_reaches_asterisk_rewritten_with_path_and_our_via() {
+    let e = edge("");
+    let mut c = e.client();
+    // Compact forms from the client; Asterisk must see long names only.
+    let call_id = rnd();
+    let compact = format!(
+        "REGISTER sip:pbx.test SIP/2.0\r\nv: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\nf: <sip:1001@pbx.test>;tag={}\r\nt: <sip:1001@pbx.test>\r\ni: {call_id}\r\nCSeq: 1 REGISTER\r\nm: <sip:1001@client.invalid;transport=tls>\r\nl: 0\r\n\r\n",
+        rnd(),
+        rnd()
+    );
+    c.send(compact.as_bytes());
+    let challenge = c.final_response(T).expect("401");
+    assert_eq!(challenge.status(), Some(401), "{challenge:?}");
+    let seen = e.peer.wait_requests("REGISTER", 1, T);
+    let first = &seen[0];
+    for compact in ["\r\nv:", "\r\nf:", "\r\nt:", "\r\ni:", "\r\nm:", "\r\nl:"] {
+        assert!(
+            !first.raw.contains(compact),
+            "compact header reached Asterisk: {}",
+            first.raw
+        );
+    }
+    let vias = first.all("Via");
+    assert_eq!(vias.len(), 2, "{}", first.raw);
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 127.0.0.1:"),
+        "our Via on top: {vias:?}"
+    );
+    assert!(vias[0].contains(";pbxg="), "{vias:?}");
+    assert!(
+        vias[1].contains("received=127.0.0.1"),
+        "client Via gets received: {vias:?}"
+    );
+    let path = first.header("Path").expect("Path added");
+    assert!(path.contains(";lr") && path.contains("pbxg="), "{path}");
+    assert!(first
+        .header("Supported")
+        .is_some_and(|s| s.contains("path")));
+
+    let ok = e.register(&mut c, "1001", "pw1001");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert!(
+        ok.all("Via").len() == 1,
+        "our Via is removed before the client: {ok:?}"
+    );
+}
+
+#[test]
+fn invalid_messages_get_a_4xx_and_the_connection_keeps_serving() {
+    let e = edge("");
+    let mut c = e.client();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            {
+                let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+                l.push("To: <sip:1002@pbx.test>".into());
+                request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+            },
+            400,
+            "duplicate To",
+        ),
+        (
+            {
+                let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+                l.retain(|h| !h.starts_with("Max-Forwards"));
+                l.push("Max-Forwards: 0".into());
+                request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+            },
+            483,
+            "Max-Forwards 0",
+        ),
+        (
+            request(
+                "FOOBAR sip:pbx.test SIP/2.0",
+                &base_headers("FOOBAR", "1001", "1001", "TLS", &rnd(), 1),
+                "",
+            ),
+            501,
+            "unknown method",
+        ),
+        (
+            {
+                let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+                l.retain(|h| !h.starts_with("CSeq"));
+                l.push("CSeq: 1 INVITE".into());
+                request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+            },
+            400,
+            "CSeq method mismatch",
+        ),
+        (
+            request(
+                "OPTIONS tel:+15551234 SIP/2.0",
+                &base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1),
+                "",
+            ),
+            416,
+            "tel: Request-URI",
+        ),
+        (
+            {
+                let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+                l.push("Subject : spaced".into());
+                request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+            },
+            400,
+            "whitespace before colon",
+        ),
+        (
+            {
+                let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+                l.push("Subject: folded\r\n continued".into());
+                request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+            },
+            400,
+            "obs-fold",
+        ),
+    ];
+    let before = e.peer.received().len();
+    for (bytes, want, what) in cases {
+        c.send(&bytes);
+        let r = c
+            .final_response(T)
+            .unwrap_or_else(|| panic!("no answer for {what}"));
+        assert_eq!(r.status(), Some(want), "{what}: {r:?}");
+    }
+    // None of them reached Asterisk, and the connection still works.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        e.peer.received().len(),
+        before,
+        "refused messages reached Asterisk"
+    );
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+}
+
+#[test]
+fn framing_errors_close_the_stream_without_forwarding() {
+    let e = edge("");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "no Content-Length",
+            format!(
+                "OPTIONS sip:pbx.test SIP/2.0\r\n{}\r\n\r\n",
+                base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1).join("\r\n")
+            ),
+        ),
+        (
+            "two Content-Length (long and compact)",
+            format!(
+                "OPTIONS sip:pbx.test SIP/2.0\r\n{}\r\nContent-Length: 0\r\nl: 4\r\n\r\nABCD",
+                base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1).join("\r\n")
+            ),
+        ),
+        (
+            "negative Content-Length",
+            format!(
+                "OPTIONS sip:pbx.test SIP/2.0\r\n{}\r\nContent-Length: -5\r\n\r\n",
+                base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1).join("\r\n")
+            ),
+        ),
+        (
+            "oversized header block",
+            format!(
+                "OPTIONS sip:pbx.test SIP/2.0\r\nX-Big: {}\r\n",
+                "a".repeat(40_000)
+            ),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut c = e.client();
+        c.try_send(bytes.as_bytes());
+        assert!(c.closed_within(T), "{what}: connection stayed open");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.peer.requests("OPTIONS").is_empty(),
+        "an unframeable message reached Asterisk"
+    );
+    let mut c = e.client();
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+}
+
+#[test]
+fn crlf_keepalive_gets_a_pong() {
+    let e = edge("");
+    let mut c = e.client();
+    c.send(b"\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+}
+
+#[test]
+fn media_policy_refuses_plain_and_optimistic_offers_and_passes_srtp() {
+    let e = edge("");
+    let mut c = e.client();
+    let optimistic = sdp_plain().replace(
+        "a=rtpmap:0 PCMU/8000\r\n",
+        &format!(
+            "a=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            sdes_key()
+        ),
+    );
+    let unencrypted =
+        sdp_sdes(&sdes_key()).replace("\r\na=sendrecv", " UNENCRYPTED_SRTP\r\na=sendrecv");
+    let refused = [
+        ("plain RTP/AVP", sdp_plain()),
+        ("optimistic RTP/AVP with a=crypto", optimistic),
+        ("UNENCRYPTED_SRTP", unencrypted),
+        (
+            "SAVP without crypto",
+            sdp_plain().replace("RTP/AVP", "RTP/SAVP"),
+        ),
+        (
+            "DTLS without fingerprint",
+            sdp_dtls()
+                .lines()
+                .filter(|l| !l.starts_with("a=fingerprint"))
+                .map(|l| format!("{l}\r\n"))
+                .collect(),
+        ),
+        ("fax", sdp_sdes(&sdes_key()) + "m=image 40002 udptl t38\r\n"),
+    ];
+    for (what, sdp) in &refused {
+        c.send(&invite("1001", "1002", "TLS", sdp));
+        let r = c
+            .final_response(T)
+            .unwrap_or_else(|| panic!("no answer for {what}"));
+        assert_eq!(r.status(), Some(488), "{what}: {r:?}");
+        let warning = r.header("Warning").unwrap_or_default();
+        assert!(warning.starts_with("399 "), "{what}: Warning {warning:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.peer.requests("INVITE").is_empty(),
+        "a refused offer reached Asterisk"
+    );
+
+    for (what, sdp) in [("SDES", sdp_sdes(&sdes_key())), ("DTLS", sdp_dtls())] {
+        c.send(&invite("1001", "1002", "TLS", &sdp));
+        let r = c
+            .final_response(T)
+            .unwrap_or_else(|| panic!("no answer for {what}"));
+        assert_eq!(r.status(), Some(200), "{what}: {r:?}");
+        assert!(r.body.contains("m=audio"), "{what}: answer carries SDP");
+    }
+    assert_eq!(e.peer.requests("INVITE").len(), 2);
+}
+
+#[test]
+fn smuggled_sdp_in_multipart_compact_type_or_encoding_is_refused() {
+    let e = edge("");
+    let mut c = e.client();
+    let boundary = "b0undary";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}\r\nContent-Type: application/sdp\r\n\r\n{}\r\n--{boundary}--\r\n",
+        sdp_plain()
+    );
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut l = base_headers("INVITE", "1001", "1002", "TLS", &rnd(), 1);
+    l.push(format!("Content-Type: multipart/mixed;boundary={boundary}"));
+    cases.push((
+        "plain SDP inside multipart/mixed",
+        request("INVITE sip:2000@pbx.test SIP/2.0", &l, &multipart),
+    ));
+    let mut l = base_headers("INVITE", "1001", "1002", "TLS", &rnd(), 1);
+    l.push("c: application/sdp".into());
+    cases.push((
+        "compact c: header",
+        request("INVITE sip:2000@pbx.test SIP/2.0", &l, &sdp_plain()),
+    ));
+    let mut l = base_headers("INVITE", "1001", "1002", "TLS", &rnd(), 1);
+    l.push("Content-Type: application/sdp".into());
+    l.push("Content-Encoding: gzip".into());
+    cases.push((
+        "Content-Encoding on SDP",
+        request(
+            "INVITE sip:2000@pbx.test SIP/2.0",
+            &l,
+            &sdp_sdes(&sdes_key()),
+        ),
+    ));
+    let mut l = base_headers("INVITE", "1001", "1002", "TLS", &rnd(), 1);
+    l.push("Content-Type: APPLICATION/SDP".into());
+    cases.push((
+        "upper-case content type",
+        request("INVITE sip:2000@pbx.test SIP/2.0", &l, &sdp_plain()),
+    ));
+    let bare_cr =
+        sdp_sdes(&sdes_key()).replace("a=sendrecv\r\n", "a=sendrecv\rm=audio 40002 RTP/AVP 0\r\n");
+    let mut l = base_headers("INVITE", "1001", "1002", "TLS", &rnd(), 1);
+    l.push("Content-Type: application/sdp".into());
+    cases.push((
+        "bare CR hiding a second m= line",
+        request("INVITE sip:2000@pbx.test SIP/2.0", &l, &bare_cr),
+    ));
+    for (what, bytes) in cases {
+        c.send(&bytes);
+        let r = c
+            .final_response(T)
+            .unwrap_or_else(|| panic!("no answer for {what}"));
+        assert_eq!(r.status(), Some(488), "{what}: {r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(e.peer.requests("INVITE").is_empty());
+}
+
+#[test]
+fn a_plain_answer_from_asterisk_tears_the_call_down_on_both_sides() {
+    let e = edge("");
+    let mut c = e.client();
+    c.send(&invite("1001", "plain", "TLS", &sdp_sdes(&sdes_key())));
+    let r = c.final_response(T).expect("answer");
+    assert_eq!(
+        r.status(),
+        Some(488),
+        "the client gets 488 instead of Asterisk's 200: {r:?}"
+    );
+    assert!(r.header("Warning").is_some());
+    // Asterisk got its 200 acknowledged and the call ended.
+    let acks = e.peer.wait_requests("ACK", 1, T);
+    let byes = e.peer.wait_requests("BYE", 1, T);
+    assert_eq!(acks.len(), 1, "{:?}", e.peer.received());
+    assert_eq!(byes.len(), 1, "{:?}", e.peer.received());
+    assert_eq!(byes[0].header("Call-ID"), r.header("Call-ID"));
+    // The client's ACK for our 488 stops at the edge.
+    let ack = {
+        let mut l: Vec<String> = vec![
+            format!("Via: {}", r.header("Via").unwrap()),
+            "Max-Forwards: 70".into(),
+            format!("From: {}", r.header("From").unwrap()),
+            format!("To: {}", r.header("To").unwrap()),
+            format!("Call-ID: {}", r.header("Call-ID").unwrap()),
+        ];
+        l.push("CSeq: 1 ACK".into());
+        request("ACK sip:plain@pbx.test SIP/2.0", &l, "")
+    };
+    c.send(&ack);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        e.peer.requests("ACK").len(),
+        1,
+        "the client's ACK for our 488 reached Asterisk"
+    );
+}
+
+#[test]
+fn incoming_calls_reach_the_phone_through_path_and_record_route() {
+    let e = edge("");
+    let mut c = e.client();
+    assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
+    let peer = &e.peer;
+    let handle = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            peer.control(serde_json::json!({"cmd": "invite", "user": "1001", "sdp": "sdes"}))
+        });
+        let inv = c.recv(T).expect("INVITE from Asterisk reaches the phone");
+        assert_eq!(inv.method(), Some("INVITE"), "{inv:?}");
+        let vias = inv.all("Via");
+        assert!(
+            vias[0].starts_with("SIP/2.0/TLS "),
+            "our Via towards the phone: {vias:?}"
+        );
+        let rr = inv.all("Record-Route");
+        assert_eq!(rr.len(), 2, "double Record-Route: {rr:?}");
+        assert!(rr[0].contains("transport=tls"), "{rr:?}");
+        assert!(inv.header("Route").is_none(), "Path route removed: {inv:?}");
+        // The phone answers with SRTP.
+        let mut lines: Vec<String> = vias.iter().map(|v| format!("Via: {v}")).collect();
+        lines.extend(rr.iter().map(|r| format!("Record-Route: {r}")));
+        lines.push(format!("From: {}", inv.header("From").unwrap()));
+        lines.push(format!("To: {};tag={}", inv.header("To").unwrap(), rnd()));
+        lines.push(format!("Call-ID: {}", inv.header("Call-ID").unwrap()));
+        lines.push(format!("CSeq: {}", inv.header("CSeq").unwrap()));
+        lines.push("Contact: <sip:1001@client.invalid;transport=tls>".into());
+        lines.push("Content-Type: application/sdp".into());
+        c.send(&request("SIP/2.0 200 OK", &lines, &sdp_sdes(&sdes_key())));
+        let ack = c.recv(T).expect("ACK from Asterisk");
+        assert_eq!(ack.method(), Some("ACK"), "{ack:?}");
+        h.join().unwrap()
+    });
+    assert_eq!(handle["code"], 200, "{handle}");
+}
+
+#[test]
+fn a_scanner_is_banned_at_once_and_the_cli_lifts_the_ban() {
+    let e = edge("");
+    let mut c = e.client();
+    let mut l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
+    l.retain(|h| !h.starts_with("User-Agent"));
+    l.push("User-Agent: friendly-scanner".into());
+    c.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
+    assert!(c.closed_within(T), "the scanner's connection stays open");
+    assert!(
+        e.peer.requests("OPTIONS").is_empty(),
+        "the scanner reached Asterisk"
+    );
+    // Banned: a new connection is dropped before TLS.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        SipTls::try_connect(e.tls, &e.env.cert()).is_err(),
+        "banned address got in again"
+    );
+    let list = e.env.ok(&["sip", "ban", "list", "--json"], b"");
+    let bans: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(bans[0]["address"], "127.0.0.1", "{bans}");
+    assert_eq!(bans[0]["reason"], "scanner", "{bans}");
+    e.env.ok(&["sip", "ban", "rm", "127.0.0.1"], b"");
+    let end = Instant::now() + T;
+    let mut c = loop {
+        if let Ok(c) = SipTls::try_connect(e.tls, &e.env.cert()) {
+            break c;
+        }
+        assert!(Instant::now() < end, "the lifted ban still holds");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+    // Lifting an unknown ban is a clear error.
+    let out = e.env.run(&["sip", "ban", "rm", "192.0.2.99"], b"");
+    assert!(!out.status.success());
+    let out = e.env.run(&["sip", "ban", "rm", "not-an-ip"], b"");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn register_brute_force_bans_the_address() {
+    let e = edge("ban_threshold = 3\nban_window = \"1m\"\nban_duration = \"10m\"");
+    let mut c = e.client();
+    for _ in 0..2 {
+        let r = e.register(&mut c, "1001", "wrong");
+        assert_eq!(r.status(), Some(401));
+    }
+    // The third failure bans: the connection is closed (before or after the 401 gets out).
+    let call_id = rnd();
+    c.send(&request(
+        "REGISTER sip:pbx.test SIP/2.0",
+        &base_headers("REGISTER", "1001", "1001", "TLS", &call_id, 1),
+        "",
+    ));
+    let challenge = c.final_response(T).expect("challenge");
+    let mut lines = base_headers("REGISTER", "1001", "1001", "TLS", &call_id, 2);
+    lines.push(format!(
+        "Authorization: {}",
+        digest(
+            challenge.header("WWW-Authenticate").unwrap(),
+            "1001",
+            "wrong",
+            "REGISTER",
+            "sip:pbx.test"
+        )
+    ));
+    c.try_send(&request("REGISTER sip:pbx.test SIP/2.0", &lines, ""));
+    assert!(c.closed_within(T), "still connected after the threshold");
+    let bans: serde_json::Value =
+        serde_json::from_slice(&e.env.ok(&["sip", "ban", "list", "--json"], b"")).unwrap();
+    assert_eq!(bans[0]["reason"], "auth_failures", "{bans}");
+    assert!(SipTls::try_connect(e.tls, &e.env.cert()).is_err());
+}
+
+#[test]
+fn forbidden_answers_count_too_and_unchallenged_401s_do_not() {
+    let e = edge("ban_threshold = 2");
+    let mut c = e.client();
+    // Plain challenges (no credentials sent) never count.
+    for _ in 0..5 {
+        c.send(&request(
+            "REGISTER sip:pbx.test SIP/2.0",
+            &base_headers("REGISTER", "1001", "1001", "TLS", &rnd(), 1),
+            "",
+        ));
+        assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(401));
+    }
+    assert_eq!(e.register(&mut c, "1003", "x").status(), Some(403));
+    // The second 403 bans; the connection closes (its answer may or may not get out first).
+    c.try_send(&request(
+        "REGISTER sip:pbx.test SIP/2.0",
+        &base_headers("REGISTER", "1003", "1003", "TLS", &rnd(), 1),
+        "",
+    ));
+    assert!(c.closed_within(T), "two 403s within the window ban");
+}
+
+#[test]
+fn rate_limits_answer_503() {
+    let e = edge("rate_per_ip = 2\nburst_per_ip = 5");
+    let mut c = e.client();
+    for _ in 0..20 {
+        c.send(&options("1001"));
+    }
+    let mut codes = Vec::new();
+    while let Some(r) = c.final_response(Duration::from_secs(3)) {
+        codes.push(r.status().unwrap_or(0));
+        if codes.len() == 20 {
+            break;
+        }
+    }
+    let limited = codes.iter().filter(|c| **c == 503).count();
+    assert!(limited >= 10, "{codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+}
+
+// ---- WebSocket: tickets, origin, binding ----------------------------------------------------
+
+fn web_user(e: &Edge, name: &str, ext: &str) -> String {
+    e.env.add_user(name, 2, "agent-password-1");
+    e.env.ok(&["user", "set-extension", name, ext], b"");
+    e.env.token(name, "agent-password-1")
+}
+
+fn ticket(e: &Edge, token: &str) -> serde_json::Value {
+    let r = e.env.request(
+        "POST",
+        "/api/v1/sip/ticket",
+        &[&format!("Authorization: Bearer {token}")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+fn ws(e: &Edge, ticket: &str, origin: Option<&str>) -> Result<SipWs, u16> {
+    SipWs::connect(
+        e.wss,
+        &format!("/ws?ticket={ticket}"),
+        origin,
+        &e.env.cert(),
+    )
+}
+
+#[test]
+fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
+    let e = edge("ticket_ttl = \"2s\"");
+    let token = web_user(&e, "alice", "1001");
+    let t = ticket(&e, &token);
+    assert_eq!(t["extension"], "1001");
+    assert!(t["ws_url"].as_str().unwrap().contains("/ws?ticket="), "{t}");
+    let tk = t["ticket"].as_str().unwrap().to_string();
+    assert_eq!(
+        ws(&e, &tk, Some("https://evil.test")).err(),
+        Some(403),
+        "foreign origin"
+    );
+    assert_eq!(ws(&e, &tk, None).err(), Some(403), "no origin");
+    assert!(
+        ws(&e, &tk, Some(ORIGIN)).is_ok(),
+        "the right origin with the ticket"
+    );
+    assert_eq!(
+        ws(&e, &tk, Some(ORIGIN)).err(),
+        Some(401),
+        "the ticket was single-use"
+    );
+    assert_eq!(
+        ws(&e, "x", Some(ORIGIN)).err(),
+        Some(401),
+        "a made-up ticket"
+    );
+    let old = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        ws(&e, &old, Some(ORIGIN)).err(),
+        Some(401),
+        "an expired ticket"
+    );
+    let fresh = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let path = SipWs::connect(
+        e.wss,
+        &format!("/other?ticket={fresh}"),
+        Some(ORIGIN),
+        &e.env.cert(),
+    );
+    assert_eq!(path.err(), Some(404));
+    // Without a session there is no ticket; without an extension neither.
+    let r = e.env.request("POST", "/api/v1/sip/ticket", &[], None);
+    assert_eq!(r.status, 401);
+    e.env.add_user("bob", 2, "agent-password-1");
+    let bob = e.env.token("bob", "agent-password-1");
+    let r = e.env.request(
+        "POST",
+        "/api/v1/sip/ticket",
+        &[&format!("Authorization: Bearer {bob}")],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "no_extension");
+}
+
+#[test]
+fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
+    let e = edge("");
+    let token = web_user(&e, "alice", "1001");
+    let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    // Another extension: refused before Asterisk.
+    let r = register_on(
+        |b| {
+            w.send(std::str::from_utf8(b).unwrap());
+            w.final_response(T)
+        },
+        "1002",
+        "pw1002",
+        "WSS",
+    );
+    assert_eq!(r.status(), Some(403), "{r:?}");
+    assert!(e.peer.requests("REGISTER").is_empty());
+    // Its own extension, with a forged identity header that must be replaced.
+    let mut lines = base_headers("MESSAGE", "1001", "1002", "WSS", &rnd(), 1);
+    lines.push("X-PBXGuard-Identity: 1002".into());
+    lines.push("Content-Type: text/plain".into());
+    w.send(
+        std::str::from_utf8(&request("MESSAGE sip:1002@pbx.test SIP/2.0", &lines, "hi")).unwrap(),
+    );
+    // Asterisk's res_pjsip_messaging answers 202.
+    assert_eq!(w.final_response(T).and_then(|r| r.status()), Some(202));
+    let seen = e.peer.wait_requests("MESSAGE", 1, T);
+    assert_eq!(
+        seen[0].all("X-PBXGuard-Identity"),
+        vec!["1001"],
+        "{}",
+        seen[0].raw
+    );
+    let r = register_on(
+        |b| {
+            w.send(std::str::from_utf8(b).unwrap());
+            w.final_response(T)
+        },
+        "1001",
+        "pw1001",
+        "WSS",
+    );
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    // WebSocket clients must use DTLS-SRTP: SDES is refused, DTLS passes.
+    w.send(std::str::from_utf8(&invite("1001", "1002", "WSS", &sdp_sdes(&sdes_key()))).unwrap());
+    assert_eq!(w.final_response(T).and_then(|r| r.status()), Some(488));
+    w.send(std::str::from_utf8(&invite("1001", "1002", "WSS", &sdp_dtls())).unwrap());
+    assert_eq!(w.final_response(T).and_then(|r| r.status()), Some(200));
+}
+
+#[test]
+fn revoking_the_web_session_closes_the_websocket() {
+    let e = edge("");
+    let token = web_user(&e, "alice", "1001");
+    let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    e.env.ok(&["session", "revoke", "--user", "alice"], b"");
+    assert!(
+        w.closed_within(Duration::from_secs(12)),
+        "the WebSocket outlived its session"
+    );
+}
+
+#[test]
+fn reload_moves_the_listener_and_removing_the_section_closes_connections() {
+    let mut e = edge("");
+    let mut c = e.client();
+    assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
+    let new_tls = free_port();
+    let text = std::fs::read_to_string(&e.env.config).unwrap();
+    e.env.write_config(&text.replace(
+        &format!("tls_listen = \"127.0.0.1:{}\"", e.tls),
+        &format!("tls_listen = \"127.0.0.1:{new_tls}\""),
+    ));
+    e.daemon.signal("HUP");
+    e.daemon.wait_for_port(new_tls);
+    // The established connection survives a listener move.
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+    e.tls = new_tls;
+    let mut c2 = e.client();
+    c2.send(&options("1001"));
+    assert_eq!(c2.final_response(T).and_then(|r| r.status()), Some(200));
+    let text = std::fs::read_to_string(&e.env.config).unwrap();
+    let cut = text.find("[sip]").unwrap();
+    e.env.write_config(&text[..cut]);
+    e.daemon.signal("HUP");
+    assert!(c.closed_within(T), "[sip] removed but connections stay");
+}
