@@ -6,106 +6,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::sip::{
-    base_headers, digest, request, rnd, sdes_key, sdp_dtls, sdp_plain, sdp_sdes, SipMsg, SipPeer,
-    SipTls, SipWs,
+    base_headers, digest, register_on, request, rnd, sdes_key, sdp_dtls, sdp_plain, sdp_sdes, Edge,
+    SipMsg, SipTls, SipWs, ORIGIN,
 };
-use common::{free_port, Daemon, Env};
 
 const T: Duration = Duration::from_secs(10);
-const ORIGIN: &str = "https://softphone.test";
-
-struct Edge {
-    env: Env,
-    peer: SipPeer,
-    daemon: Daemon,
-    tls: u16,
-    wss: u16,
-}
-
-/// Peer (users 1001:pw1001, 1002:pw1002, 1003 forbidden) + initialised daemon with `[sip]`
-/// (plus `extra` keys in that section).
-fn edge(extra: &str) -> Edge {
-    edge_with_peer(extra, &[])
-}
-
-fn edge_with_peer(extra: &str, peer_args: &[&str]) -> Edge {
-    let peer = SipPeer::start(&["1001:pw1001", "1002:pw1002", "1003:!"], peer_args);
-    let env = Env::new();
-    let (tls, wss) = (free_port(), free_port());
-    let sip = format!(
-        r#"
-[sip]
-tls_listen = "127.0.0.1:{tls}"
-wss_listen = "127.0.0.1:{wss}"
-upstream = "127.0.0.1:{udp}"
-upstream_bind = "127.0.0.1:0"
-wss_origins = ["{ORIGIN}"]
-{extra}
-"#,
-        udp = peer.udp
-    );
-    env.write_config(&env.config_text(env.http_port, env.redirect_port, &sip));
-    env.init();
-    let daemon = env.start();
-    daemon.wait_for_port(tls);
-    daemon.wait_for_port(wss);
-    Edge {
-        env,
-        peer,
-        daemon,
-        tls,
-        wss,
+/// A bodiless answer from the phone to a request it received.
+fn answer(req: &SipMsg, status: &str) -> Vec<u8> {
+    let mut lines: Vec<String> = req.all("Via").iter().map(|v| format!("Via: {v}")).collect();
+    for name in ["From", "Call-ID", "CSeq"] {
+        lines.push(format!("{name}: {}", req.header(name).unwrap()));
     }
-}
-
-impl Edge {
-    fn client(&self) -> SipTls {
-        SipTls::connect(self.tls, &self.env.cert())
-    }
-
-    /// REGISTER with the digest dance; the final status.
-    fn register(&self, c: &mut SipTls, user: &str, password: &str) -> SipMsg {
-        register_on(
-            |b| {
-                c.send(b);
-                c.final_response(T)
-            },
-            user,
-            password,
-            "TLS",
-        )
-    }
-}
-
-/// REGISTER through `exchange` (send, then the final response), answering one challenge.
-fn register_on(
-    mut exchange: impl FnMut(&[u8]) -> Option<SipMsg>,
-    user: &str,
-    password: &str,
-    transport: &str,
-) -> SipMsg {
-    let call_id = rnd();
-    let uri = "sip:pbx.test";
-    let first = request(
-        &format!("REGISTER {uri} SIP/2.0"),
-        &base_headers("REGISTER", user, user, transport, &call_id, 1),
-        "",
-    );
-    let resp = exchange(&first).expect("answer to REGISTER");
-    if resp.status() != Some(401) {
-        return resp;
-    }
-    let challenge = resp
-        .header("WWW-Authenticate")
-        .expect("challenge")
-        .to_string();
-    let mut lines = base_headers("REGISTER", user, user, transport, &call_id, 2);
-    lines.push(format!(
-        "Authorization: {}",
-        digest(&challenge, user, password, "REGISTER", uri)
-    ));
-    exchange(&request(&format!("REGISTER {uri} SIP/2.0"), &lines, "")).expect("final answer")
+    lines.push(format!("To: {};tag={}", req.header("To").unwrap(), rnd()));
+    request(&format!("SIP/2.0 {status}"), &lines, "")
 }
 
 fn invite(user: &str, to: &str, transport: &str, sdp: &str) -> Vec<u8> {
@@ -124,7 +39,7 @@ fn options(user: &str) -> Vec<u8> {
 
 #[test]
 fn register_over_tls_reaches_asterisk_rewritten_with_path_and_our_via() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     // Compact forms from the client; Asterisk must see long names only.
     let call_id = rnd();
@@ -172,7 +87,7 @@ fn register_over_tls_reaches_asterisk_rewritten_with_path_and_our_via() {
 
 #[test]
 fn invalid_messages_get_a_4xx_and_the_connection_keeps_serving() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (
@@ -262,7 +177,7 @@ fn invalid_messages_get_a_4xx_and_the_connection_keeps_serving() {
 
 #[test]
 fn framing_errors_close_the_stream_without_forwarding() {
-    let e = edge("");
+    let e = Edge::start("");
     let cases: Vec<(&str, String)> = vec![
         (
             "no Content-Length",
@@ -310,7 +225,7 @@ fn framing_errors_close_the_stream_without_forwarding() {
 
 #[test]
 fn crlf_keepalive_gets_a_pong() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     c.send(b"\r\n\r\n");
     std::thread::sleep(Duration::from_millis(300));
@@ -320,7 +235,7 @@ fn crlf_keepalive_gets_a_pong() {
 
 #[test]
 fn media_policy_refuses_plain_and_optimistic_offers_and_passes_srtp() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     let optimistic = sdp_plain().replace(
         "a=rtpmap:0 PCMU/8000\r\n",
@@ -377,7 +292,7 @@ fn media_policy_refuses_plain_and_optimistic_offers_and_passes_srtp() {
 
 #[test]
 fn smuggled_sdp_in_multipart_compact_type_or_encoding_is_refused() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     let boundary = "b0undary";
     let multipart = format!(
@@ -435,7 +350,7 @@ fn smuggled_sdp_in_multipart_compact_type_or_encoding_is_refused() {
 
 #[test]
 fn a_plain_answer_from_asterisk_tears_the_call_down_on_both_sides() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     c.send(&invite("1001", "plain", "TLS", &sdp_sdes(&sdes_key())));
     let r = c.final_response(T).expect("answer");
@@ -474,7 +389,7 @@ fn a_plain_answer_from_asterisk_tears_the_call_down_on_both_sides() {
 
 #[test]
 fn incoming_calls_reach_the_phone_through_path_and_record_route() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
     let peer = &e.peer;
@@ -511,8 +426,42 @@ fn incoming_calls_reach_the_phone_through_path_and_record_route() {
 }
 
 #[test]
+fn tcp_towards_asterisk_carries_requests_answers_and_calls_back() {
+    let e = Edge::start("upstream = \"127.0.0.1:{tcp}\"\nupstream_transport = \"tcp\"");
+    let mut c = e.client();
+    assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
+    let seen = e.peer.requests("REGISTER");
+    assert!(
+        seen[0].all("Via")[0].starts_with("SIP/2.0/TCP 127.0.0.1:"),
+        "{}",
+        seen[0].raw
+    );
+    assert!(seen[1]
+        .header("Path")
+        .is_some_and(|p| p.contains("transport=tcp")));
+    assert!(e
+        .peer
+        .log()
+        .iter()
+        .all(|m| m["dir"] != "in" || m["proto"] == "tcp"));
+    // Asterisk opens its own connection to our Path address to reach the phone.
+    let peer = &e.peer;
+    std::thread::scope(|s| {
+        let h = s.spawn(|| peer.control(serde_json::json!({"cmd": "notify", "user": "1001"})));
+        let notify = c.recv(T).expect("NOTIFY reaches the phone");
+        assert_eq!(notify.method(), Some("NOTIFY"), "{notify:?}");
+        c.send(&answer(&notify, "200 OK"));
+        assert_eq!(
+            h.join().unwrap()["code"],
+            200,
+            "the phone's 200 reaches Asterisk over TCP"
+        );
+    });
+}
+
+#[test]
 fn a_scanner_is_banned_at_once_and_the_cli_lifts_the_ban() {
-    let e = edge("");
+    let e = Edge::start("");
     let mut c = e.client();
     let mut l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
     l.retain(|h| !h.starts_with("User-Agent"));
@@ -553,7 +502,7 @@ fn a_scanner_is_banned_at_once_and_the_cli_lifts_the_ban() {
 
 #[test]
 fn register_brute_force_bans_the_address() {
-    let e = edge("ban_threshold = 3\nban_window = \"1m\"\nban_duration = \"10m\"");
+    let e = Edge::start("ban_threshold = 3\nban_window = \"1m\"\nban_duration = \"10m\"");
     let mut c = e.client();
     for _ in 0..2 {
         let r = e.register(&mut c, "1001", "wrong");
@@ -588,7 +537,7 @@ fn register_brute_force_bans_the_address() {
 
 #[test]
 fn forbidden_answers_count_too_and_unchallenged_401s_do_not() {
-    let e = edge("ban_threshold = 2");
+    let e = Edge::start("ban_threshold = 2");
     let mut c = e.client();
     // Plain challenges (no credentials sent) never count.
     for _ in 0..5 {
@@ -611,7 +560,7 @@ fn forbidden_answers_count_too_and_unchallenged_401s_do_not() {
 
 #[test]
 fn rate_limits_answer_503() {
-    let e = edge("rate_per_ip = 2\nburst_per_ip = 5");
+    let e = Edge::start("rate_per_ip = 2\nburst_per_ip = 5");
     let mut c = e.client();
     for _ in 0..20 {
         c.send(&options("1001"));
@@ -658,7 +607,7 @@ fn ws(e: &Edge, ticket: &str, origin: Option<&str>) -> Result<SipWs, u16> {
 
 #[test]
 fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
-    let e = edge("ticket_ttl = \"2s\"");
+    let e = Edge::start("ticket_ttl = \"2s\"");
     let token = web_user(&e, "alice", "1001");
     let t = ticket(&e, &token);
     assert_eq!(t["extension"], "1001");
@@ -716,7 +665,7 @@ fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
 
 #[test]
 fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
-    let e = edge("");
+    let e = Edge::start("");
     let token = web_user(&e, "alice", "1001");
     let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
     let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
@@ -767,7 +716,7 @@ fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
 
 #[test]
 fn revoking_the_web_session_closes_the_websocket() {
-    let e = edge("");
+    let e = Edge::start("");
     let token = web_user(&e, "alice", "1001");
     let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
     let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
@@ -780,7 +729,7 @@ fn revoking_the_web_session_closes_the_websocket() {
 
 #[test]
 fn reload_moves_the_listener_and_removing_the_section_closes_connections() {
-    let mut e = edge("");
+    let mut e = Edge::start("");
     let mut c = e.client();
     assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
     let new_tls = free_port();

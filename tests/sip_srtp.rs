@@ -18,8 +18,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use base64::Engine;
-use common::sip::{base_headers, request, rnd, sdp_sdes, SipMsg, SipPeer, SipTls};
-use common::{free_port, Daemon, Env};
+use common::sip::{base_headers, request, rnd, sdp_sdes, Edge, SipMsg, SipTls};
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 
@@ -30,41 +29,6 @@ const PACKETS: usize = 6;
 /// One 20 ms PCMU frame at 8 kHz.
 const FRAME: usize = 160;
 const RTP_HEADER: usize = 12;
-
-struct Edge {
-    env: Env,
-    peer: SipPeer,
-    _daemon: Daemon,
-    tls: u16,
-}
-
-/// Peer (users 1001:pw1001, 1002:pw1002) + initialised daemon with a default `[sip]` section.
-fn edge() -> Edge {
-    let peer = SipPeer::start(&["1001:pw1001", "1002:pw1002"], &[]);
-    let env = Env::new();
-    let (tls, wss) = (free_port(), free_port());
-    let sip = format!(
-        r#"
-[sip]
-tls_listen = "127.0.0.1:{tls}"
-wss_listen = "127.0.0.1:{wss}"
-upstream = "127.0.0.1:{udp}"
-upstream_bind = "127.0.0.1:0"
-wss_origins = ["https://softphone.test"]
-"#,
-        udp = peer.udp
-    );
-    env.write_config(&env.config_text(env.http_port, env.redirect_port, &sip));
-    env.init();
-    let daemon = env.start();
-    daemon.wait_for_port(tls);
-    Edge {
-        env,
-        peer,
-        _daemon: daemon,
-        tls,
-    }
-}
 
 /// An RFC 4568 suite, as named in `a=crypto` and in `webrtc-srtp`.
 #[derive(Clone, Copy, Debug)]
@@ -411,14 +375,14 @@ fn call_and_carry_srtp(e: &Edge, suite: Suite) {
 
 #[test]
 fn sdes_keys_negotiated_through_the_edge_protect_srtp_both_ways() {
-    let e = edge();
+    let e = Edge::start("");
     call_and_carry_srtp(&e, AES_CM_128_HMAC_SHA1_80);
     assert_eq!(e.peer.requests("INVITE").len(), 1);
 }
 
 #[test]
 fn aead_gcm_and_other_sdes_suites_survive_the_edge() {
-    let e = edge();
+    let e = Edge::start("");
     for suite in OTHER_SUITES {
         call_and_carry_srtp(&e, suite);
     }

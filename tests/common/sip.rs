@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
+
+use super::{free_port, Daemon, Env};
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 
 pub const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sip_peer.py");
@@ -568,4 +570,106 @@ pub fn sdes_key() -> String {
     use base64::Engine;
     let key: [u8; 30] = rand::random();
     base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// The browser origin the test edges allow.
+pub const ORIGIN: &str = "https://softphone.test";
+
+/// The real daemon as the SIP edge in front of a [`SipPeer`].
+pub struct Edge {
+    pub env: Env,
+    pub peer: SipPeer,
+    pub daemon: Daemon,
+    pub tls: u16,
+    pub wss: u16,
+}
+
+impl Edge {
+    /// Peer (users 1001:pw1001, 1002:pw1002, 1003 forbidden) + initialised daemon with `[sip]`
+    /// (plus `extra` keys in that section; `{tcp}` names the peer's TCP port).
+    pub fn start(extra: &str) -> Edge {
+        Edge::start_with_peer(extra, &[])
+    }
+
+    pub fn start_with_peer(extra: &str, peer_args: &[&str]) -> Edge {
+        let peer = SipPeer::start(&["1001:pw1001", "1002:pw1002", "1003:!"], peer_args);
+        let env = Env::new();
+        let (tls, wss) = (free_port(), free_port());
+        let extra = extra.replace("{tcp}", &peer.tcp.to_string());
+        let upstream = if extra.contains("upstream =") {
+            String::new()
+        } else {
+            format!("upstream = \"127.0.0.1:{}\"", peer.udp)
+        };
+        let sip = format!(
+            r#"
+[sip]
+tls_listen = "127.0.0.1:{tls}"
+wss_listen = "127.0.0.1:{wss}"
+{upstream}
+upstream_bind = "127.0.0.1:0"
+wss_origins = ["{ORIGIN}"]
+{extra}
+"#
+        );
+        env.write_config(&env.config_text(env.http_port, env.redirect_port, &sip));
+        env.init();
+        let daemon = env.start();
+        daemon.wait_for_port(tls);
+        daemon.wait_for_port(wss);
+        Edge {
+            env,
+            peer,
+            daemon,
+            tls,
+            wss,
+        }
+    }
+
+    pub fn client(&self) -> SipTls {
+        SipTls::connect(self.tls, &self.env.cert())
+    }
+
+    /// REGISTER over `c` with the digest dance; the final answer.
+    pub fn register(&self, c: &mut SipTls, user: &str, password: &str) -> SipMsg {
+        register_on(
+            |b| {
+                c.send(b);
+                c.final_response(Duration::from_secs(10))
+            },
+            user,
+            password,
+            "TLS",
+        )
+    }
+}
+
+/// REGISTER through `exchange` (send, then the final response), answering one challenge.
+pub fn register_on(
+    mut exchange: impl FnMut(&[u8]) -> Option<SipMsg>,
+    user: &str,
+    password: &str,
+    transport: &str,
+) -> SipMsg {
+    let call_id = rnd();
+    let uri = "sip:pbx.test";
+    let first = request(
+        &format!("REGISTER {uri} SIP/2.0"),
+        &base_headers("REGISTER", user, user, transport, &call_id, 1),
+        "",
+    );
+    let resp = exchange(&first).expect("answer to REGISTER");
+    if resp.status() != Some(401) {
+        return resp;
+    }
+    let challenge = resp
+        .header("WWW-Authenticate")
+        .expect("challenge")
+        .to_string();
+    let mut lines = base_headers("REGISTER", user, user, transport, &call_id, 2);
+    lines.push(format!(
+        "Authorization: {}",
+        digest(&challenge, user, password, "REGISTER", uri)
+    ));
+    exchange(&request(&format!("REGISTER {uri} SIP/2.0"), &lines, "")).expect("final answer")
 }
