@@ -753,3 +753,45 @@ fn reload_moves_the_listener_and_removing_the_section_closes_connections() {
     e.daemon.signal("HUP");
     assert!(c.closed_within(T), "[sip] removed but connections stay");
 }
+
+#[test]
+fn only_tls_1_2_and_later_and_never_plain_sip() {
+    let e = Edge::start("");
+    let handshake = |version: &str, port: u16| {
+        // SECLEVEL=0: OpenSSL 3 would refuse TLS 1.1 itself; the server must be the one.
+        std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                version,
+            ])
+            .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+            .args(["-CAfile", &e.env.cert().display().to_string(), "-brief"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl")
+    };
+    for port in [e.tls, e.wss] {
+        let old = handshake("-tls1_1", port);
+        assert!(!old.status.success(), "TLS 1.1 accepted on {port}");
+        for v in ["-tls1_2", "-tls1_3"] {
+            let out = handshake(v, port);
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                text.contains("CONNECTION ESTABLISHED"),
+                "{v} on {port}: {text}"
+            );
+        }
+    }
+    // Plain SIP on the TLS port gets nothing back and never reaches Asterisk.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", e.tls)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    std::io::Write::write_all(&mut plain, &options("1001")).unwrap();
+    let mut buf = [0u8; 256];
+    let n = std::io::Read::read(&mut plain, &mut buf).unwrap_or(0);
+    assert!(!buf[..n].starts_with(b"SIP/2.0"), "answered plain SIP");
+    assert!(e.peer.requests("OPTIONS").is_empty());
+}
