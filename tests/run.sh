@@ -18,6 +18,10 @@ declare -A peers=(
     [python3-panoramisk]="/usr/bin/python3 -c 'import panoramisk'"
     [nodejs]="command -v node"
     [npm]="command -v npm"
+    [baresip]="test -x /usr/bin/baresip"
+    [sipvicious]="command -v svmap"
+    [sipsak]="command -v sipsak"
+    [socat]="command -v socat"
 )
 missing=()
 for pkg in "${!peers[@]}"; do
@@ -31,8 +35,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Node AMI client library for the gateway tests, pinned in tests/clients/package-lock.json.
-if [ ! -d tests/clients/node_modules/asterisk-manager ]; then
+# Node client libraries (AMI: asterisk-manager; SIP: JsSIP with ws), pinned in
+# tests/clients/package-lock.json.
+if [ ! -d tests/clients/node_modules/asterisk-manager ] || [ ! -d tests/clients/node_modules/jssip ]; then
     (cd tests/clients && npm ci --no-audit --no-fund --silent)
 fi
 

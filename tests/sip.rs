@@ -579,23 +579,6 @@ fn rate_limits_answer_503() {
 
 // ---- WebSocket: tickets, origin, binding ----------------------------------------------------
 
-fn web_user(e: &Edge, name: &str, ext: &str) -> String {
-    e.env.add_user(name, 2, "agent-password-1");
-    e.env.ok(&["user", "set-extension", name, ext], b"");
-    e.env.token(name, "agent-password-1")
-}
-
-fn ticket(e: &Edge, token: &str) -> serde_json::Value {
-    let r = e.env.request(
-        "POST",
-        "/api/v1/sip/ticket",
-        &[&format!("Authorization: Bearer {token}")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()
-}
-
 fn ws(e: &Edge, ticket: &str, origin: Option<&str>) -> Result<SipWs, u16> {
     SipWs::connect(
         e.wss,
@@ -608,8 +591,8 @@ fn ws(e: &Edge, ticket: &str, origin: Option<&str>) -> Result<SipWs, u16> {
 #[test]
 fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
     let e = Edge::start("ticket_ttl = \"2s\"");
-    let token = web_user(&e, "alice", "1001");
-    let t = ticket(&e, &token);
+    let token = e.web_user("alice", "1001");
+    let t = e.ticket(&token);
     assert_eq!(t["extension"], "1001");
     assert!(t["ws_url"].as_str().unwrap().contains("/ws?ticket="), "{t}");
     let tk = t["ticket"].as_str().unwrap().to_string();
@@ -633,14 +616,14 @@ fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
         Some(401),
         "a made-up ticket"
     );
-    let old = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let old = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         ws(&e, &old, Some(ORIGIN)).err(),
         Some(401),
         "an expired ticket"
     );
-    let fresh = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let fresh = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
     let path = SipWs::connect(
         e.wss,
         &format!("/other?ticket={fresh}"),
@@ -666,8 +649,8 @@ fn websocket_needs_a_fresh_ticket_and_an_allowed_origin() {
 #[test]
 fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
     let e = Edge::start("");
-    let token = web_user(&e, "alice", "1001");
-    let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let token = e.web_user("alice", "1001");
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
     let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
     // Another extension: refused before Asterisk.
     let r = register_on(
@@ -717,8 +700,8 @@ fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
 #[test]
 fn revoking_the_web_session_closes_the_websocket() {
     let e = Edge::start("");
-    let token = web_user(&e, "alice", "1001");
-    let tk = ticket(&e, &token)["ticket"].as_str().unwrap().to_string();
+    let token = e.web_user("alice", "1001");
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
     let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
     e.env.ok(&["session", "revoke", "--user", "alice"], b"");
     assert!(

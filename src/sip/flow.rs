@@ -73,8 +73,10 @@ impl Flow {
         match self.tx.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(peer = %self.peer, "SIP client is not reading; closing its connection");
-                self.close.cancel();
+                if !self.close.is_cancelled() {
+                    tracing::warn!(peer = %self.peer, "SIP client is not reading; closing its connection");
+                    self.close.cancel();
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -49,13 +49,17 @@ pub fn tls_configs(config: &Config) -> Result<Option<TlsPair>, TlsError> {
         .tls
         .as_ref()
         .or_else(|| config.http.as_ref().and_then(|h| h.tls.as_ref()));
-    match files {
-        Some(f) => Ok(Some((
-            tls::server_config(f, &[])?,
-            tls::server_config(f, &[b"http/1.1"])?,
-        ))),
-        None => Ok(None),
-    }
+    let Some(f) = files else {
+        return Ok(None);
+    };
+    // No TLS 1.3 session tickets on the SIP port: phones keep one long connection and never
+    // resume, and some SIP stacks (sipsak) mistake the ticket record for the first answer.
+    let mut sip_tls = (*tls::server_config(f, &[])?).clone();
+    sip_tls.send_tls13_tickets = 0;
+    Ok(Some((
+        Arc::new(sip_tls),
+        tls::server_config(f, &[b"http/1.1"])?,
+    )))
 }
 
 /// Whether a web session still backs a WebSocket: not revoked, the user enabled and at the

@@ -186,6 +186,10 @@ async fn tls_client<S>(
         };
         framer.push(&buf[..n]);
         loop {
+            // Closed while handling this read (banned, not reading): judge nothing more.
+            if end.is_cancelled() {
+                break 'read;
+            }
             match framer.next() {
                 Ok(Some(Frame::Message(m))) => edge.from_client(&flow, &m),
                 // RFC 5626 §4.4.1: a double-CRLF ping gets a single-CRLF pong.

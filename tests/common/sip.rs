@@ -630,6 +630,25 @@ wss_origins = ["{ORIGIN}"]
         SipTls::connect(self.tls, &self.env.cert())
     }
 
+    /// A web user (level 2) bound to SIP extension `ext`; its session token.
+    pub fn web_user(&self, name: &str, ext: &str) -> String {
+        self.env.add_user(name, 2, "agent-password-1");
+        self.env.ok(&["user", "set-extension", name, ext], b"");
+        self.env.token(name, "agent-password-1")
+    }
+
+    /// `POST /api/v1/sip/ticket` with `token`; the JSON answer (must be 200).
+    pub fn ticket(&self, token: &str) -> serde_json::Value {
+        let r = self.env.request(
+            "POST",
+            "/api/v1/sip/ticket",
+            &[&format!("Authorization: Bearer {token}")],
+            None,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    }
+
     /// REGISTER over `c` with the digest dance; the final answer.
     pub fn register(&self, c: &mut SipTls, user: &str, password: &str) -> SipMsg {
         register_on(
