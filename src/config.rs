@@ -269,8 +269,12 @@ pub struct SipConfig {
     pub ban_threshold: u32,
     pub ban_window: Duration,
     pub ban_duration: Duration,
-    /// Client connections at once (TLS and WSS together).
+    /// Client connections at once (TLS and WSS together), and from one address (IPv6: /64).
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A TLS connection from which Asterisk has accepted nothing (no 2xx to a REGISTER,
+    /// INVITE, SUBSCRIBE or MESSAGE) is closed after this, however chatty.
+    pub auth_timeout: Duration,
     /// A client connection that sends nothing for this long is closed (phones refresh
     /// registrations and send CRLF keep-alives well within it).
     pub idle_timeout: Duration,
@@ -424,6 +428,8 @@ struct RawSip {
     ban_window: Option<String>,
     ban_duration: Option<String>,
     max_connections: Option<i64>,
+    max_connections_per_ip: Option<i64>,
+    auth_timeout: Option<String>,
     idle_timeout: Option<String>,
     crypto_suites: Option<Vec<String>>,
     allow_t38: Option<bool>,
@@ -1135,6 +1141,14 @@ impl Config {
                     1,
                     1_000_000,
                 ),
+                max_connections_per_ip: c.int(
+                    "sip.max_connections_per_ip",
+                    s.max_connections_per_ip,
+                    256,
+                    1,
+                    1_000_000,
+                ),
+                auth_timeout: c.duration("sip.auth_timeout", s.auth_timeout.as_deref(), "60s"),
                 idle_timeout: c.duration("sip.idle_timeout", s.idle_timeout.as_deref(), "15m"),
                 crypto_suites: s
                     .crypto_suites

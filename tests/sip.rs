@@ -778,3 +778,147 @@ fn only_tls_1_2_and_later_and_never_plain_sip() {
     assert!(!buf[..n].starts_with(b"SIP/2.0"), "answered plain SIP");
     assert!(e.peer.requests("OPTIONS").is_empty());
 }
+
+// ---- regressions from the security review --------------------------------------------------
+
+#[test]
+fn an_unauthenticated_register_cannot_take_over_a_gone_phones_calls() {
+    let e = Edge::start("");
+    let mut victim = e.client();
+    assert_eq!(
+        e.register(&mut victim, "1001", "pw1001").status(),
+        Some(200)
+    );
+    drop(victim);
+    // Same Contact (base_headers uses client.invalid), no credentials: Asterisk says 401.
+    let mut attacker = e.client();
+    attacker.send(&request(
+        "REGISTER sip:pbx.test SIP/2.0",
+        &base_headers("REGISTER", "1001", "1001", "TLS", &rnd(), 1),
+        "",
+    ));
+    assert_eq!(
+        attacker.final_response(T).and_then(|r| r.status()),
+        Some(401)
+    );
+    let answer = e
+        .peer
+        .control(serde_json::json!({"cmd": "invite", "user": "1001", "sdp": "sdes", "timeout": 3}));
+    assert!(
+        attacker.recv(Duration::from_secs(2)).is_none(),
+        "the attacker got the victim's call"
+    );
+    assert_eq!(answer["code"], 480, "{answer}");
+}
+
+#[test]
+fn connections_per_address_are_capped_and_unaccepted_ones_do_not_linger() {
+    let e = Edge::start("max_connections_per_ip = 3\nauth_timeout = \"2s\"");
+    let mut held: Vec<SipTls> = (0..3).map(|_| e.client()).collect();
+    assert!(
+        SipTls::try_connect(e.tls, &e.env.cert())
+            .map(|mut c| c.closed_within(Duration::from_secs(2)))
+            .unwrap_or(true),
+        "a fourth connection from one address got in"
+    );
+    // Chatty but never accepted by Asterisk (OPTIONS only): closed after auth_timeout.
+    let start = Instant::now();
+    held[0].send(&options("1001"));
+    assert_eq!(
+        held[0].final_response(T).and_then(|r| r.status()),
+        Some(200)
+    );
+    assert!(held[0].closed_within(Duration::from_secs(5)));
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+    // A registered phone is kept.
+    let mut phone = e.client();
+    assert_eq!(e.register(&mut phone, "1001", "pw1001").status(), Some(200));
+    assert!(
+        !phone.closed_within(Duration::from_secs(3)),
+        "a registered phone was cut off"
+    );
+    drop(held);
+}
+
+#[test]
+fn changing_the_extension_closes_the_websocket_and_stale_tickets_die() {
+    let e = Edge::start("");
+    let token = e.web_user("alice", "1001");
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    e.env.ok(&["user", "set-extension", "alice", "1009"], b"");
+    assert!(
+        w.closed_within(Duration::from_secs(12)),
+        "the WebSocket kept the old extension"
+    );
+    // A ticket minted before the session was revoked opens nothing.
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
+    e.env.ok(&["session", "revoke", "--user", "alice"], b"");
+    if let Ok(mut w) = ws(&e, &tk, Some(ORIGIN)) {
+        assert!(
+            w.closed_within(Duration::from_secs(2)),
+            "a revoked session's ticket still works"
+        );
+    }
+    assert!(e.peer.received().is_empty());
+}
+
+#[test]
+fn asserted_identities_from_clients_never_reach_asterisk() {
+    let e = Edge::start("");
+    let mut c = e.client();
+    let mut lines = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 1);
+    for h in [
+        "P-Asserted-Identity: <sip:1002@pbx.test>",
+        "Remote-Party-ID: <sip:1002@pbx.test>;party=calling",
+        "P-Preferred-Identity: <sip:1002@pbx.test>",
+        "X-PBXGuard-Identity: 1002",
+        "X-PBXGuard-Anything: 1",
+    ] {
+        lines.push(h.to_string());
+    }
+    c.send(&request("OPTIONS sip:pbx.test SIP/2.0", &lines, ""));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+    let seen = &e.peer.requests("OPTIONS")[0];
+    for h in [
+        "P-Asserted-Identity",
+        "Remote-Party-ID",
+        "P-Preferred-Identity",
+    ] {
+        assert!(
+            seen.header(h).is_none(),
+            "{h} reached Asterisk: {}",
+            seen.raw
+        );
+    }
+    assert!(
+        !seen.raw.to_ascii_lowercase().contains("x-pbxguard"),
+        "{}",
+        seen.raw
+    );
+}
+
+#[test]
+fn the_ack_for_our_own_refusal_stops_at_the_edge() {
+    let e = Edge::start("");
+    let mut c = e.client();
+    let offer = invite("1001", "1002", "TLS", &sdp_plain());
+    c.send(&offer);
+    let r = c.final_response(T).expect("488");
+    assert_eq!(r.status(), Some(488));
+    let mut lines = vec![
+        format!("Via: {}", r.header("Via").unwrap()),
+        "Max-Forwards: 70".to_string(),
+    ];
+    for h in ["From", "To", "Call-ID"] {
+        lines.push(format!("{h}: {}", r.header(h).unwrap()));
+    }
+    lines.push("CSeq: 1 ACK".into());
+    c.send(&request("ACK sip:1002@pbx.test SIP/2.0", &lines, ""));
+    c.send(&options("1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+    assert!(
+        e.peer.requests("ACK").is_empty(),
+        "our 488's ACK reached Asterisk"
+    );
+}

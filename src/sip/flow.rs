@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -65,9 +65,21 @@ pub struct Flow {
     pub binding: Option<Binding>,
     tx: mpsc::Sender<Bytes>,
     pub close: CancellationToken,
+    /// Asterisk has accepted something from this connection (a 2xx to a REGISTER, INVITE,
+    /// SUBSCRIBE or MESSAGE, all of which pjsip authenticates), or it is a ticketed WebSocket.
+    /// Until then the connection only gets `[sip] auth_timeout`: holding idle TLS connections
+    /// costs an attacker nothing, so silence must not buy `idle_timeout`.
+    proven: AtomicBool,
 }
 
 impl Flow {
+    pub fn proven(&self) -> bool {
+        self.proven.load(Ordering::Relaxed)
+    }
+
+    pub fn prove(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+    }
     /// Queues a message for the client; a full queue closes the connection.
     pub fn send(&self, msg: Bytes) -> bool {
         match self.tx.try_send(msg) {
@@ -130,6 +142,7 @@ impl Flows {
             kind,
             peer,
             local,
+            proven: AtomicBool::new(binding.is_some()),
             binding,
             tx,
             close,

@@ -51,7 +51,12 @@ pub fn is_scanner(user_agent: &str, fragments: &[String]) -> bool {
 pub struct Bans {
     active: RwLock<HashMap<String, i64>>,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Bans made here whose row may not be in the store yet: a refresh keeps them.
+    unsaved: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a ban made here survives refreshes without its row (a slow or failed write).
+const UNSAVED_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 pub struct BanRules {
@@ -68,16 +73,38 @@ impl Bans {
         (until > now_unix).then_some(until - now_unix)
     }
 
-    /// Replaces the copy with what the store holds (bans lifted by the CLI disappear).
-    pub fn replace(&self, rows: impl IntoIterator<Item = (String, i64)>) {
-        let fresh: HashMap<String, i64> = rows.into_iter().collect();
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    /// Replaces the copy with what the store holds (bans lifted by the CLI disappear), keeping
+    /// our own recent bans whose row has not been written yet.
+    pub fn replace(&self, rows: impl IntoIterator<Item = (String, i64)>, now: Instant) {
+        let mut fresh: HashMap<String, i64> = rows.into_iter().collect();
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved.retain(|_, at| now.saturating_duration_since(*at) < UNSAVED_GRACE);
+        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+        for key in unsaved.keys() {
+            if let Some(until) = active.get(key) {
+                let slot = fresh.entry(key.clone()).or_insert(*until);
+                *slot = (*slot).max(*until);
+            }
+        }
+        *active = fresh;
+    }
+
+    /// The row of a ban made here is in the store now.
+    pub fn saved(&self, key: &str) {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// Bans `ip` now (a scanner); returns the key and end to persist.
     pub fn ban(&self, ip: IpAddr, duration: Duration, now_unix: i64) -> (String, i64) {
         let key = ban_key(ip);
         let until = now_unix + duration.as_secs() as i64;
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), Instant::now());
         let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
         let slot = active.entry(key.clone()).or_insert(until);
         *slot = (*slot).max(until);
@@ -126,7 +153,8 @@ impl Bans {
 /// Token buckets per client address and per bound user.
 #[derive(Debug, Default)]
 pub struct Rates {
-    by_ip: Mutex<HashMap<IpAddr, Bucket>>,
+    /// By ban key: an IPv6 client gets one bucket for its whole /64, as it gets one ban.
+    by_ip: Mutex<HashMap<String, Bucket>>,
     by_user: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -156,7 +184,10 @@ fn take<K: std::hash::Hash + Eq>(
 
 impl Rates {
     pub fn allow_ip(&self, ip: IpAddr, rate: u32, burst: u32, now: Instant) -> bool {
-        take(&self.by_ip, crate::web::canonical_ip(ip), rate, burst, now)
+        if rate == 0 {
+            return true;
+        }
+        take(&self.by_ip, ban_key(ip), rate, burst, now)
     }
 
     pub fn allow_user(&self, user: &str, rate: u32, burst: u32, now: Instant) -> bool {
@@ -231,7 +262,15 @@ mod tests {
         assert_eq!((key.as_str(), until), ("198.51.100.4", 1663));
         assert_eq!(bans.banned(ip, 1063), Some(600));
         assert_eq!(bans.banned(ip, 1663), None);
-        bans.replace(Vec::new());
+        // Unsaved, the ban survives a refresh; saved and lifted in the store, it goes.
+        // (The ban noted itself unsaved at the real now, which t0 approximates.)
+        bans.replace(Vec::new(), t0 + Duration::from_secs(1));
+        assert_eq!(bans.banned(ip, 1100), Some(563));
+        bans.replace(Vec::new(), t0 + Duration::from_secs(120));
+        assert_eq!(bans.banned(ip, 1100), None, "unsaved for too long: dropped");
+        bans.ban(ip, Duration::from_secs(600), 1000);
+        bans.saved("198.51.100.4");
+        bans.replace(Vec::new(), t0 + Duration::from_secs(1));
         assert_eq!(bans.banned(ip, 1100), None);
     }
 
@@ -244,6 +283,11 @@ mod tests {
         assert!(rates.allow_ip(ip, 1, 2, now));
         assert!(!rates.allow_ip(ip, 1, 2, now));
         assert!(rates.allow_ip(ip, 1, 2, now + Duration::from_secs(1)));
+        // One bucket for a whole IPv6 /64.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(rates.allow_ip(a, 1, 1, now));
+        assert!(!rates.allow_ip(b, 1, 1, now));
         assert!(rates.allow_user("1001", 1, 1, now));
         assert!(!rates.allow_user("1001", 1, 1, now));
         assert!(rates.allow_user("1002", 1, 1, now));

@@ -1156,6 +1156,13 @@ impl Message {
         before - self.headers.len()
     }
 
+    /// Removes every header whose (canonical) name `drop` selects; returns how many.
+    pub fn remove_where(&mut self, drop: impl Fn(&str) -> bool) -> usize {
+        let before = self.headers.len();
+        self.headers.retain(|h| !drop(h.name.as_str()));
+        before - self.headers.len()
+    }
+
     /// Removes and returns the first value of a header.
     pub fn remove_first(&mut self, name: &str) -> Option<String> {
         let key = lookup_name(name);

@@ -118,9 +118,10 @@ impl Edge {
     async fn refresh_bans(&self) {
         let now = now_unix();
         match self.app.store.sip_bans(now).await {
-            Ok(rows) => self
-                .bans
-                .replace(rows.into_iter().map(|r| (r.ip, r.expires_at))),
+            Ok(rows) => self.bans.replace(
+                rows.into_iter().map(|r| (r.ip, r.expires_at)),
+                Instant::now(),
+            ),
             Err(e) => {
                 warn!(error = %e, "reading SIP bans failed; keeping the ones in memory");
                 return;
@@ -133,9 +134,26 @@ impl Edge {
         }
     }
 
-    async fn recheck_sessions(&self) {
+    /// Whether a WebSocket's binding still holds: its web session is alive and the user still
+    /// has that extension (`set-extension` may have given it to someone else).
+    pub async fn binding_alive(&self, binding: &ticket::Binding) -> bool {
         let idle = self.app.config.load().auth.session_idle_timeout.as_secs() as i64;
-        let now = now_unix();
+        let session = match self.app.store.session(&binding.session).await {
+            Ok(Some(row)) => session_alive(&row, now_unix(), idle),
+            Ok(None) => false,
+            // Do not cut phones off because the database hiccuped.
+            Err(_) => return true,
+        };
+        if !session {
+            return false;
+        }
+        match self.app.store.user_extension(&binding.user).await {
+            Ok(ext) => ext.as_deref() == Some(binding.extension.as_str()),
+            Err(_) => true,
+        }
+    }
+
+    async fn recheck_sessions(&self) {
         let mut verdicts: std::collections::HashMap<String, bool> = Default::default();
         for flow in self.flows.all() {
             let Some(binding) = &flow.binding else {
@@ -144,18 +162,13 @@ impl Edge {
             let alive = match verdicts.get(&binding.session) {
                 Some(v) => *v,
                 None => {
-                    let v = match self.app.store.session(&binding.session).await {
-                        Ok(Some(row)) => session_alive(&row, now, idle),
-                        Ok(None) => false,
-                        // Do not cut phones off because the database hiccuped.
-                        Err(_) => true,
-                    };
+                    let v = self.binding_alive(binding).await;
                     verdicts.insert(binding.session.clone(), v);
                     v
                 }
             };
             if !alive {
-                info!(user = %binding.user, peer = %flow.peer, "web session ended; closing its SIP WebSocket");
+                info!(user = %binding.user, peer = %flow.peer, "web session or extension changed; closing its SIP WebSocket");
                 flow.close.cancel();
             }
         }

@@ -34,6 +34,8 @@ pub const TOKEN_PARAM: &str = "pbxg";
 const MAX_PENDING: usize = 50_000;
 const PENDING_TTL: Duration = Duration::from_secs(300);
 
+type RegisterInFlight = (u64, Vec<String>, Instant);
+
 /// What we sent Asterisk for one client INVITE: enough to CANCEL it or ACK its failure.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -51,12 +53,13 @@ struct Pending {
 pub struct Edge {
     pub(super) app: Arc<App>,
     pub flows: Flows,
-    pub bans: Bans,
+    pub bans: Arc<Bans>,
     rates: Rates,
     /// Swapped when a reload moves the Asterisk side.
     upstream: ArcSwap<Upstream>,
-    /// Client connections open (TLS and WSS), for `max_connections`.
+    /// Client connections open (TLS and WSS), for `max_connections`, and per address.
     pub(super) connections: Arc<AtomicUsize>,
+    pub(super) per_ip: Arc<Mutex<HashMap<String, usize>>>,
     /// TLS for the SIP listener and for the WebSocket listener (ALPN http/1.1); swapped on
     /// reload, applied from the next handshake.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
@@ -65,6 +68,8 @@ pub struct Edge {
     pending: Mutex<HashMap<String, Pending>>,
     /// Client branches whose INVITE we answered ourselves; their ACK stops here.
     absorb: Mutex<HashMap<String, Instant>>,
+    /// Our branch -> (flow, Contacts) of a REGISTER awaiting Asterisk's answer.
+    registers: Mutex<HashMap<String, RegisterInFlight>>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -124,14 +129,16 @@ impl Edge {
         Edge {
             app,
             flows: Flows::new(),
-            bans: Bans::default(),
+            bans: Arc::default(),
             rates: Rates::default(),
             upstream: ArcSwap::new(upstream),
             connections: Arc::default(),
+            per_ip: Arc::default(),
             tls: ArcSwapOption::empty(),
             wss_tls: ArcSwapOption::empty(),
             pending: Mutex::default(),
             absorb: Mutex::default(),
+            registers: Mutex::default(),
         }
     }
 
@@ -226,6 +233,12 @@ impl Edge {
         if req.method() == Some(&Method::Ack) {
             return;
         }
+        if req.method() == Some(&Method::Invite) && code >= 300 {
+            // The client's ACK for this answer is ours too.
+            if let Some(branch) = req.top_via().and_then(|v| v.branch().map(str::to_owned)) {
+                self.absorb_ack_for(&branch);
+            }
+        }
         let tag = crate::ids::random_hex(8);
         let resp = req.response(code, reason, &tag, extra);
         flow.send(Bytes::from(resp.to_bytes()));
@@ -264,9 +277,13 @@ impl Edge {
             }
         }
         let store = self.app.store.clone();
+        let bans = self.bans.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.put_sip_ban(&key, reason, now_unix(), until).await {
-                warn!(error = %e, "recording a SIP ban failed; it holds in memory until restart");
+            match store.put_sip_ban(&key, reason, now_unix(), until).await {
+                Ok(()) => bans.saved(&key),
+                Err(e) => {
+                    warn!(error = %e, "recording a SIP ban failed; it holds in memory for a minute")
+                }
             }
         });
     }
@@ -279,6 +296,26 @@ impl Edge {
         let Some(sip) = cfg.sip.as_ref() else {
             return;
         };
+        // Every message costs a token, answers and unparseable ones included, before any work.
+        let now = Instant::now();
+        if !self
+            .rates
+            .allow_ip(flow.peer.ip(), sip.rate_per_ip, sip.burst_per_ip, now)
+        {
+            self.count_client("rate_limited");
+            if let Ok(req) = Message::parse(raw) {
+                if req.method().is_some() {
+                    self.answer(
+                        flow,
+                        &req,
+                        503,
+                        "Service Unavailable",
+                        &[("Retry-After", "5".into())],
+                    );
+                }
+            }
+            return;
+        }
         let msg = match Message::parse(raw) {
             Ok(m) => m,
             Err(e) => {
@@ -305,7 +342,11 @@ impl Edge {
         if let Some(ua) = msg.user_agent() {
             if super::guards::is_scanner(ua, &sip.blocked_user_agents) {
                 self.count_client("scanner");
-                self.ban_now(flow.peer.ip(), "scanner", sip.ban_duration);
+                // A ticketed WebSocket belongs to a logged-in user: cutting it off is enough,
+                // and an insider cannot get the office's shared address banned this way.
+                if flow.binding.is_none() {
+                    self.ban_now(flow.peer.ip(), "scanner", sip.ban_duration);
+                }
                 flow.close.cancel();
                 return;
             }
@@ -314,11 +355,7 @@ impl Edge {
             self.rates
                 .allow_user(&b.extension, sip.rate_per_user, sip.burst_per_user, now)
         });
-        if !user_ok
-            || !self
-                .rates
-                .allow_ip(flow.peer.ip(), sip.rate_per_ip, sip.burst_per_ip, now)
-        {
+        if !user_ok {
             self.count_client("rate_limited");
             self.answer(
                 flow,
@@ -372,7 +409,7 @@ impl Edge {
             );
             return;
         }
-        msg.remove_all(&sip.identity_header);
+        strip_identities(&mut msg, sip);
         if let Some(b) = &flow.binding {
             msg.push_back(&sip.identity_header, b.extension.clone());
         }
@@ -399,8 +436,9 @@ impl Edge {
         if method == Method::Register {
             msg.push_front("Path", self.loopback_uri(flow.id));
             add_supported_path(&mut msg);
-            for c in msg.contacts() {
-                self.flows.remember_contact(c.uri.to_string(), flow.id);
+            let contacts: Vec<String> = msg.contacts().iter().map(|c| c.uri.to_string()).collect();
+            if let Some(branch) = via.branch() {
+                self.remember_register(branch, flow.id, contacts);
             }
         }
         if method == Method::Invite {
@@ -423,6 +461,7 @@ impl Edge {
             return;
         }
         msg.remove_first("Via");
+        strip_identities(&mut msg, sip);
         if let Some((_, 'l')) = ours {
             // The answer to a request we made up ourselves (a teardown BYE): ours to keep.
             return;
@@ -511,6 +550,40 @@ impl Edge {
         );
     }
 
+    /// Contacts of a REGISTER in flight: they route calls to this connection only once
+    /// Asterisk has accepted the registration (an unauthenticated REGISTER must not be able
+    /// to claim another phone's Contact).
+    fn remember_register(&self, branch: &str, flow: u64, contacts: Vec<String>) {
+        let now = Instant::now();
+        let mut registers = self.registers.lock().unwrap_or_else(|e| e.into_inner());
+        if registers.len() >= MAX_PENDING {
+            registers.retain(|_, (_, _, at)| now.duration_since(*at) < PENDING_TTL);
+            if registers.len() >= MAX_PENDING {
+                return;
+            }
+        }
+        registers.insert(branch.to_string(), (flow, contacts, now));
+    }
+
+    /// Asterisk answered a REGISTER: on 2xx its contacts now lead to the connection.
+    fn registered(&self, branch: &str, flow: u64, status: u16) {
+        if status < 200 {
+            return;
+        }
+        let done = self
+            .registers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(branch);
+        if let Some((owner, contacts, _)) = done.filter(|_| (200..300).contains(&status)) {
+            if owner == flow {
+                for c in contacts {
+                    self.flows.remember_contact(c, flow);
+                }
+            }
+        }
+    }
+
     /// True when `ack` acknowledges a final answer we gave ourselves (it ends here).
     fn absorbed(&self, ack: &Message) -> bool {
         let Some(branch) = ack.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
@@ -567,10 +640,20 @@ impl Edge {
         let branch = top.branch().unwrap_or_default().to_string();
         let flow = self.flows.get(flow_id);
         if let Some(flow) = &flow {
-            self.track_failure(flow, status, flag, method.as_ref(), sip);
+            self.track_failure(flow, &msg, flag, method.as_ref(), sip);
+            let authenticated = matches!(
+                method,
+                Some(Method::Register | Method::Invite | Method::Subscribe | Method::Message)
+            );
+            if (200..300).contains(&status) && authenticated {
+                flow.prove();
+            }
         }
         if flag == 'l' {
             return;
+        }
+        if method == Some(Method::Register) {
+            self.registered(&branch, flow_id, status);
         }
         if method == Some(Method::Invite) && status >= 200 {
             let done = self
@@ -599,23 +682,19 @@ impl Edge {
         flow.send(Bytes::from(msg.to_bytes()));
     }
 
-    /// 401/407 to a request that carried credentials, 403, and 404 to a REGISTER count as
-    /// failed authentications from the client's address (brute force, enumeration).
+    /// 401/407 or 403 to a request that carried credentials, and 404 to a REGISTER, count as
+    /// failed authentications from the client's address (brute force, enumeration). A
+    /// challenge marked `stale=true` is not a failure: the password was right, only the nonce
+    /// had expired (pjsip's last 32 s), which phones meet on nearly every refresh.
     fn track_failure(
         &self,
         flow: &Flow,
-        status: u16,
+        msg: &Message,
         flag: char,
         method: Option<&Method>,
         sip: &SipConfig,
     ) {
-        let failed = match status {
-            401 | 407 => flag == 'a',
-            403 => true,
-            404 => method == Some(&Method::Register),
-            _ => false,
-        };
-        if !failed {
+        if !auth_failure(msg, flag, method) {
             return;
         }
         let rules = BanRules {
@@ -739,20 +818,21 @@ impl Edge {
         let Some(method) = msg.method().cloned() else {
             return;
         };
-        let flow = msg
-            .routes()
-            .iter()
-            .find_map(|r| {
-                r.uri
-                    .param(TOKEN_PARAM)
-                    .flatten()
-                    .and_then(|t| self.flows.parse_token(t))
-            })
-            .and_then(|(id, _)| self.flows.get(id))
-            .or_else(|| {
-                msg.request_uri()
-                    .and_then(|u| self.flows.by_contact(&u.to_string()))
-            });
+        let routed = msg.routes().iter().find_map(|r| {
+            r.uri
+                .param(TOKEN_PARAM)
+                .flatten()
+                .and_then(|t| self.flows.parse_token(t))
+        });
+        // A route naming a connection that has gone means that phone is gone: never hand its
+        // calls to whoever holds the same Contact now. Only route-less requests (Asterisk
+        // without `support_path`) fall back to the registered Contact.
+        let flow = match routed {
+            Some((id, _)) => self.flows.get(id),
+            None => msg
+                .request_uri()
+                .and_then(|u| self.flows.by_contact(&u.to_string())),
+        };
         let Some(flow) = flow else {
             self.count_upstream("no_route");
             self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
@@ -800,6 +880,10 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, at| now.duration_since(*at) < PENDING_TTL);
+        self.registers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, _, at)| now.duration_since(*at) < PENDING_TTL);
     }
 }
 
@@ -827,6 +911,43 @@ fn client_via(edge: &Edge, flow: &Flow) -> Via {
             (TOKEN_PARAM.into(), Some(edge.flows.token(flow.id, 'l'))),
         ],
     }
+}
+
+/// Whether Asterisk's answer `msg` (to a request our token flagged `flag`: `a` = it carried
+/// credentials) is a failed authentication.
+fn auth_failure(msg: &Message, flag: char, method: Option<&Method>) -> bool {
+    let stale = || {
+        ["WWW-Authenticate", "Proxy-Authenticate"].iter().any(|h| {
+            msg.headers(h).any(|v| {
+                v.to_ascii_lowercase()
+                    .replace([' ', '"'], "")
+                    .contains("stale=true")
+            })
+        })
+    };
+    match msg.status().unwrap_or(0) {
+        401 | 407 => flag == 'a' && !stale(),
+        403 => flag == 'a' || method == Some(&Method::Register),
+        404 => method == Some(&Method::Register),
+        _ => false,
+    }
+}
+
+/// Identity assertions only pbxguard (or a trusted peer of Asterisk) may make: our own
+/// header under any `X-PBXGuard-` name, whatever is configured now (a reload may have renamed
+/// it while pjsip still matches the old name), and the asserted-identity headers that
+/// pjsip's `trust_id_inbound` would believe.
+fn strip_identities(msg: &mut Message, sip: &SipConfig) {
+    let ours = sip.identity_header.to_ascii_lowercase();
+    msg.remove_where(|name| {
+        let name = name.to_ascii_lowercase();
+        name == ours
+            || name.starts_with("x-pbxguard-")
+            || matches!(
+                name.as_str(),
+                "p-asserted-identity" | "p-preferred-identity" | "remote-party-id"
+            )
+    });
 }
 
 /// Adds `path` to `Supported` (RFC 3327 §5.2: the registrar must know Path is in use).
@@ -911,6 +1032,65 @@ mod tests {
         // TLS phones are not bound.
         let free = flow(None);
         assert!(check_identity(&free, &msg("INVITE", "9", "2", ""), &Method::Invite).is_ok());
+    }
+
+    #[test]
+    fn only_real_authentication_failures_count() {
+        let resp = |status: &str, method: &str, extra: &str| {
+            let raw = format!(
+                "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:1@pbx>;tag=f\r\nTo: <sip:1@pbx>;tag=t\r\nCall-ID: c\r\nCSeq: 2 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+            );
+            Message::parse(raw.as_bytes()).unwrap()
+        };
+        let reg = Some(&Method::Register);
+        let inv = Some(&Method::Invite);
+        let challenge = "WWW-Authenticate: Digest realm=\"asterisk\",nonce=\"n\"\r\n";
+        let stale = "WWW-Authenticate: Digest realm=\"asterisk\",nonce=\"n\",stale=true\r\n";
+        let stale_quoted =
+            "Proxy-Authenticate: Digest realm=\"asterisk\", nonce=\"n\", stale=\"TRUE\"\r\n";
+        assert!(auth_failure(
+            &resp("401 Unauthorized", "REGISTER", challenge),
+            'a',
+            reg
+        ));
+        assert!(!auth_failure(
+            &resp("401 Unauthorized", "REGISTER", challenge),
+            'n',
+            reg
+        ));
+        assert!(!auth_failure(
+            &resp("401 Unauthorized", "REGISTER", stale),
+            'a',
+            reg
+        ));
+        assert!(!auth_failure(
+            &resp("407 Proxy Authentication Required", "INVITE", stale_quoted),
+            'a',
+            inv
+        ));
+        assert!(auth_failure(
+            &resp("403 Forbidden", "REGISTER", ""),
+            'n',
+            reg
+        ));
+        assert!(auth_failure(&resp("403 Forbidden", "INVITE", ""), 'a', inv));
+        // A 403 to an INVITE without credentials (dialplan, ACL) is no guess at a password.
+        assert!(!auth_failure(
+            &resp("403 Forbidden", "INVITE", ""),
+            'n',
+            inv
+        ));
+        assert!(auth_failure(
+            &resp("404 Not Found", "REGISTER", ""),
+            'n',
+            reg
+        ));
+        assert!(!auth_failure(
+            &resp("404 Not Found", "INVITE", ""),
+            'n',
+            inv
+        ));
+        assert!(!auth_failure(&resp("200 OK", "REGISTER", ""), 'a', reg));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 /// Tickets outstanding at most; minting beyond this first drops expired ones, then refuses.
 const MAX_TICKETS: usize = 100_000;
+/// Unused tickets one web session may hold (a page opens one WebSocket; a few retries).
+const MAX_PER_SESSION: usize = 8;
 
 /// Who a ticket was minted for: the WebSocket opened with it is bound to this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,13 @@ impl Tickets {
             if map.len() >= MAX_TICKETS {
                 return None;
             }
+        }
+        let held = map
+            .values()
+            .filter(|e| e.expires > now && e.binding.session == binding.session)
+            .count();
+        if held >= MAX_PER_SESSION {
+            return None;
         }
         map.insert(
             digest(&ticket),
@@ -115,6 +124,29 @@ mod tests {
         assert_eq!(t.redeem(std::str::from_utf8(&forged).unwrap(), now), None);
         assert_eq!(t.redeem("", now), None);
         assert_eq!(t.redeem(&other, now), Some(binding()));
+    }
+
+    #[test]
+    fn one_session_cannot_hoard_tickets() {
+        let t = Tickets::default();
+        let now = Instant::now();
+        for _ in 0..MAX_PER_SESSION {
+            assert!(t.mint(binding(), Duration::from_secs(30), now).is_some());
+        }
+        assert!(t.mint(binding(), Duration::from_secs(30), now).is_none());
+        let other = Binding {
+            session: "s2".into(),
+            ..binding()
+        };
+        assert!(t.mint(other, Duration::from_secs(30), now).is_some());
+        // Expired ones do not count.
+        assert!(t
+            .mint(
+                binding(),
+                Duration::from_secs(30),
+                now + Duration::from_secs(31)
+            )
+            .is_some());
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! per WebSocket message. Either way each message goes to [`Edge::from_client`], and what the
 //! edge sends back is written by the same task, so a slow client only ever delays itself.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +44,38 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Counts a connection against its address's share; released on drop.
+struct IpSlot {
+    map: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn try_ip_slot(map: &Arc<Mutex<HashMap<String, usize>>>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+    let key = super::guards::ban_key(ip);
+    let mut held = map.lock().unwrap_or_else(|e| e.into_inner());
+    let n = held.entry(key.clone()).or_insert(0);
+    if *n >= max {
+        return None;
+    }
+    *n += 1;
+    Some(IpSlot {
+        map: map.clone(),
+        key,
+    })
 }
 
 fn try_slot(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
@@ -102,7 +135,11 @@ async fn connection(
     let labels = ListenerLabels {
         listener: kind.name(),
     };
-    let Some(_slot) = try_slot(&edge.connections, cfg.max_connections) else {
+    let slots = try_slot(&edge.connections, cfg.max_connections).and_then(|s| {
+        try_ip_slot(&edge.per_ip, peer.ip(), cfg.max_connections_per_ip).map(|i| (s, i))
+    });
+    let Some(_slots) = slots else {
+        debug!(%peer, "SIP connection refused: max_connections or max_connections_per_ip reached");
         edge.app
             .metrics
             .connections_refused
@@ -138,7 +175,7 @@ async fn connection(
         .clone();
     gauge.inc();
     match kind {
-        Kind::Tls => tls_client(&edge, stream, peer, local, end, cfg.idle_timeout).await,
+        Kind::Tls => tls_client(&edge, stream, peer, local, end, &cfg).await,
         Kind::Wss => ws_client(&edge, stream, peer, local, end, &cfg).await,
     }
     gauge.dec();
@@ -152,7 +189,7 @@ async fn tls_client<S>(
     peer: SocketAddr,
     local: SocketAddr,
     end: CancellationToken,
-    idle: Duration,
+    cfg: &crate::config::SipConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -175,15 +212,33 @@ async fn tls_client<S>(
     });
     let mut framer = StreamFramer::new();
     let mut buf = vec![0u8; READ_CHUNK];
+    let idle = cfg.idle_timeout;
+    let unproven_until = Instant::now() + cfg.auth_timeout;
     'read: loop {
+        // Until Asterisk accepts something from it, a connection lives `auth_timeout` at
+        // most, however chatty; afterwards only silence for `idle` ends it.
+        let wait = if flow.proven() {
+            idle
+        } else {
+            unproven_until.saturating_duration_since(Instant::now())
+        };
         let n = tokio::select! {
             _ = end.cancelled() => break,
-            r = tokio::time::timeout(idle, rd.read(&mut buf)) => match r {
+            r = tokio::time::timeout(wait, rd.read(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(n)) => n,
-                Err(_) => { debug!(%peer, "closing an idle SIP connection"); break }
+                // Proven while we waited on the shorter deadline: wait again, now for `idle`.
+                Err(_) if flow.proven() && wait < idle => continue 'read,
+                Err(_) if flow.proven() => { debug!(%peer, "closing an idle SIP connection"); break }
+                Err(_) => {
+                    debug!(%peer, "closing a SIP connection Asterisk never accepted anything from");
+                    break
+                }
             },
         };
+        if !flow.proven() && Instant::now() >= unproven_until {
+            break;
+        }
         framer.push(&buf[..n]);
         loop {
             // Closed while handling this read (banned, not reading): judge nothing more.
@@ -317,6 +372,17 @@ async fn ws_client<S>(
         }
     };
     let Some(binding) = bound else { return };
+    // The ticket proved the session when it was minted; it must still hold now.
+    if !edge.binding_alive(&binding).await {
+        edge.app
+            .metrics
+            .sip_ws_refusals
+            .get_or_create(&ResultLabels { result: "session" })
+            .inc();
+        let mut ws = ws;
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+        return;
+    }
     info!(%peer, user = %binding.user, extension = %binding.extension, "SIP WebSocket opened");
     let (flow, mut rx) = edge
         .flows

@@ -157,8 +157,9 @@ async fn read_udp(
             got = socket.recv_from(&mut buf) => got,
         };
         match got {
-            // Only Asterisk may speak to us here: anything else on loopback is ignored.
-            Ok((n, from)) if from.ip() == target.ip() => {
+            // Only Asterisk's own socket may speak to us here (pjsip sends from its transport's
+            // bound address); any other local process is ignored.
+            Ok((n, from)) if from == target => {
                 if buf[..n].iter().all(|b| matches!(b, b'\r' | b'\n')) {
                     continue;
                 }
