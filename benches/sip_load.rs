@@ -455,7 +455,8 @@ struct Pbxguard {
 }
 
 /// The `[sip]` section the edge reads (keys as in etc/pbxguard.toml). `rate_per_ip = 0` and
-/// `rate_per_user = 0` turn its limits off so the bench is not throttled.
+/// `rate_per_user = 0` turn its limits off so the bench is not throttled; every bench client
+/// comes from 127.0.0.1, so the per-address connection cap is lifted too.
 fn pbxguard_sip_section(cert: &Cert, tls: u16, wss: u16, registrar: u16) -> String {
     // A fixed address (it goes into Via/Path/Record-Route), free right now.
     let upstream_bind = free_udp_port();
@@ -472,6 +473,7 @@ upstream_bind = "127.0.0.1:{upstream_bind}"
 rate_per_ip = 0
 rate_per_user = 0
 max_connections = 20000
+max_connections_per_ip = 20000
 "#,
         cert.cert.display(),
         cert.key.display()
