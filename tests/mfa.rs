@@ -888,7 +888,9 @@ fn email_can_be_forbidden_for_admins_and_needs_an_address() {
 
 #[test]
 fn expired_mfa_tokens_and_old_codes_are_refused() {
-    let (env, _d) = setup("[mfa]\nmfa_token_ttl = \"1s\"\n");
+    // Expiry is kept in whole seconds, so a 3 s token lives between 2 and 3 s: long enough for
+    // the fresh login below on a loaded machine, and surely gone after 3.1 s.
+    let (env, _d) = setup("[mfa]\nmfa_token_ttl = \"3s\"\n");
     env.add_user("jane", 2, PW);
     let secret = enroll_with_session(&env, "jane");
     let token = env.login("jane", PW, &[]).json()["mfa_token"]
@@ -900,7 +902,7 @@ fn expired_mfa_tokens_and_old_codes_are_refused() {
         mfa(&env, &token, "totp", &oathtool(&secret, -60)).json()["error"],
         "invalid_code"
     );
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(3100));
     let r = mfa(&env, &token, "totp", &oathtool(&secret, 30));
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
