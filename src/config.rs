@@ -15,6 +15,20 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+/// A top-level key as the admin would have to type it: bare when TOML allows, else quoted (an
+/// empty or dotted name printed bare would name nothing, or another key).
+fn shown_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
 const UNKNOWN_KEY: &str =
     "unknown key (check the spelling; every key is listed in etc/pbxguard.toml)";
 
@@ -765,7 +779,7 @@ impl Config {
                 "realtime" => raw.realtime = c.section(&name, value),
                 "ami" => raw.ami = c.section(&name, value),
                 "sip" => raw.sip = c.section(&name, value),
-                _ => c.bad(&name, UNKNOWN_KEY),
+                _ => c.bad(&shown_key(&name), UNKNOWN_KEY),
             }
         }
         if c.problems.iter().any(|p| p.message != UNKNOWN_KEY) {
@@ -1315,6 +1329,17 @@ mod tests {
             "sqlite:///var/lib/pbxguard/pbxguard.db"
         );
         assert!(cfg.http.is_none());
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_named_as_typed() {
+        // Found by the config_file fuzz target: `'' = 1` was reported under an empty key.
+        let problems = parse(
+            "'' = 1
+\"a.b\" = 2\nsmpt = 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(keys(&problems)[..3], ["\"\"", "\"a.b\"", "smpt"]);
     }
 
     #[test]

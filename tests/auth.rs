@@ -415,6 +415,21 @@ fn check_enforces_least_roles_from_every_source() {
         .status,
         403
     );
+    // Every copy counts, in either order: a client's own copy placed before the proxy's
+    // cannot lower the requirement (found by the check_request fuzz target).
+    for headers in [
+        [
+            "X-Original-URI: /monitoring/x",
+            "X-Original-URI: /admin/users",
+        ],
+        [
+            "X-Original-URI: /admin/users",
+            "X-Original-URI: /monitoring/x",
+        ],
+        ["X-Required-Role: agent", "X-Required-Role: admin"],
+    ] {
+        assert_eq!(env.check(&sup, &headers).status, 403, "{headers:?}");
+    }
     let q = |t: &str, role: &str| {
         env.request(
             "GET",

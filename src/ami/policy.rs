@@ -158,6 +158,12 @@ pub(super) fn lower(v: &[u8]) -> String {
     String::from_utf8_lossy(v).to_ascii_lowercase()
 }
 
+/// C's `isspace`, which Asterisk's string trimming uses: unlike Rust's ASCII whitespace it
+/// includes the vertical tab.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
@@ -191,7 +197,7 @@ pub fn bad_function(value: &[u8]) -> Option<String> {
 fn bad_function_in(value: &[u8]) -> Option<String> {
     for (i, _) in value.iter().enumerate().filter(|(_, &b)| b == b'(') {
         let mut end = i;
-        while end > 0 && value[end - 1].is_ascii_whitespace() {
+        while end > 0 && is_c_space(value[end - 1]) {
             end -= 1;
         }
         let mut start = end;
@@ -516,6 +522,8 @@ mod tests {
         for (h, v) in [
             ("Data", "${SHELL(id)}"),
             ("Data", "${shell (id)}"),
+            // C's isspace includes the vertical tab (found by the ami_client fuzz target).
+            ("Data", "${FILE\t\x0b(/etc/passwd)}"),
             ("Variable", "x=${EVAL(${y})}"),
             ("Variable", "FILE(/etc/passwd)=x"),
             ("Value", "${CURL(http://a)}"),

@@ -16,6 +16,50 @@ const MAX_DEPTH: usize = 10;
 const MAX_LINE: usize = 8192;
 /// Bounds what a hostile or broken tree can make us read.
 const MAX_FILE: u64 = 8 * 1024 * 1024;
+/// Files read for one top-level file, includes counted (generous: some sites keep one file per
+/// endpoint). Depth alone does not bound the work: a file including two others twice each,
+/// ten deep, would be a million reads.
+const MAX_FILES: usize = 4096;
+
+/// Where the configuration files come from: the filesystem for the audit, memory for the fuzz
+/// target (so that it runs at parser speed).
+pub trait Source {
+    /// The file's bytes; `Ok(None)` past [`MAX_FILE`] bytes.
+    fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>>;
+    fn is_file(&self, path: &Path) -> bool;
+    /// The names in folder `dir` (files or not), unsorted.
+    fn names(&self, dir: &Path) -> Vec<String>;
+}
+
+/// The real files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl Source for Disk {
+    /// The limit applies to what is read, not to the size the file claims: `/proc` files
+    /// claim 0 bytes.
+    fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)?;
+        Ok((bytes.len() as u64 <= MAX_FILE).then_some(bytes))
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+
+    fn names(&self, dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Var {
@@ -90,29 +134,42 @@ impl Conf {
 
 /// Loads `name` from `dir`; `None` when the file does not exist.
 pub fn load(dir: &Path, name: &str) -> Option<Conf> {
+    load_from(&Disk, dir, name)
+}
+
+/// As [`load`], reading through `source`.
+pub fn load_from(source: &dyn Source, dir: &Path, name: &str) -> Option<Conf> {
     let path = dir.join(name);
-    if !path.is_file() {
+    if !source.is_file(&path) {
         return None;
     }
     let mut p = Parser {
+        source,
         dir: dir.to_path_buf(),
         conf: Conf::default(),
         current: None,
         comment_depth: 0,
+        files_read: 0,
+        open: Vec::new(),
     };
     p.file(&path, 0);
     Some(p.conf)
 }
 
-struct Parser {
+struct Parser<'s> {
+    source: &'s dyn Source,
     dir: PathBuf,
     conf: Conf,
     /// Index of the section variables go to.
     current: Option<usize>,
     comment_depth: usize,
+    files_read: usize,
+    /// The files being read, outermost first: a file that includes itself (directly or
+    /// through others) is reported, not read again.
+    open: Vec<PathBuf>,
 }
 
-impl Parser {
+impl Parser<'_> {
     fn problem(&mut self, file: &Path, line: usize, message: impl Into<String>) {
         self.conf.problems.push(Problem {
             file: file.to_path_buf(),
@@ -122,19 +179,35 @@ impl Parser {
     }
 
     fn file(&mut self, path: &Path, depth: usize) {
-        let text = match std::fs::metadata(path) {
-            Ok(m) if m.len() > MAX_FILE => {
+        if self.files_read >= MAX_FILES {
+            self.problem(
+                path,
+                0,
+                format!("more than {MAX_FILES} files read through #include; not read"),
+            );
+            return;
+        }
+        if self.open.iter().any(|p| p == path) {
+            self.problem(
+                path,
+                0,
+                "includes itself (Asterisk refuses the file at its include depth limit); not read again",
+            );
+            return;
+        }
+        self.files_read += 1;
+        let text = match self.source.read(path) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => {
                 self.problem(path, 0, "file larger than 8 MiB; not read");
                 return;
             }
-            _ => match std::fs::read(path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) => {
-                    self.problem(path, 0, format!("cannot read: {e}"));
-                    return;
-                }
-            },
+            Err(e) => {
+                self.problem(path, 0, format!("cannot read: {e}"));
+                return;
+            }
         };
+        self.open.push(path.to_path_buf());
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
             if raw.len() >= MAX_LINE {
@@ -154,6 +227,7 @@ impl Parser {
                 self.variable(line, path, n);
             }
         }
+        self.open.pop();
     }
 
     /// Drops `;` comments and block comments, keeping `\;` as `;`.
@@ -212,7 +286,7 @@ impl Parser {
                 } else {
                     self.dir.join(arg)
                 };
-                let files = expand_glob(&target);
+                let files = expand_glob(self.source, &target);
                 if files.is_empty() {
                     if kind == "include" {
                         self.problem(
@@ -367,27 +441,22 @@ fn strip_balanced(arg: &str) -> &str {
 }
 
 /// `*` and `?` in the last path component, as `glob()` expands them; sorted like glob.
-fn expand_glob(path: &Path) -> Vec<PathBuf> {
+fn expand_glob(source: &dyn Source, path: &Path) -> Vec<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !name.contains(['*', '?']) {
-        return if path.is_file() {
+        return if source.is_file(path) {
             vec![path.to_path_buf()]
         } else {
             Vec::new()
         };
     }
     let parent = path.parent().unwrap_or(Path::new("."));
-    let mut out: Vec<PathBuf> = std::fs::read_dir(parent)
+    let mut out: Vec<PathBuf> = source
+        .names(parent)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| !n.starts_with('.') && wildcard(name, n))
-        })
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|n| !n.starts_with('.') && wildcard(name, n))
+        .map(|n| parent.join(n))
+        .filter(|p| source.is_file(p))
         .collect();
     out.sort();
     out
@@ -428,6 +497,74 @@ mod tests {
         assert_eq!(e.get("media_encryption").unwrap().line, 7);
         assert!(e.get("auth").unwrap().object);
         assert_eq!(e.value("allow"), Some("ulaw"));
+    }
+
+    #[test]
+    fn exec_is_reported_never_run_and_big_files_are_not_read() {
+        let d = tree(&[("x.conf", "")]);
+        let marker = d.path().join("ran");
+        let text = format!("[a]\n#exec /bin/touch {}\nx=1\n", marker.display());
+        std::fs::write(d.path().join("x.conf"), text).unwrap();
+        let c = load(d.path(), "x.conf").unwrap();
+        assert!(
+            c.problems.iter().any(|p| p.message.contains("#exec")),
+            "{:?}",
+            c.problems
+        );
+        assert!(!marker.exists(), "#exec ran");
+        assert_eq!(c.section("a").and_then(|s| s.value("x")), Some("1"));
+        // The limit is on bytes read, whatever size the file claims.
+        let big = vec![b';'; MAX_FILE as usize + 1];
+        std::fs::write(d.path().join("big.conf"), big).unwrap();
+        let c = load(d.path(), "big.conf").unwrap();
+        assert!(c.problems[0].message.contains("larger than 8 MiB"));
+        assert_eq!(
+            Disk.read(&d.path().join("x.conf"))
+                .unwrap()
+                .map(|b| !b.is_empty()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn include_cycles_and_fan_out_are_bounded() {
+        let d = tree(&[
+            (
+                "pjsip.conf",
+                "#include pjsip.conf\n#include a.conf\n[top]\nx=1\n",
+            ),
+            ("a.conf", "#include pjsip.conf\n[a]\ny=1\n"),
+        ]);
+        let c = load(d.path(), "pjsip.conf").unwrap();
+        let cycles = c
+            .problems
+            .iter()
+            .filter(|p| p.message.contains("includes itself"))
+            .count();
+        assert_eq!(cycles, 2, "{:?}", c.problems);
+        assert_eq!(c.categories.len(), 2, "each file read once");
+        // No cycle, but each file includes the next three times: the depth limit alone would
+        // still allow 3^10 reads.
+        let files: Vec<(String, String)> = (0..12)
+            .map(|i| {
+                let next = format!("#include f{}.conf\n", i + 1);
+                (
+                    format!("f{i}.conf"),
+                    format!("{next}{next}{next}[s{i}]\nx=1\n"),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let d = tree(&refs);
+        let c = load(d.path(), "f0.conf").unwrap();
+        assert_eq!(c.categories.len(), MAX_FILES);
+        assert!(c
+            .problems
+            .iter()
+            .any(|p| p.message.contains("files read through #include")));
     }
 
     #[test]
@@ -504,7 +641,7 @@ mod tests {
             "{msgs:?}"
         );
         assert!(
-            msgs.iter().any(|m| m.contains("nested more than 10")),
+            msgs.iter().any(|m| m.contains("includes itself")),
             "{msgs:?}"
         );
         assert!(load(d.path(), "absent.conf").is_none());

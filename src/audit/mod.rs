@@ -53,7 +53,12 @@ pub fn asterisk(dir: &Path) -> Result<Vec<Finding>, AuditError> {
     if !dir.is_dir() {
         return Err(AuditError::NotAFolder(dir.display().to_string()));
     }
-    let files = rules::Files::load(dir);
+    asterisk_from(&conf::Disk, dir)
+}
+
+/// As [`asterisk`], reading the files through `source` (the fuzz target keeps them in memory).
+pub fn asterisk_from(source: &dyn conf::Source, dir: &Path) -> Result<Vec<Finding>, AuditError> {
+    let files = rules::Files::load_from(source, dir);
     if files.pjsip.is_none() && files.manager.is_none() && files.http.is_none() {
         return Err(AuditError::Nothing(dir.display().to_string()));
     }

@@ -17,11 +17,15 @@ pub struct Files {
 
 impl Files {
     pub fn load(dir: &Path) -> Files {
+        Files::load_from(&conf::Disk, dir)
+    }
+
+    pub fn load_from(source: &dyn conf::Source, dir: &Path) -> Files {
         Files {
-            pjsip: conf::load(dir, "pjsip.conf"),
-            manager: conf::load(dir, "manager.conf"),
-            http: conf::load(dir, "http.conf"),
-            ari: conf::load(dir, "ari.conf"),
+            pjsip: conf::load_from(source, dir, "pjsip.conf"),
+            manager: conf::load_from(source, dir, "manager.conf"),
+            http: conf::load_from(source, dir, "http.conf"),
+            ari: conf::load_from(source, dir, "ari.conf"),
         }
     }
 }

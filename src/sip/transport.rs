@@ -37,6 +37,18 @@ pub const WS_PATH: &str = "/ws";
 /// Bytes read per call; small, because idle connections are what a PBX edge has most of.
 const READ_CHUNK: usize = 4096;
 
+/// The WebSocket limits of the SIP listener: one SIP message per WebSocket message, so a
+/// message or frame larger than the largest SIP message is refused by the WebSocket layer
+/// before it is buffered. Public for the fuzz target that reads WebSocket streams.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_CHUNK)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
 /// Counts a connection for `max_connections`; released on drop.
 struct Slot(Arc<AtomicUsize>);
 
@@ -347,12 +359,7 @@ async fn ws_client<S>(
                 Err(refuse(status, reason))
             }
         };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_CHUNK)
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let config = ws_config();
     let upgraded = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),

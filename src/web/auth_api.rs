@@ -355,12 +355,13 @@ pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 /// The least role a check asks for: the strictest of `X-Required-Role`, `?role=` and
-/// `[auth.routes]` on `X-Original-URI`. Taking the strictest means a header the client slipped
-/// through a proxy can raise the requirement but never lower it. `Err` when a requirement
-/// names no role (deny).
+/// `[auth.routes]` on `X-Original-URI`, over every copy of each. Taking the strictest means a
+/// header the client slipped through a proxy can raise the requirement but never lower it,
+/// whether it comes before or after the proxy's own. `Err` when a requirement names no role
+/// (deny).
 fn required_role(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Option<Role>, ()> {
     let mut need: Option<Role> = None;
-    if let Some(v) = headers.get("x-required-role") {
+    for v in headers.get_all("x-required-role") {
         need = need.max(Some(v.to_str().ok().and_then(Role::parse).ok_or(())?));
     }
     if let Some(query) = uri.query() {
@@ -373,12 +374,10 @@ fn required_role(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Option<Rol
             }
         }
     }
-    if let Some(original) = headers.get("x-original-uri") {
+    let config = app.config.load();
+    for original in headers.get_all("x-original-uri") {
         let original = String::from_utf8_lossy(original.as_bytes());
-        need = need.max(routes::required_role(
-            &app.config.load().auth.routes,
-            &original,
-        ));
+        need = need.max(routes::required_role(&config.auth.routes, &original));
     }
     Ok(need)
 }
