@@ -121,6 +121,9 @@ fn calls(text: &str, name: &str) -> bool {
     false
 }
 
+/// The AMI rules that matter most, stated simply: no module loading, no application that runs
+/// programs, no call of the functions that reach the shell, files or URLs, no config writes and
+/// no config reads outside Asterisk's folder or of manager.conf. `None` when `msg` breaks none.
 pub fn ami_forbidden(action: &str, msg: &AmiMessage) -> Option<String> {
     if action == "moduleload" {
         return Some("ModuleLoad".into());
@@ -156,13 +159,18 @@ pub fn ami_forbidden(action: &str, msg: &AmiMessage) -> Option<String> {
         }
     }
     if ["getconfig", "getconfigjson", "updateconfig", "createconfig"].contains(&action) {
+        let write = matches!(action, "updateconfig" | "createconfig");
         for name in ["Filename", "SrcFilename", "DstFilename"] {
             for file in msg.all(name) {
                 let file = String::from_utf8_lossy(file);
-                if file.contains("..") || file.contains('/') || action.ends_with("eateconfig") {
-                    return Some(format!("{action} on {file:?}"));
-                }
-                if file.trim().to_ascii_lowercase().starts_with("manager") {
+                let lower = file
+                    .trim_matches(|c: char| c.is_ascii_whitespace())
+                    .to_ascii_lowercase();
+                if write
+                    || file.contains("..")
+                    || file.contains('/')
+                    || lower.starts_with("manager")
+                {
                     return Some(format!("{action} on {file:?}"));
                 }
             }
