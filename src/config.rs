@@ -240,8 +240,12 @@ pub struct AmiConfig {
     /// Actions per second a client may send (token bucket), and the burst above that.
     pub action_rate: u32,
     pub action_burst: u32,
-    /// Bytes waiting for one client; a client that lets more pile up is disconnected.
+    /// Bytes waiting for one client above which pbxguard stops reading the client's Asterisk
+    /// session (backpressure), until half of them have been written.
     pub max_output_bytes: usize,
+    /// A client that accepts no bytes at all for this long is disconnected (Asterisk's
+    /// `writetimeout`, counted as time without progress).
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +422,7 @@ struct RawAmi {
     action_rate: Option<i64>,
     action_burst: Option<i64>,
     max_output_bytes: Option<i64>,
+    write_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1090,10 +1095,11 @@ impl Config {
                 max_output_bytes: c.int(
                     "ami.max_output_bytes",
                     a.max_output_bytes,
-                    4 << 20,
+                    1 << 20,
                     64 << 10,
                     1 << 30,
                 ),
+                write_timeout: c.duration("ami.write_timeout", a.write_timeout.as_deref(), "10s"),
                 upstream_username: c.nonempty(
                     "ami.upstream_username",
                     a.upstream_username.as_ref(),

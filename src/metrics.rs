@@ -81,7 +81,7 @@ pub struct Metrics {
     pub ami_logins: Family<ResultLabels, Counter>,
     /// AMI client actions by outcome (`forwarded`, `refused`, `rate_limited`, `override`).
     pub ami_actions: Family<ResultLabels, Counter>,
-    /// AMI clients disconnected because they read too slowly.
+    /// AMI clients disconnected because they accepted no bytes for `[ami] write_timeout`.
     pub ami_slow_clients: Counter,
     /// 1 while pbxguard can log in to Asterisk's AMI.
     pub ami_upstream_up: Gauge,
@@ -268,7 +268,7 @@ impl Metrics {
         let ami_slow_clients = Counter::default();
         registry.register(
             "ami_slow_clients",
-            "AMI clients disconnected because their output queue overflowed",
+            "AMI clients disconnected because they accepted no bytes for write_timeout",
             ami_slow_clients.clone(),
         );
         let ami_upstream_up = Gauge::default();

@@ -156,6 +156,24 @@ pub fn ami_forbidden(action: &str, msg: &AmiMessage) -> Option<String> {
             if words.len() >= 2 && words[0] == "module" && matches!(words[1], "load" | "unload") {
                 return Some(format!("the CLI command {text:?}"));
             }
+            // Commands that print secrets (the vault's SIP passwords, astdb values). Only
+            // plain spellings are restated: Asterisk reads quotes and backslashes itself.
+            let plain = !command.iter().any(|&b| matches!(b, b'"' | b'\\' | 0));
+            let starts = |prefix: &[&str]| {
+                words.len() >= prefix.len() && words.iter().zip(prefix).all(|(w, p)| w == p)
+            };
+            let secret = [
+                &["pjsip", "show", "auth"][..],
+                &["realtime", "load"],
+                &["database", "get"],
+                &["database", "show"],
+                &["database", "showkey"],
+                &["database", "query"],
+                &["iax2", "show", "users"],
+            ];
+            if plain && secret.iter().any(|p| starts(p)) {
+                return Some(format!("the secret-printing CLI command {text:?}"));
+            }
         }
     }
     if ["getconfig", "getconfigjson", "updateconfig", "createconfig"].contains(&action) {

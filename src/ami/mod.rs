@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::io::AsyncWriteExt;
@@ -38,9 +38,10 @@ use crate::config::AmiConfig;
 use crate::store::AmiClientRow;
 use upstream::{Upstream, UpstreamError};
 
-/// Sent when Asterisk has never been reached (Asterisk 20's AMI version); replaced by the real
-/// banner as soon as pbxguard has logged in once, and remembered across restarts.
-pub const DEFAULT_BANNER: &str = "Asterisk Call Manager/9.0.0";
+/// Sent when Asterisk has never been reached (Asterisk 22's AMI version, what 22.10.1 sends);
+/// replaced by the real banner as soon as pbxguard has logged in once, and remembered across
+/// restarts.
+pub const DEFAULT_BANNER: &str = "Asterisk Call Manager/11.0.0";
 const BANNER_SETTING: &str = "ami.banner";
 /// Vault names of client secrets.
 pub const CLIENT_SECRET_PREFIX: &str = "ami/clients/";
@@ -102,6 +103,12 @@ pub struct Gateway {
     greeted: AtomicBool,
     /// Wakes the monitor when a session finds Asterisk unreachable.
     monitor_wake: tokio::sync::Notify,
+    /// Wakes the monitor when a client's login found Asterisk reachable again.
+    up_wake: tokio::sync::Notify,
+    /// While Asterisk is down, client logins try it themselves one at a time ...
+    probe: tokio::sync::Mutex<()>,
+    /// ... and not within PROBE_GAP of the last failed attempt.
+    last_failure: Mutex<Option<Instant>>,
     pool: Mutex<Vec<Upstream>>,
     pool_wake: tokio::sync::Notify,
     bans: guards::Bans,
@@ -115,6 +122,10 @@ pub struct Gateway {
 
 /// How often open sessions are checked against the stored clients (removed or changed → ended).
 const RECHECK: Duration = Duration::from_secs(5);
+/// While Asterisk is down, a client login tries to reach it when the last attempt failed at
+/// least this long ago: logins recover within about a second of Asterisk's return, whatever
+/// the monitor's backoff, and a crowd of clients costs Asterisk one attempt per second.
+const PROBE_GAP: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +160,9 @@ impl Gateway {
             upstream_up: AtomicBool::new(true),
             greeted: AtomicBool::new(false),
             monitor_wake: tokio::sync::Notify::new(),
+            up_wake: tokio::sync::Notify::new(),
+            probe: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
             pool_wake: tokio::sync::Notify::new(),
             bans: guards::Bans::default(),
@@ -247,7 +261,7 @@ impl Gateway {
             self.monitor_wake.notify_one();
         } else if !was && up {
             info!("Asterisk's AMI is reachable again");
-            self.pool_wake.notify_one();
+            self.up_wake.notify_one();
         }
     }
 
@@ -272,19 +286,36 @@ impl Gateway {
         .await;
         match &result {
             Ok(up) => {
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.learn_banner(&up.banner).await;
                 self.set_up(true);
             }
-            Err(_) => self.set_up(false),
+            Err(_) => {
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                self.set_up(false);
+            }
         }
         result
     }
 
     /// A session for a client that just logged in: from the pool when one is ready (then told
-    /// the client's event mask), else a new one. Fails fast while Asterisk is known down.
+    /// the client's event mask), else a new one. While Asterisk is known down, the login tries
+    /// it at once (one login at a time, at most once per PROBE_GAP; the others fail fast), so
+    /// logins work again as soon as Asterisk answers, not when the monitor's backoff ends.
     async fn upstream_for(&self, cfg: &AmiConfig, events: &str) -> Result<Upstream, UpstreamError> {
         if !self.upstream_up.load(Ordering::Acquire) {
-            return Err(UpstreamError::Closed);
+            let _probe = self.probe.lock().await;
+            if !self.upstream_up.load(Ordering::Acquire) {
+                let recent = self
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|at| at.elapsed() < PROBE_GAP);
+                if recent {
+                    return Err(UpstreamError::Down);
+                }
+                return self.connect(cfg, events).await;
+            }
         }
         loop {
             let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -304,7 +335,8 @@ impl Gateway {
         self.connect(cfg, events).await
     }
 
-    /// Keeps the pool filled and, while Asterisk is down, retries with backoff (1 s to 30 s).
+    /// Keeps the pool filled and, while Asterisk is down, retries with backoff (1 s to 30 s);
+    /// a client login that reaches Asterisk first resets the backoff and refills the pool.
     async fn maintain(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         // The first round always logs in once: that learns the banner before clients arrive.
@@ -348,6 +380,7 @@ impl Gateway {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.monitor_wake.notified(), if !failed => {}
                 _ = self.pool_wake.notified(), if !failed => {}
+                _ = self.up_wake.notified() => backoff = Duration::from_secs(1),
             }
         }
     }

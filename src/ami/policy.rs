@@ -2,7 +2,9 @@
 //! pass. On top of that, refusals no allowlist lifts (only a per-client override, logged on
 //! every use) for the actions that turn AMI access into shell access or config access:
 //! AST-2019-007, CVE-2024-42365 (Originate/Redirect into System, Exec, AGI, …; dialplan
-//! functions such as SHELL() in Data or Variable) and CVE-2023-49294 (GetConfig path traversal).
+//! functions such as SHELL() in Data or Variable) and CVE-2023-49294 (GetConfig path traversal),
+//! and for CLI commands (`Command`) that print secrets, such as the SIP passwords that live
+//! only in pbxguard's vault.
 //!
 //! Headers are read with [`Message::get`]/[`Message::all`], i.e. exactly as Asterisk reads them.
 
@@ -25,6 +27,8 @@ pub enum Rule {
     Config,
     /// `ModuleLoad`.
     ModuleLoad,
+    /// `Command` running a CLI command that prints secrets or writes the realtime store.
+    Secrets,
 }
 
 pub const RULES: &[Rule] = &[
@@ -33,6 +37,7 @@ pub const RULES: &[Rule] = &[
     Rule::Command,
     Rule::Config,
     Rule::ModuleLoad,
+    Rule::Secrets,
 ];
 
 impl Rule {
@@ -43,6 +48,7 @@ impl Rule {
             Rule::Command => "command",
             Rule::Config => "config",
             Rule::ModuleLoad => "moduleload",
+            Rule::Secrets => "secrets",
         }
     }
 
@@ -252,37 +258,48 @@ fn bad_application(value: &[u8]) -> Option<&'static str> {
     BAD_APPLICATIONS.iter().copied().find(|bad| v.contains(bad))
 }
 
-/// A CLI line split into words as `main/cli.c` `parse_args` does: blanks separate words
-/// outside double quotes, quotes are removed, a backslash takes the next character as is.
+/// The most words `main/cli.c` splits a line into (`AST_MAX_ARGS`).
+const CLI_MAX_ARGS: usize = 64;
+
+/// A CLI line split into words exactly as `main/cli.c` `parse_args` does: leading C `isspace`
+/// skipped; then only blank and tab separate words, outside double quotes; a quote opening
+/// after a separator starts a word (even an empty one); quotes are removed; a backslash takes
+/// the next character as is; at most `AST_MAX_ARGS - 1` words. The line ends at a NUL, as a C
+/// string does. Words are lower-cased: the CLI matches them with `strcasecmp`.
 fn cli_words(line: &[u8]) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = Vec::new();
-    let (mut quoted, mut escaped, mut started) = (false, false, false);
-    for &b in line {
-        if escaped {
-            word.push(b);
-            escaped = false;
-            started = true;
-        } else if b == b'\\' {
-            escaped = true;
-            started = true;
-        } else if b == b'"' {
+    let line = line.split(|&b| b == 0).next().unwrap_or_default();
+    let start = line
+        .iter()
+        .position(|&b| !is_c_space(b))
+        .unwrap_or(line.len());
+    let mut words: Vec<Vec<u8>> = Vec::new();
+    let (mut quoted, mut escaped, mut between) = (false, false, true);
+    for &b in &line[start..] {
+        if words.len() >= CLI_MAX_ARGS - 1 {
+            break;
+        }
+        if b == b'"' && !escaped {
             quoted = !quoted;
-            started = true;
-        } else if (b == b' ' || b == b'\t') && !quoted {
-            if started {
-                words.push(lower(&std::mem::take(&mut word)));
-                started = false;
+            if quoted && between {
+                words.push(Vec::new());
+                between = false;
             }
+        } else if (b == b' ' || b == b'\t') && !(quoted || escaped) {
+            between = true;
+        } else if b == b'\\' && !escaped {
+            escaped = true;
         } else {
-            word.push(b);
-            started = true;
+            if between {
+                words.push(Vec::new());
+                between = false;
+            }
+            if let Some(word) = words.last_mut() {
+                word.push(b);
+            }
+            escaped = false;
         }
     }
-    if started {
-        words.push(lower(&word));
-    }
-    words
+    words.iter().map(|w| lower(w)).collect()
 }
 
 /// Words of a CLI originate or `dialplan add extension` that name no application.
@@ -322,6 +339,69 @@ fn bad_command(command: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// CLI commands (their fixed words) whose output holds secrets, or that write the realtime
+/// store, with why; from Asterisk 22's sources. `main/cli.c` runs the entry whose words all
+/// equal the line's first words (`strcasecmp`, no abbreviations), further words being
+/// arguments, so a line is refused when its first words are one of these.
+const SECRET_COMMANDS: &[(&[&str], &str)] = &[
+    // res/res_pjsip/config_auth.c: the auth object with all its fields, `password` included
+    // (the SIP passwords pbxguard keeps in its vault and serves through realtime).
+    (&["pjsip", "show", "auth"], "prints SIP auth passwords"),
+    // res/res_pjsip/config_transport.c: all transport fields, `password` (the TLS key's) too.
+    (
+        &["pjsip", "show", "transport"],
+        "prints the TLS key password",
+    ),
+    // main/config.c: each realtime mapping's database, i.e. res_config_curl's URL with the
+    // basic-auth password of pbxguard's realtime listener (etc/asterisk/extconfig.conf).
+    (
+        &["core", "show", "config", "mappings"],
+        "prints the realtime URLs with their passwords",
+    ),
+    // res/res_realtime.c: every column of a realtime row (ps_auths: the password).
+    (
+        &["realtime", "load"],
+        "prints realtime rows, passwords included",
+    ),
+    (&["realtime", "update"], "writes the realtime store"),
+    (&["realtime", "update2"], "writes the realtime store"),
+    (&["realtime", "store"], "writes the realtime store"),
+    (&["realtime", "destroy"], "writes the realtime store"),
+    // main/db.c: astdb values (refused for the same reason as DB()); `query` runs any SQL.
+    (&["database", "show"], "prints astdb values"),
+    (&["database", "showkey"], "prints astdb values"),
+    (&["database", "get"], "prints astdb values"),
+    (&["database", "query"], "runs SQL on astdb"),
+    // channels/chan_iax2.c: each IAX2 user's secret in clear.
+    (&["iax2", "show", "users"], "prints IAX2 secrets"),
+    // channels/iax2/provision.c: the provisioning templates' secrets.
+    (
+        &["iax2", "show", "provisioning"],
+        "prints IAX2 provisioning secrets",
+    ),
+    // apps/confbridge/conf_config_parser.c: a user profile's PIN.
+    (
+        &["confbridge", "show", "profile", "user"],
+        "prints conference PINs",
+    ),
+];
+
+/// Why a `Command` is refused for printing secrets (or writing the realtime store).
+fn secret_command(command: &[u8]) -> Option<String> {
+    let words = cli_words(command);
+    SECRET_COMMANDS
+        .iter()
+        .find(|(fixed, _)| {
+            words.len() >= fixed.len() && fixed.iter().zip(&words).all(|(f, w)| f == w)
+        })
+        .map(|(fixed, why)| {
+            format!(
+                "the CLI command `{}` {why}; not allowed through the gateway",
+                fixed.join(" ")
+            )
+        })
 }
 
 fn bad_config_file(value: &[u8], write: bool) -> Option<String> {
@@ -388,6 +468,12 @@ pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
         if let Some(why) = msg.get("Command").and_then(bad_command) {
             out.push(Refusal {
                 rule: Some(Rule::Command),
+                message: why,
+            });
+        }
+        if let Some(why) = msg.get("Command").and_then(secret_command) {
+            out.push(Refusal {
+                rule: Some(Rule::Secrets),
                 message: why,
             });
         }
@@ -721,6 +807,117 @@ mod tests {
             )),
             Some(Rule::Config)
         );
+    }
+
+    fn command(p: &ClientPolicy, c: &str) -> Verdict {
+        decide(p, &[("Action", "Command"), ("Command", c)])
+    }
+
+    #[test]
+    fn cli_words_are_split_as_main_cli_c_parse_args_does() {
+        let w = |s: &[u8]| cli_words(s);
+        assert_eq!(
+            w(b"  pjsip\tshow   auth 1001 "),
+            ["pjsip", "show", "auth", "1001"]
+        );
+        // Leading C isspace is skipped (vertical tab, form feed, CR, LF too); inside the line
+        // only blank and tab separate.
+        assert_eq!(w(b"\x0b\x0c\r\n pjsip show"), ["pjsip", "show"]);
+        assert_eq!(w(b"pjsip\x0bshow"), ["pjsip\x0bshow"]);
+        // Quotes: removed; one opening after a separator starts a word, even an empty one.
+        assert_eq!(w(b"p\"jsip\" \"show\" \"\" x"), ["pjsip", "show", "", "x"]);
+        assert_eq!(w(b"\"pjsip show\" auth"), ["pjsip show", "auth"]);
+        // A backslash takes the next character; alone at the end it makes no word.
+        assert_eq!(w(b"pj\\sip sh\\\"ow a\\ b \\"), ["pjsip", "sh\"ow", "a b"]);
+        // A NUL ends the line.
+        assert_eq!(w(b"pjsip\0 show auth"), ["pjsip"]);
+        // AST_MAX_ARGS - 1 words at most; the last one is cut after its first character.
+        let long = "a ".repeat(62) + "bcd e";
+        let words = w(long.as_bytes());
+        assert_eq!(words.len(), 63);
+        assert_eq!(words[62], "b");
+    }
+
+    #[test]
+    fn cli_commands_that_print_secrets_are_refused_in_any_spelling() {
+        let p = policy(&["command"]);
+        for c in [
+            "pjsip show auth 1001",
+            "PJSIP SHOW AUTH 1001",
+            "  pjsip\tshow  auth  1001",
+            "\x0bpjsip show auth 1001",
+            "\"pjsip\" \"show\" auth 1001",
+            "pj\\sip show a\"ut\"h 1001",
+            "pjsip show auth",
+            "pjsip show transport transport-tls",
+            "core show config mappings",
+            "Core Show Config Mappings",
+            "realtime load ps_auths id 1001",
+            "realtime update ps_auths id 1001 password x",
+            "realtime update2 ps_auths id 1001 password x",
+            "realtime store ps_contacts id x uri sip:evil@192.0.2.1",
+            "realtime destroy ps_auths id 1001",
+            "database show",
+            "database show registrar",
+            "database showkey x",
+            "database get family key",
+            "database query \"select * from astdb\"",
+            "iax2 show users",
+            "iax2 show users like trunk",
+            "iax2 show provisioning default",
+            "confbridge show profile user default_user",
+        ] {
+            assert_eq!(refused(&command(&p, c)), Some(Rule::Secrets), "{c:?}");
+        }
+        // Not secrets: listings of names, and words that only look alike (the CLI has no
+        // abbreviations, so `pjsip show auths` is another command; a quoted line is one word,
+        // which Asterisk does not run either).
+        for c in [
+            "pjsip show auths",
+            "pjsip list auths",
+            "pjsip show endpoint 1001",
+            "pjsip show endpoints",
+            "pjsip show transports",
+            "pjsip show authx 1001",
+            "pjsip show",
+            "core show config",
+            "core show channels",
+            "manager show user pbxguard",
+            "database put a b c",
+            "iax2 show peers",
+            "confbridge show profile users",
+            "\"pjsip show auth 1001\"",
+            "pjsip \"\" show auth 1001",
+            "pjsip\x0bshow auth 1001",
+        ] {
+            assert!(
+                matches!(command(&p, c), Verdict::Pass { .. }),
+                "{c:?} was refused"
+            );
+        }
+        // The message names the command, never echoes arguments.
+        match command(&p, "pjsip show auth 1001") {
+            Verdict::Refuse(r) => {
+                assert!(r.message.contains("`pjsip show auth`"), "{}", r.message);
+                assert!(!r.message.contains("1001"), "{}", r.message);
+            }
+            v => panic!("{v:?}"),
+        }
+        // Its own rule: lifting `command` (module loading) does not lift it.
+        let mut lifted = policy(&["command"]);
+        lifted.overrides = vec![Rule::Command];
+        assert_eq!(
+            refused(&command(&lifted, "pjsip show auth 1001")),
+            Some(Rule::Secrets)
+        );
+        lifted.overrides = vec![Rule::Secrets];
+        assert_eq!(
+            command(&lifted, "pjsip show auth 1001"),
+            Verdict::Pass {
+                overrides: vec![Rule::Secrets]
+            }
+        );
+        assert_eq!(Rule::parse("secrets"), Some(Rule::Secrets));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::BufMut;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -28,12 +29,18 @@ use super::codec::{header_value, ClientFramer, Message, Reply};
 use super::guards::Bucket;
 use super::login::challenge_answer;
 use super::policy::{lower, ClientPolicy, Verdict};
-use super::session::{answer, malformed, truncate, Accepted, Output, WRITE_STALL};
+use super::session::{answer, malformed, truncate, Accepted, Output, WriterEnd};
 use super::upstream::Upstream;
 use super::Gateway;
 use crate::config::AmiConfig;
 use crate::metrics::ResultLabels;
 use crate::store::AuditEntry;
+
+/// A write of actions to Asterisk that makes no progress for this long ends the session.
+const UPSTREAM_WRITE_STALL: Duration = Duration::from_secs(10);
+/// Bytes taken from Asterisk in one read at most, so that one read adds a bounded piece to
+/// the client's queue.
+const UPSTREAM_READ: usize = 64 << 10;
 
 /// State the two halves of a relay share.
 struct Shared {
@@ -387,6 +394,25 @@ impl Relay<'_> {
     }
 }
 
+/// Why the session ends when the client's writer has ended.
+fn writer_ended(
+    gw: &Gateway,
+    cfg: &AmiConfig,
+    client: &str,
+    peer: SocketAddr,
+    end: WriterEnd,
+) -> &'static str {
+    match end {
+        WriterEnd::Stalled => {
+            gw.app.metrics.ami_slow_clients.inc();
+            warn!(client, %peer, write_timeout = ?cfg.write_timeout,
+                "AMI client disconnected: it accepted no bytes for write_timeout");
+            "the client accepted no bytes for write_timeout"
+        }
+        WriterEnd::Failed => "the client disconnected",
+    }
+}
+
 /// Relays between the client (`input`: its reader and the framer holding any partial message)
 /// and its Asterisk session until either side ends; returns why.
 pub(super) async fn relay<R: AsyncRead + Unpin>(
@@ -430,12 +456,16 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         challenge: None,
     };
 
-    // Its own task: Asterisk's output is drained even while a write to Asterisk waits (else a
+    // Its own task: Asterisk's output is read even while a write to Asterisk waits (else a
     // burst of actions could stall both directions and Asterisk's writetimeout cut the session).
+    // Backpressure: while the client's queue is above max_output_bytes this session is not
+    // read, until the queue is down to half; Asterisk then meets the same slow reader it would
+    // meet without pbxguard (its writetimeout applies to it), and pbxguard's memory stays
+    // bounded. Only a client that accepts no bytes at all for write_timeout is cut off.
+    let high_water = cfg.max_output_bytes;
     let mut from_asterisk = {
         let shared = shared.clone();
         let out = out.clone();
-        let slow = gw.app.metrics.ami_slow_clients.clone();
         tokio::spawn(async move {
             let mut replies = Vec::new();
             let mut batch = Vec::new();
@@ -465,11 +495,16 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
                 };
                 if let Some(piece) = piece {
                     if out.send(piece).is_err() {
-                        slow.inc();
-                        return "the client read too slowly (output queue full)";
+                        return "the client's output queue overflowed";
                     }
                 }
-                match up_rd.read_buf(up_framer.buffer()).await {
+                if out.queued() > high_water {
+                    out.room().await;
+                }
+                match up_rd
+                    .read_buf(&mut up_framer.buffer().limit(UPSTREAM_READ))
+                    .await
+                {
                     Ok(0) | Err(_) => return "Asterisk closed the session",
                     Ok(_) => {}
                 }
@@ -486,7 +521,7 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         }
         if !to_asterisk.is_empty()
             && !matches!(
-                timeout(WRITE_STALL, up_wr.write_all(&to_asterisk)).await,
+                timeout(UPSTREAM_WRITE_STALL, up_wr.write_all(&to_asterisk)).await,
                 Ok(Ok(()))
             )
         {
@@ -495,12 +530,13 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         tokio::select! {
             _ = stop.cancelled() => break "ended by pbxguard (shutdown, or the client was removed or changed)",
             why = &mut from_asterisk => {
-                let why = why.unwrap_or("the Asterisk reader failed");
-                if why.starts_with("the client") {
-                    warn!(client = %relay.policy.name, %peer, "AMI client disconnected: output queue full (slow reader)");
+                // A send that failed because the writer ended is told as the writer's reason.
+                match out.writer_end() {
+                    Some(end) => break writer_ended(gw, cfg, &relay.policy.name, peer, end),
+                    None => return why.unwrap_or("the Asterisk reader failed"),
                 }
-                return why;
             }
+            end = out.writer_ended() => break writer_ended(gw, cfg, &relay.policy.name, peer, end),
             r = rd.read(&mut buf) => match r {
                 Ok(0) | Err(_) => break "the client disconnected",
                 Ok(n) => {

@@ -4,18 +4,19 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::codec::{ClientFramer, Message};
+use super::codec::{ClientFramer, Message, MAX_UPSTREAM_MESSAGE};
 use super::login::login;
 use super::policy::ClientPolicy;
 use super::relay::relay;
@@ -26,10 +27,6 @@ use crate::config::AmiConfig;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes handed to one write to the client at most (coalesced small messages).
 const WRITE_BATCH: usize = 64 << 10;
-/// A write to the client that makes no progress for this long ends the session (Asterisk's
-/// `writetimeout` is 100 ms; the output queue absorbs bursts, this catches a reader that
-/// stopped altogether).
-pub(super) const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Output allowed to pile up before login: answers to a flood of junk stay small.
 const UNAUTHENTICATED_OUTPUT: usize = 64 << 10;
 /// Messages a connection may send before logging in; no client needs more than a few.
@@ -52,14 +49,102 @@ pub(super) fn answer(response: &str, action_id: Option<&[u8]>, message: &str) ->
     out
 }
 
-/// The client's output queue; overflowing it ends the session (Asterisk drops slow readers
-/// too, rather than buffering without bound).
+/// When a write to the client last moved bytes into its socket. Asterisk's `writetimeout`
+/// counts time without progress, not the time a large write takes, and with TLS only the
+/// socket underneath shows whether the client reads.
+pub(super) struct Progress {
+    base: std::time::Instant,
+    /// Milliseconds since `base`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            base: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Release);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        let at = self.base + Duration::from_millis(self.last.load(Ordering::Acquire));
+        tokio::time::Instant::from_std(at)
+    }
+}
+
+/// The client's TCP socket, noting every write that moved bytes (see [`Progress`]).
+pub(super) struct Watched<S> {
+    inner: S,
+    progress: Arc<Progress>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.mark();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why the writer stopped, when it stopped on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriterEnd {
+    /// The client accepted no bytes for `write_timeout`.
+    Stalled,
+    /// The socket failed (the client went away).
+    Failed,
+}
+
+/// What the output queue's two ends share.
+struct Queue {
+    queued: AtomicUsize,
+    /// Small until login (nothing legitimate is large before it); after login a safety bound
+    /// well above `max_output_bytes`, which flow control keeps the queue under.
+    limit: AtomicUsize,
+    /// Where reading from Asterisk resumes (half of `max_output_bytes`).
+    low_water: AtomicUsize,
+    /// Signalled by the writer when the queue drops to `low_water`.
+    drained: Notify,
+    ended: OnceLock<WriterEnd>,
+}
+
+/// The client's output queue. Before login, overflowing it ends the session (answers to junk
+/// must not pile up); after login its one producer, the relay from Asterisk, waits for room
+/// instead ([`Output::room`]), so a client slower than Asterisk slows its own Asterisk session
+/// down exactly as a direct reader would.
 #[derive(Clone)]
 pub(super) struct Output {
     tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<AtomicUsize>,
-    /// Small until login (nothing legitimate is large before it), `max_output_bytes` after.
-    limit: Arc<AtomicUsize>,
+    q: Arc<Queue>,
 }
 
 #[derive(Debug)]
@@ -69,27 +154,83 @@ impl Output {
     pub(super) fn send(&self, bytes: impl Into<Bytes>) -> Result<(), Overflow> {
         let bytes = bytes.into();
         let n = bytes.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit.load(Ordering::Acquire) {
+        if self.q.queued.fetch_add(n, Ordering::AcqRel) + n > self.q.limit.load(Ordering::Acquire) {
             return Err(Overflow);
         }
         self.tx.send(bytes).map_err(|_| Overflow)
+    }
+
+    /// Bytes queued and not yet written to the client.
+    pub(super) fn queued(&self) -> usize {
+        self.q.queued.load(Ordering::Acquire)
+    }
+
+    /// Returns once the queue is at or below its low-water mark, or the writer has ended.
+    pub(super) async fn room(&self) {
+        loop {
+            let drained = self.q.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued() <= self.q.low_water.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::select! {
+                _ = &mut drained => {}
+                _ = self.tx.closed() => return,
+            }
+        }
+    }
+
+    /// Resolves when the writer has ended (the client stalled or went away); says why.
+    pub(super) async fn writer_ended(&self) -> WriterEnd {
+        self.tx.closed().await;
+        self.q.ended.get().copied().unwrap_or(WriterEnd::Failed)
+    }
+
+    /// Why the writer ended, if it has.
+    pub(super) fn writer_end(&self) -> Option<WriterEnd> {
+        self.tx
+            .is_closed()
+            .then(|| self.q.ended.get().copied().unwrap_or(WriterEnd::Failed))
+    }
+}
+
+/// Runs `op` (a write or flush to the client) until it completes, or until no byte has moved
+/// for `limit` (Asterisk's `writetimeout`, counted from the last progress).
+async fn progressing<F>(op: F, progress: &Progress, limit: Duration) -> Result<(), WriterEnd>
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    progress.mark();
+    tokio::pin!(op);
+    loop {
+        let deadline = progress.last() + limit;
+        tokio::select! {
+            r = &mut op => return r.map_err(|_| WriterEnd::Failed),
+            _ = tokio::time::sleep_until(deadline) => {
+                if progress.last() + limit <= tokio::time::Instant::now() {
+                    return Err(WriterEnd::Stalled);
+                }
+            }
+        }
     }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    q: Arc<Queue>,
+    progress: Arc<Progress>,
+    limit: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
         // Small pieces waiting together go out in one write; a lone piece is written as is.
         let mut next = rx.try_recv().ok();
-        let written = if next.is_none() {
-            if !matches!(timeout(WRITE_STALL, w.write_all(&first)).await, Ok(Ok(()))) {
-                return;
-            }
-            first.len()
+        let result = if next.is_none() {
+            progressing(w.write_all(&first), &progress, limit)
+                .await
+                .map(|()| first.len())
         } else {
             batch.clear();
             batch.extend_from_slice(&first);
@@ -99,15 +240,29 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     next = rx.try_recv().ok();
                 }
             }
-            if !matches!(timeout(WRITE_STALL, w.write_all(&batch)).await, Ok(Ok(()))) {
+            progressing(w.write_all(&batch), &progress, limit)
+                .await
+                .map(|()| batch.len())
+        };
+        let result = match result {
+            Ok(n) => progressing(w.flush(), &progress, limit).await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(written) => {
+                let left = q
+                    .queued
+                    .fetch_sub(written, Ordering::AcqRel)
+                    .saturating_sub(written);
+                if left <= q.low_water.load(Ordering::Acquire) {
+                    q.drained.notify_one();
+                }
+            }
+            Err(end) => {
+                let _ = q.ended.set(end);
                 return;
             }
-            batch.len()
-        };
-        if !matches!(timeout(WRITE_STALL, w.flush()).await, Ok(Ok(()))) {
-            return;
         }
-        queued.fetch_sub(written, Ordering::AcqRel);
     }
     let _ = w.shutdown().await;
 }
@@ -136,12 +291,17 @@ pub async fn run(
         return;
     };
     let _ = stream.set_nodelay(true);
+    let progress = Arc::new(Progress::new());
+    let stream = Watched {
+        inner: stream,
+        progress: progress.clone(),
+    };
     let tls = gw.tls.load_full();
     match tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => client(gw, s, peer, stop, cfg, unauth).await,
+                Ok(Ok(s)) => client(gw, s, progress, peer, stop, cfg, unauth).await,
                 _ => {
                     debug!(%peer, "AMI TLS handshake failed");
                     gw.app
@@ -152,7 +312,7 @@ pub async fn run(
                 }
             }
         }
-        None => client(gw, stream, peer, stop, cfg, unauth).await,
+        None => client(gw, stream, progress, peer, stop, cfg, unauth).await,
     }
 }
 
@@ -173,6 +333,7 @@ pub(super) enum Login {
 async fn client<S>(
     gw: Arc<Gateway>,
     stream: S,
+    progress: Arc<Progress>,
     peer: SocketAddr,
     stop: CancellationToken,
     cfg: AmiConfig,
@@ -182,13 +343,15 @@ async fn client<S>(
 {
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let out = Output {
-        tx,
-        queued: queued.clone(),
-        limit: Arc::new(AtomicUsize::new(UNAUTHENTICATED_OUTPUT)),
-    };
-    let mut writer = tokio::spawn(write_loop(wr, rx, queued));
+    let q = Arc::new(Queue {
+        queued: AtomicUsize::new(0),
+        limit: AtomicUsize::new(UNAUTHENTICATED_OUTPUT),
+        low_water: AtomicUsize::new(UNAUTHENTICATED_OUTPUT / 2),
+        drained: Notify::new(),
+        ended: OnceLock::new(),
+    });
+    let out = Output { tx, q: q.clone() };
+    let mut writer = tokio::spawn(write_loop(wr, rx, q, progress, cfg.write_timeout));
     let banner = format!("{}\r\n", gw.banner.load());
     let _ = out.send(banner.into_bytes());
 
@@ -205,7 +368,15 @@ async fn client<S>(
     };
     drop(unauth);
     if let Login::Accepted(accepted) = login {
-        out.limit.store(cfg.max_output_bytes, Ordering::Release);
+        out.q
+            .low_water
+            .store(cfg.max_output_bytes / 2, Ordering::Release);
+        // Flow control keeps the queue under max_output_bytes plus what one read from
+        // Asterisk completes; this bound only guards against a bug in it.
+        out.q.limit.store(
+            cfg.max_output_bytes + MAX_UPSTREAM_MESSAGE + (256 << 10),
+            Ordering::Release,
+        );
         let policy = accepted.policy.clone();
         gw.app.metrics.ami_sessions.inc();
         info!(client = %policy.name, %peer, "AMI client logged in");
@@ -216,9 +387,10 @@ async fn client<S>(
         info!(client = %policy.name, %peer, reason = why, "AMI client session ended");
     }
     drop(out);
-    // The writer ends once the queue is drained; a client that stopped reading could hold it
-    // forever (and with it the socket and the queued bytes), so it is cut off.
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+    // The writer ends once the queue is drained, or by itself when the client accepts nothing
+    // for write_timeout; a client that trickles could still hold it (and the socket and the
+    // queued bytes) for long, so it is cut off after a bound.
+    if tokio::time::timeout(cfg.write_timeout + Duration::from_secs(5), &mut writer)
         .await
         .is_err()
     {

@@ -22,6 +22,8 @@ pub enum UpstreamError {
     Timeout(SocketAddr),
     #[error("Asterisk's AMI closed the connection")]
     Closed,
+    #[error("Asterisk's AMI could not be reached a moment ago")]
+    Down,
     #[error("reading from Asterisk's AMI: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0} does not look like Asterisk's AMI (banner {1:?})")]

@@ -45,7 +45,7 @@ pub enum UserCommand {
         #[arg(long)]
         permit: Vec<String>,
         /// Lift a built-in refusal for this client (application, function, command, config,
-        /// moduleload). Every use is logged as a warning. Think twice.
+        /// moduleload, secrets). Every use is logged as a warning. Think twice.
         #[arg(long = "override")]
         overrides: Vec<String>,
     },

@@ -96,7 +96,7 @@ pub struct AmiPeer {
 impl AmiPeer {
     /// Users as `(name, secret, read classes, write classes)`, e.g.
     /// `("admin", "s3cret", "all", "all")` or `("mon", "pw", "call,reporting", "none")`.
-    /// Banner `Asterisk Call Manager/9.0.0` (Asterisk 20).
+    /// Banner `Asterisk Call Manager/11.0.0` (Asterisk 22).
     pub fn start(users: &[(&str, &str, &str, &str)]) -> AmiPeer {
         AmiPeer::start_with(users, &[])
     }
@@ -177,6 +177,16 @@ impl AmiPeer {
         let fields: Vec<Value> = fields.iter().map(|(k, v)| json!([k, v])).collect();
         self.control_ok(json!({
             "cmd": "blast", "name": name, "class": class, "fields": fields, "count": count
+        }))
+    }
+
+    /// As [`AmiPeer::blast`] for `seconds` instead of a count: events go out as fast as the
+    /// sessions take them (a session's socket must drain before the next batch). The answer's
+    /// `count` says how many were sent.
+    pub fn flood(&self, name: &str, class: &str, fields: &[(&str, &str)], seconds: f64) -> Value {
+        let fields: Vec<Value> = fields.iter().map(|(k, v)| json!([k, v])).collect();
+        self.control_ok(json!({
+            "cmd": "blast", "name": name, "class": class, "fields": fields, "seconds": seconds
         }))
     }
 
@@ -343,7 +353,7 @@ pub struct AmiClient {
     buf: Vec<u8>,
     closed: bool,
     next_id: u64,
-    /// The greeting line without its line end, e.g. `Asterisk Call Manager/9.0.0`.
+    /// The greeting line without its line end, e.g. `Asterisk Call Manager/11.0.0`.
     pub banner: String,
 }
 
@@ -625,6 +635,11 @@ impl AmiClient {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Takes the bytes received but not yet parsed (before reading the socket directly).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     /// Everything received but not yet parsed, as text.

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A stand-in for Asterisk's manager interface (AMI) for the tests, standard library only.
 
-    ami_peer.py --port 0 --version 9.0.0 --user NAME:SECRET[:READ[:WRITE]]... [--authtimeout 30]
+    ami_peer.py --port 0 --version 11.0.0 --user NAME:SECRET[:READ[:WRITE]]... [--authtimeout 30]
                 [--authlimit 50] [--writetimeout 100] [--fail-delay 1] [--control-port 0]
                 [--asterisk-version X] [--systemname NAME] [--timestampevents] [--log FILE]
+                [--pjsip-auth ID:USERNAME:PASSWORD]...
 
 READ and WRITE are manager.conf class lists (`system,call`, `all`, `none`…), default `all`.
 Prints exactly one line `READY port=<ami port> control=<control port>` once both listen.
@@ -22,7 +23,8 @@ the session runs an action (they follow its response).
 Control port: newline-delimited JSON, one JSON line answer per request:
   {"cmd":"event","name":"Newchannel","class":"call","fields":{"Channel":"PJSIP/1"},"count":1}
   {"cmd":"blast","name":"Newexten","class":"dialplan","count":100000,"fields":{...}}
-      (optional "rate": events per second to pace at; default as fast as possible)
+      (optional "rate": events per second to pace at; default as fast as possible;
+       optional "seconds": emit for that long instead of "count" events, answering the count)
   {"cmd":"actions"} {"cmd":"clear"} {"cmd":"sessions"} {"cmd":"drop"} {"cmd":"ping"}
   {"cmd":"channels"} {"cmd":"channels","channels":[{"Channel":"PJSIP/100-00000001",...}]}
 """
@@ -224,7 +226,7 @@ DEFAULT_CONFIGS = {
 MODULES = {"res_pjsip.so", "chan_pjsip.so", "app_queue.so", "app_dial.so", "pbx_config.so",
            "res_musiconhold.so", "cdr_csv.so", "app_voicemail.so"}
 
-ASTERISK_FOR_AMI = {"7": "18.21.0", "8": "19.8.1", "9": "20.7.0", "10": "21.2.0", "11": "22.1.0"}
+ASTERISK_FOR_AMI = {"7": "18.21.0", "8": "19.8.1", "9": "20.7.0", "10": "21.2.0", "11": "22.10.1"}
 
 SYNOPSIS = {
     "Ping": "Keepalive command.", "Events": "Control Event Flow.", "Logoff": "Logoff Manager.",
@@ -567,6 +569,28 @@ def cli_output(peer, cmd):
         up = int(time.time() - peer.started)
         return True, (f"System uptime: {up // 60} minutes, {up % 60} seconds\n"
                       f"Last reload: {up // 60} minutes, {up % 60} seconds\n")
+    if joined.startswith("pjsip show auth ") and len(words) == 4:
+        # res_pjsip/config_auth.c + pjsip_cli.c: the object set, password included.
+        auth = peer.auths.get(words[3])
+        if auth is None:
+            return True, f"\nUnable to find object {words[3]}.\n\n"
+        user, password = auth
+        fields = [("auth_type", "userpass"), ("md5_cred", ""), ("nonce_lifetime", "32"),
+                  ("oauth_clientid", ""), ("oauth_secret", ""), ("password", password),
+                  ("realm", ""), ("refresh_token", ""), ("username", user)]
+        width = max(13, *(len(n) for n, _ in fields))
+        vwidth = max(14, *(len(v) for _, v in fields))
+        out = ("\n I/OAuth:  <AuthId/UserName" + "." * 62 + ">\n" + "=" * 90 + "\n\n"
+               f" Auth:  {words[3]}/{user}\n\n"
+               f" {'ParameterName':<{width}} : ParameterValue\n {'=' * (width + vwidth + 3)}\n")
+        for name, value in fields:
+            out += f" {name:<{width}} : {value}\n"
+        return True, out + "\n"
+    if joined == "pjsip show auths":
+        out = "\n I/OAuth:  <AuthId/UserName" + "." * 62 + ">\n" + "=" * 90 + "\n\n"
+        for aid, (user, _) in sorted(peer.auths.items()):
+            out += f" Auth:  {aid}/{user}\n"
+        return True, out + f"\nObjects found: {len(peer.auths)}\n"
     if joined == "pjsip show endpoints":
         out = ("\n Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>\n"
                "==========================================================================================\n\n")
@@ -1156,6 +1180,10 @@ class Peer:
         self.globals = {}
         self.configs = {k: [(c, list(i)) for c, i in v] for k, v in DEFAULT_CONFIGS.items()}
         self.queues = {"support": set(), "sales": set()}
+        self.auths = {}
+        for spec in args.pjsip_auth:
+            aid, user, password = spec.split(":", 2)
+            self.auths[aid] = (user, password)
 
     def set_channels(self, lst):
         self.channels = {}
@@ -1337,20 +1365,25 @@ class Peer:
         batch = int(req.get("batch", max(1, int(rate / 100)) if rate else 2000))
         head = self.event_head(from_json_str(req.get("name", "Blast")), cat).encode("latin-1")
         head += self.fields_text(req.get("fields", {})).encode("latin-1")
+        # seconds: emit for this long (as fast as the sessions take it) instead of `count`.
+        seconds = float(req.get("seconds", 0))
         targets = [s for s in self.sessions if s.wants(cat)]
         t0 = time.monotonic()
         total = 0
-        for start in range(0, count, batch):
-            chunk = b"".join(b"%sSeq: %d\r\n\r\n" % (head, i)
-                             for i in range(start, min(count, start + batch)))
+        start = 0
+        while (time.monotonic() - t0 < seconds) if seconds else start < count:
+            end = start + batch if seconds else min(count, start + batch)
+            chunk = b"".join(b"%sSeq: %d\r\n\r\n" % (head, i) for i in range(start, end))
             for s in targets:
                 s.deliver(chunk)
             total += len(chunk)
+            start = end
             await self.drain_all([s for s in targets if not s.closed])
             if rate:
-                ahead = t0 + min(count, start + batch) / rate - time.monotonic()
+                ahead = t0 + start / rate - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+        count = start
         await self.flushed(targets)
         return {"ok": True, "sent": len(targets), "count": count, "bytes": total,
                 "seconds": round(time.monotonic() - t0, 6),
@@ -1362,7 +1395,7 @@ async def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--version", default="9.0.0", help="AMI_VERSION shown in the banner")
+    ap.add_argument("--version", default="11.0.0", help="AMI_VERSION shown in the banner (Asterisk 22)")
     ap.add_argument("--asterisk-version", default=None)
     ap.add_argument("--user", action="append", default=[])
     ap.add_argument("--authtimeout", type=float, default=30)
@@ -1372,6 +1405,8 @@ async def main():
     ap.add_argument("--systemname", default="")
     ap.add_argument("--timestampevents", action="store_true")
     ap.add_argument("--log", default=None)
+    ap.add_argument("--pjsip-auth", action="append", default=[],
+                    help="ID:USERNAME:PASSWORD, shown by `pjsip show auth ID` as Asterisk does")
     args = ap.parse_args()
     peer = Peer(args)
     ami = await asyncio.start_server(peer.on_connect, args.host, args.port,
