@@ -425,6 +425,87 @@ fn incoming_calls_reach_the_phone_through_path_and_record_route() {
     assert_eq!(handle["code"], 200, "{handle}");
 }
 
+/// The phone's answer to a request it received, carrying `sdp`.
+fn answer_with_sdp(req: &SipMsg, status: &str, sdp: &str) -> Vec<u8> {
+    let mut lines: Vec<String> = req.all("Via").iter().map(|v| format!("Via: {v}")).collect();
+    lines.extend(
+        req.all("Record-Route")
+            .iter()
+            .map(|r| format!("Record-Route: {r}")),
+    );
+    for name in ["From", "Call-ID", "CSeq"] {
+        lines.push(format!("{name}: {}", req.header(name).unwrap()));
+    }
+    lines.push(format!("To: {};tag={}", req.header("To").unwrap(), rnd()));
+    lines.push("Contact: <sip:1001@client.invalid;transport=tls>".into());
+    lines.push("Content-Type: application/sdp".into());
+    request(&format!("SIP/2.0 {status}"), &lines, sdp)
+}
+
+/// What phones put in a 200 to OPTIONS (RFC 3261 §11.2): what they can do, no keys.
+fn capability_sdp(proto: &str) -> String {
+    format!(
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 9 {proto} 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
+}
+
+#[test]
+fn qualify_reaches_the_phone_and_its_capability_answer_returns_but_plain_calls_do_not() {
+    let e = Edge::start("");
+    let mut c = e.client();
+    assert_eq!(e.register(&mut c, "1001", "pw1001").status(), Some(200));
+    let peer = &e.peer;
+    // Asterisk's qualify (qualify_frequency): the phone answers with its capabilities,
+    // plain RTP or SAVP without keys. Asterisk gets the 200, without that description.
+    for proto in ["RTP/AVP", "RTP/SAVP"] {
+        let got = std::thread::scope(|s| {
+            let h = s.spawn(|| peer.control(serde_json::json!({"cmd": "options", "user": "1001"})));
+            let opt = c.recv(T).expect("OPTIONS reaches the phone");
+            assert_eq!(opt.method(), Some("OPTIONS"), "{opt:?}");
+            c.send(&answer_with_sdp(&opt, "200 OK", &capability_sdp(proto)));
+            h.join().unwrap()
+        });
+        assert_eq!(got["code"], 200, "{proto}: {got}");
+        assert_eq!(got["answers"][0]["body"], "", "{proto}: {got}");
+        assert_eq!(got["answers"][0]["content_type"], "", "{proto}: {got}");
+    }
+    // A phone's own OPTIONS with a description: answered, and Asterisk sees no body.
+    let mut l = base_headers("OPTIONS", "1001", "1001", "TLS", &rnd(), 7);
+    l.push("Content-Type: application/sdp".into());
+    c.send(&request(
+        "OPTIONS sip:pbx.test SIP/2.0",
+        &l,
+        &capability_sdp("RTP/AVP"),
+    ));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+    let seen = e.peer.wait_requests("OPTIONS", 1, T);
+    assert!(
+        seen[0].body.is_empty() && seen[0].header("Content-Type").is_none(),
+        "{}",
+        seen[0].raw
+    );
+    assert!(!e.daemon.log().contains("ending that call"));
+
+    // A plain answer to a call is still refused: Asterisk gets 488, the phone ACK and BYE.
+    let got = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            peer.control(serde_json::json!({"cmd": "invite", "user": "1001", "sdp": "sdes"}))
+        });
+        let inv = c.recv(T).expect("INVITE reaches the phone");
+        assert_eq!(inv.method(), Some("INVITE"), "{inv:?}");
+        c.send(&answer_with_sdp(&inv, "200 OK", &sdp_plain()));
+        let ack = c.recv(T).expect("ACK from the edge");
+        let bye = c.recv(T).expect("BYE from the edge");
+        assert_eq!(ack.method(), Some("ACK"), "{ack:?}");
+        assert_eq!(bye.method(), Some("BYE"), "{bye:?}");
+        assert_eq!(bye.header("Call-ID"), inv.header("Call-ID"));
+        h.join().unwrap()
+    });
+    assert_eq!(got["code"], 488, "{got}");
+    let log = e.daemon.log();
+    assert_eq!(log.matches("ending that call").count(), 1, "{log}");
+}
+
 #[test]
 fn tcp_towards_asterisk_carries_requests_answers_and_calls_back() {
     let e = Edge::start("upstream = \"127.0.0.1:{tcp}\"\nupstream_transport = \"tcp\"");

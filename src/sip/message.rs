@@ -420,7 +420,7 @@ impl ParseError {
 }
 
 /// SIP request methods.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Method {
     Invite,
     Ack,
@@ -1506,6 +1506,56 @@ pub fn error_response(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
     Message::parse(&bytes).is_ok().then_some(bytes)
 }
 
+/// Our own answer to a request we forwarded, built from the bytes we forwarded (our normal
+/// form): their `Via`s less the first (ours), From, To (tagged), Call-ID and CSeq. Read rather
+/// than re-parsed, because what we add on the way (`Via`, `Record-Route`, `Path`) may take a
+/// request past the limits the parser sets for peers. Also the branch of the sender's `Via`.
+/// `None` when `forwarded` is not such a request.
+pub fn answer_forwarded(
+    forwarded: &[u8],
+    code: u16,
+    reason: &str,
+) -> Option<(Vec<u8>, Option<String>)> {
+    let end = header_block_end(forwarded)?;
+    let block = &forwarded[..end - 4];
+    if block.starts_with(b"SIP/") {
+        return None;
+    }
+    let e = Essentials::read(block)?;
+    let vias = e.vias.get(1..).filter(|v| !v.is_empty())?;
+    let branch = vias[0].branch().map(str::to_owned);
+    let mut headers: Vec<Header> = vias
+        .iter()
+        .map(|v| Header {
+            name: HeaderName::Known("Via"),
+            value: v.to_string(),
+        })
+        .collect();
+    let tag = crate::ids::random_hex(8);
+    let pairs = [
+        ("From", e.from?),
+        ("To", with_to_tag(&e.to?, code, &tag)),
+        ("Call-ID", e.call_id?),
+        ("CSeq", e.cseq?),
+    ];
+    for (n, v) in pairs {
+        headers.push(Header {
+            name: HeaderName::Known(n),
+            value: v,
+        });
+    }
+    let msg = Message {
+        start: StartLine::Response {
+            code,
+            reason: sanitize(reason),
+        },
+        headers,
+        body: Vec::new(),
+        content_length: "0".to_string(),
+    };
+    Some((msg.to_bytes(), branch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2402,5 +2452,36 @@ Content-Length: 0\r\n\r\n";
         ));
         let lines: Vec<&[u8]> = split_lines(b"a\r\nb\r\n").collect();
         assert_eq!(lines, vec![&b"a"[..], &b"b"[..], &b""[..]]);
+    }
+
+    #[test]
+    fn our_answer_to_a_forwarded_request_leaves_our_via_out() {
+        let mut m = parse(INVITE).unwrap();
+        m.push_front(
+            "Via",
+            "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-pgours;rport".into(),
+        );
+        // More headers than a peer may send: the answer is still made.
+        for i in 0..MAX_HEADERS {
+            m.push_back("X-Filler", format!("{i}"));
+        }
+        let forwarded = m.to_bytes();
+        assert!(Message::parse(&forwarded).is_err());
+        let (resp, branch) = answer_forwarded(&forwarded, 408, "Request Timeout").unwrap();
+        assert_eq!(branch.as_deref(), Some("z9hG4bK776asdhds"));
+        let r = Message::parse(&resp).unwrap();
+        assert_eq!(r.status(), Some(408));
+        let vias = r.vias();
+        assert_eq!(vias.len(), 1);
+        assert_eq!(vias[0].host, "client.example.com");
+        assert!(r.to().unwrap().tag().is_some());
+        assert_eq!(r.header("CSeq"), Some("314159 INVITE"));
+        assert_eq!(r.call_id(), Some("a84b4c76e66710@pc33.example.com"));
+        // Not a request we forwarded: no answer.
+        let only_ours = parse(INVITE).unwrap().to_bytes();
+        assert!(answer_forwarded(&only_ours, 408, "Request Timeout").is_none());
+        let response = m.response(200, "OK", "t", &[]).to_bytes();
+        assert!(answer_forwarded(&response, 408, "Request Timeout").is_none());
+        assert!(answer_forwarded(b"garbage", 408, "x").is_none());
     }
 }

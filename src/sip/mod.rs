@@ -4,9 +4,9 @@
 //! [`message`] and [`uri`] are our strict message model, which re-serialises whatever passes
 //! so Asterisk never sees a client's bytes; [`sdp`] is the SRTP-only media policy;
 //! [`transport`] runs the listeners, [`flow`] names client connections in what we send
-//! Asterisk, [`upstream`] is the loopback side, [`proxy`] decides what crosses, [`guards`]
-//! holds rates, scanner filtering and bans, and [`ticket`] binds browser WebSockets to web
-//! sessions.
+//! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
+//! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
+//! filtering and bans, and [`ticket`] binds browser WebSockets to web sessions.
 
 pub mod flow;
 pub mod framing;
@@ -15,6 +15,7 @@ pub mod message;
 pub mod proxy;
 pub mod sdp;
 pub mod ticket;
+pub mod transaction;
 pub mod transport;
 pub mod upstream;
 pub mod uri;
@@ -37,6 +38,8 @@ use crate::web::tls::{self, TlsError};
 const BAN_REFRESH: Duration = Duration::from_secs(2);
 /// How often WebSockets are checked against their web sessions (revocation, expiry).
 const SESSION_RECHECK: Duration = Duration::from_secs(5);
+/// The timer task's longest sleep while no transaction is in flight.
+const TIMER_IDLE: Duration = Duration::from_secs(60);
 
 /// TLS for the SIP listener and for the WebSocket listener: `[sip]`'s pair, else `[http]`'s.
 pub type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
@@ -93,8 +96,23 @@ impl Edge {
     }
 
     /// Bans from the store, WebSockets whose web session ended, expired tickets and
-    /// transactions: checked periodically until `stop`.
+    /// transactions: checked periodically until `stop`; and the retransmission timers.
     pub fn start_maintenance(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {
+        let edge = self.clone();
+        let timers_stop = stop.clone();
+        tracker.spawn(async move {
+            loop {
+                let next = edge
+                    .next_timer()
+                    .unwrap_or_else(|| Instant::now() + TIMER_IDLE);
+                tokio::select! {
+                    _ = timers_stop.cancelled() => return,
+                    _ = edge.timer_wake.notified() => {}
+                    _ = tokio::time::sleep_until(next.into()) => {}
+                }
+                edge.run_timers(Instant::now());
+            }
+        });
         let edge = self.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(BAN_REFRESH);

@@ -1,5 +1,6 @@
-//! The proxy itself (RFC 3261 §16, stateless apart from a small table of INVITEs in flight):
-//! what crosses from a client to Asterisk and back, and every check on the way.
+//! The proxy itself (RFC 3261 §16, stateless apart from a small table of INVITEs in flight
+//! and, over UDP towards Asterisk, the client transactions of [`super::transaction`]): what
+//! crosses from a client to Asterisk and back, and every check on the way.
 //!
 //! Client requests always go to Asterisk, whatever their Request-URI or `Route` say: the
 //! edge is no open relay. Everything we add towards Asterisk (`Via`, `Record-Route`, `Path`)
@@ -16,12 +17,14 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::flow::{Flow, Flows, Kind};
 use super::guards::{BanRules, Bans, Rates};
-use super::message::{error_response, Message, Method, Via};
+use super::message::{answer_forwarded, error_response, Message, Method, Via};
 use super::sdp::{self, MediaPolicy, Refusal};
+use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
 use crate::app::App;
 use crate::clock::now_unix;
@@ -33,6 +36,8 @@ pub const TOKEN_PARAM: &str = "pbxg";
 /// INVITEs in flight remembered for tearing down a refused answer, at most, and how long.
 const MAX_PENDING: usize = 50_000;
 const PENDING_TTL: Duration = Duration::from_secs(300);
+/// Requests Asterisk never answered are reported at most this often (with their count).
+const TIMEOUT_REPORT: Duration = Duration::from_secs(10);
 
 type RegisterInFlight = (u64, Vec<String>, Instant);
 
@@ -70,6 +75,12 @@ pub struct Edge {
     absorb: Mutex<HashMap<String, Instant>>,
     /// Our branch -> (flow, Contacts) of a REGISTER awaiting Asterisk's answer.
     registers: Mutex<HashMap<String, RegisterInFlight>>,
+    /// Requests sent to Asterisk over UDP, until answered (retransmission, duplicates).
+    transactions: Mutex<Transactions>,
+    /// Wakes the timer task when a transaction's first timer is earlier than any it knew.
+    pub(super) timer_wake: Notify,
+    /// Requests that timed out since the last report, and when that was.
+    timeouts: Mutex<(u64, Option<Instant>)>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -99,6 +110,51 @@ fn record_routes(method: &Method) -> bool {
         method,
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify | Method::Update
     )
+}
+
+/// What a body means to the media policy, by the method of a request or, for a response, of
+/// the request it answers (its CSeq method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRole {
+    /// Offers and answers of a session (RFC 3261 §13.2.1, RFC 3262, RFC 3311): the SRTP
+    /// policy applies, and a refusal ends the exchange (488, or the call's teardown).
+    Session,
+    /// A capability description (an OPTIONS answer, RFC 3261 §11.2): neither offer nor answer,
+    /// and nothing pjsip reads (qualify looks at the status code alone). Removed, so it is
+    /// neither judged as an offer nor relayed: no plain-RTP SDP ever crosses, and pjmedia's
+    /// parser is never reached by an SDP we did not check.
+    Capability,
+    /// Any other method: pjsip sets no media up from its body. SDP in it is still checked; a
+    /// refused request gets 488, a refused answer loses its body but is still relayed, so
+    /// the transaction completes.
+    Other,
+}
+
+fn body_role(method: &Method) -> BodyRole {
+    match method {
+        Method::Invite | Method::Update | Method::Prack | Method::Ack => BodyRole::Session,
+        Method::Options => BodyRole::Capability,
+        _ => BodyRole::Other,
+    }
+}
+
+/// The role of a response's body, from its CSeq method.
+fn answer_role(msg: &Message) -> BodyRole {
+    msg.cseq().map_or(BodyRole::Other, |(_, m)| body_role(&m))
+}
+
+/// Removes a message's body and the headers that describe it.
+fn strip_body(msg: &mut Message) {
+    if msg.body().is_empty() && msg.content_type().is_none() {
+        return;
+    }
+    msg.set_body(None, Vec::new());
+    msg.remove_where(|name| {
+        matches!(
+            name.to_ascii_lowercase().as_str(),
+            "content-encoding" | "content-disposition" | "content-language"
+        )
+    });
 }
 
 /// A response built from the headers of `msg` (a response whose own `Via` are the ones to
@@ -139,6 +195,9 @@ impl Edge {
             pending: Mutex::default(),
             absorb: Mutex::default(),
             registers: Mutex::default(),
+            transactions: Mutex::default(),
+            timer_wake: Notify::new(),
+            timeouts: Mutex::default(),
         }
     }
 
@@ -146,9 +205,115 @@ impl Edge {
         self.upstream.load_full()
     }
 
-    /// Points the edge at a new Asterisk side (reload).
+    /// Points the edge at a new Asterisk side (reload). Transactions in flight are
+    /// forgotten: their answers would come to the old socket.
     pub fn set_upstream(&self, upstream: Arc<Upstream>) {
         self.upstream.store(upstream);
+        self.transactions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Sends a request to Asterisk (`branch`: our Via's). Over UDP it is kept for
+    /// retransmission until answered, and an ACK is kept for its INVITE's failure answer;
+    /// `origin` is the client connection owed a 408 if Asterisk never answers.
+    fn send_request(&self, branch: &str, method: &Method, bytes: Bytes, origin: Option<u64>) {
+        let up = self.up();
+        if up.is_udp() {
+            let now = Instant::now();
+            let mut txs = self.transactions.lock().unwrap_or_else(|e| e.into_inner());
+            if *method == Method::Ack {
+                txs.ack(branch, &bytes);
+            } else {
+                let earliest = txs.next_due();
+                let key = Key {
+                    branch: branch.to_string(),
+                    method: method.clone(),
+                };
+                match txs.start(key, bytes.clone(), origin, now) {
+                    Started::Tracked => {
+                        if earliest.is_none_or(|e| e > now + transaction::T1) {
+                            self.timer_wake.notify_one();
+                        }
+                    }
+                    Started::Full => {
+                        drop(txs);
+                        self.count_client("untracked");
+                        debug!("the transaction table is full; relaying a request without retransmission");
+                    }
+                    Started::Duplicate => {}
+                }
+            }
+        }
+        up.send(bytes);
+    }
+
+    /// When the next retransmission or time-out is due.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_due()
+    }
+
+    /// Retransmits what is due and answers 408 for what timed out (Timers A, B, E, F).
+    pub(super) fn run_timers(&self, now: Instant) {
+        let mut due = Vec::new();
+        self.transactions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .poll(now, &mut due);
+        if due.is_empty() {
+            return;
+        }
+        let up = self.up();
+        for d in due {
+            match d {
+                Due::Retransmit(bytes) => {
+                    self.count_client("retransmitted");
+                    up.send(bytes);
+                }
+                Due::TimedOut {
+                    request,
+                    origin,
+                    invite,
+                } => self.timed_out(&request, origin, invite, now),
+            }
+        }
+    }
+
+    /// Asterisk never answered a client's request: the client gets 408 (RFC 3261 §16.8), so
+    /// a phone on a reliable transport does not wait for ever.
+    fn timed_out(&self, request: &[u8], origin: u64, invite: bool, now: Instant) {
+        self.count_client("timeout");
+        {
+            let mut t = self.timeouts.lock().unwrap_or_else(|e| e.into_inner());
+            t.0 += 1;
+            if t.1
+                .is_none_or(|last| now.duration_since(last) >= TIMEOUT_REPORT)
+            {
+                warn!(
+                    requests = t.0,
+                    after = ?transaction::TIMEOUT,
+                    "Asterisk did not answer requests relayed over UDP; their senders got 408"
+                );
+                *t = (0, Some(now));
+            }
+        }
+        let Some(flow) = self.flows.get(origin) else {
+            return;
+        };
+        let Some((resp, client_branch)) = answer_forwarded(request, 408, "Request Timeout") else {
+            return;
+        };
+        if invite {
+            // The client's ACK for our 408 is ours too.
+            if let Some(b) = client_branch {
+                self.absorb_ack_for(&b);
+            }
+        }
+        flow.send(Bytes::from(resp));
     }
 
     fn count_client(&self, result: &'static str) {
@@ -248,6 +413,10 @@ impl Edge {
     fn answer_upstream(&self, req: &Message, code: u16, reason: &str, extra: &[(&str, String)]) {
         if req.method() == Some(&Method::Ack) {
             return;
+        }
+        if req.method() == Some(&Method::Invite) && code >= 300 {
+            // Asterisk's ACK for this answer is hop by hop: ours to keep.
+            self.absorb_upstream_ack(req);
         }
         let tag = crate::ids::random_hex(8);
         let resp = req.response(code, reason, &tag, extra);
@@ -397,7 +566,9 @@ impl Edge {
             self.answer(flow, &msg, 403, "Forbidden", &[self.warning(&refusal)]);
             return;
         }
-        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+        if body_role(&method) == BodyRole::Capability {
+            strip_body(&mut msg);
+        } else if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
             self.count_client("media_refused");
             info!(peer = %flow.peer, reason = %refusal, method = method.as_str(), "refused media offer");
             self.answer(
@@ -445,7 +616,8 @@ impl Edge {
             self.remember_invite(flow.id, &via, &msg);
         }
         self.count_client("forwarded");
-        self.up().send(Bytes::from(msg.to_bytes()));
+        let branch = via.branch().unwrap_or_default().to_string();
+        self.send_request(&branch, &method, Bytes::from(msg.to_bytes()), Some(flow.id));
     }
 
     /// A client's answer to a request Asterisk sent it through us.
@@ -466,26 +638,38 @@ impl Edge {
             // The answer to a request we made up ourselves (a teardown BYE): ours to keep.
             return;
         }
-        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+        let role = answer_role(&msg);
+        if role == BodyRole::Capability {
+            strip_body(&mut msg);
+        } else if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
             self.count_client("media_refused");
-            self.refuse_client_answer(flow, &msg, &refusal);
-            return;
+            let status = msg.status().unwrap_or(0);
+            if status < 200 {
+                // Provisional answers with refused early media are simply not passed on.
+                debug!(peer = %flow.peer, reason = %refusal, "not relaying a provisional answer with media the policy refuses");
+                return;
+            }
+            if role == BodyRole::Session && status < 300 {
+                self.refuse_client_answer(flow, &msg, &refusal);
+                return;
+            }
+            // A failure, or an answer outside any session: relayed, without the body.
+            info!(peer = %flow.peer, reason = %refusal, status, "removed media the policy refuses from a phone's answer");
+            strip_body(&mut msg);
         }
         self.count_client("forwarded");
         self.up().send(Bytes::from(msg.to_bytes()));
     }
 
-    /// A phone answered an incoming call with media the policy refuses: Asterisk gets 488,
-    /// the phone an ACK (for a 2xx) and a BYE.
+    /// A phone accepted an offer from Asterisk (a 2xx to INVITE, UPDATE or PRACK) with media
+    /// the policy refuses: Asterisk gets 488 in its place; for an INVITE the phone also gets
+    /// an ACK and a BYE, since its side of the call is up.
     fn refuse_client_answer(&self, flow: &Arc<Flow>, msg: &Message, refusal: &Refusal) {
-        warn!(peer = %flow.peer, reason = %refusal, "a phone answered with media the policy refuses; ending that call");
-        let code = msg.status().unwrap_or(0);
         let is_invite = matches!(msg.cseq(), Some((_, Method::Invite)));
-        if !(200..300).contains(&code) {
-            // Provisional answers with refused early media are simply not passed on.
-            return;
-        }
         if is_invite {
+            warn!(peer = %flow.peer, reason = %refusal, "a phone answered a call with media the policy refuses; ending that call");
+            // The 488 is ours, so is Asterisk's ACK for it (the phone's 2xx got ours).
+            self.absorb_upstream_ack(msg);
             let target = msg.contacts().first().map(|c| c.uri.to_string());
             if let (Some(target), Some((n, _))) = (target, msg.cseq()) {
                 for (method, seq) in [("ACK", n), ("BYE", n.saturating_add(1))] {
@@ -493,13 +677,15 @@ impl Edge {
                     flow.send(req);
                 }
             }
-            self.up().send(restatus(
-                msg,
-                488,
-                "Not Acceptable Here",
-                &[self.warning(refusal)],
-            ));
+        } else {
+            info!(peer = %flow.peer, reason = %refusal, "a phone accepted an offer with media the policy refuses; Asterisk gets 488");
         }
+        self.up().send(restatus(
+            msg,
+            488,
+            "Not Acceptable Here",
+            &[self.warning(refusal)],
+        ));
     }
 
     fn check_media(&self, msg: &Message, kind: Kind, sip: &SipConfig) -> Result<(), Refusal> {
@@ -593,6 +779,15 @@ impl Edge {
         absorb.remove(&branch).is_some()
     }
 
+    /// Asterisk's INVITE `msg` (or a response carrying its `Via` on top) got a failure answer
+    /// from us: the ACK Asterisk sends for it stops here instead of reaching a phone that
+    /// never saw that answer.
+    fn absorb_upstream_ack(&self, msg: &Message) {
+        if let Some(branch) = msg.top_via().and_then(|v| v.branch().map(str::to_owned)) {
+            self.absorb_ack_for(&branch);
+        }
+    }
+
     fn absorb_ack_for(&self, client_branch: &str) {
         let now = Instant::now();
         let mut absorb = self.absorb.lock().unwrap_or_else(|e| e.into_inner());
@@ -638,6 +833,31 @@ impl Edge {
         let status = msg.status().unwrap_or(0);
         let method = msg.cseq().map(|(_, m)| m);
         let branch = top.branch().unwrap_or_default().to_string();
+        if let Some(m) = &method {
+            // Before anything counts it: a duplicate must not count twice (bans) or reach the
+            // phone again.
+            let key = Key {
+                branch: branch.clone(),
+                method: m.clone(),
+            };
+            let answer = self
+                .transactions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .answer(&key, status, Instant::now());
+            match answer {
+                Answer::Absorb => {
+                    self.count_upstream("duplicate");
+                    return;
+                }
+                Answer::ResendAck(ack) => {
+                    self.count_upstream("duplicate");
+                    self.up().send(ack);
+                    return;
+                }
+                Answer::Forward | Answer::Unknown => {}
+            }
+        }
         let flow = self.flows.get(flow_id);
         if let Some(flow) = &flow {
             self.track_failure(flow, &msg, flag, method.as_ref(), sip);
@@ -673,10 +893,21 @@ impl Edge {
             self.count_upstream("no_route");
             return;
         };
-        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+        let role = answer_role(&msg);
+        if role == BodyRole::Capability {
+            strip_body(&mut msg);
+        } else if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
             self.count_upstream("media_refused");
-            self.refuse_upstream_answer(&flow, &msg, &branch, &refusal);
-            return;
+            if role == BodyRole::Session && status < 300 {
+                self.refuse_upstream_answer(&flow, &msg, &branch, &refusal);
+                return;
+            }
+            if status < 200 {
+                return;
+            }
+            // A failure, or an answer outside any session: relayed, without the body.
+            info!(peer = %flow.peer, reason = %refusal, status, "removed media the policy refuses from Asterisk's answer");
+            strip_body(&mut msg);
         }
         self.count_upstream("forwarded");
         flow.send(Bytes::from(msg.to_bytes()));
@@ -710,8 +941,9 @@ impl Edge {
         }
     }
 
-    /// Asterisk answered a client's INVITE with media the policy refuses: the client gets a
-    /// 488 instead; Asterisk gets a CANCEL (provisional answer) or an ACK and a BYE (2xx).
+    /// Asterisk answered a client's INVITE (provisional or 2xx) with media the policy
+    /// refuses: the client gets a 488 instead; Asterisk gets a CANCEL (provisional answer) or
+    /// an ACK and a BYE (2xx). A 2xx to UPDATE or PRACK becomes a 488 for the client.
     fn refuse_upstream_answer(
         &self,
         flow: &Arc<Flow>,
@@ -719,12 +951,21 @@ impl Edge {
         branch: &str,
         refusal: &Refusal,
     ) {
-        warn!(peer = %flow.peer, reason = %refusal, "Asterisk answered with media the policy refuses; ending that call");
         let status = msg.status().unwrap_or(0);
         let is_invite = matches!(msg.cseq(), Some((_, Method::Invite)));
         if !is_invite {
+            if (200..300).contains(&status) {
+                info!(peer = %flow.peer, reason = %refusal, "Asterisk accepted an offer with media the policy refuses; the phone gets 488");
+                flow.send(restatus(
+                    msg,
+                    488,
+                    "Not Acceptable Here",
+                    &[self.warning(refusal)],
+                ));
+            }
             return;
         }
+        warn!(peer = %flow.peer, reason = %refusal, "Asterisk answered a call with media the policy refuses; ending that call");
         let client_branch = msg
             .top_via()
             .and_then(|v| v.branch().map(str::to_owned))
@@ -733,9 +974,10 @@ impl Edge {
         if (200..300).contains(&status) {
             let target = msg.contacts().first().map(|c| c.uri.to_string());
             if let (Some(target), Some((n, _))) = (target, msg.cseq()) {
-                for (method, seq) in [("ACK", n), ("BYE", n.saturating_add(1))] {
-                    self.up()
-                        .send(self.generated(method, &target, msg, seq, &upstream_via));
+                let branch = upstream_via.branch().unwrap_or_default().to_string();
+                for (method, seq) in [(Method::Ack, n), (Method::Bye, n.saturating_add(1))] {
+                    let req = self.generated(method.as_str(), &target, msg, seq, &upstream_via);
+                    self.send_request(&branch, &method, req, None);
                 }
             }
             self.pending
@@ -753,7 +995,7 @@ impl Edge {
             p.cancelled = true;
             let cancel = self.cancel_for(p, branch);
             drop(pending);
-            self.up().send(cancel);
+            self.send_request(branch, &Method::Cancel, cancel, None);
         }
         self.absorb_ack_for(&client_branch);
         flow.send(restatus(
@@ -808,16 +1050,20 @@ impl Edge {
     fn ack_failure(&self, p: &Pending, branch: &str, msg: &Message) {
         let via = self.cancel_via(p.flow, branch);
         let to = msg.header("To").unwrap_or(&p.to);
-        self.up().send(Bytes::from(format!(
+        let ack = Bytes::from(format!(
             "ACK {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
             p.request_uri, p.from, p.call_id, p.cseq
-        )));
+        ));
+        self.send_request(branch, &Method::Ack, ack, None);
     }
 
     fn upstream_request(&self, mut msg: Message, sip: &SipConfig) {
         let Some(method) = msg.method().cloned() else {
             return;
         };
+        if method == Method::Ack && self.absorbed(&msg) {
+            return;
+        }
         let routed = msg.routes().iter().find_map(|r| {
             r.uri
                 .param(TOKEN_PARAM)
@@ -846,7 +1092,9 @@ impl Edge {
             }
             Some(n) => msg.set_max_forwards(n - 1),
         }
-        if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
+        if body_role(&method) == BodyRole::Capability {
+            strip_body(&mut msg);
+        } else if let Err(refusal) = self.check_media(&msg, flow.kind, sip) {
             self.count_upstream("media_refused");
             info!(peer = %flow.peer, reason = %refusal, "refused a media offer from Asterisk");
             self.answer_upstream(&msg, 488, "Not Acceptable Here", &[self.warning(&refusal)]);
@@ -1104,6 +1352,31 @@ mod tests {
         let mut m = msg("REGISTER", "1", "1", "\r\nSupported: PATH");
         add_supported_path(&mut m);
         assert_eq!(m.header("Supported"), Some("PATH"));
+    }
+
+    #[test]
+    fn the_media_policy_reads_bodies_by_method() {
+        for m in [Method::Invite, Method::Update, Method::Prack, Method::Ack] {
+            assert_eq!(body_role(&m), BodyRole::Session, "{m}");
+        }
+        assert_eq!(body_role(&Method::Options), BodyRole::Capability);
+        for m in [
+            Method::Message,
+            Method::Notify,
+            Method::Register,
+            Method::Bye,
+        ] {
+            assert_eq!(body_role(&m), BodyRole::Other, "{m}");
+        }
+        // A response by the request it answers.
+        let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:1@pbx>;tag=f\r\nTo: <sip:1@pbx>;tag=t\r\nCall-ID: c\r\nCSeq: 2 OPTIONS\r\nContent-Type: application/sdp\r\nContent-Disposition: session\r\nContent-Length: 4\r\n\r\nv=0\n";
+        let mut m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(answer_role(&m), BodyRole::Capability);
+        strip_body(&mut m);
+        let out = String::from_utf8(m.to_bytes()).unwrap();
+        assert!(out.ends_with("Content-Length: 0\r\n\r\n"), "{out}");
+        assert!(!out.contains("Content-Type") && !out.contains("Content-Disposition"));
+        assert!(Message::parse(out.as_bytes()).is_ok());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The loopback side towards Asterisk: one UDP socket, or (with `upstream_transport = "tcp"`)
 //! one outgoing TCP connection for everything we send plus a listener on `upstream_bind` for
-//! the connections Asterisk opens to reach phones. Sending never waits: UDP drops when the
-//! socket buffer is full (SIP retransmits), TCP queues a bounded amount.
+//! the connections Asterisk opens to reach phones. Sending never waits: a datagram that
+//! finds the socket buffer full is queued (a bounded amount) for a writer task that waits for
+//! room, and TCP queues a bounded amount. Phones on TLS or WebSocket do not retransmit, so
+//! over UDP the edge does it for them (`transaction`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +23,20 @@ use crate::config::SipTransport;
 
 /// Messages queued for the TCP connection to Asterisk before new ones are dropped.
 const TCP_QUEUE: usize = 4096;
+/// Datagrams queued while the UDP socket's send buffer is full before new ones are dropped.
+const UDP_QUEUE: usize = 4096;
 /// The largest datagram we read (SIP over UDP on loopback; our messages are far smaller).
 const MAX_DATAGRAM: usize = 65_535;
 
 #[derive(Debug)]
 enum Link {
-    Udp(Arc<UdpSocket>),
+    Udp {
+        socket: Arc<UdpSocket>,
+        tx: mpsc::Sender<Bytes>,
+        rx: std::sync::Mutex<Option<mpsc::Receiver<Bytes>>>,
+        /// Datagrams waiting in the queue: while any are, new ones queue behind them.
+        queued: Arc<AtomicUsize>,
+    },
     Tcp {
         tx: mpsc::Sender<Bytes>,
         listener: std::sync::Mutex<Option<TcpListener>>,
@@ -51,8 +62,14 @@ impl Upstream {
             SipTransport::Udp => {
                 let socket = UdpSocket::bind(bind).await?;
                 let local = socket.local_addr()?;
+                let (tx, rx) = mpsc::channel(UDP_QUEUE);
                 Ok(Upstream {
-                    link: Link::Udp(Arc::new(socket)),
+                    link: Link::Udp {
+                        socket: Arc::new(socket),
+                        tx,
+                        rx: std::sync::Mutex::new(Some(rx)),
+                        queued: Arc::default(),
+                    },
                     target,
                     local,
                 })
@@ -83,17 +100,22 @@ impl Upstream {
         self.target
     }
 
+    /// Whether requests to Asterisk need our retransmissions.
+    pub fn is_udp(&self) -> bool {
+        matches!(self.link, Link::Udp { .. })
+    }
+
     /// `UDP` or `TCP`, for our `Via`.
     pub fn via_transport(&self) -> &'static str {
         match self.link {
-            Link::Udp(_) => "UDP",
+            Link::Udp { .. } => "UDP",
             Link::Tcp { .. } => "TCP",
         }
     }
 
     pub fn uri_transport(&self) -> &'static str {
         match self.link {
-            Link::Udp(_) => "udp",
+            Link::Udp { .. } => "udp",
             Link::Tcp { .. } => "tcp",
         }
     }
@@ -101,13 +123,27 @@ impl Upstream {
     /// Sends one message to Asterisk; `false` when it had to be dropped.
     pub fn send(&self, msg: Bytes) -> bool {
         match &self.link {
-            Link::Udp(socket) => match socket.try_send_to(&msg, self.target) {
-                Ok(_) => true,
-                Err(e) => {
-                    debug!(error = %e, "dropping a datagram to Asterisk");
-                    false
+            Link::Udp {
+                socket, tx, queued, ..
+            } => {
+                if queued.load(Ordering::Acquire) == 0 {
+                    match socket.try_send_to(&msg, self.target) {
+                        Ok(_) => return true,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            debug!(error = %e, "dropping a datagram to Asterisk");
+                            return false;
+                        }
+                    }
                 }
-            },
+                queued.fetch_add(1, Ordering::AcqRel);
+                if tx.try_send(msg).is_ok() {
+                    return true;
+                }
+                queued.fetch_sub(1, Ordering::AcqRel);
+                debug!("the queue towards Asterisk is full; dropping a datagram");
+                false
+            }
             Link::Tcp { tx, .. } => tx.try_send(msg).is_ok(),
         }
     }
@@ -121,7 +157,19 @@ impl Upstream {
         deliver: Arc<dyn Fn(Bytes) + Send + Sync>,
     ) {
         match &self.link {
-            Link::Udp(socket) => {
+            Link::Udp {
+                socket, rx, queued, ..
+            } => {
+                let rx = rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(rx) = rx {
+                    tracker.spawn(write_udp(
+                        socket.clone(),
+                        self.target,
+                        rx,
+                        queued.clone(),
+                        stop.clone(),
+                    ));
+                }
                 tracker.spawn(read_udp(socket.clone(), self.target, stop, deliver));
             }
             Link::Tcp { listener, rx, .. } => {
@@ -141,6 +189,30 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+/// Sends the datagrams that found the socket buffer full, waiting for room for each.
+async fn write_udp(
+    socket: Arc<UdpSocket>,
+    target: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = rx.recv() => match msg { Some(m) => m, None => return },
+        };
+        let sent = tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = socket.send_to(&msg, target) => sent,
+        };
+        if let Err(e) = sent {
+            debug!(error = %e, "dropping a queued datagram to Asterisk");
+        }
+        queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

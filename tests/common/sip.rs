@@ -198,7 +198,8 @@ impl SipMsg {
     }
 }
 
-fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
+/// A TLS client configuration trusting exactly `cert` (the daemon's).
+pub fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(cert).expect("cert file") {
@@ -212,6 +213,44 @@ fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
 }
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// The first complete message of a SIP stream in `buf` (framed by Content-Length), taken off
+/// the front; CRLF keep-alives before it are skipped.
+pub fn take_message(buf: &mut Vec<u8>) -> Option<SipMsg> {
+    while buf.starts_with(b"\r\n") {
+        buf.drain(..2);
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len = head
+        .split("\r\n")
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            matches!(long_name(n.trim()).as_str(), "content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    if buf.len() < end + len {
+        return None;
+    }
+    let raw: Vec<u8> = buf.drain(..end + len).collect();
+    SipMsg::parse(&raw)
+}
+
+/// Raises this process's open-file limit to its hard limit (the daemon started from it
+/// inherits it): tests that open thousands of connections need more than the usual 1024.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: hard,
+            maximum: hard,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
 
 /// SIP over TLS, verified against the daemon's certificate (name `localhost`).
 pub struct SipTls {
@@ -262,24 +301,7 @@ impl SipTls {
     }
 
     fn take_message(&mut self) -> Option<SipMsg> {
-        while self.buf.starts_with(b"\r\n") {
-            self.buf.drain(..2);
-        }
-        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-        let len = head
-            .split("\r\n")
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                matches!(long_name(n.trim()).as_str(), "content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        if self.buf.len() < end + len {
-            return None;
-        }
-        let raw: Vec<u8> = self.buf.drain(..end + len).collect();
-        SipMsg::parse(&raw)
+        take_message(&mut self.buf)
     }
 
     /// The next message within `timeout`; `None` on timeout or when the connection closed.

@@ -3,6 +3,7 @@
 
     sip_peer.py --udp 127.0.0.1:0 [--tcp 127.0.0.1:0] --log FILE --users 1001:pw1,1002:pw2,1003:!
                 [--realm asterisk] [--auth-invite] [--control 127.0.0.1:0] [--ring-delay 0.2]
+                [--open-register] [--drop-every N] [--duplicate-every N]
 
 Prints one JSON line {"udp": port, "tcp": port|null, "control": port|null} once listening.
 A user given as NAME:! is answered 403 Forbidden (REGISTER, and INVITE with --auth-invite).
@@ -21,8 +22,12 @@ What it copies from pjsip/Asterisk, as seen on the wire:
   then 200), a known/registered user (180, 200), anything else 404; 2xx retransmitted over UDP
   until the ACK arrives (RFC 3261 13.3.1.4); MESSAGE answered 202 Accepted like
   res_pjsip_messaging.
-Control port (one JSON object per line in, one JSON line back): invite, notify, bye, calls, wait,
-bindings -- see tests/peers/README.md.
+Faults a real Asterisk does not make on demand (UDP only): --drop-every N drops the first copy of
+every Nth new request (not ACK), as a full receive buffer would; --duplicate-every N sends every
+Nth final response twice, as a server transaction does for a retransmitted request.
+--open-register accepts REGISTER without credentials (an endpoint without `auth`).
+Control port (one JSON object per line in, one JSON line back): invite, notify, options, bye,
+calls, wait, bindings -- see tests/peers/README.md.
 """
 import argparse
 import asyncio
@@ -375,6 +380,8 @@ class Peer:
         self.tcp_conns = {}       # (host, port) -> StreamWriter, accepted or opened
         self.udp = None
         self.udp_port = self.tcp_port = None
+        self.fault_seen = set()   # (branch, method) of requests counted for --drop-every
+        self.new_requests = self.finals = 0
         self.log_file = open(args.log, "a", buffering=1)
 
     # --------------------------------------------------------------------- logging, transport
@@ -435,6 +442,9 @@ class Peer:
         except (ValueError, IndexError) as exc:
             self.log("in", proto, peer, data, error=str(exc))
             return
+        if self.drop_first_copy(msg, proto):
+            self.log("dropped", proto, peer, data)
+            return
         self.log("in", proto, peer, data)
         msg.proto, msg.peer, msg.conn = proto, peer, conn
         if not msg.get("via") and not msg.is_response:
@@ -442,6 +452,20 @@ class Peer:
             return
         handler = self.on_response if msg.is_response else self.on_request
         asyncio.ensure_future(self.guard(handler(msg), proto, peer))
+
+    def drop_first_copy(self, msg, proto):
+        """--drop-every: the first copy of every Nth new UDP request is lost; copies pass."""
+        every = self.args.drop_every
+        if not every or proto != "udp" or msg.is_response or msg.method == "ACK":
+            return False
+        key = (msg.branch, msg.cseq[1])
+        if key in self.fault_seen:
+            return False
+        if len(self.fault_seen) > 100000:
+            self.fault_seen.clear()
+        self.fault_seen.add(key)
+        self.new_requests += 1
+        return self.new_requests % every == 0
 
     async def guard(self, coro, proto, peer):
         """Run a handler; a bug or odd input must show in the log, never stop the peer."""
@@ -482,6 +506,10 @@ class Peer:
             self.remember_tx(req)["last"] = data
         if req.proto == "udp":
             await self.send("udp", self.response_dest(req), data)
+            if code >= 200 and self.args.duplicate_every:
+                self.finals += 1
+                if self.finals % self.args.duplicate_every == 0:
+                    await self.send("udp", self.response_dest(req), data)
         elif req.conn is not None and not req.conn.is_closing():
             await self.send("tcp", req.peer, data, req.conn)
         else:
@@ -581,7 +609,7 @@ class Peer:
         if self.users.get(user) == "!":
             await self.respond(req, 403)
             return
-        verdict = self.check_auth(req, "authorization", user)
+        verdict = "ok" if self.args.open_register else self.check_auth(req, "authorization", user)
         if verdict != "ok":
             await self.respond(req, 401, [("WWW-Authenticate",
                                            self.challenge(stale=verdict == "stale"))])
@@ -927,6 +955,19 @@ class Peer:
                                                self.mwi_body(req["user"]), timeout=timeout)
                 codes.append(resp.code if resp else 408)
             return {"ok": bool(codes), "codes": codes, "code": codes[0] if codes else None}
+        if cmd == "options":              # qualify: OPTIONS to every binding, as pjsip_options.c
+            answers = []
+            for b in self.current_bindings(req["user"]):
+                headers = [("From", "<sip:asterisk@127.0.0.1>;tag=" + str(uuid.uuid4())),
+                           ("To", "<%s>" % b["uri"]), ("Call-ID", str(uuid.uuid4())),
+                           ("CSeq", "1 OPTIONS")]
+                resp = await self.send_request("OPTIONS", b["uri"], b["path"], headers,
+                                               timeout=timeout)
+                answers.append({"code": resp.code if resp else 408,
+                                "body": resp.body.decode("utf-8", "replace") if resp else "",
+                                "content_type": resp.get("content-type") if resp else ""})
+            return {"ok": bool(answers), "answers": answers,
+                    "code": answers[0]["code"] if answers else None}
         if cmd == "bye":
             dlg = self.dialogs.get(req.get("call_id"))
             if dlg is None:
@@ -990,6 +1031,12 @@ async def main():
     ap.add_argument("--auth-invite", action="store_true")
     ap.add_argument("--ring-delay", type=float, default=0.2,
                     help="seconds between 100 and 180/183 and between those and 200")
+    ap.add_argument("--open-register", action="store_true",
+                    help="accept REGISTER without credentials (an endpoint without auth)")
+    ap.add_argument("--drop-every", type=int, default=0,
+                    help="drop the first copy of every Nth new UDP request (not ACK)")
+    ap.add_argument("--duplicate-every", type=int, default=0,
+                    help="send every Nth final UDP response twice")
     args = ap.parse_args()
     peer = Peer(args)
     loop = asyncio.get_running_loop()
