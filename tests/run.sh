@@ -22,6 +22,7 @@ declare -A peers=(
     [sipvicious]="command -v svmap"
     [sipsak]="command -v sipsak"
     [socat]="command -v socat"
+    [iproute2]="command -v ip"
 )
 missing=()
 for pkg in "${!peers[@]}"; do
@@ -37,8 +38,25 @@ fi
 
 # Node client libraries (AMI: asterisk-manager; SIP: JsSIP with ws), pinned in
 # tests/clients/package-lock.json.
-if [ ! -d tests/clients/node_modules/asterisk-manager ] || [ ! -d tests/clients/node_modules/jssip ]; then
+if [ ! -d tests/clients/node_modules/asterisk-manager ] || [ ! -d tests/clients/node_modules/jssip ] \
+    || [ ! -d tests/clients/node_modules/asterisk-ami-client ]; then
     (cd tests/clients && npm ci --no-audit --no-fund --silent)
+fi
+
+# A real Asterisk 22 for the tests that prove the AMI gateway, realtime and the SIP edge against
+# it (tests/asterisk_*.rs): named by PBXGUARD_ASTERISK (an install prefix), or built once per
+# machine from the source archives in PBXGUARD_ASTERISK_SOURCES (tests/asterisk/build.sh caches
+# it). Without either the tests are skipped after one loud line; under CI=true that fails.
+if [ -z "${PBXGUARD_ASTERISK:-}" ]; then
+    if [ -n "${PBXGUARD_ASTERISK_SOURCES:-}" ]; then
+        PBXGUARD_ASTERISK=$(tests/asterisk/build.sh | tail -n 1)
+        export PBXGUARD_ASTERISK
+    elif [ "${CI:-}" = true ]; then
+        echo "tests/run.sh: CI=true but neither PBXGUARD_ASTERISK nor PBXGUARD_ASTERISK_SOURCES is set: the real-Asterisk tests cannot run" >&2
+        exit 1
+    else
+        echo "######## SKIPPING the real-Asterisk tests: no Asterisk 22 (set PBXGUARD_ASTERISK_SOURCES to the folder with asterisk-22.*.tar.gz and pjproject-*.tar.bz2; see tests/asterisk/README.md) ########" >&2
+    fi
 fi
 
 exec cargo test --locked "$@"

@@ -59,6 +59,9 @@ const DANGEROUS_WRITE: &[(&str, Severity, &str)] = &[
         "placing calls anywhere (toll fraud)",
     ),
 ];
+/// Write classes whose actions pbxguard's AMI gateway filters per client and refuses in their
+/// dangerous forms: granted to its upstream user on a loopback-only manager, they are low.
+const GATEWAY_FILTERED: &[&str] = &["originate", "command"];
 const COMMON_PASSWORDS: &[&str] = &[
     "password", "secret", "changeme", "asterisk", "admin", "letmein", "qwerty", "welcome",
 ];
@@ -186,6 +189,42 @@ fn type_of(c: &Category) -> Option<&str> {
     c.first("type").map(|v| v.value.as_str())
 }
 
+/// pjsip binds an endpoint's RTP to its transport's address unless `media_address` with
+/// `bind_rtp_to_media_address` says otherwise (res_pjsip_sdp_rtp.c `create_rtp`), and writes
+/// that address into `c=`. Behind pbxguard's SIP edge the transport is on loopback, so a phone
+/// on the network would send its audio to 127.0.0.1: calls connect, but nobody hears anything.
+fn loopback_media(out: &mut Out<'_>, e: &Category, transports: &[&Category]) {
+    let Some(t) = e
+        .value("transport")
+        .and_then(|name| transports.iter().find(|t| t.name == name))
+    else {
+        return;
+    };
+    if !loopback_only(t.value("bind").unwrap_or("0.0.0.0")) {
+        return;
+    }
+    let media = e.value("media_address").map(str::trim).unwrap_or("");
+    let bound = truthy(e.value("bind_rtp_to_media_address"));
+    // external_media_address rewrites c= for peers outside local_net, but the RTP socket still
+    // sits on 127.0.0.1 and nothing off the box reaches it.
+    if bound && !media.is_empty() && !loopback_only(media) {
+        return;
+    }
+    let msg = if media.is_empty() || !bound {
+        format!(
+            "endpoint's RTP is bound to its loopback transport ({}): phones off this host get no audio",
+            t.value("bind").unwrap_or("")
+        )
+    } else {
+        format!("media_address {media} is a loopback address: phones off this host get no audio")
+    };
+    let fix = "set media_address to the PBX address phones reach and bind_rtp_to_media_address=yes, and open the rtp.conf port range in the firewall";
+    match e.get("media_address").or(e.get("transport")) {
+        Some(v) => out.at_var(Severity::Medium, e, v, msg, fix),
+        None => out.at_cat(Severity::Medium, e, msg, fix),
+    }
+}
+
 fn pjsip(out: &mut Out<'_>, p: &Conf) {
     let transports: Vec<&Category> = p
         .sections()
@@ -230,6 +269,7 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
             // Without transport=, pjsip may use any of them.
             None => transports.iter().all(|t| private(t)),
         };
+        loopback_media(out, e, &transports);
         let webrtc = e.value("webrtc").is_some_and(|v| truthy(Some(v)));
         // webrtc=yes makes pjsip use DTLS whatever media_encryption says.
         let enc = if webrtc {
@@ -367,6 +407,7 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
     let general = m.section("general");
     let enabled = general.is_some_and(|g| truthy(g.value("enabled")));
     let web = enabled && general.is_some_and(|g| truthy(g.value("webenabled")));
+    let local = general.is_some_and(|g| loopback_only(g.value("bindaddr").unwrap_or("::")));
     if let Some(g) = general.filter(|_| enabled) {
         let bind = g.value("bindaddr").unwrap_or("::");
         if !loopback_only(bind) {
@@ -406,6 +447,20 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
                     .collect()
             };
             for (class, sev, what) in classes {
+                // On a loopback-only manager the one user is pbxguard's: its clients reach
+                // Originate and Command only through per-client allowlists and the built-in
+                // refusals (System/Exec/AGI originates, module loading, secret-printing
+                // commands), so these two classes are what the README's setup needs.
+                if local && GATEWAY_FILTERED.contains(class) {
+                    out.at_var(
+                        Severity::Low,
+                        u,
+                        v,
+                        format!("AMI user may write class {class} ({what}): safe only while pbxguard's AMI gateway is the only client of this loopback manager"),
+                        "let nothing but pbxguard log in as this user, and allow the action only to the gateway clients that need it (pbxguard ami user add --allow)",
+                    );
+                    continue;
+                }
                 out.at_var(
                     *sev,
                     u,

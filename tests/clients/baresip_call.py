@@ -4,6 +4,7 @@
     baresip_call.py --registrar "sip:127.0.0.1:5061;transport=tls" --user 1001 --password pw1
                     [--mediaenc srtp-mand|srtp|srtp-mandf|dtls_srtp|none] [--dial 2000 | --answer]
                     [--ca FILE] [--domain NAME] [--timeout 15] [--hold 1] [--keep]
+                    [--net-interface ADDR] [--sip-listen ADDR:PORT] [--rtp-stats]
 
 --dial calls, stays --hold seconds, hangs up. --answer stays registered (answermode=auto) and
 follows the first incoming call the same way.
@@ -19,7 +20,9 @@ Result: {"registered": bool, "register_code": int|null, "register_reason": str,
          "call": "established"|"failed"|"timeout"|null, "call_code": int|null, "reason": str,
          "closed_by": "local"|"remote", "menc": CALL_MENC param (SRTP suite) when secured,
          "offer": [SDP m=/crypto/fingerprint/setup lines baresip sent],
-         "answer": [same, from the answer it got], "events": [event types in order]}
+         "answer": [same, from the answer it got], "events": [event types in order],
+         "rtp": {"tx": packets sent, "rx": packets received} (audio, --rtp-stats) or null,
+         "rtp_from": address baresip's audio stream first received RTP from, or null}
 Exit status 0 when registration (and the call, when --dial is given) succeeded, else 1.
 
 TLS: baresip 1.0.0 has only `sip_cafile` (no sip_verify_server, no hostname check); --ca writes
@@ -50,7 +53,7 @@ def write_config(cfg_dir, args, ctrl_port):
     """config + accounts for a headless, single-account baresip."""
     config = [
         "poll_method epoll",
-        "sip_listen 127.0.0.1:0",              # ephemeral ports, never a clash with 5060
+        "sip_listen %s" % args.sip_listen,     # ephemeral port: never a clash with 5060
         "call_local_timeout %d" % max(5, int(args.timeout)),
         "call_max_calls 4",
         "net_interface %s" % args.net_interface,  # SDP c=127.0.0.1, not eth0's address
@@ -66,6 +69,8 @@ def write_config(cfg_dir, args, ctrl_port):
         "module_app ctrl_tcp.so",
         "ctrl_tcp_listen 127.0.0.1:%d" % ctrl_port,
     ]
+    if args.rtp_stats:
+        config.append("rtp_stats yes")         # printed to the log when the call closes
     if args.ca:
         config.append("sip_cafile " + os.path.abspath(args.ca))
     if args.cert:
@@ -150,6 +155,17 @@ def sdp_lines(trace, first_line_re):
     return []
 
 
+def rtp_stats(trace):
+    """Audio packet counts of the rtp_stats block ("audio  Transmit: Receive:" then "packets:
+    TX RX") and the address the audio stream first received RTP from."""
+    rtp = None
+    m = re.search(r"audio\s+Transmit:\s+Receive:\s*\n\s*packets:\s+(\d+)\s+(\d+)", trace)
+    if m:
+        rtp = {"tx": int(m.group(1)), "rx": int(m.group(2))}
+    m = re.search(r"incoming rtp for 'audio' established, receiving from (\S+)", trace)
+    return rtp, (m.group(1) if m else None)
+
+
 def wait_for(ctrl, deadline, wanted, result):
     """Collect events until one whose type is in wanted; returns it (None at the deadline)."""
     while True:
@@ -209,6 +225,7 @@ def run(args, cfg_dir):
     if result["offer"]:
         result["answer"] = sdp_lines(trace, r"SIP/2.0 (200|183) " if args.answer
                                      else r"SIP/2.0 (18[03]|200) ")
+    result["rtp"], result["rtp_from"] = rtp_stats(trace)
     if args.keep:
         result["config_dir"] = cfg_dir
     return result
@@ -256,6 +273,11 @@ def main():
     ap.add_argument("--regint", type=int, default=3600)
     ap.add_argument("--net-interface", default="127.0.0.1",
                     help="net_interface: address for SDP/Contact ('lo' is not accepted)")
+    ap.add_argument("--sip-listen", default="127.0.0.1:0",
+                    help="sip_listen: local SIP address (an address of --net-interface's "
+                         "network when the registrar is not on loopback)")
+    ap.add_argument("--rtp-stats", action="store_true",
+                    help="rtp_stats yes: report audio RTP packets sent/received in 'rtp'")
     ap.add_argument("--timeout", type=float, default=15)
     ap.add_argument("--hold", type=float, default=1.0, help="seconds to stay in the call")
     ap.add_argument("--keep", action="store_true", help="keep the config dir and log")

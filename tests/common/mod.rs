@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ami;
+pub mod asterisk;
 pub mod nginx;
 pub mod sip;
 
