@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -25,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::asterisk::{self, Asterisk, Setup};
-use common::{free_port, Daemon, Env};
+use common::{free_port, run_for, Daemon, Env};
 
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 const RT_USER: &str = "asterisk";
@@ -341,18 +340,7 @@ fn pbx(prefix: &Path, net: &PhoneNet, media_address: &str) -> Pbx {
         &["secret", "set", "realtime/password"],
         format!("{RT_PASSWORD}\n").as_bytes(),
     );
-    env.ok(
-        &[
-            "sip",
-            "credential",
-            "set",
-            "1001",
-            "--username",
-            "1001",
-            "--password-stdin",
-        ],
-        format!("{PHONE_PASSWORD}\n").as_bytes(),
-    );
+    env.set_sip_credential("1001", PHONE_PASSWORD);
     let ast = Asterisk::start(
         prefix,
         &Setup {
@@ -436,8 +424,8 @@ impl Pbx {
 /// baresip in the phone's namespace: registers as 1001 over TLS through the edge with
 /// srtp-mand, calls 600 (Answer + Echo), stays [`HOLD`] seconds and hangs up.
 fn call_echo(net: &PhoneNet, pbx: &Pbx) -> serde_json::Value {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &net.ns, "/usr/bin/python3"])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ns, "/usr/bin/python3"])
         .arg(Path::new(CLIENTS).join("baresip_call.py"))
         .args([
             "--registrar",
@@ -452,32 +440,12 @@ fn call_echo(net: &PhoneNet, pbx: &Pbx) -> serde_json::Value {
         .args(["--net-interface", &net.phone_ip.to_string()])
         .args(["--sip-listen", &format!("{}:0", net.phone_ip)])
         .args(["--timeout", &(HOLD + 15).to_string()])
-        .args(["--hold", &HOLD.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec python3 baresip_call.py");
-    let end = Instant::now() + Duration::from_secs(u64::from(HOLD) + 30);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > end {
-            // baresip itself, if the driver leaves it behind, dies with the namespace.
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
+        .args(["--hold", &HOLD.to_string()]);
+    // baresip itself, if the driver leaves it behind, dies with the namespace.
+    let output = run_for(&mut cmd, Duration::from_secs(u64::from(HOLD) + 30));
+    let status = output.status;
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
     let r: serde_json::Value = out
         .lines()
         .rev()

@@ -51,18 +51,7 @@ fn site(url_password: &str) -> Option<Site> {
         } else {
             format!("pw-{ext}")
         };
-        env.ok(
-            &[
-                "sip",
-                "credential",
-                "set",
-                ext,
-                "--username",
-                ext,
-                "--password-stdin",
-            ],
-            format!("{pw}\n").as_bytes(),
-        );
+        env.set_sip_credential(ext, &pw);
     }
     let ast = Asterisk::start(
         &prefix,
@@ -161,10 +150,14 @@ fn asterisk_authenticates_phones_with_passwords_only_the_vault_holds() {
     let contacts = s.ast.cli("pjsip show contacts");
     assert!(contacts.contains("1001/sip:1001@127.0.0.1"), "{contacts}");
 
-    // `pjsip show auth` on Asterisk's own console finds the realtime object.
+    // `pjsip show auth` on Asterisk's own console finds the realtime object; `pjsip show
+    // auths` lists none, because sorcery.conf's allow_unqualified_fetch=no keeps Asterisk from
+    // fetching every password at once.
     let auth = s.ast.cli("pjsip show auth 1001");
     assert!(auth.contains("1001"), "{auth}");
     assert!(auth.contains("userpass"), "{auth}");
+    let auths = s.ast.cli("pjsip show auths");
+    assert!(auths.contains("No objects found"), "{auths}");
     // The realtime requests were Asterisk's, logged by pbxguard.
     let metrics = s.env.request("GET", "/metrics", &[], None);
     assert!(

@@ -13,16 +13,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::asterisk::{self, Asterisk, Setup};
 use common::sip::{
     digest, register_on, rnd, sdes_key, sdp_plain, sdp_sdes, SipMsg, SipTls, ORIGIN,
 };
-use common::{free_port, Daemon, Env};
+use common::{finish, free_port, run_for, Daemon, Env};
 
 const T: Duration = Duration::from_secs(10);
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -95,18 +94,7 @@ fn site(pjsip_extra: &str, dialplan_extra: &str) -> Option<Site> {
         format!("{RT_PASSWORD}\n").as_bytes(),
     );
     for ext in ["1001", "1002", "2001"] {
-        env.ok(
-            &[
-                "sip",
-                "credential",
-                "set",
-                ext,
-                "--username",
-                ext,
-                "--password-stdin",
-            ],
-            format!("pw{ext}\n").as_bytes(),
-        );
+        env.set_sip_credential(ext, &format!("pw{ext}"));
     }
     let ast = Asterisk::start(
         &prefix,
@@ -546,45 +534,6 @@ fn sdes_offer(version: u32, direction: &str) -> String {
 }
 
 // ---- real clients ---------------------------------------------------------------------------
-
-/// Runs `cmd` with a time limit; its output.
-fn run_for(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    finish(child, limit)
-}
-
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
 
 /// The last JSON line a client driver printed.
 fn json_line(out: &Output) -> serde_json::Value {

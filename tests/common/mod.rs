@@ -407,3 +407,62 @@ impl Env {
         self.request("GET", "/api/v1/auth/check", &all, None)
     }
 }
+
+/// Runs `cmd` (stdin closed, output piped), killing it after `limit`; its output, read while
+/// it runs (a flood or a chatty client writes more than a pipe holds).
+pub fn run_for(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    finish(child, limit)
+}
+
+/// Waits for a child started with piped stdout and stderr, killing it after `limit`.
+pub fn finish(mut child: Child, limit: Duration) -> Output {
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+impl Env {
+    /// `pbxguard sip credential set EXT --username EXT --password-stdin`.
+    pub fn set_sip_credential(&self, ext: &str, password: &str) {
+        self.ok(
+            &[
+                "sip",
+                "credential",
+                "set",
+                ext,
+                "--username",
+                ext,
+                "--password-stdin",
+            ],
+            format!("{password}\n").as_bytes(),
+        );
+    }
+}
