@@ -303,6 +303,12 @@ fn built_in_refusals_never_reach_asterisk() {
     let shell_set = canary("shell-set-ran");
     let exec = canary("exec-ran");
     let written = dir.join("written.conf");
+    // An AGI script Asterisk would run from its agi folder if the Originate reached it.
+    let agi = canary("agi-ran");
+    let script = gw.ast.dir.path().join("agi/canary.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", agi.display())).expect("agi");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let attempts: Vec<Vec<(String, String)>> = vec![
         vec![
             ("Action".into(), "Originate".into()),
@@ -315,6 +321,12 @@ fn built_in_refusals_never_reach_asterisk() {
             ("Channel".into(), "Local/echo@gateway-test".into()),
             ("Application".into(), "Exec".into()),
             ("Data".into(), format!("System(touch {})", exec.display())),
+        ],
+        vec![
+            ("Action".into(), "Originate".into()),
+            ("Channel".into(), "Local/echo@gateway-test".into()),
+            ("Application".into(), "AGI".into()),
+            ("Data".into(), "canary.sh".into()),
         ],
         vec![
             ("Action".into(), "Getvar".into()),
@@ -370,7 +382,7 @@ fn built_in_refusals_never_reach_asterisk() {
     let pong = c.action(&[("Action", "Ping")]);
     assert_eq!(header(&pong, "Ping"), Some("Pong"));
     std::thread::sleep(Duration::from_secs(1));
-    for f in [&sys, &exec, &shell, &shell_set, &written] {
+    for f in [&sys, &exec, &agi, &shell, &shell_set, &written] {
         assert!(
             !f.exists(),
             "{} exists: the action reached Asterisk",
@@ -380,6 +392,37 @@ fn built_in_refusals_never_reach_asterisk() {
     assert!(curl_hits.try_recv().is_err(), "CURL() reached the canary");
     let modules = gw.ast.cli("module show like app_verbose");
     assert!(modules.contains("0 modules loaded"), "{modules}");
+
+    // Control: the canaries work. Straight to Asterisk (not through pbxguard), the same
+    // System and AGI originates leave their files.
+    let mut direct = AmiClient::connect(gw.ast.ami_port);
+    let r = direct.login("pbxguard", &gw.ast.ami_secret);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let sys_direct = canary("system-direct");
+    for (app, data) in [
+        ("System", format!("touch {}", sys_direct.display())),
+        ("AGI", "canary.sh".to_string()),
+    ] {
+        let r = direct.action(&[
+            ("Action", "Originate"),
+            ("Channel", "Local/echo@gateway-test"),
+            ("Application", app),
+            ("Data", data.as_str()),
+        ]);
+        assert_eq!(header(&r, "Response"), Some("Success"), "{app}: {r:?}");
+    }
+    for f in [&sys_direct, &agi] {
+        let deadline = Instant::now() + T;
+        while !f.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            f.exists(),
+            "{} never appeared:\n{}",
+            f.display(),
+            gw.ast.log()
+        );
+    }
 
     // Control: the same Asterisk does run what pbxguard lets through (an allowed Getvar).
     let r = c.action(&[("Action", "Getvar"), ("Variable", "EPOCH")]);

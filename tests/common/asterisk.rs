@@ -73,6 +73,8 @@ const CORE_MODULES: &[&str] = &[
     "app_echo.so",
     "app_dial.so",
     "app_system.so",
+    "res_speech.so",
+    "res_agi.so",
     "func_shell.so",
     "func_env.so",
     "func_curl.so",
