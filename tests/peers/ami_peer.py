@@ -4,7 +4,7 @@
     ami_peer.py --port 0 --version 11.0.0 --user NAME:SECRET[:READ[:WRITE]]... [--authtimeout 30]
                 [--authlimit 50] [--writetimeout 100] [--fail-delay 1] [--control-port 0]
                 [--asterisk-version X] [--systemname NAME] [--timestampevents] [--log FILE]
-                [--pjsip-auth ID:USERNAME:PASSWORD]...
+                [--runuser NAME] [--pjsip-auth ID:USERNAME:PASSWORD]...
 
 READ and WRITE are manager.conf class lists (`system,call`, `all`, `none`…), default `all`.
 Prints exactly one line `READY port=<ami port> control=<control port>` once both listen.
@@ -18,7 +18,11 @@ authtimeout/authlimit, response layout (Response, ActionID, EventList, Message),
 (EventList start / items / Complete + ListItems), event layout and delivery (Privilege line, read
 classes and event mask, all bits of the category required), FullyBooted after login, the
 100 ms write timeout that disconnects a reader that stops reading, and events held back while
-the session runs an action (they follow its response).
+the session runs an action (they follow its response). Compared with a real Asterisk 22.10.1
+(tests/peers/README.md lists what differed): the security events manager.c reports
+(SuccessfulAuth, InvalidPassword, InvalidAccountID, ChallengeResponseFailed,
+RequestNotAllowed, RequestBadFormat), Local channels as ;1/;2 pairs with their Newchannel,
+Newstate and Hangup events, and main/cli.c's and res_pjsip's CLI layouts.
 
 Control port: newline-delimited JSON, one JSON line answer per request:
   {"cmd":"event","name":"Newchannel","class":"call","fields":{"Channel":"PJSIP/1"},"count":1}
@@ -258,6 +262,11 @@ class Session:
         self.transport = writer.transport
         addr = writer.get_extra_info("peername") or ("?", 0)
         self.addr = f"{addr[0]}:{addr[1]}"
+        local = writer.get_extra_info("sockname") or ("?", 0)
+        self.local_sec = f"IPV4/TCP/{local[0]}/{local[1]}"
+        self.remote_sec = f"IPV4/TCP/{addr[0]}/{addr[1]}"
+        self.session_id = f"0x7f{0x1000000 + self.id * 0x40:010x}"     # a pointer in Asterisk
+        self.start_tv = None           # sessionstart_tv: set by a successful login
         self.inbuf = bytearray()
         self.pending = bytearray()
         self.eof = False
@@ -459,11 +468,13 @@ class Session:
         la = lower(action)
         if not self.authenticated and la not in ("login", "logoff", "challenge"):
             self.peer.record(self, lines, "not-authenticated")
+            self.peer.security(self, "RequestNotAllowed", [("RequestType", f"Action: {action}")])
             self.error(lines, "Permission denied")
             return 0
         entry = ACTIONS.get(la)
         if entry is None:
             self.peer.record(self, lines, "unknown")
+            self.peer.security(self, "RequestBadFormat", [("RequestType", f"Action: {action}")])
             msg = (f"Invalid/unknown command: {action}. "
                    "Use Action: ListCommands to show available commands.")
             self.error(lines, msg.encode("latin-1")[:511].decode("latin-1"))
@@ -471,6 +482,7 @@ class Session:
         authority, handler = entry[1], entry[2]
         if authority and not (self.writeperm & authority):
             self.peer.record(self, lines, "permission-denied")
+            self.peer.security(self, "RequestNotAllowed", [("RequestType", f"Action: {action}")])
             self.error(lines, "Permission denied")
             return 0
         self.peer.record(self, lines, "executed")
@@ -491,6 +503,8 @@ async def act_login(s, m):
         return -1
     s.authenticated = True
     s.peer.unauth -= 1
+    # Reported inside authenticate(), queued: it follows the response and FullyBooted.
+    s.peer.security(s, "SuccessfulAuth", [("UsingPassword", "0")])
     s.ack(m, "Authentication accepted")
     if (s.send_events & SYSTEM) and (s.readperm & SYSTEM):
         up = int(time.time() - s.peer.started)
@@ -545,6 +559,34 @@ async def act_listcommands(s, m):
     return 0
 
 
+# res_pjsip's CLI headers as Asterisk 22 prints them (pjsip show auth(s) / endpoints).
+AUTH_HEADER = ("  I/OAuth:  <AuthId/UserName" + "." * 61 + ">\n" + "=" * 90 + "\n\n")
+ENDPOINTS_HEADER = (
+    " Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>\n"
+    "    I/OAuth:  <AuthId/UserName...........................................................>\n"
+    "        Aor:  <Aor............................................>  <MaxContact>\n"
+    "      Contact:  <Aor/ContactUri..........................> <Hash....> <Status> <RTT(ms)..>\n"
+    "  Transport:  <TransportId........>  <Type>  <cos>  <tos>  <BindAddress..................>\n"
+    "   Identify:  <Identify/Endpoint.........................................................>\n"
+    "        Match:  <criteria.........................>\n"
+    "    Channel:  <ChannelId......................................>  <State.....>  <Time.....>\n"
+    "        Exten: <DialedExten...........>  CLCID: <ConnectedLineCID.......>\n"
+    + "=" * 90 + "\n")
+
+
+def uptime_str(secs):
+    """cli.c print_uptimestr: years..minutes with singulars, seconds only when non-zero."""
+    parts = []
+    for name, size in (("year", 365 * 86400), ("week", 7 * 86400), ("day", 86400),
+                       ("hour", 3600), ("minute", 60)):
+        if secs > size:
+            x, secs = secs // size, secs % size
+            parts.append(f"{x} {name}{'' if x == 1 else 's'}")
+    if secs > 0 or not parts:
+        parts.append(f"{secs} second{'' if secs == 1 else 's'}")
+    return ", ".join(parts)
+
+
 def cli_output(peer, cmd):
     """Deterministic CLI output: (success, text)."""
     words = cmd.split()
@@ -553,11 +595,12 @@ def cli_output(peer, cmd):
         return True, (f"Asterisk {peer.asterisk_version} built by pbxguard-test @ ami-peer on a "
                       "x86_64 running Linux on 2024-01-01 00:00:00 UTC\n")
     if joined in ("core show channels", "core show channels verbose"):
-        fmt = "%-64.64s %-32.32s %-7.7s %-50.50s\n"
+        fmt = "%-64.64s %-32.32s %-7.7s %-30.30s\n"          # cli.c FORMAT_STRING
         out = fmt % ("Channel", "Location", "State", "Application(Data)")
         for ch in peer.channels.values():
             loc = f"{ch.get('Exten', 's')}@{ch.get('Context', 'from-internal')}:{ch.get('Priority', '1')}"
-            app = f"{ch.get('Application')}({ch.get('ApplicationData')})"
+            app = (f"{ch.get('Application')}({ch.get('ApplicationData')})"[:39]
+                   if ch.get("Application") else "(None)")          # appdata[40]
             out += fmt % (ch.name, loc, Channel.STATES.get(ch.state, "Unknown"), app)
         n = len(peer.channels)
         calls = len({ch.get("Linkedid", ch.name) for ch in peer.channels.values()})
@@ -566,9 +609,8 @@ def cli_output(peer, cmd):
         out += f"{peer.processed} call{'s' if peer.processed != 1 else ''} processed\n"
         return True, out
     if joined == "core show uptime":
-        up = int(time.time() - peer.started)
-        return True, (f"System uptime: {up // 60} minutes, {up % 60} seconds\n"
-                      f"Last reload: {up // 60} minutes, {up % 60} seconds\n")
+        up = uptime_str(int(time.time() - peer.started))
+        return True, f"System uptime: {up}\nLast reload: {up}\n"
     if joined.startswith("pjsip show auth ") and len(words) == 4:
         # res_pjsip/config_auth.c + pjsip_cli.c: the object set, password included.
         auth = peer.auths.get(words[3])
@@ -577,32 +619,35 @@ def cli_output(peer, cmd):
         user, password = auth
         fields = [("auth_type", "userpass"), ("md5_cred", ""), ("nonce_lifetime", "32"),
                   ("oauth_clientid", ""), ("oauth_secret", ""), ("password", password),
-                  ("realm", ""), ("refresh_token", ""), ("username", user)]
+                  ("password_digest", ""), ("realm", ""), ("refresh_token", ""),
+                  ("supported_algorithms_uac", "MD5"), ("supported_algorithms_uas", "MD5"),
+                  ("username", user)]
         width = max(13, *(len(n) for n, _ in fields))
         vwidth = max(14, *(len(v) for _, v in fields))
-        out = ("\n I/OAuth:  <AuthId/UserName" + "." * 62 + ">\n" + "=" * 90 + "\n\n"
-               f" Auth:  {words[3]}/{user}\n\n"
+        out = ("\n" + AUTH_HEADER + f"     Auth:  {words[3]}/{user}\n\n"
                f" {'ParameterName':<{width}} : ParameterValue\n {'=' * (width + vwidth + 3)}\n")
         for name, value in fields:
             out += f" {name:<{width}} : {value}\n"
         return True, out + "\n"
     if joined == "pjsip show auths":
-        out = "\n I/OAuth:  <AuthId/UserName" + "." * 62 + ">\n" + "=" * 90 + "\n\n"
+        out = "\n" + AUTH_HEADER
         for aid, (user, _) in sorted(peer.auths.items()):
-            out += f" Auth:  {aid}/{user}\n"
-        return True, out + f"\nObjects found: {len(peer.auths)}\n"
+            out += f"     Auth:  {aid}/{user}\n"
+        return True, out + f"\nObjects found: {len(peer.auths)}\n\n"
     if joined == "pjsip show endpoints":
-        out = ("\n Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>\n"
-               "==========================================================================================\n\n")
-        for ep in ("100", "200"):
-            out += f" Endpoint:  {ep:<53}  Not in use    0 of inf\n"
-        return True, out + "\nObjects found: 2\n"
+        out = "\n" + ENDPOINTS_HEADER
+        for ep in ("100", "200"):          # no contacts: Unavailable (max_contacts 0)
+            out += (f"\n Endpoint:  {ep:<53}  Unavailable   0 of inf\n"
+                    f"     InAuth:  {ep}/{ep}\n        Aor:  {ep:<39} {0:>12}\n")
+        return True, out + "\n\nObjects found: 2\n\n"
     roots = {"core", "pjsip", "module", "dialplan", "database", "queue", "manager", "logger",
              "cdr", "channel", "bridge", "stasis", "http", "ari", "rtp", "voicemail", "features"}
     if words and lower(words[0]) in roots:
         return True, f"Command '{cmd}' executed by the AMI peer.\nNo further output.\n"
-    first = words[0] if words else cmd
-    return False, (f"No such command '{cmd}' (type 'core show help {first}' for other possible "
+    # find_best(): the words up to the first one that leaves every command (a mismatch is
+    # only forgiven in the last word), so an unknown first word shows the first two.
+    best = " ".join(words[:2]) if words else cmd
+    return False, (f"No such command '{cmd}' (type 'core show help {best}' for other possible "
                    "commands)\n")
 
 
@@ -697,25 +742,50 @@ async def act_originate(s, m):
     fail = "fail" in lower(data) or (not app and not pi)
 
     def outcome():
-        if fail:
-            return None
+        """The call attempt with its call events: a Local channel is a ;1/;2 pair named
+        Local/<data>-<seq>;N (its ;2 runs exten@context), others TECH/<resource>-<seq>."""
         peer.chan_seq += 1
-        chan = Channel({"Channel": f"{tech}/{data.split('@')[0]}-{peer.chan_seq:08x}",
-                        "ChannelState": 6, "CallerIDNum": num or "<unknown>",
-                        "CallerIDName": cname or "<unknown>", "Context": context or "default",
-                        "Exten": exten or "s", "Priority": str(pi or 1),
-                        "Uniqueid": f"{int(peer.started)}.{100 + peer.chan_seq}",
-                        "Application": app or "AppDial", "ApplicationData": appdata})
-        peer.channels[chan.name] = chan
+        uid = int(peer.started)
+        local = lower(tech) == "local"
+        lexten, _, lcontext = data.partition("@")
+        first = {"Channel": (f"{tech}/{data}-{peer.chan_seq:08x};1" if local
+                             else f"{tech}/{data.split('/')[0]}-{peer.chan_seq:08x}"),
+                 "ChannelState": 0, "CallerIDNum": num or "<unknown>",
+                 "CallerIDName": cname or "<unknown>",
+                 "Context": (lcontext or "default") if local else (context or "default"),
+                 "Exten": lexten if local else (exten or "s"), "Priority": "1",
+                 "Uniqueid": f"{uid}.{2 * peer.chan_seq}",
+                 "Linkedid": f"{uid}.{2 * peer.chan_seq}",
+                 "Application": app or "AppDial", "ApplicationData": appdata}
+        legs = [Channel(first)]
+        if local:
+            legs.append(Channel(dict(first, Channel=first["Channel"][:-1] + "2", ChannelState=4,
+                                     Uniqueid=f"{uid}.{2 * peer.chan_seq + 1}",
+                                     Application="", ApplicationData="")))
+        for ch in legs:
+            peer.emit_state("Newchannel", ch)
+        if fail:
+            for ch in reversed(legs[1:]):
+                peer.emit_hangup(ch, 0)
+            return None, legs[0]
+        for ch in reversed(legs):
+            ch.state = 6
+            peer.emit_state("Newstate", ch)
+        for ch in legs:
+            peer.channels[ch.name] = ch
         peer.processed += 1
-        return chan
+        # Application Wait(N) ends the call after N seconds, as it does on Asterisk.
+        if lower(app) == "wait" and c_atoi_prefix(appdata or "x") is not None:
+            asyncio.get_event_loop().call_later(float(c_atoi_prefix(appdata)),
+                                                peer.hangup_legs, legs)
+        return legs[0], legs[0]
 
     if ast_true(get_header(m, "Async")):
         s.ack(m, "Originate successfully queued")
 
         async def later():
             await asyncio.sleep(0.02)
-            chan = outcome()
+            chan, first = outcome()
             body = f"ActionID: {aid}\r\n" if aid else ""
             body += f"Response: {'Success' if chan else 'Failure'}\r\n"
             body += f"Channel: {chan.name if chan else f'{tech}/{data}'}\r\n"
@@ -727,6 +797,8 @@ async def act_originate(s, m):
             body += f"Uniqueid: {chan.get('Uniqueid') if chan else (get_header(m, 'ChannelId') or '<unknown>')}\r\n"
             body += f"CallerIDNum: {num or '<unknown>'}\r\nCallerIDName: {cname or '<unknown>'}\r\n"
             peer.emit_raw("OriginateResponse", CALL, body)
+            if chan is None:
+                peer.emit_hangup(first, 0)
 
         asyncio.ensure_future(later())
         return 0
@@ -734,9 +806,11 @@ async def act_originate(s, m):
         s.error(m, "Originate with 'Exten' requires 'Context' and 'Priority'")
         return 0
     await asyncio.sleep(0.05)          # the call attempt; the session is blocked meanwhile
-    if outcome():
+    chan, first = outcome()
+    if chan:
         s.ack(m, "Originate successfully queued")
     else:
+        peer.emit_hangup(first, 0)
         s.error(m, "Originate failed")
     return 0
 
@@ -776,6 +850,7 @@ async def act_status(s, m):
     idt = f"ActionID: {aid}\r\n" if aid else ""
     for ch in chans:
         block, tech = ch.state_block()
+        fmt = "slin" if tech == "Local" else "ulaw"      # Local channels carry signed linear
         var_lines = "".join(f"Variable: {v}={ch.vars.get(v, '')}\r\n"
                             for v in variables.split(",") if v) if variables else ""
         s.write(f"Event: Status\r\nPrivilege: Call\r\n{block}Type: {tech}\r\nDNID: \r\n"
@@ -783,7 +858,8 @@ async def act_status(s, m):
                 f"EffectiveConnectedLineName: {ch.get('ConnectedLineName', '<unknown>')}\r\n"
                 f"TimeToHangup: 0\r\nBridgeID: {ch.get('BridgeId')}\r\n"
                 f"Application: {ch.get('Application')}\r\nData: {ch.get('ApplicationData')}\r\n"
-                "Nativeformats: (ulaw)\r\nReadformat: ulaw\r\nReadtrans: \r\nWriteformat: ulaw\r\n"
+                f"Nativeformats: ({fmt})\r\nReadformat: {fmt}\r\nReadtrans: \r\n"
+                f"Writeformat: {fmt}\r\n"
                 "Writetrans: \r\nCallgroup: 0\r\nPickupgroup: 0\r\n"
                 f"Seconds: {int(time.time() - ch.created)}\r\n{var_lines}{idt}\r\n")
     s.list_complete(m, "StatusComplete", len(chans), f"Items: {len(chans)}\r\n")
@@ -1072,7 +1148,7 @@ async def act_coresettings(s, m):
     s.write(s.start_ack(m) +
             f"AMIversion: {p.version}\r\nAsteriskVersion: {p.asterisk_version}\r\n"
             f"SystemName: {p.systemname}\r\nCoreMaxCalls: 0\r\nCoreMaxLoadAvg: 0.000000\r\n"
-            "CoreRunUser: asterisk\r\nCoreRunGroup: asterisk\r\nCoreMaxFilehandles: 0\r\n"
+            f"CoreRunUser: {p.runuser}\r\nCoreRunGroup: {p.runuser}\r\nCoreMaxFilehandles: 0\r\n"
             "CoreRealTimeEnabled: No\r\nCoreCDRenabled: Yes\r\nCoreHTTPenabled: No\r\n"
             "SoundsSearchCustomDir: No\r\n\r\n")
     return 0
@@ -1157,6 +1233,7 @@ class Peer:
         self.writetimeout = args.writetimeout
         self.fail_delay = args.fail_delay
         self.systemname = args.systemname or ""
+        self.runuser = args.runuser
         self.timestampevents = args.timestampevents
         self.users = {}
         for spec in args.user:
@@ -1202,6 +1279,7 @@ class Peer:
         user = self.users.get(lower(username))
         if user is None:
             self.log(f"{s.addr} tried to authenticate with nonexistent user '{username}'")
+            self.security(s, "InvalidAccountID", [], account=username)
             return None
         if lower(get_header(m, "AuthType")) == "md5":
             key = get_header(m, "Key")
@@ -1209,11 +1287,16 @@ class Peer:
                 return None
             want = hashlib.md5((s.challenge + user["secret"]).encode("latin-1")).hexdigest()
             if key != want:
+                # manager.c reports the expected key too (and no account: not logged in yet).
+                self.security(s, "ChallengeResponseFailed", [
+                    ("Challenge", s.challenge), ("Response", key), ("ExpectedResponse", want)])
                 return None
         elif user["secret"]:
             if get_header(m, "Secret") != user["secret"]:
+                self.security(s, "InvalidPassword", [], account=username)
                 return None
         s.username = username
+        s.start_tv = time.time()
         s.readperm = user["read"]
         s.writeperm = user["write"]
         mask = strings_to_mask(get_header(m, "Events"))
@@ -1234,6 +1317,31 @@ class Peer:
         })
         self.log(f"session {s.id} {s.addr} user={s.username!r}: {outcome} {lines!r}")
 
+    # security_events.c: severity and EventVersion per event; RequestBadFormat has AccountID
+    # among its optional fields (after SessionTV), the others among the required ones.
+    SECURITY_EVENTS = {"SuccessfulAuth": ("Informational", 1), "InvalidAccountID": ("Error", 1),
+                       "InvalidPassword": ("Error", 2), "ChallengeResponseFailed": ("Error", 1),
+                       "RequestNotAllowed": ("Error", 1), "RequestBadFormat": ("Error", 1)}
+
+    def security(self, s, name, fields, account=None):
+        """ast_security_event_report for AMI, as manager.c raises it (class security)."""
+        def tv(t):
+            return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                    + f".{int((t % 1) * 1000):03d}+0000")
+        severity, version = self.SECURITY_EVENTS[name]
+        account = s.username if account is None else account
+        body = f"EventTV: {tv(time.time())}\r\nSeverity: {severity}\r\nService: AMI\r\n"
+        body += f"EventVersion: {version}\r\n"
+        if name != "RequestBadFormat":
+            body += f"AccountID: {account}\r\n"
+        body += (f"SessionID: {s.session_id}\r\nLocalAddress: {s.local_sec}\r\n"
+                 f"RemoteAddress: {s.remote_sec}\r\n")
+        body += "".join(f"{k}: {v}\r\n" for k, v in fields)
+        body += f"SessionTV: {tv(s.start_tv or 0)}\r\n"
+        if name == "RequestBadFormat" and account:
+            body += f"AccountID: {account}\r\n"
+        self.emit_raw(name, SECURITY, body)
+
     def event_head(self, name, cat):
         out = f"Event: {name}\r\nPrivilege: {authority_to_str(cat)}\r\n"
         if self.timestampevents:
@@ -1252,9 +1360,19 @@ class Peer:
                 n += 1
         return n
 
+    def emit_state(self, name, ch):
+        """Newchannel / Newstate: the channel snapshot block only."""
+        block, _ = ch.state_block()
+        self.emit_raw(name, CALL, block)
+
+    def hangup_legs(self, legs):
+        for ch in legs:
+            if self.channels.pop(ch.name, None) is not None:
+                self.emit_hangup(ch, 0)
+
     def emit_hangup(self, ch, cause):
         block, _ = ch.state_block()
-        texts = {16: "Normal Clearing", 17: "User busy", 19: "No user responding",
+        texts = {0: "Unknown", 16: "Normal Clearing", 17: "User busy", 19: "No user responding",
                  21: "Call Rejected", 34: "Circuit/channel congestion"}
         self.emit_raw("Hangup", CALL, f"{block}Cause: {cause}\r\nCause-txt: "
                       f"{texts.get(cause, 'Unknown')}\r\n")
@@ -1403,6 +1521,8 @@ async def main():
     ap.add_argument("--writetimeout", type=float, default=100, help="ms; 0 disables")
     ap.add_argument("--fail-delay", type=float, default=1.0, help="seconds before 'Authentication failed'")
     ap.add_argument("--systemname", default="")
+    ap.add_argument("--runuser", default="",
+                    help="CoreSettings' CoreRunUser/Group (empty: Asterisk started without -U)")
     ap.add_argument("--timestampevents", action="store_true")
     ap.add_argument("--log", default=None)
     ap.add_argument("--pjsip-auth", action="append", default=[],

@@ -2,11 +2,12 @@
 """A loopback stand-in for Asterisk's res_pjsip (registrar + answering UAS), stdlib only.
 
     sip_peer.py --udp 127.0.0.1:0 [--tcp 127.0.0.1:0] --log FILE --users 1001:pw1,1002:pw2,1003:!
-                [--realm asterisk] [--auth-invite] [--control 127.0.0.1:0] [--ring-delay 0.2]
+                [--realm asterisk] [--authenticate] [--control 127.0.0.1:0] [--ring-delay 0.2]
                 [--open-register] [--drop-every N] [--duplicate-every N]
+                [--encryption USER:sdes|dtls|no,...]
 
 Prints one JSON line {"udp": port, "tcp": port|null, "control": port|null} once listening.
-A user given as NAME:! is answered 403 Forbidden (REGISTER, and INVITE with --auth-invite).
+A user given as NAME:! is answered 403 Forbidden (REGISTER, and anything with --authenticate).
 
 What it copies from pjsip/Asterisk, as seen on the wire:
 - responses copy every Via, re-printed in pjsip's parameter order (ttl, rport, maddr, received,
@@ -17,11 +18,18 @@ What it copies from pjsip/Asterisk, as seen on the wire:
 - REGISTER: MD5 digest, qop=auth, Asterisk's "timestamp/hash" nonces living 32 s, 401 for any
   failure (never reveals whether a user exists), 423 under 60 s, expiry capped at 7200 s,
   Path stored per binding and echoed in the 200 (support_path=yes), Date header;
-- INVITE: 407 (endpoint auth) before anything else, 100 Trying, then per request-URI user:
+- --authenticate: 401 + WWW-Authenticate (never 407) to every out-of-dialog request but ACK and
+  CANCEL until its Authorization is right, as pjsip_distributor does; in-dialog requests
+  (re-INVITE, BYE) are never challenged;
+- INVITE: 100 Trying, then per request-URI user:
   plain (answer RTP/AVP), busy (486), slow (ring until CANCEL: 200 + 487), early (183 with SDP,
   then 200), a known/registered user (180, 200), anything else 404; 2xx retransmitted over UDP
   until the ACK arrives (RFC 3261 13.3.1.4); MESSAGE answered 202 Accepted like
-  res_pjsip_messaging.
+  res_pjsip_messaging; Contact of answers <sip:127.0.0.1:PORT> (no user part); a=sendonly
+  answered recvonly; DTLS actpass answered setup:active; a re-INVITE keeps port and keys;
+- requests it sends look like Asterisk 22.10.1's (pjsip Content-Length padding, random CSeq,
+  From/To without port, anonymous From and five a=crypto suites on calls it places);
+  the differences it was fixed for are listed in tests/peers/README.md.
 Faults a real Asterisk does not make on demand (UDP only): --drop-every N drops the first copy of
 every Nth new request (not ACK), as a full receive buffer would; --duplicate-every N sends every
 Nth final response twice, as a server transaction does for a retransmitted request.
@@ -43,12 +51,15 @@ import sys
 import time
 import uuid
 
-AGENT = "Asterisk PBX 20.5.0"
+AGENT = "Asterisk PBX 22.10.1"
+# What Asterisk 22 with the README's modules prints, plus MESSAGE (res_pjsip_messaging, which
+# the peer plays: it answers MESSAGE 202).
 ALLOW = ("OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INVITE, ACK, BYE, CANCEL, UPDATE, "
-         "PRACK, MESSAGE, INFO, REFER")
-ACCEPT = ("application/sdp, application/dialog-info+xml, application/simple-message-summary, "
-          "application/pidf+xml, application/xpidf+xml, message/sipfrag;version=2.0")
-SUPPORTED = "100rel, timer, replaces, norefersub, path"
+         "PRACK, INFO, MESSAGE")
+SUPPORTED = "100rel, timer"              # in answers; requests to a phone add path
+SUPPORTED_OUT = "100rel, timer, path"     # support_path = yes on the shipped AORs
+SESSION_EXPIRES, MIN_SE = 1800, 90         # res_pjsip_session timers defaults
+MWI_TYPE = "application/simple-message-summary"
 METHODS = {"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE",
            "NOTIFY", "UPDATE", "PRACK", "INFO"}
 SPECIAL_USERS = {"plain", "busy", "slow", "early"}
@@ -204,6 +215,24 @@ def uri_target(uri):
     return host, int(port) if port.isdigit() else default, transport
 
 
+def content_length(body):
+    """pjsip_msg_print: a body's length right-aligned in 5 reserved columns, else ' 0'."""
+    n = len(body.encode())
+    return "Content-Length: %5d" % n if n else "Content-Length:  0"
+
+
+def fromto_uri(uri):
+    """A URI as pjsip prints it in From/To: no port, no URI parameters (PJSIP_URI_IN_FROMTO_HDR)."""
+    scheme, _, rest = uri.partition(":")
+    rest = rest.split(";")[0].split("?")[0]
+    user, at, hostport = rest.rpartition("@")
+    if hostport.startswith("["):
+        host = hostport[:hostport.find("]") + 1]
+    else:
+        host = hostport.partition(":")[0]
+    return "<%s:%s%s%s>" % (scheme, user, at, host)
+
+
 def reprint_via(via, received=None, rport=None):
     """Re-print a Via the way pjsip_via_hdr_print does, optionally stamping received/rport."""
     proto, _, rest = via.partition(" ")
@@ -233,14 +262,25 @@ def random_key(nbytes):
     return base64.b64encode(secrets.token_bytes(nbytes)).decode()
 
 
-def dtls_lines(setup):
-    fingerprint = ":".join("%02X" % b for b in secrets.token_bytes(32))
-    return ["a=fingerprint:sha-256 " + fingerprint, "a=setup:" + setup,
-            "a=ice-ufrag:" + secrets.token_hex(4), "a=ice-pwd:" + secrets.token_hex(12)]
+def fingerprint():
+    return ":".join("%02X" % b for b in secrets.token_bytes(32))
 
 
-def sdp_session(sess_id):
-    return ["v=0", "o=- %d %d IN IP4 127.0.0.1" % (sess_id, sess_id), "s=Asterisk",
+def ice_lines(port):
+    """res_rtp_asterisk's ICE attributes: only when ICE is in use (the offer had it)."""
+    return ["a=ice-ufrag:" + secrets.token_hex(16), "a=ice-pwd:" + secrets.token_hex(16),
+            "a=candidate:Ha7f0001 1 UDP 2130706431 127.0.0.1 %d typ host" % port]
+
+
+def dtls_lines(setup, port, ice):
+    """What res_pjsip_sdp_rtp writes for DTLS, in its order (fingerprint hash in capitals)."""
+    return (["a=connection:new", "a=setup:" + setup, "a=fingerprint:SHA-256 " + fingerprint()]
+            + (ice_lines(port) if ice else []))
+
+
+def sdp_session(sess_id, version=None):
+    version = sess_id if version is None else version
+    return ["v=0", "o=- %d %d IN IP4 127.0.0.1" % (sess_id, version), "s=Asterisk",
             "c=IN IP4 127.0.0.1", "t=0 0"]
 
 
@@ -268,50 +308,75 @@ def pick_codecs(fmts, lines):
     return [(f, names.get(f, STATIC_CODECS.get(f))) for f in audio[:1] + events[:1]]
 
 
-def answer_media(mline, lines, plain):
+# The answer to a direction (RFC 3264 6.1): a held phone (sendonly) gets recvonly.
+ANSWER_DIRECTION = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+def media_kind(proto):
+    proto = proto.upper()
+    if proto.startswith("UDP/TLS/RTP/SAVP"):
+        return "dtls"
+    return "sdes" if proto in ("RTP/SAVP", "RTP/SAVPF") else "no"
+
+
+def answer_media(mline, lines, plain, state, encryption=None):
     """Answer one m= section; returns its lines, or None when the stream has to be refused.
 
     lines: the section's own lines followed by the session-level ones (baresip puts
-    a=fingerprint and a=setup at session level, RFC 8842 5.2 allows both)."""
+    a=fingerprint and a=setup at session level, RFC 8842 5.2 allows both). state: what the
+    dialog answered before (port, keys): a re-INVITE keeps them, as Asterisk does.
+    encryption: the endpoint's one media_encryption (sdes, dtls, no) or None for any."""
     kind, port, proto, *fmts = mline[2:].split()
     codecs = pick_codecs(fmts, lines) if kind == "audio" else []
     if port == "0" or not codecs:
         return None
+    if encryption and not plain and media_kind(proto) != encryption:
+        return None                       # pjsip: one media_encryption per endpoint -> 488
     crypto = [l for l in lines if l.startswith("a=crypto:")]
     offer_setup = next((l[8:] for l in lines if l.startswith("a=setup:")), "actpass")
-    extra = []
+    direction = next((l[2:] for l in lines if l[2:] in ("sendrecv", "sendonly", "recvonly",
+                                                        "inactive")), "sendrecv")
+    port = state.setdefault("port", random.randrange(10000, 20000, 2))
+    head, tail = [], []
     if plain:
         proto = "RTP/AVP"
-    elif proto.upper().startswith("UDP/TLS/RTP/SAVP"):
+    elif media_kind(proto) == "dtls":
         if not any(l.startswith("a=fingerprint:") for l in lines):
             return None
-        extra = dtls_lines("active" if offer_setup == "passive" else "passive")
-    elif proto.upper() in ("RTP/SAVP", "RTP/SAVPF"):
+        ice = any(l.startswith("a=ice-ufrag:") for l in lines)
+        head = dtls_lines("passive" if offer_setup == "active" else "active", port, ice)
+        if "a=rtcp-mux" in lines:
+            tail = ["a=rtcp-mux"]
+    elif media_kind(proto) == "sdes":
         if not crypto:
             return None
         tag, suite = crypto[0][9:].split()[:2]
-        extra = ["a=crypto:%s %s inline:%s" % (tag, suite,
-                                                random_key(SRTP_KEY_BYTES.get(suite, 30)))]
+        key = state.setdefault("keys", {}).setdefault(
+            suite, random_key(SRTP_KEY_BYTES.get(suite, 30)))
+        head = ["a=crypto:%s %s inline:%s" % (tag, suite, key)]
     else:
         proto = "RTP/AVP"         # Asterisk would answer plainly; the edge has to refuse it
-    out = ["m=audio %d %s %s" % (random.randrange(10000, 20000, 2), proto,
-                                 " ".join(f for f, _ in codecs))]
+    out = ["m=audio %d %s %s" % (port, proto, " ".join(f for f, _ in codecs))] + head
     for fmt, name in codecs:           # G.722 is 8000 in SDP too (RFC 3551 4.5.2)
         if name == "TELEPHONE-EVENT":
             out += ["a=rtpmap:%s telephone-event/8000" % fmt, "a=fmtp:%s 0-16" % fmt]
         else:
             out.append("a=rtpmap:%s %s/8000" % (fmt, name))
-    if "a=rtcp-mux" in lines and not plain:
-        out.append("a=rtcp-mux")
-    return out + extra + ["a=ptime:20", "a=maxptime:140", "a=sendrecv"]
+    return out + ["a=ptime:20", "a=maxptime:140",
+                  "a=" + ANSWER_DIRECTION.get(direction, "sendrecv")] + tail
 
 
-def answer_sdp(offer, plain=False):
-    """SDP answer to an offer, or None when no stream is acceptable (-> 488)."""
-    out, accepted = sdp_session(random.randrange(10**8, 10**9)), 0
+def answer_sdp(offer, plain=False, state=None, encryption=None):
+    """SDP answer to an offer, or None when no stream is acceptable (-> 488).
+
+    state (a dialog's) keeps the session id, version, port and keys across re-INVITEs."""
+    state = {} if state is None else state
+    sess = state.setdefault("sess", random.randrange(10**8, 10**9))
+    state["version"] = state.get("version", sess - 1) + 1
+    out, accepted = sdp_session(sess, state["version"]), 0
     session, sections = split_sdp(offer)
-    for mline, lines in sections:
-        media = answer_media(mline, lines + session, plain)
+    for i, (mline, lines) in enumerate(sections):
+        media = answer_media(mline, lines + session, plain, state.setdefault(i, {}), encryption)
         if media is None:
             kind, _, proto, *fmts = mline[2:].split() + ["0", "RTP/AVP", "0"]
             out.append("m=%s 0 %s %s" % (kind, proto, (fmts or ["0"])[0]))
@@ -321,16 +386,27 @@ def answer_sdp(offer, plain=False):
     return "\r\n".join(out) + "\r\n" if accepted else None
 
 
+# res_srtp's offer: every suite it knows, strongest-but-one first (as Asterisk 22 sends them).
+OFFER_SUITES = ["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80",
+                "AEAD_AES_256_GCM", "AES_192_CM_HMAC_SHA1_80"]
+
+
 def make_offer(kind):
-    proto = {"sdes": "RTP/SAVP", "dtls": "UDP/TLS/RTP/SAVP"}.get(kind, "RTP/AVP")
+    """An offer as Asterisk makes it to a phone (ulaw, alaw, g722 and telephone-event)."""
+    proto = {"sdes": "RTP/SAVP", "dtls": "UDP/TLS/RTP/SAVPF"}.get(kind, "RTP/AVP")
+    port = random.randrange(10000, 20000, 2)
     lines = sdp_session(random.randrange(10**8, 10**9)) + [
-        "m=audio %d %s 0 8 101" % (random.randrange(10000, 20000, 2), proto),
-        "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
-        "a=fmtp:101 0-16", "a=ptime:20", "a=maxptime:140", "a=sendrecv"]
+        "m=audio %d %s 0 8 9 101" % (port, proto)]
     if kind == "sdes":
-        lines.append("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + random_key(30))
+        lines += ["a=crypto:%d %s inline:%s" % (i, suite, random_key(SRTP_KEY_BYTES[suite]))
+                  for i, suite in enumerate(OFFER_SUITES, 1)]
     elif kind == "dtls":
-        lines += ["a=rtcp-mux"] + dtls_lines("actpass")
+        lines += dtls_lines("actpass", port, True)
+    lines += ["a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:9 G722/8000",
+              "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16", "a=ptime:20",
+              "a=maxptime:140", "a=sendrecv"]
+    if kind == "dtls":
+        lines.append("a=rtcp-mux")
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -358,6 +434,8 @@ class Dialog:
         self.local_uri = self.remote_uri = self.remote_target = ""
         self.route_set, self.local_cseq, self.proto, self.conn = [], 0, "udp", None
         self.invite, self.acked, self.ack_bytes, self.user = None, None, None, ""
+        self.media = {}           # session id/version, port and keys a re-INVITE keeps
+        self.path = []            # the binding's Path (UAC dialogs): res_pjsip_path adds it
         self.__dict__.update(kw)
 
     def summary(self):
@@ -372,6 +450,7 @@ class Peer:
     def __init__(self, args):
         self.args, self.realm = args, args.realm
         self.users = dict(u.split(":", 1) for u in args.users.split(",") if ":" in u)
+        self.encryption = dict(e.split(":", 1) for e in args.encryption.split(",") if ":" in e)
         self.bindings = {}        # user -> {contact uri: binding dict}
         self.dialogs = {}         # call-id -> Dialog
         self.server_tx = {}       # (branch, method) -> {"last": bytes, "req": SipMessage}
@@ -489,7 +568,7 @@ class Peer:
         lines += ["%s: %s" % h for h in headers] + ["Server: " + AGENT]
         if body:
             lines.append("Content-Type: application/sdp")
-        raw = "\r\n".join(lines) + "\r\nContent-Length: %d\r\n\r\n" % len(body.encode()) + body
+        raw = "\r\n".join(lines + [content_length(body)]) + "\r\n\r\n" + body
         return raw.encode()
 
     def response_dest(self, req):
@@ -538,26 +617,49 @@ class Peer:
         if req.get("max-forwards", "70").strip() == "0":
             await self.respond(req, 483)
             return
+        if await self.challenged(req):
+            return
         if req.method not in METHODS:
             await self.respond(req, 501)
         else:
             await getattr(self, "on_" + req.method.lower())(req)
 
+    async def challenged(self, req):
+        """--authenticate: pjsip_distributor's authenticate() runs before any method handler.
+
+        Every out-of-dialog request but ACK and CANCEL (REGISTER has its own handler) from an
+        endpoint with auth is challenged 401 until its Authorization is right; a From user that
+        is no endpoint gets the artificial endpoint's 401, always. In-dialog requests pass."""
+        if (not self.args.authenticate or req.method in ("REGISTER", "ACK", "CANCEL")
+                or "tag" in header_params(req.get("to"))):
+            return False
+        caller = uri_user(addr_uri(req.get("from")))
+        if self.users.get(caller) == "!":
+            await self.respond(req, 403)
+            return True
+        verdict = self.check_auth(req, "authorization", caller)
+        if verdict == "ok":
+            return False
+        await self.respond(req, 401, [("WWW-Authenticate",
+                                       self.challenge(stale=verdict == "stale"))])
+        return True
+
     def known_user(self, user):
         return user in SPECIAL_USERS or user in self.users or bool(self.bindings.get(user))
 
-    def contact_for(self, req, user):
+    def contact_for(self, req, user=None):
+        """The Contact of Asterisk's answers in a dialog: the transport's address, no user part
+        (ast_sip_create_dialog_uas_locked; endpoint contact_user is unset)."""
         port = self.udp_port if req.proto == "udp" else self.tcp_port
-        return "<sip:%s@127.0.0.1:%d%s>" % (user or "asterisk", port,
-                                             ";transport=tcp" if req.proto == "tcp" else "")
+        return "<sip:127.0.0.1:%d%s>" % (port, ";transport=TCP" if req.proto == "tcp" else "")
 
     async def on_options(self, req):
         user = uri_user(req.uri)
         if user and not self.known_user(user):
             await self.respond(req, 404)
             return
-        await self.respond(req, 200, [("Allow", ALLOW), ("Accept", ACCEPT),
-                                      ("Supported", SUPPORTED), ("Accept-Encoding", "text/plain"),
+        await self.respond(req, 200, [("Accept", "application/sdp"), ("Allow", ALLOW),
+                                      ("Supported", SUPPORTED), ("Accept-Encoding", "identity"),
                                       ("Accept-Language", "en")])
 
     async def on_message(self, req):
@@ -569,7 +671,9 @@ class Peer:
     on_prack = on_notify = on_info
 
     async def on_update(self, req):
-        body = answer_sdp(req.body.decode("utf-8", "replace")) if req.body else ""
+        dlg = self.dialogs.get(req.get("call-id"))
+        body = answer_sdp(req.body.decode("utf-8", "replace"), state=dlg.media if dlg else None) \
+            if req.body else ""
         await self.respond(req, 200 if body is not None else 488, body=body or "")
 
     # ----------------------------------------------------------------------------- REGISTER
@@ -577,7 +681,7 @@ class Peer:
     def challenge(self, stale=False):
         nonce = "%d/%s" % (time.time(), secrets.token_hex(16))
         self.nonces[nonce] = time.time()
-        return ('Digest realm="%s",nonce="%s",opaque="%s",algorithm=md5,qop="auth"%s'
+        return ('Digest realm="%s",nonce="%s",opaque="%s",algorithm=MD5,qop="auth"%s'
                 % (self.realm, nonce, secrets.token_hex(8), ",stale=true" if stale else ""))
 
     def check_auth(self, req, header, user):
@@ -622,9 +726,9 @@ class Peer:
         for uri, b in self.bindings.get(user, {}).items():
             headers.append(("Contact", "<%s>;expires=%d" % (uri, max(0, b["expires_at"] - now))))
         headers += [("Expires", req.get("expires") or str(DEFAULT_EXPIRES))]
+        # res_pjsip_path: Supported: path whenever the AOR has support_path, then the Path.
+        headers.append(("Supported", "path"))
         headers += [("Path", p) for p in req.values("path")]
-        if req.values("path"):
-            headers.append(("Supported", "path"))
         await self.respond(req, 200, headers)
 
     def update_bindings(self, req, user):
@@ -664,21 +768,13 @@ class Peer:
             await self.on_reinvite(req)
             return
         user, caller = uri_user(req.uri), uri_user(addr_uri(req.get("from")))
-        if self.args.auth_invite:
-            if self.users.get(caller) == "!":
-                await self.respond(req, 403)
-                return
-            verdict = self.check_auth(req, "proxy-authorization", caller)
-            if verdict != "ok":       # ACK to this 407 is absorbed by on_ack
-                await self.respond(req, 407, [("Proxy-Authenticate",
-                                               self.challenge(stale=verdict == "stale"))])
-                return
         dlg = Dialog(req.get("call-id"), "uas", user=user, invite=req, proto=req.proto,
                      conn=req.conn, local_tag=str(uuid.uuid4()),
                      remote_tag=header_params(req.get("from")).get("tag", ""),
                      remote_uri=req.get("from"), local_uri=req.get("to"),
                      remote_target=addr_uri(req.get("contact")),
-                     route_set=req.values("record-route"), acked=asyncio.Event())
+                     route_set=req.values("record-route"), acked=asyncio.Event(),
+                     local_cseq=random.randrange(1, 65536), caller=caller)
         self.dialogs[dlg.call_id] = dlg
         await self.respond(req, 100)
         if not self.known_user(user):
@@ -688,7 +784,8 @@ class Peer:
             await self.finish(dlg, 486)
             return
         offer = req.body.decode("utf-8", "replace")
-        answer = answer_sdp(offer, plain=user == "plain") if offer else make_offer("plain")
+        answer = (answer_sdp(offer, user == "plain", dlg.media, self.encryption.get(caller))
+                  if offer else make_offer("plain"))
         if answer is None:
             await self.finish(dlg, 488)
             return
@@ -743,12 +840,14 @@ class Peer:
         if dlg is None:
             await self.respond(req, 481)
             return
-        answer = answer_sdp(req.body.decode("utf-8", "replace"), plain=dlg.user == "plain") \
+        answer = answer_sdp(req.body.decode("utf-8", "replace"), dlg.user == "plain", dlg.media,
+                            self.encryption.get(getattr(dlg, "caller", ""))) \
             if req.body else make_offer("plain")
         if answer is None:
             await self.respond(req, 488)
         else:
-            await self.respond(req, 200, [("Contact", self.contact_for(req, dlg.user))], answer)
+            await self.respond(req, 200, [("Allow", ALLOW), ("Supported", SUPPORTED),
+                                          ("Contact", self.contact_for(req))], answer)
 
     async def on_cancel(self, req):
         tx = self.server_tx.get((req.branch, "INVITE"))
@@ -765,7 +864,7 @@ class Peer:
         if dlg is not None and dlg.state == "answered" and dlg.role == "uas":
             dlg.state = "confirmed"
             dlg.acked.set()
-        # ACKs for 407/4xx/5xx (same branch as the INVITE) need nothing more: absorbed.
+        # ACKs for 401/4xx/5xx (same branch as the INVITE) need nothing more: absorbed.
 
     async def on_bye(self, req):
         dlg = self.dialogs.get(req.get("call-id"))
@@ -800,11 +899,11 @@ class Peer:
                                       ("Expires", str(exp))], to_tag=dlg.local_tag)
         state = "active;expires=%d" % exp if exp else "terminated;reason=timeout"
         dlg.state = "subscribed" if exp else "terminated"
-        await self.request_in_dialog(dlg, "NOTIFY", self.mwi_headers(state), self.mwi_body(dlg))
+        await self.request_in_dialog(dlg, "NOTIFY", self.mwi_headers(state), self.mwi_body(dlg),
+                                     content_type=MWI_TYPE)
 
     def mwi_headers(self, state):
-        return [("Event", "message-summary"), ("Subscription-State", state),
-                ("Content-Type", "application/simple-message-summary")]
+        return [("Event", "message-summary"), ("Subscription-State", state)]
 
     def mwi_body(self, dlg_or_user):
         user = getattr(dlg_or_user, "user", dlg_or_user)
@@ -820,22 +919,30 @@ class Peer:
             raise ValueError("cannot reach %s over %s from loopback" % (host, transport))
         return transport, (host, port)
 
-    def build_request(self, method, ruri, proto, headers, body="", branch=None):
+    def build_request(self, method, ruri, proto, headers, body="", branch=None,
+                      content_type="application/sdp"):
+        """pjsip's order: Via, the given headers (Route among them where the caller put it),
+        Max-Forwards, User-Agent, then Content-Type and Content-Length."""
         port = self.udp_port if proto == "udp" else self.tcp_port
         branch = branch or "z9hG4bKPj" + str(uuid.uuid4())
         lines = ["%s %s SIP/2.0" % (method, ruri),
                  "Via: SIP/2.0/%s 127.0.0.1:%d;rport;branch=%s" % (proto.upper(), port, branch)]
         lines += ["%s: %s" % h for h in headers]
         lines += ["Max-Forwards: 70", "User-Agent: " + AGENT]
-        raw = "\r\n".join(lines) + "\r\nContent-Length: %d\r\n\r\n" % len(body.encode()) + body
+        if body:
+            lines.append("Content-Type: " + content_type)
+        raw = "\r\n".join(lines + [content_length(body)]) + "\r\n\r\n" + body
         return branch, raw.encode()
 
     async def send_request(self, method, ruri, routes, headers, body="", dialog=None,
-                           timeout=10.0):
-        """Send a request and wait for its final response (None on timeout)."""
+                           timeout=10.0, content_type="application/sdp"):
+        """Send a request and wait for its final response (None on timeout).
+
+        routes: the Route URIs in order, which pick the next hop; headers carry their Route
+        lines themselves (pjsip puts the route set after CSeq and the Path route last)."""
         proto, dest = self.next_hop(ruri, routes)
-        headers = list(headers[:4]) + [("Route", r) for r in routes] + list(headers[4:])
-        branch, data = self.build_request(method, ruri, proto, headers, body)
+        branch, data = self.build_request(method, ruri, proto, headers, body,
+                                          content_type=content_type)
         fut = asyncio.get_running_loop().create_future()
         self.client_tx[branch] = {"future": fut, "dialog": dialog, "method": method,
                                   "ruri": ruri, "routes": routes, "proto": proto, "dest": dest,
@@ -890,35 +997,64 @@ class Peer:
             dlg.ack_bytes = (proto, dest, data)
         await self.send(*dlg.ack_bytes)                         # again for each 2xx retransmit
 
-    async def request_in_dialog(self, dlg, method, extra, body="", timeout=10.0):
+    async def request_in_dialog(self, dlg, method, extra, body="", timeout=10.0,
+                                content_type="application/sdp"):
+        """In-dialog request: route set after CSeq; a BYE carries Reason (res_pjsip_rfc3326);
+        requests of a call Asterisk placed also get Supported: path and the binding's Path
+        as a last Route (res_pjsip_path's session supplement; a phone's own call gets only the
+        Supported: path, as seen on Asterisk 22.10.1)."""
         dlg.local_cseq += 1
         from_, to = ((dlg.local_uri, dlg.remote_uri) if dlg.role == "uac" else
                      (self.with_tag(dlg.local_uri, dlg.local_tag), dlg.remote_uri))
         headers = [("From", from_), ("To", to), ("Call-ID", dlg.call_id),
-                   ("CSeq", "%d %s" % (dlg.local_cseq, method))] + extra
-        return await self.send_request(method, dlg.remote_target, dlg.route_set, headers, body,
-                                       timeout=timeout)
+                   ("CSeq", "%d %s" % (dlg.local_cseq, method))]
+        headers += [("Route", r) for r in dlg.route_set] + list(extra)
+        routes = list(dlg.route_set)
+        if dlg.invite is not None or dlg.role == "uac":          # a call, not a subscription
+            headers.append(("Supported", "path"))
+            headers += [("Route", p) for p in dlg.path]
+            routes += dlg.path
+        return await self.send_request(method, dlg.remote_target, routes, headers, body,
+                                       timeout=timeout, content_type=content_type)
 
     @staticmethod
     def with_tag(addr, tag):
         return addr if "tag" in header_params(addr) else addr + ";tag=" + tag
 
-    def contact_self(self, proto):
+    def contact_self(self, proto, user="asterisk"):
+        """Contact of requests Asterisk sends: default_from_user (or the endpoint for
+        out-of-dialog requests) at the transport's address."""
         port = self.udp_port if proto == "udp" else self.tcp_port
-        return "<sip:asterisk@127.0.0.1:%d%s>" % (port, ";transport=tcp" if proto == "tcp"
-                                                 else "")
+        return "<sip:%s@127.0.0.1:%d%s>" % (user, port, ";transport=TCP" if proto == "tcp"
+                                            else "")
+
+    def out_of_dialog(self, method, binding, user, proto):
+        """ast_sip_create_request for a contact (qualify OPTIONS, unsolicited NOTIFY): From is
+        the endpoint at our address, To the contact without port or parameters, our Contact,
+        a random CSeq, Supported: path, then the Path as Route."""
+        return ([("From", "<sip:%s@127.0.0.1>;tag=%s" % (user, uuid.uuid4())),
+                 ("To", fromto_uri(binding["uri"])),
+                 ("Contact", self.contact_self(proto, user)), ("Call-ID", str(uuid.uuid4())),
+                 ("CSeq", "%d %s" % (random.randrange(1, 65536), method))],
+                [("Supported", "path")] + [("Route", p) for p in binding["path"]])
 
     async def invite_binding(self, binding, user, sdp, caller, timeout):
-        dlg = Dialog(str(uuid.uuid4()), "uac", user=user, local_tag=str(uuid.uuid4()))
-        dlg.local_uri = '"%s" <sip:%s@127.0.0.1>;tag=%s' % (caller, caller, dlg.local_tag)
-        dlg.remote_uri = "<%s>" % binding["uri"]
+        dlg = Dialog(str(uuid.uuid4()), "uac", user=user, local_tag=str(uuid.uuid4()),
+                     path=list(binding["path"]))
+        # No caller ID (CLI/AMI originate without one): chan_pjsip's anonymous From.
+        dlg.local_uri = ('"%s" <sip:%s@127.0.0.1>;tag=%s' % (caller, caller, dlg.local_tag)
+                         if caller else
+                         '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=' + dlg.local_tag)
+        dlg.remote_uri = fromto_uri(binding["uri"])
         self.dialogs[dlg.call_id] = dlg
         proto, _ = self.next_hop(binding["uri"], binding["path"])
-        dlg.local_cseq = 1
-        headers = [("From", dlg.local_uri), ("To", dlg.remote_uri), ("Call-ID", dlg.call_id),
-                   ("CSeq", "1 INVITE"), ("Contact", self.contact_self(proto)),
-                   ("Allow", ALLOW), ("Supported", SUPPORTED),
-                   ("Content-Type", "application/sdp")]
+        dlg.local_cseq = random.randrange(1, 65536)
+        headers = [("From", dlg.local_uri), ("To", dlg.remote_uri),
+                   ("Contact", self.contact_self(proto)), ("Call-ID", dlg.call_id),
+                   ("CSeq", "%d INVITE" % dlg.local_cseq), ("Allow", ALLOW),
+                   ("Supported", SUPPORTED_OUT), ("Session-Expires", str(SESSION_EXPIRES)),
+                   ("Min-SE", str(MIN_SE))]
+        headers += [("Route", p) for p in binding["path"]]
         resp = await self.send_request("INVITE", binding["uri"], binding["path"], headers,
                                        make_offer(sdp), dialog=dlg, timeout=timeout)
         if resp is None:
@@ -939,7 +1075,7 @@ class Peer:
             if not found:
                 return {"ok": False, "error": "no binding for %s" % req["user"]}
             calls = await asyncio.gather(*(self.invite_binding(
-                b, req["user"], req.get("sdp", "sdes"), req.get("from", "asterisk"), timeout)
+                b, req["user"], req.get("sdp", "sdes"), req.get("from"), timeout)
                 for b in found))
             return {"ok": True, "code": calls[0]["code"], "call_id": calls[0]["call_id"],
                     "calls": calls}
@@ -947,21 +1083,19 @@ class Peer:
             codes = []
             for b in self.current_bindings(req["user"]):
                 proto, _ = self.next_hop(b["uri"], b["path"])
-                headers = [("From", "<sip:asterisk@127.0.0.1>;tag=" + str(uuid.uuid4())),
-                           ("To", "<%s>" % b["uri"]), ("Call-ID", str(uuid.uuid4())),
-                           ("CSeq", "1 NOTIFY"), ("Contact", self.contact_self(proto))]
-                headers += self.mwi_headers("active")
+                head, tail = self.out_of_dialog("NOTIFY", b, req["user"], proto)
+                headers = head + self.mwi_headers("active") + tail
                 resp = await self.send_request("NOTIFY", b["uri"], b["path"], headers,
-                                               self.mwi_body(req["user"]), timeout=timeout)
+                                               self.mwi_body(req["user"]), timeout=timeout,
+                                               content_type=MWI_TYPE)
                 codes.append(resp.code if resp else 408)
             return {"ok": bool(codes), "codes": codes, "code": codes[0] if codes else None}
         if cmd == "options":              # qualify: OPTIONS to every binding, as pjsip_options.c
             answers = []
             for b in self.current_bindings(req["user"]):
-                headers = [("From", "<sip:asterisk@127.0.0.1>;tag=" + str(uuid.uuid4())),
-                           ("To", "<%s>" % b["uri"]), ("Call-ID", str(uuid.uuid4())),
-                           ("CSeq", "1 OPTIONS")]
-                resp = await self.send_request("OPTIONS", b["uri"], b["path"], headers,
+                proto, _ = self.next_hop(b["uri"], b["path"])
+                head, tail = self.out_of_dialog("OPTIONS", b, req["user"], proto)
+                resp = await self.send_request("OPTIONS", b["uri"], b["path"], head + tail,
                                                timeout=timeout)
                 answers.append({"code": resp.code if resp else 408,
                                 "body": resp.body.decode("utf-8", "replace") if resp else "",
@@ -972,7 +1106,8 @@ class Peer:
             dlg = self.dialogs.get(req.get("call_id"))
             if dlg is None:
                 return {"ok": False, "error": "no such dialog"}
-            resp = await self.request_in_dialog(dlg, "BYE", [], timeout=timeout)
+            reason = [("Reason", "Q.850;cause=%d" % int(req.get("cause", 0)))]
+            resp = await self.request_in_dialog(dlg, "BYE", reason, timeout=timeout)
             dlg.state, dlg.reason = "terminated", "BYE from peer"
             return {"ok": resp is not None, "code": resp.code if resp else 408}
         if cmd == "calls":
@@ -1028,7 +1163,12 @@ async def main():
     ap.add_argument("--log", required=True)
     ap.add_argument("--users", default="")
     ap.add_argument("--realm", default="asterisk")
-    ap.add_argument("--auth-invite", action="store_true")
+    ap.add_argument("--authenticate", "--auth-invite", dest="authenticate", action="store_true",
+                    help="challenge every out-of-dialog request but ACK/CANCEL with 401, as "
+                         "pjsip does for an endpoint with auth (REGISTER always is)")
+    ap.add_argument("--encryption", default="",
+                    help="USER:sdes|dtls|no,...: the endpoint's one media_encryption; other "
+                         "offers from USER get 488 (default: any SRTP offer is answered)")
     ap.add_argument("--ring-delay", type=float, default=0.2,
                     help="seconds between 100 and 180/183 and between those and 200")
     ap.add_argument("--open-register", action="store_true",
