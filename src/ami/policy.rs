@@ -669,6 +669,23 @@ mod tests {
             ),
             Verdict::Pass { .. }
         ));
+        // Quotes as parse_args reads them: a closed pair is part of the word, an unclosed one
+        // takes the rest of the line into that word, so Asterisk unloads nothing (the fuzz
+        // target's saved `unclosed-quote-module-unload`).
+        assert_eq!(
+            refused(&decide(
+                &p,
+                &[("Action", "Command"), ("Command", "module un\"\"load x.so")]
+            )),
+            Some(Rule::Command)
+        );
+        assert!(matches!(
+            decide(
+                &p,
+                &[("Action", "Command"), ("Command", "module unload\"\"\" x.so")]
+            ),
+            Verdict::Pass { .. }
+        ));
         for f in [
             "manager.conf",
             "Manager.conf",
