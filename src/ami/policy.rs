@@ -682,7 +682,10 @@ mod tests {
         assert!(matches!(
             decide(
                 &p,
-                &[("Action", "Command"), ("Command", "module unload\"\"\" x.so")]
+                &[
+                    ("Action", "Command"),
+                    ("Command", "module unload\"\"\" x.so")
+                ]
             ),
             Verdict::Pass { .. }
         ));
