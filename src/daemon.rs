@@ -235,6 +235,7 @@ pub async fn run(
     // Installs initialised before 2FA get their email-code key now, not racily on first use.
     crate::auth::mfa::email_key(&vault).await?;
     let metrics = crate::metrics::Metrics::new();
+    store.watch_faults(metrics.store_commit_failures.clone());
     let recordings =
         Recordings::start(&vault, store.clone(), metrics.download_log_overflow.clone()).await?;
     check_recordings_root(&config);

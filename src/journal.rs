@@ -1,21 +1,25 @@
 //! The high-volume audit log: one row per recording download and per state-changing AMI action,
 //! written by one task in batches (a transaction per batch) so that a busy recording server or
-//! dialer does not wait for a disk sync per row. The queue holds up to [`QUEUE`] rows (a few hundred bytes each); should
-//! the database stall for that long, further rows go to the daemon's log (journald) instead
-//! and are counted, so memory stays bounded and nothing vanishes silently. Flushed before the
-//! daemon exits.
+//! dialer does not wait for a disk sync per row. The queue holds up to [`QUEUE`] rows (a few
+//! hundred bytes each). A batch the database cannot take is retried for [`RETRY_FOR`] (a
+//! short fault of the disk loses nothing); after that, and for further batches while the
+//! database still refuses, rows go to the daemon's log (journald) instead, as do rows that
+//! find the queue full. Both are counted, so memory stays bounded and nothing vanishes
+//! silently. Flushed before the daemon exits.
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::store::{AuditEntry, Store};
 
 const MAX_BATCH: usize = 1000;
 /// Rows waiting for the writer at most.
 pub const QUEUE: usize = 65_536;
-const ATTEMPTS: u32 = 5;
+/// How long one batch is retried before its rows go to the daemon's log.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+const MAX_DELAY: Duration = Duration::from_secs(1);
 
 enum Msg {
     Entry(AuditEntry),
@@ -33,7 +37,7 @@ impl Journal {
     /// `overflow` counts rows that went to the daemon's log instead of the database.
     pub fn start(store: Store, overflow: prometheus_client::metrics::counter::Counter) -> Journal {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, rx));
+        tokio::spawn(writer(store, rx, overflow.clone()));
         Journal { tx, overflow }
     }
 
@@ -58,7 +62,15 @@ impl Journal {
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
+async fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Msg>,
+    overflow: prometheus_client::metrics::counter::Counter,
+) {
+    // Set while a batch was given up and nothing was written since: later batches get one
+    // try each, so that a flush at shutdown during a long fault does not wait RETRY_FOR per
+    // batch.
+    let mut refusing = false;
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut acks = Vec::new();
@@ -73,7 +85,11 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            write(&store, &batch).await;
+            let written = write(&store, &batch, !refusing).await;
+            if !written {
+                overflow.inc_by(batch.len() as u64);
+            }
+            refusing = !written;
         }
         for ack in acks {
             let _ = ack.send(());
@@ -81,21 +97,26 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn write(store: &Store, batch: &[AuditEntry]) {
+/// Stores `batch`, retrying for [`RETRY_FOR`] when `retry`; `false` when the rows went to the
+/// daemon's log instead.
+async fn write(store: &Store, batch: &[AuditEntry], retry: bool) -> bool {
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
     let mut delay = Duration::from_millis(50);
-    for attempt in 1..=ATTEMPTS {
+    loop {
         match store.audit_many(batch).await {
-            Ok(()) => return,
-            Err(e) if attempt < ATTEMPTS => {
-                warn!(error = %e, rows = batch.len(), attempt, "writing the download log failed; retrying");
+            Ok(()) => return true,
+            Err(e) if retry && tokio::time::Instant::now() + delay < deadline => {
+                // A fault of the database is logged by the store when it starts and ends.
+                debug!(error = %e, rows = batch.len(), "writing the download log failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(MAX_DELAY);
             }
             Err(e) => {
                 error!(error = %e, rows = batch.len(), "writing the download log failed; the rows follow in this log");
                 for row in batch {
                     error!(at = row.at, actor = %row.actor, action = %row.action, target = %row.target, detail = %row.detail, "download log row");
                 }
+                return false;
             }
         }
     }

@@ -13,7 +13,8 @@
 //! [`app`] is the state shared by every listener: the configuration snapshot (swapped
 //! atomically), the store, the vault, TLS material and [`metrics`].
 //!
-//! [`store`] holds every SQL statement: sqlx over SQLite in WAL mode, with embedded migrations.
+//! [`store`] holds every SQL statement: sqlx over SQLite in WAL mode, with embedded migrations;
+//! every write goes through one transaction helper that closes a connection whose commit failed.
 //! [`vault`] keeps secrets AES-256-GCM encrypted under data keys wrapped by the master key that
 //! systemd hands over as a credential. [`init`] creates what a fresh host needs, idempotently.
 //!

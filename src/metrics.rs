@@ -69,8 +69,11 @@ pub struct Metrics {
     /// Recording bytes sent (bodies only).
     pub recording_bytes: Counter,
     pub links_minted: Counter,
-    /// Download log rows that went to the daemon's log because the queue was full.
+    /// Download log rows that went to the daemon's log instead of the database (queue full, or
+    /// the database refused the batch for longer than its retries).
     pub download_log_overflow: Counter,
+    /// Writes the database could not take (disk full, I/O error, read-only, lock timeout).
+    pub store_commit_failures: Counter,
     /// Asterisk realtime requests by family (served ones, else `other`), operation and status.
     pub realtime_requests: Family<RealtimeLabels, Counter>,
     /// SIP passwords decrypted for Asterisk, by result (`ok`, `error`).
@@ -232,8 +235,14 @@ impl Metrics {
         let download_log_overflow = Counter::default();
         registry.register(
             "recording_download_log_overflow",
-            "Download log rows written to the daemon's log instead of the database (queue full)",
+            "Download log rows written to the daemon's log instead of the database (queue full or database unavailable)",
             download_log_overflow.clone(),
+        );
+        let store_commit_failures = Counter::default();
+        registry.register(
+            "store_commit_failures",
+            "Database writes not committed because the database could not take them (disk full, I/O error, read-only, lock timeout)",
+            store_commit_failures.clone(),
         );
         let realtime_requests = Family::<RealtimeLabels, Counter>::default();
         registry.register(
@@ -319,6 +328,7 @@ impl Metrics {
             ami_slow_clients,
             ami_upstream_up,
             download_log_overflow,
+            store_commit_failures,
             realtime_requests,
             realtime_decryptions,
             recording_downloads,

@@ -23,6 +23,7 @@ declare -A peers=(
     [sipsak]="command -v sipsak"
     [socat]="command -v socat"
     [iproute2]="command -v ip"
+    [gcc]="command -v gcc"
 )
 missing=()
 for pkg in "${!peers[@]}"; do

@@ -105,8 +105,20 @@ fn a_wrong_master_key_is_named_not_a_panic() {
     std::fs::write(env.path("etc/master.key"), [9u8; 32]).unwrap();
     let out = env.run(&["secret", "get", "smtp/password"], b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("master key is not the one"),
+    assert_eq!(
+        text(&out).matches("master key is not the one").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    // `serve` with init_if_missing reaches it through init: the sentence once there too.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&config.replace("[daemon]\n", "[daemon]\ninit_if_missing = true\n"));
+    let out = env.run(&["serve"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out).matches("master key is not the one").count(),
+        1,
         "{}",
         text(&out)
     );

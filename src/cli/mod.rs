@@ -1,6 +1,6 @@
 //! The `pbxguard` command line (clap derive). The only layer that uses `anyhow`: library errors
 //! are typed, and here they become one clear sentence on stderr and an exit code
-//! (0 ok, 1 failure, 64 usage or configuration).
+//! (0 ok, 1 failure, 64 usage or configuration, 75 database unavailable).
 
 mod ami;
 mod audit;
@@ -26,6 +26,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/pbxguard/pbxguard.toml";
 
 /// Exit code for usage and configuration errors (BSD EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code when the database cannot take the change now — disk full, I/O errors, a
+/// read-only mount (BSD EX_TEMPFAIL): nothing is confirmed as saved, run the command again.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "pbxguard", version, about = "Security daemon guarding an Asterisk PBX", long_about = None)]
@@ -112,10 +115,34 @@ pub fn main() -> ExitCode {
             let usage = e
                 .chain()
                 .any(|c| c.is::<UsageError>() || c.is::<ConfigError>());
-            eprintln!("pbxguard: {e:#}");
+            if e.chain().any(crate::store::is_unavailable) {
+                eprintln!(
+                    "pbxguard: {}; nothing is confirmed as saved: check the disk of the state folder (free space, I/O errors, a read-only mount) and run the command again",
+                    one_line(&e)
+                );
+                return ExitCode::from(EXIT_TEMPFAIL);
+            }
+            eprintln!("pbxguard: {}", one_line(&e));
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }
+}
+
+/// An error and its causes as one line. A cause whose text is already in the line (a message
+/// that embeds its source, like "initialising state: {0}") is not printed a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Logs go to stderr; under systemd (JOURNAL_STREAM set) without timestamps and colours,
@@ -286,4 +313,23 @@ pub(crate) fn actor() -> String {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
     format!("cli:{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_master_key_is_one_sentence_once() {
+        let e = anyhow::Error::from(crate::daemon::DaemonError::Init(
+            crate::init::InitError::Vault(crate::vault::VaultError::WrongMasterKey("k1".into())),
+        ));
+        let line = one_line(&e);
+        assert_eq!(
+            line,
+            "initialising state: data key \"k1\" cannot be unwrapped: the master key is not the one this database was created with"
+        );
+        let context = anyhow::anyhow!("outer").context("running");
+        assert_eq!(one_line(&context), "running: outer");
+    }
 }

@@ -426,10 +426,10 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
                     .map_err(|e| e.to_string())?;
                 let _ = app.vault.remove(&secret_name(&id)).await;
                 if gone {
-                    let _ = app
-                        .store
+                    app.store
                         .audit("asterisk", "sip.credential.rm", &id, "via realtime")
-                        .await;
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(i64::from(gone))
             }
@@ -459,9 +459,9 @@ async fn put(app: &App, id: &str, username: &str, password: &str, now: i64) -> R
         .put_sip_credential(id, username, now)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = app
-        .store
+    app.store
         .audit("asterisk", "sip.credential.set", id, "via realtime")
-        .await;
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

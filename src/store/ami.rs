@@ -1,5 +1,6 @@
 //! AMI gateway clients: the listable half (policy); the secret is a vault secret.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +33,9 @@ const COLUMNS: &str = "name, allow, events, permit, overrides, created_at, updat
 impl Store {
     /// Creates or replaces the policy of `row.name`; returns whether it was created.
     pub async fn put_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
-        // One statement: the insert tells us whether the row is new, without a read first.
-        let inserted = sqlx::query(
+        // The insert tells us whether the row is new, without a read first.
+        let mut tx = self.begin_write().await?;
+        let inserted = tx.exec(sqlx::query(
             "INSERT INTO ami_clients (name, allow, events, permit, overrides, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO NOTHING",
         )
@@ -42,24 +44,26 @@ impl Store {
         .bind(&row.events)
         .bind(&row.permit)
         .bind(&row.overrides)
-        .bind(row.updated_at)
-        .execute(&self.pool)
+        .bind(row.updated_at))
         .await?;
         if inserted.rows_affected() == 1 {
+            tx.commit().await?;
             return Ok(true);
         }
-        sqlx::query(
-            "UPDATE ami_clients SET allow = ?2, events = ?3, permit = ?4, overrides = ?5, \
+        tx.exec(
+            sqlx::query(
+                "UPDATE ami_clients SET allow = ?2, events = ?3, permit = ?4, overrides = ?5, \
              updated_at = ?6 WHERE name = ?1",
+            )
+            .bind(&row.name)
+            .bind(&row.allow)
+            .bind(&row.events)
+            .bind(&row.permit)
+            .bind(&row.overrides)
+            .bind(row.updated_at),
         )
-        .bind(&row.name)
-        .bind(&row.allow)
-        .bind(&row.events)
-        .bind(&row.permit)
-        .bind(&row.overrides)
-        .bind(row.updated_at)
-        .execute(&self.pool)
         .await?;
+        tx.commit().await?;
         Ok(false)
     }
 
@@ -84,7 +88,7 @@ impl Store {
     pub async fn delete_ami_client(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM ami_clients WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -1,5 +1,6 @@
 //! The audit log: who changed what, for admins and incident response. Never holds secrets.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,7 @@ impl Store {
         .bind(action)
         .bind(target)
         .bind(detail)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -37,7 +38,7 @@ impl Store {
     /// Multi-row INSERTs of up to 500 rows (2 500 bound values, far below SQLite's limit): each
     /// statement is one trip to the database thread, not one per row.
     pub async fn audit_many(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in entries.chunks(500) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (at, actor, action, target, detail) ",
@@ -49,7 +50,7 @@ impl Store {
                     .push_bind(&e.target)
                     .push_bind(&e.detail);
             });
-            q.build().execute(&mut *tx).await?;
+            tx.exec(q.build()).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -2,6 +2,7 @@
 //! Throttling reads its recent failures from here, so locks survive a restart.
 
 use super::sessions::NewHistory;
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,26 +18,26 @@ pub struct HistoryRow {
 pub const FAILURE_RESULTS: &str = "('bad_password', 'unknown_user', 'disabled', 'mfa_failed')";
 
 pub(super) async fn insert_history(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut super::tx::WriteTx,
     h: &NewHistory<'_>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    tx.exec(sqlx::query(
         "INSERT INTO login_history (at, username, ip, user_agent, result) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(h.at)
     .bind(h.username)
     .bind(h.ip)
     .bind(h.user_agent)
-    .bind(h.result)
-    .execute(conn)
+    .bind(h.result))
     .await?;
     Ok(())
 }
 
 impl Store {
     pub async fn record_login(&self, h: &NewHistory<'_>) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_history(&mut conn, h).await
+        let mut tx = self.begin_write().await?;
+        insert_history(&mut tx, h).await?;
+        tx.commit().await
     }
 
     /// Newest first.
@@ -116,7 +117,7 @@ impl Store {
     pub async fn purge_history(&self, before: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM login_history WHERE at < ?")
             .bind(before)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected())
     }

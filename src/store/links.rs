@@ -1,6 +1,7 @@
 //! Recording links: one row per minted link (the path never leaves this table and the audit
 //! log), revocation marks, and the clean-up of long-expired rows.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +68,7 @@ impl Store {
         .bind(&row.minted_ip)
         .bind(row.created_at)
         .bind(row.expires_at)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -106,7 +107,7 @@ impl Store {
         .bind(now)
         .bind(by)
         .bind(id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -120,7 +121,7 @@ impl Store {
         .bind(now)
         .bind(by)
         .bind(path)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected())
     }
@@ -141,7 +142,7 @@ impl Store {
     pub async fn purge_links(&self, before: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM recording_links WHERE expires_at < ?")
             .bind(before)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected())
     }

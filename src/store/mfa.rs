@@ -2,6 +2,7 @@
 //! logins and enrollments, the force policy, exemptions.
 
 use super::sessions::SessionRow;
+use super::tx::ExecuteWrite;
 use super::{NewHistory, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,36 +115,39 @@ impl Store {
         .bind(user_id)
         .bind(now)
         .bind(step)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Removes a user's TOTP and revokes the user's sessions, in one transaction.
     pub async fn reset_totp(&self, user_id: i64, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM mfa_totp WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        let done = tx
+            .exec(sqlx::query("DELETE FROM mfa_totp WHERE user_id = ?").bind(user_id))
             .await?;
-        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+        tx.exec(
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            )
             .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(user_id),
+        )
+        .await?;
+        tx.exec(
+            sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
+                .bind(now)
+                .bind(user_id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn insert_pending(&self, rows: &[PendingRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for r in rows {
-            sqlx::query(
+            tx.exec(sqlx::query(
                 "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -156,8 +160,7 @@ impl Store {
             .bind(&r.ip)
             .bind(&r.user_agent)
             .bind(r.created_at)
-            .bind(r.expires_at)
-            .execute(&mut *tx)
+            .bind(r.expires_at))
             .await?;
         }
         tx.commit().await?;
@@ -190,7 +193,7 @@ impl Store {
         .bind(token_hash)
         .bind(max)
         .bind(now)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -201,7 +204,7 @@ impl Store {
             "UPDATE mfa_pending SET email_code_failures = email_code_failures + 1 WHERE token_hash = ?",
         )
         .bind(token_hash)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -217,8 +220,7 @@ impl Store {
         interval: i64,
         max: i64,
     ) -> Result<bool, StoreError> {
-        // One statement, no read-then-write transaction: SQLite cannot upgrade a reader that
-        // lost a race, and would answer "busy".
+        // One statement: parallel requests cannot both pass the check.
         let done = sqlx::query(
             "UPDATE mfa_pending SET emails_sent = emails_sent + 1, email_sent_at = ?1
              WHERE token_hash = ?2 AND emails_sent < ?3
@@ -228,7 +230,7 @@ impl Store {
         .bind(token_hash)
         .bind(max)
         .bind(interval)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -244,7 +246,7 @@ impl Store {
         )
         .bind(previous)
         .bind(token_hash)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -267,7 +269,7 @@ impl Store {
         .bind(now)
         .bind(expires_at)
         .bind(token_hash)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -283,25 +285,30 @@ impl Store {
         history: &NewHistory<'_>,
         finish: &Finish<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let used =
-            sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE attempt = ? AND used_at IS NULL")
+        let mut tx = self.begin_write().await?;
+        let used = tx
+            .exec(
+                sqlx::query(
+                    "UPDATE mfa_pending SET used_at = ? WHERE attempt = ? AND used_at IS NULL",
+                )
                 .bind(s.created_at)
-                .bind(finish.attempt)
-                .execute(&mut *tx)
-                .await?;
+                .bind(finish.attempt),
+            )
+            .await?;
         if used.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
         if let Some((user_id, step)) = finish.totp_step {
-            let spent = sqlx::query(
-                "UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1",
-            )
-            .bind(step)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+            let spent = tx
+                .exec(
+                    sqlx::query(
+                        "UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1",
+                    )
+                    .bind(step)
+                    .bind(user_id),
+                )
+                .await?;
             if spent.rows_affected() != 1 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -321,7 +328,7 @@ impl Store {
             sqlx::query("UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1")
                 .bind(step)
                 .bind(user_id)
-                .execute(&self.pool)
+                .execute_write(self)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -350,7 +357,7 @@ impl Store {
         .bind(value)
         .bind(now)
         .bind(by)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -379,7 +386,7 @@ impl Store {
         .bind(until)
         .bind(by)
         .bind(now)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -387,7 +394,7 @@ impl Store {
     pub async fn remove_exemption(&self, user_id: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM mfa_exemptions WHERE user_id = ?")
             .bind(user_id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -418,14 +425,13 @@ impl Store {
 
     /// Deletes pending logins that ended before `before`, and exemptions that ended.
     pub async fn purge_mfa(&self, before: i64, now: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM mfa_pending WHERE expires_at < ?")
-            .bind(before)
-            .execute(&self.pool)
+        let mut tx = self.begin_write().await?;
+        let done = tx
+            .exec(sqlx::query("DELETE FROM mfa_pending WHERE expires_at < ?").bind(before))
             .await?;
-        sqlx::query("DELETE FROM mfa_exemptions WHERE until < ?")
-            .bind(now)
-            .execute(&self.pool)
+        tx.exec(sqlx::query("DELETE FROM mfa_exemptions WHERE until < ?").bind(now))
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

@@ -1,5 +1,6 @@
 //! Rows of the vault: encrypted secrets and the wrapped data keys they name.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 /// One encrypted secret as stored; only `vault` can make sense of `nonce` and `ciphertext`.
@@ -87,7 +88,7 @@ impl Store {
         .bind(row.created_at)
         .bind(row.updated_at)
         .bind(&row.key_id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -107,7 +108,7 @@ impl Store {
         .bind(row.created_at)
         .bind(row.updated_at)
         .bind(&row.key_id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -115,7 +116,7 @@ impl Store {
     pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM secrets WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -161,7 +162,7 @@ impl Store {
         .bind(&key.nonce)
         .bind(&key.wrapped)
         .bind(key.created_at)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -174,24 +175,20 @@ impl Store {
         new_key: &KeyRow,
         mut reencrypt: impl FnMut(&SecretRow) -> Result<SecretRow, E>,
     ) -> Result<Result<usize, E>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // BEGIN IMMEDIATE semantics: take the write lock before reading, so a concurrent
-        // `secret set` waits instead of writing under the old key between our read and commit.
-        sqlx::query("UPDATE vault_keys SET generation = generation WHERE 0")
-            .execute(&mut *tx)
-            .await?;
+        // BEGIN IMMEDIATE takes the write lock before we read, so a concurrent `secret set`
+        // waits instead of writing under the old key between our read and commit.
+        let mut tx = self.begin_write().await?;
         let rows: Vec<SecretTuple> = sqlx::query_as(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
         ))
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO vault_keys (id, generation, nonce, wrapped, created_at) VALUES (?, ?, ?, ?, ?)")
+        tx.exec(sqlx::query("INSERT INTO vault_keys (id, generation, nonce, wrapped, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&new_key.id)
             .bind(new_key.generation)
             .bind(&new_key.nonce)
             .bind(&new_key.wrapped)
-            .bind(new_key.created_at)
-            .execute(&mut *tx)
+            .bind(new_key.created_at))
             .await?;
         let count = rows.len();
         for row in rows.into_iter().map(secret_row) {
@@ -202,18 +199,15 @@ impl Store {
                     return Ok(Err(e));
                 }
             };
-            sqlx::query("UPDATE secrets SET key_id = ?, nonce = ?, ciphertext = ?, updated_at = ? WHERE name = ?")
+            tx.exec(sqlx::query("UPDATE secrets SET key_id = ?, nonce = ?, ciphertext = ?, updated_at = ? WHERE name = ?")
                 .bind(&new.key_id)
                 .bind(&new.nonce)
                 .bind(&new.ciphertext)
                 .bind(new.updated_at)
-                .bind(&new.name)
-                .execute(&mut *tx)
+                .bind(&new.name))
                 .await?;
         }
-        sqlx::query("DELETE FROM vault_keys WHERE id <> ?")
-            .bind(&new_key.id)
-            .execute(&mut *tx)
+        tx.exec(sqlx::query("DELETE FROM vault_keys WHERE id <> ?").bind(&new_key.id))
             .await?;
         tx.commit().await?;
         Ok(Ok(count))

@@ -1,5 +1,6 @@
 //! Server-side sessions: the truth behind every JWT (`sid`), so revocation is immediate.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +73,12 @@ pub struct NewHistory<'a> {
 /// (same password hash and level, enabled); `false` (nothing written) otherwise. Part of the
 /// caller's transaction.
 pub(super) async fn insert_session(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut super::tx::WriteTx,
     s: &SessionRow,
     password_hash: &str,
     history: &NewHistory<'_>,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let done = tx.exec(sqlx::query(
         "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
          SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
              SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
@@ -92,13 +93,12 @@ pub(super) async fn insert_session(
     .bind(&s.user_agent)
     .bind(s.user_id)
     .bind(password_hash)
-    .bind(i64::from(s.level))
-    .execute(&mut *conn)
+    .bind(i64::from(s.level)))
     .await?;
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    super::history::insert_history(conn, history).await?;
+    super::history::insert_history(tx, history).await?;
     Ok(true)
 }
 
@@ -115,7 +115,7 @@ impl Store {
         password_hash: &str,
         history: &NewHistory<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !insert_session(&mut tx, s, password_hash, history).await? {
             tx.rollback().await?;
             return Ok(false);
@@ -160,7 +160,7 @@ impl Store {
             .bind(last_seen)
             .bind(id)
             .bind(last_seen)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(())
     }
@@ -171,20 +171,23 @@ impl Store {
             sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(now)
                 .bind(id)
-                .execute(&self.pool)
+                .execute_write(self)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Revokes a session and records the logout in the history, in one transaction.
     pub async fn logout(&self, id: &str, history: &NewHistory<'_>) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done =
-            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let mut tx = self.begin_write().await?;
+        let done = tx
+            .exec(
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                )
                 .bind(history.at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                .bind(id),
+            )
+            .await?;
         super::history::insert_history(&mut tx, history).await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
@@ -208,7 +211,7 @@ impl Store {
         )
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(Some(done.rows_affected()))
     }
@@ -216,7 +219,7 @@ impl Store {
     pub async fn revoke_all_sessions(&self, now: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE revoked_at IS NULL")
             .bind(now)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected())
     }
@@ -229,7 +232,7 @@ impl Store {
         )
         .bind(before)
         .bind(before)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected())
     }

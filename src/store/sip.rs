@@ -1,5 +1,6 @@
 //! SIP credentials: the listable half (id, username); the password is a vault secret.
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,7 @@ impl Store {
         .bind(id)
         .bind(username)
         .bind(now)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(existed.is_none())
     }
@@ -69,7 +70,7 @@ impl Store {
     pub async fn delete_sip_credential(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM sip_credentials WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(done.rows_affected() == 1)
     }

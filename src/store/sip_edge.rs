@@ -1,6 +1,7 @@
 //! What the SIP edge keeps: which extension a web user's browser softphone may use, and the
 //! bans by client address (shared with the CLI, which lists and lifts them).
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,16 +44,16 @@ impl Store {
             .bind(extension)
             .bind(now)
             .bind(user)
-            .execute(&self.pool)
+            .execute_write(self)
             .await;
         match done {
             Ok(d) if d.rows_affected() == 1 => Ok(ExtensionSet::Done),
             Ok(_) => Ok(ExtensionSet::NoSuchUser),
             // Lost a race with another writer taking the same extension.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Query(sqlx::Error::Database(e))) if e.is_unique_violation() => {
                 Ok(ExtensionSet::Taken(String::from("another user")))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -91,20 +92,27 @@ impl Store {
         .bind(reason)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
 
-    /// Bans still in force at `now`, soonest to end first; expired rows are deleted on the way.
+    /// Bans still in force at `now`, soonest to end first. Expired rows are deleted on the way
+    /// when the database takes writes; the list does not depend on it (the edge reads it every
+    /// few seconds, also while writes fail).
     pub async fn sip_bans(&self, now: i64) -> Result<Vec<SipBanRow>, StoreError> {
-        sqlx::query("DELETE FROM sip_bans WHERE expires_at <= ?")
+        if let Err(e) = sqlx::query("DELETE FROM sip_bans WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
-            .await?;
+            .execute_write(self)
+            .await
+        {
+            tracing::debug!(error = %e, "deleting expired SIP bans failed");
+        }
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT ip, reason, created_at, expires_at FROM sip_bans ORDER BY expires_at, ip",
+            "SELECT ip, reason, created_at, expires_at FROM sip_bans WHERE expires_at > ?
+             ORDER BY expires_at, ip",
         )
+        .bind(now)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -124,12 +132,12 @@ impl Store {
             Some(ip) => {
                 sqlx::query("DELETE FROM sip_bans WHERE ip = ?")
                     .bind(ip)
-                    .execute(&self.pool)
+                    .execute_write(self)
                     .await?
             }
             None => {
                 sqlx::query("DELETE FROM sip_bans")
-                    .execute(&self.pool)
+                    .execute_write(self)
                     .await?
             }
         };

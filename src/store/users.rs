@@ -1,5 +1,6 @@
 //! Users of the web tier (agents, supervisors, managers, admins).
 
+use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 use crate::clock::now_unix;
 
@@ -36,16 +37,19 @@ const USER_COLUMNS: &str =
 
 /// Revokes every live session of `user_id` inside an open transaction.
 async fn revoke_in_tx(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut super::tx::WriteTx,
     user_id: i64,
     now: i64,
 ) -> Result<u64, StoreError> {
-    let done =
-        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+    let done = tx
+        .exec(
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            )
             .bind(now)
-            .bind(user_id)
-            .execute(tx)
-            .await?;
+            .bind(user_id),
+        )
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -72,7 +76,7 @@ impl Store {
         .bind(password_hash)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -113,12 +117,13 @@ impl Store {
         end_sessions: bool,
     ) -> Result<Changed, StoreError> {
         let now = now_unix();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(id) = id else {
+            tx.rollback().await?;
             return Ok(None);
         };
         let sql = format!("UPDATE users SET {set} = ?, updated_at = ? WHERE id = ?");
@@ -128,7 +133,7 @@ impl Store {
             Value::Text(v) => query.bind(v),
             Value::OptText(v) => query.bind(v),
         };
-        query.bind(now).bind(id).execute(&mut *tx).await?;
+        tx.exec(query.bind(now).bind(id)).await?;
         let revoked = if end_sessions {
             revoke_in_tx(&mut tx, id, now).await?
         } else {

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::error;
 
 use crate::app::App;
 use crate::auth::roles::Role;
@@ -71,9 +70,9 @@ impl From<HistoryRow> for HistoryView {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    error!(error = %e, "admin API failed");
-    ApiError::internal().into_response()
+/// 503 `store_unavailable` or 500 (logged), see [`ApiError::failure`].
+fn internal(e: impl std::error::Error + 'static) -> Response {
+    ApiError::failure("admin API failed", &e).into_response()
 }
 
 #[derive(Deserialize)]

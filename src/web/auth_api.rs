@@ -85,8 +85,12 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Session, Aut
                 let store = app.store.clone();
                 let id = checked.session.id.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = store.touch_session(&id, at).await {
-                        warn!(error = %e, "recording session activity failed");
+                    // The store logs a fault of the database once; other failures here.
+                    match store.touch_session(&id, at).await {
+                        Err(e) if !e.is_unavailable() => {
+                            warn!(error = %e, "recording session activity failed")
+                        }
+                        _ => {}
                     }
                 });
             }
@@ -256,10 +260,7 @@ pub async fn login(
     let client = client(&app, &peer, &headers);
     let step = match login::check_password(&app, &body.username, password, &client).await {
         Ok(step) => step,
-        Err(e) => {
-            error!(error = %e, "login failed internally");
-            return ApiError::internal().into_response();
-        }
+        Err(e) => return ApiError::failure("login failed internally", &e).into_response(),
     };
     let user = match step {
         PasswordStep::Refused(r) => return refusal_response(&r),
@@ -268,8 +269,7 @@ pub async fn login(
     let next = match crate::auth::mfa::after_password(&app, &user, &client, now_unix()).await {
         Ok(n) => n,
         Err(e) => {
-            error!(error = %e, "deciding the second factor failed");
-            return ApiError::internal().into_response();
+            return ApiError::failure("deciding the second factor failed", &e).into_response()
         }
     };
     let pending = |body: serde_json::Value| {
@@ -304,10 +304,7 @@ pub async fn login(
     match login::issue_session(&app, &user, &client).await {
         Ok(issued) => issued_response(&issued, &peer, &headers),
         Err(login::LoginError::UserChanged) => refusal_response(&Refusal::InvalidCredentials),
-        Err(e) => {
-            error!(error = %e, "creating a session failed");
-            ApiError::internal().into_response()
-        }
+        Err(e) => ApiError::failure("creating a session failed", &e).into_response(),
     }
 }
 
@@ -329,8 +326,7 @@ pub async fn logout(
         result: "logout",
     };
     if let Err(e) = app.store.logout(&session.id, &entry).await {
-        error!(error = %e, "logout failed");
-        return ApiError::internal().into_response();
+        return ApiError::failure("logout failed", &e).into_response();
     }
     app.auth.sessions.forget(&session.id);
     app.metrics.login("logout");

@@ -33,6 +33,29 @@ impl ApiError {
             "internal error; the daemon log has details",
         )
     }
+
+    /// The database cannot take the write now (disk full, I/O errors, read-only): nothing the
+    /// request asked for is confirmed as saved, and the client may retry.
+    pub fn store_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database cannot save changes right now; nothing was confirmed, try again later",
+        )
+    }
+
+    /// The answer to a failure the client cannot fix: 503 `store_unavailable` when the store
+    /// could not take the write (the store logs such a fault when it starts and when it ends,
+    /// so it is only a debug line here), 500 `internal` for anything else, logged as `what`.
+    pub fn failure(what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
+        if crate::store::is_unavailable(e) {
+            tracing::debug!(error = %e, "{what}: database unavailable");
+            ApiError::store_unavailable()
+        } else {
+            tracing::error!(error = %e, "{what}");
+            ApiError::internal()
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

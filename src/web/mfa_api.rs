@@ -60,9 +60,9 @@ fn bad_code() -> Response {
     .into_response()
 }
 
-fn internal(e: impl std::fmt::Display, what: &str) -> Response {
-    error!(error = %e, "{what} failed");
-    ApiError::internal().into_response()
+/// 503 `store_unavailable` or 500 (logged), see [`ApiError::failure`].
+fn internal(e: impl std::error::Error + 'static, what: &str) -> Response {
+    ApiError::failure(&format!("{what} failed"), &e).into_response()
 }
 
 fn no_store(mut r: Response) -> Response {
@@ -463,12 +463,16 @@ pub async fn totp_enroll(
     let issuer = app.config.load().mfa.totp_issuer.clone();
     let uri = totp::otpauth_uri(&issuer, &user.name, &b32);
     let Some(svg) = totp::qr_svg(&uri) else {
-        return internal("QR encoding failed", "drawing the QR code");
+        error!("drawing the QR code failed");
+        return ApiError::internal().into_response();
     };
-    let _ = app
+    if let Err(e) = app
         .store
         .audit(&user.name, "mfa.totp.enroll", &user.name, "")
-        .await;
+        .await
+    {
+        return internal(e, "auditing a TOTP enrollment");
+    }
     no_store(
         Json(json!({ "secret": b32.as_str(), "otpauth_uri": uri.as_str(), "qr_svg": svg }))
             .into_response(),
@@ -816,13 +820,14 @@ pub async fn admin_unexempt(
         Err(r) => return r,
     };
     match app.store.remove_exemption(user.id).await {
-        Ok(true) => {
-            let _ = app
-                .store
-                .audit(&session.user, "mfa.unexempt", &user.name, "")
-                .await;
-            StatusCode::NO_CONTENT.into_response()
-        }
+        Ok(true) => match app
+            .store
+            .audit(&session.user, "mfa.unexempt", &user.name, "")
+            .await
+        {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => internal(e, "auditing an exemption's removal"),
+        },
         Ok(false) => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

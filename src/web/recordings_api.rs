@@ -114,10 +114,7 @@ pub async fn mint(
         Err(e @ (RecordingError::TtlZero | RecordingError::TtlTooLong { .. })) => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_ttl", e.to_string()).into_response()
         }
-        Err(e) => {
-            error!(error = %e, "minting a recording link failed");
-            ApiError::internal().into_response()
-        }
+        Err(e) => ApiError::failure("minting a recording link failed", &e).into_response(),
     }
 }
 
@@ -199,10 +196,7 @@ pub async fn links(
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Err(e) => {
-            error!(error = %e, "listing recording links failed");
-            ApiError::internal().into_response()
-        }
+        Err(e) => ApiError::failure("listing recording links failed", &e).into_response(),
     }
 }
 
@@ -245,10 +239,7 @@ pub async fn revoke(
     match result {
         Ok(Some(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(None) => not_found(),
-        Err(e) => {
-            error!(error = %e, "revoking a recording link failed");
-            ApiError::internal().into_response()
-        }
+        Err(e) => ApiError::failure("revoking a recording link failed", &e).into_response(),
     }
 }
 
@@ -418,8 +409,8 @@ pub async fn download(
                 }
                 Ok(None) => return out.record(bad_link()),
                 Err(e) => {
-                    error!(error = %e, "looking up a recording link failed");
-                    return out.record(ApiError::internal().into_response());
+                    let failed = ApiError::failure("looking up a recording link failed", &e);
+                    return out.record(failed.into_response());
                 }
             }
         }

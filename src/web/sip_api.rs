@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use tracing::error;
 
 use super::auth_api::require;
 use super::ApiError;
@@ -65,8 +64,7 @@ pub async fn ticket(State(app): State<Arc<App>>, headers: HeaderMap, _body: Byte
             .into_response()
         }
         Err(e) => {
-            error!(error = %e, "reading a user's extension failed");
-            return ApiError::internal().into_response();
+            return ApiError::failure("reading a user's extension failed", &e).into_response()
         }
     };
     let binding = Binding {
