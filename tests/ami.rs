@@ -686,6 +686,46 @@ fn an_event_flood_to_a_reading_client_loses_nothing_in_bounded_memory() {
 }
 
 #[test]
+fn a_client_that_sends_without_reading_is_not_read_either() {
+    // Refusals are answered by pbxguard itself once the Pong of the Ping sent in their place
+    // arrives; a client that floods refused actions and reads nothing must not make the
+    // gateway hold those answers without bound: above max_output_bytes its input waits in
+    // the socket, as it would at Asterisk.
+    let gw = gateway("max_output_bytes = 65536\nwrite_timeout = \"60s\"\n", &[]);
+    let c = gw.dialer();
+    gw.peer.wait_logged_in(1, T);
+    let pid = gw.daemon.pid();
+    let before = rss_kb(pid);
+    let mut stream = c.stream().try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = "Action: ModuleLoad\r\nModule: x.so\r\nLoadType: load\r\n\r\n".repeat(1500);
+    let started = Instant::now();
+    let mut written = 0usize;
+    while started.elapsed() < Duration::from_secs(5) {
+        match std::io::Write::write(&mut stream, chunk.as_bytes()) {
+            Ok(n) => written += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("write after {written} bytes: {e}\n{}", gw.daemon.log()),
+        }
+    }
+    let after = rss_kb(pid);
+    // Socket buffers on both sides hold a few MiB at most; the gateway read no more.
+    assert!(
+        written < 32 << 20,
+        "the gateway read {written} bytes from a client that reads nothing"
+    );
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} kB to {after} kB"
+    );
+    drop(c);
+}
+
+#[test]
 fn a_client_that_stops_reading_is_cut_off_after_write_timeout_and_others_keep_working() {
     let gw = gateway("max_output_bytes = 65536\nwrite_timeout = \"2s\"\n", &[]);
     let mut slow = gw.client();

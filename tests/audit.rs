@@ -297,6 +297,22 @@ fn every_documented_variant_of_the_examples_passes() {
     assert_eq!(code, 1, "{all:#?}");
     assert_eq!(find(&all, "write class command")[0]["severity"], "high");
     assert_eq!(find(&all, "write class originate")[0]["severity"], "medium");
+    // Nor on a loopback manager that is also served over HTTP (webenabled): its users are
+    // reachable without the gateway.
+    let dir = shipped_variant(|f, t| {
+        if f == "manager.conf" {
+            t.replace("reporting,originate", "reporting,originate,command")
+                .replace("webenabled = no", "webenabled = yes")
+        } else {
+            t
+        }
+    });
+    let (_, all) = findings(dir.path());
+    assert_eq!(
+        find(&all, "write class command")[0]["severity"],
+        "high",
+        "{all:#?}"
+    );
     // system stays high even on loopback.
     let dir = shipped_variant(|f, t| {
         if f == "manager.conf" {

@@ -455,6 +455,30 @@ fn failing_writes_under_concurrent_logins_lose_no_acknowledged_login() {
     integrity_ok(&env);
 }
 
+/// `pbxguard secret set NAME` with `value` on stdin; true when it exited 0. With `kill_after`,
+/// the process gets SIGKILL after that long (if still running).
+fn secret_set(env: &Env, name: &str, value: &str, kill_after: Option<Duration>) -> bool {
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&env.config)
+        .args(["secret", "set", name])
+        .env("RUST_LOG", "warn")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pbxguard");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut input, value.as_bytes());
+    }
+    if let Some(after) = kill_after {
+        std::thread::sleep(after);
+        let _ = child.kill();
+    }
+    child.wait().is_ok_and(|s| s.success())
+}
+
 #[test]
 fn kill_9_under_write_load_keeps_every_acknowledged_write() {
     let env = Env::new();
@@ -473,8 +497,11 @@ fn kill_9_under_write_load_keeps_every_acknowledged_write() {
                     let mut n = 0;
                     while !stop.load(Ordering::SeqCst) {
                         let (name, value) = (format!("load/{t}-{n}"), format!("value-{t}-{n}"));
-                        let out = env.run(&["secret", "set", &name], value.as_bytes());
-                        if out.status.success() {
+                        // Every third writer is itself killed with SIGKILL a few milliseconds
+                        // in: whatever it did not report as done may be missing, what it did
+                        // report must be there.
+                        let kill_after = (n % 3 == 0).then(|| Duration::from_millis(n % 7 * 3));
+                        if secret_set(env, &name, &value, kill_after) {
                             done.push((name, value));
                         }
                         n += 1;

@@ -349,6 +349,17 @@ const SECRET_COMMANDS: &[(&[&str], &str)] = &[
     // res/res_pjsip/config_auth.c: the auth object with all its fields, `password` included
     // (the SIP passwords pbxguard keeps in its vault and serves through realtime).
     (&["pjsip", "show", "auth"], "prints SIP auth passwords"),
+    // res/res_pjsip_history.c: `pjsip show history entry N` prints whole SIP messages, with
+    // the digest Authorization headers and SDES `a=crypto` keys; `pjsip set history on` starts
+    // recording them.
+    (
+        &["pjsip", "show", "history"],
+        "prints recorded SIP messages with credentials and SRTP keys",
+    ),
+    (
+        &["pjsip", "set", "history"],
+        "records SIP messages with credentials and SRTP keys",
+    ),
     // res/res_pjsip/config_transport.c: all transport fields, `password` (the TLS key's) too.
     (
         &["pjsip", "show", "transport"],
@@ -886,6 +897,8 @@ mod tests {
             "iax2 show users like trunk",
             "iax2 show provisioning default",
             "confbridge show profile user default_user",
+            "pjsip show history entry 3",
+            "pjsip set history on",
         ] {
             assert_eq!(refused(&command(&p, c)), Some(Rule::Secrets), "{c:?}");
         }

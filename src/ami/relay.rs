@@ -537,7 +537,12 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
                 }
             }
             end = out.writer_ended() => break writer_ended(gw, cfg, &relay.policy.name, peer, end),
-            r = rd.read(&mut buf) => match r {
+            // While the client is behind on its output, its input waits in the socket too
+            // (TCP pushes back, as with Asterisk itself): else answers pbxguard makes itself
+            // (refusals, rate limits), which wait for a Pong the paused reader does not read,
+            // would pile up without bound.
+            () = out.room(), if out.queued() > high_water => {}
+            r = rd.read(&mut buf), if out.queued() <= high_water => match r {
                 Ok(0) | Err(_) => break "the client disconnected",
                 Ok(n) => {
                     let mut msgs = Vec::new();

@@ -447,11 +447,12 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
                     .collect()
             };
             for (class, sev, what) in classes {
-                // On a loopback-only manager the one user is pbxguard's: its clients reach
+                // On a loopback-only manager (and no manager over HTTP, whose TLS side
+                // http() may not see) the one user is pbxguard's: its clients reach
                 // Originate and Command only through per-client allowlists and the built-in
                 // refusals (System/Exec/AGI originates, module loading, secret-printing
                 // commands), so these two classes are what the README's setup needs.
-                if local && GATEWAY_FILTERED.contains(class) {
+                if local && !web && GATEWAY_FILTERED.contains(class) {
                     out.at_var(
                         Severity::Low,
                         u,
