@@ -300,8 +300,9 @@ impl Gateway {
 
     /// A session for a client that just logged in: from the pool when one is ready (then told
     /// the client's event mask), else a new one. While Asterisk is known down, the login tries
-    /// it at once (one login at a time, at most once per PROBE_GAP; the others fail fast), so
-    /// logins work again as soon as Asterisk answers, not when the monitor's backoff ends.
+    /// it at once: one login at a time, at most once per PROBE_GAP; other logins wait for that
+    /// attempt and then fail at once while it failed recently. So logins work again as soon as
+    /// Asterisk answers, not when the monitor's backoff ends.
     async fn upstream_for(&self, cfg: &AmiConfig, events: &str) -> Result<Upstream, UpstreamError> {
         if !self.upstream_up.load(Ordering::Acquire) {
             let _probe = self.probe.lock().await;
