@@ -37,9 +37,7 @@ fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
         &["secret", "set", "ami/upstream"],
         UPSTREAM_SECRET.as_bytes(),
     );
-    add_client(
-        &env,
-        "dialer",
+    env.add_ami_client("dialer",
         DIALER_SECRET,
         &[
             "--allow",
@@ -56,12 +54,6 @@ fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
         daemon,
         port,
     }
-}
-
-fn add_client(env: &Env, name: &str, secret: &str, args: &[&str]) {
-    let mut all = vec!["ami", "user", "add", name, "--password-stdin"];
-    all.extend_from_slice(args);
-    env.ok(&all, secret.as_bytes());
 }
 
 impl Gw {
@@ -129,8 +121,7 @@ fn banner_login_plain_and_md5_and_logoff() {
 #[test]
 fn wrong_credentials_fail_after_a_delay_then_close_and_ban() {
     let gw = gateway("ban_threshold = 3\n", &[]);
-    add_client(
-        &gw.env,
+    gw.env.add_ami_client(
         "remote",
         "remote-secret",
         &["--allow", "Ping", "--permit", "192.0.2.0/24"],
@@ -430,13 +421,13 @@ fn pipelined_answers_keep_their_order() {
 #[test]
 fn events_and_originate_responses_reach_only_their_clients() {
     let gw = gateway("", &[]);
-    add_client(
-        &gw.env,
+    gw.env.add_ami_client(
         "wallboard",
         "wb-secret",
         &["--allow", "Originate", "--events", "call,agent"],
     );
-    add_client(&gw.env, "blind", "blind-secret", &["--allow", "Ping"]);
+    gw.env
+        .add_ami_client("blind", "blind-secret", &["--allow", "Ping"]);
     let mut dialer = gw.dialer();
     let mut wb = gw.client();
     assert_eq!(
@@ -735,7 +726,8 @@ fn a_client_that_stops_reading_is_cut_off_after_write_timeout_and_others_keep_wo
         ("Secret", DIALER_SECRET),
     ]);
     // ... and never reads again.
-    add_client(&gw.env, "pinger", "pinger-secret", &["--allow", "Ping"]);
+    gw.env
+        .add_ami_client("pinger", "pinger-secret", &["--allow", "Ping"]);
     let mut other = gw.client();
     assert_eq!(
         header(&other.login("pinger", "pinger-secret"), "Response"),
@@ -1121,8 +1113,7 @@ for line in iter(f.readline, b""):
 #[test]
 fn outsiders_cannot_lock_a_client_out() {
     let gw = gateway("ban_threshold = 3\n", &[]);
-    add_client(
-        &gw.env,
+    gw.env.add_ami_client(
         "office",
         "office-secret",
         &["--allow", "Ping", "--permit", "127.0.0.1/32"],

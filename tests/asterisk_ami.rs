@@ -43,9 +43,7 @@ fn start(setup: Setup) -> Option<Gw> {
         &["secret", "set", "ami/upstream"],
         ast.ami_secret.as_bytes(),
     );
-    add_client(
-        &env,
-        "dialer",
+    env.add_ami_client("dialer",
         DIALER_SECRET,
         &[
             "--allow",
@@ -54,8 +52,7 @@ fn start(setup: Setup) -> Option<Gw> {
             "call",
         ],
     );
-    add_client(
-        &env,
+    env.add_ami_client(
         "wallboard",
         BOARD_SECRET,
         &["--allow", "CoreShowChannels,Status", "--events", "call"],
@@ -68,12 +65,6 @@ fn start(setup: Setup) -> Option<Gw> {
         daemon,
         port,
     })
-}
-
-fn add_client(env: &Env, name: &str, secret: &str, args: &[&str]) {
-    let mut all = vec!["ami", "user", "add", name, "--password-stdin"];
-    all.extend_from_slice(args);
-    env.ok(&all, secret.as_bytes());
 }
 
 fn with_command() -> Setup {

@@ -450,6 +450,13 @@ pub fn finish(mut child: Child, limit: Duration) -> Output {
 }
 
 impl Env {
+    /// `pbxguard ami user add NAME --password-stdin ARGS…` with `secret`.
+    pub fn add_ami_client(&self, name: &str, secret: &str, args: &[&str]) {
+        let mut all = vec!["ami", "user", "add", name, "--password-stdin"];
+        all.extend_from_slice(args);
+        self.ok(&all, secret.as_bytes());
+    }
+
     /// `pbxguard sip credential set EXT --username EXT --password-stdin`.
     pub fn set_sip_credential(&self, ext: &str, password: &str) {
         self.ok(
