@@ -281,15 +281,7 @@ impl Transactions {
             if let Some(r) = tx.request.take() {
                 self.held -= r.len();
             }
-            let seq = self.seq + 1;
-            self.seq = seq;
-            tx.seq = seq;
-            tx.due = at;
-            self.timers.push(Reverse(Timer {
-                at,
-                seq,
-                key: key.clone(),
-            }));
+            schedule(&mut self.seq, &mut self.timers, tx, key.clone(), at);
             self.compact();
         }
         verdict
@@ -321,15 +313,7 @@ impl Transactions {
                         (tx.interval * 2).min(T2)
                     };
                     let at = (now + tx.interval).min(tx.deadline);
-                    let seq = self.seq + 1;
-                    self.seq = seq;
-                    tx.seq = seq;
-                    tx.due = at;
-                    self.timers.push(Reverse(Timer {
-                        at,
-                        seq,
-                        key: timer.key,
-                    }));
+                    schedule(&mut self.seq, &mut self.timers, tx, timer.key, at);
                 }
                 Some(request) if retransmitting => {
                     if let Some(origin) = tx.origin {
@@ -376,6 +360,21 @@ impl Transactions {
             })
             .collect();
     }
+}
+
+/// Moves `tx`'s next timer to `at`. The entry it had in the heap stays there and is skipped
+/// when it fires, because its sequence number no longer matches the transaction's.
+fn schedule(
+    seq: &mut u64,
+    timers: &mut BinaryHeap<Reverse<Timer>>,
+    tx: &mut Tx,
+    key: Key,
+    at: Instant,
+) {
+    *seq += 1;
+    tx.seq = *seq;
+    tx.due = at;
+    timers.push(Reverse(Timer { at, seq: *seq, key }));
 }
 
 #[cfg(test)]
