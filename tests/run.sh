@@ -37,10 +37,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Node client libraries (AMI: asterisk-manager; SIP: JsSIP with ws), pinned in
-# tests/clients/package-lock.json.
+# Node client libraries (AMI: asterisk-manager; SIP: JsSIP with ws; esbuild, which bundles JsSIP
+# for the browser tests), pinned in tests/clients/package-lock.json.
 if [ ! -d tests/clients/node_modules/asterisk-manager ] || [ ! -d tests/clients/node_modules/jssip ] \
-    || [ ! -d tests/clients/node_modules/asterisk-ami-client ]; then
+    || [ ! -d tests/clients/node_modules/asterisk-ami-client ] \
+    || [ ! -x tests/clients/node_modules/.bin/esbuild ]; then
     (cd tests/clients && npm ci --no-audit --no-fund --silent)
 fi
 

@@ -9,7 +9,7 @@ const HTML: &str = include_str!("../../assets/login/index.html");
 const JS: &str = include_str!("../../assets/login/app.js");
 const CSS: &str = include_str!("../../assets/login/style.css");
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     (

@@ -12,6 +12,7 @@ pub mod mfa_api;
 pub mod recordings_api;
 pub mod server;
 pub mod sip_api;
+pub mod softphone;
 pub mod tls;
 
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route("/login", get(login_page::page))
         .route("/login/app.js", get(login_page::script))
         .route("/login/style.css", get(login_page::style))
+        .route("/sip/softphone.js", get(softphone::module))
         .route("/api/v1/recordings/links", post(recordings_api::mint))
         .route("/api/v1/sip/ticket", post(sip_api::ticket))
         .route("/api/v1/admin/recordings/links", get(recordings_api::links))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod ami;
 pub mod asterisk;
+pub mod netns;
 pub mod nginx;
 pub mod sip;
 
