@@ -118,6 +118,14 @@ fn site() -> Option<Site> {
             } else {
                 String::new()
             },
+            // `channel originate`: Asterisk calls the browser; the WebSocket transport module
+            // so that pjsip can send to a `transport=ws` Contact at all (through the edge's
+            // Path: Asterisk's HTTP server stays off).
+            extra_modules: vec![
+                "res_clioriginate.so".into(),
+                "res_http_websocket.so".into(),
+                "res_pjsip_transport_websocket.so".into(),
+            ],
             ..Setup::default()
         },
     );
@@ -480,6 +488,14 @@ fn tail(s: &str, n: usize) -> &str {
     &s[i..]
 }
 
+/// The wall clock in ms, as the page's `Date.now()` (same host, same clock).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn at(event: &Value) -> i64 {
     event["event"]["at"].as_i64().unwrap_or(0)
 }
@@ -589,6 +605,7 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
         "{}",
         s.ast.cli("core show channels")
     );
+    let logout_at = now_ms();
     let out = s.env.request(
         "POST",
         "/api/v1/auth/logout",
@@ -597,28 +614,31 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
     );
     assert_eq!(out.status, 204, "{out:?}");
     let t = Instant::now();
-    while !s.channels_2001().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "Asterisk still has the call {:?} after logout:\n{}\nedge log:\n{}",
-            t.elapsed(),
-            s.ast.cli("core show channels verbose"),
-            s.daemon().log()
-        );
+    let mut gone = None;
+    while t.elapsed() < Duration::from_secs(5) {
+        if s.channels_2001().is_empty() {
+            gone = Some(t.elapsed());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let gone = t.elapsed();
+    let still = s.ast.cli("core show channels verbose");
     let disconnected = b.wait(&s, "disconnected", 1, 10);
     let ended = b.wait(&s, "ended", 1, 10);
     let over = b.wait(&s, "sessionEnded", 1, 15);
     eprintln!(
-        "logout: Asterisk's channel gone after {:.2} s; the page saw its socket close, the \
-         call end ({}) and the session end ({}) {} ms and {} ms after the close",
-        gone.as_secs_f64(),
+        "logout: Asterisk's channel gone after {gone:.2?}; the page saw its socket close {} ms \
+         after the logout, the call end ({}) {} ms and the session end ({}) {} ms after the close",
+        at(&disconnected) - logout_at,
         ended["event"]["detail"]["cause"],
-        over["event"]["detail"]["status"],
         at(&ended) - at(&disconnected),
+        over["event"]["detail"]["status"],
         at(&over) - at(&disconnected),
+    );
+    assert!(at(&disconnected) - logout_at <= 5000, "{disconnected}");
+    assert_eq!(
+        ended["event"]["detail"]["cause"], "Connection Error",
+        "{ended}"
     );
     assert_eq!(over["event"]["detail"]["status"], 401, "{over}");
     // No second socket: the session is over, so the ticket endpoint said 401 and the module
@@ -633,6 +653,12 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
     );
     let got = s.assert_no_sip_secret_in_the_browser(&mut b);
     assert_eq!(got["sockets"].as_array().map(Vec::len), Some(1), "{got}");
+    // The edge ended the call towards Asterisk when it closed the socket.
+    assert!(
+        gone.is_some(),
+        "Asterisk still has the call 5 s after logout:\n{still}\nedge log:\n{}",
+        s.daemon().log()
+    );
 }
 
 #[test]
@@ -740,4 +766,40 @@ fn the_module_reconnects_with_a_fresh_ticket_when_the_server_drops_the_socket() 
         assert!(Instant::now() < end, "{}", s.ast.cli("pjsip show contacts"));
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The new registration works: Asterisk calls 2001, the page rings on the new socket, the
+    // user answers (Echo on the other side) and hangs up.
+    let origin = s
+        .ast
+        .cli("channel originate PJSIP/2001 extension 600@phones");
+    let incoming = b.wait(&s, "incoming", 1, 15);
+    b.ok(json!({"cmd": "click", "id": "answer"}), 5);
+    b.wait(&s, "confirmed", 1, 15);
+    let stats = b.ok(json!({"cmd": "stats", "seconds": 1}), 10);
+    let n = |k: &str| {
+        stats["second"][k].as_u64().unwrap_or(0) > stats["first"][k].as_u64().unwrap_or(0)
+    };
+    assert!(n("bytesSent") && n("bytesReceived"), "{stats}");
+    assert_eq!(
+        s.channels_2001().len(),
+        1,
+        "{origin}{}",
+        s.ast.cli("core show channels")
+    );
+    b.ok(json!({"cmd": "click", "id": "hangup"}), 5);
+    let ended = b.wait(&s, "ended", 1, 10);
+    assert_eq!(ended["event"]["detail"]["originator"], "local", "{ended}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !s.channels_2001().is_empty() {
+        assert!(Instant::now() < end, "{}", s.ast.cli("core show channels"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "after the reconnection Asterisk called 2001 (from {}), the page answered; RTP in 1 s: \
+         sent {} -> {} bytes, received {} -> {} bytes",
+        incoming["event"]["detail"]["from"],
+        stats["first"]["bytesSent"],
+        stats["second"]["bytesSent"],
+        stats["first"]["bytesReceived"],
+        stats["second"]["bytesReceived"]
+    );
 }
