@@ -591,6 +591,8 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
             .is_some_and(|r| r.starts_with(&format!("{}:", s.net.host_ip))),
         "{stats}"
     );
+    // The page as the user sees it, kept as the test's artefact.
+    b.ok(json!({"cmd": "shot", "name": "in-call.png"}), 10);
     let channels = s.ast.cli("core show channels");
     assert!(
         channels.contains("PJSIP/2001-") && channels.contains("Echo"),
