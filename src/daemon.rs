@@ -348,6 +348,10 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
     });
 }
 
+/// How long the SIP edge's Asterisk side outlives its clients at shutdown, to write the BYEs
+/// and CANCELs that end their calls.
+const UPSTREAM_FLUSH: Duration = Duration::from_millis(300);
+
 /// Ended sessions are kept this long for `session list`-style forensics, then deleted (the
 /// login history keeps its own rows).
 const SESSION_RETENTION_SECS: i64 = 7 * 24 * 3600;
@@ -679,8 +683,15 @@ impl SipRunning {
     fn stop(self) {
         self.tls.stop.cancel();
         self.wss.stop.cancel();
+        // Calls end while Asterisk can still be told (BYE, CANCEL); the upstream side gets a
+        // moment to write them before it stops.
+        self.edge.end_all_calls();
         self.conns.cancel();
-        self.upstream_stop.cancel();
         self.maintenance.cancel();
+        let upstream_stop = self.upstream_stop;
+        tokio::spawn(async move {
+            tokio::time::sleep(UPSTREAM_FLUSH).await;
+            upstream_stop.cancel();
+        });
     }
 }

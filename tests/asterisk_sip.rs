@@ -104,7 +104,13 @@ fn site(pjsip_extra: &str, dialplan_extra: &str) -> Option<Site> {
             pjsip_extra: pjsip_extra.to_string(),
             dialplan_extra: dialplan_extra.to_string(),
             // `channel originate`: Asterisk calls the phone.
-            extra_modules: vec!["res_clioriginate.so".into()],
+            extra_modules: vec![
+                "res_clioriginate.so".into(),
+                // The browser's Contact says `transport=ws`: pjsip needs the transport known
+                // to place a call to it (through the edge's Path all the same).
+                "res_http_websocket.so".into(),
+                "res_pjsip_transport_websocket.so".into(),
+            ],
             ..Setup::default()
         },
     );
@@ -708,45 +714,57 @@ fn asterisk_calls_baresip_back_through_the_edge_with_qualify_on() {
     assert!(s.edge_warnings().is_empty(), "{:?}", s.edge_warnings());
 }
 
-/// `tests/clients/sip_jssip.js` through the edge's WebSocket with `ticket`.
-fn jssip(s: &Site, ticket: &str, user: &str, extra: &[&str]) -> serde_json::Value {
+/// `tests/clients/sip_jssip.js` through the edge's WebSocket with `ticket`, as `user` and
+/// without any SIP password (the edge answers Asterisk's challenges).
+fn jssip_command(s: &Site, ticket: &str, user: &str, extra: &[&str]) -> Command {
     assert!(
         Path::new(CLIENTS).join("node_modules/jssip").is_dir(),
         "JsSIP is missing: run `npm ci` in tests/clients (tests/run.sh does)"
     );
     let url = format!("wss://localhost:{}/ws?ticket={ticket}", s.wss);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(CLIENTS)
+        .arg("sip_jssip.js")
+        .args(["--url", &url, "--origin", ORIGIN])
+        .arg("--ca")
+        .arg(s.env.cert())
+        .args(["--user", user, "--domain", "pbx.test", "--timeout", "15"])
+        .args(extra);
+    cmd
+}
+
+fn jssip(s: &Site, ticket: &str, user: &str, extra: &[&str]) -> serde_json::Value {
     json_line(&run_for(
-        Command::new("node")
-            .current_dir(CLIENTS)
-            .arg("sip_jssip.js")
-            .args(["--url", &url, "--origin", ORIGIN])
-            .arg("--ca")
-            .arg(s.env.cert())
-            .args(["--user", user, "--password", &format!("pw{user}")])
-            .args(["--domain", "pbx.test", "--timeout", "15"])
-            .args(extra),
+        &mut jssip_command(s, ticket, user, extra),
         Duration::from_secs(25),
     ))
 }
 
-#[test]
-fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
-    let Some(s) = site("", "") else {
-        return;
-    };
+/// A web user `alice` with extension 2001 (whose password only the vault holds); her token.
+fn alice(s: &Site) -> String {
     s.env.add_user("alice", 2, "agent-password-1");
     s.env.ok(&["user", "set-extension", "alice", "2001"], b"");
-    let token = s.env.token("alice", "agent-password-1");
-    let ticket = || {
-        let r = s.env.request(
-            "POST",
-            "/api/v1/sip/ticket",
-            &[&format!("Authorization: Bearer {token}")],
-            None,
-        );
-        assert_eq!(r.status, 200, "{r:?}");
-        r.json()["ticket"].as_str().expect("ticket").to_string()
+    s.env.token("alice", "agent-password-1")
+}
+
+fn ticket_for(s: &Site, token: &str) -> String {
+    let r = s.env.request(
+        "POST",
+        "/api/v1/sip/ticket",
+        &[&format!("Authorization: Bearer {token}")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["ticket"].as_str().expect("ticket").to_string()
+}
+
+#[test]
+fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
+    let Some(s) = site("", RINGING) else {
+        return;
     };
+    let token = alice(&s);
+    let ticket = || ticket_for(&s, &token);
     let r = jssip(&s, &ticket(), "2001", &["--call", "600", "--hold", "1"]);
     assert_eq!(r["registered"], true, "{r}");
     assert_eq!(r["register_code"], 200, "{r}");
@@ -777,20 +795,53 @@ fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
     let got = s.ast_received();
     let requests: Vec<&String> = got.iter().filter(|m| m.starts_with("request")).collect();
     assert!(requests.len() >= 6, "{got:?}");
-    for m in &requests {
+    for m in requests.iter().filter(|m| !made_by_the_edge(m)) {
         assert_eq!(m.matches("X-PBXGuard-Identity: 2001\n").count(), 1, "{m}");
     }
+    // JsSIP had no password: pjsip challenged the REGISTER and the INVITE, and the edge
+    // answered both with the vault's credential (JsSIP would have failed on a 401).
+    for method in ["REGISTER", "INVITE"] {
+        let answered = requests
+            .iter()
+            .filter(|m| m.contains(&format!("\n{method} sip:")))
+            .filter(|m| m.contains("Authorization: Digest username=\"2001\""))
+            .count();
+        assert!(answered >= 1, "{method}: {got:?}");
+    }
+    // The BYE came after the challenged INVITE's renumbering: Asterisk took it (the channel
+    // is gone at once, not after its session timer).
     s.wait_channels(0, "after JsSIP hung up");
 
-    // What `identify_by` can and cannot do here. The example's `header,username` also lets a
-    // TLS client that knows 2001's password register as 2001, by username, without the
-    // header. With `header` alone the header does identify the WebSocket's requests as 2001
-    // and nothing else does (the TLS client finds no endpoint), but pjsip's registrar looks the
-    // AOR up only by username or auth_username, so the browser's REGISTER gets 404: `header`
-    // alone is no working setting, and the example's pair is the minimum.
+    // A CANCEL of a ringing call reaches the INVITE's re-sent copy.
+    let r = jssip(
+        &s,
+        &ticket(),
+        "2001",
+        &["--call", "602", "--cancel-after", "300"],
+    );
+    assert_eq!(r["call"], "failed", "{r}");
+    assert_eq!(r["call_cause"], "Canceled", "{r}");
+    s.wait_channels(0, "after JsSIP cancelled");
+
+    // 2001 belongs to a web user now: no TLS client may claim it, even one that knows its
+    // password; the edge refuses before Asterisk hears of it.
+    let before = s.ast_received().len();
     let mut tls = Phone::connect(&s, "2001");
-    assert_eq!(tls.register().status(), Some(200), "by username");
+    let refused = tls.register();
+    assert_eq!(refused.status(), Some(403), "{}", refused.raw);
+    assert!(
+        refused
+            .header("Warning")
+            .is_some_and(|w| w.contains("browser softphone")),
+        "{}",
+        refused.raw
+    );
+    assert_eq!(s.ast_received().len(), before);
     drop(tls);
+
+    // Why `identify_by = header,username`: with `header` alone the header identifies the
+    // WebSocket's requests as 2001, but pjsip's registrar looks the AOR up only by username or
+    // auth_username, so the browser's REGISTER gets 404.
     let conf = s.ast.etc().join("pjsip.conf");
     let mut text = std::fs::read_to_string(&conf).expect("pjsip.conf");
     text.push_str("\n[2001](+type=endpoint)\nidentify_by = header\n");
@@ -810,15 +861,6 @@ fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut tls = Phone::connect(&s, "2001");
-    let refused = tls.register();
-    assert_eq!(refused.status(), Some(401), "{}", refused.raw);
-    assert!(
-        s.ast
-            .wait_for_log("No matching endpoint found", Duration::from_secs(2)),
-        "{}",
-        s.ast.log()
-    );
     let r = jssip(&s, &ticket(), "2001", &[]);
     assert_eq!(r["register_code"], 404, "header only: {r}");
     assert!(
@@ -830,6 +872,192 @@ fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
         s.ast.log()
     );
     assert!(s.edge_warnings().is_empty(), "{:?}", s.edge_warnings());
+}
+
+/// Whether a request Asterisk logged was made up by the edge itself (the ACK of a challenge it
+/// answered, a teardown): its top Via's flow token carries the local flag `l`.
+fn made_by_the_edge(logged: &str) -> bool {
+    logged
+        .lines()
+        .find(|l| l.starts_with("Via: "))
+        .and_then(|via| via.split(";pbxg=").nth(1))
+        .map(|t| t.split([';', ' ']).next().unwrap_or(t))
+        .is_some_and(|t| t.len() > 17 && t.as_bytes()[t.len() - 17] == b'l')
+}
+
+#[test]
+fn a_second_websocket_never_gets_the_edge_to_answer_for_another_extension() {
+    let Some(s) = site("", "") else {
+        return;
+    };
+    let _alice = alice(&s);
+    // bob's extension 2002: a browser endpoint like 2001, with its own credential.
+    s.env.add_user("bob", 2, "agent-password-2");
+    s.env.ok(&["user", "set-extension", "bob", "2002"], b"");
+    s.env.set_sip_credential("2002", "pw2002");
+    let bob = s.env.token("bob", "agent-password-2");
+    let conf = s.ast.etc().join("pjsip.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("pjsip.conf");
+    text.push_str(
+        "\n[2002]\ntype = endpoint\ncontext = phones\ndisallow = all\nallow = opus,ulaw\n\
+         auth = 2002\naors = 2002\nidentify_by = header,username\ntransport = transport-loopback\n\
+         [2002-header]\ntype = identify\nendpoint = 2002\nmatch_header = X-PBXGuard-Identity: 2002\n\
+         [2002]\ntype = aor\nmax_contacts = 1\nsupport_path = yes\n",
+    );
+    std::fs::write(&conf, text).expect("pjsip.conf");
+    s.ast.cli("module reload res_pjsip.so");
+    let end = Instant::now() + T;
+    while !s.ast.cli("pjsip show endpoints").contains("2002") {
+        assert!(
+            Instant::now() < end,
+            "{}",
+            s.ast.cli("pjsip show endpoints")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // bob's WebSocket, registering as 2001: refused by the edge, Asterisk never hears of it.
+    let r = jssip(&s, &ticket_for(&s, &bob), "2002", &["--as", "2001"]);
+    assert_eq!(r["register_code"], 403, "{r}");
+    assert!(
+        s.ast_received().iter().all(|m| !m.contains("sip:2001@")),
+        "{:?}",
+        s.ast_received()
+    );
+    // As himself, while alice is registered too: the edge answers each challenge with the
+    // credential of the flow's own extension only.
+    let alice_run = jssip_command(&s, &ticket_for(&s, &_alice), "2001", &["--stay", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let r = jssip(&s, &ticket_for(&s, &bob), "2002", &[]);
+    assert_eq!(r["register_code"], 200, "{r}");
+    let out = finish(alice_run, Duration::from_secs(20));
+    assert_eq!(json_line(&out)["registered"], true);
+    let got = s.ast_received();
+    let credentials: Vec<(&str, bool)> = got
+        .iter()
+        .filter(|m| m.contains("Authorization: Digest "))
+        .map(|m| {
+            let id = if m.contains("X-PBXGuard-Identity: 2002\n") {
+                "2002"
+            } else {
+                "2001"
+            };
+            (
+                id,
+                m.contains(&format!("Authorization: Digest username=\"{id}\"")),
+            )
+        })
+        .collect();
+    assert!(credentials.iter().any(|(id, _)| *id == "2002"), "{got:?}");
+    assert!(credentials.iter().any(|(id, _)| *id == "2001"), "{got:?}");
+    assert!(credentials.iter().all(|(_, own)| *own), "{credentials:?}");
+}
+
+/// How long Asterisk takes to drop every channel, at most `limit`.
+fn channels_gone_within(s: &Site, limit: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    while s.channels() != 0 {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: Asterisk still has channels after {limit:?}:\n{}\nedge log:\n{}",
+            s.ast.cli("core show channels verbose"),
+            s.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn logout(s: &Site, token: &str) {
+    let r = s.env.request(
+        "POST",
+        "/api/v1/auth/logout",
+        &[&format!("Authorization: Bearer {token}")],
+        None,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+}
+
+#[test]
+fn logging_out_ends_the_browsers_calls_on_asterisk_within_5_s() {
+    let Some(s) = site("", RINGING) else {
+        return;
+    };
+    // Answered calls (Echo), a call still ringing at Asterisk (602), and Asterisk's call
+    // ringing at the browser: each ends on Asterisk's side when the session ends.
+    let mut token = alice(&s);
+    for (dial, what) in [("600", "answered"), ("602", "ringing")] {
+        let mut js = jssip_command(
+            &s,
+            &ticket_for(&s, &token),
+            "2001",
+            &["--call", dial, "--hold", "30", "--timeout", "40"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+        let end = Instant::now() + T;
+        while s.channels() == 0 {
+            assert!(Instant::now() < end, "{what}: no call reached Asterisk");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // With a channel up the call has been answered (Echo answers at once) or rings.
+        std::thread::sleep(Duration::from_millis(500));
+        logout(&s, &token);
+        let took = channels_gone_within(&s, Duration::from_secs(5), what);
+        eprintln!("{what} call: Asterisk's channel gone {took:?} after the logout");
+        let _ = js.kill();
+        let _ = js.wait();
+        token = s.env.token("alice", "agent-password-1");
+    }
+    assert!(
+        s.daemon
+            .log()
+            .contains("a SIP connection closed; its calls were ended"),
+        "{}",
+        s.daemon.log()
+    );
+    // Asterisk calls the browser, which lets it ring; then pbxguard stops (SIGTERM): the
+    // ringing INVITE is answered for it and the channel goes.
+    let registrations = || s.ast.log().matches("to AOR '2001'").count();
+    let before = registrations();
+    let mut js = jssip_command(
+        &s,
+        &ticket_for(&s, &token),
+        "2001",
+        &["--timeout", "40", "--stay", "30"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("node");
+    // Registered anew (the killed clients' contacts may still be listed).
+    let end = Instant::now() + T;
+    while registrations() == before {
+        assert!(Instant::now() < end, "JsSIP did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.ast
+        .cli("channel originate PJSIP/2001 extension 601@phones");
+    let end = Instant::now() + T;
+    while !s.ast.cli("core show channels").contains("Ringing") {
+        assert!(
+            Instant::now() < end,
+            "Asterisk's call never rang at the browser:\n{}",
+            s.ast.cli("core show channels"),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut s = s;
+    s.daemon.signal("TERM");
+    s.daemon.wait_exit(T);
+    let took = channels_gone_within(&s, Duration::from_secs(5), "ringing at the browser");
+    eprintln!("incoming call: Asterisk's channel gone {took:?} after pbxguard stopped");
+    let _ = js.kill();
+    let _ = js.wait();
 }
 
 /// A phone's answer to a qualify OPTIONS, as the issue saw it: its capabilities, SRTP profile

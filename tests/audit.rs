@@ -92,13 +92,17 @@ fn an_insecure_tree_gets_every_finding_with_file_and_line() {
         "webphone",
         "media_encryption_optimistic=yes",
     );
+    // webrtc=yes, not identified by pbxguard's header: browsers come to Asterisk's own /ws,
+    // here on the plain HTTP server (below). The old advice, a WSS transport in Asterisk, would
+    // lead them around pbxguard's edge.
+    assert!(find(&all, "without a WSS transport").is_empty(), "{all:#?}");
     has(
         &all,
         "medium",
         ep,
-        20,
-        "webphone",
-        "webrtc=yes without a WSS transport",
+        46,
+        "gateway",
+        "DTLS-SRTP without dtls_verify (the default is no)",
     );
     has(
         &all,
@@ -175,7 +179,7 @@ fn an_insecure_tree_gets_every_finding_with_file_and_line() {
         "http.conf",
         3,
         "general",
-        "plain HTTP on 0.0.0.0 serves the manager",
+        "plain HTTP on 0.0.0.0 serves the manager and WebSockets",
     );
     // Sorted: high first.
     let sev: Vec<&str> = all
@@ -207,6 +211,18 @@ fn a_secure_tree_has_no_high_finding() {
     assert!(all.iter().all(|f| f["severity"] != "high"), "{all:#?}");
     // The one thing left to think about: the gateway's upstream may originate.
     assert_eq!(find(&all, "write class originate").len(), 1, "{all:#?}");
+    // Asterisk's own WSS transport, with http.conf's TLS server on the network: browsers can
+    // get around pbxguard's edge.
+    has(
+        &all,
+        "medium",
+        "pjsip.conf",
+        11,
+        "transport-wss",
+        "Asterisk takes SIP over WebSocket itself (http.conf serves 0.0.0.0:8089)",
+    );
+    // webrtc=yes endpoints: DTLS with the fingerprint checked, whatever they say.
+    assert!(find(&all, "DTLS-SRTP").is_empty(), "{all:#?}");
 }
 
 /// A change an admin makes to one of the examples: (file name, text) -> text.
@@ -356,6 +372,249 @@ fn media_bound_to_the_loopback_transport_is_reported() {
     assert_eq!(
         find(&all, "phones off this host get no audio").len(),
         2,
+        "{all:#?}"
+    );
+}
+
+/// The example's `webrtc = yes` spelled out, as an admin might write it instead.
+const WEBRTC_SPELLED_OUT: &str = "media_encryption = dtls\ndtls_auto_generate_cert = yes\n\
+    dtls_setup = actpass\ndtls_verify = fingerprint\nuse_avpf = yes\nice_support = yes\n\
+    bundle = yes\nrtcp_mux = yes\nmedia_use_received_transport = yes";
+
+/// The findings in `dir`, after checking that one is a `sev` finding on pjsip.conf's `line`
+/// about `object` whose message contains `needle`.
+fn pjsip_finding(
+    dir: &Path,
+    sev: &str,
+    line: u64,
+    object: &str,
+    needle: &str,
+) -> (i32, Vec<serde_json::Value>) {
+    let (code, all) = findings(dir);
+    has(&all, sev, "pjsip.conf", line, object, needle);
+    (code, all)
+}
+
+/// The 1-based line of pjsip.conf in `dir` that reads exactly `text`.
+fn line_of_text(dir: &Path, text: &str) -> u64 {
+    let conf = std::fs::read_to_string(dir.join("pjsip.conf")).unwrap();
+    let index = conf.lines().position(|l| l == text);
+    index.unwrap_or_else(|| panic!("no line {text:?} in\n{conf}")) as u64 + 1
+}
+
+/// An edit of the examples' pjsip.conf only.
+fn on_pjsip(edit: impl Fn(String) -> String) -> impl Fn(&str, String) -> String {
+    move |f, t| if f == "pjsip.conf" { edit(t) } else { t }
+}
+
+/// The shipped pjsip.conf with `webrtc = yes` replaced by `with`.
+fn without_webrtc_yes(with: &str) -> impl Fn(&str, String) -> String {
+    let with = with.to_string();
+    on_pjsip(move |t| {
+        assert!(t.contains("\nwebrtc = yes\n"), "pjsip.conf example changed");
+        t.replace("\nwebrtc = yes\n", &format!("\n{with}\n"))
+    })
+}
+
+#[test]
+fn dtls_without_fingerprint_verification_is_reported() {
+    // The browser endpoint as shipped, and with webrtc=yes spelled out: no finding.
+    let (_, all) = findings(Path::new(SHIPPED));
+    assert!(all.iter().all(|f| f["object"] != "2001"), "{all:#?}");
+    let dir = shipped_variant(without_webrtc_yes(WEBRTC_SPELLED_OUT));
+    let (code, all) = findings(dir.path());
+    assert_eq!(code, 0, "{all:#?}");
+    assert!(all.iter().all(|f| f["object"] != "2001"), "{all:#?}");
+
+    // dtls_verify = no: medium, at that line.
+    let weak = WEBRTC_SPELLED_OUT.replace("dtls_verify = fingerprint", "dtls_verify = no");
+    let dir = shipped_variant(without_webrtc_yes(&weak));
+    let line = line_of_text(dir.path(), "dtls_verify = no");
+    let (code, all) = pjsip_finding(
+        dir.path(),
+        "medium",
+        line,
+        "2001",
+        "DTLS-SRTP with dtls_verify=no: the peer's certificate is not checked",
+    );
+    assert_eq!(code, 0, "medium only: {all:#?}");
+    assert_eq!(find(&all, "DTLS-SRTP").len(), 1, "{all:#?}");
+
+    // Left out: pjsip's default is no; reported at media_encryption.
+    let unset = WEBRTC_SPELLED_OUT.replace("dtls_verify = fingerprint\n", "");
+    let dir = shipped_variant(without_webrtc_yes(&unset));
+    let line = line_of_text(dir.path(), "media_encryption = dtls");
+    pjsip_finding(
+        dir.path(),
+        "medium",
+        line,
+        "2001",
+        "DTLS-SRTP without dtls_verify (the default is no)",
+    );
+
+    // webrtc=yes forces the fingerprint check whatever the endpoint says (proven against
+    // Asterisk in `asterisk_loads_the_browser_endpoint_as_webrtc_yes_sets_it`).
+    let dir = shipped_variant(on_pjsip(|t| {
+        format!("{t}\n[2001](+type=endpoint)\ndtls_verify = no\n")
+    }));
+    let (_, all) = findings(dir.path());
+    assert!(find(&all, "DTLS-SRTP").is_empty(), "{all:#?}");
+}
+
+#[test]
+fn only_a_websocket_in_asterisk_itself_is_a_way_around_the_edge() {
+    // The shipped browser endpoint: webrtc=yes, identified by pbxguard's header, no WebSocket
+    // transport in Asterisk. Even with Asterisk's HTTP server on the network (for something
+    // else), nothing is reported about browsers.
+    let https = "[general]\nenabled = yes\nbindaddr = 127.0.0.1\ntlsenable = yes\n\
+                 tlsbindaddr = 0.0.0.0:8089\n";
+    let dir = shipped_variant(|_, t| t);
+    std::fs::write(dir.path().join("http.conf"), https).unwrap();
+    let (code, all) = findings(dir.path());
+    assert_eq!(code, 0, "{all:#?}");
+    assert!(all.iter().all(|f| f["severity"] == "low"), "{all:#?}");
+    assert!(find(&all, "WebSocket").is_empty(), "{all:#?}");
+
+    // An Asterisk WSS transport added: browsers can sign in there, around the edge.
+    let wss = on_pjsip(|t| {
+        format!("{t}\n[transport-wss]\ntype = transport\nprotocol = wss\nbind = 0.0.0.0\n")
+    });
+    let dir = shipped_variant(&wss);
+    std::fs::write(dir.path().join("http.conf"), https).unwrap();
+    let line = line_of_text(dir.path(), "protocol = wss");
+    let bypass = "Asterisk takes SIP over WebSocket itself (http.conf serves 0.0.0.0:8089): \
+                  browsers that connect there get around pbxguard's edge";
+    let (code, all) = pjsip_finding(dir.path(), "medium", line, "transport-wss", bypass);
+    assert_eq!(code, 0, "medium: {all:#?}");
+    assert_eq!(find(&all, "WebSocket").len(), 1, "{all:#?}");
+    // The TLS server falls back to the plain server's address when tlsbindaddr is unset.
+    let dir = shipped_variant(&wss);
+    std::fs::write(
+        dir.path().join("http.conf"),
+        "[general]\nenabled = yes\nbindaddr = 198.51.100.7\ntlsenable = yes\n",
+    )
+    .unwrap();
+    pjsip_finding(
+        dir.path(),
+        "medium",
+        line,
+        "transport-wss",
+        "http.conf serves 198.51.100.7",
+    );
+    // With Asterisk's HTTP server on loopback only (or no http.conf: no server at all) the
+    // transport reaches nobody yet: low.
+    let local = "[general]\nenabled = yes\nbindaddr = 127.0.0.1\ntlsenable = yes\n\
+                 tlsbindaddr = [::1]:8089\n";
+    let unused = "Asterisk WebSocket transport: unused while Asterisk's HTTP server (http.conf) faces no network";
+    for http in [Some(local), None] {
+        let dir = shipped_variant(&wss);
+        if let Some(h) = http {
+            std::fs::write(dir.path().join("http.conf"), h).unwrap();
+        }
+        let (code, all) = pjsip_finding(dir.path(), "low", line, "transport-wss", unused);
+        assert_eq!(code, 0, "{all:#?}");
+        assert!(all.iter().all(|f| f["severity"] == "low"), "{all:#?}");
+    }
+}
+
+/// `pjsip show endpoint NAME` as (option, value) pairs.
+fn endpoint_options(ast: &common::asterisk::Asterisk, name: &str) -> Vec<(String, String)> {
+    ast.cli(&format!("pjsip show endpoint {name}"))
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(" : ")?;
+            let k = k.trim();
+            (!k.is_empty() && !k.contains(' ')).then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The shipped `[2001]` in a real Asterisk 22 has what webrtc=yes sets, and a later
+/// `dtls_verify = no` cannot take the fingerprint check away; the same line on the spelled-out
+/// form does, and there the audit reports it.
+#[test]
+fn asterisk_loads_the_browser_endpoint_as_webrtc_yes_sets_it() {
+    use common::asterisk::{Asterisk, Setup};
+    let Some(prefix) = common::asterisk::prefix() else {
+        return;
+    };
+    let expected = [
+        ("webrtc", "yes"),
+        ("media_encryption", "dtls"),
+        ("dtls_verify", "Fingerprint"),
+        ("dtls_setup", "actpass"),
+        ("dtls_auto_generate_cert", "Yes"),
+        ("dtls_rekey", "0"),
+        ("use_avpf", "true"),
+        ("ice_support", "true"),
+        ("bundle", "true"),
+        ("rtcp_mux", "true"),
+        ("media_use_received_transport", "true"),
+        ("identify_by", "header,username"),
+        ("auth", "2001"),
+        ("aors", "2001"),
+        ("transport", "transport-loopback"),
+        ("bind_rtp_to_media_address", "true"),
+        ("media_address", "192.0.2.10"),
+    ];
+    let weakened = "\n[2001](+type=endpoint)\ndtls_verify = no\ndtls_setup = active\n\
+                    media_encryption = sdes\nbundle = no\nrtcp_mux = no\ndtls_fingerprint = SHA-1\n";
+    for extra in ["", weakened] {
+        let ast = Asterisk::start(
+            &prefix,
+            &Setup {
+                pjsip: true,
+                pjsip_extra: extra.into(),
+                media_address: "192.0.2.10".into(),
+                ..Setup::default()
+            },
+        );
+        let got = endpoint_options(&ast, "2001");
+        // The added lines were read: what webrtc=yes does not set took their value.
+        let fingerprint = if extra.is_empty() { "SHA-256" } else { "SHA-1" };
+        assert!(
+            got.iter()
+                .any(|(k, v)| k == "dtls_fingerprint" && v == fingerprint),
+            "{got:#?}"
+        );
+        for (k, v) in expected {
+            assert!(
+                got.iter().any(|(gk, gv)| gk == k && gv == v),
+                "{k} is not {v} (with {extra:?}):\n{got:#?}"
+            );
+        }
+        // The identify section Asterisk loaded matches the edge's header.
+        let identify = ast.cli("pjsip show identifies");
+        assert!(identify.contains("X-PBXGuard-Identity: 2001"), "{identify}");
+        // And the audit, on the very files Asterisk runs with, has nothing to say about 2001.
+        let (_, all) = findings(&ast.etc());
+        assert!(all.iter().all(|f| f["object"] != "2001"), "{all:#?}");
+    }
+    // Spelled out without webrtc=yes, dtls_verify = no is what Asterisk runs with: the audit
+    // reports it.
+    let ast = Asterisk::start(
+        &prefix,
+        &Setup {
+            pjsip: true,
+            pjsip_extra: "\n[2001](+type=endpoint)\nwebrtc = no\nmedia_encryption = dtls\n\
+                          dtls_auto_generate_cert = yes\ndtls_verify = no\n"
+                .into(),
+            media_address: "192.0.2.10".into(),
+            ..Setup::default()
+        },
+    );
+    let got = endpoint_options(&ast, "2001");
+    assert!(
+        got.iter().any(|(k, v)| k == "dtls_verify" && v == "No"),
+        "{got:#?}"
+    );
+    let (_, all) = findings(&ast.etc());
+    assert_eq!(
+        find(&all, "DTLS-SRTP with dtls_verify=no")
+            .iter()
+            .filter(|f| f["object"] == "2001")
+            .count(),
+        1,
         "{all:#?}"
     );
 }

@@ -761,16 +761,48 @@ fn websocket_is_bound_to_the_extension_and_carries_the_identity_header() {
         "{}",
         seen[0].raw
     );
-    let r = register_on(
-        |b| {
-            w.send(std::str::from_utf8(b).unwrap());
-            w.final_response(T)
-        },
-        "1001",
-        "pw1001",
-        "WSS",
+    // The browser holds no SIP password: the edge answers Asterisk's challenge with the
+    // extension's credential from the vault. Without one it cannot, and the browser gets a
+    // 403 saying so, never the 401.
+    let reg = |w: &mut SipWs| {
+        register_on(
+            |b| {
+                w.send(std::str::from_utf8(b).unwrap());
+                w.final_response(T)
+            },
+            "1001",
+            "the-browser-knows-no-password",
+            "WSS",
+        )
+    };
+    let r = reg(&mut w);
+    assert_eq!(r.status(), Some(403), "{r:?}");
+    assert!(
+        r.header("Warning")
+            .is_some_and(|v| v.contains("no SIP credential")),
+        "{r:?}"
     );
+    e.env.set_sip_credential("1001", "pw1001");
+    let before = e.peer.requests("REGISTER").len();
+    let r = reg(&mut w);
     assert_eq!(r.status(), Some(200), "{r:?}");
+    // The browser's own CSeq comes back although Asterisk saw two REGISTERs.
+    assert_eq!(r.header("CSeq"), Some("1 REGISTER"), "{r:?}");
+    let seen = e.peer.requests("REGISTER");
+    assert_eq!(seen.len(), before + 2, "{seen:?}");
+    let (challenged, answered) = (&seen[before], &seen[before + 1]);
+    assert!(
+        challenged.header("Authorization").is_none(),
+        "{}",
+        challenged.raw
+    );
+    let auth = answered.header("Authorization").unwrap_or_default();
+    assert!(auth.contains("username=\"1001\""), "{}", answered.raw);
+    let cseq = |m: &SipMsg| m.header("CSeq").unwrap_or_default().to_string();
+    assert_eq!(
+        (cseq(challenged).as_str(), cseq(answered).as_str()),
+        ("1 REGISTER", "2 REGISTER")
+    );
     // WebSocket clients must use DTLS-SRTP: SDES is refused, DTLS passes.
     w.send(std::str::from_utf8(&invite("1001", "1002", "WSS", &sdp_sdes(&sdes_key()))).unwrap());
     assert_eq!(w.final_response(T).and_then(|r| r.status()), Some(488));
@@ -786,8 +818,8 @@ fn revoking_the_web_session_closes_the_websocket() {
     let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
     e.env.ok(&["session", "revoke", "--user", "alice"], b"");
     assert!(
-        w.closed_within(Duration::from_secs(12)),
-        "the WebSocket outlived its session"
+        w.closed_within(Duration::from_secs(5)),
+        "the WebSocket outlived its session by 5 s"
     );
 }
 

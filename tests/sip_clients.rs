@@ -211,14 +211,7 @@ fn jssip(e: &Edge, ticket: &str, extra: &[&str]) -> serde_json::Value {
             .args(["--url", &url, "--origin", ORIGIN])
             .arg("--ca")
             .arg(&cert)
-            .args([
-                "--user",
-                "1001",
-                "--password",
-                "pw1001",
-                "--domain",
-                "pbx.test",
-            ])
+            .args(["--user", "1001", "--domain", "pbx.test"])
             .args(["--timeout", "10"])
             .args(extra),
         Duration::from_secs(20),
@@ -230,27 +223,37 @@ fn jssip(e: &Edge, ticket: &str, extra: &[&str]) -> serde_json::Value {
 fn jssip_registers_and_messages_over_wss_with_a_single_use_ticket() {
     let e = Edge::start("");
     let token = e.web_user("alice", "1001");
+    // Only the vault knows 1001's password; JsSIP gets none.
+    e.env.set_sip_credential("1001", "pw1001");
     let tk = e.ticket(&token)["ticket"]
         .as_str()
         .expect("ticket")
         .to_string();
-    let r = jssip(&e, &tk, &["--message-to", "1002"]);
+    let r = jssip(&e, &tk, &["--message-to", "1002", "--reregister", "1"]);
     assert_eq!(r["connected"], true, "{r}");
     assert_eq!(r["registered"], true, "{r}");
     assert_eq!(r["register_code"], 200, "{r}");
+    assert_eq!(r["reregistered"], 1, "{r}");
     assert_eq!(r["message_code"], 202, "res_pjsip_messaging's answer: {r}");
-    // JsSIP answered Asterisk's challenge: the second REGISTER carries credentials (a third,
-    // Expires: 0, is JsSIP unregistering on stop).
+    // The edge answered every challenge: each of JsSIP's REGISTERs (register, unregister,
+    // register) reached Asterisk twice, without and then with credentials, numbered past the
+    // edge's earlier re-sends (JsSIP's CSeq 1, 2, 3 became 1+2, 3+4, 5+6), and JsSIP got its
+    // own numbers back (or it would not have matched the answers).
     let regs = e.peer.requests("REGISTER");
-    assert!(regs.len() >= 2, "{:?}", e.peer.received());
-    assert!(regs[0].header("Authorization").is_none(), "{}", regs[0].raw);
-    assert!(
-        regs[1]
-            .header("Authorization")
-            .is_some_and(|a| a.contains("username=\"1001\"")),
-        "{}",
-        regs[1].raw
-    );
+    assert!(regs.len() >= 6, "{:?}", e.peer.received());
+    for (i, pair) in regs[..6].chunks(2).enumerate() {
+        assert!(pair[0].header("Authorization").is_none(), "{}", pair[0].raw);
+        assert!(
+            pair[1]
+                .header("Authorization")
+                .is_some_and(|a| a.contains("username=\"1001\"")),
+            "{}",
+            pair[1].raw
+        );
+        let n = |m: &SipMsg| m.header("CSeq").unwrap_or_default().to_string();
+        assert_eq!(n(&pair[0]), format!("{} REGISTER", 2 * i + 1));
+        assert_eq!(n(&pair[1]), format!("{} REGISTER", 2 * i + 2));
+    }
     assert!(regs
         .iter()
         .all(|r| r.all("X-PBXGuard-Identity") == vec!["1001"]));

@@ -1,6 +1,7 @@
 //! `pbxguard audit asterisk`: reads Asterisk's configuration the way Asterisk does ([`conf`])
-//! and reports what weakens the PBX ([`rules`]): unencrypted transports and media, open
-//! endpoints, weak or plaintext secrets, a manager interface reachable from the network.
+//! and reports what weakens the PBX ([`rules`]): unencrypted transports and media, DTLS without
+//! fingerprint checks, open endpoints, weak or plaintext secrets, a manager interface or a SIP
+//! WebSocket reachable from the network around pbxguard.
 
 pub mod conf;
 pub mod rules;

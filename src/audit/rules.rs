@@ -155,14 +155,17 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
             truthy(g.value("enabled")) && g.value("bindaddr").is_some_and(|b| !loopback_only(b))
         });
     // Asterisk's /ws answers on both HTTP servers, whatever protocol the transport names; the
-    // plain server runs whenever enabled=yes and bindaddr is set, TLS or not.
-    let ws_transport = files.pjsip.as_ref().is_some_and(|p| {
+    // plain server runs whenever enabled=yes and bindaddr is set, TLS or not. Browsers also
+    // come to /ws for a webrtc=yes endpoint that pbxguard's edge does not identify.
+    let websocket = files.pjsip.as_ref().is_some_and(|p| {
         p.sections().any(|c| {
-            type_of(c) == Some("transport")
-                && c.value("protocol")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("ws") || v.eq_ignore_ascii_case("wss"))
+            (type_of(c) == Some("transport") && websocket_transport(c))
+                || (type_of(c) == Some("endpoint")
+                    && truthy(c.value("webrtc"))
+                    && !identify_by(c, "header"))
         })
     });
+    let http_public = files.http.as_ref().and_then(http_public);
     let ari = files
         .ari
         .as_ref()
@@ -175,11 +178,11 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
     }
     if let Some(p) = &files.pjsip {
         out.problems(p);
-        pjsip(&mut out, p);
+        pjsip(&mut out, p, http_public.as_ref());
     }
     if let Some(h) = &files.http {
         out.problems(h);
-        http(&mut out, h, manager_web, ws_transport || ari);
+        http(&mut out, h, manager_web, websocket || ari);
     }
     out.findings
 }
@@ -187,6 +190,36 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
 /// pjsip reads a section's type from its first `type` line.
 fn type_of(c: &Category) -> Option<&str> {
     c.first("type").map(|v| v.value.as_str())
+}
+
+fn websocket_transport(t: &Category) -> bool {
+    t.value("protocol")
+        .is_some_and(|v| v.eq_ignore_ascii_case("ws") || v.eq_ignore_ascii_case("wss"))
+}
+
+/// Whether the endpoint's `identify_by` (default `username,ip`) lists `method`.
+fn identify_by(e: &Category, method: &str) -> bool {
+    e.value("identify_by")
+        .unwrap_or("username,ip")
+        .split(',')
+        .any(|m| m.trim().eq_ignore_ascii_case(method))
+}
+
+/// The address on which Asterisk's HTTP server (plain or TLS) is reachable from the network,
+/// if any (`main/http.c`: the plain server needs enabled=yes and bindaddr; the TLS one needs
+/// tlsenable=yes and tlsbindaddr, or falls back to the plain server's address).
+fn http_public(h: &Conf) -> Option<String> {
+    let g = h.section("general")?;
+    let plain = g.value("bindaddr").filter(|_| truthy(g.value("enabled")));
+    let tls = g
+        .value("tlsbindaddr")
+        .or(plain)
+        .filter(|_| truthy(g.value("tlsenable")));
+    [plain, tls]
+        .into_iter()
+        .flatten()
+        .find(|b| !loopback_only(b))
+        .map(str::to_string)
 }
 
 /// pjsip binds an endpoint's RTP to its transport's address unless `media_address` with
@@ -225,7 +258,7 @@ fn loopback_media(out: &mut Out<'_>, e: &Category, transports: &[&Category]) {
     }
 }
 
-fn pjsip(out: &mut Out<'_>, p: &Conf) {
+fn pjsip(out: &mut Out<'_>, p: &Conf, http_public: Option<&String>) {
     let transports: Vec<&Category> = p
         .sections()
         .filter(|c| type_of(c) == Some("transport"))
@@ -246,6 +279,9 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
                 Some(v) => out.at_var(Severity::High, t, v, msg, fix),
                 None => out.at_cat(Severity::High, t, msg, fix),
             }
+        }
+        if websocket_transport(t) {
+            websocket_bypass(out, t, http_public);
         }
     }
     let identified: Vec<String> = p
@@ -316,23 +352,8 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
                 "set media_encryption_optimistic=no",
             );
         }
-        if let Some(v) = e.get("webrtc").filter(|v| truthy(Some(&v.value))) {
-            let wss = match e.value("transport") {
-                Some(_) => transport.as_deref() == Some("wss"),
-                None => transports.iter().any(|t| {
-                    t.value("protocol")
-                        .is_some_and(|p| p.eq_ignore_ascii_case("wss"))
-                }),
-            };
-            if !wss {
-                out.at_var(
-                    Severity::Medium,
-                    e,
-                    v,
-                    "webrtc=yes without a WSS transport: browsers would signal over plain WebSocket".into(),
-                    "add a protocol=wss transport and name it in transport=",
-                );
-            }
+        if !webrtc && enc.as_deref() == Some("dtls") {
+            unverified_dtls(out, e);
         }
         let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
         // An identify section pins the endpoint to addresses only when it identifies by IP
@@ -388,6 +409,53 @@ fn pjsip(out: &mut Out<'_>, p: &Conf) {
                 "md5_cred is as good as the password to anyone who reads it".into(),
                 "store the credential in pbxguard's vault and fetch ps_auths over realtime",
             );
+        }
+    }
+}
+
+/// Asterisk serves SIP over WebSocket on its own HTTP server (`/ws`): a browser that connects
+/// there signs in without pbxguard's ticket and session binding, and its calls escape the edge's
+/// SRTP policy and bans. Behind the edge no endpoint needs it: the browser's WebSocket ends at
+/// pbxguard, which relays to the loopback transport.
+fn websocket_bypass(out: &mut Out<'_>, t: &Category, http_public: Option<&String>) {
+    let fix = "remove the transport and keep http.conf on 127.0.0.1: browsers connect to pbxguard's wss_listen, their endpoints identified with identify_by=header,username";
+    let (sev, msg) = match http_public {
+        Some(addr) => (
+            Severity::Medium,
+            format!("Asterisk takes SIP over WebSocket itself (http.conf serves {addr}): browsers that connect there get around pbxguard's edge (tickets, session binding, SRTP policy, bans)"),
+        ),
+        None => (
+            Severity::Low,
+            "Asterisk WebSocket transport: unused while Asterisk's HTTP server (http.conf) faces no network, a way around pbxguard's edge once it does".to_string(),
+        ),
+    };
+    match t.get("protocol") {
+        Some(v) => out.at_var(sev, t, v, msg, fix),
+        None => out.at_cat(sev, t, msg, fix),
+    }
+}
+
+/// DTLS-SRTP authenticates the peer only through `dtls_verify`: without the fingerprint check,
+/// whoever answers the DTLS handshake on the media path gets the keys (pjsip's default is `no`;
+/// webrtc=yes forces `fingerprint`, whatever the endpoint says).
+fn unverified_dtls(out: &mut Out<'_>, e: &Category) {
+    let fix = "set dtls_verify=fingerprint, or webrtc=yes for a browser endpoint (it sets that and what else WebRTC needs)";
+    let what = "the peer's certificate is not checked against the fingerprint in its SDP, so a man in the middle of the media path can take the call's media";
+    match e.get("dtls_verify") {
+        Some(v) if v.value.trim().eq_ignore_ascii_case("no") => out.at_var(
+            Severity::Medium,
+            e,
+            v,
+            format!("DTLS-SRTP with dtls_verify=no: {what}"),
+            fix,
+        ),
+        Some(_) => {}
+        None => {
+            let msg = format!("DTLS-SRTP without dtls_verify (the default is no): {what}");
+            match e.get("media_encryption") {
+                Some(v) => out.at_var(Severity::Medium, e, v, msg, fix),
+                None => out.at_cat(Severity::Medium, e, msg, fix),
+            }
         }
     }
 }

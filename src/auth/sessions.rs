@@ -92,6 +92,9 @@ fn read_stamp(path: &Path) -> Option<StampId> {
 pub struct Sessions {
     stamp_path: PathBuf,
     inner: Mutex<Inner>,
+    /// Woken whenever sessions may have ended (logout, revocation, another process's change),
+    /// so that the SIP edge closes their WebSockets at once instead of at its next check.
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +116,13 @@ impl Sessions {
                 generation: 0,
             }),
             stamp_path,
+            ended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves after sessions may have ended (see the field).
+    pub async fn may_have_ended(&self) {
+        self.ended.notified().await
     }
 
     /// Drops the cache if another process changed auth state; returns whether it did.
@@ -126,6 +135,7 @@ impl Sessions {
             inner.stamp = now;
             inner.map.clear();
             inner.generation += 1;
+            self.ended.notify_one();
             true
         } else {
             false
@@ -137,6 +147,7 @@ impl Sessions {
             inner.map.clear();
             inner.generation += 1;
         }
+        self.ended.notify_one();
     }
 
     pub fn forget(&self, id: &str) {
@@ -144,6 +155,7 @@ impl Sessions {
             inner.map.remove(id);
             inner.generation += 1;
         }
+        self.ended.notify_one();
     }
 
     fn generation(&self) -> u64 {

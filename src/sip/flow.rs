@@ -15,6 +15,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::calls::Calls;
 use super::ticket::Binding;
 
 /// Messages waiting to be written to one client; a client that lets more pile up is cut off
@@ -70,6 +71,8 @@ pub struct Flow {
     /// Until then the connection only gets `[sip] auth_timeout`: holding idle TLS connections
     /// costs an attacker nothing, so silence must not buy `idle_timeout`.
     proven: AtomicBool,
+    /// Its calls, ended towards Asterisk when the connection goes; CSeq offsets.
+    calls: Mutex<Calls>,
 }
 
 impl Flow {
@@ -80,6 +83,11 @@ impl Flow {
     pub fn prove(&self) {
         self.proven.store(true, Ordering::Relaxed);
     }
+
+    pub fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Queues a message for the client; a full queue closes the connection.
     pub fn send(&self, msg: Bytes) -> bool {
         match self.tx.try_send(msg) {
@@ -146,6 +154,7 @@ impl Flows {
             binding,
             tx,
             close,
+            calls: Mutex::default(),
         });
         self.map
             .write()

@@ -1280,6 +1280,16 @@ impl Message {
         self.header("CSeq").and_then(parse_cseq)
     }
 
+    /// Renumbers the CSeq (the edge's re-sends after a digest challenge); numbers at or past
+    /// 2^31 are refused, as RFC 3261 §8.1.1.5 allows no more.
+    pub fn set_cseq(&mut self, n: u32, method: &Method) -> bool {
+        if n >= 1 << 31 {
+            return false;
+        }
+        self.set_header("CSeq", format!("{n} {}", method.as_str()));
+        true
+    }
+
     pub fn max_forwards(&self) -> Option<u8> {
         self.header("Max-Forwards").and_then(|v| v.parse().ok())
     }

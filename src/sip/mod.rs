@@ -8,11 +8,14 @@
 //! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
 //! filtering and bans, and [`ticket`] binds browser WebSockets to web sessions.
 
+pub mod calls;
+pub mod digest;
 pub mod flow;
 pub mod framing;
 pub mod guards;
 pub mod message;
 pub mod proxy;
+pub mod reauth;
 pub mod sdp;
 pub mod ticket;
 pub mod transaction;
@@ -114,19 +117,30 @@ impl Edge {
             }
         });
         let edge = self.clone();
+        let sessions_stop = stop.clone();
+        tracker.spawn(async move {
+            loop {
+                // A logout or revocation in this process wakes us at once; changes made by
+                // the CLI are seen through the auth stamp, read with the bans.
+                tokio::select! {
+                    _ = sessions_stop.cancelled() => return,
+                    _ = edge.app.auth.sessions.may_have_ended() => {}
+                    _ = tokio::time::sleep(SESSION_RECHECK) => {}
+                }
+                edge.recheck_sessions().await;
+            }
+        });
+        let edge = self.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(BAN_REFRESH);
-            let mut last_sessions = Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
                 edge.refresh_bans().await;
-                if last_sessions.elapsed() >= SESSION_RECHECK {
-                    last_sessions = Instant::now();
-                    edge.recheck_sessions().await;
-                }
+                edge.refresh_bound_extensions().await;
+                edge.app.sync_auth().await;
                 edge.app.sip_tickets.sweep(Instant::now());
                 edge.sweep();
             }

@@ -8,7 +8,7 @@
 //! and requests coming back find that connection. Towards clients we add our own `Via` and a
 //! `Record-Route` naming the address they reached us on (double record-routing, RFC 5658).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -20,9 +20,12 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::calls::Dialog;
+use super::digest::Challenge;
 use super::flow::{Flow, Flows, Kind};
 use super::guards::{BanRules, Bans, Rates};
 use super::message::{answer_forwarded, error_response, Message, Method, Via};
+use super::reauth::{Resends, Sent, MAX_ATTEMPTS};
 use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
@@ -81,6 +84,12 @@ pub struct Edge {
     pub(super) timer_wake: Notify,
     /// Requests that timed out since the last report, and when that was.
     timeouts: Mutex<(u64, Option<Instant>)>,
+    /// Requests of ticket-bound WebSockets until answered: re-sent with credentials when
+    /// Asterisk challenges them.
+    resends: Mutex<Resends>,
+    /// Extensions bound to web users (`user set-extension`): only their tickets may use them,
+    /// never a TLS client. Re-read with the bans.
+    bound_extensions: ArcSwap<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -198,6 +207,8 @@ impl Edge {
             transactions: Mutex::default(),
             timer_wake: Notify::new(),
             timeouts: Mutex::default(),
+            resends: Mutex::default(),
+            bound_extensions: ArcSwap::from_pointee(HashSet::new()),
         }
     }
 
@@ -557,14 +568,22 @@ impl Edge {
             }
             Some(n) => msg.set_max_forwards(n - 1),
         }
-        if let Err(why) = check_identity(flow, &msg, &method) {
+        let claim = match &flow.binding {
+            Some(_) => check_identity(flow, &msg, &method).map_err(str::to_string),
+            None => self.check_unbound_claim(&msg, &method),
+        };
+        if let Err(why) = claim {
             self.count_client("identity_mismatch");
             debug!(peer = %flow.peer, why, "refusing a request outside the session's extension");
-            let refusal = Refusal {
-                reason: why.to_string(),
-            };
+            let refusal = Refusal { reason: why };
             self.answer(flow, &msg, 403, "Forbidden", &[self.warning(&refusal)]);
             return;
+        }
+        if flow.binding.is_some() {
+            // The edge authenticates for a bound WebSocket; whatever credentials the browser
+            // sends are not its to give.
+            msg.remove_all("Authorization");
+            msg.remove_all("Proxy-Authorization");
         }
         if body_role(&method) == BodyRole::Capability {
             strip_body(&mut msg);
@@ -612,12 +631,114 @@ impl Edge {
                 self.remember_register(branch, flow.id, contacts);
             }
         }
+        let mut branch = via.branch().unwrap_or_default().to_string();
+        let client_cseq = msg.cseq().map(|(n, _)| n);
+        if flow.binding.is_some() {
+            // Before a BYE ends the call's offset: the BYE itself is shifted too.
+            branch = self.renumber_for_edge_auth(flow, &mut msg, &method, &incoming, branch);
+        }
+        self.track_client_request(flow, &msg, &method, client_cseq);
         if method == Method::Invite {
-            self.remember_invite(flow.id, &via, &msg);
+            if let Some(via) = msg.top_via() {
+                self.remember_invite(flow.id, &via, &msg);
+            }
         }
         self.count_client("forwarded");
-        let branch = via.branch().unwrap_or_default().to_string();
         self.send_request(&branch, &method, Bytes::from(msg.to_bytes()), Some(flow.id));
+    }
+
+    /// What a client's request changes in its connection's calls.
+    fn track_client_request(&self, flow: &Flow, msg: &Message, method: &Method, cseq: Option<u32>) {
+        let (Some(call_id), Some(n)) = (msg.call_id(), cseq) else {
+            return;
+        };
+        let mut calls = flow.calls();
+        if *method == Method::Bye {
+            calls.end(call_id);
+        } else if *method != Method::Ack && *method != Method::Cancel {
+            calls.client_sent(call_id, n);
+        }
+    }
+
+    /// A bound WebSocket's request on its way to Asterisk: its CSeq shifted past the numbers
+    /// our earlier re-sends used in that call, a CANCEL aimed at the latest copy of its
+    /// INVITE, and the request kept so that a challenge can be answered. The branch to send
+    /// it under.
+    fn renumber_for_edge_auth(
+        &self,
+        flow: &Flow,
+        msg: &mut Message,
+        method: &Method,
+        incoming: &str,
+        branch: String,
+    ) -> String {
+        let (Some(call_id), Some((n, _))) = (msg.call_id().map(str::to_owned), msg.cseq()) else {
+            return branch;
+        };
+        let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+        // A CANCEL, or the ACK of a failure, belongs to the INVITE's latest copy.
+        if matches!(method, Method::Cancel | Method::Ack) {
+            if let (Some((moved, cseq)), Some(mut top)) = (resends.current(&branch), msg.top_via())
+            {
+                top.set_param("branch", Some(moved.clone()));
+                msg.set_top_via(&top);
+                msg.set_cseq(cseq, method);
+                return moved;
+            }
+        }
+        let offset = flow.calls().offset(&call_id);
+        if offset > 0 && !msg.set_cseq(n.saturating_add(offset), method) {
+            return branch;
+        }
+        if *method != Method::Ack && *method != Method::Cancel {
+            let sent = Sent::new(
+                flow.id,
+                msg.clone(),
+                n,
+                incoming.to_string(),
+                branch.clone(),
+            );
+            if !resends.keep(&branch, sent) {
+                self.count_client("untracked");
+            }
+        }
+        branch
+    }
+
+    /// A TLS client may not claim an extension bound to a web user: such an extension is
+    /// reachable only through its tickets (and the edge answers its challenges). Checked
+    /// on what names the caller: `From` of a request that starts something, `To` of a
+    /// REGISTER, and the user name of any credentials.
+    fn check_unbound_claim(&self, msg: &Message, method: &Method) -> Result<(), String> {
+        let bound = self.bound_extensions.load();
+        if bound.is_empty() {
+            return Ok(());
+        }
+        let user_of = |na: Option<super::uri::NameAddr>| na.and_then(|n| n.uri.user);
+        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+        let mut claims = Vec::new();
+        if !in_dialog {
+            claims.push(user_of(msg.from()));
+        }
+        if *method == Method::Register {
+            claims.push(user_of(msg.to()));
+        }
+        for h in ["Authorization", "Proxy-Authorization"] {
+            for v in msg.headers(h) {
+                match super::digest::credentials_user(v) {
+                    Some(user) => claims.push(Some(user)),
+                    // pjsip may read what we cannot: unreadable credentials name nobody we
+                    // could vouch for.
+                    None => return Err("credentials pbxguard cannot read".to_string()),
+                }
+            }
+        }
+        match claims.into_iter().flatten().find(|u| bound.contains(u)) {
+            Some(ext) => Err(format!(
+                "extension {ext} belongs to a browser softphone; only its WebSocket may use it"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// A client's answer to a request Asterisk sent it through us.
@@ -657,8 +778,40 @@ impl Edge {
             info!(peer = %flow.peer, reason = %refusal, status, "removed media the policy refuses from a phone's answer");
             strip_body(&mut msg);
         }
+        self.track_client_answer(flow, &msg);
         self.count_client("forwarded");
         self.up().send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// A client's final answer to Asterisk's INVITE: a 2xx starts a dialog to remember.
+    fn track_client_answer(&self, flow: &Flow, msg: &Message) {
+        let (Some(call_id), Some((_, Method::Invite)), Some(status)) =
+            (msg.call_id(), msg.cseq(), msg.status())
+        else {
+            return;
+        };
+        if status < 200 {
+            return;
+        }
+        let mut calls = flow.calls();
+        if !(200..300).contains(&status) {
+            calls.answered(call_id);
+            return;
+        }
+        let target = calls
+            .ringing(call_id)
+            .and_then(|invite| invite.contacts().first().map(|c| c.uri.to_string()));
+        if let (Some(target), Some(local), Some(remote)) =
+            (target, msg.header("To"), msg.header("From"))
+        {
+            let dialog = Dialog {
+                local: local.to_string(),
+                remote: remote.to_string(),
+                target,
+                client_cseq: None,
+            };
+            calls.confirm(call_id, dialog);
+        }
     }
 
     /// A phone accepted an offer from Asterisk (a 2xx to INVITE, UPDATE or PRACK) with media
@@ -805,7 +958,7 @@ impl Edge {
     // ---- Asterisk -> client -----------------------------------------------------------------
 
     /// One message from Asterisk.
-    pub fn from_upstream(&self, raw: &[u8]) {
+    pub fn from_upstream(self: &Arc<Self>, raw: &[u8]) {
         let cfg = self.app.config.load();
         let Some(sip) = cfg.sip.as_ref() else {
             return;
@@ -825,7 +978,7 @@ impl Edge {
         }
     }
 
-    fn upstream_response(&self, mut msg: Message, sip: &SipConfig) {
+    fn upstream_response(self: &Arc<Self>, mut msg: Message, sip: &SipConfig) {
         let Some(top) = msg.top_via() else { return };
         let token = top
             .param(TOKEN_PARAM)
@@ -864,8 +1017,13 @@ impl Edge {
             }
         }
         let flow = self.flows.get(flow_id);
+        let bound = flow.as_ref().is_some_and(|f| f.binding.is_some());
         if let Some(flow) = &flow {
-            self.track_failure(flow, &msg, flag, method.as_ref(), sip);
+            // A bound WebSocket sends no credentials of its own: the edge's are the ones
+            // judged, and a failure of those is no guess from the browser's address.
+            if !bound {
+                self.track_failure(flow, &msg, flag, method.as_ref(), sip);
+            }
             let authenticated = matches!(
                 method,
                 Some(Method::Register | Method::Invite | Method::Subscribe | Method::Message)
@@ -880,16 +1038,23 @@ impl Edge {
         if method == Some(Method::Register) {
             self.registered(&branch, flow_id, status);
         }
+        let mut invite = None;
         if method == Some(Method::Invite) && status >= 200 {
             let done = self
                 .pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&branch);
-            if let Some(p) = done.filter(|p| p.cancelled) {
+            if let Some(p) = done.as_ref().filter(|p| p.cancelled) {
                 if status >= 300 {
-                    self.ack_failure(&p, &branch, &msg);
+                    self.ack_failure(p, &branch, &msg);
                 }
+                return;
+            }
+            invite = done;
+        }
+        if let (Some(flow), Some(m), true) = (&flow, &method, bound) {
+            if self.edge_auth_answer(flow, &mut msg, &branch, status, m, invite.as_ref()) {
                 return;
             }
         }
@@ -914,8 +1079,305 @@ impl Edge {
             info!(peer = %flow.peer, reason = %refusal, status, "removed media the policy refuses from Asterisk's answer");
             strip_body(&mut msg);
         }
+        if method == Some(Method::Invite) && (200..300).contains(&status) {
+            // The client's call is up: remembered, to be ended if its connection goes.
+            if let (Some(call_id), Some(local), Some(remote), Some(target), Some((n, _))) = (
+                msg.call_id(),
+                msg.header("From"),
+                msg.header("To"),
+                msg.contacts().first().map(|c| c.uri.to_string()),
+                msg.cseq(),
+            ) {
+                let dialog = Dialog {
+                    local: local.to_string(),
+                    remote: remote.to_string(),
+                    target,
+                    client_cseq: Some(n),
+                };
+                flow.calls().confirm(call_id, dialog);
+            }
+        }
         self.count_upstream("forwarded");
         flow.send(Bytes::from(msg.to_bytes()));
+    }
+
+    /// Asterisk's answer to a bound WebSocket's request. A challenge is answered by the edge
+    /// itself, with the extension's credential from the vault (`true`: nothing goes to the
+    /// browser now); any other answer gets the browser's own CSeq number back.
+    fn edge_auth_answer(
+        self: &Arc<Self>,
+        flow: &Arc<Flow>,
+        msg: &mut Message,
+        branch: &str,
+        status: u16,
+        method: &Method,
+        invite: Option<&Pending>,
+    ) -> bool {
+        // A CANCEL shares its INVITE's branch (and entry); only the INVITE's answer ends it.
+        let last = status >= 200 && *method != Method::Cancel;
+        let (client_cseq, sent) = {
+            let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+            if last {
+                let sent = resends.finish(branch);
+                (sent.as_ref().map(|s| s.client_cseq), sent)
+            } else {
+                (resends.get(branch).map(|s| s.client_cseq), None)
+            }
+        };
+        if let (401 | 407, Some(sent)) = (status, &sent) {
+            if let Some(p) = invite {
+                // The challenged INVITE's transaction is ours to end (the browser never saw
+                // the challenge): the hop-by-hop ACK.
+                self.ack_failure(p, branch, msg);
+            }
+            let header = if status == 407 {
+                "Proxy-Authenticate"
+            } else {
+                "WWW-Authenticate"
+            };
+            match Challenge::best(msg.headers(header)) {
+                Some(c) if sent.attempt == 0 || (c.stale && sent.attempt < MAX_ATTEMPTS) => {
+                    self.answer_challenge(flow.clone(), sent.clone(), c, status);
+                }
+                Some(_) => self.edge_auth_failed(
+                    flow,
+                    sent,
+                    "Asterisk refused the extension's SIP credential held by pbxguard",
+                ),
+                None => self.edge_auth_failed(
+                    flow,
+                    sent,
+                    "Asterisk's challenge is not one pbxguard can answer",
+                ),
+            }
+            return true;
+        }
+        let back = client_cseq.or_else(|| {
+            // Not remembered (a full table): the call's offset is the best guess.
+            let offset = msg.call_id().map_or(0, |c| flow.calls().offset(c));
+            msg.cseq()
+                .filter(|_| offset > 0)
+                .map(|(n, _)| n.saturating_sub(offset))
+        });
+        if let Some(n) = back {
+            msg.set_cseq(n, method);
+        }
+        false
+    }
+
+    /// Fetches the extension's credential and re-sends the challenged request with it
+    /// (asynchronously: the vault and the store are).
+    fn answer_challenge(
+        self: &Arc<Self>,
+        flow: Arc<Flow>,
+        sent: Sent,
+        challenge: Challenge,
+        status: u16,
+    ) {
+        let edge = self.clone();
+        tokio::spawn(async move {
+            let Some(binding) = flow.binding.as_ref() else {
+                return;
+            };
+            let Some((username, password)) = edge.sip_credential(&binding.extension).await else {
+                edge.edge_auth_failed(
+                    &flow,
+                    &sent,
+                    "pbxguard holds no SIP credential for this extension",
+                );
+                return;
+            };
+            if flow.close.is_cancelled() {
+                return;
+            }
+            if let Err(why) =
+                edge.resend_with_credentials(&flow, &sent, &challenge, status, &username, &password)
+            {
+                edge.edge_auth_failed(&flow, &sent, why);
+            }
+        });
+    }
+
+    /// The SIP credential whose id is `extension` (`pbxguard sip credential set`): its user
+    /// name and, decrypted for this one use, its password.
+    async fn sip_credential(
+        &self,
+        extension: &str,
+    ) -> Option<(String, zeroize::Zeroizing<Vec<u8>>)> {
+        let row = match self.app.store.sip_credential(extension).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(extension, error = %e, "reading a SIP credential failed");
+                return None;
+            }
+        };
+        match self
+            .app
+            .vault
+            .get(&crate::realtime::secret_name(extension))
+            .await
+        {
+            Ok(password) => Some((row.username, password)),
+            Err(e) => {
+                warn!(extension, error = %e, "decrypting a SIP credential failed");
+                None
+            }
+        }
+    }
+
+    /// The challenged request again: the next CSeq, a new branch (a new transaction), and the
+    /// answer to the challenge.
+    fn resend_with_credentials(
+        &self,
+        flow: &Flow,
+        sent: &Sent,
+        challenge: &Challenge,
+        status: u16,
+        username: &str,
+        password: &[u8],
+    ) -> Result<(), &'static str> {
+        let mut req = sent.request.clone();
+        let (Some(call_id), Some((n, method)), Some(uri), Some(mut top)) = (
+            req.call_id().map(str::to_owned),
+            req.cseq(),
+            req.request_uri().map(|u| u.to_string()),
+            req.top_via(),
+        ) else {
+            return Err("the request cannot be re-sent");
+        };
+        let next = n.checked_add(1).filter(|c| req.set_cseq(*c, &method));
+        let Some(next) = next else {
+            return Err("the call's CSeq numbers are used up");
+        };
+        if flow.calls().shift(&call_id).is_none() {
+            return Err("too many calls on this connection");
+        }
+        let attempt = sent.attempt + 1;
+        let branch = self
+            .flows
+            .branch(flow.id, &format!("{}~{attempt}", sent.client_branch));
+        top.set_param("branch", Some(branch.clone()));
+        req.set_top_via(&top);
+        let kept = sent.next(req.clone());
+        let header = if status == 407 {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        let cnonce = crate::ids::random_hex(16);
+        req.push_back(
+            header,
+            challenge.answer(username, password, method.as_str(), &uri, &cnonce),
+        );
+        {
+            let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+            resends.keep(&branch, kept);
+            if method == Method::Invite {
+                resends.moved(&sent.first_branch, &branch, next);
+            }
+        }
+        match method {
+            Method::Invite => self.remember_invite(flow.id, &top, &req),
+            Method::Register => {
+                let contacts = req.contacts().iter().map(|c| c.uri.to_string()).collect();
+                self.remember_register(&branch, flow.id, contacts);
+            }
+            _ => {}
+        }
+        self.count_client("edge_authenticated");
+        self.send_request(&branch, &method, Bytes::from(req.to_bytes()), Some(flow.id));
+        Ok(())
+    }
+
+    /// The edge could not authenticate a bound WebSocket's request: the browser gets 403 for
+    /// it (with why in `Warning`), never the challenge it cannot answer.
+    fn edge_auth_failed(&self, flow: &Flow, sent: &Sent, why: &'static str) {
+        let extension = flow.binding.as_ref().map_or("", |b| b.extension.as_str());
+        warn!(extension, peer = %flow.peer, why, "the edge could not authenticate a browser softphone to Asterisk");
+        self.count_client("edge_auth_failed");
+        let mut req = sent.request.clone();
+        req.remove_first("Via");
+        let Some((_, method)) = req.cseq() else {
+            return;
+        };
+        req.set_cseq(sent.client_cseq, &method);
+        if method == Method::Invite {
+            self.absorb_ack_for(&sent.client_branch);
+        }
+        let refusal = Refusal {
+            reason: why.to_string(),
+        };
+        let tag = crate::ids::random_hex(8);
+        let resp = req.response(403, "Forbidden", &tag, &[self.warning(&refusal)]);
+        flow.send(Bytes::from(resp.to_bytes()));
+    }
+
+    /// A client connection ended. A WebSocket's calls end with it (a browser cannot come back
+    /// into them), as do those of a TLS connection the edge closed; a phone that dropped its
+    /// connection may reconnect and end its calls itself.
+    pub fn connection_ended(&self, flow: &Flow, by_edge: bool) {
+        self.resends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_flow(flow.id);
+        if flow.kind == Kind::Wss || by_edge {
+            self.end_calls(flow);
+        }
+    }
+
+    /// Ends every call of every connection (shutdown), while Asterisk can still be told.
+    pub fn end_all_calls(&self) {
+        for flow in self.flows.all() {
+            self.end_calls(&flow);
+        }
+    }
+
+    /// Ends `flow`'s calls towards Asterisk: CANCEL for its INVITEs still ringing, 480 for
+    /// Asterisk's INVITEs still ringing at it, BYE for its confirmed dialogs. Once per flow.
+    fn end_calls(&self, flow: &Flow) {
+        let left = flow.calls().take();
+        let cancels: Vec<(String, Pending)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .iter_mut()
+                .filter(|(_, p)| p.flow == flow.id && !p.cancelled)
+                .map(|(b, p)| {
+                    p.cancelled = true;
+                    (b.clone(), p.clone())
+                })
+                .collect()
+        };
+        for (branch, p) in &cancels {
+            let cancel = self.cancel_for(p, branch);
+            self.send_request(branch, &Method::Cancel, cancel, None);
+        }
+        for invite in &left.ringing {
+            self.answer_upstream(invite, 480, "Temporarily Unavailable", &[]);
+        }
+        for (call_id, d, offset) in &left.dialogs {
+            let via = self.generated_upstream_via(flow.id);
+            let branch = via.branch().unwrap_or_default().to_string();
+            let seq = d
+                .client_cseq
+                .map_or(1, |c| c.saturating_add(1))
+                .saturating_add(*offset)
+                .min((1 << 31) - 1);
+            let bye = format!(
+                "BYE {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: {seq} BYE\r\nContent-Length: 0\r\n\r\n",
+                d.target, d.local, d.remote
+            );
+            self.send_request(&branch, &Method::Bye, Bytes::from(bye), None);
+        }
+        let (calls, early) = (left.dialogs.len(), cancels.len() + left.ringing.len());
+        if calls + early > 0 {
+            info!(peer = %flow.peer, calls, early, "a SIP connection closed; its calls were ended on Asterisk's side");
+            self.app
+                .metrics
+                .sip_client_messages
+                .get_or_create(&label("call_ended"))
+                .inc_by((calls + early) as u64);
+        }
     }
 
     /// 401/407 or 403 to a request that carried credentials, and 404 to a REGISTER, count as
@@ -1105,6 +1567,15 @@ impl Edge {
             self.answer_upstream(&msg, 488, "Not Acceptable Here", &[self.warning(&refusal)]);
             return;
         }
+        if let Some(call_id) = msg.call_id() {
+            let starts = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_none();
+            match method {
+                Method::Invite if starts => flow.calls().ring(call_id, msg.clone()),
+                Method::Bye => flow.calls().end(call_id),
+                Method::Cancel => flow.calls().answered(call_id),
+                _ => {}
+            }
+        }
         let incoming = msg
             .top_via()
             .and_then(|v| v.branch().map(str::to_owned))
@@ -1122,9 +1593,25 @@ impl Edge {
         flow.send(Bytes::from(msg.to_bytes()));
     }
 
+    /// Re-reads which extensions belong to web users (TLS clients may not claim them).
+    pub async fn refresh_bound_extensions(&self) {
+        match self.app.store.user_extensions().await {
+            Ok(rows) => self
+                .bound_extensions
+                .store(Arc::new(rows.into_iter().map(|(_, ext)| ext).collect())),
+            Err(e) => {
+                warn!(error = %e, "reading users' extensions failed; keeping the ones in memory")
+            }
+        }
+    }
+
     /// Forgets INVITEs and absorbed ACKs older than their transactions can live.
     pub fn sweep(&self) {
         let now = Instant::now();
+        self.resends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep(now);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -276,7 +276,11 @@ async fn tls_client<S>(
             }
         }
     }
+    // Cancelled before the loop ended: the edge closed it (ban, shutdown, a client not
+    // reading); otherwise the phone went away, and may come back to send its BYE itself.
+    let by_edge = end.is_cancelled();
     end.cancel();
+    edge.connection_ended(&flow, by_edge);
     edge.flows.remove(flow.id);
     let _ = writer.await;
 }
@@ -421,7 +425,9 @@ async fn ws_client<S>(
             },
         }
     }
+    let by_edge = end.is_cancelled();
     end.cancel();
+    edge.connection_ended(&flow, by_edge);
     edge.flows.remove(flow.id);
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }

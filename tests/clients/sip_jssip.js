@@ -2,16 +2,20 @@
 // REGISTER (digest), optionally send a MESSAGE, print one JSON line, exit.
 //
 //   node sip_jssip.js --url wss://localhost:PORT/ws?ticket=T --origin ORIGIN --ca CERTFILE
-//                     --user 1001 --password pw1001 --domain pbx.test
-//                     [--message-to 1002] [--as 1002] [--timeout 10]
-//                     [--call 600 [--hold 1]]
+//                     --user 1001 --domain pbx.test [--password PW]
+//                     [--message-to 1002] [--as 1002] [--timeout 10] [--reregister N]
+//                     [--call 600 [--hold 1] [--cancel-after MS]] [--stay S]
 //
-// --as registers (and sends) as another extension than --user (its password then defaults to
-// "pw" + that extension). --call calls that extension after registering (and after the
-// MESSAGE, if any), stays --hold seconds once confirmed and hangs up. Result:
+// --as registers (and sends) as another extension than --user. --reregister N unregisters and
+// registers again N times once registered. --call calls that extension after
+// registering (and after the MESSAGE, if any), stays --hold seconds once confirmed and hangs
+// up; with --cancel-after it cancels the call that long after the first provisional answer
+// instead. --stay keeps it registered S seconds (without --call), letting calls to it ring.
+// Result:
 //   {"connected": bool, "connect_error": str|null, "registered": bool,
 //    "register_code": int|null, "register_cause": str|null,
 //    "message_code": int|null, "message_cause": str|null,
+//    "reregistered": int (registrations again after --reregister's unregisters),
 //    "call": "confirmed"|"failed"|null, "call_code": int|null, "call_cause": str|null,
 //    "ended_by": "local"|"remote"|null, "answer": [m=/c=/a=fingerprint/setup/candidate/ice
 //    lines of the SDP answer], "media_packets_in": datagrams received on the offer's port}
@@ -43,7 +47,7 @@ function parseArgs(argv) {
     }
     out[argv[i].slice(2)] = argv[i + 1];
   }
-  for (const need of ['url', 'origin', 'ca', 'user', 'password', 'domain']) {
+  for (const need of ['url', 'origin', 'ca', 'user', 'domain']) {
     if (!out[need]) {
       console.error(`--${need} is required`);
       process.exit(2);
@@ -54,12 +58,15 @@ function parseArgs(argv) {
 
 const args = parseArgs(process.argv.slice(2));
 const ext = args.as || args.user;
-const password = args.as && args.as !== args.user ? (args['as-password'] || `pw${args.as}`) : args.password;
+// No password by default: behind pbxguard's edge a ticket-bound browser never holds one (the
+// edge answers Asterisk's challenges); --password makes JsSIP try its own digest anyway.
+const password = args.as && args.as !== args.user ? args['as-password'] : args.password;
 const result = {
   connected: false,
   connect_error: null,
   registered: false,
   register_code: null,
+  reregistered: 0,
   register_cause: null,
   message_code: null,
   message_cause: null,
@@ -134,7 +141,7 @@ class SignallingOnlyPeerConnection extends EventTarget {
   getRemoteStreams() { return []; }
   close() { this.signalingState = 'closed'; }
 }
-if (args.call && typeof global.RTCPeerConnection === 'undefined') {
+if ((args.call || args.stay) && typeof global.RTCPeerConnection === 'undefined') {
   global.window = global;
   global.RTCPeerConnection = SignallingOnlyPeerConnection;
   global.RTCSessionDescription = class {
@@ -153,7 +160,13 @@ function call(done) {
         /^(m=|c=|a=(fingerprint|setup|candidate|ice-ufrag|ice-pwd|rtcp-mux|crypto))/.test(l));
     }
   });
-  session.on('progress', (e) => { if (e.response) result.call_code = e.response.status_code; });
+  session.on('progress', (e) => {
+    if (e.response) result.call_code = e.response.status_code;
+    if (args['cancel-after'] && !session.isEnded()) {
+      setTimeout(() => { if (!session.isEnded()) session.terminate(); },
+        Number(args['cancel-after']));
+    }
+  });
   session.on('accepted', (e) => { if (e.response) result.call_code = e.response.status_code; });
   session.on('confirmed', () => {
     result.call = 'confirmed';
@@ -164,7 +177,8 @@ function call(done) {
     result.call = 'failed';
     result.call_cause = e.cause || null;
     if (e.message && e.message.status_code) result.call_code = e.message.status_code;
-    done(false);
+    // A cancel asked for is a success.
+    done(Boolean(args['cancel-after']) && e.cause === JsSIP.C.causes.CANCELED);
   });
   session.on('ended', (e) => {
     result.ended_by = e.originator;
@@ -175,6 +189,13 @@ function call(done) {
 
 // After registering: the MESSAGE, then the call, as asked.
 function afterRegister(ok) {
+  stopping = !ok || !args.call;
+  if (ok && args.stay && !args.call) {
+    // Registered and reachable: calls to it ring (JsSIP answers 180) and are never answered.
+    setTimeout(() => { ua.stop(); setTimeout(() => finish(true), 500); },
+      Number(args.stay) * 1000);
+    return;
+  }
   if (!ok || !args.call) {
     ua.stop();
     finish(ok);
@@ -203,6 +224,10 @@ const ua = new JsSIP.UA({
 });
 
 ua.on('connected', () => { result.connected = true; });
+// JsSIP answers 405 to INVITEs nobody listens for; a listener lets them ring.
+ua.on('newRTCSession', (e) => {
+  if (e.originator === 'remote') result.incoming = (result.incoming || 0) + 1;
+});
 ua.on('disconnected', () => {
   if (!result.connected || !result.registered) finish(false);
 });
@@ -212,9 +237,30 @@ ua.on('registrationFailed', (e) => {
   ua.stop();
   finish(false);
 });
+// JsSIP reports a refresh's success to nobody, so a "re-register" is an unregister and a
+// register: both REGISTERs on the UA's Call-ID with rising CSeq, each challenged.
+let reregisters = Number(args.reregister || '0');
+ua.on('unregistered', () => {
+  if (result.registered && reregisters >= 0 && !stopping) ua.register();
+});
+let stopping = false;
 ua.on('registered', (e) => {
-  result.registered = true;
-  result.register_code = e.response.status_code;
+  if (result.registered) {
+    result.reregistered += 1;
+  } else {
+    result.registered = true;
+    result.register_code = e.response.status_code;
+  }
+  if (reregisters > 0) {
+    reregisters -= 1;
+    ua.unregister();
+    return;
+  }
+  reregisters = -1;
+  afterRegisterAndMessage();
+});
+
+function afterRegisterAndMessage() {
   if (!args['message-to']) {
     afterRegister(true);
     return;
@@ -232,5 +278,5 @@ ua.on('registered', (e) => {
       },
     },
   });
-});
+}
 ua.start();
