@@ -33,7 +33,6 @@ const RT_USER: &str = "asterisk";
 const RT_PASSWORD: &str = "realtime-password-for-browser";
 const USER: &str = "alice";
 const USER_PASSWORD: &str = "alice's long web password";
-const DEV_NO_AUTH: bool = true;
 /// How long pbxguard stays down in the reconnection test.
 const DOWN: Duration = Duration::from_secs(3);
 
@@ -112,12 +111,6 @@ fn site() -> Option<Site> {
             pjsip: true,
             realtime: Some((rt_port, RT_USER.into(), RT_PASSWORD.into())),
             media_address: host.to_string(),
-            // TEMPORARY until the edge answers digest challenges: 2001 without auth.
-            pjsip_extra: if DEV_NO_AUTH {
-                "\n[2001](+type=endpoint)\nauth =\n".into()
-            } else {
-                String::new()
-            },
             // `channel originate`: Asterisk calls the browser; the WebSocket transport module
             // so that pjsip can send to a `transport=ws` Contact at all (through the edge's
             // Path: Asterisk's HTTP server stays off).
@@ -524,18 +517,16 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
     // The edge answered Asterisk's challenge for it: Asterisk sent a 401 and then got the
     // REGISTER again with the digest (which the browser never sent: checked below).
     let log = s.ast.log();
-    if !DEV_NO_AUTH {
-        assert!(
-            log.contains("SIP/2.0 401 Unauthorized"),
-            "no challenge:\n{}",
-            tail(&log, 6000)
-        );
-        assert!(
-            log.contains("Authorization: Digest username=\"2001\""),
-            "{}",
-            tail(&log, 6000)
-        );
-    }
+    assert!(
+        log.contains("SIP/2.0 401 Unauthorized"),
+        "no challenge:\n{}",
+        tail(&log, 6000)
+    );
+    assert!(
+        log.contains("Authorization: Digest username=\"2001\""),
+        "{}",
+        tail(&log, 6000)
+    );
 
     b.ok(json!({"cmd": "type", "id": "target", "text": "600"}), 5);
     let t = Instant::now();
@@ -643,6 +634,7 @@ fn a_browser_calls_echo_with_no_sip_password_and_logout_ends_the_call() {
         "{ended}"
     );
     assert_eq!(over["event"]["detail"]["status"], 401, "{over}");
+    assert_eq!(over["event"]["detail"]["error"], "unauthorized", "{over}");
     // No second socket: the session is over, so the ticket endpoint said 401 and the module
     // stopped instead of retrying.
     let (ok, refused) = s.ticket_requests();

@@ -33,9 +33,10 @@ const NO_JSSIP_RECOVERY = 3600;
 
 /** The ticket endpoint said the web session is over (logged out, revoked, expired). */
 class SessionOver extends Error {
-  constructor(status) {
-    super(`the web session is over (ticket endpoint answered ${status})`);
+  constructor(status, code) {
+    super(`the web session is over (ticket endpoint answered ${status}${code ? ` ${code}` : ''})`);
     this.status = status;
+    this.code = code; // pbxguard's error code, e.g. "unauthorized" or "no_extension"
   }
 }
 
@@ -111,7 +112,10 @@ export class Softphone extends EventTarget {
   async _fetchTicket() {
     if (this.options.getTicket) return this.options.getTicket();
     const res = await fetch(this.options.ticketUrl, { method: 'POST', ...this.options.fetchInit });
-    if (res.status === 401 || res.status === 403) throw new SessionOver(res.status);
+    if (res.status === 401 || res.status === 403) {
+      const body = await res.json().catch(() => ({}));
+      throw new SessionOver(res.status, body && body.error);
+    }
     if (!res.ok) throw new Error(`ticket endpoint answered ${res.status}`);
     return res.json();
   }
@@ -130,7 +134,7 @@ export class Softphone extends EventTarget {
       if (err instanceof SessionOver || err.status === 401 || err.status === 403) {
         this._running = false;
         this.state = 'stopped';
-        this._emit('sessionEnded', { status: err.status, reason: err.message });
+        this._emit('sessionEnded', { status: err.status, error: err.code, reason: err.message });
         return;
       }
       this._schedule(err);

@@ -171,6 +171,17 @@ class Browser:
         bodies, WebSocket frames both ways, the page as rendered. One file per kind in `out`."""
         self.drain()
         d = self.driver
+        # A body can be read once its response finished loading: one nobody reads (the module
+        # does not read a refused ticket's) may still be arriving. Wait for every response.
+        def unfinished():
+            done = {m["params"]["requestId"] for m in self.perf
+                    if m.get("method") in ("Network.loadingFinished", "Network.loadingFailed")}
+            return [m for m in self.perf if m.get("method") == "Network.responseReceived"
+                    and m["params"]["requestId"] not in done]
+        end = time.time() + 5
+        while unfinished() and time.time() < end:
+            time.sleep(0.1)
+            self.drain()
         bodies, sent, got, sockets, handshakes = [], [], [], [], []
         for m in self.perf:
             method, p = m.get("method"), m.get("params", {})
