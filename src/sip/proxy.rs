@@ -1551,7 +1551,12 @@ impl Edge {
         };
         let Some(flow) = flow else {
             self.count_upstream("no_route");
-            self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
+            // pjsip's qualify counts any answer as "reachable": a qualify for a connection that
+            // has gone stays unanswered, so the contact turns Unreachable and queues stop
+            // ringing a logged-out agent. Everything else learns at once.
+            if method != Method::Options {
+                self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
+            }
             return;
         };
         msg.remove_all("Route");
