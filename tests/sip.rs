@@ -1035,3 +1035,152 @@ fn the_ack_for_our_own_refusal_stops_at_the_edge() {
         "our 488's ACK reached Asterisk"
     );
 }
+
+/// The To tag of a message, if any.
+fn to_tag(m: &SipMsg) -> Option<String> {
+    m.header("To")
+        .and_then(|t| t.split(";tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap_or(t).to_string())
+}
+
+#[test]
+fn a_browsers_challenged_call_is_renumbered_and_ended_when_its_socket_closes() {
+    // Asterisk (the stand-in) challenges every request, INVITEs included.
+    let e = Edge::start_with_peer("", &["--authenticate"]);
+    let token = e.web_user("alice", "1001");
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    // The vault holds a password Asterisk refuses: the edge tries once, then the browser gets
+    // 403 saying so; its address is not counted towards a ban (it guessed nothing).
+    e.env.set_sip_credential("1001", "not-what-asterisk-has");
+    w.send(std::str::from_utf8(&invite("1001", "1002", "WSS", &sdp_dtls())).unwrap());
+    let refused = w.final_response(T).expect("an answer");
+    assert_eq!(refused.status(), Some(403), "{refused:?}");
+    assert!(
+        refused
+            .header("Warning")
+            .is_some_and(|v| v.contains("refused the extension's SIP credential")),
+        "{refused:?}"
+    );
+    assert_eq!(e.peer.requests("INVITE").len(), 2);
+    let bans: serde_json::Value =
+        serde_json::from_slice(&e.env.ok(&["sip", "ban", "list", "--json"], b"")).unwrap();
+    assert_eq!(bans, serde_json::json!([]));
+
+    e.env.set_sip_credential("1001", "pw1001");
+    let call_id = rnd();
+    let mut lines = base_headers("INVITE", "1001", "1002", "WSS", &call_id, 7);
+    lines.push("Content-Type: application/sdp".into());
+    w.send(
+        std::str::from_utf8(&request(
+            "INVITE sip:1002@pbx.test SIP/2.0",
+            &lines,
+            &sdp_dtls(),
+        ))
+        .unwrap(),
+    );
+    let ok = w.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    // The browser's own number, although Asterisk saw 7 challenged and 8 answered.
+    assert_eq!(ok.header("CSeq"), Some("7 INVITE"), "{ok:?}");
+    let seen: Vec<SipMsg> = e
+        .peer
+        .requests("INVITE")
+        .into_iter()
+        .filter(|m| m.header("Call-ID") == Some(call_id.as_str()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].header("CSeq"), Some("7 INVITE"));
+    assert!(seen[0].header("Authorization").is_none());
+    assert_eq!(seen[1].header("CSeq"), Some("8 INVITE"));
+    assert!(seen[1]
+        .header("Authorization")
+        .is_some_and(|a| a.contains("username=\"1001\"")));
+    // The edge ACKed the challenge itself: Asterisk got an ACK for CSeq 7.
+    let acks = e.peer.wait_requests("ACK", 1, T);
+    assert!(
+        acks.iter()
+            .any(|a| a.header("CSeq") == Some("7 ACK")
+                && a.header("Call-ID") == Some(call_id.as_str())),
+        "{acks:?}"
+    );
+
+    // The tab closes without a BYE: the edge sends one in the browser's name, numbered past
+    // the INVITE as Asterisk saw it.
+    drop(w);
+    let byes = e.peer.wait_requests("BYE", 1, T);
+    let bye = byes
+        .iter()
+        .find(|b| b.header("Call-ID") == Some(call_id.as_str()))
+        .unwrap_or_else(|| panic!("no BYE for the call: {byes:?}"));
+    assert_eq!(bye.header("CSeq"), Some("9 BYE"), "{bye:?}");
+    assert_eq!(to_tag(bye), to_tag(&ok), "{bye:?}");
+    assert!(bye
+        .header("From")
+        .is_some_and(|f| f.contains("sip:1001@pbx.test")));
+}
+
+#[test]
+fn the_edge_ends_the_calls_of_a_tls_connection_it_closes() {
+    let e = Edge::start("");
+    let mut c = e.client();
+    c.send(&invite("1001", "1002", "TLS", &sdp_sdes(&sdes_key())));
+    let ok = c.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let call_id = ok.header("Call-ID").unwrap().to_string();
+    // A scanner from the same address: banned, and every connection from it is closed.
+    let mut s = e.client();
+    let mut l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
+    l.retain(|h| !h.starts_with("User-Agent"));
+    l.push("User-Agent: friendly-scanner".into());
+    s.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
+    assert!(c.closed_within(T), "the phone's connection stays open");
+    let byes = e.peer.wait_requests("BYE", 1, T);
+    assert_eq!(byes[0].header("Call-ID"), Some(call_id.as_str()));
+    assert_eq!(byes[0].header("CSeq"), Some("2 BYE"), "{:?}", byes[0]);
+    assert_eq!(to_tag(&byes[0]), to_tag(&ok));
+}
+
+#[test]
+fn a_tls_client_cannot_claim_an_extension_bound_to_a_web_user() {
+    let e = Edge::start("");
+    let _ = e.web_user("alice", "1001");
+    let mut c = e.client();
+    // The edge re-reads the bound extensions every 2 s.
+    let end = Instant::now() + T;
+    loop {
+        let r = e.register(&mut c, "1001", "pw1001");
+        if r.status() == Some(403) {
+            assert!(
+                r.header("Warning")
+                    .is_some_and(|w| w.contains("belongs to a browser softphone")),
+                "{r:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "a TLS client registered 1001: {r:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        c = e.client();
+    }
+    let before = e.peer.received().len();
+    let with_auth = |auth: &str| {
+        let mut l = base_headers("OPTIONS", "1002", "1002", "TLS", &rnd(), 1);
+        l.push(format!("Authorization: {auth}"));
+        request("OPTIONS sip:pbx.test SIP/2.0", &l, "")
+    };
+    // Credentials naming the bound extension, behind another From.
+    c.send(&with_auth(
+        "Digest username=\"1001\", realm=\"asterisk\", nonce=\"n\", uri=\"sip:pbx.test\", response=\"00\"",
+    ));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(403));
+    // Credentials pbxguard cannot read could name anyone.
+    c.send(&with_auth("Digest username=\"1001"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(403));
+    // An INVITE from it, outside any dialog.
+    c.send(&invite("1001", "1002", "TLS", &sdp_sdes(&sdes_key())));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(403));
+    assert_eq!(e.peer.received().len(), before, "{:?}", e.peer.received());
+    // Other extensions are untouched.
+    c.send(&options("1002"));
+    assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
+}

@@ -690,7 +690,10 @@ impl Edge {
         if offset > 0 && !msg.set_cseq(n.saturating_add(offset), method) {
             return branch;
         }
-        if *method != Method::Ack && *method != Method::Cancel {
+        // pjsip challenges only requests outside a dialog; answers to in-dialog ones are
+        // renumbered by the call's offset alone.
+        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+        if !in_dialog && *method != Method::Ack && *method != Method::Cancel {
             let sent = Sent::new(
                 flow.id,
                 msg.clone(),
@@ -1548,7 +1551,12 @@ impl Edge {
         };
         let Some(flow) = flow else {
             self.count_upstream("no_route");
-            self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
+            // pjsip's qualify counts any answer as "reachable": a qualify for a connection that
+            // has gone stays unanswered, so the contact turns Unreachable and queues stop
+            // ringing a logged-out agent. Everything else learns at once.
+            if method != Method::Options {
+                self.answer_upstream(&msg, 480, "Temporarily Unavailable", &[]);
+            }
             return;
         };
         msg.remove_all("Route");

@@ -12,6 +12,9 @@ use super::message::Message;
 /// Requests remembered at most (a full table relays without edge authentication: Asterisk's
 /// challenge then reaches the browser, which cannot answer it).
 const MAX_SENT: usize = 50_000;
+/// Requests one connection may have waiting at once (a browser has a REGISTER, a call or two
+/// ringing, a MESSAGE): whatever a logged-in page sends, it cannot make us hold more.
+const MAX_PER_FLOW: usize = 32;
 /// Longer than any transaction lives (an unanswered INVITE rings for minutes).
 const TTL: Duration = Duration::from_secs(300);
 /// Answers to one request: the first challenge, and one more when Asterisk says the nonce
@@ -71,19 +74,38 @@ pub struct Resends {
     sent: HashMap<String, Sent>,
     /// First branch of an INVITE -> (branch, CSeq) of its latest copy, for the client's CANCEL.
     moved: HashMap<String, (String, u32, Instant)>,
+    /// Entries of `sent` per flow.
+    per_flow: HashMap<u64, usize>,
 }
 
 impl Resends {
-    /// Remembers a request sent under `branch`; `false` when the table is full.
+    /// Remembers a request sent under `branch`; `false` when the table, or the flow's share
+    /// of it, is full.
     pub fn keep(&mut self, branch: &str, sent: Sent) -> bool {
-        if self.sent.len() >= MAX_SENT && !self.sent.contains_key(branch) {
+        // A retransmission of the same request replaces its entry.
+        self.finish(branch);
+        if self.sent.len() >= MAX_SENT {
             self.sweep(Instant::now());
             if self.sent.len() >= MAX_SENT {
                 return false;
             }
         }
+        let n = self.per_flow.entry(sent.flow).or_insert(0);
+        if *n >= MAX_PER_FLOW {
+            return false;
+        }
+        *n += 1;
         self.sent.insert(branch.to_string(), sent);
         true
+    }
+
+    fn uncount(per_flow: &mut HashMap<u64, usize>, flow: u64) {
+        if let Some(n) = per_flow.get_mut(&flow) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_flow.remove(&flow);
+            }
+        }
     }
 
     pub fn get(&self, branch: &str) -> Option<&Sent> {
@@ -92,7 +114,9 @@ impl Resends {
 
     /// The final answer came: forgets the request.
     pub fn finish(&mut self, branch: &str) -> Option<Sent> {
-        self.sent.remove(branch)
+        let sent = self.sent.remove(branch)?;
+        Self::uncount(&mut self.per_flow, sent.flow);
+        Some(sent)
     }
 
     /// The INVITE first sent under `first` now travels under `branch` with `cseq`.
@@ -112,7 +136,14 @@ impl Resends {
     }
 
     pub fn sweep(&mut self, now: Instant) {
-        self.sent.retain(|_, s| now.duration_since(s.at) < TTL);
+        let per_flow = &mut self.per_flow;
+        self.sent.retain(|_, s| {
+            let keep = now.duration_since(s.at) < TTL;
+            if !keep {
+                Self::uncount(per_flow, s.flow);
+            }
+            keep
+        });
         self.moved
             .retain(|_, (_, _, at)| now.duration_since(*at) < TTL);
     }
@@ -120,6 +151,7 @@ impl Resends {
     /// Every request of `flow` (its connection ended).
     pub fn forget_flow(&mut self, flow: u64) {
         self.sent.retain(|_, s| s.flow != flow);
+        self.per_flow.remove(&flow);
     }
 }
 
@@ -152,18 +184,33 @@ mod tests {
     #[test]
     fn the_table_stays_bounded_and_old_entries_go() {
         let mut r = Resends::default();
-        let s = Sent::new(1, request(), 1, "c".into(), "b".into());
+        let sent = |flow| Sent::new(flow, request(), 1, "c".into(), "b".into());
         for i in 0..MAX_SENT {
-            assert!(r.keep(&format!("b{i}"), s.clone()));
+            assert!(r.keep(&format!("b{i}"), sent(i as u64)));
         }
-        assert!(!r.keep("one-more", s.clone()));
+        assert!(!r.keep("one-more", sent(0)));
         // Replacing an entry is always possible.
-        assert!(r.keep("b0", s));
+        assert!(r.keep("b0", sent(0)));
         r.sweep(Instant::now() + TTL);
         assert!(r.get("b0").is_none());
-        assert!(r.keep(
-            "one-more",
-            Sent::new(1, request(), 1, "c".into(), "b".into())
-        ));
+        assert!(r.per_flow.is_empty());
+        assert!(r.keep("one-more", sent(1)));
+    }
+
+    #[test]
+    fn one_flow_holds_a_bounded_share() {
+        let mut r = Resends::default();
+        let sent = |flow| Sent::new(flow, request(), 1, "c".into(), "b".into());
+        for i in 0..MAX_PER_FLOW {
+            assert!(r.keep(&format!("a{i}"), sent(1)));
+        }
+        assert!(!r.keep("a-more", sent(1)));
+        assert!(r.keep("other-flow", sent(2)));
+        // A retransmission replaces its entry; an answer frees a place.
+        assert!(r.keep("a0", sent(1)));
+        assert!(r.finish("a1").is_some());
+        assert!(r.keep("a-more", sent(1)));
+        r.forget_flow(1);
+        assert!(r.get("a-more").is_none() && r.get("other-flow").is_some());
     }
 }
