@@ -458,7 +458,9 @@ impl Daemon {
                 };
                 let upstream = Arc::new(upstream);
                 let edge = Arc::new(crate::sip::Edge::new(self.app.clone(), upstream.clone()));
-                let upstream_stop = self.shutdown.child_token();
+                // Not a child of `shutdown`: at shutdown the clients' calls are ended towards
+                // Asterisk first (SipRunning::stop), and this side must still carry that.
+                let upstream_stop = CancellationToken::new();
                 edge.start_upstream(&upstream, &self.tracker, upstream_stop.clone());
                 let maintenance = self.shutdown.child_token();
                 edge.start_maintenance(&self.tracker, maintenance.clone());
@@ -483,7 +485,7 @@ impl Daemon {
             if let Some(upstream) = fresh_upstream {
                 let upstream = Arc::new(upstream);
                 running.upstream_stop.cancel();
-                running.upstream_stop = self.shutdown.child_token();
+                running.upstream_stop = CancellationToken::new();
                 running.edge.start_upstream(
                     &upstream,
                     &self.tracker,

@@ -822,6 +822,26 @@ fn jssip_over_wss_with_a_ticket_registers_as_2001_and_calls_echo() {
     assert_eq!(r["call"], "failed", "{r}");
     assert_eq!(r["call_cause"], "Canceled", "{r}");
     s.wait_channels(0, "after JsSIP cancelled");
+    // The browser's own CANCEL (not the edge's teardown) reached the INVITE's re-sent copy:
+    // same CSeq number as the INVITE that carried the edge's credentials.
+    let got = s.ast_received();
+    let cseq_of_logged = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("CSeq: "))
+            .and_then(|c| c.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let answered = got
+        .iter()
+        .find(|m| m.contains("\nINVITE sip:602@") && m.contains("Authorization: Digest"))
+        .and_then(|m| cseq_of_logged(m))
+        .expect("the INVITE to 602 with the edge's credentials");
+    assert!(
+        got.iter().any(|m| m.contains("\nCANCEL sip:602@")
+            && !made_by_the_edge(m)
+            && cseq_of_logged(m).as_deref() == Some(answered.as_str())),
+        "{got:?}"
+    );
 
     // 2001 belongs to a web user now: no TLS client may claim it, even one that knows its
     // password; the edge refuses before Asterisk hears of it.
@@ -1004,8 +1024,20 @@ fn logging_out_ends_the_browsers_calls_on_asterisk_within_5_s() {
             assert!(Instant::now() < end, "{what}: no call reached Asterisk");
             std::thread::sleep(Duration::from_millis(100));
         }
-        // With a channel up the call has been answered (Echo answers at once) or rings.
-        std::thread::sleep(Duration::from_millis(500));
+        // The call is answered (Echo) or rings (Wait), as meant, before the logout.
+        let want = if dial == "600" { "Echo(" } else { "Wait(" };
+        let end = Instant::now() + T;
+        while !s.ast.cli("core show channels").contains(want) {
+            assert!(
+                Instant::now() < end,
+                "{what}: {}",
+                s.ast.cli("core show channels")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if dial == "600" {
+            assert!(s.ast.cli("core show channels").contains(" Up "));
+        }
         logout(&s, &token);
         let took = channels_gone_within(&s, Duration::from_secs(5), what);
         eprintln!("{what} call: Asterisk's channel gone {took:?} after the logout");

@@ -31,8 +31,10 @@ pub struct Dialog {
 
 #[derive(Debug, Default)]
 pub struct Calls {
-    /// Call-ID -> how many numbers our CSeq is ahead of the client's.
-    offsets: HashMap<String, u32>,
+    /// Call-ID -> how many numbers our CSeq is ahead of the client's, and when it last moved
+    /// (in `shifts`).
+    offsets: HashMap<String, (u32, u64)>,
+    shifts: u64,
     dialogs: HashMap<String, Dialog>,
     /// Call-ID -> Asterisk's INVITE as received, until the client answers it finally.
     ringing: HashMap<String, Message>,
@@ -50,19 +52,41 @@ pub struct Leftovers {
 
 impl Calls {
     pub fn offset(&self, call_id: &str) -> u32 {
-        self.offsets.get(call_id).copied().unwrap_or(0)
+        self.offsets.get(call_id).map_or(0, |(o, _)| *o)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// One more request of this Call-ID was re-sent with credentials: the new offset, or
-    /// `None` when the table is full (the edge then does not answer the challenge).
+    /// `None` once the connection's calls were ended. A full table forgets the offset that
+    /// moved longest ago (a page open all day makes a new Call-ID per call and message).
     pub fn shift(&mut self, call_id: &str) -> Option<u32> {
-        if self.closed || (self.offsets.len() >= MAX_ENTRIES && !self.offsets.contains_key(call_id))
-        {
+        if self.closed {
             return None;
         }
-        let o = self.offsets.entry(call_id.to_string()).or_insert(0);
+        if self.offsets.len() >= MAX_ENTRIES && !self.offsets.contains_key(call_id) {
+            let oldest = self
+                .offsets
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                self.offsets.remove(&id);
+            }
+        }
+        let (o, at) = self.offsets.entry(call_id.to_string()).or_insert((0, 0));
         *o = o.checked_add(1)?;
+        self.shifts += 1;
+        *at = self.shifts;
         Some(*o)
+    }
+
+    /// The request that moved this Call-ID's numbering ended without a dialog (a refused
+    /// call, a MESSAGE): nothing will be numbered in it again.
+    pub fn forget_offset(&mut self, call_id: &str) {
+        self.offsets.remove(call_id);
     }
 
     /// The client sent `cseq` (its numbering) within the dialog of `call_id`.
@@ -124,7 +148,7 @@ impl Calls {
                 .dialogs
                 .drain()
                 .map(|(id, d)| {
-                    let o = offsets.get(&id).copied().unwrap_or(0);
+                    let o = offsets.get(&id).map_or(0, |(o, _)| *o);
                     (id, d, o)
                 })
                 .collect(),
@@ -205,7 +229,12 @@ mod tests {
         }
         assert_eq!(c.offsets.len(), MAX_ENTRIES);
         assert_eq!(c.dialogs.len(), MAX_ENTRIES);
-        assert_eq!(c.shift("new"), None);
-        assert_eq!(c.shift("c0"), Some(2));
+        // A full offset table forgets the stalest entry, not the new call.
+        assert_eq!(c.shift("new"), Some(1));
+        assert_eq!(c.offsets.len(), MAX_ENTRIES);
+        assert_eq!(c.offset("c0"), 0);
+        assert_eq!(c.offset(&format!("c{}", MAX_ENTRIES * 2 - 1)), 1);
+        c.forget_offset("new");
+        assert_eq!(c.offset("new"), 0);
     }
 }

@@ -25,7 +25,7 @@ use super::digest::Challenge;
 use super::flow::{Flow, Flows, Kind};
 use super::guards::{BanRules, Bans, Rates};
 use super::message::{answer_forwarded, error_response, Message, Method, Via};
-use super::reauth::{Resends, Sent, MAX_ATTEMPTS};
+use super::reauth::{CancelTarget, Resends, Sent, MAX_ATTEMPTS};
 use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
@@ -39,10 +39,21 @@ pub const TOKEN_PARAM: &str = "pbxg";
 /// INVITEs in flight remembered for tearing down a refused answer, at most, and how long.
 const MAX_PENDING: usize = 50_000;
 const PENDING_TTL: Duration = Duration::from_secs(300);
+/// How far the CSeq of a BYE the edge sends in a client's name is past the client's last.
+const TEARDOWN_CSEQ_STEP: u32 = 100;
 /// Requests Asterisk never answered are reported at most this often (with their count).
 const TIMEOUT_REPORT: Duration = Duration::from_secs(10);
 
 type RegisterInFlight = (u64, Vec<String>, Instant);
+
+/// The edge's answer to one challenge: what to put where.
+struct Credentials<'a> {
+    challenge: &'a Challenge,
+    /// `Authorization` (for a 401) or `Proxy-Authorization` (407).
+    header: &'static str,
+    username: &'a str,
+    password: &'a [u8],
+}
 
 /// What we sent Asterisk for one client INVITE: enough to CANCEL it or ACK its failure.
 #[derive(Debug, Clone)]
@@ -315,16 +326,46 @@ impl Edge {
         let Some(flow) = self.flows.get(origin) else {
             return;
         };
-        let Some((resp, client_branch)) = answer_forwarded(request, 408, "Request Timeout") else {
+        let Some((mut resp, client_branch)) = answer_forwarded(request, 408, "Request Timeout")
+        else {
             return;
         };
         if invite {
             // The client's ACK for our 408 is ours too.
-            if let Some(b) = client_branch {
-                self.absorb_ack_for(&b);
+            if let Some(b) = &client_branch {
+                self.absorb_ack_for(b);
             }
         }
+        if flow.binding.is_some() {
+            resp = self.renumber_timeout(&flow, request, resp);
+        }
         flow.send(Bytes::from(resp));
+    }
+
+    /// A 408 built from what we sent a bound WebSocket's request as: it gets the client's
+    /// CSeq back, and the request is forgotten (no answer will come to free its place).
+    fn renumber_timeout(&self, flow: &Flow, request: &[u8], resp: Vec<u8>) -> Vec<u8> {
+        let branch = Message::parse(request)
+            .ok()
+            .and_then(|m| m.top_via())
+            .and_then(|v| v.branch().map(str::to_owned));
+        let kept = branch.and_then(|b| {
+            self.resends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finish(&b)
+        });
+        let Ok(mut msg) = Message::parse(&resp) else {
+            return resp;
+        };
+        let (Some(n), Some((_, method))) = (
+            self.client_cseq_of(flow, &msg, kept.map(|s| s.client_cseq)),
+            msg.cseq(),
+        ) else {
+            return resp;
+        };
+        msg.set_cseq(n, &method);
+        msg.to_bytes()
     }
 
     fn count_client(&self, result: &'static str) {
@@ -634,8 +675,10 @@ impl Edge {
         let mut branch = via.branch().unwrap_or_default().to_string();
         let client_cseq = msg.cseq().map(|(n, _)| n);
         if flow.binding.is_some() {
-            // Before a BYE ends the call's offset: the BYE itself is shifted too.
-            branch = self.renumber_for_edge_auth(flow, &mut msg, &method, &incoming, branch);
+            match self.renumber_for_edge_auth(flow, &mut msg, &method, branch) {
+                Some(b) => branch = b,
+                None => return,
+            }
         }
         self.track_client_request(flow, &msg, &method, client_cseq);
         if method == Method::Invite {
@@ -643,69 +686,102 @@ impl Edge {
                 self.remember_invite(flow.id, &via, &msg);
             }
         }
+        let bytes = Bytes::from(msg.to_bytes());
+        // pjsip challenges only requests outside a dialog: those are kept for the edge to
+        // answer; answers to in-dialog ones are renumbered by the call's offset alone.
+        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
+        let challengeable = !in_dialog && !matches!(method, Method::Ack | Method::Cancel);
+        if let (true, Some(_), Some(n)) = (challengeable, &flow.binding, client_cseq) {
+            let sent = Sent::new(flow.id, bytes.clone(), n, incoming, branch.clone());
+            let kept = self
+                .resends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(&branch, sent);
+            if !kept {
+                self.count_client("untracked");
+            }
+        }
         self.count_client("forwarded");
-        self.send_request(&branch, &method, Bytes::from(msg.to_bytes()), Some(flow.id));
+        self.send_request(&branch, &method, bytes, Some(flow.id));
     }
 
-    /// What a client's request changes in its connection's calls.
+    /// What a client's request changes in its connection's calls. (A BYE ends its call when
+    /// Asterisk answers it: the answer still needs the call's CSeq offset.)
     fn track_client_request(&self, flow: &Flow, msg: &Message, method: &Method, cseq: Option<u32>) {
         let (Some(call_id), Some(n)) = (msg.call_id(), cseq) else {
             return;
         };
-        let mut calls = flow.calls();
-        if *method == Method::Bye {
-            calls.end(call_id);
-        } else if *method != Method::Ack && *method != Method::Cancel {
-            calls.client_sent(call_id, n);
+        if !matches!(method, Method::Ack | Method::Cancel) {
+            flow.calls().client_sent(call_id, n);
         }
     }
 
     /// A bound WebSocket's request on its way to Asterisk: its CSeq shifted past the numbers
-    /// our earlier re-sends used in that call, a CANCEL aimed at the latest copy of its
-    /// INVITE, and the request kept so that a challenge can be answered. The branch to send
-    /// it under.
+    /// our earlier re-sends used in that call (PRACK's `RAck` too), and a CANCEL or the ACK of
+    /// a failure aimed at the latest copy of its INVITE. The branch to send it under; `None`
+    /// when the edge answered it itself (a CANCEL that stopped a re-send being prepared).
     fn renumber_for_edge_auth(
         &self,
         flow: &Flow,
         msg: &mut Message,
         method: &Method,
-        incoming: &str,
         branch: String,
-    ) -> String {
+    ) -> Option<String> {
         let (Some(call_id), Some((n, _))) = (msg.call_id().map(str::to_owned), msg.cseq()) else {
-            return branch;
+            return Some(branch);
         };
-        let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
-        // A CANCEL, or the ACK of a failure, belongs to the INVITE's latest copy.
         if matches!(method, Method::Cancel | Method::Ack) {
-            if let (Some((moved, cseq)), Some(mut top)) = (resends.current(&branch), msg.top_via())
-            {
-                top.set_param("branch", Some(moved.clone()));
-                msg.set_top_via(&top);
-                msg.set_cseq(cseq, method);
-                return moved;
+            let target = self
+                .resends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cancel_target(&branch, *method == Method::Cancel);
+            match (target, msg.top_via()) {
+                (CancelTarget::Moved(moved, cseq), Some(mut top)) => {
+                    top.set_param("branch", Some(moved.clone()));
+                    msg.set_top_via(&top);
+                    msg.set_cseq(cseq, method);
+                    return Some(moved);
+                }
+                (CancelTarget::Stopped, _) => {
+                    self.answer_cancelled_resend(flow, msg);
+                    return None;
+                }
+                _ => {}
             }
         }
         let offset = flow.calls().offset(&call_id);
-        if offset > 0 && !msg.set_cseq(n.saturating_add(offset), method) {
-            return branch;
-        }
-        // pjsip challenges only requests outside a dialog; answers to in-dialog ones are
-        // renumbered by the call's offset alone.
-        let in_dialog = msg.to().and_then(|t| t.tag().map(str::to_owned)).is_some();
-        if !in_dialog && *method != Method::Ack && *method != Method::Cancel {
-            let sent = Sent::new(
-                flow.id,
-                msg.clone(),
-                n,
-                incoming.to_string(),
-                branch.clone(),
-            );
-            if !resends.keep(&branch, sent) {
-                self.count_client("untracked");
+        if offset > 0 {
+            msg.set_cseq(n.saturating_add(offset), method);
+            if *method == Method::Prack {
+                shift_rack(msg, offset);
             }
         }
-        branch
+        Some(branch)
+    }
+
+    /// The client cancelled an INVITE while the edge was preparing its answer to Asterisk's
+    /// challenge: Asterisk's transaction is over (its 401 was ACKed) and the INVITE will not go
+    /// out again, so the edge answers the CANCEL (200) and the INVITE (487) itself.
+    fn answer_cancelled_resend(&self, flow: &Flow, cancel: &Message) {
+        self.count_client("forwarded");
+        // Our Via is on top by now: answers go along the client's.
+        let mut cancel = cancel.clone();
+        cancel.remove_first("Via");
+        let tag = crate::ids::random_hex(8);
+        let ok = cancel.response(200, "OK", &tag, &[]);
+        flow.send(Bytes::from(ok.to_bytes()));
+        let Some((n, _)) = cancel.cseq() else {
+            return;
+        };
+        let mut invite = cancel;
+        invite.set_cseq(n, &Method::Invite);
+        if let Some(b) = invite.top_via().and_then(|v| v.branch().map(str::to_owned)) {
+            self.absorb_ack_for(&b);
+        }
+        let terminated = invite.response(487, "Request Terminated", &tag, &[]);
+        flow.send(Bytes::from(terminated.to_bytes()));
     }
 
     /// A TLS client may not claim an extension bound to a web user: such an extension is
@@ -1051,6 +1127,11 @@ impl Edge {
             if let Some(p) = done.as_ref().filter(|p| p.cancelled) {
                 if status >= 300 {
                     self.ack_failure(p, &branch, &msg);
+                } else {
+                    // Answered before our CANCEL arrived: the call is up at Asterisk, and
+                    // its client is gone or refused it. ACK and BYE end it now, rather than
+                    // pjsip's wait for an ACK that never comes.
+                    self.ack_and_bye_upstream(p.flow, &msg);
                 }
                 return;
             }
@@ -1081,6 +1162,9 @@ impl Edge {
             // A failure, or an answer outside any session: relayed, without the body.
             info!(peer = %flow.peer, reason = %refusal, status, "removed media the policy refuses from Asterisk's answer");
             strip_body(&mut msg);
+        }
+        if let (Some(Method::Bye), true, Some(call_id)) = (&method, status >= 200, msg.call_id()) {
+            flow.calls().end(call_id);
         }
         if method == Some(Method::Invite) && (200..300).contains(&status) {
             // The client's call is up: remembered, to be ended if its connection goes.
@@ -1127,12 +1211,31 @@ impl Edge {
                 (resends.get(branch).map(|s| s.client_cseq), None)
             }
         };
-        if let (401 | 407, Some(sent)) = (status, &sent) {
+        if matches!(status, 401 | 407) {
             if let Some(p) = invite {
-                // The challenged INVITE's transaction is ours to end (the browser never saw
+                // The challenged INVITE's transaction is ours to end (the browser never sees
                 // the challenge): the hop-by-hop ACK.
                 self.ack_failure(p, branch, msg);
             }
+            let Some(sent) = sent else {
+                // Not kept (the table was full): the browser cannot answer a challenge, so it
+                // is told to try again shortly.
+                self.count_client("edge_auth_failed");
+                msg.remove_first("Via");
+                if let Some(n) = self.client_cseq_of(flow, msg, None) {
+                    msg.set_cseq(n, method);
+                }
+                if *method == Method::Invite {
+                    self.absorb_upstream_ack(msg);
+                }
+                flow.send(restatus(
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", "5".into())],
+                ));
+                return true;
+            };
             let header = if status == 407 {
                 "Proxy-Authenticate"
             } else {
@@ -1140,32 +1243,49 @@ impl Edge {
             };
             match Challenge::best(msg.headers(header)) {
                 Some(c) if sent.attempt == 0 || (c.stale && sent.attempt < MAX_ATTEMPTS) => {
-                    self.answer_challenge(flow.clone(), sent.clone(), c, status);
+                    self.resends
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answering(&sent.first_branch);
+                    self.answer_challenge(flow.clone(), sent, c, status);
                 }
                 Some(_) => self.edge_auth_failed(
                     flow,
-                    sent,
+                    &sent,
                     "Asterisk refused the extension's SIP credential held by pbxguard",
                 ),
                 None => self.edge_auth_failed(
                     flow,
-                    sent,
+                    &sent,
                     "Asterisk's challenge is not one pbxguard can answer",
                 ),
             }
             return true;
         }
-        let back = client_cseq.or_else(|| {
-            // Not remembered (a full table): the call's offset is the best guess.
+        if let Some(n) = self.client_cseq_of(flow, msg, client_cseq) {
+            msg.set_cseq(n, method);
+        }
+        // A request outside a dialog that ended without one (a refused call, a MESSAGE):
+        // its Call-ID will not be numbered again.
+        let dialog = (200..300).contains(&status)
+            && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
+        if sent.is_some() && *method != Method::Register && !dialog {
+            if let Some(call_id) = msg.call_id() {
+                flow.calls().forget_offset(call_id);
+            }
+        }
+        false
+    }
+
+    /// The client's CSeq number for an answer: remembered with its request, else (a request
+    /// inside a dialog, or one not kept) the answer's number less the call's offset.
+    fn client_cseq_of(&self, flow: &Flow, msg: &Message, kept: Option<u32>) -> Option<u32> {
+        kept.or_else(|| {
             let offset = msg.call_id().map_or(0, |c| flow.calls().offset(c));
             msg.cseq()
                 .filter(|_| offset > 0)
                 .map(|(n, _)| n.saturating_sub(offset))
-        });
-        if let Some(n) = back {
-            msg.set_cseq(n, method);
-        }
-        false
+        })
     }
 
     /// Fetches the extension's credential and re-sends the challenged request with it
@@ -1182,23 +1302,42 @@ impl Edge {
             let Some(binding) = flow.binding.as_ref() else {
                 return;
             };
-            let Some((username, password)) = edge.sip_credential(&binding.extension).await else {
-                edge.edge_auth_failed(
+            let credential = edge.sip_credential(&binding.extension).await;
+            let Some((username, password)) = credential else {
+                edge.give_up_resend(
                     &flow,
                     &sent,
                     "pbxguard holds no SIP credential for this extension",
                 );
                 return;
             };
-            if flow.close.is_cancelled() {
-                return;
-            }
-            if let Err(why) =
-                edge.resend_with_credentials(&flow, &sent, &challenge, status, &username, &password)
-            {
-                edge.edge_auth_failed(&flow, &sent, why);
+            let answer = Credentials {
+                challenge: &challenge,
+                header: if status == 407 {
+                    "Proxy-Authorization"
+                } else {
+                    "Authorization"
+                },
+                username: &username,
+                password: &password,
+            };
+            if let Err(why) = edge.resend_with_credentials(&flow, &sent, &answer) {
+                edge.give_up_resend(&flow, &sent, why);
             }
         });
+    }
+
+    /// A challenge the edge set out to answer cannot be: the browser gets 403, unless it
+    /// cancelled meanwhile (it already has its 487).
+    fn give_up_resend(&self, flow: &Flow, sent: &Sent, why: &'static str) {
+        let go_on = self
+            .resends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answered(&sent.first_branch);
+        if go_on {
+            self.edge_auth_failed(flow, sent, why);
+        }
     }
 
     /// The SIP credential whose id is `extension` (`pbxguard sip credential set`): its user
@@ -1230,17 +1369,17 @@ impl Edge {
     }
 
     /// The challenged request again: the next CSeq, a new branch (a new transaction), and the
-    /// answer to the challenge.
+    /// answer to the challenge. Decided and sent under the flow's call lock, so that the
+    /// connection's teardown sees either this copy (and cancels it) or a closed table (and
+    /// nothing goes out); and under the re-send table's lock, so that a client's CANCEL either
+    /// stopped it or finds where it went.
     fn resend_with_credentials(
         &self,
         flow: &Flow,
         sent: &Sent,
-        challenge: &Challenge,
-        status: u16,
-        username: &str,
-        password: &[u8],
+        answer: &Credentials<'_>,
     ) -> Result<(), &'static str> {
-        let mut req = sent.request.clone();
+        let mut req = Message::parse(&sent.request).map_err(|_| "the request cannot be re-sent")?;
         let (Some(call_id), Some((n, method)), Some(uri), Some(mut top)) = (
             req.call_id().map(str::to_owned),
             req.cseq(),
@@ -1253,53 +1392,59 @@ impl Edge {
         let Some(next) = next else {
             return Err("the call's CSeq numbers are used up");
         };
-        if flow.calls().shift(&call_id).is_none() {
-            return Err("too many calls on this connection");
-        }
         let attempt = sent.attempt + 1;
-        let branch = self
-            .flows
-            .branch(flow.id, &format!("{}~{attempt}", sent.client_branch));
+        // NUL cannot occur in a client's branch: no client branch derives the same.
+        let branch = self.flows.branch(
+            flow.id,
+            &format!("{}\0edge-auth\0{attempt}", sent.client_branch),
+        );
         top.set_param("branch", Some(branch.clone()));
         req.set_top_via(&top);
-        let kept = sent.next(req.clone());
-        let header = if status == 407 {
-            "Proxy-Authorization"
-        } else {
-            "Authorization"
-        };
+        let kept = sent.next(Bytes::from(req.to_bytes()));
         let cnonce = crate::ids::random_hex(16);
-        req.push_back(
-            header,
-            challenge.answer(username, password, method.as_str(), &uri, &cnonce),
+        let value = answer.challenge.answer(
+            answer.username,
+            answer.password,
+            method.as_str(),
+            &uri,
+            &cnonce,
         );
-        {
-            let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
-            resends.keep(&branch, kept);
-            if method == Method::Invite {
-                resends.moved(&sent.first_branch, &branch, next);
-            }
+        req.push_back(answer.header, value);
+        let bytes = Bytes::from(req.to_bytes());
+
+        let mut calls = flow.calls();
+        let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+        if !resends.answered(&sent.first_branch) || calls.is_closed() || flow.close.is_cancelled() {
+            // Cancelled meanwhile (the client was answered 487), or the connection is gone.
+            return Ok(());
         }
-        match method {
-            Method::Invite => self.remember_invite(flow.id, &top, &req),
-            Method::Register => {
-                let contacts = req.contacts().iter().map(|c| c.uri.to_string()).collect();
-                self.remember_register(&branch, flow.id, contacts);
-            }
-            _ => {}
+        calls.shift(&call_id);
+        resends.keep(&branch, kept);
+        if method == Method::Invite {
+            resends.moved(&sent.first_branch, &branch, next);
+            self.remember_invite(flow.id, &top, &req);
+        }
+        if method == Method::Register {
+            let contacts = req.contacts().iter().map(|c| c.uri.to_string()).collect();
+            self.remember_register(&branch, flow.id, contacts);
         }
         self.count_client("edge_authenticated");
-        self.send_request(&branch, &method, Bytes::from(req.to_bytes()), Some(flow.id));
+        self.send_request(&branch, &method, bytes, Some(flow.id));
         Ok(())
     }
 
     /// The edge could not authenticate a bound WebSocket's request: the browser gets 403 for
     /// it (with why in `Warning`), never the challenge it cannot answer.
     fn edge_auth_failed(&self, flow: &Flow, sent: &Sent, why: &'static str) {
+        if flow.close.is_cancelled() {
+            return;
+        }
         let extension = flow.binding.as_ref().map_or("", |b| b.extension.as_str());
         warn!(extension, peer = %flow.peer, why, "the edge could not authenticate a browser softphone to Asterisk");
         self.count_client("edge_auth_failed");
-        let mut req = sent.request.clone();
+        let Ok(mut req) = Message::parse(&sent.request) else {
+            return;
+        };
         req.remove_first("Via");
         let Some((_, method)) = req.cseq() else {
             return;
@@ -1307,6 +1452,11 @@ impl Edge {
         req.set_cseq(sent.client_cseq, &method);
         if method == Method::Invite {
             self.absorb_ack_for(&sent.client_branch);
+        }
+        if let Some(call_id) = req.call_id() {
+            if method != Method::Register {
+                flow.calls().forget_offset(call_id);
+            }
         }
         let refusal = Refusal {
             reason: why.to_string(),
@@ -1361,9 +1511,12 @@ impl Edge {
         for (call_id, d, offset) in &left.dialogs {
             let via = self.generated_upstream_via(flow.id);
             let branch = via.branch().unwrap_or_default().to_string();
+            // Past whatever the client used: requests in the early dialog (PRACK, UPDATE)
+            // are not counted, and pjsip only wants a higher number.
             let seq = d
                 .client_cseq
-                .map_or(1, |c| c.saturating_add(1))
+                .unwrap_or(0)
+                .saturating_add(TEARDOWN_CSEQ_STEP)
                 .saturating_add(*offset)
                 .min((1 << 31) - 1);
             let bye = format!(
@@ -1440,16 +1593,8 @@ impl Edge {
             .top_via()
             .and_then(|v| v.branch().map(str::to_owned))
             .unwrap_or_default();
-        let upstream_via = self.generated_upstream_via(flow.id);
         if (200..300).contains(&status) {
-            let target = msg.contacts().first().map(|c| c.uri.to_string());
-            if let (Some(target), Some((n, _))) = (target, msg.cseq()) {
-                let branch = upstream_via.branch().unwrap_or_default().to_string();
-                for (method, seq) in [(Method::Ack, n), (Method::Bye, n.saturating_add(1))] {
-                    let req = self.generated(method.as_str(), &target, msg, seq, &upstream_via);
-                    self.send_request(&branch, &method, req, None);
-                }
-            }
+            self.ack_and_bye_upstream(flow.id, msg);
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1474,6 +1619,21 @@ impl Edge {
             "Not Acceptable Here",
             &[self.warning(refusal)],
         ));
+    }
+
+    /// Ends a call Asterisk answered (2xx `msg`) that its client will never have: ACK, then
+    /// BYE, each its own transaction, their answers stopping here.
+    fn ack_and_bye_upstream(&self, flow: u64, msg: &Message) {
+        let target = msg.contacts().first().map(|c| c.uri.to_string());
+        let (Some(target), Some((n, _))) = (target, msg.cseq()) else {
+            return;
+        };
+        for (method, seq) in [(Method::Ack, n), (Method::Bye, n.saturating_add(1))] {
+            let via = self.generated_upstream_via(flow);
+            let branch = via.branch().unwrap_or_default().to_string();
+            let req = self.generated(method.as_str(), &target, msg, seq, &via);
+            self.send_request(&branch, &method, req, None);
+        }
     }
 
     fn generated_upstream_via(&self, flow: u64) -> Via {
@@ -1696,6 +1856,22 @@ fn strip_identities(msg: &mut Message, sip: &SipConfig) {
                 "p-asserted-identity" | "p-preferred-identity" | "remote-party-id"
             )
     });
+}
+
+/// Shifts the CSeq number inside a PRACK's `RAck` (`response-num CSeq-num method`, RFC 3262
+/// §7.2) by `offset`, as the INVITE it acknowledges was renumbered.
+fn shift_rack(msg: &mut Message, offset: u32) {
+    let Some(rack) = msg.header("RAck").map(str::to_owned) else {
+        return;
+    };
+    let parts: Vec<&str> = rack.split_whitespace().collect();
+    if let [rseq, cseq, method] = parts[..] {
+        if let Some(n) = cseq.parse::<u32>().ok().and_then(|n| n.checked_add(offset)) {
+            if n < 1 << 31 {
+                msg.set_header("RAck", format!("{rseq} {n} {method}"));
+            }
+        }
+    }
 }
 
 /// Adds `path` to `Supported` (RFC 3327 §5.2: the registrar must know Path is in use).

@@ -226,6 +226,8 @@ async fn tls_client<S>(
     let mut buf = vec![0u8; READ_CHUNK];
     let idle = cfg.idle_timeout;
     let unproven_until = Instant::now() + cfg.auth_timeout;
+    // The edge's own timeouts end the connection as surely as a ban does.
+    let mut timed_out = false;
     'read: loop {
         // Until Asterisk accepts something from it, a connection lives `auth_timeout` at
         // most, however chatty; afterwards only silence for `idle` ends it.
@@ -241,14 +243,20 @@ async fn tls_client<S>(
                 Ok(Ok(n)) => n,
                 // Proven while we waited on the shorter deadline: wait again, now for `idle`.
                 Err(_) if flow.proven() && wait < idle => continue 'read,
-                Err(_) if flow.proven() => { debug!(%peer, "closing an idle SIP connection"); break }
+                Err(_) if flow.proven() => {
+                    debug!(%peer, "closing an idle SIP connection");
+                    timed_out = true;
+                    break
+                }
                 Err(_) => {
                     debug!(%peer, "closing a SIP connection Asterisk never accepted anything from");
+                    timed_out = true;
                     break
                 }
             },
         };
         if !flow.proven() && Instant::now() >= unproven_until {
+            timed_out = true;
             break;
         }
         framer.push(&buf[..n]);
@@ -276,9 +284,10 @@ async fn tls_client<S>(
             }
         }
     }
-    // Cancelled before the loop ended: the edge closed it (ban, shutdown, a client not
-    // reading); otherwise the phone went away, and may come back to send its BYE itself.
-    let by_edge = end.is_cancelled();
+    // Cancelled before the loop ended, or timed out: the edge closed it (ban, shutdown, a
+    // client not reading or silent too long); otherwise the phone went away (or broke its
+    // stream), and may come back to send its BYE itself.
+    let by_edge = timed_out || end.is_cancelled();
     end.cancel();
     edge.connection_ended(&flow, by_edge);
     edge.flows.remove(flow.id);
