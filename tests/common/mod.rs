@@ -17,12 +17,22 @@ pub mod sip;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");
 
-/// A free loopback port (the tiny race between drop and reuse is acceptable in tests).
+/// A free loopback port (the tiny race between drop and reuse is acceptable in tests), never
+/// one this process handed out before: the kernel may offer a port again once its probe
+/// socket is closed, before the daemon it was meant for has bound it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Env {
