@@ -111,14 +111,7 @@ fn site() -> Option<Site> {
             pjsip: true,
             realtime: Some((rt_port, RT_USER.into(), RT_PASSWORD.into())),
             media_address: host.to_string(),
-            // `channel originate`: Asterisk calls the browser; the WebSocket transport module
-            // so that pjsip can send to a `transport=ws` Contact at all (through the edge's
-            // Path: Asterisk's HTTP server stays off).
-            extra_modules: vec![
-                "res_clioriginate.so".into(),
-                "res_http_websocket.so".into(),
-                "res_pjsip_transport_websocket.so".into(),
-            ],
+            extra_modules: asterisk::callback_modules(),
             ..Setup::default()
         },
     );

@@ -103,14 +103,7 @@ fn site(pjsip_extra: &str, dialplan_extra: &str) -> Option<Site> {
             realtime: Some((rt_port, RT_USER.into(), RT_PASSWORD.into())),
             pjsip_extra: pjsip_extra.to_string(),
             dialplan_extra: dialplan_extra.to_string(),
-            // `channel originate`: Asterisk calls the phone.
-            extra_modules: vec![
-                "res_clioriginate.so".into(),
-                // The browser's Contact says `transport=ws`: pjsip needs the transport known
-                // to place a call to it (through the edge's Path all the same).
-                "res_http_websocket.so".into(),
-                "res_pjsip_transport_websocket.so".into(),
-            ],
+            extra_modules: asterisk::callback_modules(),
             ..Setup::default()
         },
     );

@@ -413,3 +413,17 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+
+/// Modules beyond the README's list for calling phones and browsers back: `channel originate`,
+/// and the WebSocket transport, without which pjsip cannot send to a browser's
+/// `transport=ws` Contact at all (the call still goes through the edge's Path; Asterisk's
+/// HTTP server stays off).
+pub fn callback_modules() -> Vec<String> {
+    [
+        "res_clioriginate.so",
+        "res_http_websocket.so",
+        "res_pjsip_transport_websocket.so",
+    ]
+    .map(String::from)
+    .to_vec()
+}
