@@ -464,16 +464,27 @@ fn dtls_without_fingerprint_verification_is_reported() {
 #[test]
 fn only_a_websocket_in_asterisk_itself_is_a_way_around_the_edge() {
     // The shipped browser endpoint: webrtc=yes, identified by pbxguard's header, no WebSocket
-    // transport in Asterisk. Even with Asterisk's HTTP server on the network (for something
-    // else), nothing is reported about browsers.
+    // transport in Asterisk, and http.conf on loopback (or absent): nothing about browsers.
+    let dir = shipped_variant(|_, t| t);
+    std::fs::write(
+        dir.path().join("http.conf"),
+        "[general]\nenabled = yes\nbindaddr = 127.0.0.1\n",
+    )
+    .unwrap();
+    let (code, all) = findings(dir.path());
+    assert_eq!(code, 0, "{all:#?}");
+    assert!(find(&all, "/ws").is_empty(), "{all:#?}");
+    assert!(find(&all, "WebSocket").is_empty(), "{all:#?}");
+    // Asterisk's HTTPS on the network: calling browsers needs res_pjsip_transport_websocket,
+    // which then answers SIP on Asterisk's own /ws even without a WebSocket transport.
     let https = "[general]\nenabled = yes\nbindaddr = 127.0.0.1\ntlsenable = yes\n\
                  tlsbindaddr = 0.0.0.0:8089\n";
     let dir = shipped_variant(|_, t| t);
     std::fs::write(dir.path().join("http.conf"), https).unwrap();
-    let (code, all) = findings(dir.path());
-    assert_eq!(code, 0, "{all:#?}");
-    assert!(all.iter().all(|f| f["severity"] == "low"), "{all:#?}");
-    assert!(find(&all, "WebSocket").is_empty(), "{all:#?}");
+    let (_, all) = findings(dir.path());
+    let module = find(&all, "Asterisk takes SIP on its own /ws");
+    assert_eq!(module.len(), 1, "{all:#?}");
+    assert_eq!(module[0]["severity"], "medium", "{all:#?}");
 
     // An Asterisk WSS transport added: browsers can sign in there, around the edge.
     let wss = on_pjsip(|t| {

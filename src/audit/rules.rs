@@ -284,6 +284,12 @@ fn pjsip(out: &mut Out<'_>, p: &Conf, http_public: Option<&String>) {
             websocket_bypass(out, t, http_public);
         }
     }
+    if let (false, Some(addr)) = (
+        transports.iter().any(|t| websocket_transport(t)),
+        http_public,
+    ) {
+        websocket_module_bypass(out, p, addr);
+    }
     let identified: Vec<String> = p
         .sections()
         .filter(|c| type_of(c) == Some("identify") && c.get("match").is_some())
@@ -432,6 +438,26 @@ fn websocket_bypass(out: &mut Out<'_>, t: &Category, http_public: Option<&String
     match t.get("protocol") {
         Some(v) => out.at_var(sev, t, v, msg, fix),
         None => out.at_cat(sev, t, msg, fix),
+    }
+}
+
+/// Asterisk needs `res_pjsip_transport_websocket` to call a browser at all (its Contact says
+/// `transport=ws`), and with that module loaded it answers SIP on its own HTTP server's `/ws`
+/// even without a WebSocket transport in pjsip.conf. Browser endpoints plus an HTTP server on
+/// the network are that way around the edge (reported once, at the first such endpoint).
+fn websocket_module_bypass(out: &mut Out<'_>, p: &Conf, addr: &str) {
+    let browser = p.sections().find(|c| {
+        type_of(c) == Some("endpoint") && (truthy(c.value("webrtc")) || identify_by(c, "header"))
+    });
+    let Some(e) = browser else {
+        return;
+    };
+    let msg = format!("browser endpoint while http.conf serves {addr}: with res_pjsip_transport_websocket loaded (needed to call browsers) Asterisk takes SIP on its own /ws there, around pbxguard's edge (tickets, session binding, SRTP policy, bans)");
+    let fix =
+        "keep http.conf on 127.0.0.1 (or enabled=no): browsers connect to pbxguard's wss_listen";
+    match e.get("webrtc").or(e.get("identify_by")) {
+        Some(v) => out.at_var(Severity::Medium, e, v, msg, fix),
+        None => out.at_cat(Severity::Medium, e, msg, fix),
     }
 }
 
