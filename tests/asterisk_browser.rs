@@ -789,4 +789,32 @@ fn the_module_reconnects_with_a_fresh_ticket_when_the_server_drops_the_socket() 
         stats["first"]["bytesReceived"],
         stats["second"]["bytesReceived"]
     );
+
+    // The page's Disconnect (`stop()`): the module unregisters (the edge answers that
+    // REGISTER's challenge too) and does not come back.
+    let reconnects = |b: &mut Browser| {
+        b.ok(json!({"cmd": "events"}), 5)["events"]
+            .as_array()
+            .map_or(0, |e| {
+                e.iter().filter(|e| e["type"] == "reconnecting").count()
+            })
+    };
+    let before_stop = reconnects(&mut b);
+    b.ok(json!({"cmd": "click", "id": "disconnect"}), 5);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !s.contacts_2001().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "2001 still registered after stop(): {}",
+            s.ast.cli("pjsip show contacts")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        reconnects(&mut b),
+        before_stop,
+        "the module came back after stop()"
+    );
+    assert!(s.contacts_2001().is_empty());
 }
