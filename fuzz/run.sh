@@ -6,7 +6,7 @@
 #                                      half the speed). Fails on any crash.
 #   fuzz/run.sh campaign [RUNS] [T..]  every target (or the named ones) until RUNS executions
 #                                      (default 10000000), one at a time per core; prints the
-#                                      figures table for the README.
+#                                      figures table of docs/fuzzing.md.
 #   fuzz/run.sh repro TARGET FILE      runs one input through a target (a crash's artifact).
 #
 # Corpora grow under target/fuzz/corpus/<target> (seeded from fuzz/seeds/<target>); crashes

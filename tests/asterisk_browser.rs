@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/softphone.py");
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md");
 const RT_USER: &str = "asterisk";
 const RT_PASSWORD: &str = "realtime-password-for-browser";
 const USER: &str = "alice";
@@ -40,11 +40,11 @@ const DOWN: Duration = Duration::from_secs(3);
 
 /// The README's fenced block of `lang` in "### Browser softphone module".
 fn readme_block(lang: &str) -> String {
-    let text = std::fs::read_to_string(README).expect("README.md");
+    let text = std::fs::read_to_string(README).expect("docs/http-api.md");
     let section = text
         .split("### Browser softphone module")
         .nth(1)
-        .expect("README has a Browser softphone module section");
+        .expect("docs/http-api.md has a Browser softphone module section");
     let fence = format!("```{lang}\n");
     let start = section.find(&fence).expect("a fenced block") + fence.len();
     let len = section[start..].find("```").expect("the block's end");

@@ -1,6 +1,6 @@
 //! The fuzz targets' checks (fuzz/src/checks.rs) over the committed seed corpora and every
 //! saved crash (fuzz/regressions/<target>/), so each input that ever failed stays a test.
-//! The fuzzing itself runs from fuzz/ (see the README's Fuzzing section).
+//! The fuzzing itself runs from fuzz/ (see docs/fuzzing.md).
 
 #[path = "../fuzz/src/checks.rs"]
 #[allow(dead_code)]

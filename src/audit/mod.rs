@@ -28,7 +28,7 @@ impl Severity {
     }
 }
 
-/// One finding, as `--json` prints it (DESIGN.md §6).
+/// One finding, as `--json` prints it (documented in docs/admin/audit.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub severity: Severity,
