@@ -25,10 +25,10 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::ResultLabels;
 use crate::recordings::Recordings;
 use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
 use crate::vault::{self, Vault, VaultError};
 use crate::web;
 use crate::web::server::{self, Listener};
-use crate::web::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

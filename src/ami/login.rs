@@ -239,7 +239,7 @@ async fn check_credentials(
         }
     };
     let policy = super::policy_from_row(&row);
-    let ip = crate::web::canonical_ip(peer.ip());
+    let ip = crate::net::canonical_ip(peer.ip());
     if !policy.permit.iter().any(|net| net.contains(&ip)) {
         return fail(
             "source address not in the client's permit list",

@@ -5,7 +5,7 @@
 //! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
 //! - [`classes`] is Asterisk's event-class arithmetic.
 //! - [`policy`] is default deny plus the built-in refusals.
-//! - [`guards`] holds login bans and action rate limits.
+//! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.

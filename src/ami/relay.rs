@@ -26,7 +26,6 @@ use tracing::warn;
 
 use super::classes;
 use super::codec::{header_value, ClientFramer, Message, Reply};
-use super::guards::Bucket;
 use super::login::challenge_answer;
 use super::policy::{lower, ClientPolicy, Verdict};
 use super::session::{answer, malformed, truncate, Accepted, Output, WriterEnd};
@@ -34,6 +33,7 @@ use super::upstream::Upstream;
 use super::Gateway;
 use crate::config::AmiConfig;
 use crate::metrics::ResultLabels;
+use crate::rate::Bucket;
 use crate::store::AuditEntry;
 
 /// A write of actions to Asterisk that makes no progress for this long ends the session.

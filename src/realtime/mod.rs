@@ -27,8 +27,8 @@ use zeroize::Zeroizing;
 
 use crate::app::App;
 use crate::metrics::RealtimeLabels;
+use crate::net::Peer;
 use crate::store::SipCredentialRow;
-use crate::web::Peer;
 use wire::Field;
 
 /// Families served.

@@ -35,7 +35,7 @@ pub use proxy::Edge;
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::store::SessionRow;
-use crate::web::tls::{self, TlsError};
+use crate::tls::{self, TlsError};
 
 /// How often bans are re-read from the store (the CLI lifts them there).
 const BAN_REFRESH: Duration = Duration::from_secs(2);

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::idle::{Activity, Tracked};
 use crate::app::App;
 use crate::metrics::ListenerLabels;
+use crate::net::Peer;
 
 /// Largest request head (request line + headers) hyper buffers; 16 KiB fits any browser or
 /// nginx `auth_request` subrequest with cookies, and bounds memory per slow client.
@@ -32,14 +33,6 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_H2_STREAMS: u32 = 64;
 /// Bytes queued per HTTP/2 stream before the body stream is asked for more.
 const H2_SEND_BUF: usize = 128 * 1024;
-
-/// Per-request facts about the connection, inserted as a request extension.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// Whether this request arrived over TLS (drives HSTS and the cookie's `Secure`).
-    pub tls: bool,
-}
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
