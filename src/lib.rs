@@ -74,6 +74,7 @@ pub mod realtime;
 pub mod recordings;
 pub mod sip;
 pub mod store;
+pub mod subsystem;
 pub mod tls;
 pub mod vault;
 pub mod web;
