@@ -1,12 +1,12 @@
 //! The HTTP side: routers for the API listener and the redirect listener, the middleware every
 //! request passes (metrics, HSTS, body and time limits), and the handlers of the foundation
-//! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`].
+//! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`]. [`server`] runs
+//! both listeners as the daemon's `[http]` subsystem.
 
 pub mod admin_api;
 pub mod auth_api;
 pub mod error;
 pub mod extract;
-pub mod idle;
 pub mod login_page;
 pub mod mfa_api;
 pub mod recordings_api;
