@@ -9,6 +9,7 @@
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.
+//! - [`service`] starts, reloads and stops the gateway for the daemon.
 
 pub mod classes;
 pub mod codec;

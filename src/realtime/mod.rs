@@ -6,7 +6,7 @@
 //! shaped as it expects: `single` one line, `multi` one line per record, writes a row count
 //! (`-1` refused), `require` `0`, and an empty body for "nothing" — including errors, which
 //! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
-//! the vault secret `password_secret`.
+//! the vault secret `password_secret`. [`service`] runs the listener for the daemon.
 
 pub mod service;
 pub mod wire;

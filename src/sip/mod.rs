@@ -6,7 +6,8 @@
 //! [`transport`] runs the listeners, [`flow`] names client connections in what we send
 //! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
 //! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
-//! filtering and bans, and [`ticket`] binds browser WebSockets to web sessions.
+//! filtering and bans, [`ticket`] binds browser WebSockets to web sessions, and [`service`]
+//! starts, reloads and stops the edge for the daemon.
 
 pub mod calls;
 pub mod digest;
