@@ -1,5 +1,10 @@
-//! The shared state handed to every listener: the current configuration (swapped atomically on
-//! reload), the store, the vault, TLS material and metrics.
+//! The shared state of the daemon: the current configuration (swapped atomically on reload),
+//! the store, the vault, TLS material and metrics, which the web handlers use directly; and
+//! the features' subsystems, each built from the parts it needs.
+//!
+//! The parts are shared, not copied: a session revoked on the web side is seen by the SIP
+//! edge at once, tickets minted by the web API are redeemed by the edge, and every subsystem
+//! counts into the one metrics registry.
 
 use std::sync::Arc;
 
@@ -7,9 +12,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::httpd::{Httpd, Limits};
 use crate::metrics::Metrics;
 use crate::recordings::Recordings;
+use crate::sip::ticket::Tickets;
 use crate::store::Store;
+use crate::subsystem::{manage, Managed};
 use crate::vault::Vault;
 
 pub struct App {
@@ -20,18 +28,41 @@ pub struct App {
     pub vault: Vault,
     /// The `[http]` TLS config; read per accepted connection so new certificates apply from
     /// the next handshake after SIGHUP without rebinding.
-    pub http_tls: ArcSwapOption<rustls::ServerConfig>,
+    pub http_tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
     pub metrics: Metrics,
-    pub auth: Auth,
-    pub recordings: Recordings,
+    pub auth: Arc<Auth>,
+    pub recordings: Arc<Recordings>,
     /// WebSocket tickets minted by the web API and redeemed by the SIP edge.
-    pub sip_tickets: crate::sip::ticket::Tickets,
+    pub sip_tickets: Arc<Tickets>,
+    /// What every HTTP listener shares: `[http]`'s limits, swapped with the configuration.
+    pub httpd: Arc<Httpd>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").finish_non_exhaustive()
     }
+}
+
+/// `[http]`'s connection limits, or the defaults without the section.
+fn http_limits(config: &Config) -> Limits {
+    let mut limits = Limits::defaults(config.daemon.shutdown_grace);
+    if let Some(h) = &config.http {
+        limits.max_connections = h.max_connections;
+        limits.header_timeout = h.header_timeout;
+        limits.idle_timeout = h.idle_timeout;
+    }
+    limits
+}
+
+/// What the SIP edge reads of a configuration.
+fn edge_config(config: &Config) -> Option<crate::sip::EdgeConfig> {
+    let sip = config.sip.clone()?;
+    Some(crate::sip::EdgeConfig {
+        sip,
+        http_tls: config.http.as_ref().and_then(|h| h.tls.clone()),
+        session_idle_timeout: config.auth.session_idle_timeout,
+    })
 }
 
 impl App {
@@ -44,16 +75,24 @@ impl App {
         metrics: Metrics,
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
+        let httpd = Arc::new(Httpd::new(http_limits(&config), metrics.clone()));
         Arc::new(App {
-            auth,
-            recordings,
+            auth: Arc::new(auth),
+            recordings: Arc::new(recordings),
             config: ArcSwap::from_pointee(config),
             store,
             vault,
-            http_tls: ArcSwapOption::new(http_tls),
+            http_tls: Arc::new(ArcSwapOption::new(http_tls)),
             metrics,
-            sip_tickets: Default::default(),
+            sip_tickets: Arc::default(),
+            httpd,
         })
+    }
+
+    /// Puts a new configuration in force (a reload's point of no return).
+    pub fn set_config(&self, config: Config) {
+        self.httpd.set_limits(http_limits(&config));
+        self.config.store(Arc::new(config));
     }
 
     /// Picks up changes other processes made to users, sessions or signing keys (announced
@@ -67,6 +106,52 @@ impl App {
             if let Err(e) = self.recordings.reload_keys(&self.vault).await {
                 tracing::error!(error = %e, "reloading link keys after an auth change failed; keeping the old ones");
             }
+        }
+    }
+
+    /// The features' subsystems, in start order: realtime, the AMI gateway, the SIP edge
+    /// (the HTTP listeners, above this layer, come first; see `daemon`).
+    pub fn subsystems(self: &Arc<Self>) -> Vec<Box<dyn Managed<Config>>> {
+        let realtime = crate::realtime::Context::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.metrics.clone(),
+        );
+        let ami = crate::ami::Context::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.metrics.clone(),
+            self.recordings.journal.clone(),
+        );
+        vec![
+            manage(
+                crate::realtime::service::Realtime::new(Arc::new(realtime), self.httpd.clone()),
+                |c: &Config| c.realtime.clone(),
+            ),
+            manage(
+                crate::ami::service::Ami::new(Arc::new(ami)),
+                |c: &Config| c.ami.clone(),
+            ),
+            manage(
+                crate::sip::service::Sip::new(Arc::new(self.sip_context())),
+                edge_config,
+            ),
+        ]
+    }
+
+    fn sip_context(self: &Arc<Self>) -> crate::sip::Context {
+        let app = self.clone();
+        crate::sip::Context {
+            store: self.store.clone(),
+            vault: self.vault.clone(),
+            metrics: self.metrics.clone(),
+            auth: self.auth.clone(),
+            tickets: self.sip_tickets.clone(),
+            sync_auth: Box::new(move || {
+                let app = app.clone();
+                Box::pin(async move { app.sync_auth().await })
+            }),
+            config: ArcSwapOption::empty(),
         }
     }
 }

@@ -122,11 +122,7 @@ pub struct VaultConfig {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::tls::TlsFiles;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {

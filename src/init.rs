@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, TlsFiles};
 use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
 use crate::vault::{self, Vault, VaultError};
-use crate::web::tls::{self, TlsError};
 
 /// Vault name prefixes of generated signing keys; the part after the prefix is the key id.
 pub const JWT_KEY_PREFIX: &str = "keys/jwt/";

@@ -10,8 +10,11 @@
 //!
 //! [`daemon`] is the lifecycle: it prepares state, binds each enabled listener, tells systemd
 //! it is ready, feeds the watchdog, reloads on SIGHUP (all-or-nothing) and drains on SIGTERM.
-//! [`app`] is the state shared by every listener: the configuration snapshot (swapped
-//! atomically), the store, the vault, TLS material and [`metrics`].
+//! What it runs are [`subsystem`]s (the HTTP listeners of [`web`], [`realtime`], [`ami`],
+//! [`sip`]), each prepared (fallible: TLS loaded, changed addresses bound) and then committed,
+//! so start and reload are one loop that knows no feature. [`app`] is the state the web
+//! handlers share: the configuration snapshot (swapped atomically), the store, the vault, TLS
+//! material and [`metrics`]; it builds each feature's own context from these parts.
 //!
 //! [`store`] holds every SQL statement: sqlx over SQLite in WAL mode, with embedded migrations;
 //! every write goes through one transaction helper that closes a connection whose commit failed.
@@ -46,7 +49,9 @@
 //! only pbxguard.
 //!
 //! [`cli`] is the `pbxguard` command (clap derive); it is the only place that uses `anyhow`.
-//! [`clock`] and [`ids`] are small helpers for times and random identifiers.
+//! [`clock`] and [`ids`] are small helpers for times and random identifiers; [`net`] for peer
+//! addresses, [`rate`] the token bucket, [`tls`] the certificate loading every listener uses,
+//! and [`httpd`] the accept loop every HTTP listener runs.
 #![forbid(unsafe_code)]
 // Peer-controlled input must never panic the daemon: no unwrap/expect outside tests.
 #![cfg_attr(
@@ -62,15 +67,20 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod httpd;
 pub mod ids;
 pub mod init;
 pub mod journal;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod pattern;
+pub mod rate;
 pub mod realtime;
 pub mod recordings;
 pub mod sip;
 pub mod store;
+pub mod subsystem;
+pub mod tls;
 pub mod vault;
 pub mod web;

@@ -187,6 +187,30 @@ fn sighup_applies_a_valid_config_and_keeps_serving_on_a_broken_one() {
     assert!(String::from_utf8_lossy(&get(new_port).stdout).contains("\"ok\""));
 }
 
+/// Reload is all-or-nothing across sections: a later section that cannot bind undoes what an
+/// earlier one bound, and nothing is put in force.
+#[test]
+fn a_reload_refused_by_a_later_section_moves_no_listener() {
+    let (env, d) = started("");
+    let new_port = free_port();
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = blocker.local_addr().unwrap().port();
+    let ami = format!("[ami]\nlisten = \"127.0.0.1:{taken}\"\nupstream = \"127.0.0.1:9\"\n");
+    env.write_config(&env.config_text(new_port, env.redirect_port, &ami));
+    d.signal("HUP");
+    d.wait_for_log("reload refused");
+    let log = d.log();
+    assert!(
+        log.contains(&format!("ami.listen: cannot listen on 127.0.0.1:{taken}")),
+        "{log}"
+    );
+    // [http]'s new address was bound during the attempt and released with it.
+    assert!(TcpStream::connect(("127.0.0.1", new_port)).is_err());
+    let out = env.curl_https("/healthz", &[]);
+    assert_eq!(status(&out), 200, "{}", text(&out));
+    assert!(!log.contains("configuration reloaded"), "{log}");
+}
+
 #[test]
 fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let (env, mut d) = started("");

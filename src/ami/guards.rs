@@ -1,6 +1,6 @@
-//! Brute-force bans and action rate limits for AMI clients. Kept in memory: a restart forgets
-//! bans, which costs an attacker nothing they could not get by waiting `ban_duration`, and keeps
-//! the login path free of disk writes.
+//! Brute-force bans for AMI clients (their action rate limit is a [`crate::rate::Bucket`]).
+//! Kept in memory: a restart forgets bans, which costs an attacker nothing they could not get
+//! by waiting `ban_duration`, and keeps the login path free of disk writes.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -37,7 +37,7 @@ pub struct Bans {
 
 /// The address a ban applies to: IPv4 as is, IPv6 by its /64 (one host's whole allocation).
 fn ip_key(ip: IpAddr) -> Key {
-    match crate::web::canonical_ip(ip) {
+    match crate::net::canonical_ip(ip) {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             Key::Ip(IpAddr::V6(prefix.into()))
@@ -95,39 +95,6 @@ impl Bans {
             }
         }
         started
-    }
-}
-
-/// A token bucket: `rate` actions per second with bursts of `burst`.
-#[derive(Debug)]
-pub struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    pub fn new(burst: u32, now: Instant) -> Bucket {
-        Bucket {
-            tokens: f64::from(burst),
-            last: now,
-        }
-    }
-
-    /// How long since the bucket was last used.
-    pub fn idle_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.last)
-    }
-
-    pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -192,16 +159,5 @@ mod tests {
         assert!(bans.check(ip, None, t + Duration::from_secs(121)).is_none());
         assert!(bans.failure(ip, None, RULES, t + Duration::from_secs(122)));
         assert!(bans.check(ip, None, t + Duration::from_secs(123)).is_some());
-    }
-
-    #[test]
-    fn bucket_refills_at_rate() {
-        let t = Instant::now();
-        let mut b = Bucket::new(2, t);
-        assert!(b.take(10, 2, t));
-        assert!(b.take(10, 2, t));
-        assert!(!b.take(10, 2, t));
-        assert!(b.take(10, 2, t + Duration::from_millis(100)));
-        assert!(!b.take(10, 2, t + Duration::from_millis(100)));
     }
 }

@@ -135,7 +135,7 @@ async fn authenticate(
         window: cfg.ban_window,
         duration: cfg.ban_duration,
     };
-    let metrics = &gw.app.metrics;
+    let metrics = &gw.ctx.metrics;
     let verdict = check_credentials(gw, msg, &username, challenge, peer).await;
     let username = truncate(&username, 64);
     let policy = match verdict {
@@ -154,7 +154,7 @@ async fn authenticate(
                     result: if banned { "banned" } else { "failed" },
                 })
                 .inc();
-            gw.app.recordings.journal.record(AuditEntry {
+            gw.ctx.journal.record(AuditEntry {
                 at: crate::clock::now_unix(),
                 actor: format!("ami:{username}"),
                 action: "ami.login_failed".into(),
@@ -230,7 +230,7 @@ async fn check_credentials(
     let Ok(name) = super::normalise_name(username) else {
         return fail("unknown user", Counts::Address);
     };
-    let row = match gw.app.store.ami_client(&name).await {
+    let row = match gw.ctx.store.ami_client(&name).await {
         Ok(Some(row)) => row,
         Ok(None) => return fail("unknown user", Counts::Address),
         Err(e) => {
@@ -239,14 +239,14 @@ async fn check_credentials(
         }
     };
     let policy = super::policy_from_row(&row);
-    let ip = crate::web::canonical_ip(peer.ip());
+    let ip = crate::net::canonical_ip(peer.ip());
     if !policy.permit.iter().any(|net| net.contains(&ip)) {
         return fail(
             "source address not in the client's permit list",
             Counts::Address,
         );
     }
-    let secret = match gw.app.vault.get(&super::client_secret_name(&name)).await {
+    let secret = match gw.ctx.vault.get(&super::client_secret_name(&name)).await {
         Ok(s) => s,
         Err(e) => {
             warn!(client = %name, error = %e, "AMI client secret unavailable");

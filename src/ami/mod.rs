@@ -5,10 +5,11 @@
 //! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
 //! - [`classes`] is Asterisk's event-class arithmetic.
 //! - [`policy`] is default deny plus the built-in refusals.
-//! - [`guards`] holds login bans and action rate limits.
+//! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.
+//! - [`service`] starts, reloads and stops the gateway for the daemon.
 
 pub mod classes;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod guards;
 mod login;
 pub mod policy;
 mod relay;
+pub mod service;
 mod session;
 pub mod upstream;
 
@@ -33,9 +35,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::app::App;
 use crate::config::AmiConfig;
-use crate::store::AmiClientRow;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::store::{AmiClientRow, Store};
+use crate::vault::Vault;
 use upstream::{Upstream, UpstreamError};
 
 /// Sent when Asterisk has never been reached (Asterisk 22's AMI version, what 22.10.1 sends);
@@ -94,9 +98,34 @@ pub fn policy_from_row(row: &AmiClientRow) -> policy::ClientPolicy {
     }
 }
 
+/// What the gateway uses of the rest of the daemon.
+#[derive(Debug)]
+pub struct Context {
+    pub store: Store,
+    /// Client secrets and the upstream secret.
+    pub vault: Vault,
+    pub metrics: Metrics,
+    /// Failed logins and state-changing actions go to the high-volume audit log.
+    pub journal: Journal,
+    /// `[ami]` in force: set by [`service::Ami`] on start and reload, `None` once removed.
+    pub config: ArcSwapOption<AmiConfig>,
+}
+
+impl Context {
+    pub fn new(store: Store, vault: Vault, metrics: Metrics, journal: Journal) -> Context {
+        Context {
+            store,
+            vault,
+            metrics,
+            journal,
+            config: ArcSwapOption::empty(),
+        }
+    }
+}
+
 /// State shared by every AMI client session.
 pub struct Gateway {
-    app: Arc<App>,
+    ctx: Arc<Context>,
     banner: ArcSwap<String>,
     upstream_up: AtomicBool,
     /// Whether pbxguard has logged in to Asterisk since it started (logged once).
@@ -149,13 +178,13 @@ fn try_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
 }
 
 impl Gateway {
-    pub async fn new(app: Arc<App>, tls: Option<Arc<rustls::ServerConfig>>) -> Arc<Gateway> {
-        let banner = match app.store.setting(BANNER_SETTING).await {
+    pub async fn new(ctx: Arc<Context>, tls: Option<Arc<rustls::ServerConfig>>) -> Arc<Gateway> {
+        let banner = match ctx.store.setting(BANNER_SETTING).await {
             Ok(Some(b)) if b.starts_with(upstream::BANNER_PREFIX) => b,
             _ => DEFAULT_BANNER.to_string(),
         };
         Arc::new(Gateway {
-            app,
+            ctx,
             banner: ArcSwap::from_pointee(banner),
             upstream_up: AtomicBool::new(true),
             greeted: AtomicBool::new(false),
@@ -208,7 +237,7 @@ impl Gateway {
             .map(|(n, _, _)| n.clone())
             .collect();
         for name in names {
-            let current = match self.app.store.ami_client(&name).await {
+            let current = match self.ctx.store.ami_client(&name).await {
                 Ok(row) => row.map(|r| r.updated_at),
                 Err(e) => {
                     warn!(error = %e, "cannot re-check AMI clients");
@@ -231,7 +260,7 @@ impl Gateway {
     }
 
     fn config(&self) -> Option<AmiConfig> {
-        self.app.config.load().ami.clone()
+        self.ctx.config.load().as_deref().cloned()
     }
 
     async fn learn_banner(&self, banner: &str) {
@@ -244,7 +273,7 @@ impl Gateway {
         info!(banner, "learned Asterisk's AMI banner");
         self.banner.store(Arc::new(banner.to_string()));
         if let Err(e) = self
-            .app
+            .ctx
             .store
             .set_setting(BANNER_SETTING, banner, "ami", crate::clock::now_unix())
             .await
@@ -255,7 +284,7 @@ impl Gateway {
 
     fn set_up(&self, up: bool) {
         let was = self.upstream_up.swap(up, Ordering::AcqRel);
-        self.app.metrics.ami_upstream_up.set(i64::from(up));
+        self.ctx.metrics.ami_upstream_up.set(i64::from(up));
         if was && !up {
             warn!("Asterisk's AMI is unreachable; AMI logins fail until it is back");
             self.monitor_wake.notify_one();
@@ -267,7 +296,7 @@ impl Gateway {
 
     /// A fresh logged-in session, with Asterisk asked for `events` (its syntax).
     async fn connect(&self, cfg: &AmiConfig, events: &str) -> Result<Upstream, UpstreamError> {
-        let secret: Zeroizing<Vec<u8>> = match self.app.vault.get(&cfg.upstream_secret).await {
+        let secret: Zeroizing<Vec<u8>> = match self.ctx.vault.get(&cfg.upstream_secret).await {
             Ok(s) => s,
             Err(e) => {
                 return Err(UpstreamError::LoginRefused {

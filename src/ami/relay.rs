@@ -26,7 +26,6 @@ use tracing::warn;
 
 use super::classes;
 use super::codec::{header_value, ClientFramer, Message, Reply};
-use super::guards::Bucket;
 use super::login::challenge_answer;
 use super::policy::{lower, ClientPolicy, Verdict};
 use super::session::{answer, malformed, truncate, Accepted, Output, WriterEnd};
@@ -34,6 +33,7 @@ use super::upstream::Upstream;
 use super::Gateway;
 use crate::config::AmiConfig;
 use crate::metrics::ResultLabels;
+use crate::rate::Bucket;
 use crate::store::AuditEntry;
 
 /// A write of actions to Asterisk that makes no progress for this long ends the session.
@@ -214,7 +214,7 @@ struct Relay<'a> {
 
 impl Relay<'_> {
     fn audit(&self, action: &str, detail: String) {
-        self.gw.app.recordings.journal.record(AuditEntry {
+        self.gw.ctx.journal.record(AuditEntry {
             at: crate::clock::now_unix(),
             actor: format!("ami:{}", self.policy.name),
             action: action.to_string(),
@@ -225,7 +225,7 @@ impl Relay<'_> {
 
     fn count(&self, result: &'static str) {
         self.gw
-            .app
+            .ctx
             .metrics
             .ami_actions
             .get_or_create(&ResultLabels { result })
@@ -404,7 +404,7 @@ fn writer_ended(
 ) -> &'static str {
     match end {
         WriterEnd::Stalled => {
-            gw.app.metrics.ami_slow_clients.inc();
+            gw.ctx.metrics.ami_slow_clients.inc();
             warn!(client, %peer, write_timeout = ?cfg.write_timeout,
                 "AMI client disconnected: it accepted no bytes for write_timeout");
             "the client accepted no bytes for write_timeout"

@@ -278,7 +278,7 @@ pub async fn run(
     let counters = gw.clone();
     let Some(_client) = try_slot(&counters.clients, cfg.max_clients) else {
         debug!(%peer, "AMI connection refused: max_clients reached");
-        gw.app
+        gw.ctx
             .metrics
             .connections_refused
             .get_or_create(&crate::metrics::ListenerLabels { listener: "ami" })
@@ -304,7 +304,7 @@ pub async fn run(
                 Ok(Ok(s)) => client(gw, s, progress, peer, stop, cfg, unauth).await,
                 _ => {
                     debug!(%peer, "AMI TLS handshake failed");
-                    gw.app
+                    gw.ctx
                         .metrics
                         .tls_handshake_failures
                         .get_or_create(&crate::metrics::ListenerLabels { listener: "ami" })
@@ -378,12 +378,12 @@ async fn client<S>(
             Ordering::Release,
         );
         let policy = accepted.policy.clone();
-        gw.app.metrics.ami_sessions.inc();
+        gw.ctx.metrics.ami_sessions.inc();
         info!(client = %policy.name, %peer, "AMI client logged in");
         let (id, end) = gw.register(&policy.name, policy.updated_at, &stop);
         let why = relay(&gw, &cfg, (rd, framer), &out, peer, *accepted, end).await;
         gw.unregister(id);
-        gw.app.metrics.ami_sessions.dec();
+        gw.ctx.metrics.ami_sessions.dec();
         info!(client = %policy.name, %peer, reason = why, "AMI client session ended");
     }
     drop(out);

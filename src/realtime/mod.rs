@@ -6,12 +6,14 @@
 //! shaped as it expects: `single` one line, `multi` one line per record, writes a row count
 //! (`-1` refused), `require` `0`, and an empty body for "nothing" — including errors, which
 //! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
-//! the vault secret `password_secret`.
+//! the vault secret `password_secret`. [`service`] runs the listener for the daemon.
 
+pub mod service;
 pub mod wire;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -25,10 +27,11 @@ use subtle::ConstantTimeEq;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
-use crate::app::App;
-use crate::metrics::RealtimeLabels;
-use crate::store::SipCredentialRow;
-use crate::web::Peer;
+use crate::config::RealtimeConfig;
+use crate::metrics::{Metrics, RealtimeLabels};
+use crate::net::Peer;
+use crate::store::{SipCredentialRow, Store};
+use crate::vault::Vault;
 use wire::Field;
 
 /// Families served.
@@ -69,13 +72,35 @@ pub fn secret_name(id: &str) -> String {
     format!("{SIP_SECRET_PREFIX}{id}")
 }
 
+/// What the realtime interface uses of the rest of the daemon.
+#[derive(Debug)]
+pub struct Context {
+    pub store: Store,
+    /// The SIP passwords and `password_secret`.
+    pub vault: Vault,
+    pub metrics: Metrics,
+    /// `[realtime]` in force: set by [`service::Realtime`] on start and reload.
+    pub config: ArcSwapOption<RealtimeConfig>,
+}
+
+impl Context {
+    pub fn new(store: Store, vault: Vault, metrics: Metrics) -> Context {
+        Context {
+            store,
+            vault,
+            metrics,
+            config: ArcSwapOption::empty(),
+        }
+    }
+}
+
 /// The realtime listener's router.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/realtime/{family}/{op}", any(handle))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(wire::MAX_REQUEST))
-        .with_state(app)
+        .with_state(ctx)
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
@@ -91,9 +116,9 @@ fn plain(status: StatusCode, body: String) -> Response {
 }
 
 /// Whether the request carries `[realtime] username` and the vault password.
-async fn authorised(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
-    let config = app.config.load();
-    let Some(rt) = config.realtime.as_ref() else {
+async fn authorised(ctx: &Context, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
+    let config = ctx.config.load();
+    let Some(rt) = config.as_deref() else {
         return false;
     };
     let who = peer.map(|p| p.addr.to_string()).unwrap_or_default();
@@ -110,7 +135,7 @@ async fn authorised(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> bool
         warn!(peer = %who, "realtime request without credentials refused");
         return false;
     };
-    let expected = match app.vault.get(&rt.password_secret).await {
+    let expected = match ctx.vault.get(&rt.password_secret).await {
         Ok(p) => p,
         Err(e) => {
             error!(secret = %rt.password_secret, error = %e, "realtime password unavailable; every realtime request is refused until `pbxguard secret set {}` stores it", rt.password_secret);
@@ -147,7 +172,7 @@ fn for_op(op: &str, r: Response) -> Response {
 }
 
 async fn handle(
-    State(app): State<Arc<App>>,
+    State(ctx): State<Arc<Context>>,
     Path((family, op)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     peer: Option<Extension<Peer>>,
@@ -165,7 +190,7 @@ async fn handle(
         "other".to_string()
     };
     let count = |status: StatusCode| {
-        app.metrics
+        ctx.metrics
             .realtime_requests
             .get_or_create(&RealtimeLabels {
                 family: family_label.clone(),
@@ -174,7 +199,7 @@ async fn handle(
             })
             .inc();
     };
-    if !authorised(&app, &headers, peer.as_ref().map(|Extension(p)| p)).await {
+    if !authorised(&ctx, &headers, peer.as_ref().map(|Extension(p)| p)).await {
         count(StatusCode::UNAUTHORIZED);
         let mut r = plain(StatusCode::UNAUTHORIZED, String::new());
         r.headers_mut().insert(
@@ -192,13 +217,13 @@ async fn handle(
             return for_op(&op, plain(status, String::new()));
         }
     };
-    let answer = answer(&app, &family, &op, &method, query.as_deref(), &body).await;
+    let answer = answer(&ctx, &family, &op, &method, query.as_deref(), &body).await;
     count(answer.status());
     for_op(&op, answer)
 }
 
 async fn answer(
-    app: &App,
+    ctx: &Context,
     family: &str,
     op: &str,
     method: &Method,
@@ -238,7 +263,7 @@ async fn answer(
         }
         // Asterisk always names at least one field; "everything" is never the answer to nothing.
         "single" | "multi" if fields.is_empty() => plain(StatusCode::OK, String::new()),
-        "single" => match lookup(app, &fields, true).await {
+        "single" => match lookup(ctx, &fields, true).await {
             Ok(lines) => plain(
                 StatusCode::OK,
                 lines
@@ -249,7 +274,7 @@ async fn answer(
             ),
             Err(()) => plain(StatusCode::INTERNAL_SERVER_ERROR, String::new()),
         },
-        "multi" => match lookup(app, &fields, false).await {
+        "multi" => match lookup(ctx, &fields, false).await {
             Ok(lines) => plain(
                 StatusCode::OK,
                 lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
@@ -261,11 +286,10 @@ async fn answer(
         // Static configuration files are not served over realtime.
         "static" => plain(StatusCode::OK, String::new()),
         "store" | "update" | "destroy" => {
-            let writable = app
+            let writable = ctx
                 .config
                 .load()
-                .realtime
-                .as_ref()
+                .as_deref()
                 .is_some_and(|r| r.writable.iter().any(|f| f == family));
             if !served || !writable {
                 info!(
@@ -281,7 +305,7 @@ async fn answer(
                     return plain(StatusCode::OK, "-1\n".to_string());
                 }
             };
-            let n = write(app, op, &lookup_fields, &fields).await;
+            let n = write(ctx, op, &lookup_fields, &fields).await;
             plain(StatusCode::OK, format!("{n}\n"))
         }
         _ => plain(StatusCode::NOT_FOUND, String::new()),
@@ -301,8 +325,8 @@ fn value_of<'a>(row: &'a SipCredentialRow, name: &str) -> Option<&'a str> {
 
 /// Matching ps_auths records as answer lines; `Err` after logging when any password cannot be
 /// decrypted (never a partial answer).
-async fn lookup(app: &App, fields: &[Field], single: bool) -> Result<Vec<String>, ()> {
-    let rows = match single_or_all(app, fields).await {
+async fn lookup(ctx: &Context, fields: &[Field], single: bool) -> Result<Vec<String>, ()> {
+    let rows = match single_or_all(ctx, fields).await {
         Ok(rows) => rows,
         Err(e) => {
             error!(error = %e, "realtime lookup failed");
@@ -317,18 +341,18 @@ async fn lookup(app: &App, fields: &[Field], single: bool) -> Result<Vec<String>
         {
             continue;
         }
-        let password = match app.vault.get(&secret_name(&row.id)).await {
+        let password = match ctx.vault.get(&secret_name(&row.id)).await {
             Ok(p) => p,
             Err(e) => {
                 error!(id = %row.id, error = %e, "SIP credential cannot be decrypted; Asterisk gets no record");
-                app.metrics
+                ctx.metrics
                     .realtime_decryptions
                     .get_or_create(&crate::metrics::ResultLabels { result: "error" })
                     .inc();
                 return Err(());
             }
         };
-        app.metrics
+        ctx.metrics
             .realtime_decryptions
             .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
             .inc();
@@ -347,25 +371,25 @@ async fn lookup(app: &App, fields: &[Field], single: bool) -> Result<Vec<String>
 
 /// A lookup by exact id reads one row; anything else reads them all and filters.
 async fn single_or_all(
-    app: &App,
+    ctx: &Context,
     fields: &[Field],
 ) -> Result<Vec<SipCredentialRow>, crate::store::StoreError> {
     if let Some(f) = fields
         .iter()
         .find(|f| f.name == "id" && f.op == wire::Op::Eq)
     {
-        return Ok(app
+        return Ok(ctx
             .store
             .sip_credential(&f.value)
             .await?
             .into_iter()
             .collect());
     }
-    app.store.sip_credentials().await
+    ctx.store.sip_credentials().await
 }
 
 /// A write to ps_auths (only when configured writable): the row count, or -1.
-async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
+async fn write(ctx: &Context, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
     let get = |set: &[Field], name: &str| {
         set.iter()
             .find(|f| f.name == name && f.op == wire::Op::Eq)
@@ -382,12 +406,12 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
                 if get(fields, "auth_type").is_some_and(|t| t != "userpass") {
                     return Err("only auth_type=userpass can be stored".into());
                 }
-                put(app, &id, &username, &password, now).await?;
+                put(ctx, &id, &username, &password, now).await?;
                 Ok(1)
             }
             "update" => {
                 let id = get(lookup, "id").ok_or("update without id")?;
-                let Some(row) = app
+                let Some(row) = ctx
                     .store
                     .sip_credential(&id)
                     .await
@@ -399,12 +423,12 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
                 let password = match get(fields, "password") {
                     Some(p) => Zeroizing::new(p),
                     None => {
-                        let old = app
+                        let old = ctx
                             .vault
                             .get(&secret_name(&id))
                             .await
                             .map_err(|e| e.to_string())?;
-                        app.metrics
+                        ctx.metrics
                             .realtime_decryptions
                             .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
                             .inc();
@@ -414,19 +438,19 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
                         )
                     }
                 };
-                put(app, &id, &username, &password, now).await?;
+                put(ctx, &id, &username, &password, now).await?;
                 Ok(1)
             }
             _ => {
                 let id = get(fields, "id").ok_or("destroy without id")?;
-                let gone = app
+                let gone = ctx
                     .store
                     .delete_sip_credential(&id)
                     .await
                     .map_err(|e| e.to_string())?;
-                let _ = app.vault.remove(&secret_name(&id)).await;
+                let _ = ctx.vault.remove(&secret_name(&id)).await;
                 if gone {
-                    app.store
+                    ctx.store
                         .audit("asterisk", "sip.credential.rm", &id, "via realtime")
                         .await
                         .map_err(|e| e.to_string())?;
@@ -445,21 +469,27 @@ async fn write(app: &App, op: &str, lookup: &[Field], fields: &[Field]) -> i64 {
     }
 }
 
-async fn put(app: &App, id: &str, username: &str, password: &str, now: i64) -> Result<(), String> {
+async fn put(
+    ctx: &Context,
+    id: &str,
+    username: &str,
+    password: &str,
+    now: i64,
+) -> Result<(), String> {
     validate_id(id).map_err(|e| e.to_string())?;
     validate_username(username).map_err(|e| e.to_string())?;
     if password.is_empty() {
         return Err("empty password".into());
     }
-    app.vault
+    ctx.vault
         .set(&secret_name(id), password.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    app.store
+    ctx.store
         .put_sip_credential(id, username, now)
         .await
         .map_err(|e| e.to_string())?;
-    app.store
+    ctx.store
         .audit("asterisk", "sip.credential.set", id, "via realtime")
         .await
         .map_err(|e| e.to_string())?;

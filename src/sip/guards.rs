@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::ami::guards::Bucket;
+use crate::rate::Bucket;
 
 /// Addresses and users tracked at most per table; past this the stale half is dropped (an
 /// address-spraying attacker cannot grow memory without bound).
@@ -18,7 +18,7 @@ const MAX_TRACKED: usize = 65_536;
 /// The key a ban is stored under: an IPv4 address as is, an IPv6 address by its /64 (one
 /// host's whole allocation), as `prefix/64`.
 pub fn ban_key(ip: IpAddr) -> String {
-    match crate::web::canonical_ip(ip) {
+    match crate::net::canonical_ip(ip) {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             format!("{}/64", std::net::Ipv6Addr::from(prefix))

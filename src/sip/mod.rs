@@ -6,7 +6,8 @@
 //! [`transport`] runs the listeners, [`flow`] names client connections in what we send
 //! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
 //! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
-//! filtering and bans, and [`ticket`] binds browser WebSockets to web sessions.
+//! filtering and bans, [`ticket`] binds browser WebSockets to web sessions, and [`service`]
+//! starts, reloads and stops the edge for the daemon.
 
 pub mod calls;
 pub mod digest;
@@ -17,6 +18,7 @@ pub mod message;
 pub mod proxy;
 pub mod reauth;
 pub mod sdp;
+pub mod service;
 pub mod ticket;
 pub mod transaction;
 pub mod transport;
@@ -26,16 +28,21 @@ pub mod uri;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use proxy::Edge;
 
+use crate::auth::Auth;
 use crate::clock::now_unix;
-use crate::config::Config;
-use crate::store::SessionRow;
-use crate::web::tls::{self, TlsError};
+use crate::config::SipConfig;
+use crate::metrics::Metrics;
+use crate::store::{SessionRow, Store};
+use crate::tls::{self, TlsError, TlsFiles};
+use crate::vault::Vault;
 
 /// How often bans are re-read from the store (the CLI lifts them there).
 const BAN_REFRESH: Duration = Duration::from_secs(2);
@@ -44,17 +51,45 @@ const SESSION_RECHECK: Duration = Duration::from_secs(5);
 /// The timer task's longest sleep while no transaction is in flight.
 const TIMER_IDLE: Duration = Duration::from_secs(60);
 
+/// What the edge reads of the configuration: `[sip]`, and two values other sections own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    pub sip: SipConfig,
+    /// `[http]`'s certificate pair, used when `[sip]` names none.
+    pub http_tls: Option<TlsFiles>,
+    /// `[auth] session_idle_timeout`: a WebSocket whose web session idles past it is closed.
+    pub session_idle_timeout: Duration,
+}
+
+/// What the edge uses of the rest of the daemon.
+pub struct Context {
+    pub store: Store,
+    /// SIP credentials the edge answers challenges with.
+    pub vault: Vault,
+    pub metrics: Metrics,
+    /// The web sessions WebSockets are bound to: a logout or revocation wakes the edge.
+    pub auth: Arc<Auth>,
+    /// Minted by the web API, redeemed by the WebSocket listener.
+    pub tickets: Arc<ticket::Tickets>,
+    /// Run with every ban refresh: picks up auth changes other processes (the CLI) made, for
+    /// the edge and for the rest of the daemon alike.
+    pub sync_auth: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+    /// The configuration in force: set by [`service::Sip`] on start and reload, `None` once
+    /// `[sip]` is removed.
+    pub config: ArcSwapOption<EdgeConfig>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
 /// TLS for the SIP listener and for the WebSocket listener: `[sip]`'s pair, else `[http]`'s.
 pub type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
 
-pub fn tls_configs(config: &Config) -> Result<Option<TlsPair>, TlsError> {
-    let Some(sip) = &config.sip else {
-        return Ok(None);
-    };
-    let files = sip
-        .tls
-        .as_ref()
-        .or_else(|| config.http.as_ref().and_then(|h| h.tls.as_ref()));
+pub fn tls_configs(config: &EdgeConfig) -> Result<Option<TlsPair>, TlsError> {
+    let files = config.sip.tls.as_ref().or(config.http_tls.as_ref());
     let Some(f) = files else {
         return Ok(None);
     };
@@ -124,7 +159,7 @@ impl Edge {
                 // the CLI are seen through the auth stamp, read with the bans.
                 tokio::select! {
                     _ = sessions_stop.cancelled() => return,
-                    _ = edge.app.auth.sessions.may_have_ended() => {}
+                    _ = edge.ctx.auth.sessions.may_have_ended() => {}
                     _ = tokio::time::sleep(SESSION_RECHECK) => {}
                 }
                 edge.recheck_sessions().await;
@@ -140,8 +175,8 @@ impl Edge {
                 }
                 edge.refresh_bans().await;
                 edge.refresh_bound_extensions().await;
-                edge.app.sync_auth().await;
-                edge.app.sip_tickets.sweep(Instant::now());
+                (edge.ctx.sync_auth)().await;
+                edge.ctx.tickets.sweep(Instant::now());
                 edge.sweep();
             }
         });
@@ -149,7 +184,7 @@ impl Edge {
 
     async fn refresh_bans(&self) {
         let now = now_unix();
-        match self.app.store.sip_bans(now).await {
+        match self.ctx.store.sip_bans(now).await {
             Ok(rows) => self.bans.replace(
                 rows.into_iter().map(|r| (r.ip, r.expires_at)),
                 Instant::now(),
@@ -169,8 +204,14 @@ impl Edge {
     /// Whether a WebSocket's binding still holds: its web session is alive and the user still
     /// has that extension (`set-extension` may have given it to someone else).
     pub async fn binding_alive(&self, binding: &ticket::Binding) -> bool {
-        let idle = self.app.config.load().auth.session_idle_timeout.as_secs() as i64;
-        let session = match self.app.store.session(&binding.session).await {
+        // Without a configuration the edge is closing anyway; sessions are not judged idle.
+        let idle = self
+            .ctx
+            .config
+            .load()
+            .as_ref()
+            .map_or(i64::MAX, |c| c.session_idle_timeout.as_secs() as i64);
+        let session = match self.ctx.store.session(&binding.session).await {
             Ok(Some(row)) => session_alive(&row, now_unix(), idle),
             Ok(None) => false,
             // Do not cut phones off because the database hiccuped.
@@ -179,7 +220,7 @@ impl Edge {
         if !session {
             return false;
         }
-        match self.app.store.user_extension(&binding.user).await {
+        match self.ctx.store.user_extension(&binding.user).await {
             Ok(ext) => ext.as_deref() == Some(binding.extension.as_str()),
             Err(_) => true,
         }

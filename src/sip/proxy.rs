@@ -29,7 +29,6 @@ use super::reauth::{CancelTarget, Resends, Sent, MAX_ATTEMPTS};
 use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
-use crate::app::App;
 use crate::clock::now_unix;
 use crate::config::SipConfig;
 use crate::metrics::ResultLabels;
@@ -70,7 +69,7 @@ struct Pending {
 }
 
 pub struct Edge {
-    pub(super) app: Arc<App>,
+    pub(super) ctx: Arc<super::Context>,
     pub flows: Flows,
     pub bans: Arc<Bans>,
     rates: Rates,
@@ -201,9 +200,9 @@ fn label(result: &'static str) -> ResultLabels {
 }
 
 impl Edge {
-    pub fn new(app: Arc<App>, upstream: Arc<Upstream>) -> Edge {
+    pub fn new(ctx: Arc<super::Context>, upstream: Arc<Upstream>) -> Edge {
         Edge {
-            app,
+            ctx,
             flows: Flows::new(),
             bans: Arc::default(),
             rates: Rates::default(),
@@ -369,7 +368,7 @@ impl Edge {
     }
 
     fn count_client(&self, result: &'static str) {
-        self.app
+        self.ctx
             .metrics
             .sip_client_messages
             .get_or_create(&label(result))
@@ -377,7 +376,7 @@ impl Edge {
     }
 
     fn count_upstream(&self, result: &'static str) {
-        self.app
+        self.ctx
             .metrics
             .sip_upstream_messages
             .get_or_create(&label(result))
@@ -385,12 +384,11 @@ impl Edge {
     }
 
     fn agent(&self) -> String {
-        self.app
+        self.ctx
             .config
             .load()
-            .sip
             .as_ref()
-            .and_then(|s| s.public_host.clone())
+            .and_then(|c| c.sip.public_host.clone())
             .unwrap_or_else(|| "pbxguard".to_string())
     }
 
@@ -486,7 +484,7 @@ impl Edge {
     }
 
     fn persist_ban(&self, key: String, reason: &'static str, until: i64) {
-        self.app
+        self.ctx
             .metrics
             .sip_bans
             .get_or_create(&label(reason))
@@ -497,7 +495,7 @@ impl Edge {
                 flow.close.cancel();
             }
         }
-        let store = self.app.store.clone();
+        let store = self.ctx.store.clone();
         let bans = self.bans.clone();
         tokio::spawn(async move {
             match store.put_sip_ban(&key, reason, now_unix(), until).await {
@@ -513,8 +511,8 @@ impl Edge {
 
     /// One message from a client connection (one framed message or one WebSocket message).
     pub fn from_client(&self, flow: &Arc<Flow>, raw: &[u8]) {
-        let cfg = self.app.config.load();
-        let Some(sip) = cfg.sip.as_ref() else {
+        let cfg = self.ctx.config.load();
+        let Some(sip) = cfg.as_ref().map(|c| &c.sip) else {
             return;
         };
         // Every message costs a token, answers and unparseable ones included, before any work.
@@ -1038,8 +1036,8 @@ impl Edge {
 
     /// One message from Asterisk.
     pub fn from_upstream(self: &Arc<Self>, raw: &[u8]) {
-        let cfg = self.app.config.load();
-        let Some(sip) = cfg.sip.as_ref() else {
+        let cfg = self.ctx.config.load();
+        let Some(sip) = cfg.as_ref().map(|c| &c.sip) else {
             return;
         };
         let msg = match Message::parse(raw) {
@@ -1346,7 +1344,7 @@ impl Edge {
         &self,
         extension: &str,
     ) -> Option<(String, zeroize::Zeroizing<Vec<u8>>)> {
-        let row = match self.app.store.sip_credential(extension).await {
+        let row = match self.ctx.store.sip_credential(extension).await {
             Ok(Some(row)) => row,
             Ok(None) => return None,
             Err(e) => {
@@ -1355,7 +1353,7 @@ impl Edge {
             }
         };
         match self
-            .app
+            .ctx
             .vault
             .get(&crate::realtime::secret_name(extension))
             .await
@@ -1528,7 +1526,7 @@ impl Edge {
         let (calls, early) = (left.dialogs.len(), cancels.len() + left.ringing.len());
         if calls + early > 0 {
             info!(peer = %flow.peer, calls, early, "a SIP connection closed; its calls were ended on Asterisk's side");
-            self.app
+            self.ctx
                 .metrics
                 .sip_client_messages
                 .get_or_create(&label("call_ended"))
@@ -1763,7 +1761,7 @@ impl Edge {
 
     /// Re-reads which extensions belong to web users (TLS clients may not claim them).
     pub async fn refresh_bound_extensions(&self) {
-        match self.app.store.user_extensions().await {
+        match self.ctx.store.user_extensions().await {
             Ok(rows) => self
                 .bound_extensions
                 .store(Arc::new(rows.into_iter().map(|(_, ext)| ext).collect())),
@@ -1801,11 +1799,12 @@ pub const ALLOW: &str =
 
 /// Our `Via` towards a client (a fresh branch and a local flag, for requests we make up).
 fn client_via(edge: &Edge, flow: &Flow) -> Via {
-    let cfg = edge.app.config.load();
-    let host = cfg
-        .sip
+    let host = edge
+        .ctx
+        .config
+        .load()
         .as_ref()
-        .and_then(|s| s.public_host.clone())
+        .and_then(|c| c.sip.public_host.clone())
         .unwrap_or_else(|| host_of(flow.local.ip()));
     Via {
         transport: flow.kind.via_name().to_string(),

@@ -141,7 +141,7 @@ async fn connection(
     peer: SocketAddr,
     end: CancellationToken,
 ) {
-    let Some(cfg) = edge.app.config.load().sip.clone() else {
+    let Some(cfg) = edge.ctx.config.load().as_ref().map(|c| c.sip.clone()) else {
         return;
     };
     let labels = ListenerLabels {
@@ -152,7 +152,7 @@ async fn connection(
     });
     let Some(_slots) = slots else {
         debug!(%peer, "SIP connection refused: max_connections or max_connections_per_ip reached");
-        edge.app
+        edge.ctx
             .metrics
             .connections_refused
             .get_or_create(&ListenerLabels { listener: "sip" })
@@ -171,7 +171,7 @@ async fn connection(
         Ok(Ok(s)) => s,
         _ => {
             debug!(%peer, "SIP TLS handshake failed");
-            edge.app
+            edge.ctx
                 .metrics
                 .tls_handshake_failures
                 .get_or_create(&ListenerLabels { listener: "sip" })
@@ -180,7 +180,7 @@ async fn connection(
         }
     };
     let gauge = edge
-        .app
+        .ctx
         .metrics
         .sip_connections
         .get_or_create(&labels)
@@ -274,7 +274,7 @@ async fn tls_client<S>(
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%peer, error = %e, "unframeable SIP stream; closing");
-                    edge.app
+                    edge.ctx
                         .metrics
                         .sip_client_messages
                         .get_or_create(&ResultLabels { result: "invalid" })
@@ -337,8 +337,8 @@ fn judge_upgrade(
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("ticket="))
         .ok_or((401, "ticket"))?;
-    edge.app
-        .sip_tickets
+    edge.ctx
+        .tickets
         .redeem(ticket, Instant::now())
         .ok_or((401, "ticket"))
 }
@@ -383,7 +383,7 @@ async fn ws_client<S>(
         _ => {
             let reason = refusal.unwrap_or("handshake");
             debug!(%peer, reason, "SIP WebSocket upgrade refused");
-            edge.app
+            edge.ctx
                 .metrics
                 .sip_ws_refusals
                 .get_or_create(&ResultLabels { result: reason })
@@ -394,7 +394,7 @@ async fn ws_client<S>(
     let Some(binding) = bound else { return };
     // The ticket proved the session when it was minted; it must still hold now.
     if !edge.binding_alive(&binding).await {
-        edge.app
+        edge.ctx
             .metrics
             .sip_ws_refusals
             .get_or_create(&ResultLabels { result: "session" })

@@ -1,19 +1,18 @@
 //! The HTTP side: routers for the API listener and the redirect listener, the middleware every
 //! request passes (metrics, HSTS, body and time limits), and the handlers of the foundation
-//! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`].
+//! (`/healthz`, `/metrics`). Later modules add their routes in [`api_router`]. [`server`] runs
+//! both listeners as the daemon's `[http]` subsystem.
 
 pub mod admin_api;
 pub mod auth_api;
 pub mod error;
 pub mod extract;
-pub mod idle;
 pub mod login_page;
 pub mod mfa_api;
 pub mod recordings_api;
 pub mod server;
 pub mod sip_api;
 pub mod softphone;
-pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,8 +28,9 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::app::App;
 use crate::metrics::{RequestLabels, RouteLabels};
+// The handlers name these through `super::`; they live in the base layer.
+pub use crate::net::{canonical_ip, Peer};
 pub use error::ApiError;
-pub use server::Peer;
 
 /// One year, the value HSTS preload lists expect.
 pub(crate) const HSTS: &str = "max-age=31536000";
@@ -240,14 +240,6 @@ async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<Peer>>) -> 
         app.metrics.render(),
     )
         .into_response()
-}
-
-/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`; match them as IPv4.
-pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 async fn not_found() -> ApiError {

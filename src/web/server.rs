@@ -1,230 +1,200 @@
-//! The accept loop shared by the HTTP listeners: connection limit, TLS handshake with a
-//! timeout, hyper with header limits and timeouts, and graceful drain on shutdown.
+//! `[http]` as a daemon subsystem: the API listener (TLS when the section names a certificate)
+//! and the redirect listener, served by the shared accept loop of [`crate::httpd`].
+//!
+//! A reload rebuilds both routers (new limits apply to new connections), swaps the certificate
+//! (applied from the next handshake) and rebinds only a listener whose address changed.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use super::idle::{Activity, Tracked};
 use crate::app::App;
-use crate::metrics::ListenerLabels;
+use crate::config::HttpConfig;
+use crate::httpd::{self, Endpoint, Shortcut};
+use crate::subsystem::{bind_changed, Host, Running, Subsystem, SubsystemError};
+use crate::tls;
 
-/// Largest request head (request line + headers) hyper buffers; 16 KiB fits any browser or
-/// nginx `auth_request` subrequest with cookies, and bounds memory per slow client.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A TLS handshake must finish within this; half-open handshakes are a cheap DoS otherwise.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 streams per connection.
-const MAX_H2_STREAMS: u32 = 64;
-/// Bytes queued per HTTP/2 stream before the body stream is asked for more.
-const H2_SEND_BUF: usize = 128 * 1024;
-
-/// Per-request facts about the connection, inserted as a request extension.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// Whether this request arrived over TLS (drives HSTS and the cookie's `Secure`).
-    pub tls: bool,
-}
-
-/// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Listener {
-    /// `[http] listen`: the API, TLS when `[http]` has a certificate.
-    Main,
-    /// `[http] redirect_listen`: plain HTTP that redirects everything to `public_url`.
-    Redirect,
-    /// `[realtime] listen`: Asterisk's res_config_curl, plain HTTP on loopback.
-    Realtime,
-}
-
-impl Listener {
-    pub fn name(self) -> &'static str {
-        match self {
-            Listener::Main => "http",
-            Listener::Redirect => "http_redirect",
-            Listener::Realtime => "realtime",
-        }
-    }
-}
-
-/// Serves `listener` until `shutdown`, then stops accepting and drains open connections for
-/// at most the configured grace period.
-pub async fn serve(
-    listener: TcpListener,
-    kind: Listener,
+/// The `[http]` listeners.
+pub struct Http {
     app: Arc<App>,
-    router: Arc<ArcSwap<Router>>,
-    shutdown: CancellationToken,
-) {
-    let labels = ListenerLabels {
-        listener: kind.name(),
+    api: Arc<ArcSwap<Router>>,
+    redirect: Arc<ArcSwap<Router>>,
+    main_running: Option<Running>,
+    redirect_running: Option<Running>,
+}
+
+/// What a new `[http]` needs, bound and loaded.
+pub struct Prepared {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    main: Listen,
+    redirect: Listen,
+}
+
+/// The plan for one listener.
+enum Listen {
+    /// Not configured: close what runs.
+    Off,
+    /// Configured at the address already served.
+    Keep,
+    /// Configured at a new address, bound here.
+    Open(std::net::SocketAddr, TcpListener),
+}
+
+async fn plan(
+    key: &'static str,
+    wanted: Option<std::net::SocketAddr>,
+    running: Option<&Running>,
+) -> Result<Listen, SubsystemError> {
+    let Some(addr) = wanted else {
+        return Ok(Listen::Off);
     };
-    // A counter rather than a semaphore, so a reload that changes max_connections applies to
-    // the next accept without rebinding.
-    let open = Arc::new(AtomicUsize::new(0));
-    let graceful = GracefulShutdown::new();
-    let local = listener.local_addr().ok();
-    info!(listener = kind.name(), addr = ?local, "listening");
+    Ok(match bind_changed(key, addr, running).await? {
+        Some(listener) => Listen::Open(addr, listener),
+        None => Listen::Keep,
+    })
+}
 
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(listener = kind.name(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let config = app.config.load_full();
-        let limits = Limits::of(config.http.as_ref());
-        if open.load(Ordering::Acquire) >= limits.max_connections {
-            app.metrics.connections_refused.get_or_create(&labels).inc();
-            debug!(listener = kind.name(), %addr, "connection limit reached; closing");
-            continue;
+impl Http {
+    pub fn new(app: Arc<App>) -> Http {
+        Http {
+            app,
+            api: Arc::new(ArcSwap::from_pointee(Router::new())),
+            redirect: Arc::new(ArcSwap::from_pointee(Router::new())),
+            main_running: None,
+            redirect_running: None,
         }
-        let slot = Slot::take(&open);
-        let _ = stream.set_nodelay(true);
-        app.metrics.connections.get_or_create(&labels).inc();
-        let tls = match kind {
-            Listener::Main => app.http_tls.load_full(),
-            Listener::Redirect | Listener::Realtime => None,
-        };
-        let ctx = Conn {
-            idle_timeout: limits.idle_timeout,
-            app: app.clone(),
-            router: router.load_full(),
-            builder: builder(&limits),
-            watcher: graceful.watcher(),
-            labels: labels.clone(),
-            addr,
-        };
-        let (app_c, labels_c) = (app.clone(), labels.clone());
-        let idle = limits.idle_timeout;
-        tokio::spawn(async move {
-            app_c
-                .metrics
-                .connections_open
-                .get_or_create(&labels_c)
-                .inc();
-            match tls {
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(
-                        TLS_HANDSHAKE_TIMEOUT.min(idle),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => ctx.run(stream, true).await,
-                        Ok(Err(e)) => ctx.handshake_failed(&e.to_string()),
-                        Err(_) => ctx.handshake_failed("timed out"),
-                    }
-                }
-                None => ctx.run(stream, false).await,
+    }
+
+    fn endpoint(&self, main: bool) -> Endpoint {
+        if main {
+            Endpoint {
+                name: "http",
+                router: self.api.clone(),
+                tls: Some(self.app.http_tls.clone()),
+                shortcut: Some(Arc::new(Check(self.app.clone()))),
             }
-            app_c
-                .metrics
-                .connections_open
-                .get_or_create(&labels_c)
-                .dec();
-            drop(slot);
-        });
-    }
-
-    drop(listener);
-    let grace = app.config.load().daemon.shutdown_grace;
-    info!(listener = kind.name(), "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(listener = kind.name(), grace = ?grace, "connections still open after the grace period; closing them");
-    }
-}
-
-/// The connection limits of `[http]`, which apply to every listener (the realtime listener
-/// works without an `[http]` section, with the same defaults).
-struct Limits {
-    max_connections: usize,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-impl Limits {
-    fn of(http: Option<&crate::config::HttpConfig>) -> Limits {
-        match http {
-            Some(h) => Limits {
-                max_connections: h.max_connections,
-                header_timeout: h.header_timeout,
-                idle_timeout: h.idle_timeout,
-            },
-            None => Limits {
-                max_connections: 1024,
-                header_timeout: Duration::from_secs(10),
-                idle_timeout: Duration::from_secs(60),
-            },
+        } else {
+            Endpoint {
+                name: "http_redirect",
+                router: self.redirect.clone(),
+                tls: None,
+                shortcut: None,
+            }
         }
     }
-}
 
-/// Builder with the current limits; made per connection so reloads apply at once.
-fn builder(http: &Limits) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(http.header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        // hyper's default (~400 KiB) queued per stream, times 64 streams, lets one client that
-        // reads slowly pin tens of MB with recording downloads.
-        .max_send_buf_size(H2_SEND_BUF);
-    builder
-}
-
-/// One counted open connection; released on drop, whatever path the task takes.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Slot {
-        open.fetch_add(1, Ordering::AcqRel);
-        Slot(open.clone())
+    fn apply(&mut self, main: bool, listen: Listen, host: &Host) {
+        let endpoint = self.endpoint(main);
+        let slot = if main {
+            &mut self.main_running
+        } else {
+            &mut self.redirect_running
+        };
+        let (addr, listener) = match listen {
+            Listen::Keep => return,
+            Listen::Off => (None, None),
+            Listen::Open(addr, listener) => (Some(addr), Some(listener)),
+        };
+        if let Some(old) = slot.take() {
+            info!(listener = endpoint.name, addr = %old.addr, "closing listener (address changed or removed)");
+            old.stop.cancel();
+        }
+        let (Some(addr), Some(listener)) = (addr, listener) else {
+            return;
+        };
+        let stop = host.shutdown.child_token();
+        host.tracker.spawn(httpd::serve(
+            self.app.httpd.clone(),
+            endpoint,
+            listener,
+            stop.clone(),
+        ));
+        *slot = Some(Running { addr, stop });
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Subsystem for Http {
+    type Config = Option<HttpConfig>;
+    type Prepared = Prepared;
+
+    async fn prepare(&self, config: Option<HttpConfig>) -> Result<Prepared, SubsystemError> {
+        let Some(http) = config else {
+            return Ok(Prepared {
+                tls: None,
+                main: Listen::Off,
+                redirect: Listen::Off,
+            });
+        };
+        let tls = match &http.tls {
+            Some(files) => Some(tls::server_config(files, &[b"h2", b"http/1.1"]).map_err(
+                |source| SubsystemError::Tls {
+                    section: "http",
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let main = plan("http.listen", Some(http.listen), self.main_running.as_ref()).await?;
+        let redirect = plan(
+            "http.redirect_listen",
+            http.redirect_listen,
+            self.redirect_running.as_ref(),
+        )
+        .await?;
+        Ok(Prepared {
+            tls,
+            main,
+            redirect,
+        })
+    }
+
+    fn commit(&mut self, prepared: Prepared, host: &Host) {
+        self.app.http_tls.store(prepared.tls);
+        self.api
+            .store(Arc::new(super::api_router(self.app.clone())));
+        self.redirect
+            .store(Arc::new(super::redirect_router(self.app.clone())));
+        self.apply(true, prepared.main, host);
+        self.apply(false, prepared.redirect, host);
+    }
+
+    fn stop(&mut self) {
+        for running in [&self.main_running, &self.redirect_running]
+            .into_iter()
+            .flatten()
+        {
+            running.stop.cancel();
+        }
     }
 }
 
 /// `GET /api/v1/auth/check` bypasses the router and its layers: the web tier calls it on every
 /// request it serves, it has no body to limit, and its answer is computed from the headers
 /// alone. It keeps the same metrics (resolved once) and HSTS.
-async fn fast_check(app: &App, req: &Request<Incoming>, tls: bool) -> axum::response::Response {
+struct Check(Arc<App>);
+
+impl Shortcut for Check {
+    fn answer<'a>(
+        &'a self,
+        req: &'a Request<Incoming>,
+        tls: bool,
+    ) -> Option<Pin<Box<dyn Future<Output = Response> + Send + 'a>>> {
+        if req.method() != Method::GET || req.uri().path() != super::auth_api::CHECK_PATH {
+            return None;
+        }
+        Some(Box::pin(fast_check(&self.0, req, tls)))
+    }
+}
+
+async fn fast_check(app: &App, req: &Request<Incoming>, tls: bool) -> Response {
     let started = std::time::Instant::now();
     let mut response = super::auth_api::check_response(app, req.headers(), req.uri()).await;
     if tls {
@@ -236,66 +206,4 @@ async fn fast_check(app: &App, req: &Request<Incoming>, tls: bool) -> axum::resp
     app.metrics
         .observe_check_request(response.status(), started.elapsed());
     response
-}
-
-struct Conn {
-    /// A connection that moves no byte for this long is closed.
-    idle_timeout: Duration,
-    app: Arc<App>,
-    router: Arc<Router>,
-    builder: Builder<TokioExecutor>,
-    watcher: Watcher,
-    labels: ListenerLabels,
-    addr: SocketAddr,
-}
-
-impl Conn {
-    fn handshake_failed(&self, reason: &str) {
-        self.app
-            .metrics
-            .tls_handshake_failures
-            .get_or_create(&self.labels)
-            .inc();
-        debug!(listener = self.labels.listener, addr = %self.addr, reason, "TLS handshake failed");
-    }
-
-    async fn run<IO>(self, io: IO, tls: bool)
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let peer = Peer {
-            addr: self.addr,
-            tls,
-        };
-        let router = self.router.clone();
-        let app = self.app.clone();
-        let fast = self.labels.listener == Listener::Main.name();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(peer);
-            let router = router.clone();
-            let app = app.clone();
-            async move {
-                if fast
-                    && req.method() == Method::GET
-                    && req.uri().path() == super::auth_api::CHECK_PATH
-                {
-                    return Ok(fast_check(&app, &req, tls).await);
-                }
-                Router::clone(&router).oneshot(req).await
-            }
-        });
-        let activity = Activity::new();
-        let io = Tracked::new(io, activity.clone());
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
-        tokio::select! {
-            result = self.watcher.watch(conn) => {
-                if let Err(e) = result {
-                    debug!(listener = self.labels.listener, addr = %self.addr, error = %e, "connection ended with an error");
-                }
-            }
-            _ = activity.expired(self.idle_timeout) => {
-                debug!(listener = self.labels.listener, addr = %self.addr, "closing an idle connection");
-            }
-        }
-    }
 }

@@ -2,14 +2,20 @@
 //! 1.3 only: rustls implements nothing older), and generating the self-signed pair `init` writes
 //! when the configured files are absent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::config::TlsFiles;
+/// A certificate chain and its private key, both PEM files (`tls_cert` / `tls_key` of a
+/// configuration section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

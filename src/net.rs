@@ -1,0 +1,36 @@
+//! Address helpers shared by every layer that looks at a peer: the canonical form of an IP
+//! (dual-stack sockets report IPv4 peers as IPv4-mapped IPv6) and the per-request facts about
+//! the connection that the HTTP accept loop hands to handlers.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`; match them as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Per-request facts about the connection, inserted as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Whether this request arrived over TLS (drives HSTS and the cookie's `Secure`).
+    pub tls: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_ipv4_is_ipv4() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(canonical_ip(v6), v6);
+        let v4: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(canonical_ip(v4), v4);
+    }
+}
