@@ -2,6 +2,7 @@
 //! rotating key ids, server-side sessions checked on every request, the forward-auth route
 //! rules, throttling and the client-IP rule for the history.
 
+pub mod admin;
 pub mod client_ip;
 pub mod email_code;
 pub mod jwt;

@@ -5,20 +5,20 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{actor, load, open_store, UsageError};
+use crate::auth::admin::{self, AdminError, MAX_HISTORY_LIMIT};
 use crate::auth::login::validate_username;
 use crate::auth::password;
 use crate::auth::roles::Role;
-use crate::auth::sessions::touch_stamp;
+use crate::auth::sessions::{self, Notice};
 use crate::clock::{now_unix, rfc3339};
 use crate::config::Config;
 use crate::store::Store;
-use crate::web::admin_api::{HistoryView, SessionView, MAX_HISTORY_LIMIT};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -178,12 +178,12 @@ fn check_email(email: &str) -> Result<(), UsageError> {
 
 /// Tells the running daemon that auth state changed (see `auth::sessions`).
 pub(super) fn announce(config: &Config) -> anyhow::Result<()> {
-    touch_stamp(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "the change is stored, but the daemon could not be told: cannot write {}/auth.stamp",
-            config.daemon.state_dir.display()
-        )
-    })
+    Ok(sessions::announce(&config.daemon.state_dir)?)
+}
+
+/// How a change made by the CLI reaches the running daemon.
+pub(super) fn notice(config: &Config) -> Notice<'_> {
+    Notice::Stamp(&config.daemon.state_dir)
 }
 
 #[derive(Serialize)]
@@ -333,12 +333,20 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
 pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
+    let out = session_inner(&config, &store, cmd).await;
+    store.close().await;
+    out
+}
+
+async fn session_inner(
+    config: &Config,
+    store: &Store,
+    cmd: SessionCommand,
+) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     match cmd {
         SessionCommand::List { user, json } => {
-            let idle = config.auth.session_idle_timeout.as_secs() as i64;
-            let rows = store.live_sessions(user.as_deref(), now, idle).await?;
-            let views: Vec<SessionView> = rows.iter().map(|r| SessionView::new(r, idle)).collect();
+            let views = admin::sessions(store, &config.auth, user.as_deref(), now).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
@@ -355,47 +363,35 @@ pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<
             }
         }
         SessionCommand::Revoke(args) => {
-            let (target, n) = match (args.id, args.user, args.all) {
+            let who = actor();
+            let notice = notice(config);
+            let n = match (args.id, args.user, args.all) {
                 (Some(id), _, _) => {
-                    if !store.revoke_session(&id, now).await? {
-                        bail!("no live session {id:?}");
+                    match admin::revoke_session(store, notice, &who, &id, now).await {
+                        Err(AdminError::NoSuchSession) => bail!("no live session {id:?}"),
+                        done => done.map(|()| 1)?,
                     }
-                    (id, 1)
                 }
                 (_, Some(user), _) => {
-                    let n = store
-                        .revoke_user_sessions(&user, now)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("user {user:?} does not exist"))?;
-                    (format!("user {user}"), n)
+                    match admin::revoke_user_sessions(store, notice, &who, &user, now).await {
+                        Err(AdminError::NoSuchUser) => bail!("user {user:?} does not exist"),
+                        done => done?,
+                    }
                 }
-                _ => ("all".to_string(), store.revoke_all_sessions(now).await?),
+                _ => admin::revoke_all_sessions(store, notice, &who, now).await?,
             };
-            announce(&config)?;
-            store
-                .audit(
-                    &actor(),
-                    "session.revoke",
-                    &target,
-                    &format!("{n} sessions"),
-                )
-                .await?;
             eprintln!("{n} session(s) revoked");
         }
     }
-    store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
-    let rows: Vec<HistoryView> = store
-        .history(args.user.as_deref(), args.limit)
-        .await?
-        .into_iter()
-        .map(HistoryView::from)
-        .collect();
+    let rows = admin::history(&store, args.user.as_deref(), args.limit).await;
+    store.close().await;
+    let rows = rows?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -414,6 +410,5 @@ pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<Ex
             );
         }
     }
-    store.close().await;
     Ok(ExitCode::SUCCESS)
 }
