@@ -14,6 +14,7 @@ pub mod routes;
 pub mod sessions;
 pub mod throttle;
 pub mod totp;
+pub mod users;
 
 use std::collections::HashMap;
 use std::path::Path;

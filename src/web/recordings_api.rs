@@ -27,7 +27,6 @@ use super::extract::{ApiJson, ApiQuery};
 use super::{ApiError, Peer};
 
 pub const REC_PREFIX: &str = "/rec/";
-pub use crate::recordings::links::MAX_LINKS_LIMIT;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,11 +221,10 @@ fn refuse_token(app: &App, e: TokenError) -> ApiError {
 
 /// The link row of a genuine, unexpired token.
 async fn link_row(app: &App, id: &str) -> Result<Arc<LinkRow>, ApiError> {
-    match app.recordings.link(&app.store, id).await {
-        Ok(Some(row)) => Ok(row),
-        Ok(None) => Err(bad_link()),
-        Err(e) => Err(ApiError::failure("looking up a recording link failed", &e)),
-    }
+    app.recordings
+        .link(&app.store, id)
+        .await?
+        .ok_or_else(bad_link)
 }
 
 /// Whether the row still honours the token: not revoked, the same expiry.
@@ -448,7 +446,7 @@ fn stream(
     Body::from_stream(counted)
 }
 
-/// Parses `"30m"`-style lifetimes for the CLI and API alike.
-pub fn parse_ttl(text: &str) -> Option<Duration> {
+/// Parses `"30m"`-style lifetimes.
+fn parse_ttl(text: &str) -> Option<Duration> {
     humantime::parse_duration(text).ok()
 }
