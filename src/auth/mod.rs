@@ -1,6 +1,11 @@
 //! Login and roles for the web tier: passwords (argon2id on a bounded pool), HS256 JWTs with
 //! rotating key ids, server-side sessions checked on every request, the forward-auth route
 //! rules, throttling and the client-IP rule for the history.
+//!
+//! The use cases are operations here, shared by the HTTP handlers and the CLI: the login and
+//! logout ([`login`]), the second factor ([`mfa`]), sessions and the history as admins see
+//! them ([`admin`]) and accounts ([`users`]). They take what they need (the store, the vault,
+//! the daemon's [`Auth`], a config section), never the whole daemon.
 
 pub mod admin;
 pub mod client_ip;

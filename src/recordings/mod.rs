@@ -6,6 +6,11 @@
 //! then opens the file beneath `[recordings] root` again ([`paths`]) and answers with nginx's
 //! Range and conditional rules ([`range`]), streaming the file ([`body`]). Every mint and every
 //! request for a genuine link lands in the audit log ([`journal`]), never with the token.
+//!
+//! [`Root`] is the one place that decides what lies beneath `[recordings] root`; the daemon's
+//! [`Recordings`] holds the root in force. Minting, listing and revoking links are operations
+//! in [`links`], shared by the HTTP handlers and the CLI; [`serve`] is the feature's side of a
+//! download.
 
 pub mod body;
 use crate::journal;

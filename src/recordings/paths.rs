@@ -1,13 +1,13 @@
 //! Which file a recording path names, decided so that nothing outside `[recordings] root` can
 //! ever be reached.
 //!
-//! Two layers: [`normalise`] refuses traversal outright (any `..`, also percent-encoded once or
-//! twice, NUL and control characters, absolute paths outside root) and gives the one spelling
-//! the database keeps; [`open`] then opens the file relative to a handle on root with
-//! `openat2(RESOLVE_BENEATH)`, so the kernel refuses any resolution — symlinks included, and
-//! whatever was swapped in since the link was minted — that would leave root. Symlinks that
-//! stay inside root are followed. Only regular files are served; FIFOs are opened
-//! non-blocking so that probing one cannot hang a worker.
+//! Two layers: [`Root::normalise`] refuses traversal outright (any `..`, also percent-encoded
+//! once or twice, NUL and control characters, absolute paths outside root) and gives the one
+//! spelling the database keeps; [`Root::open`] then opens the file relative to a handle on
+//! root with `openat2(RESOLVE_BENEATH)`, so the kernel refuses any resolution — symlinks
+//! included, and whatever was swapped in since the link was minted — that would leave root.
+//! Symlinks that stay inside root are followed. Only regular files are served; FIFOs are
+//! opened non-blocking so that probing one cannot hang a worker.
 
 use std::fs::{File, Metadata};
 use std::io;
