@@ -7,9 +7,8 @@
 //! force policy applies (not exempt) gets `enroll_required` with an `enroll_token`, and — when
 //! the user has an email address, `[mfa] email_fallback` is on and (for admins)
 //! `email_for_admins` — also an `mfa_token` for an emailed code. Everyone else logs in with the
-//! password alone (docs/ARCHITECTURE.md explains the choice). Tokens are 256 random bits,
-//! stored as SHA-256 hashes, single-use, bound to the attempt (and to the password hash it was
-//! verified against), short-lived.
+//! password alone. Tokens are 256 random bits, stored as SHA-256 hashes, single-use, bound to
+//! the attempt (and to the password hash it was verified against), short-lived.
 
 pub mod admin;
 pub mod enroll;
