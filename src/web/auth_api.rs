@@ -12,15 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{error, warn};
 use zeroize::Zeroizing;
 
 use crate::app::App;
-use crate::auth::jwt::JwtError;
 use crate::auth::login::{self, Client, Gate, Issued, PasswordStep};
 use crate::auth::mfa::{self, Mfa, Next};
 use crate::auth::roles::Role;
-use crate::auth::sessions::{Deny, Session};
+use crate::auth::sessions::Session;
+use crate::auth::AuthFail;
 use crate::auth::{client_ip, password, routes};
 use crate::clock::{now_unix, rfc3339};
 use crate::config::Config;
@@ -32,15 +31,6 @@ pub const COOKIE_NAME: &str = "pbxguard_session";
 pub const CHECK_PATH: &str = "/api/v1/auth/check";
 /// Typed user names longer than this are refused before any work.
 const MAX_TYPED_NAME: usize = 256;
-
-/// Why a request is not authenticated; all are 401 to the client.
-#[derive(Debug)]
-pub enum AuthFail {
-    NoToken,
-    BadToken(JwtError),
-    Denied(Deny),
-    Internal,
-}
 
 /// The token from `Authorization: Bearer …`, else from the session cookie.
 pub fn token_from(headers: &HeaderMap) -> Option<&str> {
@@ -65,47 +55,14 @@ pub fn token_from(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// Verifies the token and its server-side session.
+/// Verifies the request's token and its server-side session, with the keys and the session
+/// cache brought up to date first.
 pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Session, AuthFail> {
     app.sync_auth().await;
-    let token = token_from(headers).ok_or(AuthFail::NoToken)?;
-    let now = now_unix();
-    let claims = app.auth.verify(token, now).map_err(|e| {
-        tracing::debug!(reason = %e, "token refused");
-        AuthFail::BadToken(e)
-    })?;
     let config = app.config.load();
-    match app
-        .auth
-        .sessions
-        .check(&app.store, &config.auth, &claims, now)
+    app.auth
+        .authenticate(&app.store, &config.auth, token_from(headers), now_unix())
         .await
-    {
-        Ok(Ok(checked)) => {
-            if let Some(at) = checked.touch {
-                let store = app.store.clone();
-                let id = checked.session.id.clone();
-                tokio::spawn(async move {
-                    // The store logs a fault of the database once; other failures here.
-                    match store.touch_session(&id, at).await {
-                        Err(e) if !e.is_unavailable() => {
-                            warn!(error = %e, "recording session activity failed")
-                        }
-                        _ => {}
-                    }
-                });
-            }
-            Ok(checked.session)
-        }
-        Ok(Err(deny)) => {
-            tracing::debug!(session = %claims.sid, reason = %deny, "session refused");
-            Err(AuthFail::Denied(deny))
-        }
-        Err(e) => {
-            error!(error = %e, "session lookup failed; refusing the request");
-            Err(AuthFail::Internal)
-        }
-    }
 }
 
 /// The login steps of the daemon, with the configuration in force.
