@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::auth::{Auth, AuthError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ResultLabels;
-use crate::recordings::Recordings;
+use crate::recordings::{Recordings, Root};
 use crate::store::{Store, StoreError};
 use crate::subsystem::{manage, Host, Managed, Staged, SubsystemError};
 use crate::vault::{self, Vault, VaultError};
@@ -76,15 +76,6 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// Links can only be minted for files under `[recordings] root`; without it everything else
-/// still serves, so a missing folder is a warning (Asterisk may simply not be installed yet).
-fn check_recordings_root(config: &Config) {
-    let root = &config.recordings.root;
-    if !root.is_dir() {
-        warn!(root = %root.display(), "[recordings] root is not a folder; recording links cannot be minted or served until it exists");
-    }
-}
-
 /// Opens the store and vault for serving; initialises first when `init_if_missing` is set.
 pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
     if config.daemon.init_if_missing {
@@ -93,15 +84,7 @@ pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
             info!(created = %item, "initialised");
         }
         // The development setup gets an (empty) recordings folder to mint links into.
-        let root = &config.recordings.root;
-        if !root.exists() {
-            match std::fs::create_dir_all(root) {
-                Ok(()) => info!(created = %root.display(), "initialised recordings folder"),
-                Err(e) => {
-                    warn!(root = %root.display(), error = %e, "cannot create the recordings folder")
-                }
-            }
-        }
+        Root::new(&config.recordings.root).create_if_missing();
     }
     let master = vault::load_master_key(&config.vault.key_file)?;
     let store = Store::open(&config.daemon.database, false).await?;
@@ -127,9 +110,14 @@ pub async fn run(
     crate::auth::mfa::email_key(&vault).await?;
     let metrics = crate::metrics::Metrics::new();
     store.watch_faults(metrics.store_commit_failures.clone());
-    let recordings =
-        Recordings::start(&vault, store.clone(), metrics.download_log_overflow.clone()).await?;
-    check_recordings_root(&config);
+    let root = Root::new(&config.recordings.root);
+    let recordings = Recordings::start(
+        &vault,
+        store.clone(),
+        metrics.download_log_overflow.clone(),
+        root,
+    )
+    .await?;
     let app = App::new(
         config,
         store.clone(),
@@ -330,7 +318,9 @@ impl Daemon {
         if let Err(e) = self.app.recordings.reload_keys(&self.app.vault).await {
             return Err(vec![format!("recording link keys: {e}")]);
         }
-        check_recordings_root(&config);
+        self.app
+            .recordings
+            .set_root(Root::new(&config.recordings.root));
 
         // Point of no return: everything that could fail has succeeded.
         self.app.set_config(config);

@@ -526,8 +526,8 @@ pub fn recording_token(data: &[u8]) {
         assert_eq!(token::hex(&id), tok.to_ascii_lowercase());
     }
 
-    let root = Path::new("/srv/recordings");
-    if let Ok(rel) = paths::normalise(lines.next().unwrap_or(""), root) {
+    let root = paths::Root::new("/srv/recordings");
+    if let Ok(rel) = root.normalise(lines.next().unwrap_or("")) {
         assert!(!rel.is_empty() && !rel.starts_with('/'), "{rel:?}");
         for part in rel.split('/') {
             assert!(!part.is_empty() && part != "." && part != "..", "{rel:?}");
@@ -632,6 +632,7 @@ async fn build_app(dir: &Path) -> (Arc<App>, String) {
         &vault,
         store.clone(),
         metrics.download_log_overflow.clone(),
+        paths::Root::new(&config.recordings.root),
     )
     .await
     .unwrap_or_else(|e| fail("recordings", &e));
@@ -655,7 +656,14 @@ async fn build_app(dir: &Path) -> (Arc<App>, String) {
         ip: "192.0.2.7".into(),
         user_agent: "fuzz".into(),
     };
-    let issued = issue_session(&app, &user, &client)
+    let config = app.config.load_full();
+    let gate = pbxguard::auth::login::Gate {
+        auth: &app.auth,
+        store: &app.store,
+        metrics: &app.metrics,
+        cfg: &config.auth,
+    };
+    let issued = issue_session(gate, &user, &client)
         .await
         .unwrap_or_else(|e| fail("session", &e));
     (app, issued.token)

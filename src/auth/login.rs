@@ -1,19 +1,20 @@
-//! The password step of a login and the issuing of a session. Unknown users, wrong passwords
-//! and malformed names cost the same argon2 work and get the same refusal, so accounts cannot
-//! be enumerated; every attempt is written to the login history, and a history write that
-//! fails fails the login.
-
-use std::sync::Arc;
+//! The password step of a login, the issuing of a session and the logout. Unknown users, wrong
+//! passwords and malformed names cost the same argon2 work and get the same refusal, so
+//! accounts cannot be enumerated; every attempt is written to the login history, and a history
+//! write that fails fails the login.
 
 use zeroize::Zeroizing;
 
-use crate::app::App;
 use crate::clock::now_unix;
-use crate::store::{NewHistory, SessionRow, StoreError, UserRow};
+use crate::config::AuthConfig;
+use crate::metrics::Metrics;
+use crate::store::{NewHistory, SessionRow, Store, StoreError, UserRow};
 
 use super::jwt::{Claims, JwtError, AUDIENCE, ISSUER};
 use super::password::PasswordError;
 use super::roles::Role;
+use super::sessions::Session;
+use super::Auth;
 
 /// Longest user name; names are `a-z 0-9 . _ - @`, starting with a letter or digit.
 pub const MAX_NAME_LEN: usize = 64;
@@ -95,15 +96,25 @@ pub enum PasswordStep {
     Refused(Refusal),
 }
 
+/// What the login steps work with: the daemon's auth state, the store, the metrics and the
+/// `[auth]` section in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    pub auth: &'a Auth,
+    pub store: &'a Store,
+    pub metrics: &'a Metrics,
+    pub cfg: &'a AuthConfig,
+}
+
 async fn record(
-    app: &App,
+    gate: Gate<'_>,
     now: i64,
     typed: &str,
     client: &Client,
     result: &'static str,
 ) -> Result<(), StoreError> {
-    app.metrics.login(result);
-    app.store
+    gate.metrics.login(result);
+    gate.store
         .record_login(&NewHistory {
             at: now,
             username: &bounded(typed, HISTORY_NAME_LEN),
@@ -116,55 +127,54 @@ async fn record(
 
 /// Records a refused attempt of any step (e.g. a wrong second factor) in the history.
 pub async fn record_failure(
-    app: &App,
+    gate: Gate<'_>,
     typed: &str,
     client: &Client,
     result: &'static str,
 ) -> Result<(), StoreError> {
-    record(app, now_unix(), typed, client, result).await
+    record(gate, now_unix(), typed, client, result).await
 }
 
 /// Throttle, look up, verify. Does not create a session.
 pub async fn check_password(
-    app: &App,
+    gate: Gate<'_>,
     typed: &str,
     password: Zeroizing<String>,
     client: &Client,
 ) -> Result<PasswordStep, LoginError> {
-    let cfg = app.config.load_full();
     let now = now_unix();
     // Names are lower-case, so every case variant of a name is the same account for the
     // lookup and for throttling.
     let account = typed.to_ascii_lowercase();
-    let ticket = match app
+    let ticket = match gate
         .auth
         .pending
-        .admit(&app.store, &cfg.auth, &account, &client.ip, now)
+        .admit(gate.store, gate.cfg, &account, &client.ip, now)
         .await?
     {
         Ok(ticket) => ticket,
         Err(retry_after) => {
-            record(app, now, typed, client, "throttled").await?;
+            record(gate, now, typed, client, "throttled").await?;
             return Ok(PasswordStep::Refused(Refusal::Throttled { retry_after }));
         }
     };
-    let outcome = verify_and_record(app, typed, &account, password, client).await;
-    app.auth.pending.release(ticket).await;
+    let outcome = verify_and_record(gate, typed, &account, password, client).await;
+    gate.auth.pending.release(ticket).await;
     outcome
 }
 
 async fn verify_and_record(
-    app: &App,
+    gate: Gate<'_>,
     typed: &str,
     account: &str,
     password: Zeroizing<String>,
     client: &Client,
 ) -> Result<PasswordStep, LoginError> {
     let user = match validate_username(account) {
-        Ok(()) => app.store.user(account).await?,
+        Ok(()) => gate.store.user(account).await?,
         Err(_) => None,
     };
-    let verified = app
+    let verified = gate
         .auth
         .hasher
         .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
@@ -173,53 +183,52 @@ async fn verify_and_record(
     let now = now_unix();
     match user {
         None => {
-            record(app, now, typed, client, "unknown_user").await?;
+            record(gate, now, typed, client, "unknown_user").await?;
             Ok(PasswordStep::Refused(Refusal::InvalidCredentials))
         }
         Some(_) if !verified => {
-            record(app, now, typed, client, "bad_password").await?;
+            record(gate, now, typed, client, "bad_password").await?;
             Ok(PasswordStep::Refused(Refusal::InvalidCredentials))
         }
         Some(u) if u.disabled => {
-            record(app, now, typed, client, "disabled").await?;
+            record(gate, now, typed, client, "disabled").await?;
             Ok(PasswordStep::Refused(Refusal::Disabled))
         }
         Some(u) => Ok(PasswordStep::Verified(u)),
     }
 }
 
-/// Creates the session row (with its `ok` history row, atomically) and signs its token.
+/// Creates the session row (with its `ok` history row, atomically) and signs its token with
+/// the current key of `gate.auth` (bring the keys up to date first: the CLI may have just
+/// replaced them).
 pub async fn issue_session(
-    app: &Arc<App>,
+    gate: Gate<'_>,
     user: &UserRow,
     client: &Client,
 ) -> Result<Issued, LoginError> {
-    issue(app, user, client, None).await
+    issue(gate, user, client, None).await
 }
 
 /// Opens the session of a login finished with a second factor (see
 /// [`crate::store::Store::create_session_after_mfa`]).
 pub async fn issue_session_after_mfa(
-    app: &Arc<App>,
+    gate: Gate<'_>,
     user: &UserRow,
     client: &Client,
     finish: &crate::store::Finish<'_>,
 ) -> Result<Issued, LoginError> {
-    issue(app, user, client, Some(finish)).await
+    issue(gate, user, client, Some(finish)).await
 }
 
 async fn issue(
-    app: &Arc<App>,
+    gate: Gate<'_>,
     user: &UserRow,
     client: &Client,
     finish: Option<&crate::store::Finish<'_>>,
 ) -> Result<Issued, LoginError> {
-    // Sign with the key that is current now, even if the CLI just replaced it.
-    app.sync_auth().await;
-    let cfg = app.config.load_full();
     let role = Role::of_level(user.level).ok_or(LoginError::BadLevel)?;
     let now = now_unix();
-    let expires_at = now + cfg.auth.session_max_lifetime.as_secs() as i64;
+    let expires_at = now + gate.cfg.session_max_lifetime.as_secs() as i64;
     let id = crate::ids::random_hex(16);
     let claims = Claims {
         sub: user.name.clone(),
@@ -232,7 +241,7 @@ async fn issue(
         iss: ISSUER.to_string(),
         aud: AUDIENCE.to_string(),
     };
-    let token = app.auth.keyring.load().sign(&claims)?;
+    let token = gate.auth.keyring.load().sign(&claims)?;
     let row = SessionRow {
         id: id.clone(),
         user_id: user.id,
@@ -256,12 +265,12 @@ async fn issue(
     };
     let created = match finish {
         None => {
-            app.store
+            gate.store
                 .create_session(&row, &user.password_hash, &history)
                 .await?
         }
         Some(f) => {
-            app.store
+            gate.store
                 .create_session_after_mfa(&row, &user.password_hash, &history, f)
                 .await?
         }
@@ -269,7 +278,7 @@ async fn issue(
     if !created {
         return Err(LoginError::UserChanged);
     }
-    app.metrics.login("ok");
+    gate.metrics.login("ok");
     Ok(Issued {
         token,
         session_id: id,
@@ -277,6 +286,21 @@ async fn issue(
         level: user.level,
         expires_at,
     })
+}
+
+/// Ends `session` (revoked, with a `logout` history row) and drops it from the cache.
+pub async fn logout(gate: Gate<'_>, session: &Session, client: &Client) -> Result<(), StoreError> {
+    let entry = NewHistory {
+        at: now_unix(),
+        username: &session.user,
+        ip: &client.ip,
+        user_agent: &bounded(&client.user_agent, HISTORY_AGENT_LEN),
+        result: "logout",
+    };
+    gate.store.logout(&session.id, &entry).await?;
+    gate.auth.sessions.forget(&session.id);
+    gate.metrics.login("logout");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,21 +1,27 @@
 //! Which second factor a login needs after a correct password, and the tokens that carry a
-//! login (or an enrollment) across the requests that finish it.
+//! login (or an enrollment) across the requests that finish it. The steps themselves live in
+//! [`login`] (finishing a login with a code, mailing a code), [`enroll`] (TOTP enrollment) and
+//! [`admin`] (policy, status, resets, exemptions).
 //!
-//! DESIGN.md §6: a user with confirmed TOTP gets `mfa_required` (`totp`). A user without TOTP to
-//! whom the force policy applies (not exempt) gets `enroll_required` with an `enroll_token`, and
-//! — when the user has an email address, `[mfa] email_fallback` is on and (for admins)
+//! A user with confirmed TOTP gets `mfa_required` (`totp`). A user without TOTP to whom the
+//! force policy applies (not exempt) gets `enroll_required` with an `enroll_token`, and — when
+//! the user has an email address, `[mfa] email_fallback` is on and (for admins)
 //! `email_for_admins` — also an `mfa_token` for an emailed code. Everyone else logs in with the
-//! password alone. Tokens are 256 random bits, stored as SHA-256 hashes, single-use, bound to the
-//! attempt (and to the password hash it was verified against), short-lived.
+//! password alone. Tokens are 256 random bits, stored as SHA-256 hashes, single-use, bound to
+//! the attempt (and to the password hash it was verified against), short-lived.
+
+pub mod admin;
+pub mod enroll;
+pub mod login;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
-use crate::auth::login::{bounded, Client};
-use crate::store::{PendingRow, StoreError, UserRow};
+use crate::auth::login::{bounded, Client, Gate, LoginError};
+use crate::config::{MfaConfig, SmtpConfig};
+use crate::store::{PendingRow, Store, StoreError, UserRow};
 use crate::vault::{Vault, VaultError};
 
 /// Vault secret of a user's confirmed TOTP secret (by user id: names may hold `@`).
@@ -33,12 +39,63 @@ pub const MFA_KEY_PREFIX: &str = "keys/mfa/";
 /// The setting that forces enrollment on everyone.
 pub const FORCE_SETTING: &str = "mfa.force";
 
+/// Why a second-factor step did not go through. The refusals come first; the web tier answers
+/// each with its own status, the CLI with its own sentence.
 #[derive(Debug, thiserror::Error)]
 pub enum MfaError {
+    #[error("this login step is unknown, used, expired or locked")]
+    InvalidToken,
+    #[error("wrong, expired or already used code")]
+    InvalidCode,
+    #[error("the code is exactly 6 digits")]
+    BadCode,
+    #[error("this login is finished with: {methods}")]
+    MethodNotAllowed { methods: String },
+    #[error("too many failed logins; try again in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error("no valid session")]
+    NoSession,
+    #[error("no email address may receive codes for this account")]
+    NoEmail,
+    #[error("too many codes for this login")]
+    TooManyCodes,
+    #[error("a code was just sent; wait {wait} s")]
+    ResendTooSoon { wait: i64 },
+    #[error("the code could not be mailed")]
+    SmtpUnavailable,
+    #[error("TOTP is already set up for this account")]
+    AlreadyEnrolled,
+    #[error("TOTP was set up for this account meanwhile")]
+    EnrolledMeanwhile,
+    #[error("no enrollment is waiting")]
+    NoEnrollment,
+    #[error("drawing the QR code failed")]
+    Qr,
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("this user has no exemption")]
+    NotExempt,
+    #[error("an exemption ends in the future and at most 90 days away")]
+    BadUntil,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    #[error(transparent)]
+    Stamp(#[from] super::sessions::StampError),
+}
+
+/// What the second-factor steps of a login work with: the login's own [`Gate`], the vault
+/// (TOTP secrets, the email-code key, the SMTP password) and the `[mfa]` and `[smtp]`
+/// sections in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Mfa<'a> {
+    pub gate: Gate<'a>,
+    pub vault: &'a Vault,
+    pub cfg: &'a MfaConfig,
+    pub smtp: &'a SmtpConfig,
 }
 
 /// A fresh opaque token (43 characters of base64url).
@@ -78,25 +135,27 @@ pub enum Next {
     },
 }
 
-pub async fn forced(app: &App) -> Result<bool, StoreError> {
-    Ok(app.store.setting(FORCE_SETTING).await?.as_deref() == Some("on"))
+/// Whether the force policy is on.
+pub async fn forced(store: &Store) -> Result<bool, StoreError> {
+    Ok(store.setting(FORCE_SETTING).await?.as_deref() == Some("on"))
 }
 
-/// Whether this user may finish a login with an emailed code.
-pub fn email_allowed(app: &App, user: &UserRow) -> bool {
-    let cfg = app.config.load();
-    cfg.mfa.email_fallback
-        && user.email.as_deref().is_some_and(|e| !e.is_empty())
-        && (user.level < 9 || cfg.mfa.email_for_admins)
+/// Whether a user with this address and level may finish a login with an emailed code.
+pub fn email_allowed(cfg: &MfaConfig, email: Option<&str>, level: u8) -> bool {
+    cfg.email_fallback
+        && email.is_some_and(|e| !e.is_empty())
+        && (level < 9 || cfg.email_for_admins)
 }
 
+/// What a correct password leads to for `user`: a session at once, a code, or enrollment. The
+/// pending rows that carry the login on are stored here.
 pub async fn after_password(
-    app: &App,
+    store: &Store,
+    cfg: &MfaConfig,
     user: &UserRow,
     client: &Client,
     now: i64,
 ) -> Result<Next, MfaError> {
-    let cfg = app.config.load_full();
     let attempt = crate::ids::random_hex(16);
     let row = |kind: &str, methods: &str, ttl: std::time::Duration, token: &str| PendingRow {
         token_hash: hash_token(token),
@@ -116,31 +175,30 @@ pub async fn after_password(
         email_code_failures: 0,
         emails_sent: 0,
     };
-    if app.store.totp(user.id).await?.is_some() {
+    if store.totp(user.id).await?.is_some() {
         let token = new_token();
-        app.store
-            .insert_pending(&[row("mfa", "totp", cfg.mfa.mfa_token_ttl, &token)])
+        store
+            .insert_pending(&[row("mfa", "totp", cfg.mfa_token_ttl, &token)])
             .await?;
         return Ok(Next::Mfa {
             token,
             methods: vec!["totp"],
         });
     }
-    let exempt = app
-        .store
+    let exempt = store
         .exempt_until(user.id)
         .await?
         .is_some_and(|until| until > now);
-    if !forced(app).await? || exempt {
+    if !forced(store).await? || exempt {
         return Ok(Next::Session);
     }
     let enroll_token = new_token();
-    let mut rows = vec![row("enroll", "", cfg.mfa.enroll_token_ttl, &enroll_token)];
-    let email = email_allowed(app, user).then(new_token);
+    let mut rows = vec![row("enroll", "", cfg.enroll_token_ttl, &enroll_token)];
+    let email = email_allowed(cfg, user.email.as_deref(), user.level).then(new_token);
     if let Some(t) = &email {
-        rows.push(row("mfa", "email", cfg.mfa.mfa_token_ttl, t));
+        rows.push(row("mfa", "email", cfg.mfa_token_ttl, t));
     }
-    app.store.insert_pending(&rows).await?;
+    store.insert_pending(&rows).await?;
     Ok(Next::Enroll {
         enroll_token,
         email,
@@ -149,7 +207,8 @@ pub async fn after_password(
 
 /// A pending row that may still be used at `now` for `kind`.
 pub async fn live_pending(
-    app: &App,
+    store: &Store,
+    cfg: &MfaConfig,
     token: &str,
     kind: &str,
     now: i64,
@@ -157,10 +216,82 @@ pub async fn live_pending(
     if !looks_like_token(token) {
         return Ok(None);
     }
-    let max = i64::from(app.config.load().mfa.max_code_failures);
-    Ok(app.store.pending(&hash_token(token)).await?.filter(|r| {
+    let max = i64::from(cfg.max_code_failures);
+    Ok(store.pending(&hash_token(token)).await?.filter(|r| {
         r.kind == kind && r.used_at.is_none() && now < r.expires_at && r.failures < max
     }))
+}
+
+/// The user a pending row belongs to, if the attempt still holds (same password, enabled).
+async fn user_of(store: &Store, row: &PendingRow) -> Result<Option<UserRow>, StoreError> {
+    Ok(store
+        .user_by_id(row.user_id)
+        .await?
+        .filter(|u| !u.disabled && u.password_hash == row.password_hash))
+}
+
+/// The user named by an admin (any case).
+async fn named_user(store: &Store, name: &str) -> Result<UserRow, MfaError> {
+    store
+        .user(&name.to_ascii_lowercase())
+        .await?
+        .ok_or(MfaError::NoSuchUser)
+}
+
+impl Mfa<'_> {
+    /// The password lockout, per account and per client address, for every second-factor
+    /// step; a refusal is recorded as `throttled`. Hand the ticket back with
+    /// `pending.release`.
+    async fn admit(
+        &self,
+        user: &UserRow,
+        client: &Client,
+        now: i64,
+    ) -> Result<super::throttle::Ticket, MfaError> {
+        let gate = self.gate;
+        match gate
+            .auth
+            .pending
+            .admit(gate.store, gate.cfg, &user.name, &client.ip, now)
+            .await?
+        {
+            Ok(t) => Ok(t),
+            Err(retry_after) => {
+                let recorded =
+                    crate::auth::login::record_failure(gate, &user.name, client, "throttled");
+                if let Err(e) = recorded.await {
+                    tracing::error!(error = %e, "recording a throttled attempt failed");
+                }
+                Err(MfaError::Throttled { retry_after })
+            }
+        }
+    }
+
+    /// Takes one try of a pending login before its code is checked.
+    async fn claim(&self, row: &PendingRow, now: i64) -> Result<(), MfaError> {
+        let max = i64::from(self.cfg.max_code_failures);
+        if self.gate.store.claim_try(&row.token_hash, max, now).await? {
+            Ok(())
+        } else {
+            Err(MfaError::InvalidToken)
+        }
+    }
+
+    /// A wrong code (its try was already taken with [`Mfa::claim`], if it had a pending row):
+    /// written to the login history as `mfa_failed`, which feeds the account and IP lockout;
+    /// a wrong emailed code also counts against the code of `emailed`.
+    async fn wrong_code(&self, emailed: Option<&PendingRow>, user: &UserRow, client: &Client) {
+        if let Some(row) = emailed {
+            if let Err(e) = self.gate.store.email_code_failure(&row.token_hash).await {
+                tracing::error!(error = %e, "counting a wrong emailed code failed");
+            }
+        }
+        let recorded =
+            crate::auth::login::record_failure(self.gate, &user.name, client, "mfa_failed");
+        if let Err(e) = recorded.await {
+            tracing::error!(error = %e, "recording a second-factor failure failed");
+        }
+    }
 }
 
 /// The key emailed codes are hashed with; created when absent (installs from before 2FA).

@@ -1,7 +1,13 @@
 //! Login and roles for the web tier: passwords (argon2id on a bounded pool), HS256 JWTs with
 //! rotating key ids, server-side sessions checked on every request, the forward-auth route
 //! rules, throttling and the client-IP rule for the history.
+//!
+//! The use cases are operations here, shared by the HTTP handlers and the CLI: the login and
+//! logout ([`login`]), the second factor ([`mfa`]), sessions and the history as admins see
+//! them ([`admin`]) and accounts ([`users`]). They take what they need (the store, the vault,
+//! the daemon's [`Auth`], a config section), never the whole daemon.
 
+pub mod admin;
 pub mod client_ip;
 pub mod email_code;
 pub mod jwt;
@@ -13,6 +19,7 @@ pub mod routes;
 pub mod sessions;
 pub mod throttle;
 pub mod totp;
+pub mod users;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::config::AuthConfig;
+use crate::store::Store;
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +39,15 @@ pub enum AuthError {
     Password(#[from] password::PasswordError),
     #[error("no JWT signing key in the vault (run `pbxguard init`)")]
     NoSigningKey,
+}
+
+/// Why a request is not authenticated; all are 401 to the client.
+#[derive(Debug)]
+pub enum AuthFail {
+    NoToken,
+    BadToken(jwt::JwtError),
+    Denied(sessions::Deny),
+    Internal,
 }
 
 /// The daemon's authentication state.
@@ -89,6 +107,49 @@ impl Auth {
             v.clear();
         }
         Ok(())
+    }
+
+    /// Verifies `token` and its server-side session at `now` (bring the keys and the session
+    /// cache up to date first: another process may have changed them). A `last_seen` that is
+    /// due is written back in the background.
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        cfg: &AuthConfig,
+        token: Option<&str>,
+        now: i64,
+    ) -> Result<sessions::Session, AuthFail> {
+        let token = token.ok_or(AuthFail::NoToken)?;
+        let claims = self.verify(token, now).map_err(|e| {
+            tracing::debug!(reason = %e, "token refused");
+            AuthFail::BadToken(e)
+        })?;
+        match self.sessions.check(store, cfg, &claims, now).await {
+            Ok(Ok(checked)) => {
+                if let Some(at) = checked.touch {
+                    let store = store.clone();
+                    let id = checked.session.id.clone();
+                    tokio::spawn(async move {
+                        // The store logs a fault of the database once; other failures here.
+                        match store.touch_session(&id, at).await {
+                            Err(e) if !e.is_unavailable() => {
+                                tracing::warn!(error = %e, "recording session activity failed")
+                            }
+                            _ => {}
+                        }
+                    });
+                }
+                Ok(checked.session)
+            }
+            Ok(Err(deny)) => {
+                tracing::debug!(session = %claims.sid, reason = %deny, "session refused");
+                Err(AuthFail::Denied(deny))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed; refusing the request");
+                Err(AuthFail::Internal)
+            }
+        }
     }
 
     /// Verifies a token (see [`jwt::Keyring::verify`]), remembering the result.

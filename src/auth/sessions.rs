@@ -82,6 +82,58 @@ pub fn touch_stamp(state_dir: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, state_dir.join(STAMP_FILE))
 }
 
+/// The change is in the database, but the running daemon was not told.
+#[derive(Debug, thiserror::Error)]
+#[error("the change is stored, but the daemon could not be told: cannot write {}", .path.display())]
+pub struct StampError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Tells the daemon, from another process, that auth state changed: it drops its caches and
+/// reloads its keys on its next request.
+pub fn announce(state_dir: &Path) -> Result<(), StampError> {
+    touch_stamp(state_dir).map_err(|source| StampError {
+        path: state_dir.join(STAMP_FILE),
+        source,
+    })
+}
+
+/// Where a change that may end sessions has to be made known so that it applies at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice<'a> {
+    /// The change is made inside the daemon: its own cache drops what changed.
+    Daemon(&'a Sessions),
+    /// The change is made by another process (the CLI): the auth stamp in this state folder
+    /// tells the daemon.
+    Stamp(&'a Path),
+}
+
+impl Notice<'_> {
+    /// One session ended.
+    pub fn session_ended(self, id: &str) -> Result<(), StampError> {
+        match self {
+            Notice::Daemon(sessions) => {
+                sessions.forget(id);
+                Ok(())
+            }
+            Notice::Stamp(dir) => announce(dir),
+        }
+    }
+
+    /// Any number of sessions ended (a user's, everyone's, or users changed).
+    pub fn sessions_ended(self) -> Result<(), StampError> {
+        match self {
+            Notice::Daemon(sessions) => {
+                sessions.clear();
+                Ok(())
+            }
+            Notice::Stamp(dir) => announce(dir),
+        }
+    }
+}
+
 fn read_stamp(path: &Path) -> Option<StampId> {
     std::fs::metadata(path)
         .ok()

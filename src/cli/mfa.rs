@@ -5,13 +5,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 
-use super::users::announce;
+use super::users::notice;
 use super::{actor, load, open_store, open_vault};
-use crate::auth::mfa::{self, FORCE_SETTING};
+use crate::auth::mfa::admin::{self, MAX_EXEMPTION_SECS};
+use crate::auth::mfa::MfaError;
 use crate::clock::{now_unix, rfc3339};
+use crate::config::Config;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,133 +46,91 @@ pub enum MfaCommand {
 }
 
 /// The longest exemption granted in one go.
-const MAX_EXEMPTION: Duration = Duration::from_secs(90 * 24 * 3600);
+const MAX_EXEMPTION: Duration = Duration::from_secs(MAX_EXEMPTION_SECS as u64);
 
-async fn user(store: &Store, name: &str) -> anyhow::Result<crate::store::UserRow> {
-    match store.user(&name.to_ascii_lowercase()).await? {
-        Some(u) => Ok(u),
-        None => bail!("no such user: {name}"),
+/// The CLI's sentence for the refusals an admin can run into.
+fn refusal(e: MfaError, name: &str) -> anyhow::Error {
+    match e {
+        MfaError::NoSuchUser => anyhow::anyhow!("no such user: {name}"),
+        MfaError::NotExempt => anyhow::anyhow!("{name} has no exemption"),
+        e => e.into(),
     }
 }
 
 pub async fn run(config_path: &Path, cmd: MfaCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
+    let out = run_with(&config, &store, cmd).await;
+    store.close().await;
+    out
+}
+
+async fn run_with(config: &Config, store: &Store, cmd: MfaCommand) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     match cmd {
-        MfaCommand::Status { json } => {
-            let rows = store.mfa_status(now).await?;
-            let cfg = &config.mfa;
-            let views: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| {
-                    let email = cfg.email_fallback
-                        && r.email.as_deref().is_some_and(|e| !e.is_empty())
-                        && (r.level < 9 || cfg.email_for_admins);
-                    let method = if r.totp_confirmed_at.is_some() {
-                        "totp"
-                    } else if email {
-                        "email"
-                    } else {
-                        "none"
-                    };
-                    serde_json::json!({
-                        "user": r.user,
-                        "method": method,
-                        "enrolled_at": r.totp_confirmed_at.map(rfc3339),
-                        "exempt_until": r.exempt_until.map(rfc3339),
-                    })
-                })
-                .collect();
-            let forced = store.setting(FORCE_SETTING).await?.as_deref() == Some("on");
-            if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
-            } else {
-                println!("force enrollment: {}", if forced { "on" } else { "off" });
-                println!(
-                    "{:<24}  {:<6}  {:<20}  EXEMPT UNTIL",
-                    "USER", "METHOD", "ENROLLED"
-                );
-                for v in &views {
-                    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
-                    println!(
-                        "{:<24}  {:<6}  {:<20}  {}",
-                        s("user"),
-                        s("method"),
-                        s("enrolled_at"),
-                        s("exempt_until")
-                    );
-                }
-            }
-        }
+        MfaCommand::Status { json } => status(config, store, json, now).await?,
         MfaCommand::Reset { name } => {
-            let u = user(&store, &name).await?;
-            let vault = open_vault(&config).await?;
-            for secret in [
-                mfa::totp_secret_name(u.id),
-                mfa::pending_totp_secret_name(u.id),
-            ] {
-                match vault.remove(&secret).await {
-                    Ok(()) | Err(crate::vault::VaultError::NotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let had = store.reset_totp(u.id, now).await?;
-            store.audit(&actor(), "mfa.reset", &u.name, "").await?;
-            announce(&config)?;
+            let vault = open_vault(config).await?;
+            let r = admin::reset(store, &vault, notice(config), &actor(), &name, now)
+                .await
+                .map_err(|e| refusal(e, &name))?;
             println!(
                 "{}; {}'s sessions were ended",
-                if had {
+                if r.had_totp {
                     "TOTP removed"
                 } else {
                     "no TOTP was set up"
                 },
-                u.name
+                r.user
             );
         }
         MfaCommand::Policy { force } => {
             if let Some(f) = force {
-                let value = match f {
-                    OnOff::On => "on",
-                    OnOff::Off => "off",
-                };
-                store
-                    .set_setting(FORCE_SETTING, value, &actor(), now)
-                    .await?;
-                store.audit(&actor(), "mfa.policy", "force", value).await?;
+                admin::set_policy(store, &actor(), matches!(f, OnOff::On), now).await?;
             }
-            let forced = store.setting(FORCE_SETTING).await?.as_deref() == Some("on");
+            let forced = admin::policy(store).await?;
             println!("force enrollment: {}", if forced { "on" } else { "off" });
         }
         MfaCommand::Exempt { name, duration } => {
             if duration.is_zero() || duration > MAX_EXEMPTION {
                 return Err(super::UsageError("--for must be between 1s and 90d".into()).into());
             }
-            let u = user(&store, &name).await?;
             let until = now + i64::try_from(duration.as_secs()).unwrap_or(0);
-            store.set_exemption(u.id, until, &actor(), now).await?;
-            store
-                .audit(
-                    &actor(),
-                    "mfa.exempt",
-                    &u.name,
-                    &format!("until={}", rfc3339(until)),
-                )
-                .await?;
-            println!(
-                "{} is exempt from enrollment until {}",
-                u.name,
-                rfc3339(until)
-            );
+            let user = admin::exempt(store, &actor(), &name, until, now)
+                .await
+                .map_err(|e| refusal(e, &name))?;
+            println!("{user} is exempt from enrollment until {}", rfc3339(until));
         }
         MfaCommand::Unexempt { name } => {
-            let u = user(&store, &name).await?;
-            if !store.remove_exemption(u.id).await? {
-                bail!("{} has no exemption", u.name);
-            }
-            store.audit(&actor(), "mfa.unexempt", &u.name, "").await?;
-            println!("{} is no longer exempt", u.name);
+            let user = admin::unexempt(store, &actor(), &name)
+                .await
+                .map_err(|e| refusal(e, &name))?;
+            println!("{user} is no longer exempt");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn status(config: &Config, store: &Store, json: bool, now: i64) -> anyhow::Result<()> {
+    let views = admin::status(store, &config.mfa, now).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    let forced = admin::policy(store).await?;
+    println!("force enrollment: {}", if forced { "on" } else { "off" });
+    println!(
+        "{:<24}  {:<6}  {:<20}  EXEMPT UNTIL",
+        "USER", "METHOD", "ENROLLED"
+    );
+    for v in &views {
+        println!(
+            "{:<24}  {:<6}  {:<20}  {}",
+            v.user,
+            v.method,
+            v.enrolled_at.as_deref().unwrap_or("-"),
+            v.exempt_until.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }

@@ -12,10 +12,10 @@ use clap::Subcommand;
 use super::users::announce;
 use super::{actor, load, open_store, open_vault, UsageError};
 use crate::clock::{now_unix, rfc3339};
+use crate::config::Config;
 use crate::init::{LINK_KEY_PREFIX, SIGNING_KEY_LEN};
-use crate::recordings::{self, LinkKeys, Minter, PathError, RecordingError};
-use crate::store::LinkFilter;
-use crate::web::recordings_api::{LinkView, MAX_LINKS_LIMIT};
+use crate::recordings::links::{self, LinkNotice, ListQuery, MAX_LINKS_LIMIT};
+use crate::recordings::{self, LinkKeys, Minter, Minting, PathError, RecordingError, Root};
 
 #[derive(Debug, Subcommand)]
 pub enum RecordingCommand {
@@ -67,8 +67,21 @@ fn path_problem(e: PathError, input: &str) -> anyhow::Error {
     }
 }
 
+/// The CLI's sentence (and exit code) for what an operation refused about `input`.
+fn problem(e: RecordingError, input: &str) -> anyhow::Error {
+    match e {
+        RecordingError::Path(e) => path_problem(e, input),
+        e @ (RecordingError::TtlZero
+        | RecordingError::TtlTooLong { .. }
+        | RecordingError::NoPublicUrl
+        | RecordingError::NotALink) => UsageError(e.to_string()).into(),
+        e => e.into(),
+    }
+}
+
 pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
+    let root = Root::new(&config.recordings.root);
     match cmd {
         RecordingCommand::Link { path, ttl, json } => {
             let vault = open_vault(&config).await?;
@@ -76,16 +89,16 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
             let who = actor();
             let by = Minter { name: &who, ip: "" };
             let store = open_store(&config).await?;
-            let minted = match recordings::mint(&store, &keys, &config, &path, ttl, &by).await {
-                Ok(m) => m,
-                Err(RecordingError::Path(e)) => return Err(path_problem(e, &path)),
-                Err(
-                    e @ (RecordingError::TtlZero
-                    | RecordingError::TtlTooLong { .. }
-                    | RecordingError::NoPublicUrl),
-                ) => return Err(UsageError(e.to_string()).into()),
-                Err(e) => return Err(e.into()),
+            let minting = Minting {
+                store: &store,
+                keys: &keys,
+                root: &root,
+                cfg: &config.recordings,
+                public_url: config.http.as_ref().map(|h| h.public_url.as_str()),
             };
+            let minted = recordings::mint(minting, &path, ttl, &by)
+                .await
+                .map_err(|e| problem(e, &path))?;
             if json {
                 println!(
                     "{}",
@@ -108,15 +121,14 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
             json,
         } => {
             let store = open_store(&config).await?;
-            let path = path
-                .map(|p| {
-                    recordings::paths::normalise(&p, &config.recordings.root)
-                        .map_err(|e| path_problem(e, &p))
-                })
-                .transpose()?;
-            let now = now_unix();
-            let rows = store.links(&LinkFilter { path, all, limit }, now).await?;
-            let views: Vec<LinkView> = rows.iter().map(|r| LinkView::new(r, now)).collect();
+            let query = ListQuery {
+                path: path.as_deref(),
+                all,
+                limit,
+            };
+            let views = links::list(&store, &root, query, now_unix())
+                .await
+                .map_err(|e| problem(e, path.as_deref().unwrap_or_default()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else if views.is_empty() {
@@ -135,47 +147,41 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        RecordingCommand::Revoke { link, path } => {
-            let store = open_store(&config).await?;
-            let who = actor();
-            let now = now_unix();
-            if let Some(p) = path {
-                let rel = recordings::paths::normalise(&p, &config.recordings.root)
-                    .map_err(|e| path_problem(e, &p))?;
-                let n = store.revoke_links_to(&rel, &who, now).await?;
-                store
-                    .audit(&who, "recording.revoke", &rel, &format!("links={n}"))
-                    .await?;
-                announce(&config)?;
-                println!("revoked {n} link(s) to {rel}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let reference = link.unwrap_or_default();
-            let Some(id) = recordings::link_id_from(&reference) else {
-                return Err(UsageError(
-                    "name the link by its id (32 hex characters), its token or its URL".into(),
-                )
-                .into());
-            };
-            let Some(row) = store.link(&id).await? else {
-                bail!("no such link: {id}");
-            };
-            if store.revoke_link(&id, &who, now).await? {
-                store
-                    .audit(&who, "recording.revoke", &row.path, &format!("link={id}"))
-                    .await?;
-                announce(&config)?;
-                println!("revoked link {id}");
-            } else {
-                println!("link {id} was already revoked");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        RecordingCommand::Revoke { link, path } => revoke(&config, &root, link, path).await,
         RecordingCommand::RotateKey => rotate_key(&config).await,
     }
 }
 
-async fn rotate_key(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
+async fn revoke(
+    config: &Config,
+    root: &Root,
+    link: Option<String>,
+    path: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let who = actor();
+    let now = now_unix();
+    let notice = LinkNotice::Stamp(&config.daemon.state_dir);
+    if let Some(p) = path {
+        let (rel, n) = links::revoke_path(&store, root, notice, &who, &p, now)
+            .await
+            .map_err(|e| problem(e, &p))?;
+        println!("revoked {n} link(s) to {rel}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reference = link.unwrap_or_default();
+    let revoked = links::revoke(&store, notice, &who, &reference, now)
+        .await
+        .map_err(|e| problem(e, &reference))?;
+    if revoked.now {
+        println!("revoked link {}", revoked.id);
+    } else {
+        println!("link {} was already revoked", revoked.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_key(config: &Config) -> anyhow::Result<ExitCode> {
     let vault = open_vault(config).await?;
     let mut keys: Vec<_> = vault
         .list()

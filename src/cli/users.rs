@@ -5,20 +5,18 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{actor, load, open_store, UsageError};
-use crate::auth::login::validate_username;
+use crate::auth::admin::{self, AdminError, MAX_HISTORY_LIMIT};
 use crate::auth::password;
-use crate::auth::roles::Role;
-use crate::auth::sessions::touch_stamp;
-use crate::clock::{now_unix, rfc3339};
+use crate::auth::sessions::{self, Notice};
+use crate::auth::users::{self, NewUser, UserError};
+use crate::clock::now_unix;
 use crate::config::Config;
 use crate::store::Store;
-use crate::web::admin_api::{HistoryView, SessionView, MAX_HISTORY_LIMIT};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -75,36 +73,6 @@ pub enum UserCommand {
     },
 }
 
-/// An extension is the user part of a SIP URI: keep it to characters that need no escaping.
-fn check_extension(ext: &str) -> anyhow::Result<()> {
-    let ok = !ext.is_empty()
-        && ext.len() <= 32
-        && ext
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+'));
-    if !ok {
-        return Err(UsageError(format!(
-            "extension {ext:?} must be 1-32 letters, digits, '_', '.', '-' or '+'"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-async fn set_extension(store: &Store, name: &str, ext: Option<&str>) -> anyhow::Result<()> {
-    use crate::store::ExtensionSet;
-    match store.set_user_extension(name, ext, now_unix()).await? {
-        ExtensionSet::Done => Ok(()),
-        ExtensionSet::NoSuchUser => bail!("user {name:?} does not exist"),
-        ExtensionSet::Taken(other) => {
-            bail!(
-                "extension {:?} already belongs to {other}",
-                ext.unwrap_or_default()
-            )
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Live sessions, newest first.
@@ -145,8 +113,15 @@ fn read_password(raw: bool) -> anyhow::Result<Zeroizing<String>> {
     let buf = super::read_stdin_secret(password::MAX_LEN, raw, "password")?;
     let text = std::str::from_utf8(&buf)
         .map_err(|_| UsageError("the password is not valid UTF-8".into()))?;
-    password::check_policy(text).map_err(|e| UsageError(e.to_string()))?;
-    Ok(Zeroizing::new(text.to_string()))
+    users::check_password(text).map_err(usage)
+}
+
+/// Input the admin can correct is a usage error (exit 64); the rest keeps its own sentence.
+fn usage(e: UserError) -> anyhow::Error {
+    match e {
+        UserError::Invalid(why) => UsageError(why).into(),
+        e => e.into(),
+    }
 }
 
 /// Table output shows client-supplied text (names as typed, user agents): control characters
@@ -163,44 +138,14 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn check_email(email: &str) -> Result<(), UsageError> {
-    let ok = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.contains('@')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(UsageError(format!("{email:?} is not an email address")))
-    }
-}
-
 /// Tells the running daemon that auth state changed (see `auth::sessions`).
 pub(super) fn announce(config: &Config) -> anyhow::Result<()> {
-    touch_stamp(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "the change is stored, but the daemon could not be told: cannot write {}/auth.stamp",
-            config.daemon.state_dir.display()
-        )
-    })
+    Ok(sessions::announce(&config.daemon.state_dir)?)
 }
 
-#[derive(Serialize)]
-struct UserView {
-    name: String,
-    level: u8,
-    role: &'static str,
-    email: Option<String>,
-    /// The SIP extension of the user's browser softphone.
-    extension: Option<String>,
-    disabled: bool,
-    created_at: String,
-    updated_at: String,
-}
-
-fn changed(store_result: Option<u64>, name: &str) -> anyhow::Result<u64> {
-    store_result.ok_or_else(|| anyhow::anyhow!("user {name:?} does not exist"))
+/// How a change made by the CLI reaches the running daemon.
+pub(super) fn notice(config: &Config) -> Notice<'_> {
+    Notice::Stamp(&config.daemon.state_dir)
 }
 
 pub async fn user(config_path: &Path, cmd: UserCommand) -> anyhow::Result<ExitCode> {
@@ -212,6 +157,8 @@ pub async fn user(config_path: &Path, cmd: UserCommand) -> anyhow::Result<ExitCo
 }
 
 async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    let who = actor();
+    let notice = notice(config);
     match cmd {
         UserCommand::Add {
             name,
@@ -221,98 +168,36 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             extension,
             ..
         } => {
-            validate_username(&name).map_err(|e| UsageError(e.to_string()))?;
-            if let Some(e) = &email {
-                check_email(e)?;
-            }
-            if let Some(ext) = &extension {
-                check_extension(ext)?;
-            }
+            let new = NewUser {
+                name: &name,
+                level,
+                email: email.as_deref(),
+                extension: extension.as_deref(),
+            };
+            new.check().map_err(usage)?;
             let pw = read_password(raw)?;
-            let hash = password::hash_now(pw.as_bytes())?;
-            if !store
-                .insert_user(&name, level, email.as_deref(), &hash)
-                .await?
-            {
-                bail!("user {name:?} already exists");
-            }
-            if let Some(ext) = &extension {
-                set_extension(store, &name, Some(ext)).await?;
-            }
-            store
-                .audit(&actor(), "user.add", &name, &format!("level {level}"))
-                .await?;
+            users::add(store, &who, new, &pw).await.map_err(usage)?;
             eprintln!("user {name:?} added with level {level}");
         }
-        UserCommand::List { json } => {
-            let extensions: std::collections::HashMap<String, String> =
-                store.user_extensions().await?.into_iter().collect();
-            let users: Vec<UserView> = store
-                .users()
-                .await?
-                .into_iter()
-                .map(|u| UserView {
-                    extension: extensions.get(&u.name).cloned(),
-                    role: Role::of_level(u.level).map(Role::name).unwrap_or("agent"),
-                    name: u.name,
-                    level: u.level,
-                    email: u.email,
-                    disabled: u.disabled,
-                    created_at: rfc3339(u.created_at),
-                    updated_at: rfc3339(u.updated_at),
-                })
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&users)?);
-            } else {
-                println!(
-                    "{:<24} {:>5} {:<10} {:<8} {:<10} EMAIL",
-                    "NAME", "LEVEL", "ROLE", "STATE", "EXTENSION"
-                );
-                for u in users {
-                    let state = if u.disabled { "disabled" } else { "active" };
-                    println!(
-                        "{:<24} {:>5} {:<10} {:<8} {:<10} {}",
-                        u.name,
-                        u.level,
-                        u.role,
-                        state,
-                        u.extension.as_deref().unwrap_or("-"),
-                        u.email.unwrap_or_default()
-                    );
-                }
-            }
-        }
+        UserCommand::List { json } => list(store, json).await?,
         UserCommand::SetLevel { name, level } => {
-            let ended = changed(store.set_user_level(&name, level).await?, &name)?;
-            announce(config)?;
-            store
-                .audit(&actor(), "user.set-level", &name, &format!("level {level}"))
-                .await?;
+            let ended = users::set_level(store, notice, &who, &name, level).await?;
             eprintln!("user {name:?} now has level {level}; {ended} session(s) ended");
         }
         UserCommand::Disable { name } => {
-            let ended = changed(store.set_user_disabled(&name, true).await?, &name)?;
-            announce(config)?;
-            store.audit(&actor(), "user.disable", &name, "").await?;
+            let ended = users::set_disabled(store, notice, &who, &name, true).await?;
             eprintln!("user {name:?} disabled; {ended} session(s) ended");
         }
         UserCommand::Enable { name } => {
-            changed(store.set_user_disabled(&name, false).await?, &name)?;
-            store.audit(&actor(), "user.enable", &name, "").await?;
+            users::set_disabled(store, notice, &who, &name, false).await?;
             eprintln!("user {name:?} enabled");
         }
         UserCommand::SetExtension {
             name, extension, ..
         } => {
-            if let Some(ext) = &extension {
-                check_extension(ext)?;
-            }
-            set_extension(store, &name, extension.as_deref()).await?;
-            let detail = extension.as_deref().unwrap_or("(none)");
-            store
-                .audit(&actor(), "user.set-extension", &name, detail)
-                .await?;
+            users::set_extension(store, &who, &name, extension.as_deref())
+                .await
+                .map_err(usage)?;
             match &extension {
                 Some(ext) => eprintln!("user {name:?} now uses SIP extension {ext}"),
                 None => eprintln!("user {name:?} has no SIP extension now"),
@@ -320,25 +205,55 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
         }
         UserCommand::Passwd { name, raw, .. } => {
             let pw = read_password(raw)?;
-            let hash = password::hash_now(pw.as_bytes())?;
-            let ended = changed(store.set_user_password(&name, &hash).await?, &name)?;
-            announce(config)?;
-            store.audit(&actor(), "user.passwd", &name, "").await?;
+            let ended = users::set_password(store, notice, &who, &name, &pw).await?;
             eprintln!("password of {name:?} changed; {ended} session(s) ended");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
+    let users = users::list(store).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&users)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>5} {:<10} {:<8} {:<10} EMAIL",
+        "NAME", "LEVEL", "ROLE", "STATE", "EXTENSION"
+    );
+    for u in users {
+        let state = if u.disabled { "disabled" } else { "active" };
+        println!(
+            "{:<24} {:>5} {:<10} {:<8} {:<10} {}",
+            u.name,
+            u.level,
+            u.role,
+            state,
+            u.extension.as_deref().unwrap_or("-"),
+            u.email.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
+    let out = session_inner(&config, &store, cmd).await;
+    store.close().await;
+    out
+}
+
+async fn session_inner(
+    config: &Config,
+    store: &Store,
+    cmd: SessionCommand,
+) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     match cmd {
         SessionCommand::List { user, json } => {
-            let idle = config.auth.session_idle_timeout.as_secs() as i64;
-            let rows = store.live_sessions(user.as_deref(), now, idle).await?;
-            let views: Vec<SessionView> = rows.iter().map(|r| SessionView::new(r, idle)).collect();
+            let views = admin::sessions(store, &config.auth, user.as_deref(), now).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
@@ -355,47 +270,35 @@ pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<
             }
         }
         SessionCommand::Revoke(args) => {
-            let (target, n) = match (args.id, args.user, args.all) {
+            let who = actor();
+            let notice = notice(config);
+            let n = match (args.id, args.user, args.all) {
                 (Some(id), _, _) => {
-                    if !store.revoke_session(&id, now).await? {
-                        bail!("no live session {id:?}");
+                    match admin::revoke_session(store, notice, &who, &id, now).await {
+                        Err(AdminError::NoSuchSession) => bail!("no live session {id:?}"),
+                        done => done.map(|()| 1)?,
                     }
-                    (id, 1)
                 }
                 (_, Some(user), _) => {
-                    let n = store
-                        .revoke_user_sessions(&user, now)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("user {user:?} does not exist"))?;
-                    (format!("user {user}"), n)
+                    match admin::revoke_user_sessions(store, notice, &who, &user, now).await {
+                        Err(AdminError::NoSuchUser) => bail!("user {user:?} does not exist"),
+                        done => done?,
+                    }
                 }
-                _ => ("all".to_string(), store.revoke_all_sessions(now).await?),
+                _ => admin::revoke_all_sessions(store, notice, &who, now).await?,
             };
-            announce(&config)?;
-            store
-                .audit(
-                    &actor(),
-                    "session.revoke",
-                    &target,
-                    &format!("{n} sessions"),
-                )
-                .await?;
             eprintln!("{n} session(s) revoked");
         }
     }
-    store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
-    let rows: Vec<HistoryView> = store
-        .history(args.user.as_deref(), args.limit)
-        .await?
-        .into_iter()
-        .map(HistoryView::from)
-        .collect();
+    let rows = admin::history(&store, args.user.as_deref(), args.limit).await;
+    store.close().await;
+    let rows = rows?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -414,6 +317,5 @@ pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<Ex
             );
         }
     }
-    store.close().await;
     Ok(ExitCode::SUCCESS)
 }

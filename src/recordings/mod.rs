@@ -6,25 +6,32 @@
 //! then opens the file beneath `[recordings] root` again ([`paths`]) and answers with nginx's
 //! Range and conditional rules ([`range`]), streaming the file ([`body`]). Every mint and every
 //! request for a genuine link lands in the audit log ([`journal`]), never with the token.
+//!
+//! [`Root`] is the one place that decides what lies beneath `[recordings] root`; the daemon's
+//! [`Recordings`] holds the root in force. Minting, listing and revoking links are operations
+//! in [`links`], shared by the HTTP handlers and the CLI; [`serve`] is the feature's side of a
+//! download.
 
 pub mod body;
 use crate::journal;
+pub mod links;
 pub mod paths;
 pub mod range;
+pub mod serve;
 pub mod token;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::config::Config;
+use crate::auth::sessions::StampError;
 use crate::store::{LinkRow, Store, StoreError};
 use crate::vault::{Vault, VaultError};
-pub use paths::PathError;
+pub use links::{mint, Minted, Minter, Minting};
+pub use paths::{PathError, Root};
 pub use token::{LinkKeys, TokenError};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +50,20 @@ pub enum RecordingError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Stamp(#[from] StampError),
+    #[error("no such link: {0}")]
+    NoSuchLink(String),
+    #[error("name the link by its id (32 hex characters), its token or its URL")]
+    NotALink,
 }
 
-/// The daemon's recording state: the link keys (swapped on reload and when another process
-/// rotates them) and the download log.
+/// The daemon's recording state: the recordings folder and the link keys (both swapped on
+/// reload, the keys also when another process rotates them) and the download log.
 #[derive(Debug)]
 pub struct Recordings {
+    /// `[recordings] root` in force: ask [`Recordings::root`].
+    root: ArcSwap<Root>,
     pub keys: ArcSwap<LinkKeys>,
     pub journal: journal::Journal,
     /// Lets an unknown key id look for new keys at most once a second, so that a flood of
@@ -135,8 +150,11 @@ impl Recordings {
         vault: &Vault,
         store: Store,
         overflow: prometheus_client::metrics::counter::Counter,
+        root: Root,
     ) -> Result<Recordings, VaultError> {
+        root.warn_unless_folder();
         Ok(Recordings {
+            root: ArcSwap::from_pointee(root),
             keys: ArcSwap::from_pointee(LinkKeys::load(vault).await?),
             journal: journal::Journal::start(store, overflow),
             key_sync: SyncGate::default(),
@@ -148,103 +166,17 @@ impl Recordings {
         self.keys.store(Arc::new(LinkKeys::load(vault).await?));
         Ok(())
     }
-}
 
-/// A freshly minted link.
-#[derive(Debug, Clone)]
-pub struct Minted {
-    pub id: String,
-    pub url: String,
-    pub path: String,
-    pub expires_at: i64,
-}
-
-/// Who asks for a link, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Minter<'a> {
-    pub name: &'a str,
-    pub ip: &'a str,
-}
-
-/// Checks the path (normal form, beneath root, a regular file pbxguard can open), stores the
-/// link and returns its URL.
-pub async fn mint(
-    store: &Store,
-    keys: &LinkKeys,
-    config: &Config,
-    input: &str,
-    ttl: Option<Duration>,
-    by: &Minter<'_>,
-) -> Result<Minted, RecordingError> {
-    let rc = &config.recordings;
-    let ttl = ttl.unwrap_or(rc.link_ttl);
-    if ttl.as_secs() == 0 {
-        return Err(RecordingError::TtlZero);
+    /// The recordings folder in force.
+    pub fn root(&self) -> Arc<Root> {
+        self.root.load_full()
     }
-    if ttl > rc.max_link_ttl {
-        return Err(RecordingError::TtlTooLong {
-            asked: humantime::format_duration(ttl).to_string(),
-            max: humantime::format_duration(rc.max_link_ttl).to_string(),
-        });
-    }
-    let base = config
-        .http
-        .as_ref()
-        .map(|h| h.public_url.trim_end_matches('/').to_string())
-        .filter(|u| !u.is_empty())
-        .ok_or(RecordingError::NoPublicUrl)?;
-    // Normalising may resolve the root (an absolute path given through a symlinked root), so
-    // it runs on the blocking pool with the open.
-    let root = rc.root.clone();
-    let given = input.to_string();
-    let path = tokio::task::spawn_blocking(move || {
-        let rel = paths::normalise(&given, &root)?;
-        paths::open(&root, &rel)?;
-        Ok::<_, PathError>(rel)
-    })
-    .await
-    .map_err(|_| PathError::Unreadable(std::io::Error::other("open task failed")))??;
 
-    let mut id = [0u8; token::LINK_ID_LEN];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-    let now = crate::clock::now_unix();
-    let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-    let token = keys.mint(&id, expires_at)?;
-    let row = LinkRow {
-        id: token::hex(&id),
-        path: path.clone(),
-        key_id: keys.signing_kid().unwrap_or_default(),
-        minted_by: by.name.to_string(),
-        minted_ip: by.ip.to_string(),
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-        revoked_by: None,
-    };
-    store.insert_link(&row).await?;
-    store
-        .audit(
-            by.name,
-            "recording.link",
-            &path,
-            &format!(
-                "link={}{} expires_at={}",
-                row.id,
-                if by.ip.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ip={}", by.ip)
-                },
-                crate::clock::rfc3339(expires_at)
-            ),
-        )
-        .await?;
-    Ok(Minted {
-        id: row.id,
-        url: format!("{base}/rec/{token}"),
-        path,
-        expires_at,
-    })
+    /// A reload's `[recordings] root`.
+    pub fn set_root(&self, root: Root) {
+        root.warn_unless_folder();
+        self.root.store(Arc::new(root));
+    }
 }
 
 /// The link an admin names: its id (32 hex), its token, or its whole URL.

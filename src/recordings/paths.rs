@@ -1,17 +1,17 @@
 //! Which file a recording path names, decided so that nothing outside `[recordings] root` can
 //! ever be reached.
 //!
-//! Two layers: [`normalise`] refuses traversal outright (any `..`, also percent-encoded once or
-//! twice, NUL and control characters, absolute paths outside root) and gives the one spelling
-//! the database keeps; [`open`] then opens the file relative to a handle on root with
-//! `openat2(RESOLVE_BENEATH)`, so the kernel refuses any resolution — symlinks included, and
-//! whatever was swapped in since the link was minted — that would leave root. Symlinks that
-//! stay inside root are followed. Only regular files are served; FIFOs are opened
-//! non-blocking so that probing one cannot hang a worker.
+//! Two layers: [`Root::normalise`] refuses traversal outright (any `..`, also percent-encoded
+//! once or twice, NUL and control characters, absolute paths outside root) and gives the one
+//! spelling the database keeps; [`Root::open`] then opens the file relative to a handle on
+//! root with `openat2(RESOLVE_BENEATH)`, so the kernel refuses any resolution — symlinks
+//! included, and whatever was swapped in since the link was minted — that would leave root.
+//! Symlinks that stay inside root are followed. Only regular files are served; FIFOs are
+//! opened non-blocking so that probing one cannot hang a worker.
 
 use std::fs::{File, Metadata};
 use std::io;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use percent_encoding::percent_decode_str;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -35,8 +35,69 @@ pub enum PathError {
     Unreadable(io::Error),
 }
 
+/// The recordings folder, `[recordings] root`. Every path a link names is normalised and
+/// opened through this type, and nothing else decides what lies beneath root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root(PathBuf);
+
+impl Root {
+    pub fn new(path: impl Into<PathBuf>) -> Root {
+        Root(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `input` (relative, or absolute inside root) in the one spelling the database keeps.
+    pub fn normalise(&self, input: &str) -> Result<String, PathError> {
+        normalise(input, &self.0)
+    }
+
+    /// Opens a normalised path for reading. Blocking: call from `spawn_blocking`.
+    pub fn open(&self, relative: &str) -> Result<(File, Metadata), PathError> {
+        open(&self.0, relative)
+    }
+
+    /// Normalises `input` and checks that it names a regular file pbxguard can open; its
+    /// normal form. Normalising may resolve the root (an absolute path given through a
+    /// symlinked root), so it runs on the blocking pool with the open.
+    pub async fn check_file(&self, input: &str) -> Result<String, PathError> {
+        let (root, given) = (self.clone(), input.to_string());
+        tokio::task::spawn_blocking(move || {
+            let rel = root.normalise(&given)?;
+            root.open(&rel)?;
+            Ok(rel)
+        })
+        .await
+        .map_err(|_| PathError::Unreadable(io::Error::other("open task failed")))?
+    }
+
+    /// Links can only be minted for files under root; without it everything else still
+    /// serves, so a missing folder is a warning (Asterisk may simply not be installed yet).
+    pub fn warn_unless_folder(&self) {
+        if !self.0.is_dir() {
+            tracing::warn!(root = %self.0.display(), "[recordings] root is not a folder; recording links cannot be minted or served until it exists");
+        }
+    }
+
+    /// Creates an empty folder where there is none (the development setup mints links into
+    /// it).
+    pub fn create_if_missing(&self) {
+        if self.0.exists() {
+            return;
+        }
+        match std::fs::create_dir_all(&self.0) {
+            Ok(()) => tracing::info!(created = %self.0.display(), "initialised recordings folder"),
+            Err(e) => {
+                tracing::warn!(root = %self.0.display(), error = %e, "cannot create the recordings folder")
+            }
+        }
+    }
+}
+
 /// The path relative to `root`, normalised (`a/b.wav`: no empty or `.` components).
-pub fn normalise(input: &str, root: &Path) -> Result<String, PathError> {
+fn normalise(input: &str, root: &Path) -> Result<String, PathError> {
     if input.is_empty() {
         return Err(PathError::Bad("empty path"));
     }
@@ -109,7 +170,7 @@ fn strip_root(path: &Path, root: &Path) -> Option<std::path::PathBuf> {
 
 /// Opens the normalised `relative` path under `root` for reading; the file and its metadata.
 /// Blocking: call from `spawn_blocking`.
-pub fn open(root: &Path, relative: &str) -> Result<(File, Metadata), PathError> {
+fn open(root: &Path, relative: &str) -> Result<(File, Metadata), PathError> {
     let dir = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

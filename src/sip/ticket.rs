@@ -12,6 +12,8 @@ use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::store::{Store, StoreError};
+
 /// Tickets outstanding at most; minting beyond this first drops expired ones, then refuses.
 const MAX_TICKETS: usize = 100_000;
 /// Unused tickets one web session may hold (a page opens one WebSocket; a few retries).
@@ -88,6 +90,53 @@ impl Tickets {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, e| e.expires > now);
     }
+
+    /// Trades a web session (its user and id) for a ticket bound to the user's SIP extension.
+    pub async fn issue(
+        &self,
+        store: &Store,
+        user: &str,
+        session: &str,
+        ttl: Duration,
+    ) -> Result<Issued, TicketError> {
+        let extension = store
+            .user_extension(user)
+            .await?
+            .ok_or(TicketError::NoExtension)?;
+        let binding = Binding {
+            user: user.to_string(),
+            extension: extension.clone(),
+            session: session.to_string(),
+        };
+        let ticket = self
+            .mint(binding, ttl, Instant::now())
+            .ok_or(TicketError::TooMany)?;
+        let expires_at = crate::clock::now_unix() + ttl.as_secs() as i64;
+        Ok(Issued {
+            ticket,
+            extension,
+            expires_at,
+        })
+    }
+}
+
+/// Why no ticket was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("this user has no SIP extension")]
+    NoExtension,
+    #[error("too many unused WebSocket tickets")]
+    TooMany,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A ticket issued for a web session.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub ticket: String,
+    pub extension: String,
+    pub expires_at: i64,
 }
 
 #[cfg(test)]

@@ -12,17 +12,17 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{error, warn};
 use zeroize::Zeroizing;
 
 use crate::app::App;
-use crate::auth::jwt::JwtError;
-use crate::auth::login::{self, Client, Issued, PasswordStep, Refusal};
-use crate::auth::mfa::Next;
+use crate::auth::login::{self, Client, Gate, Issued, PasswordStep};
+use crate::auth::mfa::{self, Mfa, Next};
 use crate::auth::roles::Role;
-use crate::auth::sessions::{Deny, Session};
+use crate::auth::sessions::Session;
+use crate::auth::AuthFail;
 use crate::auth::{client_ip, password, routes};
 use crate::clock::{now_unix, rfc3339};
+use crate::config::Config;
 
 use super::extract::ApiJson;
 use super::{ApiError, Peer};
@@ -31,15 +31,6 @@ pub const COOKIE_NAME: &str = "pbxguard_session";
 pub const CHECK_PATH: &str = "/api/v1/auth/check";
 /// Typed user names longer than this are refused before any work.
 const MAX_TYPED_NAME: usize = 256;
-
-/// Why a request is not authenticated; all are 401 to the client.
-#[derive(Debug)]
-pub enum AuthFail {
-    NoToken,
-    BadToken(JwtError),
-    Denied(Deny),
-    Internal,
-}
 
 /// The token from `Authorization: Bearer …`, else from the session cookie.
 pub fn token_from(headers: &HeaderMap) -> Option<&str> {
@@ -64,62 +55,41 @@ pub fn token_from(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// Verifies the token and its server-side session.
+/// Verifies the request's token and its server-side session, with the keys and the session
+/// cache brought up to date first.
 pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Session, AuthFail> {
     app.sync_auth().await;
-    let token = token_from(headers).ok_or(AuthFail::NoToken)?;
-    let now = now_unix();
-    let claims = app.auth.verify(token, now).map_err(|e| {
-        tracing::debug!(reason = %e, "token refused");
-        AuthFail::BadToken(e)
-    })?;
     let config = app.config.load();
-    match app
-        .auth
-        .sessions
-        .check(&app.store, &config.auth, &claims, now)
+    app.auth
+        .authenticate(&app.store, &config.auth, token_from(headers), now_unix())
         .await
-    {
-        Ok(Ok(checked)) => {
-            if let Some(at) = checked.touch {
-                let store = app.store.clone();
-                let id = checked.session.id.clone();
-                tokio::spawn(async move {
-                    // The store logs a fault of the database once; other failures here.
-                    match store.touch_session(&id, at).await {
-                        Err(e) if !e.is_unavailable() => {
-                            warn!(error = %e, "recording session activity failed")
-                        }
-                        _ => {}
-                    }
-                });
-            }
-            Ok(checked.session)
-        }
-        Ok(Err(deny)) => {
-            tracing::debug!(session = %claims.sid, reason = %deny, "session refused");
-            Err(AuthFail::Denied(deny))
-        }
-        Err(e) => {
-            error!(error = %e, "session lookup failed; refusing the request");
-            Err(AuthFail::Internal)
-        }
+}
+
+/// The login steps of the daemon, with the configuration in force.
+pub fn gate<'a>(app: &'a App, config: &'a Config) -> Gate<'a> {
+    Gate {
+        auth: &app.auth,
+        store: &app.store,
+        metrics: &app.metrics,
+        cfg: &config.auth,
     }
 }
 
-pub fn unauthorized() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "a valid session is required; log in again",
-    )
+/// The second-factor steps of the daemon, with the configuration in force.
+pub fn mfa<'a>(app: &'a App, config: &'a Config) -> Mfa<'a> {
+    Mfa {
+        gate: gate(app, config),
+        vault: &app.vault,
+        cfg: &config.mfa,
+        smtp: &config.smtp,
+    }
 }
 
 /// An authenticated session of at least `role`, or the API error to answer with.
 pub async fn require(app: &Arc<App>, headers: &HeaderMap, role: Role) -> Result<Session, ApiError> {
     let session = authenticate(app, headers)
         .await
-        .map_err(|_| unauthorized())?;
+        .map_err(|_| ApiError::unauthorized())?;
     if role.allows(session.level) {
         Ok(session)
     } else {
@@ -198,32 +168,34 @@ pub fn issued_response(issued: &Issued, peer: &Peer, headers: &HeaderMap) -> Res
     response
 }
 
-pub fn refusal_response(refusal: &Refusal) -> Response {
-    match refusal {
-        Refusal::InvalidCredentials => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "invalid user name or password",
-        )
-        .into_response(),
-        Refusal::Disabled => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "account_disabled",
-            "this account is disabled",
-        )
-        .into_response(),
-        Refusal::Throttled { retry_after } => {
-            let body = json!({
-                "error": "too_many_attempts",
-                "message": "too many failed logins; try again later",
-                "retry_after": retry_after,
-            });
-            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            response
+/// Marks an answer that carries a token as not to be cached.
+pub fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The body of a login that needs a second step, or `None` when a session may be issued.
+fn pending_body(next: Next) -> Option<serde_json::Value> {
+    match next {
+        Next::Session => None,
+        Next::Mfa { token, methods } => {
+            Some(json!({ "status": "mfa_required", "mfa_token": token, "methods": methods }))
         }
+        Next::Enroll {
+            enroll_token,
+            email: None,
+        } => Some(json!({ "status": "enroll_required", "enroll_token": enroll_token })),
+        Next::Enroll {
+            enroll_token,
+            email: Some(mfa_token),
+        } => Some(json!({
+            "status": "enroll_required",
+            "enroll_token": enroll_token,
+            "mfa_token": mfa_token,
+            "methods": ["email"],
+        })),
     }
 }
 
@@ -239,115 +211,70 @@ pub async fn login(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let password = Zeroizing::new(body.password);
     if body.username.is_empty() || body.username.len() > MAX_TYPED_NAME {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "username must have 1 to 256 bytes",
-        )
-        .into_response();
+        ));
     }
     if password.is_empty() || password.len() > password::MAX_LEN {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "password must have 1 to 1024 bytes",
-        )
-        .into_response();
+        ));
     }
     let client = client(&app, &peer, &headers);
-    let step = match login::check_password(&app, &body.username, password, &client).await {
-        Ok(step) => step,
-        Err(e) => return ApiError::failure("login failed internally", &e).into_response(),
-    };
-    let user = match step {
-        PasswordStep::Refused(r) => return refusal_response(&r),
+    let config = app.config.load_full();
+    let gate = gate(&app, &config);
+    let user = match login::check_password(gate, &body.username, password, &client).await? {
+        PasswordStep::Refused(r) => return Err(r.into()),
         PasswordStep::Verified(user) => user,
     };
-    let next = match crate::auth::mfa::after_password(&app, &user, &client, now_unix()).await {
-        Ok(n) => n,
-        Err(e) => {
-            return ApiError::failure("deciding the second factor failed", &e).into_response()
-        }
-    };
-    let pending = |body: serde_json::Value| {
-        let mut r = Json(body).into_response();
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r
-    };
-    match next {
-        Next::Session => {}
-        Next::Mfa { token, methods } => {
-            return pending(
-                json!({ "status": "mfa_required", "mfa_token": token, "methods": methods }),
-            )
-        }
-        Next::Enroll {
-            enroll_token,
-            email: None,
-        } => return pending(json!({ "status": "enroll_required", "enroll_token": enroll_token })),
-        Next::Enroll {
-            enroll_token,
-            email: Some(mfa_token),
-        } => {
-            return pending(json!({
-                "status": "enroll_required",
-                "enroll_token": enroll_token,
-                "mfa_token": mfa_token,
-                "methods": ["email"],
-            }))
-        }
+    let next = mfa::after_password(&app.store, &config.mfa, &user, &client, now_unix()).await?;
+    if let Some(body) = pending_body(next) {
+        return Ok(no_store(Json(body).into_response()));
     }
-    match login::issue_session(&app, &user, &client).await {
-        Ok(issued) => issued_response(&issued, &peer, &headers),
-        Err(login::LoginError::UserChanged) => refusal_response(&Refusal::InvalidCredentials),
-        Err(e) => ApiError::failure("creating a session failed", &e).into_response(),
-    }
+    // Sign with the key that is current now, even if the CLI just replaced it.
+    app.sync_auth().await;
+    let issued = login::issue_session(gate, &user, &client).await?;
+    Ok(issued_response(&issued, &peer, &headers))
 }
 
 pub async fn logout(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-) -> Response {
-    let session = match authenticate(&app, &headers).await {
-        Ok(s) => s,
-        Err(_) => return unauthorized().into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let session = authenticate(&app, &headers)
+        .await
+        .map_err(|_| ApiError::unauthorized())?;
     let client = client(&app, &peer, &headers);
-    let entry = crate::store::NewHistory {
-        at: now_unix(),
-        username: &session.user,
-        ip: &client.ip,
-        user_agent: &login::bounded(&client.user_agent, 256),
-        result: "logout",
-    };
-    if let Err(e) = app.store.logout(&session.id, &entry).await {
-        return ApiError::failure("logout failed", &e).into_response();
-    }
-    app.auth.sessions.forget(&session.id);
-    app.metrics.login("logout");
+    let config = app.config.load();
+    login::logout(gate(&app, &config), &session, &client).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(cookie) = session_cookie("", 0, cookie_secure(&peer, &headers)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
-pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    match authenticate(&app, &headers).await {
-        Ok(s) => Json(json!({
-            "name": s.user,
-            "level": s.level,
-            "role": Role::of_level(s.level).map(Role::name),
-            "session": { "id": s.id, "created_at": rfc3339(s.created_at), "expires_at": rfc3339(s.expires_at) },
-        }))
-        .into_response(),
-        Err(_) => unauthorized().into_response(),
-    }
+pub async fn me(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = authenticate(&app, &headers)
+        .await
+        .map_err(|_| ApiError::unauthorized())?;
+    Ok(Json(json!({
+        "name": s.user,
+        "level": s.level,
+        "role": Role::of_level(s.level).map(Role::name),
+        "session": { "id": s.id, "created_at": rfc3339(s.created_at), "expires_at": rfc3339(s.expires_at) },
+    })))
 }
 
 /// The least role a check asks for: the strictest of `X-Required-Role`, `?role=` and
@@ -383,48 +310,57 @@ static X_AUTH_LEVEL: HeaderName = HeaderName::from_static("x-auth-level");
 static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
 static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
 
-/// The forward-auth decision for a request's headers and target.
+/// The forward-auth decision for a request's headers and target, counted in the metrics.
 pub async fn check_response(app: &App, headers: &HeaderMap, uri: &Uri) -> Response {
-    let response = match authenticate(app, headers).await {
-        Err(_) => {
-            let mut r = unauthorized().into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        Ok(session) => match required_role(app, headers, uri) {
-            Ok(need) if need.is_none_or(|r| r.allows(session.level)) => {
-                let role = Role::of_level(session.level)
-                    .map(Role::name)
-                    .unwrap_or("agent");
-                let mut r = StatusCode::OK.into_response();
-                let h = r.headers_mut();
-                // User names are validated ASCII, so these conversions cannot fail in practice.
-                if let Ok(v) = HeaderValue::from_str(&session.user) {
-                    h.insert(X_AUTH_USER.clone(), v);
-                }
-                h.insert(
-                    X_AUTH_LEVEL.clone(),
-                    HeaderValue::from(u16::from(session.level)),
-                );
-                h.insert(X_AUTH_ROLE.clone(), HeaderValue::from_static(role));
-                if let Ok(v) = HeaderValue::from_str(&session.id) {
-                    h.insert(X_AUTH_SESSION.clone(), v);
-                }
-                r
-            }
-            _ => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "your role may not use this route",
-            )
-            .into_response(),
-        },
-    };
+    let response = decide(app, headers, uri).await.into_response();
     app.metrics.count_check(response.status());
     response
 }
 
-pub async fn check(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
-    check_response(&app, &headers, &uri).await
+async fn decide(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Response, ApiError> {
+    let session = authenticate(app, headers).await.map_err(|_| {
+        ApiError::unauthorized()
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    })?;
+    match required_role(app, headers, uri) {
+        Ok(need) if need.is_none_or(|r| r.allows(session.level)) => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "your role may not use this route",
+            ))
+        }
+    }
+    let role = Role::of_level(session.level)
+        .map(Role::name)
+        .unwrap_or("agent");
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    // User names are validated ASCII, so these conversions cannot fail in practice.
+    if let Ok(v) = HeaderValue::from_str(&session.user) {
+        h.insert(X_AUTH_USER.clone(), v);
+    }
+    h.insert(
+        X_AUTH_LEVEL.clone(),
+        HeaderValue::from(u16::from(session.level)),
+    );
+    h.insert(X_AUTH_ROLE.clone(), HeaderValue::from_static(role));
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        h.insert(X_AUTH_SESSION.clone(), v);
+    }
+    Ok(r)
+}
+
+pub async fn check(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let decision = decide(&app, &headers, &uri).await;
+    app.metrics.count_check(match &decision {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    });
+    decision
 }

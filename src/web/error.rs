@@ -1,8 +1,19 @@
-//! The one JSON error shape of every HTTP answer: `{"error": "<code>", "message": "<text>"}`.
+//! The one JSON error shape of every HTTP answer: `{"error": "<code>", "message": "<text>"}`
+//! (plus `retry_after` where the client is asked to wait), and how each feature's errors map
+//! onto it. Handlers return `Result<_, ApiError>` and use `?`; the conversions below are the
+//! only place that decides a status code for a feature error.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+
+use crate::auth::admin::AdminError;
+use crate::auth::login::{LoginError, Refusal};
+use crate::auth::mfa::MfaError;
+use crate::recordings::{PathError, RecordingError};
+use crate::sip::ticket::TicketError;
+use crate::store::StoreError;
+use crate::vault::VaultError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -11,6 +22,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// One sentence for people; never contains secrets or internal paths.
     pub message: String,
+    /// Seconds the client should wait before trying again, as the body's `retry_after`.
+    retry_after: Option<i64>,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -19,7 +33,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds `retry_after` to the body (the header is the caller's choice, see
+    /// [`ApiError::header`]).
+    pub fn retry_after(mut self, secs: i64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn not_found() -> ApiError {
@@ -56,11 +84,234 @@ impl ApiError {
             ApiError::internal()
         }
     }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid session is required; log in again",
+        )
+    }
+
+    /// 429 with `retry_after` in the body and, when there is something to wait, the header.
+    fn too_many(code: &'static str, message: &'static str, retry_after: i64) -> ApiError {
+        let e =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_after);
+        match HeaderValue::from_str(&retry_after.to_string()) {
+            Ok(v) if retry_after > 0 => e.header(header::RETRY_AFTER, v),
+            _ => e,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let Some(secs) = self.retry_after {
+            body["retry_after"] = secs.into();
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::failure("a database request failed", &e)
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> ApiError {
+        ApiError::failure("a vault request failed", &e)
+    }
+}
+
+/// A refused password step (also a locked account at a second-factor step).
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        match r {
+            Refusal::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "invalid user name or password",
+            ),
+            Refusal::Disabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                "this account is disabled",
+            ),
+            Refusal::Throttled { retry_after } => {
+                let secs = i64::try_from(retry_after).unwrap_or(i64::MAX);
+                let e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "too many failed logins; try again later",
+                )
+                .retry_after(secs);
+                match HeaderValue::from_str(&retry_after.to_string()) {
+                    Ok(v) => e.header(header::RETRY_AFTER, v),
+                    Err(_) => e,
+                }
+            }
+        }
+    }
+}
+
+impl From<LoginError> for ApiError {
+    fn from(e: LoginError) -> ApiError {
+        match e {
+            // The user's password, level or state changed while the login ran.
+            LoginError::UserChanged => Refusal::InvalidCredentials.into(),
+            e => ApiError::failure("a login failed internally", &e),
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> ApiError {
+        let not_found = |message| ApiError::new(StatusCode::NOT_FOUND, "not_found", message);
+        match e {
+            AdminError::NoSuchSession => not_found("no live session with that id"),
+            AdminError::NoSuchUser => not_found("no such user"),
+            AdminError::BadLimit => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "limit must be between 1 and 1000",
+            ),
+            e => ApiError::failure("an admin request failed", &e),
+        }
+    }
+}
+
+impl From<MfaError> for ApiError {
+    fn from(e: MfaError) -> ApiError {
+        use MfaError as M;
+        let bad = |code, message: String| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+        let conflict = |code, message| ApiError::new(StatusCode::CONFLICT, code, message);
+        match e {
+            M::InvalidToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_mfa_token",
+                "this login step is unknown, used, expired or locked; log in again",
+            ),
+            M::InvalidCode => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_code",
+                "wrong, expired or already used code",
+            ),
+            M::BadCode => bad(
+                "bad_code",
+                "the code is exactly 6 digits (0-9), without spaces".into(),
+            ),
+            M::MethodNotAllowed { methods } => bad(
+                "method_not_allowed",
+                format!("this login is finished with: {methods}"),
+            ),
+            M::Throttled { retry_after } => Refusal::Throttled { retry_after }.into(),
+            M::NoSession => ApiError::unauthorized(),
+            M::NoEmail => bad(
+                "no_email",
+                "no email address may receive codes for this account".into(),
+            ),
+            M::TooManyCodes => ApiError::too_many(
+                "too_many_requests",
+                "too many codes for this login; log in again",
+                0,
+            ),
+            M::ResendTooSoon { wait } => ApiError::too_many(
+                "too_many_requests",
+                "a code was just sent; wait before asking again",
+                wait,
+            ),
+            M::SmtpUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "smtp_unavailable",
+                "the code could not be mailed; try again later or use another method",
+            ),
+            M::AlreadyEnrolled => conflict(
+                "already_enrolled",
+                "TOTP is already set up for this account; an admin can reset it (mfa reset)",
+            ),
+            M::EnrolledMeanwhile => conflict(
+                "already_enrolled",
+                "TOTP was set up for this account meanwhile",
+            ),
+            M::NoEnrollment => conflict(
+                "no_enrollment",
+                "no enrollment is waiting; call /api/v1/auth/totp/enroll first",
+            ),
+            M::NoSuchUser => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such user"),
+            M::NotExempt => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this user has no exemption",
+            ),
+            M::BadUntil => bad(
+                "bad_until",
+                "until must be in the future and at most 90 days away".into(),
+            ),
+            // Logged where it happened.
+            M::Qr => ApiError::internal(),
+            e => ApiError::failure("a second-factor request failed", &e),
+        }
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> ApiError {
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", message);
+        match e {
+            PathError::Missing => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such recording")
+            }
+            PathError::Bad(why) => bad(format!("bad recording path: {why}")),
+            PathError::Outside => bad("the path leaves the recordings folder".into()),
+            PathError::NotRegular => bad("the path is not a regular file".into()),
+            PathError::Root(e) => {
+                tracing::error!(error = %e, "the recordings folder ([recordings] root) cannot be opened");
+                ApiError::internal()
+            }
+            PathError::Unreadable(e) => {
+                tracing::error!(error = %e, "a recording cannot be opened by pbxguard (permissions?)");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<RecordingError> for ApiError {
+    fn from(e: RecordingError) -> ApiError {
+        match e {
+            RecordingError::Path(e) => e.into(),
+            e @ (RecordingError::TtlZero | RecordingError::TtlTooLong { .. }) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_ttl", e.to_string())
+            }
+            RecordingError::NoSuchLink(_) | RecordingError::NotALink => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such link")
+            }
+            e => ApiError::failure("a recording link request failed", &e),
+        }
+    }
+}
+
+impl From<TicketError> for ApiError {
+    fn from(e: TicketError) -> ApiError {
+        match e {
+            TicketError::NoExtension => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no_extension",
+                "this user has no SIP extension (pbxguard user set-extension NAME EXT)",
+            ),
+            TicketError::TooMany => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tickets",
+                "too many unused WebSocket tickets; try again shortly",
+            ),
+            TicketError::Store(e) => ApiError::failure("reading a user's extension failed", &e),
+        }
     }
 }

@@ -5,6 +5,8 @@
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use super::ApiError;
+
 const HTML: &str = include_str!("../../assets/login/index.html");
 const JS: &str = include_str!("../../assets/login/app.js");
 const CSS: &str = include_str!("../../assets/login/style.css");
@@ -35,14 +37,14 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-pub async fn page() -> Response {
-    asset(HTML, "text/html; charset=utf-8")
+pub async fn page() -> Result<Response, ApiError> {
+    Ok(asset(HTML, "text/html; charset=utf-8"))
 }
 
-pub async fn script() -> Response {
-    asset(JS, "text/javascript; charset=utf-8")
+pub async fn script() -> Result<Response, ApiError> {
+    Ok(asset(JS, "text/javascript; charset=utf-8"))
 }
 
-pub async fn style() -> Response {
-    asset(CSS, "text/css; charset=utf-8")
+pub async fn style() -> Result<Response, ApiError> {
+    Ok(asset(CSS, "text/css; charset=utf-8"))
 }

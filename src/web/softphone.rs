@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::login_page::CSP;
+use super::ApiError;
 
 const JS: &str = include_str!("../../assets/sip/softphone.js");
 
@@ -34,7 +35,7 @@ fn not_modified(headers: &HeaderMap) -> bool {
         .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == ours)
 }
 
-pub async fn module(headers: HeaderMap) -> Response {
+pub async fn module(headers: HeaderMap) -> Result<Response, ApiError> {
     let common = [
         (header::ETAG, ETAG.clone()),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -48,9 +49,9 @@ pub async fn module(headers: HeaderMap) -> Response {
         ),
     ];
     if not_modified(&headers) {
-        return (StatusCode::NOT_MODIFIED, common).into_response();
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    (
+    Ok((
         common,
         [(
             header::CONTENT_TYPE,
@@ -58,7 +59,7 @@ pub async fn module(headers: HeaderMap) -> Response {
         )],
         JS,
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]
