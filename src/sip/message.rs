@@ -42,38 +42,88 @@ pub const MAX_HEADERS: usize = 64;
 /// long Identity, short enough that no single value dominates the budget.
 pub const MAX_LINE_BYTES: usize = 4096;
 
-/// Headers of which a message may carry at most one line (and one value).
-pub const SINGLETONS: &[&str] = &[
-    "To",
-    "From",
-    "Call-ID",
-    "CSeq",
-    "Max-Forwards",
-    "Content-Type",
-    "Content-Length",
-    "Content-Encoding",
-    "Content-Disposition",
-    "Expires",
-    "Min-Expires",
-    "Date",
-    "Event",
-    "Refer-To",
-    "Referred-By",
-    "Session-Expires",
-    "Min-SE",
-    "RSeq",
-    "RAck",
-    "Subscription-State",
-    "Replaces",
-    "MIME-Version",
-    "Timestamp",
-    "User-Agent",
-    "Server",
-    "Subject",
-    "Priority",
-    "Organization",
-    "Retry-After",
+/// Defines [`SINGLETONS`] and [`NAMED_REASONS`] from one list, so a singleton cannot be
+/// added without its reason phrases. The phrases are built at compile time because
+/// [`ParseError::status`] hands out `&'static str`.
+macro_rules! named_headers {
+    (singletons: [$($s:literal),* $(,)?], lists: [$($l:literal),* $(,)?] $(,)?) => {
+        /// Headers of which a message may carry at most one line (and one value).
+        pub const SINGLETONS: &[&str] = &[$($s),*];
+
+        /// `(name, [duplicate, missing, invalid] reason phrase)` for every header a parse
+        /// error can name: the singletons and the list headers with a canonical form.
+        const NAMED_REASONS: &[(&str, [&str; 3])] = &[
+            $(($s, named_headers!(@reasons $s)),)*
+            $(($l, named_headers!(@reasons $l)),)*
+        ];
+    };
+    (@reasons $h:literal) => {
+        [
+            concat!("Bad Request (duplicate ", $h, ")"),
+            concat!("Bad Request (missing ", $h, ")"),
+            concat!("Bad Request (invalid ", $h, ")"),
+        ]
+    };
+}
+
+named_headers! {
+    singletons: [
+        "To",
+        "From",
+        "Call-ID",
+        "CSeq",
+        "Max-Forwards",
+        "Content-Type",
+        "Content-Length",
+        "Content-Encoding",
+        "Content-Disposition",
+        "Expires",
+        "Min-Expires",
+        "Date",
+        "Event",
+        "Refer-To",
+        "Referred-By",
+        "Session-Expires",
+        "Min-SE",
+        "RSeq",
+        "RAck",
+        "Subscription-State",
+        "Replaces",
+        "MIME-Version",
+        "Timestamp",
+        "User-Agent",
+        "Server",
+        "Subject",
+        "Priority",
+        "Organization",
+        "Retry-After",
+    ],
+    lists: ["Via", "Contact", "Route", "Record-Route", "Path"],
+}
+
+/// Reason phrases for a header outside [`NAMED_REASONS`], in the same order.
+const UNNAMED_REASONS: [&str; 3] = [
+    "Bad Request (duplicate header)",
+    "Bad Request (missing header)",
+    "Bad Request (invalid header)",
 ];
+
+/// Which of a header's reason phrases to give: an index into [`NAMED_REASONS`]' arrays.
+#[derive(Clone, Copy)]
+enum HeaderFault {
+    Duplicate = 0,
+    Missing = 1,
+    Invalid = 2,
+}
+
+/// The `&'static` reason phrase naming `name`, or a generic one for headers not in the table.
+fn header_reason(fault: HeaderFault, name: &str) -> &'static str {
+    let reasons = NAMED_REASONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(&UNNAMED_REASONS, |(_, r)| r);
+    reasons[fault as usize]
+}
 
 /// Compact forms (RFC 3261 §7.3.3 and later RFCs' registrations).
 const COMPACT: &[(u8, &str)] = &[
@@ -332,61 +382,6 @@ pub enum ParseError {
     BadExtension(String),
 }
 
-/// A `&'static` reason phrase naming the header, for the headers errors can name.
-macro_rules! reason_naming {
-    ($kind:literal, $name:expr, [$($h:literal),* $(,)?]) => {
-        match $name {
-            $($h => concat!("Bad Request (", $kind, " ", $h, ")"),)*
-            _ => concat!("Bad Request (", $kind, " header)"),
-        }
-    };
-}
-
-macro_rules! header_reason {
-    ($kind:literal, $name:expr) => {
-        reason_naming!(
-            $kind,
-            $name,
-            [
-                "To",
-                "From",
-                "Call-ID",
-                "CSeq",
-                "Max-Forwards",
-                "Content-Type",
-                "Content-Length",
-                "Content-Encoding",
-                "Content-Disposition",
-                "Expires",
-                "Min-Expires",
-                "Date",
-                "Event",
-                "Refer-To",
-                "Referred-By",
-                "Session-Expires",
-                "Min-SE",
-                "RSeq",
-                "RAck",
-                "Subscription-State",
-                "Replaces",
-                "MIME-Version",
-                "Timestamp",
-                "User-Agent",
-                "Server",
-                "Subject",
-                "Priority",
-                "Organization",
-                "Retry-After",
-                "Via",
-                "Contact",
-                "Route",
-                "Record-Route",
-                "Path",
-            ]
-        )
-    };
-}
-
 impl ParseError {
     /// The status to answer with (when an answer can be built at all, see [`error_response`]).
     pub fn status(&self) -> (u16, &'static str) {
@@ -398,9 +393,9 @@ impl ParseError {
             Scheme => (416, "Unsupported URI Scheme"),
             TooManyHops => (483, "Too Many Hops"),
             BadExtension(_) => (420, "Bad Extension"),
-            Duplicate(n) => (400, header_reason!("duplicate", *n)),
-            Missing(n) => (400, header_reason!("missing", *n)),
-            Invalid(n) => (400, header_reason!("invalid", *n)),
+            Duplicate(n) => (400, header_reason(HeaderFault::Duplicate, n)),
+            Missing(n) => (400, header_reason(HeaderFault::Missing, n)),
+            Invalid(n) => (400, header_reason(HeaderFault::Invalid, n)),
             Incomplete => (400, "Bad Request (incomplete header block)"),
             LineEnding => (400, "Bad Request (bare CR or LF)"),
             ControlChar => (400, "Bad Request (control character)"),
@@ -1014,7 +1009,7 @@ impl Message {
     fn check_semantics(&self) -> Result<(), ParseError> {
         for n in ["Via", "From", "To", "Call-ID", "CSeq"] {
             if self.header(n).is_none() {
-                return Err(ParseError::Missing(n_static(n)));
+                return Err(ParseError::Missing(n));
             }
         }
         if !self.body.is_empty() && self.content_type().is_none() {
@@ -1349,7 +1344,7 @@ impl Message {
         }
         for n in ["Call-ID", "CSeq"] {
             if let Some(v) = self.header(n) {
-                headers.push(known(n_static(n), v.to_string()));
+                headers.push(known(n, v.to_string()));
             }
         }
         let mut msg = Message {
@@ -1365,16 +1360,6 @@ impl Message {
             msg.push_back(n, v.clone());
         }
         msg
-    }
-}
-
-fn n_static(n: &str) -> &'static str {
-    match n {
-        "Via" => "Via",
-        "From" => "From",
-        "To" => "To",
-        "Call-ID" => "Call-ID",
-        _ => "CSeq",
     }
 }
 
@@ -1862,6 +1847,37 @@ Content-Length: 0\r\n\r\n";
         assert!(String::from_utf8(m.to_bytes())
             .unwrap()
             .contains("\r\nSubject: hi\r\n"));
+    }
+
+    /// Every header the singleton table names gets its own reason phrases; any other header
+    /// the generic ones.
+    #[test]
+    fn reason_phrases_name_the_header() {
+        let lists = ["Via", "Contact", "Route", "Record-Route", "Path"];
+        assert_eq!(NAMED_REASONS.len(), SINGLETONS.len() + lists.len());
+        for name in SINGLETONS.iter().chain(&lists) {
+            for (e, kind) in [
+                (ParseError::Duplicate(name), "duplicate"),
+                (ParseError::Missing(name), "missing"),
+                (ParseError::Invalid(name), "invalid"),
+            ] {
+                assert_eq!(e.status(), (400, &*format!("Bad Request ({kind} {name})")));
+            }
+        }
+        for name in ["Allow", "Supported", "X-Other", "to"] {
+            assert_eq!(
+                ParseError::Duplicate(name).status(),
+                (400, "Bad Request (duplicate header)")
+            );
+            assert_eq!(
+                ParseError::Missing(name).status(),
+                (400, "Bad Request (missing header)")
+            );
+            assert_eq!(
+                ParseError::Invalid(name).status(),
+                (400, "Bad Request (invalid header)")
+            );
+        }
     }
 
     #[test]
