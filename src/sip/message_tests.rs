@@ -109,47 +109,39 @@ Content-Length: 0\r\n\r\n"
 
 #[test]
 fn start_line_rules() {
-    assert_eq!(
-        err(&INVITE.replacen("INVITE sip", "INVITE  sip", 1)),
-        ParseError::StartLine
-    );
-    assert_eq!(
-        err(&INVITE.replacen("SIP/2.0\r\n", "SIP/2.0 \r\n", 1)),
-        ParseError::StartLine
-    );
-    assert_eq!(err(&format!(" {INVITE}")), ParseError::StartLine);
-    assert_eq!(
-        err(&INVITE.replacen("SIP/2.0\r\n", "SIP/7.0\r\n", 1)),
-        ParseError::Version
-    );
-    assert_eq!(
-        err(&INVITE.replacen("SIP/2.0\r\n", "sip/2.0\r\n", 1)),
-        ParseError::StartLine
-    );
-    assert_eq!(
-        err(&INVITE.replacen("sip:bob@example.com SIP", "tel:+1 SIP", 1)),
-        ParseError::Scheme
-    );
-    assert_eq!(
-        err(&INVITE.replacen("sip:bob@example.com SIP", "<sip:bob@example.com> SIP", 1)),
-        ParseError::RequestUri(UriError::Syntax("no scheme"))
-    );
+    let changed = |from: &str, to: &str| INVITE.replacen(from, to, 1);
+    for (raw, want) in [
+        (changed("INVITE sip", "INVITE  sip"), ParseError::StartLine),
+        (
+            changed("SIP/2.0\r\n", "SIP/2.0 \r\n"),
+            ParseError::StartLine,
+        ),
+        (format!(" {INVITE}"), ParseError::StartLine),
+        (changed("SIP/2.0\r\n", "SIP/7.0\r\n"), ParseError::Version),
+        (changed("SIP/2.0\r\n", "sip/2.0\r\n"), ParseError::StartLine),
+        (
+            changed("sip:bob@example.com SIP", "tel:+1 SIP"),
+            ParseError::Scheme,
+        ),
+        (
+            changed("sip:bob@example.com SIP", "<sip:bob@example.com> SIP"),
+            ParseError::RequestUri(UriError::Syntax("no scheme")),
+        ),
+        (changed("INVITE sip", "IN(VITE sip"), ParseError::StartLine),
+        (
+            changed("Content-Length: 4", "Content-Length: 4 x"),
+            ParseError::Invalid("Content-Length"),
+        ),
+    ] {
+        assert_eq!(err(&raw), want, "{raw:?}");
+    }
     assert!(matches!(
-        err(&INVITE.replacen(
+        err(&changed(
             "sip:bob@example.com SIP",
-            "sip:bob@example.com?Route=x SIP",
-            1
+            "sip:bob@example.com?Route=x SIP"
         )),
         ParseError::RequestUri(_)
     ));
-    assert_eq!(
-        err(&INVITE.replacen("INVITE sip", "IN(VITE sip", 1)),
-        ParseError::StartLine
-    );
-    assert_eq!(
-        err(&INVITE.replacen("Content-Length: 4", "Content-Length: 4 x", 1)),
-        ParseError::Invalid("Content-Length")
-    );
 }
 
 #[test]
@@ -206,54 +198,54 @@ Content-Length: 0\r\n\r\n";
 
 #[test]
 fn line_endings() {
-    assert_eq!(err(&INVITE.replace("\r\n", "\n")), ParseError::LineEnding);
-    assert_eq!(
-        err(&INVITE.replacen("Max-Forwards: 70\r\n", "Max-Forwards: 70\n", 1)),
-        ParseError::LineEnding
-    );
-    assert_eq!(
-        err(&INVITE.replacen("Max-Forwards: 70\r\n", "Max-Forwards: 70\r", 1)),
-        ParseError::LineEnding
-    );
-    assert_eq!(
-        err(&INVITE.replacen("70\r\n", "7\r0\r\n", 1)),
-        ParseError::LineEnding
-    );
+    for raw in [
+        INVITE.replace("\r\n", "\n"),
+        INVITE.replacen("Max-Forwards: 70\r\n", "Max-Forwards: 70\n", 1),
+        INVITE.replacen("Max-Forwards: 70\r\n", "Max-Forwards: 70\r", 1),
+        INVITE.replacen("70\r\n", "7\r0\r\n", 1),
+    ] {
+        assert_eq!(err(&raw), ParseError::LineEnding, "{raw:?}");
+    }
     // The body is bytes: bare LF there is fine (INVITE's body ends in "\n").
     assert!(parse(INVITE).is_ok());
 }
 
 #[test]
 fn folding_and_spaced_colons() {
-    assert_eq!(
-        err(&invite_with("To:", "To:\r\n <sip:bob@example.com>")),
-        ParseError::Folding
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To: Bob\r\n\t<sip:bob@example.com>")),
-        ParseError::Folding
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To : <sip:bob@example.com>")),
-        ParseError::SpaceBeforeColon
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To\t: <sip:bob@example.com>")),
-        ParseError::SpaceBeforeColon
-    );
-    assert_eq!(err(&add_line("X(bad): 1")), ParseError::HeaderName);
-    assert_eq!(err(&add_line("no colon here")), ParseError::HeaderLine);
-    assert_eq!(err(&add_line(": empty name")), ParseError::HeaderName);
+    for (raw, want) in [
+        (
+            invite_with("To:", "To:\r\n <sip:bob@example.com>"),
+            ParseError::Folding,
+        ),
+        (
+            invite_with("To:", "To: Bob\r\n\t<sip:bob@example.com>"),
+            ParseError::Folding,
+        ),
+        (
+            invite_with("To:", "To : <sip:bob@example.com>"),
+            ParseError::SpaceBeforeColon,
+        ),
+        (
+            invite_with("To:", "To\t: <sip:bob@example.com>"),
+            ParseError::SpaceBeforeColon,
+        ),
+        (add_line("X(bad): 1"), ParseError::HeaderName),
+        (add_line("no colon here"), ParseError::HeaderLine),
+        (add_line(": empty name"), ParseError::HeaderName),
+    ] {
+        assert_eq!(err(&raw), want, "{raw:?}");
+    }
     assert!(parse(&invite_with("To:", "To:<sip:bob@example.com>")).is_ok());
 }
 
 #[test]
 fn control_characters_and_utf8() {
-    assert_eq!(err(&add_line("X-A: a\u{0}b")), ParseError::ControlChar);
-    assert_eq!(err(&add_line("X-A: a\u{7}b")), ParseError::ControlChar);
-    assert_eq!(err(&add_line("X-A: a\u{7f}b")), ParseError::ControlChar);
-    assert!(parse(&add_line("X-A: a\tb")).is_ok());
-    assert!(parse(&add_line("X-A: héllo")).is_ok());
+    for line in ["X-A: a\u{0}b", "X-A: a\u{7}b", "X-A: a\u{7f}b"] {
+        assert_eq!(err(&add_line(line)), ParseError::ControlChar, "{line:?}");
+    }
+    for line in ["X-A: a\tb", "X-A: héllo"] {
+        assert!(parse(&add_line(line)).is_ok(), "{line:?}");
+    }
     let mut raw = add_line("X-A: ab").into_bytes();
     let i = raw.windows(5).position(|w| w == b"X-A: ").unwrap() + 5;
     raw[i] = 0xff;
@@ -278,16 +270,17 @@ fn compact_forms_and_names() {
         .replace("CSeq:", "cSeQ:");
     let m = parse(&raw).unwrap();
     assert_eq!(m, parse(INVITE).unwrap());
-    assert_eq!(resolve_name("k"), Some(HeaderName::Known("Supported")));
-    assert_eq!(
-        resolve_name("WWW-authenticate"),
-        Some(HeaderName::Known("WWW-Authenticate"))
-    );
-    assert_eq!(
-        resolve_name("X-Foo"),
-        Some(HeaderName::Other("X-Foo".into()))
-    );
-    assert_eq!(resolve_name("q"), None);
+    for (name, want) in [
+        ("k", Some(HeaderName::Known("Supported"))),
+        (
+            "WWW-authenticate",
+            Some(HeaderName::Known("WWW-Authenticate")),
+        ),
+        ("X-Foo", Some(HeaderName::Other("X-Foo".into()))),
+        ("q", None),
+    ] {
+        assert_eq!(resolve_name(name), want, "{name}");
+    }
     assert_eq!(err(&add_line("q: 1")), ParseError::HeaderName);
     let m = parse(&add_line("s: hi")).unwrap();
     assert_eq!(m.header("Subject"), Some("hi"));
@@ -388,18 +381,10 @@ fn max_forwards_rules() {
         ParseError::TooManyHops
     );
     assert_eq!(ParseError::TooManyHops.status().0, 483);
-    assert_eq!(
-        parse(&invite_with("Max-Forwards:", "Max-Forwards: 255"))
-            .unwrap()
-            .max_forwards(),
-        Some(255)
-    );
-    assert_eq!(
-        parse(&invite_with("Max-Forwards:", "Max-Forwards: 0068"))
-            .unwrap()
-            .max_forwards(),
-        Some(68)
-    );
+    for (value, want) in [("255", 255), ("0068", 68)] {
+        let raw = invite_with("Max-Forwards:", &format!("Max-Forwards: {value}"));
+        assert_eq!(parse(&raw).unwrap().max_forwards(), Some(want), "{value}");
+    }
     for bad in ["256", "300", "-1", "7 0", "", "x", "99999999999"] {
         assert_eq!(
             err(&invite_with(
@@ -420,14 +405,13 @@ fn cseq_rules() {
             .cseq(),
         Some((2147483647, Method::Invite))
     );
-    assert_eq!(
-        err(&invite_with("CSeq:", "CSeq: 8 OPTIONS")),
-        ParseError::CSeqMethod
-    );
-    assert_eq!(
-        err(&invite_with("CSeq:", "CSeq: 8 invite")),
-        ParseError::CSeqMethod
-    );
+    for line in ["CSeq: 8 OPTIONS", "CSeq: 8 invite"] {
+        assert_eq!(
+            err(&invite_with("CSeq:", line)),
+            ParseError::CSeqMethod,
+            "{line}"
+        );
+    }
     for bad in [
         "2147483648 INVITE",
         "36893488147419103232 INVITE",
@@ -505,17 +489,15 @@ fn via_rules() {
 
 #[test]
 fn via_in_messages() {
-    assert_eq!(
-        err(&invite_with("Via:", "Via: SIP/2.0/TLS a.example.com")),
-        ParseError::NoBranch
-    );
-    assert_eq!(
-        err(&invite_with(
-            "Via:",
-            "Via: SIP/2.0/TLS a.example.com;branch=1,"
-        )),
-        ParseError::Invalid("Via")
-    );
+    for (line, want) in [
+        ("Via: SIP/2.0/TLS a.example.com", ParseError::NoBranch),
+        (
+            "Via: SIP/2.0/TLS a.example.com;branch=1,",
+            ParseError::Invalid("Via"),
+        ),
+    ] {
+        assert_eq!(err(&invite_with("Via:", line)), want, "{line}");
+    }
     let ok = invite_with(
         "Via:",
         "Via: SIP/2.0/TLS a.example.com;branch=1, SIP/2.0/UDP b.example.com",
@@ -525,40 +507,45 @@ fn via_in_messages() {
 
 #[test]
 fn from_to_rules() {
-    assert_eq!(
-        err(&invite_with("From:", "From: <sip:alice@example.com>")),
-        ParseError::NoFromTag
-    );
-    assert_eq!(
-        err(&invite_with("From:", "From: <tel:+1234>;tag=1")),
-        ParseError::Invalid("From")
-    );
-    assert_eq!(
-        err(&invite_with(
+    for (prefix, line, want) in [
+        (
+            "From:",
+            "From: <sip:alice@example.com>",
+            ParseError::NoFromTag,
+        ),
+        (
+            "From:",
+            "From: <tel:+1234>;tag=1",
+            ParseError::Invalid("From"),
+        ),
+        (
             "To:",
-            "To: Watson, Thomas <sip:t@example.org>"
-        )),
-        ParseError::Invalid("To")
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To: < sip:t@example.org >")),
-        ParseError::Invalid("To")
-    );
-    assert_eq!(
-        err(&invite_with(
+            "To: Watson, Thomas <sip:t@example.org>",
+            ParseError::Invalid("To"),
+        ),
+        (
             "To:",
-            "To: \"Mr. J. User <sip:j.user@example.com>"
-        )),
-        ParseError::Invalid("To")
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To: <sip:t@example.org?Subject=x>")),
-        ParseError::Invalid("To")
-    );
-    assert_eq!(
-        err(&invite_with("To:", "To: <sip:%00@example.org>")),
-        ParseError::Invalid("To")
-    );
+            "To: < sip:t@example.org >",
+            ParseError::Invalid("To"),
+        ),
+        (
+            "To:",
+            "To: \"Mr. J. User <sip:j.user@example.com>",
+            ParseError::Invalid("To"),
+        ),
+        (
+            "To:",
+            "To: <sip:t@example.org?Subject=x>",
+            ParseError::Invalid("To"),
+        ),
+        (
+            "To:",
+            "To: <sip:%00@example.org>",
+            ParseError::Invalid("To"),
+        ),
+    ] {
+        assert_eq!(err(&invite_with(prefix, line)), want, "{line}");
+    }
     let m = parse(&invite_with(
         "From:",
         "From: caller<sip:caller@example.com>;tag=323",
@@ -572,20 +559,17 @@ fn from_to_rules() {
 
 #[test]
 fn contact_route_rules() {
-    assert_eq!(
-        err(&invite_with(
-            "Contact:",
-            "Contact: \"Joe\" <sip:joe@example.org>;;;;"
-        )),
-        ParseError::Invalid("Contact")
-    );
-    assert_eq!(
-        err(&invite_with(
-            "Contact:",
-            "Contact: sip:u@example.com?Route=%3Csip:x.com%3E"
-        )),
-        ParseError::Invalid("Contact")
-    );
+    for line in [
+        "Contact: \"Joe\" <sip:joe@example.org>;;;;",
+        "Contact: sip:u@example.com?Route=%3Csip:x.com%3E",
+        "Contact: *",
+    ] {
+        assert_eq!(
+            err(&invite_with("Contact:", line)),
+            ParseError::Invalid("Contact"),
+            "{line}"
+        );
+    }
     let m = parse(&invite_with(
         "Contact:",
         "Contact: <sip:u@example.com?Route=%3Csip:x.com%3E>",
@@ -595,56 +579,41 @@ fn contact_route_rules() {
         m.contacts()[0].uri.headers.as_deref(),
         Some("Route=%3Csip:x.com%3E")
     );
-    assert_eq!(
-        err(&invite_with("Contact:", "Contact: *")),
-        ParseError::Invalid("Contact")
-    );
     let reg = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS h.example.com;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nTo: <sip:a@example.com>\r\nFrom: <sip:a@example.com>;tag=1\r\nCall-ID: c1\r\nCSeq: 2 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n";
     let m = parse(reg).unwrap();
     assert!(m.contact_star());
     assert!(m.contacts().is_empty());
     roundtrip(&m);
-    assert_eq!(
-        err(&reg.replace("Expires: 0", "Expires: 60")),
-        ParseError::Invalid("Contact")
-    );
-    assert_eq!(
-        err(&reg.replace("Contact: *", "Contact: *, <sip:a@b.com>")),
-        ParseError::Invalid("Contact")
-    );
-    let resp = reg.replacen("REGISTER sip:example.com SIP/2.0", "SIP/2.0 200 OK", 1);
-    assert_eq!(err(&resp), ParseError::Invalid("Contact"));
+    // `*` only in a REGISTER request with Expires 0, and alone.
+    for raw in [
+        reg.replace("Expires: 0", "Expires: 60"),
+        reg.replace("Contact: *", "Contact: *, <sip:a@b.com>"),
+        reg.replacen("REGISTER sip:example.com SIP/2.0", "SIP/2.0 200 OK", 1),
+    ] {
+        assert_eq!(err(&raw), ParseError::Invalid("Contact"), "{raw:?}");
+    }
     let m = parse(&add_line("Record-Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\nRoute: <sip:p3.example.com;lr>")).unwrap();
     assert_eq!(m.record_routes().len(), 2);
     assert_eq!(m.routes()[0].uri.param("lr"), Some(None));
-    assert_eq!(
-        err(&add_line("Route: sip:p3.example.com")),
-        ParseError::Invalid("Route")
-    );
-    assert_eq!(
-        err(&add_line("Path: <sip:p3.example.com?x=y>")),
-        ParseError::Invalid("Path")
-    );
+    for (line, name) in [
+        ("Route: sip:p3.example.com", "Route"),
+        ("Path: <sip:p3.example.com?x=y>", "Path"),
+    ] {
+        assert_eq!(err(&add_line(line)), ParseError::Invalid(name), "{line}");
+    }
 }
 
 #[test]
 fn content_length_and_body_rules() {
-    assert_eq!(
-        err(&INVITE.replace("Content-Length: 4", "Content-Length: 5")),
-        ParseError::ContentLength
-    );
-    assert_eq!(
-        err(&INVITE.replace("Content-Length: 4", "Content-Length: 3")),
-        ParseError::ContentLength
-    );
-    assert_eq!(
-        err(&INVITE.replace("Content-Length: 4", "Content-Length: -4")),
-        ParseError::Invalid("Content-Length")
-    );
-    assert_eq!(
-        err(&INVITE.replace("Content-Length: 4", "Content-Length: +4")),
-        ParseError::Invalid("Content-Length")
-    );
+    for (value, want) in [
+        ("5", ParseError::ContentLength),
+        ("3", ParseError::ContentLength),
+        ("-4", ParseError::Invalid("Content-Length")),
+        ("+4", ParseError::Invalid("Content-Length")),
+    ] {
+        let raw = INVITE.replace("Content-Length: 4", &format!("Content-Length: {value}"));
+        assert_eq!(err(&raw), want, "{value}");
+    }
     // WebSocket: no Content-Length, the body is the rest.
     let m = parse(&INVITE.replace("Content-Length: 4\r\n", "")).unwrap();
     assert_eq!(m.body(), b"v=0\n");
@@ -674,33 +643,37 @@ fn content_length_and_body_rules() {
 
 #[test]
 fn other_validated_headers() {
-    assert_eq!(
-        err(&add_line("Date: Fri, 01 Jan 2010 16:00:00 EST")),
-        ParseError::Invalid("Date")
-    );
-    assert!(parse(&add_line("Date: Sat, 15 Oct 2005 04:44:56 GMT")).is_ok());
-    assert_eq!(
-        err(&add_line("Expires: 10000000000000000000")),
-        ParseError::Invalid("Expires")
-    );
-    assert!(parse(&add_line("Expires: 3600")).is_ok());
-    assert_eq!(
-        err(&invite_with("Call-ID:", "Call-ID: a b")),
-        ParseError::Invalid("Call-ID")
-    );
-    assert_eq!(
-        err(&invite_with("Call-ID:", "Call-ID: a@b@c")),
-        ParseError::Invalid("Call-ID")
-    );
-    assert!(parse(&invite_with(
-        "Call-ID:",
-        "Call-ID: word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
-    ))
-    .is_ok());
+    for (raw, want) in [
+        (
+            add_line("Date: Fri, 01 Jan 2010 16:00:00 EST"),
+            ParseError::Invalid("Date"),
+        ),
+        (
+            add_line("Expires: 10000000000000000000"),
+            ParseError::Invalid("Expires"),
+        ),
+        (
+            invite_with("Call-ID:", "Call-ID: a b"),
+            ParseError::Invalid("Call-ID"),
+        ),
+        (
+            invite_with("Call-ID:", "Call-ID: a@b@c"),
+            ParseError::Invalid("Call-ID"),
+        ),
+    ] {
+        assert_eq!(err(&raw), want, "{raw:?}");
+    }
+    for raw in [
+        add_line("Date: Sat, 15 Oct 2005 04:44:56 GMT"),
+        add_line("Expires: 3600"),
+        invite_with("Call-ID:", "Call-ID: word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"),
+        add_line("Require: 100rel"),
+    ] {
+        assert!(parse(&raw).is_ok(), "{raw:?}");
+    }
     let e = err(&add_line("Proxy-Require: foo, bar"));
     assert_eq!(e, ParseError::BadExtension("foo, bar".into()));
     assert_eq!(e.status(), (420, "Bad Extension"));
-    assert!(parse(&add_line("Require: 100rel")).is_ok());
 }
 
 #[test]
@@ -853,25 +826,16 @@ fn error_responses() {
     let r = Message::parse(&error_response(two_to.as_bytes(), &err(&two_to)).unwrap()).unwrap();
     assert_eq!(r.status(), Some(400));
     assert_eq!(r.to().unwrap().uri.host, "b.com");
-    // Not answered: unreadable essentials, ACKs, responses.
-    let spaced = invite_with("To:", "To : <sip:a@b.com>");
-    assert_eq!(error_response(spaced.as_bytes(), &err(&spaced)), None);
-    let folded = invite_with("To:", "To: <sip:a@b.com>\r\n ;tag=x");
-    assert_eq!(error_response(folded.as_bytes(), &err(&folded)), None);
     let folded_other = add_line("X-A: 1\r\n 2");
     assert!(error_response(folded_other.as_bytes(), &err(&folded_other)).is_some());
+
+    // Not answered: unreadable essentials, ACKs, responses.
     let ack = INVITE
         .replace("INVITE", "ACK")
         .replacen("Max-Forwards: 70", "Max-Forwards: 0", 1);
     assert_eq!(err(&ack), ParseError::TooManyHops);
-    assert_eq!(error_response(ack.as_bytes(), &err(&ack)), None);
     let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS a.example.com;branch=z9hG4bK1\r\nTo: <sip:a@b.com>\r\nFrom: <sip:a@b.com>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nCall-ID: y\r\n\r\n";
     assert_eq!(err(resp), ParseError::Duplicate("Call-ID"));
-    assert_eq!(error_response(resp.as_bytes(), &err(resp)), None);
-    let bad_via = invite_with("Via:", "Via: SIP/2.0/TLS a..example.com;branch=1");
-    assert_eq!(error_response(bad_via.as_bytes(), &err(&bad_via)), None);
-    let bare_lf = INVITE.replace("\r\n", "\n");
-    assert_eq!(error_response(bare_lf.as_bytes(), &err(&bare_lf)), None);
     // Every Via is copied, so a message refused for its many Vias gets no answer (found by
     // the sip_stream fuzz target: the answer broke our own header-line limit).
     let vias: Vec<String> = (0..MAX_HEADERS)
@@ -879,15 +843,28 @@ fn error_responses() {
         .collect();
     let many_vias = invite_with("Via:", &vias.join("\r\n"));
     assert_eq!(err(&many_vias), ParseError::TooManyHeaders);
-    assert_eq!(error_response(many_vias.as_bytes(), &err(&many_vias)), None);
     // A From with URI headers is refused by parse, so it is not echoed in our answer
     // either (found by the sip_websocket fuzz target).
     let headers_in_from = invite_with("From:", "From: <sip:alice@example.com?x=y>;tag=1");
     assert!(err(&headers_in_from).to_string().contains("From"));
-    assert_eq!(
-        error_response(headers_in_from.as_bytes(), &err(&headers_in_from)),
-        None
-    );
+    for (what, raw) in [
+        ("spaced colon", invite_with("To:", "To : <sip:a@b.com>")),
+        (
+            "folded To",
+            invite_with("To:", "To: <sip:a@b.com>\r\n ;tag=x"),
+        ),
+        ("ACK", ack),
+        ("response", resp.to_owned()),
+        (
+            "bad Via",
+            invite_with("Via:", "Via: SIP/2.0/TLS a..example.com;branch=1"),
+        ),
+        ("bare LF", INVITE.replace("\r\n", "\n")),
+        ("too many Vias", many_vias),
+        ("URI headers in From", headers_in_from),
+    ] {
+        assert_eq!(error_response(raw.as_bytes(), &err(&raw)), None, "{what}");
+    }
 }
 
 #[test]
@@ -909,10 +886,19 @@ fn sip_dates() {
 fn shared_line_helpers() {
     assert_eq!(header_block_end(b"A\r\n\r\nbody"), Some(5));
     assert_eq!(header_block_end(b"A\r\n\r"), None);
-    assert!(check_line_structure(b"a\r\nb\r", true).is_ok());
-    assert!(check_line_structure(b"a\r\nb\r", false).is_err());
-    assert!(check_line_structure(b"a\nb", true).is_err());
-    assert!(check_line_structure(b"a\0b", true).is_err());
+    // A trailing CR is fine only in a block that may still be cut in half.
+    for (block, partial, ok) in [
+        (&b"a\r\nb\r"[..], true, true),
+        (b"a\r\nb\r", false, false),
+        (b"a\nb", true, false),
+        (b"a\0b", true, false),
+    ] {
+        assert_eq!(
+            check_line_structure(block, partial).is_ok(),
+            ok,
+            "{block:?} {partial}"
+        );
+    }
     assert!(matches!(classify_line(b" x"), Line::Continuation));
     assert!(matches!(classify_line(b"x"), Line::NoColon));
     assert!(matches!(
