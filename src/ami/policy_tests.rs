@@ -26,18 +26,44 @@ fn refused(v: &Verdict) -> Option<Rule> {
     }
 }
 
+/// What one request should get.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Pass,
+    /// Refused by this rule; `None`: by default deny (not on the allow list).
+    Refused(Option<Rule>),
+}
+
+/// Checks that `p` gives the message made of `pairs` what `want` says.
+fn expect(p: &ClientPolicy, pairs: &[(&str, &str)], want: Want) {
+    let verdict = decide(p, pairs);
+    match want {
+        Want::Pass => assert!(
+            matches!(verdict, Verdict::Pass { .. }),
+            "{pairs:?}: {verdict:?}"
+        ),
+        Want::Refused(rule) => assert_eq!(refused(&verdict), rule, "{pairs:?}"),
+    }
+}
+
+/// [`expect`] for each `(message, want)` row.
+fn expect_all(p: &ClientPolicy, rows: &[(&[(&str, &str)], Want)]) {
+    for (pairs, want) in rows {
+        expect(p, pairs, *want);
+    }
+}
+
 #[test]
 fn default_deny_with_globs() {
     let p = policy(&["originate", "queue*"]);
-    assert!(matches!(
-        decide(&p, &[("Action", "QueueAdd")]),
-        Verdict::Pass { .. }
-    ));
-    assert!(matches!(
-        decide(&p, &[("Action", "Ping")]),
-        Verdict::Pass { .. }
-    ));
-    assert_eq!(refused(&decide(&p, &[("Action", "Hangup")])), None);
+    expect_all(
+        &p,
+        &[
+            (&[("Action", "QueueAdd")], Want::Pass),
+            (&[("Action", "Ping")], Want::Pass),
+            (&[("Action", "Hangup")], Want::Refused(None)),
+        ],
+    );
 }
 
 #[test]
@@ -126,45 +152,29 @@ fn dangerous_functions_anywhere() {
 #[test]
 fn commands_and_config_files() {
     let p = policy(&["*"]);
-    for c in [
-        "module load chan_x.so",
-        "MODULE   unload res_pjsip.so",
-        "channel originate Local/1@x application System id",
-        "originate Local/1@x application TrySystem id",
+    for (c, want) in [
+        ("module load chan_x.so", Want::Refused(Some(Rule::Command))),
+        (
+            "MODULE   unload res_pjsip.so",
+            Want::Refused(Some(Rule::Command)),
+        ),
+        (
+            "channel originate Local/1@x application System id",
+            Want::Refused(Some(Rule::Command)),
+        ),
+        (
+            "originate Local/1@x application TrySystem id",
+            Want::Refused(Some(Rule::Command)),
+        ),
+        ("core show channels", Want::Pass),
+        // Quotes as parse_args reads them: a closed pair is part of the word, an unclosed one
+        // takes the rest of the line into that word, so Asterisk unloads nothing (the fuzz
+        // target's saved `unclosed-quote-module-unload`).
+        ("module un\"\"load x.so", Want::Refused(Some(Rule::Command))),
+        ("module unload\"\"\" x.so", Want::Pass),
     ] {
-        assert_eq!(
-            refused(&decide(&p, &[("Action", "Command"), ("Command", c)])),
-            Some(Rule::Command),
-            "{c}"
-        );
+        expect(&p, &[("Action", "Command"), ("Command", c)], want);
     }
-    assert!(matches!(
-        decide(
-            &p,
-            &[("Action", "Command"), ("Command", "core show channels")]
-        ),
-        Verdict::Pass { .. }
-    ));
-    // Quotes as parse_args reads them: a closed pair is part of the word, an unclosed one
-    // takes the rest of the line into that word, so Asterisk unloads nothing (the fuzz
-    // target's saved `unclosed-quote-module-unload`).
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[("Action", "Command"), ("Command", "module un\"\"load x.so")]
-        )),
-        Some(Rule::Command)
-    );
-    assert!(matches!(
-        decide(
-            &p,
-            &[
-                ("Action", "Command"),
-                ("Command", "module unload\"\"\" x.so")
-            ]
-        ),
-        Verdict::Pass { .. }
-    ));
     for f in [
         "manager.conf",
         "Manager.conf",
@@ -187,24 +197,26 @@ fn commands_and_config_files() {
             );
         }
     }
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[
-                ("Action", "UpdateConfig"),
-                ("SrcFilename", "sip.conf"),
-                ("DstFilename", "manager.conf")
-            ]
-        )),
-        Some(Rule::Config)
-    );
-    assert!(matches!(
-        decide(&p, &[("Action", "GetConfig"), ("Filename", "queues.conf")]),
-        Verdict::Pass { .. }
-    ));
-    assert_eq!(
-        refused(&decide(&p, &[("Action", "ModuleLoad"), ("Module", "x")])),
-        Some(Rule::ModuleLoad)
+    expect_all(
+        &p,
+        &[
+            (
+                &[
+                    ("Action", "UpdateConfig"),
+                    ("SrcFilename", "sip.conf"),
+                    ("DstFilename", "manager.conf"),
+                ],
+                Want::Refused(Some(Rule::Config)),
+            ),
+            (
+                &[("Action", "GetConfig"), ("Filename", "queues.conf")],
+                Want::Pass,
+            ),
+            (
+                &[("Action", "ModuleLoad"), ("Module", "x")],
+                Want::Refused(Some(Rule::ModuleLoad)),
+            ),
+        ],
     );
 }
 
@@ -251,57 +263,47 @@ fn escapes_quotes_and_cli_quoting_do_not_hide_anything() {
         ],
     );
     assert!(matches!(ok, Verdict::Pass { .. }), "{ok:?}");
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[
-                ("Action", "AGI"),
-                ("Channel", "PJSIP/1"),
-                ("Command", "EXEC Playback x")
-            ]
-        )),
-        Some(Rule::Application)
-    );
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[
-                ("Action", "Originate"),
-                ("Application", "Queue"),
-                ("Data", "support,,,,,agi://evil")
-            ]
-        )),
-        Some(Rule::Application)
-    );
-    assert!(matches!(
-        decide(
-            &p,
-            &[
-                ("Action", "Originate"),
-                ("Application", "Queue"),
-                ("Data", "support")
-            ]
-        ),
-        Verdict::Pass { .. }
-    ));
-    // Every config write is refused; reads only of files that hold secrets.
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[
-                ("Action", "UpdateConfig"),
-                ("SrcFilename", "extensions.conf"),
-                ("DstFilename", "extensions.conf")
-            ]
-        )),
-        Some(Rule::Config)
-    );
-    assert_eq!(
-        refused(&decide(
-            &p,
-            &[("Action", "GetConfig"), ("Filename", "pjsip.conf")]
-        )),
-        Some(Rule::Config)
+    expect_all(
+        &p,
+        &[
+            (
+                &[
+                    ("Action", "AGI"),
+                    ("Channel", "PJSIP/1"),
+                    ("Command", "EXEC Playback x"),
+                ],
+                Want::Refused(Some(Rule::Application)),
+            ),
+            (
+                &[
+                    ("Action", "Originate"),
+                    ("Application", "Queue"),
+                    ("Data", "support,,,,,agi://evil"),
+                ],
+                Want::Refused(Some(Rule::Application)),
+            ),
+            (
+                &[
+                    ("Action", "Originate"),
+                    ("Application", "Queue"),
+                    ("Data", "support"),
+                ],
+                Want::Pass,
+            ),
+            // Every config write is refused; reads only of files that hold secrets.
+            (
+                &[
+                    ("Action", "UpdateConfig"),
+                    ("SrcFilename", "extensions.conf"),
+                    ("DstFilename", "extensions.conf"),
+                ],
+                Want::Refused(Some(Rule::Config)),
+            ),
+            (
+                &[("Action", "GetConfig"), ("Filename", "pjsip.conf")],
+                Want::Refused(Some(Rule::Config)),
+            ),
+        ],
     );
 }
 
@@ -311,25 +313,33 @@ fn command(p: &ClientPolicy, c: &str) -> Verdict {
 
 #[test]
 fn cli_words_are_split_as_main_cli_c_parse_args_does() {
-    let w = |s: &[u8]| cli_words(s);
-    assert_eq!(
-        w(b"  pjsip\tshow   auth 1001 "),
-        ["pjsip", "show", "auth", "1001"]
-    );
-    // Leading C isspace is skipped (vertical tab, form feed, CR, LF too); inside the line
-    // only blank and tab separate.
-    assert_eq!(w(b"\x0b\x0c\r\n pjsip show"), ["pjsip", "show"]);
-    assert_eq!(w(b"pjsip\x0bshow"), ["pjsip\x0bshow"]);
-    // Quotes: removed; one opening after a separator starts a word, even an empty one.
-    assert_eq!(w(b"p\"jsip\" \"show\" \"\" x"), ["pjsip", "show", "", "x"]);
-    assert_eq!(w(b"\"pjsip show\" auth"), ["pjsip show", "auth"]);
-    // A backslash takes the next character; alone at the end it makes no word.
-    assert_eq!(w(b"pj\\sip sh\\\"ow a\\ b \\"), ["pjsip", "sh\"ow", "a b"]);
-    // A NUL ends the line.
-    assert_eq!(w(b"pjsip\0 show auth"), ["pjsip"]);
+    for (line, words) in [
+        (
+            &b"  pjsip\tshow   auth 1001 "[..],
+            &["pjsip", "show", "auth", "1001"][..],
+        ),
+        // Leading C isspace is skipped (vertical tab, form feed, CR, LF too); inside the line
+        // only blank and tab separate.
+        (b"\x0b\x0c\r\n pjsip show", &["pjsip", "show"]),
+        (b"pjsip\x0bshow", &["pjsip\x0bshow"]),
+        // Quotes: removed; one opening after a separator starts a word, even an empty one.
+        (b"p\"jsip\" \"show\" \"\" x", &["pjsip", "show", "", "x"]),
+        (b"\"pjsip show\" auth", &["pjsip show", "auth"]),
+        // A backslash takes the next character; alone at the end it makes no word.
+        (b"pj\\sip sh\\\"ow a\\ b \\", &["pjsip", "sh\"ow", "a b"]),
+        // A NUL ends the line.
+        (b"pjsip\0 show auth", &["pjsip"]),
+    ] {
+        assert_eq!(
+            cli_words(line),
+            words,
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
     // AST_MAX_ARGS - 1 words at most; the last one is cut after its first character.
     let long = "a ".repeat(62) + "bcd e";
-    let words = w(long.as_bytes());
+    let words = cli_words(long.as_bytes());
     assert_eq!(words.len(), 63);
     assert_eq!(words[62], "b");
 }

@@ -32,14 +32,12 @@ fn basic_uris() {
 
 #[test]
 fn other_schemes_are_scheme_errors() {
-    assert_eq!(SipUri::parse("tel:+123"), Err(UriError::Scheme));
-    assert_eq!(SipUri::parse("http://x"), Err(UriError::Scheme));
-    assert_eq!(
-        SipUri::parse("soap.beep://192.0.2.103:3002"),
-        Err(UriError::Scheme)
-    );
-    assert!(matches!(SipUri::parse("nocolon"), Err(UriError::Syntax(_))));
-    assert!(matches!(SipUri::parse(":x"), Err(UriError::Syntax(_))));
+    for s in ["tel:+123", "http://x", "soap.beep://192.0.2.103:3002"] {
+        assert_eq!(SipUri::parse(s), Err(UriError::Scheme), "{s}");
+    }
+    for s in ["nocolon", ":x"] {
+        assert!(matches!(SipUri::parse(s), Err(UriError::Syntax(_))), "{s}");
+    }
 }
 
 #[test]
@@ -109,15 +107,21 @@ fn unusual_user_and_password() {
 
 #[test]
 fn hosts() {
-    assert_eq!(ok("sip:[2001:DB8::10]").host, "[2001:db8::10]");
-    assert_eq!(ok("sip:[2001:db8::10]:5070").port, Some(5070));
-    assert_eq!(ok("sip:[2001:db8::10:5070]").port, None);
-    assert_eq!(
-        ok("sip:u@[::ffff:192.0.2.10]:19823").host,
-        "[::ffff:192.0.2.10]"
-    );
-    assert_eq!(ok("sip:192.0.2.1").host, "192.0.2.1");
-    assert_eq!(ok("sip:a-b.example.com.").host, "a-b.example.com.");
+    for (uri, host) in [
+        ("sip:[2001:DB8::10]", "[2001:db8::10]"),
+        ("sip:u@[::ffff:192.0.2.10]:19823", "[::ffff:192.0.2.10]"),
+        ("sip:192.0.2.1", "192.0.2.1"),
+        ("sip:a-b.example.com.", "a-b.example.com."),
+    ] {
+        assert_eq!(ok(uri).host, host, "{uri}");
+    }
+    // A port follows the brackets, never inside them.
+    for (uri, port) in [
+        ("sip:[2001:db8::10]:5070", Some(5070)),
+        ("sip:[2001:db8::10:5070]", None),
+    ] {
+        assert_eq!(ok(uri).port, port, "{uri}");
+    }
     for s in [
         "sip:2001:db8::10",
         "sip:[2001:db8:::192.0.2.1]",
@@ -289,7 +293,11 @@ fn qvalues_and_delta_seconds() {
     for q in ["2", "1.5", "0.1234", "", ".5", "01"] {
         assert!(!is_qvalue(q), "{q}");
     }
-    assert_eq!(parse_delta_seconds("4294967295"), Some(u32::MAX));
-    assert_eq!(parse_delta_seconds("4294967296"), None);
-    assert_eq!(parse_delta_seconds("-1"), None);
+    for (s, want) in [
+        ("4294967295", Some(u32::MAX)),
+        ("4294967296", None),
+        ("-1", None),
+    ] {
+        assert_eq!(parse_delta_seconds(s), want, "{s}");
+    }
 }
