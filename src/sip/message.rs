@@ -5,7 +5,7 @@
 //! [`Message::to_bytes`] (never the received bytes), so pbxguard and Asterisk's pjsip always
 //! see one and the same message.
 //!
-//! Rules, each with a unit test below:
+//! Rules, each with a unit test in `message_tests.rs`:
 //! - CRLF line ends only: a bare CR or bare LF anywhere in the header block is refused
 //!   (pjsip accepts bare LF; a reader that did not would see other line and message bounds).
 //! - No line folding, no whitespace before a header colon, header names are tokens, no
