@@ -3,7 +3,7 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AmiClientRow {
     pub name: String,
     pub allow: String,
@@ -12,20 +12,6 @@ pub struct AmiClientRow {
     pub overrides: String,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-type Row = (String, String, String, String, String, i64, i64);
-
-fn from_row(r: Row) -> AmiClientRow {
-    AmiClientRow {
-        name: r.0,
-        allow: r.1,
-        events: r.2,
-        permit: r.3,
-        overrides: r.4,
-        created_at: r.5,
-        updated_at: r.6,
-    }
 }
 
 const COLUMNS: &str = "name, allow, events, permit, overrides, created_at, updated_at";
@@ -68,21 +54,21 @@ impl Store {
     }
 
     pub async fn ami_client(&self, name: &str) -> Result<Option<AmiClientRow>, StoreError> {
-        let row: Option<Row> =
+        Ok(
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients WHERE name = ?"))
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(from_row))
+                .await?,
+        )
     }
 
     /// Every client, by name.
     pub async fn ami_clients(&self) -> Result<Vec<AmiClientRow>, StoreError> {
-        let rows: Vec<Row> =
+        Ok(
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients ORDER BY name"))
                 .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+                .await?,
+        )
     }
 
     pub async fn delete_ami_client(&self, name: &str) -> Result<bool, StoreError> {

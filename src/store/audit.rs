@@ -3,7 +3,7 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditEntry {
     pub at: i64,
     pub actor: String,
@@ -58,21 +58,11 @@ impl Store {
 
     /// Newest first.
     pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(at, actor, action, target, detail)| AuditEntry {
-                at,
-                actor,
-                action,
-                target,
-                detail,
-            })
-            .collect())
+        .await?)
     }
 }

@@ -5,9 +5,11 @@ use super::sessions::NewHistory;
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HistoryRow {
     pub at: i64,
+    /// The name as typed.
+    #[sqlx(rename = "username")]
     pub user: String,
     pub ip: String,
     pub user_agent: String,
@@ -46,7 +48,7 @@ impl Store {
         user: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HistoryRow>, StoreError> {
-        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT at, username, ip, user_agent, result FROM login_history
              WHERE (? IS NULL OR lower(username) = lower(?)) ORDER BY id DESC LIMIT ?",
         )
@@ -54,17 +56,7 @@ impl Store {
         .bind(user)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(at, user, ip, user_agent, result)| HistoryRow {
-                at,
-                user,
-                ip,
-                user_agent,
-                result,
-            })
-            .collect())
+        .await?)
     }
 
     /// Times of the newest `limit` failures for an account (`account` in lower case; every

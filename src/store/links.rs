@@ -4,7 +4,7 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LinkRow {
     pub id: String,
     pub path: String,
@@ -15,32 +15,6 @@ pub struct LinkRow {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
-}
-
-type Row = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-);
-
-fn from_row(r: Row) -> LinkRow {
-    LinkRow {
-        id: r.0,
-        path: r.1,
-        key_id: r.2,
-        minted_by: r.3,
-        minted_ip: r.4,
-        created_at: r.5,
-        expires_at: r.6,
-        revoked_at: r.7,
-        revoked_by: r.8,
-    }
 }
 
 const COLUMNS: &str =
@@ -74,18 +48,17 @@ impl Store {
     }
 
     pub async fn link(&self, id: &str) -> Result<Option<LinkRow>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM recording_links WHERE id = ?"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(from_row))
+        .await?)
     }
 
     /// Newest first.
     pub async fn links(&self, filter: &LinkFilter, now: i64) -> Result<Vec<LinkRow>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM recording_links \
              WHERE (?1 IS NULL OR path = ?1) AND (?2 OR (revoked_at IS NULL AND expires_at > ?3)) \
              ORDER BY created_at DESC, id LIMIT ?4"
@@ -95,8 +68,7 @@ impl Store {
         .bind(now)
         .bind(i64::from(filter.limit))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        .await?)
     }
 
     /// Revokes one link; false when there is no such link or it was already revoked.
@@ -128,14 +100,13 @@ impl Store {
 
     /// Unexpired links signed with key `kid`.
     pub async fn live_links_signed_by(&self, kid: &str, now: i64) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT count(*) FROM recording_links WHERE key_id = ? AND expires_at > ?",
         )
         .bind(kid)
         .bind(now)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(n)
+        .await?)
     }
 
     /// Deletes links that expired before `before` (the audit log keeps their story).

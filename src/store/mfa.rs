@@ -5,7 +5,7 @@ use super::sessions::SessionRow;
 use super::tx::ExecuteWrite;
 use super::{NewHistory, Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingRow {
     pub token_hash: String,
     pub attempt: String,
@@ -27,54 +27,14 @@ pub struct PendingRow {
     pub emails_sent: i64,
 }
 
-type PendingTuple = (
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    i64,
-    i64,
-);
-
 const PENDING_COLUMNS: &str = "token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at, failures, used_at, email_code_hash, email_sent_at, email_code_failures, emails_sent";
 
-fn pending_row(t: PendingTuple) -> PendingRow {
-    PendingRow {
-        token_hash: t.0,
-        attempt: t.1,
-        kind: t.2,
-        user_id: t.3,
-        password_hash: t.4,
-        methods: t.5,
-        ip: t.6,
-        user_agent: t.7,
-        created_at: t.8,
-        expires_at: t.9,
-        failures: t.10,
-        used_at: t.11,
-        email_code_hash: t.12,
-        email_sent_at: t.13,
-        email_code_failures: t.14,
-        emails_sent: t.15,
-    }
-}
-
-type StatusTuple = (String, i64, Option<String>, Option<i64>, Option<i64>);
-
 /// One user's second factor as admins see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MfaStatusRow {
+    #[sqlx(rename = "user_name")]
     pub user: String,
+    #[sqlx(try_from = "i64")]
     pub level: u8,
     pub email: Option<String>,
     pub totp_confirmed_at: Option<i64>,
@@ -168,13 +128,12 @@ impl Store {
     }
 
     pub async fn pending(&self, token_hash: &str) -> Result<Option<PendingRow>, StoreError> {
-        let row: Option<PendingTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {PENDING_COLUMNS} FROM mfa_pending WHERE token_hash = ?"
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(pending_row))
+        .await?)
     }
 
     /// Takes one of a pending login's `max` tries, in one statement, before a code is checked:
@@ -401,8 +360,9 @@ impl Store {
 
     /// Every user with their second factor, by name; exemptions that ended are not shown.
     pub async fn mfa_status(&self, now: i64) -> Result<Vec<MfaStatusRow>, StoreError> {
-        let rows: Vec<StatusTuple> = sqlx::query_as(
-            "SELECT u.name, u.level, u.email, t.confirmed_at, CASE WHEN e.until > ?1 THEN e.until END
+        Ok(sqlx::query_as(
+            "SELECT u.name AS user_name, u.level, u.email, t.confirmed_at AS totp_confirmed_at,
+                 CASE WHEN e.until > ?1 THEN e.until END AS exempt_until
              FROM users u
              LEFT JOIN mfa_totp t ON t.user_id = u.id
              LEFT JOIN mfa_exemptions e ON e.user_id = u.id
@@ -410,17 +370,7 @@ impl Store {
         )
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, level, email, confirmed, exempt)| MfaStatusRow {
-                user,
-                level: u8::try_from(level).unwrap_or(0),
-                email,
-                totp_confirmed_at: confirmed,
-                exempt_until: exempt,
-            })
-            .collect())
+        .await?)
     }
 
     /// Deletes pending logins that ended before `before`, and exemptions that ended.

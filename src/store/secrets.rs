@@ -4,7 +4,7 @@ use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
 /// One encrypted secret as stored; only `vault` can make sense of `nonce` and `ciphertext`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SecretRow {
     pub name: String,
     pub key_id: String,
@@ -15,7 +15,7 @@ pub struct SecretRow {
 }
 
 /// A data key wrapped under the master key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
     pub id: String,
     pub generation: i64,
@@ -24,51 +24,25 @@ pub struct KeyRow {
     pub created_at: i64,
 }
 
-type SecretTuple = (String, String, Vec<u8>, Vec<u8>, i64, i64);
-type KeyTuple = (String, i64, Vec<u8>, Vec<u8>, i64);
-
-fn secret_row(t: SecretTuple) -> SecretRow {
-    SecretRow {
-        name: t.0,
-        key_id: t.1,
-        nonce: t.2,
-        ciphertext: t.3,
-        created_at: t.4,
-        updated_at: t.5,
-    }
-}
-
-fn key_row(t: KeyTuple) -> KeyRow {
-    KeyRow {
-        id: t.0,
-        generation: t.1,
-        nonce: t.2,
-        wrapped: t.3,
-        created_at: t.4,
-    }
-}
-
 const SECRET_COLUMNS: &str = "name, key_id, nonce, ciphertext, created_at, updated_at";
 const KEY_COLUMNS: &str = "id, generation, nonce, wrapped, created_at";
 
 impl Store {
     pub async fn secret(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
-        let row: Option<SecretTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(secret_row))
+        .await?)
     }
 
     pub async fn secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
-        let rows: Vec<SecretTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
         ))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(secret_row).collect())
+        .await?)
     }
 
     /// Inserts or replaces a secret, keeping its original `created_at`.
@@ -122,32 +96,29 @@ impl Store {
     }
 
     pub async fn data_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
-        let row: Option<KeyTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(key_row))
+        .await?)
     }
 
     /// The newest data key generation, which encrypts every new secret.
     pub async fn current_data_key(&self) -> Result<Option<KeyRow>, StoreError> {
-        let row: Option<KeyTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation DESC LIMIT 1"
         ))
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(key_row))
+        .await?)
     }
 
     pub async fn data_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        let rows: Vec<KeyTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {KEY_COLUMNS} FROM vault_keys ORDER BY generation"
         ))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(key_row).collect())
+        .await?)
     }
 
     /// Stores the first data key; does nothing when one exists (so `init` is idempotent and
@@ -178,7 +149,7 @@ impl Store {
         // BEGIN IMMEDIATE takes the write lock before we read, so a concurrent `secret set`
         // waits instead of writing under the old key between our read and commit.
         let mut tx = self.begin_write().await?;
-        let rows: Vec<SecretTuple> = sqlx::query_as(&format!(
+        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
         ))
         .fetch_all(&mut *tx)
@@ -191,7 +162,7 @@ impl Store {
             .bind(new_key.created_at))
             .await?;
         let count = rows.len();
-        for row in rows.into_iter().map(secret_row) {
+        for row in rows {
             let new = match reencrypt(&row) {
                 Ok(new) => new,
                 Err(e) => {

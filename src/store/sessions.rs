@@ -3,12 +3,14 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: String,
     pub user_id: i64,
+    #[sqlx(rename = "user_name")]
     pub user: String,
     /// The level the session was created with; a token is void when the user's level differs.
+    #[sqlx(try_from = "i64")]
     pub level: u8,
     pub created_at: i64,
     pub last_seen: i64,
@@ -18,45 +20,15 @@ pub struct SessionRow {
     pub user_agent: String,
     pub revoked_at: Option<i64>,
     /// The user's state now (joined), so one lookup answers the whole check.
+    #[sqlx(try_from = "i64")]
     pub user_level: u8,
     pub user_disabled: bool,
 }
 
-type SessionTuple = (
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    String,
-    String,
-    Option<i64>,
-    i64,
-    bool,
-);
-
-fn session_row(t: SessionTuple) -> SessionRow {
-    SessionRow {
-        id: t.0,
-        user_id: t.1,
-        user: t.2,
-        level: u8::try_from(t.3).unwrap_or(0),
-        created_at: t.4,
-        last_seen: t.5,
-        expires_at: t.6,
-        ip: t.7,
-        user_agent: t.8,
-        revoked_at: t.9,
-        user_level: u8::try_from(t.10).unwrap_or(0),
-        user_disabled: t.11,
-    }
-}
-
 const SESSION_SELECT: &str =
-    "SELECT s.id, s.user_id, u.name, s.level, s.created_at, s.last_seen, s.expires_at,
-        s.ip, s.user_agent, s.revoked_at, u.level, u.disabled
+    "SELECT s.id, s.user_id, u.name AS user_name, s.level, s.created_at, s.last_seen,
+        s.expires_at, s.ip, s.user_agent, s.revoked_at, u.level AS user_level,
+        u.disabled AS user_disabled
      FROM sessions s JOIN users u ON u.id = s.user_id";
 
 /// A login attempt as the history keeps it.
@@ -125,11 +97,10 @@ impl Store {
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        let row: Option<SessionTuple> = sqlx::query_as(&format!("{SESSION_SELECT} WHERE s.id = ?"))
+        Ok(sqlx::query_as(&format!("{SESSION_SELECT} WHERE s.id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(session_row))
+            .await?)
     }
 
     /// Sessions that are neither revoked nor past either expiry, newest first.
@@ -139,7 +110,7 @@ impl Store {
         now: i64,
         idle: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        let rows: Vec<SessionTuple> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "{SESSION_SELECT} WHERE s.revoked_at IS NULL AND s.expires_at > ? AND s.last_seen + ? > ?
                AND (? IS NULL OR u.name = ?)
              ORDER BY s.created_at DESC, s.id"
@@ -150,8 +121,7 @@ impl Store {
         .bind(user)
         .bind(user)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(session_row).collect())
+        .await?)
     }
 
     /// Records activity; only moves `last_seen` forward.

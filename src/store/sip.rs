@@ -3,23 +3,12 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SipCredentialRow {
     pub id: String,
     pub username: String,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-type Row = (String, String, i64, i64);
-
-fn from_row(r: Row) -> SipCredentialRow {
-    SipCredentialRow {
-        id: r.0,
-        username: r.1,
-        created_at: r.2,
-        updated_at: r.3,
-    }
 }
 
 impl Store {
@@ -30,8 +19,8 @@ impl Store {
         username: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let existed: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM sip_credentials WHERE id = ?")
+        let existed: Option<String> =
+            sqlx::query_scalar("SELECT id FROM sip_credentials WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -48,23 +37,21 @@ impl Store {
     }
 
     pub async fn sip_credential(&self, id: &str) -> Result<Option<SipCredentialRow>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT id, username, created_at, updated_at FROM sip_credentials WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(from_row))
+        .await?)
     }
 
     /// Every credential, by id.
     pub async fn sip_credentials(&self) -> Result<Vec<SipCredentialRow>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT id, username, created_at, updated_at FROM sip_credentials ORDER BY id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        .await?)
     }
 
     pub async fn delete_sip_credential(&self, id: &str) -> Result<bool, StoreError> {

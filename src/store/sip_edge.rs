@@ -4,7 +4,7 @@
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SipBanRow {
     pub ip: String,
     pub reason: String,
@@ -30,13 +30,13 @@ impl Store {
         now: i64,
     ) -> Result<ExtensionSet, StoreError> {
         if let Some(ext) = extension {
-            let holder: Option<(String,)> =
-                sqlx::query_as("SELECT name FROM users WHERE sip_extension = ? AND name <> ?")
+            let holder: Option<String> =
+                sqlx::query_scalar("SELECT name FROM users WHERE sip_extension = ? AND name <> ?")
                     .bind(ext)
                     .bind(user)
                     .fetch_optional(&self.pool)
                     .await?;
-            if let Some((other,)) = holder {
+            if let Some(other) = holder {
                 return Ok(ExtensionSet::Taken(other));
             }
         }
@@ -58,12 +58,13 @@ impl Store {
     }
 
     pub async fn user_extension(&self, user: &str) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT sip_extension FROM users WHERE name = ?")
+        // No such user and a user without an extension both read as none.
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT sip_extension FROM users WHERE name = ?")
                 .bind(user)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.and_then(|r| r.0))
+        Ok(row.flatten())
     }
 
     /// Every user with an extension: (user, extension), by user.
@@ -108,22 +109,13 @@ impl Store {
         {
             tracing::debug!(error = %e, "deleting expired SIP bans failed");
         }
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT ip, reason, created_at, expires_at FROM sip_bans WHERE expires_at > ?
              ORDER BY expires_at, ip",
         )
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SipBanRow {
-                ip: r.0,
-                reason: r.1,
-                created_at: r.2,
-                expires_at: r.3,
-            })
-            .collect())
+        .await?)
     }
 
     /// Lifts one ban (`Some`) or all of them (`None`); returns how many went.

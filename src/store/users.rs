@@ -4,10 +4,12 @@ use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 use crate::clock::now_unix;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRow {
     pub id: i64,
     pub name: String,
+    /// Read as the integer every backend stores; the schema keeps it within 1..=9.
+    #[sqlx(try_from = "i64")]
     pub level: u8,
     pub email: Option<String>,
     /// PHC string (argon2id); never leaves the process.
@@ -15,21 +17,6 @@ pub struct UserRow {
     pub disabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-type UserTuple = (i64, String, i64, Option<String>, String, bool, i64, i64);
-
-fn user_row(t: UserTuple) -> UserRow {
-    UserRow {
-        id: t.0,
-        name: t.1,
-        level: u8::try_from(t.2).unwrap_or(1),
-        email: t.3,
-        password_hash: t.4,
-        disabled: t.5,
-        created_at: t.6,
-        updated_at: t.7,
-    }
 }
 
 const USER_COLUMNS: &str =
@@ -82,29 +69,29 @@ impl Store {
     }
 
     pub async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
-        let row: Option<UserTuple> =
+        Ok(
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"))
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(user_row))
+                .await?,
+        )
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
-        let row: Option<UserTuple> =
+        Ok(
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
                 .bind(id)
                 .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(user_row))
+                .await?,
+        )
     }
 
     pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
-        let rows: Vec<UserTuple> =
+        Ok(
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
                 .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(user_row).collect())
+                .await?,
+        )
     }
 
     /// Applies `set` (an UPDATE of one user by id) and, when `end_sessions`, revokes that
