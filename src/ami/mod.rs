@@ -12,6 +12,7 @@
 
 pub mod classes;
 pub mod codec;
+pub mod config;
 pub mod guards;
 mod login;
 pub mod policy;
@@ -33,8 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use self::config::AmiConfig;
 use crate::app::App;
-use crate::config::AmiConfig;
 use crate::store::AmiClientRow;
 use upstream::{Upstream, UpstreamError};
 

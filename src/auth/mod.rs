@@ -3,6 +3,7 @@
 //! rules, throttling and the client-IP rule for the history.
 
 pub mod client_ip;
+pub mod config;
 pub mod email_code;
 pub mod jwt;
 pub mod login;

@@ -8,6 +8,7 @@
 //! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
 //! the vault secret `password_secret`.
 
+pub mod config;
 pub mod wire;
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 //! request for a genuine link lands in the audit log ([`journal`]), never with the token.
 
 pub mod body;
+pub mod config;
 use crate::journal;
 pub mod paths;
 pub mod range;

@@ -9,6 +9,7 @@
 //! filtering and bans, and [`ticket`] binds browser WebSockets to web sessions.
 
 pub mod calls;
+pub mod config;
 pub mod digest;
 pub mod flow;
 pub mod framing;

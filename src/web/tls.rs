@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::config::TlsFiles;
+use crate::problems::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
