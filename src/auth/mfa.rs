@@ -165,13 +165,7 @@ pub async fn live_pending(
 
 /// The key emailed codes are hashed with; created when absent (installs from before 2FA).
 pub async fn email_key(vault: &Vault) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
-    let mut keys: Vec<_> = vault
-        .list()
-        .await?
-        .into_iter()
-        .filter(|s| s.name.starts_with(MFA_KEY_PREFIX))
-        .collect();
-    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    let keys = vault.keys_under(MFA_KEY_PREFIX).await?;
     let name = match keys.last() {
         Some(k) => k.name.clone(),
         None => {

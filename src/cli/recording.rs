@@ -12,9 +12,10 @@ use clap::Subcommand;
 use super::users::announce;
 use super::{actor, load, open_store, open_vault, UsageError};
 use crate::clock::{now_unix, rfc3339};
-use crate::init::{LINK_KEY_PREFIX, SIGNING_KEY_LEN};
+use crate::recordings::token::LINK_KEY_PREFIX;
 use crate::recordings::{self, LinkKeys, Minter, PathError, RecordingError};
 use crate::store::LinkFilter;
+use crate::vault::SIGNING_KEY_LEN;
 use crate::web::recordings_api::{LinkView, MAX_LINKS_LIMIT};
 
 #[derive(Debug, Subcommand)]
@@ -177,13 +178,7 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
 
 async fn rotate_key(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
     let vault = open_vault(config).await?;
-    let mut keys: Vec<_> = vault
-        .list()
-        .await?
-        .into_iter()
-        .filter(|s| s.name.starts_with(LINK_KEY_PREFIX))
-        .collect();
-    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    let keys = vault.keys_under(LINK_KEY_PREFIX).await?;
     // Keys are ordered by creation second; make sure the new one is strictly the newest.
     if keys.iter().any(|k| k.created_at == rfc3339(now_unix())) {
         tokio::time::sleep(Duration::from_millis(1100)).await;
