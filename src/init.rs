@@ -4,16 +4,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::auth::jwt::JWT_KEY_PREFIX;
 use crate::config::{Config, TlsFiles};
+use crate::recordings::token::LINK_KEY_PREFIX;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
-use crate::vault::{self, Vault, VaultError};
-
-/// Vault name prefixes of generated signing keys; the part after the prefix is the key id.
-pub const JWT_KEY_PREFIX: &str = "keys/jwt/";
-pub const LINK_KEY_PREFIX: &str = "keys/links/";
-/// 256-bit HMAC keys (HS256 and HMAC-SHA256 links want at least the hash length).
-pub const SIGNING_KEY_LEN: usize = 32;
+use crate::vault::{self, Vault, VaultError, SIGNING_KEY_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -212,8 +208,7 @@ async fn ensure_signing_key(
     prefix: &str,
     report: &mut InitReport,
 ) -> Result<(), InitError> {
-    let existing = vault.list().await?;
-    if existing.iter().any(|s| s.name.starts_with(prefix)) {
+    if !vault.keys_under(prefix).await?.is_empty() {
         return Ok(());
     }
     let kid = crate::ids::random_hex(4);

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! [`config`] reads `/etc/pbxguard/pbxguard.toml` into typed sections and validates all of it
-//! at once, collecting every problem with its key, before anything binds a port.
+//! at once, collecting every problem with its key, before anything binds a port. Each feature
+//! owns its section (`ami::config`, `sip::config`, …), reporting into [`problems`].
 //!
 //! [`daemon`] is the lifecycle: it prepares state, binds each enabled listener, tells systemd
 //! it is ready, feeds the watchdog, reloads on SIGHUP (all-or-nothing) and drains on SIGTERM.
@@ -75,6 +76,7 @@ pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod pattern;
+pub mod problems;
 pub mod rate;
 pub mod realtime;
 pub mod recordings;

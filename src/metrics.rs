@@ -135,64 +135,28 @@ impl Metrics {
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_open",
-            "Open client connections",
-            connections_open.clone(),
-        );
-        let connections = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "connections",
-            "Accepted client connections",
-            connections.clone(),
-        );
-        let connections_refused = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "connections_refused",
-            "Connections closed at once because the connection limit was reached",
-            connections_refused.clone(),
-        );
-        let tls_handshake_failures = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
-        );
+        // Registration order is the order of `/metrics`; the groups keep the historical one.
+        let mut metrics = Metrics::unregistered();
+        metrics.register_server(&mut registry);
+        metrics.register_auth(&mut registry);
+        metrics.register_recordings(&mut registry);
+        metrics.register_store(&mut registry);
+        metrics.register_realtime(&mut registry);
+        metrics.register_ami(&mut registry);
+        metrics.register_sip(&mut registry);
+        metrics.registry = Arc::new(registry);
+        metrics
+    }
+
+    /// Every metric at zero, not yet in any registry.
+    fn unregistered() -> Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route template and status",
-            requests.clone(),
-        );
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ])
         });
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request handling time by route template",
-            request_duration.clone(),
-        );
-        let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads (SIGHUP) by result",
-            config_reloads.clone(),
-        );
-        let logins = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "logins",
-            "Login attempts by result (as in the login history)",
-            logins.clone(),
-        );
         let auth_checks = Family::<StatusLabels, Counter>::default();
-        registry.register(
-            "auth_checks",
-            "Forward-auth check answers by status",
-            auth_checks.clone(),
-        );
         let check_counters = [200u16, 401, 403]
             .map(|status| auth_checks.get_or_create(&StatusLabels { status }).clone());
         let check_route = "/api/v1/auth/check".to_string();
@@ -208,147 +172,196 @@ impl Metrics {
         let check_duration = request_duration
             .get_or_create(&RouteLabels { route: check_route })
             .clone();
-        let recording_downloads = Family::<StatusLabels, Counter>::default();
-        registry.register(
-            "recording_downloads",
-            "Requests for recordings with a genuine link, by status",
-            recording_downloads.clone(),
-        );
-        let link_refusals = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "recording_link_refusals",
-            "Recording link tokens refused by the signature check, by reason",
-            link_refusals.clone(),
-        );
-        let recording_bytes = Counter::default();
-        registry.register(
-            "recording_sent_bytes",
-            "Recording bytes sent to clients",
-            recording_bytes.clone(),
-        );
-        let links_minted = Counter::default();
-        registry.register(
-            "recording_links_minted",
-            "Recording links minted (API and CLI of this process)",
-            links_minted.clone(),
-        );
-        let download_log_overflow = Counter::default();
-        registry.register(
-            "recording_download_log_overflow",
-            "Download log rows written to the daemon's log instead of the database (queue full or database unavailable)",
-            download_log_overflow.clone(),
-        );
-        let store_commit_failures = Counter::default();
-        registry.register(
-            "store_commit_failures",
-            "Database writes not committed because the database could not take them (disk full, I/O error, read-only, lock timeout)",
-            store_commit_failures.clone(),
-        );
-        let realtime_requests = Family::<RealtimeLabels, Counter>::default();
-        registry.register(
-            "realtime_requests",
-            "Asterisk realtime (res_config_curl) requests by family, operation and status",
-            realtime_requests.clone(),
-        );
-        let realtime_decryptions = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "realtime_decryptions",
-            "SIP passwords decrypted for Asterisk, by result",
-            realtime_decryptions.clone(),
-        );
-        let ami_sessions = Gauge::default();
-        registry.register(
-            "ami_sessions",
-            "AMI clients logged in through the gateway",
-            ami_sessions.clone(),
-        );
-        let ami_logins = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "ami_logins",
-            "AMI client logins by result",
-            ami_logins.clone(),
-        );
-        let ami_actions = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "ami_actions",
-            "AMI client actions by outcome",
-            ami_actions.clone(),
-        );
-        let ami_slow_clients = Counter::default();
-        registry.register(
-            "ami_slow_clients",
-            "AMI clients disconnected because they accepted no bytes for write_timeout",
-            ami_slow_clients.clone(),
-        );
-        let ami_upstream_up = Gauge::default();
-        registry.register(
-            "ami_upstream_up",
-            "1 while pbxguard can log in to Asterisk's AMI",
-            ami_upstream_up.clone(),
-        );
-        let sip_connections = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "sip_connections",
-            "SIP client connections open, by transport",
-            sip_connections.clone(),
-        );
-        let sip_client_messages = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "sip_client_messages",
-            "SIP messages from clients by outcome",
-            sip_client_messages.clone(),
-        );
-        let sip_upstream_messages = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "sip_upstream_messages",
-            "SIP messages from Asterisk by outcome",
-            sip_upstream_messages.clone(),
-        );
-        let sip_bans = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "sip_bans",
-            "Client addresses banned by the SIP edge, by reason",
-            sip_bans.clone(),
-        );
-        let sip_ws_refusals = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "sip_ws_refusals",
-            "SIP WebSocket upgrades refused, by reason",
-            sip_ws_refusals.clone(),
-        );
         Metrics {
-            sip_connections,
-            sip_client_messages,
-            sip_upstream_messages,
-            sip_bans,
-            sip_ws_refusals,
-            ami_sessions,
-            ami_logins,
-            ami_actions,
-            ami_slow_clients,
-            ami_upstream_up,
-            download_log_overflow,
-            store_commit_failures,
-            realtime_requests,
-            realtime_decryptions,
-            recording_downloads,
-            link_refusals,
-            recording_bytes,
-            links_minted,
-            registry: Arc::new(registry),
+            registry: Arc::default(),
+            connections_open: Family::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
+            tls_handshake_failures: Family::default(),
+            requests,
+            request_duration,
+            config_reloads: Family::default(),
+            logins: Family::default(),
+            auth_checks,
             check_counters,
             check_requests,
             check_duration,
-            logins,
-            auth_checks,
-            connections_open,
-            connections,
-            connections_refused,
-            tls_handshake_failures,
-            requests,
-            request_duration,
-            config_reloads,
+            recording_downloads: Family::default(),
+            link_refusals: Family::default(),
+            recording_bytes: Counter::default(),
+            links_minted: Counter::default(),
+            download_log_overflow: Counter::default(),
+            store_commit_failures: Counter::default(),
+            realtime_requests: Family::default(),
+            realtime_decryptions: Family::default(),
+            ami_sessions: Gauge::default(),
+            ami_logins: Family::default(),
+            ami_actions: Family::default(),
+            ami_slow_clients: Counter::default(),
+            ami_upstream_up: Gauge::default(),
+            sip_connections: Family::default(),
+            sip_client_messages: Family::default(),
+            sip_upstream_messages: Family::default(),
+            sip_bans: Family::default(),
+            sip_ws_refusals: Family::default(),
         }
+    }
+
+    /// Listeners, HTTP and the daemon itself.
+    fn register_server(&self, r: &mut Registry) {
+        r.register(
+            "connections_open",
+            "Open client connections",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections",
+            "Accepted client connections",
+            self.connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once because the connection limit was reached",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by route template and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request handling time by route template",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            self.config_reloads.clone(),
+        );
+    }
+
+    fn register_auth(&self, r: &mut Registry) {
+        r.register(
+            "logins",
+            "Login attempts by result (as in the login history)",
+            self.logins.clone(),
+        );
+        r.register(
+            "auth_checks",
+            "Forward-auth check answers by status",
+            self.auth_checks.clone(),
+        );
+    }
+
+    fn register_recordings(&self, r: &mut Registry) {
+        r.register(
+            "recording_downloads",
+            "Requests for recordings with a genuine link, by status",
+            self.recording_downloads.clone(),
+        );
+        r.register(
+            "recording_link_refusals",
+            "Recording link tokens refused by the signature check, by reason",
+            self.link_refusals.clone(),
+        );
+        r.register(
+            "recording_sent_bytes",
+            "Recording bytes sent to clients",
+            self.recording_bytes.clone(),
+        );
+        r.register(
+            "recording_links_minted",
+            "Recording links minted (API and CLI of this process)",
+            self.links_minted.clone(),
+        );
+        r.register(
+            "recording_download_log_overflow",
+            "Download log rows written to the daemon's log instead of the database (queue full or database unavailable)",
+            self.download_log_overflow.clone(),
+        );
+    }
+
+    fn register_store(&self, r: &mut Registry) {
+        r.register(
+            "store_commit_failures",
+            "Database writes not committed because the database could not take them (disk full, I/O error, read-only, lock timeout)",
+            self.store_commit_failures.clone(),
+        );
+    }
+
+    fn register_realtime(&self, r: &mut Registry) {
+        r.register(
+            "realtime_requests",
+            "Asterisk realtime (res_config_curl) requests by family, operation and status",
+            self.realtime_requests.clone(),
+        );
+        r.register(
+            "realtime_decryptions",
+            "SIP passwords decrypted for Asterisk, by result",
+            self.realtime_decryptions.clone(),
+        );
+    }
+
+    fn register_ami(&self, r: &mut Registry) {
+        r.register(
+            "ami_sessions",
+            "AMI clients logged in through the gateway",
+            self.ami_sessions.clone(),
+        );
+        r.register(
+            "ami_logins",
+            "AMI client logins by result",
+            self.ami_logins.clone(),
+        );
+        r.register(
+            "ami_actions",
+            "AMI client actions by outcome",
+            self.ami_actions.clone(),
+        );
+        r.register(
+            "ami_slow_clients",
+            "AMI clients disconnected because they accepted no bytes for write_timeout",
+            self.ami_slow_clients.clone(),
+        );
+        r.register(
+            "ami_upstream_up",
+            "1 while pbxguard can log in to Asterisk's AMI",
+            self.ami_upstream_up.clone(),
+        );
+    }
+
+    fn register_sip(&self, r: &mut Registry) {
+        r.register(
+            "sip_connections",
+            "SIP client connections open, by transport",
+            self.sip_connections.clone(),
+        );
+        r.register(
+            "sip_client_messages",
+            "SIP messages from clients by outcome",
+            self.sip_client_messages.clone(),
+        );
+        r.register(
+            "sip_upstream_messages",
+            "SIP messages from Asterisk by outcome",
+            self.sip_upstream_messages.clone(),
+        );
+        r.register(
+            "sip_bans",
+            "Client addresses banned by the SIP edge, by reason",
+            self.sip_bans.clone(),
+        );
+        r.register(
+            "sip_ws_refusals",
+            "SIP WebSocket upgrades refused, by reason",
+            self.sip_ws_refusals.clone(),
+        );
     }
 
     /// Counts a forward-auth answer. The hot path, so the three possible label sets are looked
@@ -403,5 +416,85 @@ mod tests {
         );
         assert!(text.contains("pbxguard_build_info{version=\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Each group registers its metrics once, in the order `/metrics` has always had.
+    #[test]
+    fn every_metric_is_registered_once_in_order() {
+        let m = Metrics::new();
+        let l = ListenerLabels { listener: "x" };
+        let r = ResultLabels { result: "ok" };
+        for family in [
+            &m.connections,
+            &m.connections_refused,
+            &m.tls_handshake_failures,
+        ] {
+            family.get_or_create(&l).inc();
+        }
+        m.connections_open.get_or_create(&l).inc();
+        m.sip_connections.get_or_create(&l).inc();
+        for family in [
+            &m.config_reloads,
+            &m.logins,
+            &m.link_refusals,
+            &m.realtime_decryptions,
+            &m.ami_logins,
+            &m.ami_actions,
+            &m.sip_client_messages,
+            &m.sip_upstream_messages,
+            &m.sip_bans,
+            &m.sip_ws_refusals,
+        ] {
+            family.get_or_create(&r).inc();
+        }
+        m.recording_downloads
+            .get_or_create(&StatusLabels { status: 206 })
+            .inc();
+        m.realtime_requests
+            .get_or_create(&RealtimeLabels {
+                family: "ps_auths".into(),
+                op: "single".into(),
+                status: 200,
+            })
+            .inc();
+        let text = m.render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE pbxguard_"))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "build",
+                "connections_open",
+                "connections",
+                "connections_refused",
+                "tls_handshake_failures",
+                "http_requests",
+                "http_request_duration_seconds",
+                "config_reloads",
+                "logins",
+                "auth_checks",
+                "recording_downloads",
+                "recording_link_refusals",
+                "recording_sent_bytes",
+                "recording_links_minted",
+                "recording_download_log_overflow",
+                "store_commit_failures",
+                "realtime_requests",
+                "realtime_decryptions",
+                "ami_sessions",
+                "ami_logins",
+                "ami_actions",
+                "ami_slow_clients",
+                "ami_upstream_up",
+                "sip_connections",
+                "sip_client_messages",
+                "sip_upstream_messages",
+                "sip_bans",
+                "sip_ws_refusals",
+            ]
+        );
     }
 }

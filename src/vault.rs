@@ -106,6 +106,26 @@ pub fn validate_name(name: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// Name prefixes pbxguard manages itself; a secret the configuration names there would be
+/// overwritten or deleted (a SIP credential `set`, a key rotation, a 2FA reset).
+const RESERVED_PREFIXES: &[&str] = &["sip/", "keys/", "mfa/", "ami/clients/"];
+
+/// A secret name the configuration points at: valid, and outside the prefixes pbxguard manages
+/// itself. The error says which rule it breaks, for the config problem of its key.
+pub fn check_configured_name(name: &str) -> Result<(), String> {
+    validate_name(name).map_err(|e| e.to_string())?;
+    match RESERVED_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        Some(p) => Err(format!(
+            "{name:?} is under {p}, which pbxguard manages itself; choose another name"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Length of generated HMAC signing keys: 256 bits (HS256 and HMAC-SHA256 links want at least
+/// the hash length).
+pub const SIGNING_KEY_LEN: usize = 32;
+
 /// A 32-byte key that is wiped from memory when dropped.
 #[derive(Clone)]
 pub struct Key(Zeroizing<[u8; KEY_LEN]>);
@@ -572,6 +592,19 @@ impl Vault {
             .collect())
     }
 
+    /// The secrets named `prefix…`, oldest first (ties by name): a key ring's newest key is
+    /// the last one.
+    pub async fn keys_under(&self, prefix: &str) -> Result<Vec<SecretInfo>, VaultError> {
+        let mut infos: Vec<_> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| s.name.starts_with(prefix))
+            .collect();
+        infos.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        Ok(infos)
+    }
+
     pub async fn remove(&self, name: &str) -> Result<(), VaultError> {
         validate_name(name)?;
         if self.store.delete_secret(name).await? {
@@ -661,6 +694,53 @@ mod tests {
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn configured_names_stay_out_of_managed_prefixes() {
+        assert_eq!(check_configured_name("smtp/password"), Ok(()));
+        assert_eq!(
+            check_configured_name("a//b"),
+            Err("secret name must not have empty, '.' or '..' path segments".into())
+        );
+        for managed in ["sip/1001", "keys/jwt/x", "mfa/alice", "ami/clients/crm"] {
+            let err = check_configured_name(managed).unwrap_err();
+            assert!(err.contains("pbxguard manages itself"), "{managed}: {err}");
+        }
+        // Only the managed folders are reserved, not every name that starts alike.
+        assert_eq!(check_configured_name("sipx/password"), Ok(()));
+        assert_eq!(check_configured_name("ami/upstream"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn keys_under_a_prefix_come_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("v.db").display());
+        let store = Store::open(&url, true).await.unwrap();
+        store.migrate().await.unwrap();
+        let vault = Vault::new(Key::random(), store);
+        vault.initialise().await.unwrap();
+        let (key_id, key) = vault.current_key().await.unwrap();
+        for (name, created_at) in [
+            ("keys/x/new", 300),
+            ("keys/x/old", 100),
+            ("keys/x/b", 200),
+            ("keys/x/a", 200),
+            ("keys/xy/other", 50),
+            ("sip/keys/x/1", 10),
+        ] {
+            let row = vault.sealed_row(&key_id, &key, name, b"v", created_at);
+            assert!(vault.store.put_secret_if_absent(&row).await.unwrap());
+        }
+        let names: Vec<String> = vault
+            .keys_under("keys/x/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["keys/x/old", "keys/x/a", "keys/x/b", "keys/x/new"]);
+        assert!(vault.keys_under("keys/z/").await.unwrap().is_empty());
     }
 
     #[test]

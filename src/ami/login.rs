@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::classes;
 use super::codec::{ClientFramer, Message};
+use super::config::AmiConfig;
 use super::guards::BanRules;
 use super::policy::{lower, ClientPolicy};
 use super::session::{
@@ -20,7 +21,6 @@ use super::session::{
 };
 use super::upstream::{self, Upstream};
 use super::Gateway;
-use crate::config::AmiConfig;
 use crate::metrics::ResultLabels;
 use crate::store::AuditEntry;
 

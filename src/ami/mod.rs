@@ -13,6 +13,7 @@
 
 pub mod classes;
 pub mod codec;
+pub mod config;
 pub mod guards;
 mod login;
 pub mod policy;
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::AmiConfig;
+use self::config::AmiConfig;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::store::{AmiClientRow, Store};

@@ -26,12 +26,12 @@ use tracing::warn;
 
 use super::classes;
 use super::codec::{header_value, ClientFramer, Message, Reply};
+use super::config::AmiConfig;
 use super::login::challenge_answer;
 use super::policy::{lower, ClientPolicy, Verdict};
 use super::session::{answer, malformed, truncate, Accepted, Output, WriterEnd};
 use super::upstream::Upstream;
 use super::Gateway;
-use crate::config::AmiConfig;
 use crate::metrics::ResultLabels;
 use crate::rate::Bucket;
 use crate::store::AuditEntry;

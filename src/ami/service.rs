@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Context, Gateway};
-use crate::config::AmiConfig;
+use crate::ami::config::AmiConfig;
 use crate::subsystem::{bind_changed, Host, Running, Subsystem, SubsystemError};
 use crate::tls;
 

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::codec::{ClientFramer, Message, MAX_UPSTREAM_MESSAGE};
+use super::config::AmiConfig;
 use super::login::login;
 use super::policy::ClientPolicy;
 use super::relay::relay;
 use super::upstream::Upstream;
 use super::{try_slot, Gateway};
-use crate::config::AmiConfig;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes handed to one write to the client at most (coalesced small messages).

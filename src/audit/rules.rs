@@ -263,23 +263,8 @@ fn pjsip(out: &mut Out<'_>, p: &Conf, http_public: Option<&String>) {
         .sections()
         .filter(|c| type_of(c) == Some("transport"))
         .collect();
-    let protocol_of = |name: &str| -> Option<String> {
-        transports
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.value("protocol").unwrap_or("udp").to_ascii_lowercase())
-    };
     for t in &transports {
-        let protocol = t.value("protocol").unwrap_or("udp").to_ascii_lowercase();
-        let bind = t.value("bind").unwrap_or("0.0.0.0");
-        if !loopback_only(bind) && protocol != "tls" && protocol != "wss" {
-            let msg = format!("transport listens on {bind} with {protocol}: SIP signalling (and any SDES keys) in clear on the network");
-            let fix = "use protocol=tls or wss, or bind to 127.0.0.1 behind pbxguard's SIP edge";
-            match t.get("bind").or(t.get("protocol")) {
-                Some(v) => out.at_var(Severity::High, t, v, msg, fix),
-                None => out.at_cat(Severity::High, t, msg, fix),
-            }
-        }
+        clear_transport(out, t);
         if websocket_transport(t) {
             websocket_bypass(out, t, http_public);
         }
@@ -295,45 +280,95 @@ fn pjsip(out: &mut Out<'_>, p: &Conf, http_public: Option<&String>) {
         .filter(|c| type_of(c) == Some("identify") && c.get("match").is_some())
         .filter_map(|c| c.value("endpoint").map(str::to_string))
         .collect();
-    // Signalling nobody on the network can read: TLS, WSS, or loopback only (pbxguard's SIP
-    // edge in front).
-    let private = |t: &Category| {
-        let p = t.value("protocol").unwrap_or("udp").to_ascii_lowercase();
-        p == "tls" || p == "wss" || loopback_only(t.value("bind").unwrap_or("0.0.0.0"))
-    };
     for e in p.sections().filter(|c| type_of(c) == Some("endpoint")) {
-        let transport = e.value("transport").and_then(protocol_of);
-        let signalling_private = match e.value("transport") {
-            Some(name) => transports
-                .iter()
-                .find(|t| t.name == name)
-                .is_some_and(|t| private(t)),
-            // Without transport=, pjsip may use any of them.
-            None => transports.iter().all(|t| private(t)),
-        };
-        loopback_media(out, e, &transports);
-        let webrtc = e.value("webrtc").is_some_and(|v| truthy(Some(v)));
-        // webrtc=yes makes pjsip use DTLS whatever media_encryption says.
-        let enc = if webrtc {
-            Some("dtls".to_string())
-        } else {
-            e.value("media_encryption").map(|v| v.to_ascii_lowercase())
-        };
-        match (enc.as_deref(), e.get("media_encryption")) {
-            (None, _) => out.at_cat(
-                Severity::High,
-                e,
-                "endpoint without media_encryption: calls go as plain RTP".into(),
-                "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
-            ),
-            (Some("no"), Some(v)) => out.at_var(
-                Severity::High,
-                e,
-                v,
-                "media_encryption=no: calls go as plain RTP".into(),
-                "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
-            ),
-            (Some("sdes"), Some(v)) if !signalling_private => out.at_var(
+        endpoint(out, e, &transports, &identified);
+    }
+    for a in p.sections().filter(|c| type_of(c) == Some("auth")) {
+        auth_secrets(out, a);
+    }
+}
+
+/// A transport's protocol, lowercase (pjsip's default is udp).
+fn protocol(t: &Category) -> String {
+    t.value("protocol").unwrap_or("udp").to_ascii_lowercase()
+}
+
+/// Signalling nobody on the network can read: TLS, WSS, or loopback only (pbxguard's SIP
+/// edge in front).
+fn private_signalling(t: &Category) -> bool {
+    let p = protocol(t);
+    p == "tls" || p == "wss" || loopback_only(t.value("bind").unwrap_or("0.0.0.0"))
+}
+
+fn clear_transport(out: &mut Out<'_>, t: &Category) {
+    let protocol = protocol(t);
+    let bind = t.value("bind").unwrap_or("0.0.0.0");
+    if !loopback_only(bind) && protocol != "tls" && protocol != "wss" {
+        let msg = format!("transport listens on {bind} with {protocol}: SIP signalling (and any SDES keys) in clear on the network");
+        let fix = "use protocol=tls or wss, or bind to 127.0.0.1 behind pbxguard's SIP edge";
+        match t.get("bind").or(t.get("protocol")) {
+            Some(v) => out.at_var(Severity::High, t, v, msg, fix),
+            None => out.at_cat(Severity::High, t, msg, fix),
+        }
+    }
+}
+
+/// One endpoint's media, its media encryption and who may use it, in that order.
+fn endpoint(out: &mut Out<'_>, e: &Category, transports: &[&Category], identified: &[String]) {
+    loopback_media(out, e, transports);
+    let webrtc = e.value("webrtc").is_some_and(|v| truthy(Some(v)));
+    // webrtc=yes makes pjsip use DTLS whatever media_encryption says.
+    let enc = if webrtc {
+        Some("dtls".to_string())
+    } else {
+        e.value("media_encryption").map(|v| v.to_ascii_lowercase())
+    };
+    media_encryption(out, e, enc.as_deref(), transports);
+    if let Some(v) = e
+        .get("media_encryption_optimistic")
+        .filter(|v| truthy(Some(&v.value)))
+    {
+        out.at_var(
+            Severity::Medium,
+            e,
+            v,
+            "media_encryption_optimistic=yes falls back to plain RTP when the peer declines".into(),
+            "set media_encryption_optimistic=no",
+        );
+    }
+    if !webrtc && enc.as_deref() == Some("dtls") {
+        unverified_dtls(out, e);
+    }
+    open_endpoint(out, e, identified);
+}
+
+/// Plain RTP, or SDES keys over signalling the network can read.
+fn media_encryption(out: &mut Out<'_>, e: &Category, enc: Option<&str>, transports: &[&Category]) {
+    let named = e
+        .value("transport")
+        .map(|name| transports.iter().find(|t| t.name == name));
+    let signalling_private = match named {
+        Some(t) => t.is_some_and(|t| private_signalling(t)),
+        // Without transport=, pjsip may use any of them.
+        None => transports.iter().all(|t| private_signalling(t)),
+    };
+    match (enc, e.get("media_encryption")) {
+        (None, _) => out.at_cat(
+            Severity::High,
+            e,
+            "endpoint without media_encryption: calls go as plain RTP".into(),
+            "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
+        ),
+        (Some("no"), Some(v)) => out.at_var(
+            Severity::High,
+            e,
+            v,
+            "media_encryption=no: calls go as plain RTP".into(),
+            "set media_encryption=dtls (WebRTC) or sdes (over a TLS transport)",
+        ),
+        (Some("sdes"), Some(v)) if !signalling_private => {
+            let transport = named.flatten().map(|t| protocol(t));
+            out.at_var(
                 Severity::High,
                 e,
                 v,
@@ -342,80 +377,70 @@ fn pjsip(out: &mut Out<'_>, p: &Conf, http_public: Option<&String>) {
                     transport.as_deref().unwrap_or("non-TLS (no transport= set)")
                 ),
                 "name a tls or wss transport in transport=, or use media_encryption=dtls",
-            ),
-            _ => {}
+            )
         }
-        if let Some(v) = e
-            .get("media_encryption_optimistic")
-            .filter(|v| truthy(Some(&v.value)))
-        {
-            out.at_var(
-                Severity::Medium,
-                e,
-                v,
-                "media_encryption_optimistic=yes falls back to plain RTP when the peer declines"
-                    .into(),
-                "set media_encryption_optimistic=no",
-            );
-        }
-        if !webrtc && enc.as_deref() == Some("dtls") {
-            unverified_dtls(out, e);
-        }
-        let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
-        // An identify section pins the endpoint to addresses only when it identifies by IP
-        // alone: the default `username,ip` lets anyone claim it by its name.
-        let by_ip_only = e
-            .value("identify_by")
-            .is_some_and(|v| v.split(',').all(|m| m.trim().eq_ignore_ascii_case("ip")));
-        let restricted = (by_ip_only && identified.iter().any(|n| n == &e.name))
-            || e.get("permit").is_some()
-            || e.get("acl").is_some();
-        if !has_auth && !restricted {
-            out.at_cat(
-                Severity::High,
-                e,
-                "endpoint without auth accepts calls from any address".into(),
-                "add auth=, or identify_by=ip with an identify section (match=), or permit=/acl=",
-            );
-        }
+        _ => {}
     }
-    for a in p.sections().filter(|c| type_of(c) == Some("auth")) {
-        if let Some(v) = a.get("password") {
-            let username = a.value("username").unwrap_or("");
-            let pw = v.value.as_str();
-            let weak = pw.len() < MIN_SIP_PASSWORD
-                || pw.bytes().all(|b| b.is_ascii_digit())
-                || pw.eq_ignore_ascii_case(username)
-                || pw.eq_ignore_ascii_case(&a.name)
-                || COMMON_PASSWORDS
-                    .iter()
-                    .any(|c| pw.to_ascii_lowercase().contains(c));
-            if weak {
-                out.at_var(
-                    Severity::High,
-                    a,
-                    v,
-                    format!("weak SIP password (shorter than {MIN_SIP_PASSWORD}, all digits, the user name or a common word): registration scanners guess these"),
-                    "use a random password of 16+ characters",
-                );
-            }
+}
+
+/// An endpoint neither authenticated nor pinned to addresses answers anyone.
+fn open_endpoint(out: &mut Out<'_>, e: &Category, identified: &[String]) {
+    let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
+    // An identify section pins the endpoint to addresses only when it identifies by IP
+    // alone: the default `username,ip` lets anyone claim it by its name.
+    let by_ip_only = e
+        .value("identify_by")
+        .is_some_and(|v| v.split(',').all(|m| m.trim().eq_ignore_ascii_case("ip")));
+    let restricted = (by_ip_only && identified.iter().any(|n| n == &e.name))
+        || e.get("permit").is_some()
+        || e.get("acl").is_some();
+    if !has_auth && !restricted {
+        out.at_cat(
+            Severity::High,
+            e,
+            "endpoint without auth accepts calls from any address".into(),
+            "add auth=, or identify_by=ip with an identify section (match=), or permit=/acl=",
+        );
+    }
+}
+
+/// Weak or plaintext passwords and MD5 credentials in an auth section.
+fn auth_secrets(out: &mut Out<'_>, a: &Category) {
+    if let Some(v) = a.get("password") {
+        let username = a.value("username").unwrap_or("");
+        let pw = v.value.as_str();
+        let weak = pw.len() < MIN_SIP_PASSWORD
+            || pw.bytes().all(|b| b.is_ascii_digit())
+            || pw.eq_ignore_ascii_case(username)
+            || pw.eq_ignore_ascii_case(&a.name)
+            || COMMON_PASSWORDS
+                .iter()
+                .any(|c| pw.to_ascii_lowercase().contains(c));
+        if weak {
             out.at_var(
-                Severity::Low,
+                Severity::High,
                 a,
                 v,
-                "SIP password in plaintext in the configuration".into(),
-                "store it with `pbxguard sip credential set ID` and let Asterisk fetch ps_auths over realtime",
+                format!("weak SIP password (shorter than {MIN_SIP_PASSWORD}, all digits, the user name or a common word): registration scanners guess these"),
+                "use a random password of 16+ characters",
             );
         }
-        if let Some(v) = a.get("md5_cred") {
-            out.at_var(
-                Severity::Low,
-                a,
-                v,
-                "md5_cred is as good as the password to anyone who reads it".into(),
-                "store the credential in pbxguard's vault and fetch ps_auths over realtime",
-            );
-        }
+        out.at_var(
+            Severity::Low,
+            a,
+            v,
+            "SIP password in plaintext in the configuration".into(),
+            "store it with `pbxguard sip credential set ID` and let Asterisk fetch ps_auths over realtime",
+        );
+    }
+    if let Some(v) = a.get("md5_cred") {
+        out.at_var(
+            Severity::Low,
+            a,
+            v,
+            "md5_cred is as good as the password to anyone who reads it".into(),
+            "store the credential in pbxguard's vault and fetch ps_auths over realtime",
+        );
     }
 }
 

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
+use crate::auth::config::AuthConfig;
 use crate::clock::rfc3339;
-use crate::config::AuthConfig;
 use crate::store::{HistoryRow, SessionRow, Store, StoreError};
 
 use super::sessions::{Notice, StampError};

@@ -10,8 +10,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::roles::Role;
-use crate::init::JWT_KEY_PREFIX;
 use crate::vault::{Vault, VaultError};
+
+/// Vault name prefix of the JWT signing keys; the part after it is the key id (`kid`).
+pub const JWT_KEY_PREFIX: &str = "keys/jwt/";
 
 pub const ISSUER: &str = "pbxguard";
 pub const AUDIENCE: &str = "pbxguard-web";
@@ -98,13 +100,7 @@ impl Keyring {
 
     /// Every `keys/jwt/<kid>` secret of the vault; the newest one signs.
     pub async fn load(vault: &Vault) -> Result<Keyring, VaultError> {
-        let mut infos: Vec<_> = vault
-            .list()
-            .await?
-            .into_iter()
-            .filter(|s| s.name.starts_with(JWT_KEY_PREFIX))
-            .collect();
-        infos.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        let infos = vault.keys_under(JWT_KEY_PREFIX).await?;
         let mut keys = Vec::new();
         for info in infos {
             let value = vault.get(&info.name).await?;

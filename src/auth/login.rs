@@ -5,8 +5,8 @@
 
 use zeroize::Zeroizing;
 
+use crate::auth::config::AuthConfig;
 use crate::clock::now_unix;
-use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 use crate::store::{NewHistory, SessionRow, Store, StoreError, UserRow};
 

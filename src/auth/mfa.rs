@@ -19,8 +19,9 @@ use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::auth::config::MfaConfig;
 use crate::auth::login::{bounded, Client, Gate, LoginError};
-use crate::config::{MfaConfig, SmtpConfig};
+use crate::mail::config::SmtpConfig;
 use crate::store::{PendingRow, Store, StoreError, UserRow};
 use crate::vault::{Vault, VaultError};
 
@@ -296,13 +297,7 @@ impl Mfa<'_> {
 
 /// The key emailed codes are hashed with; created when absent (installs from before 2FA).
 pub async fn email_key(vault: &Vault) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
-    let mut keys: Vec<_> = vault
-        .list()
-        .await?
-        .into_iter()
-        .filter(|s| s.name.starts_with(MFA_KEY_PREFIX))
-        .collect();
-    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    let keys = vault.keys_under(MFA_KEY_PREFIX).await?;
     let name = match keys.last() {
         Some(k) => k.name.clone(),
         None => {

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod client_ip;
+pub mod config;
 pub mod email_code;
 pub mod jwt;
 pub mod login;
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::AuthConfig;
+use crate::auth::config::AuthConfig;
 use crate::store::Store;
 use crate::vault::{Vault, VaultError};
 

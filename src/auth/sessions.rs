@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::config::AuthConfig;
+use super::config::AuthConfig;
 use crate::store::{SessionRow, Store, StoreError};
 
 use super::jwt::Claims;

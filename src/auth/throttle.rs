@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::AuthConfig;
+use super::config::AuthConfig;
 use crate::store::{Store, StoreError};
 
 /// Seconds until the lock ends, for a list of failure times (newest first).

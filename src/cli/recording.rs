@@ -13,9 +13,10 @@ use super::users::announce;
 use super::{actor, load, open_store, open_vault, UsageError};
 use crate::clock::{now_unix, rfc3339};
 use crate::config::Config;
-use crate::init::{LINK_KEY_PREFIX, SIGNING_KEY_LEN};
 use crate::recordings::links::{self, LinkNotice, ListQuery, MAX_LINKS_LIMIT};
+use crate::recordings::token::LINK_KEY_PREFIX;
 use crate::recordings::{self, LinkKeys, Minter, Minting, PathError, RecordingError, Root};
+use crate::vault::SIGNING_KEY_LEN;
 
 #[derive(Debug, Subcommand)]
 pub enum RecordingCommand {
@@ -183,13 +184,7 @@ async fn revoke(
 
 async fn rotate_key(config: &Config) -> anyhow::Result<ExitCode> {
     let vault = open_vault(config).await?;
-    let mut keys: Vec<_> = vault
-        .list()
-        .await?
-        .into_iter()
-        .filter(|s| s.name.starts_with(LINK_KEY_PREFIX))
-        .collect();
-    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    let keys = vault.keys_under(LINK_KEY_PREFIX).await?;
     // Keys are ordered by creation second; make sure the new one is strictly the newest.
     if keys.iter().any(|k| k.created_at == rfc3339(now_unix())) {
         tokio::time::sleep(Duration::from_millis(1100)).await;

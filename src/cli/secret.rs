@@ -9,20 +9,20 @@ use clap::Subcommand;
 use zeroize::Zeroizing;
 
 use super::{actor, load, open_vault, UsageError};
-use crate::vault::{self, MAX_SECRET_LEN};
+use crate::auth::jwt::JWT_KEY_PREFIX;
+use crate::vault::{self, MAX_SECRET_LEN, SIGNING_KEY_LEN};
 
 /// A new JWT signing key; the old ones are deleted, so no token signed before verifies again.
 async fn replace_jwt_key(vault: &vault::Vault) -> anyhow::Result<String> {
     let old: Vec<String> = vault
-        .list()
+        .keys_under(JWT_KEY_PREFIX)
         .await?
         .into_iter()
         .map(|s| s.name)
-        .filter(|n| n.starts_with(crate::init::JWT_KEY_PREFIX))
         .collect();
     let kid = crate::ids::random_hex(4);
     vault
-        .generate_if_absent(&format!("{}{kid}", crate::init::JWT_KEY_PREFIX), 32)
+        .generate_if_absent(&format!("{JWT_KEY_PREFIX}{kid}"), SIGNING_KEY_LEN)
         .await?;
     for name in old {
         vault.remove(&name).await?;

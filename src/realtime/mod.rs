@@ -8,6 +8,7 @@
 //! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
 //! the vault secret `password_secret`. [`service`] runs the listener for the daemon.
 
+pub mod config;
 pub mod service;
 pub mod wire;
 
@@ -27,9 +28,9 @@ use subtle::ConstantTimeEq;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::RealtimeConfig;
 use crate::metrics::{Metrics, RealtimeLabels};
 use crate::net::Peer;
+use crate::realtime::config::RealtimeConfig;
 use crate::store::{SipCredentialRow, Store};
 use crate::vault::Vault;
 use wire::Field;

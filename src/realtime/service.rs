@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use super::Context;
-use crate::config::RealtimeConfig;
 use crate::httpd::{self, Endpoint, Httpd};
+use crate::realtime::config::RealtimeConfig;
 use crate::subsystem::{bind_changed, Host, Running, Subsystem, SubsystemError};
 
 /// The realtime listener while `[realtime]` is configured.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::auth::sessions::announce;
 use crate::clock::rfc3339;
-use crate::config::RecordingsConfig;
+use crate::recordings::config::RecordingsConfig;
 use crate::store::{LinkFilter, LinkRow, Store};
 
 use super::{link_id_from, token, LinkCache, LinkKeys, RecordingError, Root};

@@ -13,6 +13,7 @@
 //! download.
 
 pub mod body;
+pub mod config;
 use crate::journal;
 pub mod links;
 pub mod paths;

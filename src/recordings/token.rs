@@ -20,8 +20,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::init::LINK_KEY_PREFIX;
 use crate::vault::{Vault, VaultError};
+
+/// Vault name prefix of the link signing keys; the part after it is the key id.
+pub const LINK_KEY_PREFIX: &str = "keys/links/";
 
 pub const VERSION: u8 = 1;
 pub const KID_LEN: usize = 4;
@@ -127,13 +129,7 @@ impl LinkKeys {
 
     /// Every `keys/links/<kid>` secret of the vault; the newest signs.
     pub async fn load(vault: &Vault) -> Result<LinkKeys, VaultError> {
-        let mut infos: Vec<_> = vault
-            .list()
-            .await?
-            .into_iter()
-            .filter(|s| s.name.starts_with(LINK_KEY_PREFIX))
-            .collect();
-        infos.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        let infos = vault.keys_under(LINK_KEY_PREFIX).await?;
         let mut values = Vec::new();
         for info in infos {
             let value = vault.get(&info.name).await?;

@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn scanners_are_matched_without_case() {
-        let list: Vec<String> = crate::config::DEFAULT_SCANNERS
+        let list: Vec<String> = crate::sip::config::DEFAULT_SCANNERS
             .iter()
             .map(|s| s.to_string())
             .collect();

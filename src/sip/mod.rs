@@ -10,6 +10,7 @@
 //! starts, reloads and stops the edge for the daemon.
 
 pub mod calls;
+pub mod config;
 pub mod digest;
 pub mod flow;
 pub mod framing;
@@ -38,8 +39,8 @@ pub use proxy::Edge;
 
 use crate::auth::Auth;
 use crate::clock::now_unix;
-use crate::config::SipConfig;
 use crate::metrics::Metrics;
+use crate::sip::config::SipConfig;
 use crate::store::{SessionRow, Store};
 use crate::tls::{self, TlsError, TlsFiles};
 use crate::vault::Vault;

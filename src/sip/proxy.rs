@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::calls::Dialog;
+use super::config::SipConfig;
 use super::digest::Challenge;
 use super::flow::{Flow, Flows, Kind};
 use super::guards::{BanRules, Bans, Rates};
@@ -30,7 +31,6 @@ use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
 use crate::clock::now_unix;
-use crate::config::SipConfig;
 use crate::metrics::ResultLabels;
 
 /// The URI parameter and `Via` parameter carrying our flow token.

@@ -14,7 +14,7 @@ use tracing::info;
 use super::flow::Kind;
 use super::upstream::Upstream;
 use super::{Context, Edge, EdgeConfig, TlsPair};
-use crate::config::SipTransport;
+use crate::sip::config::SipTransport;
 use crate::subsystem::{bind_changed, Host, Running, Subsystem, SubsystemError};
 
 /// How long the SIP edge's Asterisk side outlives its clients at shutdown, to write the BYEs

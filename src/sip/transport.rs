@@ -201,7 +201,7 @@ async fn tls_client<S>(
     peer: SocketAddr,
     local: SocketAddr,
     end: CancellationToken,
-    cfg: &crate::config::SipConfig,
+    cfg: &super::config::SipConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -351,7 +351,7 @@ async fn ws_client<S>(
     peer: SocketAddr,
     local: SocketAddr,
     end: CancellationToken,
-    cfg: &crate::config::SipConfig,
+    cfg: &super::config::SipConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

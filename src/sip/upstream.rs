@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::config::SipTransport;
 use super::framing::{Frame, StreamFramer};
-use crate::config::SipTransport;
 
 /// Messages queued for the TCP connection to Asterisk before new ones are dropped.
 const TCP_QUEUE: usize = 4096;

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
+use crate::auth::config::MfaConfig;
 use crate::auth::sessions::Notice;
 use crate::clock::rfc3339;
-use crate::config::MfaConfig;
 use crate::store::{Store, StoreError};
 use crate::vault::{Vault, VaultError};
 

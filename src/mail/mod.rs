@@ -3,12 +3,14 @@
 //! certificate we trust (the system's CAs plus `ca_file`); the SMTP password comes from the
 //! vault and never appears in errors.
 
+pub mod config;
+
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::config::{SmtpConfig, StartTls};
+use self::config::{SmtpConfig, StartTls};
 use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]

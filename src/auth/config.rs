@@ -1,0 +1,207 @@
+//! The `[auth]` (sessions, lockout, forward-auth routes) and `[mfa]` sections.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::problems::Checker;
+
+/// Least role names usable in `[auth.routes]`: the names of [`super::roles::Role`], which
+/// are part of the config contract.
+pub const ROLE_NAMES: [&str; 4] = ["agent", "supervisor", "manager", "admin"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub session_idle_timeout: Duration,
+    pub session_max_lifetime: Duration,
+    pub lockout_threshold: u32,
+    pub lockout_window: Duration,
+    pub lockout_duration: Duration,
+    /// URI prefix -> least role name.
+    pub routes: BTreeMap<String, String>,
+    /// Login history rows older than this are deleted (hourly).
+    pub history_retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MfaConfig {
+    pub email_code_ttl: Duration,
+    pub email_fallback: bool,
+    pub totp_issuer: String,
+    /// Whether admins (level 9) may use emailed codes at all; email is the weaker factor.
+    pub email_for_admins: bool,
+    /// Lifetime of an `mfa_token` (the pending login after a correct password).
+    pub mfa_token_ttl: Duration,
+    /// Lifetime of an `enroll_token` (scanning a QR code takes a while).
+    pub enroll_token_ttl: Duration,
+    /// Wrong codes one pending login may take before it is void.
+    pub max_code_failures: u32,
+    /// Shortest interval between two mailed codes for one login.
+    pub email_resend_interval: Duration,
+}
+
+/// `[auth]` as serde reads it: every key optional, values unconverted.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAuth {
+    session_idle_timeout: Option<String>,
+    session_max_lifetime: Option<String>,
+    lockout_threshold: Option<i64>,
+    lockout_window: Option<String>,
+    lockout_duration: Option<String>,
+    routes: Option<BTreeMap<String, String>>,
+    history_retention: Option<String>,
+}
+
+/// `[mfa]` as serde reads it.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawMfa {
+    email_code_ttl: Option<String>,
+    email_fallback: Option<bool>,
+    totp_issuer: Option<String>,
+    email_for_admins: Option<bool>,
+    mfa_token_ttl: Option<String>,
+    enroll_token_ttl: Option<String>,
+    max_code_failures: Option<i64>,
+    email_resend_interval: Option<String>,
+}
+
+fn check_routes(c: &mut Checker, routes: &BTreeMap<String, String>) {
+    for (prefix, role) in routes {
+        let key = format!("auth.routes.{prefix:?}");
+        if !prefix.starts_with('/') {
+            c.bad(&key, "a route prefix must start with '/'");
+        }
+        if !ROLE_NAMES.contains(&role.as_str()) {
+            c.bad(
+                &key,
+                format!("{role:?} is not a role (agent, supervisor, manager, admin)"),
+            );
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Converts `[auth]` with its defaults, reporting each bad value under its key.
+    pub(crate) fn from_raw(raw: RawAuth, c: &mut Checker) -> AuthConfig {
+        let routes = raw.routes.unwrap_or_default();
+        check_routes(c, &routes);
+        let auth = AuthConfig {
+            session_idle_timeout: c.duration(
+                "auth.session_idle_timeout",
+                raw.session_idle_timeout.as_deref(),
+                "8h",
+            ),
+            session_max_lifetime: c.duration(
+                "auth.session_max_lifetime",
+                raw.session_max_lifetime.as_deref(),
+                "12h",
+            ),
+            lockout_threshold: c.int("auth.lockout_threshold", raw.lockout_threshold, 10, 1, 1000),
+            lockout_window: c.duration("auth.lockout_window", raw.lockout_window.as_deref(), "15m"),
+            lockout_duration: c.duration(
+                "auth.lockout_duration",
+                raw.lockout_duration.as_deref(),
+                "15m",
+            ),
+            routes,
+            history_retention: c.duration(
+                "auth.history_retention",
+                raw.history_retention.as_deref(),
+                "365d",
+            ),
+        };
+        if auth.session_idle_timeout > auth.session_max_lifetime {
+            c.bad(
+                "auth.session_idle_timeout",
+                "is longer than auth.session_max_lifetime",
+            );
+        }
+        auth
+    }
+}
+
+impl MfaConfig {
+    /// Converts `[mfa]` with its defaults, reporting each bad value under its key.
+    pub(crate) fn from_raw(raw: RawMfa, c: &mut Checker) -> MfaConfig {
+        let mfa = MfaConfig {
+            email_code_ttl: c.duration("mfa.email_code_ttl", raw.email_code_ttl.as_deref(), "10m"),
+            email_fallback: raw.email_fallback.unwrap_or(true),
+            totp_issuer: c.nonempty("mfa.totp_issuer", raw.totp_issuer.as_ref(), "pbxguard"),
+            email_for_admins: raw.email_for_admins.unwrap_or(true),
+            mfa_token_ttl: c.duration("mfa.mfa_token_ttl", raw.mfa_token_ttl.as_deref(), "5m"),
+            enroll_token_ttl: c.duration(
+                "mfa.enroll_token_ttl",
+                raw.enroll_token_ttl.as_deref(),
+                "15m",
+            ),
+            max_code_failures: c.int("mfa.max_code_failures", raw.max_code_failures, 5, 1, 100),
+            email_resend_interval: c.duration(
+                "mfa.email_resend_interval",
+                raw.email_resend_interval.as_deref(),
+                "30s",
+            ),
+        };
+        if mfa.totp_issuer.contains(':') {
+            c.bad(
+                "mfa.totp_issuer",
+                "must not contain ':' (it separates issuer and user in the otpauth URI)",
+            );
+        }
+        mfa
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(text: &str) -> (AuthConfig, Vec<String>) {
+        let mut c = Checker::default();
+        let cfg = AuthConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
+        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+    }
+
+    fn mfa(text: &str) -> (MfaConfig, Vec<String>) {
+        let mut c = Checker::default();
+        let cfg = MfaConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
+        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+    }
+
+    #[test]
+    fn role_names_are_the_roles() {
+        for name in ROLE_NAMES {
+            assert_eq!(
+                super::super::roles::Role::parse(name).map(|r| r.name()),
+                Some(name)
+            );
+        }
+    }
+
+    #[test]
+    fn routes_need_a_path_and_a_role() {
+        let (cfg, problems) =
+            auth("[routes]\n\"/ok\" = \"manager\"\n\"nope\" = \"agent\"\n\"/x\" = \"Admin\"\n");
+        assert_eq!(cfg.routes.len(), 3);
+        assert_eq!(problems, ["auth.routes.\"/x\"", "auth.routes.\"nope\""]);
+    }
+
+    #[test]
+    fn an_idle_timeout_beyond_the_lifetime_is_refused() {
+        let (_, problems) = auth("session_idle_timeout = \"13h\"\n");
+        assert_eq!(problems, ["auth.session_idle_timeout"]);
+        let (cfg, problems) = auth("");
+        assert!(problems.is_empty());
+        assert_eq!(cfg.lockout_threshold, 10);
+    }
+
+    #[test]
+    fn the_totp_issuer_cannot_hold_the_uri_separator() {
+        let (_, problems) = mfa("totp_issuer = \"pbx:main\"\n");
+        assert_eq!(problems, ["mfa.totp_issuer"]);
+        let (cfg, problems) = mfa("");
+        assert!(problems.is_empty());
+        assert_eq!(cfg.totp_issuer, "pbxguard");
+        assert!(cfg.email_fallback && cfg.email_for_admins);
+    }
+}
