@@ -4,7 +4,7 @@
 Run from anywhere: python3 fuzz/make-seeds.py. The output is committed, so a fuzz run and
 `cargo test --test fuzz_corpus` start from the same inputs; re-run after adding test data.
 Sources: tests/data/sip-torture (RFC 4475 / 5118 messages), the SDP offers of
-tests/common/sip.rs and src/sip/sdp.rs, the AMI actions of tests/ami.rs, etc/*.toml, and
+tests/common/sip.rs and src/sip/sdp_tests.rs, the AMI actions of tests/ami.rs, etc/*.toml, and
 the Asterisk configs of etc/asterisk and tests/data/asterisk.
 """
 import hashlib

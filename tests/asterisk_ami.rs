@@ -1,5 +1,5 @@
 //! The AMI gateway in front of a real Asterisk 22 (built by `tests/asterisk/build.sh`),
-//! configured from the shipped `etc/asterisk/manager.conf` the way the README tells an admin.
+//! configured from the shipped `etc/asterisk/manager.conf` the way the admin guide tells an admin.
 //! The stand-in peer (`tests/ami.rs`) stays for faults Asterisk cannot be made to produce.
 
 mod common;
@@ -17,7 +17,7 @@ const DIALER_SECRET: &str = "dialer-secret-real-1";
 const BOARD_SECRET: &str = "wallboard-secret-real-1";
 const T: Duration = Duration::from_secs(10);
 
-/// The README's variant for clients that need `Command`: `command` added to `write`.
+/// The admin guide's variant for clients that need `Command`: `command` added to `write`.
 const WRITE_WITH_COMMAND: &str = "call,agent,user,reporting,originate,command";
 const READ_EXAMPLE: &str = "system,call,agent,user,dtmf,reporting,cdr,dialplan";
 

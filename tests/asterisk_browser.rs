@@ -1,12 +1,12 @@
 //! A browser softphone as a site would run it: headless Chromium with fake media devices, in its
-//! own network namespace ([`common::netns::PhoneNet`]), loads the README's minimal page from
-//! nginx, which also passes the README's locations (`/sip/softphone.js`, the ticket API) and
-//! the login API to pbxguard; the page's module fetches a ticket, opens pbxguard's WebSocket on
-//! the PBX end of the veth and registers as 2001 with a real Asterisk 22 from the shipped
-//! `etc/asterisk/pjsip.conf` (endpoint 2001 with `auth`, its media on the PBX end), then calls
-//! 600 (Echo). 2001's SIP password is only in pbxguard's vault: it must appear nowhere the
-//! browser can see. JsSIP is bundled for the browser at test time with esbuild
-//! (tests/clients), into the test's folder.
+//! own network namespace ([`common::netns::PhoneNet`]), loads the minimal page of
+//! docs/http-api.md ("Browser softphone module") from nginx, which also passes that page's
+//! locations (`/sip/softphone.js`, the ticket API) and the login API to pbxguard; the page's
+//! module fetches a ticket, opens pbxguard's WebSocket on the PBX end of the veth and registers
+//! as 2001 with a real Asterisk 22 from the shipped `etc/asterisk/pjsip.conf` (endpoint 2001
+//! with `auth`, its media on the PBX end), then calls 600 (Echo). 2001's SIP password is only in
+//! pbxguard's vault: it must appear nowhere the browser can see. JsSIP is bundled for the
+//! browser at test time with esbuild (tests/clients), into the test's folder.
 //!
 //! Needs root (`ip netns`), Asterisk (PBXGUARD_ASTERISK), nginx, chromium, chromedriver and
 //! python3-selenium: without the first two the tests are skipped after one loud line (under
@@ -38,7 +38,7 @@ const DOWN: Duration = Duration::from_secs(3);
 
 // ---- the site ------------------------------------------------------------------------------
 
-/// The README's fenced block of `lang` in "### Browser softphone module".
+/// The fenced block of `lang` in docs/http-api.md's "### Browser softphone module".
 fn readme_block(lang: &str) -> String {
     let text = std::fs::read_to_string(README).expect("docs/http-api.md");
     let section = text
@@ -121,7 +121,7 @@ fn site() -> Option<Site> {
     daemon.wait_for_port(rt_port);
     wait_tcp(&format!("{host}:{wss}"), &daemon);
 
-    // The site's files: the README's page and JsSIP bundled for the browser.
+    // The site's files: the page from docs/http-api.md and JsSIP bundled for the browser.
     let www = env.path("www");
     std::fs::create_dir_all(www.join("js")).expect("www");
     std::fs::write(www.join("phone.html"), readme_block("html")).expect("page");

@@ -57,7 +57,7 @@ fn site(url_password: &str) -> Option<Site> {
         &prefix,
         &Setup {
             realtime: Some((rt_port, RT_USER.into(), url_password.into())),
-            // The README's variant for a client that needs Command.
+            // The admin guide's variant for a client that needs Command.
             manager_permissions: Some((
                 "system,call,agent,user,dtmf,reporting,cdr,dialplan".into(),
                 "call,agent,user,reporting,originate,command".into(),

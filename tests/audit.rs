@@ -252,7 +252,7 @@ fn the_shipped_examples_pass() {
 
 #[test]
 fn every_documented_variant_of_the_examples_passes() {
-    // What the README and the examples' comments tell an admin to change.
+    // What the admin guide and the examples' comments tell an admin to change.
     let variants: Vec<(&str, Edit)> = vec![
         (
             "command for a client that needs Command",

@@ -570,7 +570,7 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
                 // http() may not see) the one user is pbxguard's: its clients reach
                 // Originate and Command only through per-client allowlists and the built-in
                 // refusals (System/Exec/AGI originates, module loading, secret-printing
-                // commands), so these two classes are what the README's setup needs.
+                // commands), so these two classes are what the admin guide's setup needs.
                 if local && !web && GATEWAY_FILTERED.contains(class) {
                     out.at_var(
                         Severity::Low,

@@ -280,8 +280,9 @@ pub(crate) async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     Ok(Vault::new(master, open_store(config).await?))
 }
 
-/// Reads a secret from stdin (DESIGN §6): at most `limit` bytes plus a line ending, one
-/// trailing `\n` or `\r\n` stripped unless `raw`. `what` names it in errors.
+/// Reads a secret from stdin, never from the arguments, which `ps` and shell history would
+/// show: at most `limit` bytes plus a line ending, one trailing `\n` or `\r\n` stripped unless
+/// `raw`. `what` names it in errors.
 pub(crate) fn read_stdin_secret(
     limit: usize,
     raw: bool,

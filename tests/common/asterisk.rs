@@ -3,9 +3,9 @@
 //!
 //! Each [`Asterisk`] runs from its own folder (config, run, db, log) with its own ports, so
 //! tests run side by side. Its configuration is the project's own `etc/asterisk/` examples with
-//! only what the README tells an admin to fill in (ports, secrets, the realtime URL) replaced,
-//! plus what the examples leave to the site: `asterisk.conf`, `modules.conf`, `logger.conf` and a
-//! small test dialplan.
+//! only what the admin guide tells an admin to fill in (ports, secrets, the realtime URL)
+//! replaced, plus what the examples leave to the site: `asterisk.conf`, `modules.conf`,
+//! `logger.conf` and a small test dialplan.
 //!
 //! Without Asterisk a test returns early after one loud line; under `CI=true` it fails instead.
 
@@ -52,7 +52,7 @@ pub struct Setup {
     /// What the example's `media_address` placeholder becomes: the address phones send RTP to
     /// (`127.0.0.1` when empty, for phones on this host).
     pub media_address: String,
-    /// Modules loaded besides the README's set (e.g. `res_clioriginate.so` for the CLI's
+    /// Modules loaded besides the admin guide's set (e.g. `res_clioriginate.so` for the CLI's
     /// `channel originate`).
     pub extra_modules: Vec<String>,
 }
@@ -67,7 +67,8 @@ pub struct Asterisk {
     child: Option<Child>,
 }
 
-/// Modules loaded with `autoload = no`: the set the README lists, plus what the tests use.
+/// Modules loaded with `autoload = no`: the set docs/admin-guide.md lists ("Point Asterisk at
+/// pbxguard"), plus what the tests use.
 const CORE_MODULES: &[&str] = &[
     "pbx_config.so",
     "app_echo.so",
@@ -184,7 +185,7 @@ impl Asterisk {
         }
         self.write("modules.conf", &modules);
 
-        // manager.conf: the example with its port and secret filled in, as the README says.
+        // manager.conf: the example with its port and secret filled in, as the admin guide says.
         let mut manager = Self::example("manager.conf")
             .replace("port = 5038", &format!("port = {}", self.ami_port))
             .replace("CHANGE-ME-TO-32-RANDOM-CHARACTERS", &self.ami_secret);
@@ -414,8 +415,8 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Modules beyond the README's list for calling phones and browsers back: `channel originate`,
-/// and the WebSocket transport, without which pjsip cannot send to a browser's
+/// Modules beyond the admin guide's list for calling phones and browsers back: `channel
+/// originate`, and the WebSocket transport, without which pjsip cannot send to a browser's
 /// `transport=ws` Contact at all (the call still goes through the edge's Path; Asterisk's
 /// HTTP server stays off).
 pub fn callback_modules() -> Vec<String> {

@@ -52,7 +52,7 @@ import time
 import uuid
 
 AGENT = "Asterisk PBX 22.10.1"
-# What Asterisk 22 with the README's modules prints, plus MESSAGE (res_pjsip_messaging, which
+# What Asterisk 22 with the admin guide's modules prints, plus MESSAGE (res_pjsip_messaging, which
 # the peer plays: it answers MESSAGE 202).
 ALLOW = ("OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INVITE, ACK, BYE, CANCEL, UPDATE, "
          "PRACK, INFO, MESSAGE")
