@@ -27,7 +27,7 @@ use crate::recordings::config::RawRecordings;
 use crate::sip::config::RawSip;
 
 pub use crate::ami::config::AmiConfig;
-pub use crate::auth::config::{AuthConfig, MfaConfig, ROLE_NAMES};
+pub use crate::auth::config::{AuthConfig, MfaConfig};
 pub use crate::mail::config::{SmtpConfig, StartTls};
 pub use crate::problems::{Problem, TlsFiles};
 pub use crate::realtime::config::RealtimeConfig;

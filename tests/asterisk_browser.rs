@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/softphone.py");
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md");
+const HTTP_API_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md");
 const RT_USER: &str = "asterisk";
 const RT_PASSWORD: &str = "realtime-password-for-browser";
 const USER: &str = "alice";
@@ -39,8 +39,8 @@ const DOWN: Duration = Duration::from_secs(3);
 // ---- the site ------------------------------------------------------------------------------
 
 /// The fenced block of `lang` in docs/http-api.md's "### Browser softphone module".
-fn readme_block(lang: &str) -> String {
-    let text = std::fs::read_to_string(README).expect("docs/http-api.md");
+fn doc_block(lang: &str) -> String {
+    let text = std::fs::read_to_string(HTTP_API_DOC).expect("docs/http-api.md");
     let section = text
         .split("### Browser softphone module")
         .nth(1)
@@ -124,16 +124,16 @@ fn site() -> Option<Site> {
     // The site's files: the page from docs/http-api.md and JsSIP bundled for the browser.
     let www = env.path("www");
     std::fs::create_dir_all(www.join("js")).expect("www");
-    std::fs::write(www.join("phone.html"), readme_block("html")).expect("page");
+    std::fs::write(www.join("phone.html"), doc_block("html")).expect("page");
     bundle_jssip(&www.join("js/jssip.min.js"));
 
     let cert = env.cert().display().to_string();
     let key = env.path("etc/tls/key.pem").display().to_string();
     let upstream = format!("127.0.0.1:{}", env.http_port);
-    let readme_locations = readme_block("nginx")
+    let doc_locations = doc_block("nginx")
         .replace("127.0.0.1:8443", &upstream)
         .replace("/etc/pbxguard/tls/cert.pem", &cert);
-    assert!(readme_locations.contains(&upstream), "{readme_locations}");
+    assert!(doc_locations.contains(&upstream), "{doc_locations}");
     let w = www.display();
     let server = format!(
         r#"    server {{
@@ -153,7 +153,7 @@ fn site() -> Option<Site> {
             proxy_ssl_server_name on;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
-{readme_locations}
+{doc_locations}
     }}
 "#
     );

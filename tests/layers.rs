@@ -90,6 +90,24 @@ fn top_module(path: &Path) -> Option<String> {
     Some(first)
 }
 
+/// The module path of a file below `src/` (`src/auth/mfa/admin.rs` is `auth::mfa::admin`,
+/// `src/auth/mod.rs` is `auth`), which `super::` climbs from.
+fn module_path(path: &Path) -> Vec<String> {
+    let rel = path.strip_prefix(src_dir()).unwrap_or(path);
+    let mut parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| {
+            c.as_os_str()
+                .to_str()
+                .map(|s| s.trim_end_matches(".rs").to_owned())
+        })
+        .collect();
+    if parts.last().is_some_and(|l| l == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
 /// Source with comments and the contents of string and char literals blanked, so that braces
 /// and `crate::` inside them count for nothing. Line structure is kept for error messages.
 fn code_only(src: &str) -> String {
@@ -249,19 +267,40 @@ fn without_test_items(code: &str) -> String {
     out
 }
 
-/// Every top-level module named by a `crate::` path, with the line it is named on.
-fn crate_references(code: &str) -> Vec<(String, usize)> {
+/// Every top-level module named by a `crate::` path, or by a `super::` chain that climbs to
+/// the crate root, with the line it is named on. `module` is the file's module path.
+fn crate_references(code: &str, module: &[String]) -> Vec<(String, usize)> {
     let b = code.as_bytes();
     let mut found = Vec::new();
     let mut from = 0;
-    while let Some(p) = code[from..].find("crate::") {
-        let at = from + p;
-        from = at + "crate::".len();
-        if at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_') {
+    loop {
+        let next_crate = code[from..].find("crate::").map(|p| (from + p, true));
+        let next_super = code[from..].find("super::").map(|p| (from + p, false));
+        let Some((at, is_crate)) = [next_crate, next_super].into_iter().flatten().min() else {
+            break;
+        };
+        let after_keyword = at + "crate::".len();
+        if at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] == b':') {
+            from = after_keyword;
             continue;
         }
+        let mut cursor = after_keyword;
+        if !is_crate {
+            // `super::super::x` from `a::b::c` reaches `a::x`; only a chain that climbs past
+            // the top-level module names another top-level module.
+            let mut ups = 1;
+            while code[cursor..].starts_with("super::") {
+                ups += 1;
+                cursor += "super::".len();
+            }
+            if ups < module.len() {
+                from = cursor;
+                continue;
+            }
+        }
+        from = cursor;
         let line = code[..at].matches('\n').count() + 1;
-        let rest = code[from..].trim_start();
+        let rest = code[cursor..].trim_start();
         if let Some(group) = rest.strip_prefix('{') {
             // `use crate::{a::b, c, d::{e, f}}`: the first segment of each top-level item.
             let mut depth = 0usize;
@@ -322,13 +361,13 @@ fn every_import_points_down_the_layers() {
         let shown = path
             .strip_prefix(src_dir().parent().expect("root"))
             .unwrap_or(path);
-        for (target, line) in crate_references(&code) {
+        for (target, line) in crate_references(&code, &module_path(path)) {
             if target == module || target == "self" || target == "super" {
                 continue;
             }
             let Some(&theirs) = rank.get(target.as_str()) else {
-                // An item of lib.rs itself (a macro, a re-export) or a module the loop above
-                // reports as missing.
+                // A module the loop above reports as missing; lib.rs has no items of its own
+                // (checked below), so there is nothing else a path could name.
                 continue;
             };
             if theirs > own {
@@ -353,6 +392,19 @@ fn every_import_points_down_the_layers() {
         "the layer rule (docs/ARCHITECTURE.md) is broken:\n{}",
         problems.join("\n")
     );
+    // lib.rs declares modules and nothing else: a re-export there (`pub use web::X`) would let
+    // any layer reach `web` as `crate::X`, past the check above.
+    let lib = code_only(&std::fs::read_to_string(src_dir().join("lib.rs")).expect("lib.rs"));
+    for (n, line) in lib.lines().enumerate() {
+        let line = line.trim_start();
+        if line.starts_with("use ") || line.starts_with("pub use ") || line.contains(" use ") {
+            problems.push(format!(
+                "src/lib.rs:{}: lib.rs must only declare modules",
+                n + 1
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
     // Every listed module still exists, so the list cannot rot into allowing anything.
     let stale: Vec<_> = rank
         .keys()
@@ -365,19 +417,68 @@ fn every_import_points_down_the_layers() {
 }
 
 #[test]
+fn test_files_are_compiled_only_for_tests() {
+    // `*_tests.rs` files are exempt from the rule above, so each must really be test code:
+    // declared right after `#[cfg(test)]`.
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let mut problems = Vec::new();
+    for path in &files {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if !(stem.ends_with("_tests") || stem == "tests") {
+            continue;
+        }
+        let file_name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let dir = path.parent().expect("parent");
+        let declared = files.iter().filter(|f| f.parent() == Some(dir)).any(|f| {
+            let src = std::fs::read_to_string(f).unwrap_or_default();
+            let lines: Vec<&str> = src.lines().collect();
+            lines.iter().enumerate().any(|(i, l)| {
+                let l = l.trim();
+                let names_it = l == format!("#[path = \"{file_name}\"]")
+                    || l == format!("mod {stem};")
+                    || l == format!("pub mod {stem};");
+                names_it
+                    && lines[i.saturating_sub(2)..i]
+                        .iter()
+                        .any(|p| p.trim() == "#[cfg(test)]")
+            })
+        });
+        if !declared {
+            problems.push(format!(
+                "{} is not declared under #[cfg(test)] in its folder",
+                path.display()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
 fn the_scanner_sees_what_it_must() {
     // The checker itself: these would be wrong answers that let a cycle through.
     let src = r##"
 use crate::{alpha::x, beta::{y, z}, gamma};
 fn f() { let s = "crate::hidden"; let c = '{'; let r = r#"crate::raw"#; crate::delta::g(); }
 // crate::commented
+fn g() { super::sibling::h(); super::super::epsilon::k(); $crate::zeta::m(); }
 #[cfg(test)]
 mod tests { use crate::omega; }
 "##;
     let code = without_test_items(&code_only(src));
-    let names: Vec<String> = crate_references(&code)
+    let module = ["feature".to_owned(), "file".to_owned()];
+    let names: Vec<String> = crate_references(&code, &module)
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(names, ["alpha", "beta", "gamma", "delta"]);
+    assert_eq!(
+        names,
+        ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    );
 }

@@ -491,3 +491,27 @@ fn init_never_pairs_a_new_master_key_with_an_existing_vault() {
         "the vault is untouched"
     );
 }
+
+#[test]
+fn every_name_a_feature_manages_is_refused_as_a_configured_secret() {
+    // The vault keeps its own list of managed prefixes (it sits below the features); each
+    // feature's names must fall under one, or a config could point a secret at a managed key.
+    use pbxguard::{ami, auth, realtime, recordings, vault};
+    let managed = [
+        format!("{}k1", auth::jwt::JWT_KEY_PREFIX),
+        format!("{}k1", auth::mfa::MFA_KEY_PREFIX),
+        auth::mfa::totp_secret_name(1),
+        auth::mfa::pending_totp_secret_name(1),
+        format!("{}k1", recordings::token::LINK_KEY_PREFIX),
+        realtime::secret_name("1001"),
+        ami::client_secret_name("crm"),
+    ];
+    for name in &managed {
+        let refused = vault::check_configured_name(name);
+        assert!(
+            refused.is_err(),
+            "{name} is managed but could be configured"
+        );
+    }
+    assert!(vault::check_configured_name("smtp/relay").is_ok());
+}

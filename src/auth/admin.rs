@@ -113,8 +113,10 @@ pub async fn revoke_session(
     if !store.revoke_session(id, now).await? {
         return Err(AdminError::NoSuchSession);
     }
-    notice.session_ended(id)?;
+    // The revocation is committed: it is audited even when telling others about it failed.
+    let told = notice.session_ended(id);
     store.audit(actor, "session.revoke", id, "").await?;
+    told?;
     Ok(())
 }
 
@@ -130,10 +132,11 @@ pub async fn revoke_user_sessions(
         .revoke_user_sessions(name, now)
         .await?
         .ok_or(AdminError::NoSuchUser)?;
-    notice.sessions_ended()?;
+    let told = notice.sessions_ended();
     store
         .audit(actor, "session.revoke-user", name, &format!("{n} sessions"))
         .await?;
+    told?;
     Ok(n)
 }
 
@@ -145,9 +148,10 @@ pub async fn revoke_all_sessions(
     now: i64,
 ) -> Result<u64, AdminError> {
     let n = store.revoke_all_sessions(now).await?;
-    notice.sessions_ended()?;
+    let told = notice.sessions_ended();
     store
         .audit(actor, "session.revoke", "all", &format!("{n} sessions"))
         .await?;
+    told?;
     Ok(n)
 }

@@ -212,12 +212,16 @@ pub async fn revoke(
         return Err(RecordingError::NoSuchLink(id));
     };
     let revoked = store.revoke_link(&id, actor, now).await?;
+    // Forgotten even when it was already revoked: another process may have revoked it while
+    // this daemon still holds it in its cache. A committed revocation is audited even when
+    // telling others about it failed.
+    let told = notice.revoked(Some(&id));
     if revoked {
-        notice.revoked(Some(&id))?;
         store
             .audit(actor, "recording.revoke", &row.path, &format!("link={id}"))
             .await?;
     }
+    told?;
     Ok(Revoked { id, now: revoked })
 }
 
@@ -233,9 +237,10 @@ pub async fn revoke_path(
 ) -> Result<(String, u64), RecordingError> {
     let rel = root.normalise(path)?;
     let n = store.revoke_links_to(&rel, actor, now).await?;
+    let told = notice.revoked(None);
     store
         .audit(actor, "recording.revoke", &rel, &format!("links={n}"))
         .await?;
-    notice.revoked(None)?;
+    told?;
     Ok((rel, n))
 }

@@ -14,7 +14,6 @@
 
 pub mod body;
 pub mod config;
-use crate::journal;
 pub mod links;
 pub mod paths;
 pub mod range;
@@ -29,6 +28,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::auth::sessions::StampError;
+use crate::journal;
 use crate::store::{LinkRow, Store, StoreError};
 use crate::vault::{Vault, VaultError};
 pub use links::{mint, Minted, Minter, Minting};

@@ -114,7 +114,7 @@ pub fn redirect_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn redirect(State(app): State<Arc<App>>, req: Request) -> Response {
+async fn redirect(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let config = app.config.load();
     let base = config
         .http
@@ -126,19 +126,18 @@ async fn redirect(State(app): State<Arc<App>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    match HeaderValue::from_str(&format!("{base}{path}")) {
-        Ok(location) => (
-            StatusCode::PERMANENT_REDIRECT,
-            [(header::LOCATION, location)],
-        )
-            .into_response(),
-        Err(_) => ApiError::new(
+    let location = HeaderValue::from_str(&format!("{base}{path}")).map_err(|_| {
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "malformed request target",
         )
-        .into_response(),
-    }
+    })?;
+    Ok((
+        StatusCode::PERMANENT_REDIRECT,
+        [(header::LOCATION, location)],
+    )
+        .into_response())
 }
 
 /// Counts every request by route template (never the raw path, to keep labels bounded) and
@@ -199,23 +198,36 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     response
 }
 
-async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let version = env!("CARGO_PKG_VERSION");
-    match app.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ok", "version": version })).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "error", "version": version, "error": "database_unavailable" })),
-            )
-                .into_response()
-        }
+/// The health probe's own shape (monitoring systems read `status`), not the API error shape.
+#[derive(Debug)]
+struct Unhealthy;
+
+impl IntoResponse for Unhealthy {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "status": "error",
+            "version": env!("CARGO_PKG_VERSION"),
+            "error": "database_unavailable",
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
+async fn healthz(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, Unhealthy> {
+    app.store.ping().await.map_err(|e| {
+        tracing::error!(error = %e, "health check: database unreachable");
+        Unhealthy
+    })?;
+    Ok(Json(
+        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+    ))
+}
+
 /// Metrics reveal traffic patterns, so only `[http] metrics_allow` networks may read them.
-async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<Peer>>) -> Response {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Response, ApiError> {
     let config = app.config.load();
     let allowed = match (peer, config.http.as_ref()) {
         (Some(Extension(peer)), Some(http)) => {
@@ -225,21 +237,20 @@ async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<Peer>>) -> 
         _ => false,
     };
     if !allowed {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "metrics are readable only from [http] metrics_allow networks",
-        )
-        .into_response();
+        ));
     }
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
         app.metrics.render(),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn not_found() -> ApiError {
