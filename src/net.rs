@@ -1,6 +1,7 @@
 //! Address helpers shared by every layer that looks at a peer: the canonical form of an IP
-//! (dual-stack sockets report IPv4 peers as IPv4-mapped IPv6) and the per-request facts about
-//! the connection that the HTTP accept loop hands to handlers.
+//! (dual-stack sockets report IPv4 peers as IPv4-mapped IPv6), the key an address is banned
+//! under (the AMI gateway and the SIP edge ban alike), and the per-request facts about the
+//! connection that the HTTP accept loop hands to handlers.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,6 +9,19 @@ use std::net::{IpAddr, SocketAddr};
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The key an address is banned under: IPv4 as is (IPv4-mapped IPv6 included), IPv6 by the
+/// start of its /64, since one host is handed a whole /64 and would otherwise step around a ban
+/// by changing its interface id.
+pub fn ban_prefix(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
         v4 => v4,
     }
 }
@@ -42,5 +56,15 @@ mod tests {
         assert_eq!(canonical_ip(v6), v6);
         let v4: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(canonical_ip(v4), v4);
+    }
+
+    #[test]
+    fn ipv6_is_banned_by_its_64_and_ipv4_as_is() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(ban_prefix(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(ban_prefix(ip("2001:db8:1:2::")), ip("2001:db8:1:2::"));
+        assert_ne!(ban_prefix(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(ban_prefix(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(ban_prefix(ip("198.51.100.9")), ip("198.51.100.9"));
     }
 }

@@ -35,15 +35,8 @@ pub struct Bans {
     entries: Mutex<HashMap<Key, Entry>>,
 }
 
-/// The address a ban applies to: IPv4 as is, IPv6 by its /64 (one host's whole allocation).
 fn ip_key(ip: IpAddr) -> Key {
-    match crate::net::canonical_ip(ip) {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            Key::Ip(IpAddr::V6(prefix.into()))
-        }
-        v4 => Key::Ip(v4),
-    }
+    Key::Ip(crate::net::ban_prefix(ip))
 }
 
 impl Bans {

@@ -4,6 +4,7 @@
 //!
 //! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
 //! - [`classes`] is Asterisk's event-class arithmetic.
+//! - [`clients`] is the clients' accounts as admins manage them (add, list, remove).
 //! - [`policy`] is default deny plus the built-in refusals.
 //! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
@@ -12,6 +13,7 @@
 //! - [`service`] starts, reloads and stops the gateway for the daemon.
 
 pub mod classes;
+pub mod clients;
 pub mod codec;
 pub mod config;
 pub mod guards;

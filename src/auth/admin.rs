@@ -7,7 +7,9 @@ use serde::Serialize;
 use crate::auth::config::AuthConfig;
 use crate::clock::rfc3339;
 use crate::store::{HistoryRow, SessionRow, Store, StoreError};
+use crate::vault::{Vault, VaultError};
 
+use super::jwt::Keyring;
 use super::sessions::{Notice, StampError};
 
 /// Largest page of the login history.
@@ -20,6 +22,8 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Stamp(#[from] StampError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("no live session with that id")]
     NoSuchSession,
     #[error("no such user")]
@@ -154,4 +158,23 @@ pub async fn revoke_all_sessions(
         .await?;
     told?;
     Ok(n)
+}
+
+/// Replaces the JWT signing key and revokes every session: everyone must log in again
+/// (audited as `secret.rotate-key` on `keys/jwt`). The new key id and the sessions revoked.
+pub async fn logout_all(
+    vault: &Vault,
+    notice: Notice<'_>,
+    actor: &str,
+    now: i64,
+) -> Result<(String, u64), AdminError> {
+    let kid = Keyring::replace(vault).await?;
+    let store = vault.store();
+    let n = store.revoke_all_sessions(now).await?;
+    notice.sessions_ended()?;
+    let detail = format!("new signing key {kid}; {n} sessions revoked");
+    store
+        .audit(actor, "secret.rotate-key", "keys/jwt", &detail)
+        .await?;
+    Ok((kid, n))
 }

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::roles::Role;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, SIGNING_KEY_LEN};
 
 /// Vault name prefix of the JWT signing keys; the part after it is the key id (`kid`).
 pub const JWT_KEY_PREFIX: &str = "keys/jwt/";
@@ -112,6 +112,25 @@ impl Keyring {
             zeroize::Zeroize::zeroize(v);
         }
         Ok(ring)
+    }
+
+    /// A new signing key; the old ones are deleted, so no token signed before verifies again.
+    /// The new key id.
+    pub async fn replace(vault: &Vault) -> Result<String, VaultError> {
+        let old: Vec<String> = vault
+            .keys_under(JWT_KEY_PREFIX)
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let kid = crate::ids::random_hex(4);
+        vault
+            .generate_if_absent(&format!("{JWT_KEY_PREFIX}{kid}"), SIGNING_KEY_LEN)
+            .await?;
+        for name in old {
+            vault.remove(&name).await?;
+        }
+        Ok(kid)
     }
 
     pub fn signing_kid(&self) -> Option<&str> {

@@ -6,17 +6,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use super::users::announce;
 use super::{actor, load, open_store, open_vault, UsageError};
 use crate::clock::{now_unix, rfc3339};
 use crate::config::Config;
+use crate::recordings::keys;
 use crate::recordings::links::{self, LinkNotice, ListQuery, MAX_LINKS_LIMIT};
-use crate::recordings::token::LINK_KEY_PREFIX;
 use crate::recordings::{self, LinkKeys, Minter, Minting, PathError, RecordingError, Root};
-use crate::vault::SIGNING_KEY_LEN;
 
 #[derive(Debug, Subcommand)]
 pub enum RecordingCommand {
@@ -184,48 +181,19 @@ async fn revoke(
 
 async fn rotate_key(config: &Config) -> anyhow::Result<ExitCode> {
     let vault = open_vault(config).await?;
-    let keys = vault.keys_under(LINK_KEY_PREFIX).await?;
-    // Keys are ordered by creation second; make sure the new one is strictly the newest.
-    if keys.iter().any(|k| k.created_at == rfc3339(now_unix())) {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+    let store = vault.store().clone();
+    let done = keys::rotate_key(
+        &store,
+        &vault,
+        &config.recordings,
+        &config.daemon.state_dir,
+        &actor(),
+    )
+    .await?;
+    store.close().await;
+    println!("links are now signed with key {}", done.kid);
+    for name in done.retired {
+        println!("deleted {name} (no valid link can use it)");
     }
-    let kid = crate::ids::random_hex(4);
-    let name = format!("{LINK_KEY_PREFIX}{kid}");
-    if !vault.generate_if_absent(&name, SIGNING_KEY_LEN).await? {
-        bail!("a link key named {name} already exists; run the command again");
-    }
-    let who = actor();
-    let store = open_store(config).await?;
-    store.audit(&who, "recording.rotate_key", &name, "").await?;
-    println!("links are now signed with key {kid}");
-
-    // A key is retired when it was replaced (by the next one) longer ago than the longest link
-    // lifetime AND no unexpired link in the database names it — the second condition keeps
-    // links minted under an earlier, longer max_link_ttl working.
-    let max = i64::try_from(config.recordings.max_link_ttl.as_secs()).unwrap_or(i64::MAX);
-    let now = now_unix();
-    for pair in keys.windows(2) {
-        let kid = &pair[0].name[LINK_KEY_PREFIX.len()..];
-        if store.live_links_signed_by(kid, now).await? > 0 {
-            continue;
-        }
-        let replaced_at = time::OffsetDateTime::parse(
-            &pair[1].created_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(|t| t.unix_timestamp())
-        .unwrap_or(now);
-        if now - replaced_at > max {
-            vault
-                .remove(&pair[0].name)
-                .await
-                .with_context(|| format!("deleting the retired link key {}", pair[0].name))?;
-            store
-                .audit(&who, "recording.retire_key", &pair[0].name, "")
-                .await?;
-            println!("deleted {} (no valid link can use it)", pair[0].name);
-        }
-    }
-    announce(config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,27 +8,12 @@ use anyhow::Context;
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
+use super::users::notice;
 use super::{actor, load, open_vault, UsageError};
-use crate::auth::jwt::JWT_KEY_PREFIX;
-use crate::vault::{self, MAX_SECRET_LEN, SIGNING_KEY_LEN};
-
-/// A new JWT signing key; the old ones are deleted, so no token signed before verifies again.
-async fn replace_jwt_key(vault: &vault::Vault) -> anyhow::Result<String> {
-    let old: Vec<String> = vault
-        .keys_under(JWT_KEY_PREFIX)
-        .await?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let kid = crate::ids::random_hex(4);
-    vault
-        .generate_if_absent(&format!("{JWT_KEY_PREFIX}{kid}"), SIGNING_KEY_LEN)
-        .await?;
-    for name in old {
-        vault.remove(&name).await?;
-    }
-    Ok(kid)
-}
+use crate::auth;
+use crate::clock::now_unix;
+use crate::config::Config;
+use crate::vault::{self, admin, Vault, MAX_SECRET_LEN};
 
 /// After a master-key rotation has committed, only the new key opens the vault: put it where
 /// the daemon reads it, or say exactly what the admin must do.
@@ -111,23 +96,21 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
         crate::vault::validate_name(name).map_err(|e| UsageError(e.to_string()))?;
     }
     let vault = open_vault(&config).await?;
-    let store = vault.store().clone();
+    let who = actor();
     match cmd {
         SecretCommand::Set { name, raw } => {
             let value = read_value(raw)?;
-            vault.set(&name, &value).await?;
-            store.audit(&actor(), "secret.set", &name, "").await?;
+            admin::set(&vault, &who, &name, &value).await?;
             eprintln!("secret {name:?} stored");
         }
         SecretCommand::Get { name } => {
-            let value = vault.get(&name).await?;
+            let value = admin::get(&vault, &who, &name).await?;
             let mut out = std::io::stdout().lock();
             out.write_all(&value).context("writing to stdout")?;
             if out.is_terminal() {
                 out.write_all(b"\n").context("writing to stdout")?;
             }
             out.flush().context("writing to stdout")?;
-            store.audit(&actor(), "secret.get", &name, "").await?;
         }
         SecretCommand::List { json } => {
             let list = vault.list().await?;
@@ -147,54 +130,42 @@ pub async fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<ExitC
             }
         }
         SecretCommand::Rm { name } => {
-            vault.remove(&name).await?;
-            store.audit(&actor(), "secret.rm", &name, "").await?;
+            admin::remove(&vault, &who, &name).await?;
             eprintln!("secret {name:?} removed");
         }
         SecretCommand::RotateKey {
             new_master_key,
             logout_all,
-        } => {
-            if logout_all {
-                let kid = replace_jwt_key(&vault).await?;
-                let n = store.revoke_all_sessions(crate::clock::now_unix()).await?;
-                super::users::announce(&config)?;
-                store
-                    .audit(
-                        &actor(),
-                        "secret.rotate-key",
-                        "keys/jwt",
-                        &format!("new signing key {kid}; {n} sessions revoked"),
-                    )
-                    .await?;
-                println!("new JWT signing key {kid}; {n} session(s) revoked");
-            }
-            let new_master = match &new_master_key {
-                Some(path) => {
-                    vault::create_master_key_file(path)?;
-                    Some(vault::read_key_file(path)?)
-                }
-                None => None,
-            };
-            let r = vault.rotate(new_master.as_ref()).await?;
-            let mut detail = format!(
-                "{} -> {} ({} secrets)",
-                r.old_key_ids.join(","),
-                r.new_key_id,
-                r.secrets
-            );
-            if new_master.is_some() {
-                detail.push_str(", new master key");
-            }
-            store
-                .audit(&actor(), "secret.rotate-key", "vault", &detail)
-                .await?;
-            println!("rotated data key {detail}");
-            if let Some(path) = new_master_key {
-                install_master_key(&path, &config.vault.key_file)?;
-            }
-        }
+        } => rotate_key(&config, &vault, &who, new_master_key, logout_all).await?,
     }
-    store.close().await;
+    vault.store().close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `secret rotate-key`: optionally the JWT signing key first (everyone logs in again), then
+/// the data key, then the master key is put where the daemon reads it.
+async fn rotate_key(
+    config: &Config,
+    vault: &Vault,
+    who: &str,
+    new_master_key: Option<PathBuf>,
+    logout_all: bool,
+) -> anyhow::Result<()> {
+    if logout_all {
+        let (kid, n) = auth::admin::logout_all(vault, notice(config), who, now_unix()).await?;
+        println!("new JWT signing key {kid}; {n} session(s) revoked");
+    }
+    let new_master = match &new_master_key {
+        Some(path) => {
+            vault::create_master_key_file(path)?;
+            Some(vault::read_key_file(path)?)
+        }
+        None => None,
+    };
+    let detail = admin::rotate(vault, who, new_master.as_ref()).await?;
+    println!("rotated data key {detail}");
+    if let Some(path) = new_master_key {
+        install_master_key(&path, &config.vault.key_file)?;
+    }
+    Ok(())
 }

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Subcommand;
-use serde::Serialize;
 
 use super::{actor, load, open_store, open_vault, read_stdin_secret, UsageError};
-use crate::clock::{now_unix, rfc3339};
-use crate::realtime::{secret_name, validate_id, validate_username};
+use crate::clock::now_unix;
+use crate::realtime::credentials::{self, By, CredentialError};
+use crate::realtime::{validate_id, validate_username};
+use crate::sip::bans::{self, BanError, Lifted};
 use crate::vault::MAX_SECRET_LEN;
 
 #[derive(Debug, Subcommand)]
@@ -40,29 +41,11 @@ pub enum BanCommand {
     },
 }
 
-#[derive(Serialize)]
-struct BanView {
-    address: String,
-    reason: String,
-    created_at: String,
-    expires_at: String,
-}
-
 async fn ban(config: &crate::config::Config, cmd: BanCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(config).await?;
     match cmd {
         BanCommand::List { json } => {
-            let views: Vec<BanView> = store
-                .sip_bans(now_unix())
-                .await?
-                .into_iter()
-                .map(|r| BanView {
-                    address: r.ip,
-                    reason: r.reason,
-                    created_at: rfc3339(r.created_at),
-                    expires_at: rfc3339(r.expires_at),
-                })
-                .collect();
+            let views = bans::list(&store, now_unix()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else if views.is_empty() {
@@ -75,21 +58,19 @@ async fn ban(config: &crate::config::Config, cmd: BanCommand) -> anyhow::Result<
             }
         }
         BanCommand::Rm { address, .. } => {
-            let key = match &address {
-                Some(a) => Some(crate::sip::guards::parse_ban_key(a).ok_or_else(|| {
-                    UsageError(format!(
-                        "{a:?} is not an IP address (IPv6 bans may be given as PREFIX/64)"
-                    ))
-                })?),
-                None => None,
-            };
-            let gone = store.delete_sip_bans(key.as_deref()).await?;
-            let target = key.clone().unwrap_or_else(|| "all".into());
-            store.audit(&actor(), "sip.ban.rm", &target, "").await?;
-            match key {
-                Some(k) if gone == 0 => bail!("no SIP ban on {k}"),
-                Some(k) => println!("lifted the SIP ban on {k}"),
-                None => println!("lifted {gone} SIP ban(s)"),
+            let lifted = bans::lift(&store, &actor(), address.as_deref())
+                .await
+                .map_err(|e| match e {
+                    BanError::BadAddress(_) => UsageError(e.to_string()).into(),
+                    e => anyhow::Error::from(e),
+                })?;
+            match lifted {
+                Lifted {
+                    key: Some(k),
+                    count: 0,
+                } => bail!("no SIP ban on {k}"),
+                Lifted { key: Some(k), .. } => println!("lifted the SIP ban on {k}"),
+                Lifted { key: None, count } => println!("lifted {count} SIP ban(s)"),
             }
         }
     }
@@ -121,12 +102,18 @@ pub enum CredentialCommand {
     Rm { id: String },
 }
 
-#[derive(Serialize)]
-struct CredentialView {
-    id: String,
-    username: String,
-    created_at: String,
-    updated_at: String,
+/// The CLI's sentence (and exit code) for what an operation refused: input the admin can
+/// correct exits 64.
+fn problem(e: CredentialError) -> anyhow::Error {
+    match e {
+        CredentialError::EmptyPassword => {
+            UsageError("the password on stdin is empty".into()).into()
+        }
+        e @ (CredentialError::Invalid(_) | CredentialError::NotUtf8) => {
+            UsageError(e.to_string()).into()
+        }
+        e => e.into(),
+    }
 }
 
 pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode> {
@@ -142,27 +129,19 @@ pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode
             raw,
             password_stdin: _,
         } => {
-            validate_id(&id).map_err(|e| UsageError(e.to_string()))?;
-            validate_username(&username).map_err(|e| UsageError(e.to_string()))?;
+            validate_id(&id).map_err(|e| problem(e.into()))?;
+            validate_username(&username).map_err(|e| problem(e.into()))?;
             let password = read_stdin_secret(MAX_SECRET_LEN, raw, "password")?;
-            if password.is_empty() {
-                return Err(UsageError("the password on stdin is empty".into()).into());
-            }
-            if std::str::from_utf8(&password).is_err() {
-                return Err(UsageError("the password must be UTF-8 text".into()).into());
-            }
+            credentials::check_password(&password).map_err(problem)?;
             let vault = open_vault(&config).await?;
-            vault.set(&secret_name(&id), &password).await?;
-            let store = open_store(&config).await?;
-            let created = store.put_sip_credential(&id, &username, now_unix()).await?;
-            store
-                .audit(
-                    &actor(),
-                    "sip.credential.set",
-                    &id,
-                    &format!("username={username}"),
-                )
-                .await?;
+            let store = vault.store().clone();
+            let who = actor();
+            let by = By::Admin(&who);
+            let created =
+                credentials::set(&store, &vault, by, &id, &username, &password, now_unix())
+                    .await
+                    .map_err(problem)?;
+            store.close().await;
             println!(
                 "{} SIP credential {id} (user {username})",
                 if created { "created" } else { "updated" }
@@ -171,16 +150,8 @@ pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode
         }
         CredentialCommand::List { json } => {
             let store = open_store(&config).await?;
-            let rows = store.sip_credentials().await?;
-            let views: Vec<CredentialView> = rows
-                .into_iter()
-                .map(|r| CredentialView {
-                    id: r.id,
-                    username: r.username,
-                    created_at: rfc3339(r.created_at),
-                    updated_at: rfc3339(r.updated_at),
-                })
-                .collect();
+            let views = credentials::list(&store).await?;
+            store.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else if views.is_empty() {
@@ -194,17 +165,13 @@ pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         CredentialCommand::Rm { id } => {
-            validate_id(&id).map_err(|e| UsageError(e.to_string()))?;
-            let store = open_store(&config).await?;
-            if !store.delete_sip_credential(&id).await? {
-                bail!("no SIP credential {id}");
-            }
+            validate_id(&id).map_err(|e| problem(e.into()))?;
             let vault = open_vault(&config).await?;
-            // The row is gone first, so Asterisk stops getting the credential even if this fails.
-            if let Err(e) = vault.remove(&secret_name(&id)).await {
-                tracing::warn!(error = %e, "the credential's vault secret was already gone");
-            }
-            store.audit(&actor(), "sip.credential.rm", &id, "").await?;
+            let store = vault.store().clone();
+            credentials::remove(&store, &vault, &actor(), &id)
+                .await
+                .map_err(problem)?;
+            store.close().await;
             println!("deleted SIP credential {id}");
             Ok(ExitCode::SUCCESS)
         }

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::{actor, load, open_store, UsageError};
 use crate::auth::admin::{self, AdminError, MAX_HISTORY_LIMIT};
 use crate::auth::password;
-use crate::auth::sessions::{self, Notice};
+use crate::auth::sessions::Notice;
 use crate::auth::users::{self, NewUser, UserError};
 use crate::clock::now_unix;
 use crate::config::Config;
@@ -136,11 +136,6 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Tells the running daemon that auth state changed (see `auth::sessions`).
-pub(super) fn announce(config: &Config) -> anyhow::Result<()> {
-    Ok(sessions::announce(&config.daemon.state_dir)?)
 }
 
 /// How a change made by the CLI reaches the running daemon.

@@ -6,9 +6,11 @@
 //! shaped as it expects: `single` one line, `multi` one line per record, writes a row count
 //! (`-1` refused), `require` `0`, and an empty body for "nothing" — including errors, which
 //! must never yield a partial record. Credentials: HTTP basic auth, `[realtime] username` and
-//! the vault secret `password_secret`. [`service`] runs the listener for the daemon.
+//! the vault secret `password_secret`. [`service`] runs the listener for the daemon;
+//! [`credentials`] is how admins (and Asterisk's writes) change the credentials.
 
 pub mod config;
+pub mod credentials;
 pub mod service;
 pub mod wire;
 
@@ -28,6 +30,7 @@ use subtle::ConstantTimeEq;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
+use self::credentials::By;
 use crate::metrics::{Metrics, RealtimeLabels};
 use crate::net::Peer;
 use crate::realtime::config::RealtimeConfig;
@@ -477,22 +480,17 @@ async fn put(
     password: &str,
     now: i64,
 ) -> Result<(), String> {
-    validate_id(id).map_err(|e| e.to_string())?;
-    validate_username(username).map_err(|e| e.to_string())?;
-    if password.is_empty() {
-        return Err("empty password".into());
-    }
-    ctx.vault
-        .set(&secret_name(id), password.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    ctx.store
-        .put_sip_credential(id, username, now)
-        .await
-        .map_err(|e| e.to_string())?;
-    ctx.store
-        .audit("asterisk", "sip.credential.set", id, "via realtime")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    let (store, vault) = (&ctx.store, &ctx.vault);
+    credentials::set(
+        store,
+        vault,
+        By::Asterisk,
+        id,
+        username,
+        password.as_bytes(),
+        now,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }

@@ -9,11 +9,12 @@
 //!
 //! [`Root`] is the one place that decides what lies beneath `[recordings] root`; the daemon's
 //! [`Recordings`] holds the root in force. Minting, listing and revoking links are operations
-//! in [`links`], shared by the HTTP handlers and the CLI; [`serve`] is the feature's side of a
-//! download.
+//! in [`links`], shared by the HTTP handlers and the CLI; [`keys`] rotates the link signing
+//! key; [`serve`] is the feature's side of a download.
 
 pub mod body;
 pub mod config;
+pub mod keys;
 pub mod links;
 pub mod paths;
 pub mod range;
@@ -57,6 +58,14 @@ pub enum RecordingError {
     NoSuchLink(String),
     #[error("name the link by its id (32 hex characters), its token or its URL")]
     NotALink,
+    #[error("a link key named {0} already exists; run the command again")]
+    KeyExists(String),
+    #[error("deleting the retired link key {name}")]
+    RetireKey {
+        name: String,
+        #[source]
+        source: VaultError,
+    },
 }
 
 /// The daemon's recording state: the recordings folder and the link keys (both swapped on

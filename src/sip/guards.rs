@@ -18,11 +18,8 @@ const MAX_TRACKED: usize = 65_536;
 /// The key a ban is stored under: an IPv4 address as is, an IPv6 address by its /64 (one
 /// host's whole allocation), as `prefix/64`.
 pub fn ban_key(ip: IpAddr) -> String {
-    match crate::net::canonical_ip(ip) {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(prefix))
-        }
+    match crate::net::ban_prefix(ip) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
         v4 => v4.to_string(),
     }
 }

@@ -6,9 +6,10 @@
 //! [`transport`] runs the listeners, [`flow`] names client connections in what we send
 //! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
 //! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
-//! filtering and bans, [`ticket`] binds browser WebSockets to web sessions, and [`service`]
+//! filtering and bans ([`bans`] lists and lifts them for admins), [`ticket`] binds browser WebSockets to web sessions, and [`service`]
 //! starts, reloads and stops the edge for the daemon.
 
+pub mod bans;
 pub mod calls;
 pub mod config;
 pub mod digest;

@@ -11,6 +11,10 @@
 //!
 //! Every ciphertext is bound by AES-GCM's associated data to its secret name and key id: a
 //! ciphertext copied onto another row, or relabelled with another key id, fails to decrypt.
+//!
+//! [`admin`] is the vault as admins use it by name, with an audit row for every use.
+
+pub mod admin;
 
 use std::collections::HashMap;
 use std::io::Read;
