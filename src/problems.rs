@@ -251,6 +251,21 @@ impl Checker {
     }
 }
 
+/// A section converted from TOML text, with the keys of the problems it reported: the one way
+/// every section's unit tests read their input.
+#[cfg(test)]
+pub(crate) fn convert_section<R: serde::de::DeserializeOwned, T>(
+    text: &str,
+    from_raw: impl FnOnce(R, &mut Checker) -> T,
+) -> (T, Vec<String>) {
+    let mut c = Checker::default();
+    let section = from_raw(toml::from_str(text).expect("test TOML"), &mut c);
+    (
+        section,
+        c.into_problems().into_iter().map(|p| p.key).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,9 +119,7 @@ mod tests {
     use super::*;
 
     fn convert(text: &str) -> (AmiConfig, Vec<String>) {
-        let mut c = Checker::default();
-        let cfg = AmiConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
-        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+        crate::problems::convert_section(text, AmiConfig::from_raw)
     }
 
     #[test]

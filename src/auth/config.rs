@@ -154,15 +154,11 @@ mod tests {
     use super::*;
 
     fn auth(text: &str) -> (AuthConfig, Vec<String>) {
-        let mut c = Checker::default();
-        let cfg = AuthConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
-        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+        crate::problems::convert_section(text, AuthConfig::from_raw)
     }
 
     fn mfa(text: &str) -> (MfaConfig, Vec<String>) {
-        let mut c = Checker::default();
-        let cfg = MfaConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
-        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+        crate::problems::convert_section(text, MfaConfig::from_raw)
     }
 
     #[test]

@@ -95,9 +95,7 @@ mod tests {
     use super::*;
 
     fn convert(text: &str) -> (SmtpConfig, Vec<String>) {
-        let mut c = Checker::default();
-        let cfg = SmtpConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
-        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+        crate::problems::convert_section(text, SmtpConfig::from_raw)
     }
 
     #[test]

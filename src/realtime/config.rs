@@ -67,9 +67,7 @@ mod tests {
     use super::*;
 
     fn keys(text: &str) -> Vec<String> {
-        let mut c = Checker::default();
-        RealtimeConfig::from_raw(toml::from_str(text).unwrap(), &mut c);
-        c.into_problems().into_iter().map(|p| p.key).collect()
+        crate::problems::convert_section(text, RealtimeConfig::from_raw).1
     }
 
     #[test]

@@ -250,10 +250,8 @@ mod tests {
     use super::*;
 
     fn convert(text: &str, origins: &[&str]) -> (SipConfig, Vec<String>) {
-        let mut c = Checker::default();
         let origins = origins.iter().map(|o| o.to_string()).collect();
-        let cfg = SipConfig::from_raw(toml::from_str(text).unwrap(), &mut c, origins);
-        (cfg, c.into_problems().into_iter().map(|p| p.key).collect())
+        crate::problems::convert_section(text, |raw, c| SipConfig::from_raw(raw, c, origins))
     }
 
     #[test]
