@@ -24,6 +24,7 @@ declare -A peers=(
     [socat]="command -v socat"
     [iproute2]="command -v ip"
     [gcc]="command -v gcc"
+    [postgresql]="ls /usr/lib/postgresql/*/bin/pg_ctl"
 )
 missing=()
 for pkg in "${!peers[@]}"; do

@@ -13,6 +13,7 @@ pub mod ami;
 pub mod asterisk;
 pub mod netns;
 pub mod nginx;
+pub mod postgres;
 pub mod sip;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");

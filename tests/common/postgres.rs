@@ -1,0 +1,223 @@
+//! A throwaway PostgreSQL cluster per test: `initdb` and `pg_ctl` from Debian's `postgresql`
+//! package, a data folder and socket folder inside a temporary folder, listening on a free
+//! loopback port only, never the system service. Stopped and removed on drop.
+//!
+//! `initdb` refuses to run as root, so when the tests run as root (CI does) every PostgreSQL
+//! program runs through `runuser` as the package's `postgres` account (or `nobody` when that
+//! account is missing), and the temporary folder is handed to that account first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::{free_port, nginx::is_root, run_for};
+
+/// The role the cluster is made with (its superuser); the tests connect as it.
+pub const ROLE: &str = "pbxguard";
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// The account the server runs as when the tests run as root.
+    user: Option<String>,
+    pub port: u16,
+}
+
+/// The folder with `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/N/bin`, else `PATH`.
+fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_absolute()).then(|| path.parent().map(Path::to_path_buf))?
+}
+
+fn account_ids(user: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, user]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+impl Postgres {
+    /// Starts a cluster, or prints one loud `SKIPPED` line and returns `None` when PostgreSQL
+    /// is not installed (under `CI=true` that fails instead).
+    pub fn start(test: &str) -> Option<Postgres> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: CI=true but PostgreSQL (initdb, pg_ctl) is not installed"
+            );
+            eprintln!("######## SKIPPED {test}: PostgreSQL is not installed (tests/run.sh installs the postgresql package) ########");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = if is_root() {
+            let name = ["postgres", "nobody"]
+                .into_iter()
+                .find(|u| account_ids(u).is_some())
+                .expect("a postgres or nobody account to run PostgreSQL as");
+            let (uid, gid) = account_ids(name).expect("account ids");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
+            Some(name.to_string())
+        } else {
+            None
+        };
+        let pg = Postgres {
+            dir,
+            bin,
+            user,
+            port: free_port(),
+        };
+        let data = pg.data();
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D",
+                path_str(&data),
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(out.status.success(), "initdb: {}", both(&out));
+        std::fs::create_dir(pg.socket_dir()).expect("socket dir");
+        if let Some((uid, gid)) = pg.user.as_deref().and_then(account_ids) {
+            std::os::unix::fs::chown(pg.socket_dir(), Some(uid), Some(gid)).expect("chown");
+        }
+        // Loopback and the private socket only; fsync off: a test cluster needs no durability.
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60",
+            pg.port,
+            path_str(&pg.socket_dir())
+        );
+        let log = pg.dir.path().join("postgres.log");
+        let out = pg.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-t",
+                "30",
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-o",
+                &options,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            both(&out),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// Runs one of the cluster's programs, as the cluster's account when the tests are root.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let exe = self.bin.join(program);
+        let mut cmd = match &self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        cmd.args(args).current_dir(self.dir.path());
+        run_for(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// Runs `sql` through `psql` on database `db` over TCP; returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = self.run(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                ROLE,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        );
+        assert!(out.status.success(), "psql {sql}: {}", both(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Creates an empty database and returns its `postgres://` URL.
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        self.url(name)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{ROLE}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let out = self.run(
+            "pg_ctl",
+            &["stop", "-w", "-m", "immediate", "-D", path_str(&data)],
+        );
+        if !out.status.success() {
+            eprintln!("pg_ctl stop: {}", both(&out));
+        }
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn both(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
