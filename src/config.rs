@@ -105,7 +105,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
-    /// `sqlite://…` URL; defaults to `state_dir/pbxguard.db`.
+    /// `sqlite://…` URL (defaults to `state_dir/pbxguard.db`) or `postgres://…` URL.
     pub database: String,
     pub init_if_missing: bool,
     /// How long SIGTERM waits for open connections; below the unit's `TimeoutStopSec`.
@@ -198,10 +198,19 @@ impl DaemonConfig {
             .unwrap_or_else(|| PathBuf::from("/var/lib/pbxguard"));
         let database = match raw.database {
             Some(url) => {
-                if !url.starts_with("sqlite:") {
+                if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+                    // Checked when the store opens it (sqlx's parser); only the scheme here,
+                    // and the URL, which may hold a password, is not echoed.
+                    if !crate::store::is_postgres_url(&url) {
+                        c.bad(
+                            "daemon.database",
+                            "a PostgreSQL database is named postgres://USER@HOST[:PORT]/DB (or postgresql://)",
+                        );
+                    }
+                } else if !url.starts_with("sqlite:") {
                     c.bad(
                         "daemon.database",
-                        format!("{url:?}: only sqlite:// URLs are supported"),
+                        format!("{url:?}: only sqlite:// and postgres:// URLs are supported"),
                     );
                 }
                 url

@@ -19,63 +19,71 @@ const COLUMNS: &str = "name, allow, events, permit, overrides, created_at, updat
 impl Store {
     /// Creates or replaces the policy of `row.name`; returns whether it was created.
     pub async fn put_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
-        // The insert tells us whether the row is new, without a read first.
-        let mut tx = self.begin_write().await?;
-        let inserted = tx.exec(sqlx::query(
-            "INSERT INTO ami_clients (name, allow, events, permit, overrides, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO NOTHING",
-        )
-        .bind(&row.name)
-        .bind(&row.allow)
-        .bind(&row.events)
-        .bind(&row.permit)
-        .bind(&row.overrides)
-        .bind(row.updated_at))
-        .await?;
-        if inserted.rows_affected() == 1 {
-            tx.commit().await?;
-            return Ok(true);
-        }
-        tx.exec(
-            sqlx::query(
-                "UPDATE ami_clients SET allow = ?2, events = ?3, permit = ?4, overrides = ?5, \
-             updated_at = ?6 WHERE name = ?1",
+        with_db!(self, db => {
+            // The insert tells us whether the row is new, without a read first.
+            let mut tx = db.begin_write().await?;
+            let inserted = tx.exec(sqlx::query(
+                "INSERT INTO ami_clients (name, allow, events, permit, overrides, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT(name) DO NOTHING",
             )
             .bind(&row.name)
             .bind(&row.allow)
             .bind(&row.events)
             .bind(&row.permit)
             .bind(&row.overrides)
-            .bind(row.updated_at),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(false)
+            .bind(row.updated_at))
+            .await?;
+            if inserted.rows_affected() == 1 {
+                tx.commit().await?;
+                return Ok(true);
+            }
+            tx.exec(
+                sqlx::query(
+                    "UPDATE ami_clients SET allow = $2, events = $3, permit = $4, overrides = $5, \
+                 updated_at = $6 WHERE name = $1",
+                )
+                .bind(&row.name)
+                .bind(&row.allow)
+                .bind(&row.events)
+                .bind(&row.permit)
+                .bind(&row.overrides)
+                .bind(row.updated_at),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(false)
+        })
     }
 
     pub async fn ami_client(&self, name: &str) -> Result<Option<AmiClientRow>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients WHERE name = ?"))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients WHERE name = $1"))
+                    .bind(name)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     /// Every client, by name.
     pub async fn ami_clients(&self) -> Result<Vec<AmiClientRow>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients ORDER BY name"))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as(&format!("SELECT {COLUMNS} FROM ami_clients ORDER BY name"))
+                    .fetch_all(db.pool)
+                    .await?,
+            )
+        })
     }
 
     pub async fn delete_ami_client(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM ami_clients WHERE name = ?")
-            .bind(name)
-            .execute_write(self)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done = sqlx::query("DELETE FROM ami_clients WHERE name = $1")
+                .bind(name)
+                .execute_write(db)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 }

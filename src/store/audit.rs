@@ -20,17 +20,19 @@ impl Store {
         target: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(crate::clock::now_unix())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(crate::clock::now_unix())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Writes `entries` in one transaction (one sync to disk for the lot): the download log
@@ -38,31 +40,35 @@ impl Store {
     /// Multi-row INSERTs of up to 500 rows (2 500 bound values, far below SQLite's limit): each
     /// statement is one trip to the database thread, not one per row.
     pub async fn audit_many(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        for chunk in entries.chunks(500) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_log (at, actor, action, target, detail) ",
-            );
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(e.at)
-                    .push_bind(&e.actor)
-                    .push_bind(&e.action)
-                    .push_bind(&e.target)
-                    .push_bind(&e.detail);
-            });
-            tx.exec(q.build()).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for chunk in entries.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO audit_log (at, actor, action, target, detail) ",
+                );
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.at)
+                        .push_bind(&e.actor)
+                        .push_bind(&e.action)
+                        .push_bind(&e.target)
+                        .push_bind(&e.detail);
+                });
+                tx.exec(q.build()).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Newest first.
     pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(db.pool)
+            .await?)
+        })
     }
 }

@@ -19,27 +19,36 @@ pub struct HistoryRow {
 /// Results that count towards a lockout.
 pub const FAILURE_RESULTS: &str = "('bad_password', 'unknown_user', 'disabled', 'mfa_failed')";
 
-pub(super) async fn insert_history(
-    tx: &mut super::tx::WriteTx,
-    h: &NewHistory<'_>,
-) -> Result<(), StoreError> {
-    tx.exec(sqlx::query(
-        "INSERT INTO login_history (at, username, ip, user_agent, result) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(h.at)
-    .bind(h.username)
-    .bind(h.ip)
-    .bind(h.user_agent)
-    .bind(h.result))
-    .await?;
-    Ok(())
+/// Inserts a history row inside the caller's write transaction: `insert_history!(tx, h)`, an
+/// expression of type `Result<(), StoreError>`. A macro because it is compiled once per backend,
+/// like the bodies of [`with_db!`].
+macro_rules! insert_history {
+    ($tx:expr, $h:expr) => {{
+        let h: &$crate::store::NewHistory<'_> = $h;
+        $tx.exec(
+            sqlx::query(
+                "INSERT INTO login_history (at, username, ip, user_agent, result)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(h.at)
+            .bind(h.username)
+            .bind(h.ip)
+            .bind(h.user_agent)
+            .bind(h.result),
+        )
+        .await
+        .map(drop)
+    }};
 }
+pub(super) use insert_history;
 
 impl Store {
     pub async fn record_login(&self, h: &NewHistory<'_>) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        insert_history(&mut tx, h).await?;
-        tx.commit().await
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            insert_history!(tx, h)?;
+            tx.commit().await
+        })
     }
 
     /// Newest first.
@@ -48,15 +57,17 @@ impl Store {
         user: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HistoryRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT at, username, ip, user_agent, result FROM login_history
-             WHERE (? IS NULL OR lower(username) = lower(?)) ORDER BY id DESC LIMIT ?",
-        )
-        .bind(user)
-        .bind(user)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT at, username, ip, user_agent, result FROM login_history
+                 WHERE ($1 IS NULL OR lower(username) = lower($2)) ORDER BY id DESC LIMIT $3",
+            )
+            .bind(user)
+            .bind(user)
+            .bind(i64::from(limit))
+            .fetch_all(db.pool)
+            .await?)
+        })
     }
 
     /// Times of the newest `limit` failures for an account (`account` in lower case; every
@@ -68,19 +79,21 @@ impl Store {
         since: i64,
         limit: u32,
     ) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT at FROM login_history
-             WHERE lower(username) = ? AND at >= ? AND result IN {FAILURE_RESULTS}
-               AND id > COALESCE((SELECT MAX(id) FROM login_history WHERE lower(username) = ? AND result = 'ok'), 0)
-             ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(username)
-        .bind(since)
-        .bind(username)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
+        with_db!(self, db => {
+            let rows: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT at FROM login_history
+                 WHERE lower(username) = $1 AND at >= $2 AND result IN {FAILURE_RESULTS}
+                   AND id > COALESCE((SELECT MAX(id) FROM login_history WHERE lower(username) = $3 AND result = 'ok'), 0)
+                 ORDER BY id DESC LIMIT $4"
+            ))
+            .bind(username)
+            .bind(since)
+            .bind(username)
+            .bind(i64::from(limit))
+            .fetch_all(db.pool)
+            .await?;
+            Ok(rows)
+        })
     }
 
     /// Times of the newest `limit` failures from a client IP since `since`. Successes do not
@@ -91,26 +104,30 @@ impl Store {
         since: i64,
         limit: u32,
     ) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT at FROM login_history WHERE ip = ? AND at >= ? AND result IN {FAILURE_RESULTS}
-             ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(ip)
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
+        with_db!(self, db => {
+            let rows: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT at FROM login_history WHERE ip = $1 AND at >= $2 AND result IN {FAILURE_RESULTS}
+                 ORDER BY id DESC LIMIT $3"
+            ))
+            .bind(ip)
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(db.pool)
+            .await?;
+            Ok(rows)
+        })
     }
 }
 
 impl Store {
     /// Deletes history rows older than `before`; returns how many.
     pub async fn purge_history(&self, before: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM login_history WHERE at < ?")
-            .bind(before)
-            .execute_write(self)
-            .await?;
-        Ok(done.rows_affected())
+        with_db!(self, db => {
+            let done = sqlx::query("DELETE FROM login_history WHERE at < $1")
+                .bind(before)
+                .execute_write(db)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 }

@@ -52,12 +52,14 @@ pub struct Finish<'a> {
 impl Store {
     /// `(confirmed_at, last_step)` of a user's TOTP.
     pub async fn totp(&self, user_id: i64) -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT confirmed_at, last_step FROM mfa_totp WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as("SELECT confirmed_at, last_step FROM mfa_totp WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     /// Records a confirmed enrollment, `step` (the confirming code's) spent; `false` when the
@@ -68,72 +70,80 @@ impl Store {
         now: i64,
         step: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO mfa_totp (user_id, confirmed_at, last_step) VALUES (?1, ?2, ?3)
-             ON CONFLICT(user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(now)
-        .bind(step)
-        .execute_write(self)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done = sqlx::query(
+                "INSERT INTO mfa_totp (user_id, confirmed_at, last_step) VALUES ($1, $2, $3)
+                 ON CONFLICT(user_id) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(now)
+            .bind(step)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Removes a user's TOTP and revokes the user's sessions, in one transaction.
     pub async fn reset_totp(&self, user_id: i64, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = tx
-            .exec(sqlx::query("DELETE FROM mfa_totp WHERE user_id = ?").bind(user_id))
-            .await?;
-        tx.exec(
-            sqlx::query(
-                "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(user_id),
-        )
-        .await?;
-        tx.exec(
-            sqlx::query("UPDATE mfa_pending SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let done = tx
+                .exec(sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1").bind(user_id))
+                .await?;
+            tx.exec(
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                )
                 .bind(now)
                 .bind(user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+            )
+            .await?;
+            tx.exec(
+                sqlx::query("UPDATE mfa_pending SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
+                    .bind(now)
+                    .bind(user_id),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn insert_pending(&self, rows: &[PendingRow]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        for r in rows {
-            tx.exec(sqlx::query(
-                "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&r.token_hash)
-            .bind(&r.attempt)
-            .bind(&r.kind)
-            .bind(r.user_id)
-            .bind(&r.password_hash)
-            .bind(&r.methods)
-            .bind(&r.ip)
-            .bind(&r.user_agent)
-            .bind(r.created_at)
-            .bind(r.expires_at))
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            for r in rows {
+                tx.exec(sqlx::query(
+                    "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&r.token_hash)
+                .bind(&r.attempt)
+                .bind(&r.kind)
+                .bind(r.user_id)
+                .bind(&r.password_hash)
+                .bind(&r.methods)
+                .bind(&r.ip)
+                .bind(&r.user_agent)
+                .bind(r.created_at)
+                .bind(r.expires_at))
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub async fn pending(&self, token_hash: &str) -> Result<Option<PendingRow>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PENDING_COLUMNS} FROM mfa_pending WHERE token_hash = ?"
-        ))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {PENDING_COLUMNS} FROM mfa_pending WHERE token_hash = $1"
+            ))
+            .bind(token_hash)
+            .fetch_optional(db.pool)
+            .await?)
+        })
     }
 
     /// Takes one of a pending login's `max` tries, in one statement, before a code is checked:
@@ -145,27 +155,31 @@ impl Store {
         max: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE mfa_pending SET failures = failures + 1
-             WHERE token_hash = ? AND failures < ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(token_hash)
-        .bind(max)
-        .bind(now)
-        .execute_write(self)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done = sqlx::query(
+                "UPDATE mfa_pending SET failures = failures + 1
+                 WHERE token_hash = $1 AND failures < $2 AND used_at IS NULL AND expires_at > $3",
+            )
+            .bind(token_hash)
+            .bind(max)
+            .bind(now)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Counts a wrong emailed code (three void it).
     pub async fn email_code_failure(&self, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE mfa_pending SET email_code_failures = email_code_failures + 1 WHERE token_hash = ?",
-        )
-        .bind(token_hash)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "UPDATE mfa_pending SET email_code_failures = email_code_failures + 1 WHERE token_hash = $1",
+            )
+            .bind(token_hash)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Reserves one mail for a pending login — at most `max` per login, none within `interval`
@@ -179,19 +193,21 @@ impl Store {
         interval: i64,
         max: i64,
     ) -> Result<bool, StoreError> {
-        // One statement: parallel requests cannot both pass the check.
-        let done = sqlx::query(
-            "UPDATE mfa_pending SET emails_sent = emails_sent + 1, email_sent_at = ?1
-             WHERE token_hash = ?2 AND emails_sent < ?3
-               AND (email_sent_at IS NULL OR email_sent_at <= ?1 - ?4)",
-        )
-        .bind(now)
-        .bind(token_hash)
-        .bind(max)
-        .bind(interval)
-        .execute_write(self)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            // One statement: parallel requests cannot both pass the check.
+            let done = sqlx::query(
+                "UPDATE mfa_pending SET emails_sent = emails_sent + 1, email_sent_at = $1
+                 WHERE token_hash = $2 AND emails_sent < $3
+                   AND (email_sent_at IS NULL OR email_sent_at <= $1 - $4)",
+            )
+            .bind(now)
+            .bind(token_hash)
+            .bind(max)
+            .bind(interval)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Gives a reservation back after the mail could not be sent.
@@ -200,14 +216,16 @@ impl Store {
         token_hash: &str,
         previous: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE mfa_pending SET emails_sent = MAX(emails_sent - 1, 0), email_sent_at = ? WHERE token_hash = ?",
-        )
-        .bind(previous)
-        .bind(token_hash)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "UPDATE mfa_pending SET emails_sent = CASE WHEN emails_sent > 0 THEN emails_sent - 1 ELSE 0 END, email_sent_at = $1 WHERE token_hash = $2",
+            )
+            .bind(previous)
+            .bind(token_hash)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Stores a freshly mailed code (replacing any earlier one) and extends the pending login
@@ -219,18 +237,20 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE mfa_pending SET email_code_hash = ?, email_sent_at = ?, email_code_failures = 0,
-                 expires_at = MAX(expires_at, ?)
-             WHERE token_hash = ?",
-        )
-        .bind(code_hash)
-        .bind(now)
-        .bind(expires_at)
-        .bind(token_hash)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "UPDATE mfa_pending SET email_code_hash = $1, email_sent_at = $2, email_code_failures = 0,
+                     expires_at = CASE WHEN expires_at > $3 THEN expires_at ELSE $3 END
+                 WHERE token_hash = $4",
+            )
+            .bind(code_hash)
+            .bind(now)
+            .bind(expires_at)
+            .bind(token_hash)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Creates the session of a login finished with a second factor. In one transaction: the
@@ -244,61 +264,67 @@ impl Store {
         history: &NewHistory<'_>,
         finish: &Finish<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let used = tx
-            .exec(
-                sqlx::query(
-                    "UPDATE mfa_pending SET used_at = ? WHERE attempt = ? AND used_at IS NULL",
-                )
-                .bind(s.created_at)
-                .bind(finish.attempt),
-            )
-            .await?;
-        if used.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if let Some((user_id, step)) = finish.totp_step {
-            let spent = tx
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let used = tx
                 .exec(
                     sqlx::query(
-                        "UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1",
+                        "UPDATE mfa_pending SET used_at = $1 WHERE attempt = $2 AND used_at IS NULL",
                     )
-                    .bind(step)
-                    .bind(user_id),
+                    .bind(s.created_at)
+                    .bind(finish.attempt),
                 )
                 .await?;
-            if spent.rows_affected() != 1 {
+            if used.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);
             }
-        }
-        if !super::sessions::insert_session(&mut tx, s, password_hash, history).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+            if let Some((user_id, step)) = finish.totp_step {
+                let spent = tx
+                    .exec(
+                        sqlx::query(
+                            "UPDATE mfa_totp SET last_step = $1 WHERE user_id = $2 AND last_step < $1",
+                        )
+                        .bind(step)
+                        .bind(user_id),
+                    )
+                    .await?;
+                if spent.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            if !super::sessions::insert_session!(tx, s, password_hash, history)? {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Spends a TOTP step outside a login (re-enrollment confirmed by a logged-in user).
     pub async fn spend_totp_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE mfa_totp SET last_step = ?1 WHERE user_id = ?2 AND last_step < ?1")
-                .bind(step)
-                .bind(user_id)
-                .execute_write(self)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done =
+                sqlx::query("UPDATE mfa_totp SET last_step = $1 WHERE user_id = $2 AND last_step < $1")
+                    .bind(step)
+                    .bind(user_id)
+                    .execute_write(db)
+                    .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     pub async fn set_setting(
@@ -308,26 +334,30 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(key) DO UPDATE SET value = ?2, updated_at = ?3, updated_by = ?4",
-        )
-        .bind(key)
-        .bind(value)
-        .bind(now)
-        .bind(by)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT(key) DO UPDATE SET value = $2, updated_at = $3, updated_by = $4",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(now)
+            .bind(by)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn exempt_until(&self, user_id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT until FROM mfa_exemptions WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_scalar("SELECT until FROM mfa_exemptions WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     pub async fn set_exemption(
@@ -337,51 +367,59 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mfa_exemptions (user_id, until, created_by, created_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(user_id) DO UPDATE SET until = ?2, created_by = ?3, created_at = ?4",
-        )
-        .bind(user_id)
-        .bind(until)
-        .bind(by)
-        .bind(now)
-        .execute_write(self)
-        .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO mfa_exemptions (user_id, until, created_by, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT(user_id) DO UPDATE SET until = $2, created_by = $3, created_at = $4",
+            )
+            .bind(user_id)
+            .bind(until)
+            .bind(by)
+            .bind(now)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn remove_exemption(&self, user_id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM mfa_exemptions WHERE user_id = ?")
-            .bind(user_id)
-            .execute_write(self)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done = sqlx::query("DELETE FROM mfa_exemptions WHERE user_id = $1")
+                .bind(user_id)
+                .execute_write(db)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Every user with their second factor, by name; exemptions that ended are not shown.
     pub async fn mfa_status(&self, now: i64) -> Result<Vec<MfaStatusRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT u.name AS user_name, u.level, u.email, t.confirmed_at AS totp_confirmed_at,
-                 CASE WHEN e.until > ?1 THEN e.until END AS exempt_until
-             FROM users u
-             LEFT JOIN mfa_totp t ON t.user_id = u.id
-             LEFT JOIN mfa_exemptions e ON e.user_id = u.id
-             ORDER BY u.name",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT u.name AS user_name, u.level, u.email, t.confirmed_at AS totp_confirmed_at,
+                     CASE WHEN e.until > $1 THEN e.until END AS exempt_until
+                 FROM users u
+                 LEFT JOIN mfa_totp t ON t.user_id = u.id
+                 LEFT JOIN mfa_exemptions e ON e.user_id = u.id
+                 ORDER BY u.name",
+            )
+            .bind(now)
+            .fetch_all(db.pool)
+            .await?)
+        })
     }
 
     /// Deletes pending logins that ended before `before`, and exemptions that ended.
     pub async fn purge_mfa(&self, before: i64, now: i64) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = tx
-            .exec(sqlx::query("DELETE FROM mfa_pending WHERE expires_at < ?").bind(before))
-            .await?;
-        tx.exec(sqlx::query("DELETE FROM mfa_exemptions WHERE until < ?").bind(now))
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let done = tx
+                .exec(sqlx::query("DELETE FROM mfa_pending WHERE expires_at < $1").bind(before))
+                .await?;
+            tx.exec(sqlx::query("DELETE FROM mfa_exemptions WHERE until < $1").bind(now))
+                .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
     }
 }

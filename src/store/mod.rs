@@ -1,16 +1,45 @@
-//! Persistent state: sqlx over SQLite (WAL) by default, one file under `state_dir`.
+//! Persistent state: sqlx over SQLite (WAL) by default, one file under `state_dir`; or
+//! PostgreSQL when `[daemon] database` is a `postgres://` URL, so that several PBX hosts share
+//! users, sessions and the vault.
 //!
-//! Every SQL statement of pbxguard lives in this module tree, so that a second backend
-//! (PostgreSQL, for several PBX hosts sharing users) touches one place. Migrations are embedded
-//! in the binary and applied by `init` and `serve`.
+//! Every SQL statement of pbxguard lives in this module tree, written once with `$N`
+//! placeholders in SQL both backends accept; [`with_db!`] runs a method body on whichever pool
+//! the store holds, and [`tx::Dialect`] holds the few differences (how a write transaction
+//! begins). Migrations are embedded in the binary (`migrations/` for SQLite,
+//! `migrations/postgres/` with the same versions for PostgreSQL) and applied by `init` and
+//! `serve`.
+
+/// Runs `$body` with `$db` bound to the store's backend ([`tx::Db`] over a SQLite or a
+/// PostgreSQL pool). The body is compiled once per backend, so one SQL text and one chain of
+/// binds serve both.
+macro_rules! with_db {
+    ($store:expr, $db:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite(pool) => {
+                let $db = $crate::store::tx::Db {
+                    pool,
+                    health: &$store.health,
+                };
+                $body
+            }
+            $crate::store::Backend::Postgres(pool) => {
+                let $db = $crate::store::tx::Db {
+                    pool,
+                    health: &$store.health,
+                };
+                $body
+            }
+        }
+    };
+}
 
 mod ami;
 mod audit;
-mod history;
+pub(crate) mod history;
 mod links;
 mod mfa;
 mod secrets;
-mod sessions;
+pub(crate) mod sessions;
 mod sip;
 mod sip_edge;
 mod tx;
@@ -24,8 +53,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 pub use ami::AmiClientRow;
@@ -39,9 +70,15 @@ pub use sip::SipCredentialRow;
 pub use sip_edge::{ExtensionSet, SipBanRow};
 pub use users::UserRow;
 
-use tx::{Health, WriteTx};
+use tx::Health;
 
+/// SQLite's migrations; the folder's subfolders are not part of it (sqlx reads files only), so
+/// the checksums existing databases hold stay valid.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The same versions and names for PostgreSQL. sqlx runs them holding a session-level
+/// `pg_advisory_lock` (keyed by the database name), so nodes that start together on an empty
+/// database migrate once: the others wait, then find every version applied.
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a write waits for another writer's lock. Writers hold it for one transaction (a
 /// few milliseconds and one disk sync), so the wait only runs out when something is wrong; and
@@ -95,12 +132,28 @@ impl StoreError {
 /// READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
 const UNAVAILABLE_CODES: [i32; 8] = [5, 6, 7, 8, 10, 13, 14, 15];
 
+/// PostgreSQL SQLSTATE classes and codes that mean the same: connection exceptions (08),
+/// insufficient resources (53), operator intervention such as a shutdown or a cancelled wait
+/// (57), system errors (58), a read-only transaction (25006: a standby after a failover) and a
+/// lock not granted in time (55P03: the write lock's timeout).
+const PG_UNAVAILABLE_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
+const PG_UNAVAILABLE_CODES: [&str; 2] = ["25006", "55P03"];
+
 fn unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff))),
+        sqlx::Error::Database(d) => {
+            if let Some(pg) = d.try_downcast_ref::<PgDatabaseError>() {
+                let code = pg.code();
+                PG_UNAVAILABLE_CODES.contains(&code)
+                    || PG_UNAVAILABLE_CLASSES.iter().any(|c| code.starts_with(c))
+            } else if d.try_downcast_ref::<SqliteError>().is_some() {
+                d.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff)))
+            } else {
+                false
+            }
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -125,45 +178,38 @@ pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The pool of the backend `[daemon] database` names.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 /// A handle to the database; cheap to clone (a pool).
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    backend: Backend,
     health: Arc<Health>,
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl Store {
     /// Opens the database at `url`. `create` makes the file when it is absent (init, or serve
     /// with `init_if_missing`); otherwise a missing file is a clear error instead of an empty
-    /// database that silently has no users or secrets.
+    /// database that silently has no users or secrets. A PostgreSQL database must exist (an
+    /// administrator creates it with its owner); `create` does not apply there.
     pub async fn open(url: &str, create: bool) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|source| StoreError::Open {
-                url: url.to_string(),
-                source,
-            })?
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a completed `secret set` must survive power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let filename = options.get_filename().to_path_buf();
-        if !create && filename != Path::new(":memory:") && !filename.exists() {
-            return Err(StoreError::Missing(filename.display().to_string()));
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_release(tx::outside_transaction)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: url.to_string(),
-                source,
-            })?;
+        let backend = if is_postgres_url(url) {
+            Backend::Postgres(open_postgres(url).await?)
+        } else {
+            Backend::Sqlite(open_sqlite(url, create).await?)
+        };
         Ok(Store {
-            pool,
+            backend,
             health: Arc::default(),
         })
     }
@@ -175,41 +221,138 @@ impl Store {
         self.health.watch(counter);
     }
 
-    /// Opens a write transaction (see [`tx`]); every write of the store goes through one.
-    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        WriteTx::begin(&self.pool, &self.health).await
-    }
-
     /// Applies pending migrations; a no-op on an up-to-date database.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        match &self.backend {
+            Backend::Sqlite(pool) => MIGRATOR.run(pool).await?,
+            Backend::Postgres(pool) => PG_MIGRATOR.run(pool).await?,
+        }
         Ok(())
     }
 
     /// True when every embedded migration has been applied (used by `serve` without init).
     pub async fn is_current(&self) -> Result<bool, StoreError> {
-        let table: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        if table.is_none() {
-            return Ok(false);
-        }
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&self.pool)
+        let (table_sql, count) = match &self.backend {
+            Backend::Sqlite(_) => (
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                MIGRATOR.iter().count(),
+            ),
+            Backend::Postgres(_) => (
+                "SELECT tablename::TEXT FROM pg_tables
+                 WHERE schemaname = current_schema() AND tablename = '_sqlx_migrations'",
+                PG_MIGRATOR.iter().count(),
+            ),
+        };
+        with_db!(self, db => {
+            let table: Option<String> = sqlx::query_scalar(table_sql)
+                .fetch_optional(db.pool)
                 .await?;
-        Ok(applied as usize >= MIGRATOR.iter().count())
+            if table.is_none() {
+                return Ok(false);
+            }
+            let applied: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(db.pool)
+                    .await?;
+            Ok(applied as usize >= count)
+        })
     }
 
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        with_db!(self, db => {
+            sqlx::query("SELECT 1").execute(db.pool).await?;
+        });
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+async fn open_sqlite(url: &str, create: bool) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        })?
+        .create_if_missing(create)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a completed `secret set` must survive power loss, not only a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let filename = options.get_filename().to_path_buf();
+    if !create && filename != Path::new(":memory:") && !filename.exists() {
+        return Err(StoreError::Missing(filename.display().to_string()));
+    }
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(tx::outside_transaction)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        })
+}
+
+async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
+    // The URL may carry a password: errors name the database without it.
+    let shown = redacted(url);
+    let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        url: shown.clone(),
+        source,
+    })?;
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(tx::pg_outside_transaction)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open { url: shown, source })
+}
+
+/// `url` with the password of its user part replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_a_postgres_url_is_never_shown() {
+        assert_eq!(
+            redacted("postgres://pbx:s3cr%40t@db.example.org:5432/pbx?sslmode=verify-full"),
+            "postgres://pbx:***@db.example.org:5432/pbx?sslmode=verify-full"
+        );
+        assert_eq!(
+            redacted("postgresql://pbx@db/pbx"),
+            "postgresql://pbx@db/pbx"
+        );
+        assert_eq!(
+            redacted("postgres:///pbx?host=/run/postgresql"),
+            "postgres:///pbx?host=/run/postgresql"
+        );
+        assert!(is_postgres_url("postgresql://pbx@db/pbx"));
+        assert!(!is_postgres_url("sqlite:///var/lib/pbxguard/pbxguard.db"));
     }
 }

@@ -44,35 +44,42 @@ pub struct NewHistory<'a> {
 /// Inserts the session and its history row, if the user is still as the password step saw it
 /// (same password hash and level, enabled); `false` (nothing written) otherwise. Part of the
 /// caller's transaction.
-pub(super) async fn insert_session(
-    tx: &mut super::tx::WriteTx,
-    s: &SessionRow,
-    password_hash: &str,
-    history: &NewHistory<'_>,
-) -> Result<bool, StoreError> {
-    let done = tx.exec(sqlx::query(
-        "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
-         SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (
-             SELECT 1 FROM users WHERE id = ? AND password_hash = ? AND level = ? AND disabled = 0)",
-    )
-    .bind(&s.id)
-    .bind(s.user_id)
-    .bind(i64::from(s.level))
-    .bind(s.created_at)
-    .bind(s.last_seen)
-    .bind(s.expires_at)
-    .bind(&s.ip)
-    .bind(&s.user_agent)
-    .bind(s.user_id)
-    .bind(password_hash)
-    .bind(i64::from(s.level)))
-    .await?;
-    if done.rows_affected() != 1 {
-        return Ok(false);
-    }
-    super::history::insert_history(tx, history).await?;
-    Ok(true)
+///
+/// `insert_session!(tx, session, password_hash, history)`: an expression of type
+/// `Result<bool, StoreError>`, a macro so that it compiles for either backend's transaction.
+macro_rules! insert_session {
+    ($tx:expr, $s:expr, $password_hash:expr, $history:expr) => {{
+        let s: &$crate::store::SessionRow = $s;
+        let password_hash: &str = $password_hash;
+        match $tx
+            .exec(
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (
+                         SELECT 1 FROM users
+                         WHERE id = $2 AND password_hash = $9 AND level = $3 AND disabled = FALSE)",
+                )
+                .bind(&s.id)
+                .bind(s.user_id)
+                .bind(i64::from(s.level))
+                .bind(s.created_at)
+                .bind(s.last_seen)
+                .bind(s.expires_at)
+                .bind(&s.ip)
+                .bind(&s.user_agent)
+                .bind(password_hash),
+            )
+            .await
+        {
+            Ok(done) if done.rows_affected() == 1 => {
+                $crate::store::history::insert_history!($tx, $history).map(|()| true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }};
 }
+pub(super) use insert_session;
 
 impl Store {
     /// Creates a session and its `ok` history row in one transaction: a login whose history
@@ -87,20 +94,24 @@ impl Store {
         password_hash: &str,
         history: &NewHistory<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        if !insert_session(&mut tx, s, password_hash, history).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            if !insert_session!(tx, s, password_hash, history)? {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("{SESSION_SELECT} WHERE s.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(&format!("{SESSION_SELECT} WHERE s.id = $1"))
+                .bind(id)
+                .fetch_optional(db.pool)
+                .await?)
+        })
     }
 
     /// Sessions that are neither revoked nor past either expiry, newest first.
@@ -110,57 +121,63 @@ impl Store {
         now: i64,
         idle: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "{SESSION_SELECT} WHERE s.revoked_at IS NULL AND s.expires_at > ? AND s.last_seen + ? > ?
-               AND (? IS NULL OR u.name = ?)
-             ORDER BY s.created_at DESC, s.id"
-        ))
-        .bind(now)
-        .bind(idle)
-        .bind(now)
-        .bind(user)
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(&format!(
+                "{SESSION_SELECT} WHERE s.revoked_at IS NULL AND s.expires_at > $1 AND s.last_seen + $2 > $1
+                   AND ($3 IS NULL OR u.name = $3)
+                 ORDER BY s.created_at DESC, s.id"
+            ))
+            .bind(now)
+            .bind(idle)
+            .bind(user)
+            .fetch_all(db.pool)
+            .await?)
+        })
     }
 
     /// Records activity; only moves `last_seen` forward.
     pub async fn touch_session(&self, id: &str, last_seen: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id = ? AND last_seen < ?")
-            .bind(last_seen)
-            .bind(id)
-            .bind(last_seen)
-            .execute_write(self)
-            .await?;
-        Ok(())
+        with_db!(self, db => {
+            sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id = $2 AND last_seen < $3")
+                .bind(last_seen)
+                .bind(id)
+                .bind(last_seen)
+                .execute_write(db)
+                .await?;
+            Ok(())
+        })
     }
 
     /// `true` when a live session was revoked.
     pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute_write(self)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done =
+                sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(id)
+                    .execute_write(db)
+                    .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Revokes a session and records the logout in the history, in one transaction.
     pub async fn logout(&self, id: &str, history: &NewHistory<'_>) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = tx
-            .exec(
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let done = tx
+                .exec(
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(history.at)
+                    .bind(id),
                 )
-                .bind(history.at)
-                .bind(id),
-            )
-            .await?;
-        super::history::insert_history(&mut tx, history).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+                .await?;
+            super::history::insert_history!(tx, history)?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Revokes every live session of a user; `None` when the user does not exist.
@@ -169,41 +186,47 @@ impl Store {
         user: &str,
         now: i64,
     ) -> Result<Option<u64>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
-            .bind(user)
-            .fetch_optional(&self.pool)
+        with_db!(self, db => {
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = $1")
+                .bind(user)
+                .fetch_optional(db.pool)
+                .await?;
+            let Some(id) = id else {
+                return Ok(None);
+            };
+            let done = sqlx::query(
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute_write(db)
             .await?;
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute_write(self)
-        .await?;
-        Ok(Some(done.rows_affected()))
+            Ok(Some(done.rows_affected()))
+        })
     }
 
     pub async fn revoke_all_sessions(&self, now: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE revoked_at IS NULL")
-            .bind(now)
-            .execute_write(self)
-            .await?;
-        Ok(done.rows_affected())
+        with_db!(self, db => {
+            let done = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE revoked_at IS NULL")
+                .bind(now)
+                .execute_write(db)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 
     /// Deletes sessions that ended before `before` (revoked or expired); the history keeps the
     /// record of each login.
     pub async fn purge_sessions(&self, before: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM sessions WHERE expires_at < ? OR (revoked_at IS NOT NULL AND revoked_at < ?)",
-        )
-        .bind(before)
-        .bind(before)
-        .execute_write(self)
-        .await?;
-        Ok(done.rows_affected())
+        with_db!(self, db => {
+            let done = sqlx::query(
+                "DELETE FROM sessions WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $2)",
+            )
+            .bind(before)
+            .bind(before)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected())
+        })
     }
 }

@@ -19,46 +19,54 @@ impl Store {
         username: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let existed: Option<String> =
-            sqlx::query_scalar("SELECT id FROM sip_credentials WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        sqlx::query(
-            "INSERT INTO sip_credentials (id, username, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
-             ON CONFLICT(id) DO UPDATE SET username = excluded.username, updated_at = excluded.updated_at",
-        )
-        .bind(id)
-        .bind(username)
-        .bind(now)
-        .execute_write(self)
-        .await?;
-        Ok(existed.is_none())
+        with_db!(self, db => {
+            let existed: Option<String> =
+                sqlx::query_scalar("SELECT id FROM sip_credentials WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(db.pool)
+                    .await?;
+            sqlx::query(
+                "INSERT INTO sip_credentials (id, username, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+                 ON CONFLICT(id) DO UPDATE SET username = excluded.username, updated_at = excluded.updated_at",
+            )
+            .bind(id)
+            .bind(username)
+            .bind(now)
+            .execute_write(db)
+            .await?;
+            Ok(existed.is_none())
+        })
     }
 
     pub async fn sip_credential(&self, id: &str) -> Result<Option<SipCredentialRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, username, created_at, updated_at FROM sip_credentials WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT id, username, created_at, updated_at FROM sip_credentials WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(db.pool)
+            .await?)
+        })
     }
 
     /// Every credential, by id.
     pub async fn sip_credentials(&self) -> Result<Vec<SipCredentialRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, username, created_at, updated_at FROM sip_credentials ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT id, username, created_at, updated_at FROM sip_credentials ORDER BY id",
+            )
+            .fetch_all(db.pool)
+            .await?)
+        })
     }
 
     pub async fn delete_sip_credential(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sip_credentials WHERE id = ?")
-            .bind(id)
-            .execute_write(self)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let done = sqlx::query("DELETE FROM sip_credentials WHERE id = $1")
+                .bind(id)
+                .execute_write(db)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 }

@@ -19,9 +19,10 @@
 //! one. The pool's release hook ([`outside_transaction`]) refuses any connection that comes
 //! back inside a transaction all the same.
 //!
-//! A PostgreSQL store needs the same rule: a connection whose `COMMIT` failed or whose outcome
-//! is unknown (reset mid-transaction) is closed, never reused; and the same classification of
-//! errors into [`StoreError::Unavailable`].
+//! A PostgreSQL store follows the same rule: a connection whose `COMMIT` failed or whose outcome
+//! is unknown (reset mid-transaction) is closed, never reused. Only the beginning differs
+//! ([`Dialect::begin`]): an advisory lock serialises PostgreSQL writers as `BEGIN IMMEDIATE`
+//! serialises SQLite's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,12 +31,98 @@ use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
+use sqlx::postgres::{PgConnection, PgQueryResult};
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteQueryResult};
-use sqlx::{Executor as _, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::sqlite::SqliteQueryResult;
+use sqlx::{Database, Executor, IntoArguments, Pool, Postgres, Sqlite, SqliteConnection};
 use tracing::{info, warn};
 
-use super::{Store, StoreError};
+use super::StoreError;
+
+/// The key of the transaction-level advisory lock every PostgreSQL write transaction takes
+/// first (an arbitrary constant: "pbxguard" read as ASCII).
+const WRITE_LOCK: i64 = 0x7062_7867_7561_7264;
+
+/// What differs between the backends in a write transaction: how it begins (and so how writers
+/// are serialised) and how a result counts its rows. Everything else is one SQL text.
+pub(super) trait Dialect: Database {
+    /// Opens the transaction and takes the database-wide write lock, waiting at most the busy
+    /// timeout for it.
+    fn begin(conn: &mut Self::Connection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Runs `COMMIT` or `ROLLBACK` as a plain statement (no depth counter).
+    fn end(
+        conn: &mut Self::Connection,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+impl Dialect for Sqlite {
+    async fn begin(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        // IMMEDIATE takes the write lock now, waiting up to busy_timeout. A deferred
+        // transaction would take it at its first write, where a reader that lost a race gets
+        // SQLITE_BUSY at once, without waiting.
+        sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map(drop)
+    }
+
+    async fn end(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(conn).await.map(drop)
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+}
+
+impl Dialect for Postgres {
+    async fn begin(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // The same rule as SQLite's BEGIN IMMEDIATE: one writer at a time for the whole
+        // database (every node), taken before the first read, so each read-modify-write of the
+        // store sees and keeps what it read without a per-statement analysis or retries. Reads
+        // outside write transactions are not blocked. The lock ends with the transaction, and
+        // with the connection if the node dies. lock_timeout plays SQLite's busy timeout: a
+        // wait that runs out is 55P03, classed unavailable.
+        conn.execute(
+            format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'; \
+                 SELECT pg_advisory_xact_lock({WRITE_LOCK})",
+                super::BUSY_TIMEOUT.as_millis()
+            )
+            .as_str(),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn end(conn: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(conn).await.map(drop)
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+}
+
+/// A backend's pool with the store's write health: what every statement of the store runs on.
+pub(super) struct Db<'a, DB: Database> {
+    pub(super) pool: &'a Pool<DB>,
+    pub(super) health: &'a Arc<Health>,
+}
+
+impl<DB: Database> Clone for Db<'_, DB> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<DB: Database> Copy for Db<'_, DB> {}
+
+impl<DB: Dialect> Db<'_, DB> {
+    /// Opens a write transaction; every write of the store goes through one.
+    pub(super) async fn begin_write(self) -> Result<WriteTx<DB>, StoreError> {
+        WriteTx::begin(self.pool, self.health).await
+    }
+}
 
 /// Whether writes currently fail, so that the daemon logs a fault when it starts and when it
 /// ends instead of once per request; and the count behind
@@ -83,8 +170,8 @@ impl Health {
 /// An open write transaction on one pooled connection; derefs to the connection for queries.
 /// End it with [`WriteTx::commit`] or [`WriteTx::rollback`]; dropped otherwise, it closes the
 /// connection.
-pub(super) struct WriteTx {
-    conn: PoolConnection<Sqlite>,
+pub(super) struct WriteTx<DB: Dialect> {
+    conn: PoolConnection<DB>,
     health: Arc<Health>,
     ended: bool,
     /// Whether a statement changed rows: only such a commit proves that writes work again
@@ -92,19 +179,16 @@ pub(super) struct WriteTx {
     wrote: bool,
 }
 
-impl WriteTx {
+impl<DB: Dialect> WriteTx<DB> {
     pub(super) async fn begin(
-        pool: &SqlitePool,
+        pool: &Pool<DB>,
         health: &Arc<Health>,
-    ) -> Result<WriteTx, StoreError> {
+    ) -> Result<WriteTx<DB>, StoreError> {
         let mut conn = pool
             .acquire()
             .await
             .map_err(|e| health.failed("acquire", e))?;
-        // IMMEDIATE takes the write lock now, waiting up to busy_timeout. A deferred
-        // transaction would take it at its first write, where a reader that lost a race gets
-        // SQLITE_BUSY at once, without waiting.
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        if let Err(e) = DB::begin(&mut conn).await {
             // Lock wait over, or (should never be) already inside a transaction: not reused.
             conn.close_on_drop();
             return Err(health.failed("begin", e));
@@ -121,53 +205,58 @@ impl WriteTx {
     /// (a read-only connection, for one, gets as far as this).
     pub(super) async fn exec<'q>(
         &mut self,
-        query: Query<'q, Sqlite, SqliteArguments<'q>>,
-    ) -> Result<SqliteQueryResult, StoreError> {
+        query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    ) -> Result<DB::QueryResult, StoreError>
+    where
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    {
         let done = query
             .execute(&mut *self.conn)
             .await
             .map_err(|e| self.health.failed("write", e))?;
-        self.wrote |= done.rows_affected() > 0;
+        self.wrote |= DB::rows_affected(&done) > 0;
         Ok(done)
     }
 
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
-        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
-            Ok(_) => {
+        match DB::end(&mut self.conn, "COMMIT").await {
+            Ok(()) => {
                 self.ended = true;
                 if self.wrote {
                     self.health.committed();
                 }
                 Ok(())
             }
-            // SQLite may have rolled back already or may still hold the transaction: the
-            // connection is closed on drop either way.
+            // The database may have rolled back already or may still hold the transaction
+            // (or, over a network, the outcome is unknown): the connection is closed on drop
+            // either way.
             Err(e) => Err(self.health.failed("commit", e)),
         }
     }
 
     pub(super) async fn rollback(mut self) -> Result<(), StoreError> {
-        sqlx::query("ROLLBACK").execute(&mut *self.conn).await?;
+        DB::end(&mut self.conn, "ROLLBACK").await?;
         self.ended = true;
         Ok(())
     }
 }
 
-impl std::ops::Deref for WriteTx {
-    type Target = SqliteConnection;
+impl<DB: Dialect> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
 
-    fn deref(&self) -> &SqliteConnection {
+    fn deref(&self) -> &DB::Connection {
         &self.conn
     }
 }
 
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
+impl<DB: Dialect> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
         &mut self.conn
     }
 }
 
-impl Drop for WriteTx {
+impl<DB: Dialect> Drop for WriteTx<DB> {
     fn drop(&mut self) {
         if !self.ended {
             self.conn.close_on_drop();
@@ -175,7 +264,7 @@ impl Drop for WriteTx {
     }
 }
 
-/// The pool's `after_release` hook: a connection that comes back inside a transaction is
+/// The SQLite pool's `after_release` hook: a connection that comes back inside a transaction is
 /// closed instead of being handed to the next request. `BEGIN DEFERRED` takes no lock, and
 /// fails only there ("cannot start a transaction within a transaction").
 pub(super) fn outside_transaction(
@@ -191,17 +280,41 @@ pub(super) fn outside_transaction(
     })
 }
 
-/// One write statement in its own transaction.
-pub(super) trait ExecuteWrite {
-    fn execute_write(
-        self,
-        store: &Store,
-    ) -> impl Future<Output = Result<SqliteQueryResult, StoreError>> + Send;
+/// The same hook for PostgreSQL, where `BEGIN` inside a transaction is only a warning. Outside
+/// a transaction block every statement is its own transaction, so its start time is the
+/// statement's; inside one, `now()` is the block's older start. A connection in a failed
+/// block answers with an error: closed too.
+pub(super) fn pg_outside_transaction(
+    conn: &mut PgConnection,
+    _meta: PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        let clean: bool = sqlx::query_scalar("SELECT now() = statement_timestamp()")
+            .fetch_one(conn)
+            .await
+            .unwrap_or(false);
+        if !clean {
+            warn!("a database connection came back inside a transaction; closed");
+        }
+        Ok(clean)
+    })
 }
 
-impl<'q> ExecuteWrite for Query<'q, Sqlite, SqliteArguments<'q>> {
-    async fn execute_write(self, store: &Store) -> Result<SqliteQueryResult, StoreError> {
-        let mut tx = store.begin_write().await?;
+/// One write statement in its own transaction.
+pub(super) trait ExecuteWrite<DB: Dialect> {
+    fn execute_write(
+        self,
+        db: Db<'_, DB>,
+    ) -> impl Future<Output = Result<DB::QueryResult, StoreError>> + Send;
+}
+
+impl<'q, DB: Dialect> ExecuteWrite<DB> for Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    async fn execute_write(self, db: Db<'_, DB>) -> Result<DB::QueryResult, StoreError> {
+        let mut tx = db.begin_write().await?;
         let done = tx.exec(self).await?;
         tx.commit().await?;
         Ok(done)
@@ -215,8 +328,10 @@ mod tests {
 
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
+    use sqlx::SqlitePool;
+
     use super::*;
-    use crate::store::AuditEntry;
+    use crate::store::{AuditEntry, Backend, Store};
 
     fn entry(action: &str) -> AuditEntry {
         AuditEntry {
@@ -341,7 +456,7 @@ mod tests {
         store.close().await;
         let fail = Arc::new(AtomicBool::new(true));
         let store = Store {
-            pool: one_flaky_connection(&url, &fail).await,
+            backend: Backend::Sqlite(one_flaky_connection(&url, &fail).await),
             health: Arc::default(),
         };
         for action in ["lost1", "lost2", "lost3"] {
@@ -362,7 +477,10 @@ mod tests {
     async fn a_write_dropped_midway_rolls_back_and_releases_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let (url, store) = fresh(&dir).await;
-        let mut tx = store.begin_write().await.unwrap();
+        let Backend::Sqlite(pool) = &store.backend else {
+            unreachable!("a SQLite store")
+        };
+        let mut tx = WriteTx::begin(pool, &store.health).await.unwrap();
         sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (1, 't', 'dropped', '', '')")
             .execute(&mut *tx)
             .await
@@ -413,7 +531,7 @@ mod tests {
             .unwrap();
         let counter = Counter::default();
         let store = Store {
-            pool,
+            backend: Backend::Sqlite(pool),
             health: Arc::default(),
         };
         store.watch_faults(counter.clone());

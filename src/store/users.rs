@@ -23,21 +23,19 @@ const USER_COLUMNS: &str =
     "id, name, level, email, password_hash, disabled, created_at, updated_at";
 
 /// Revokes every live session of `user_id` inside an open transaction.
-async fn revoke_in_tx(
-    tx: &mut super::tx::WriteTx,
-    user_id: i64,
-    now: i64,
-) -> Result<u64, StoreError> {
-    let done = tx
-        .exec(
+/// `revoke_in_tx!(tx, user_id, now)`: `Result<u64, StoreError>` (a macro: one body per backend).
+macro_rules! revoke_in_tx {
+    ($tx:expr, $user_id:expr, $now:expr) => {
+        $tx.exec(
             sqlx::query(
-                "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
             )
-            .bind(now)
-            .bind(user_id),
+            .bind($now)
+            .bind($user_id),
         )
-        .await?;
-    Ok(done.rows_affected())
+        .await
+        .map(|done| done.rows_affected())
+    };
 }
 
 /// What a user change did: `None` when the user does not exist.
@@ -52,46 +50,54 @@ impl Store {
         email: Option<&str>,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
-        let now = now_unix();
-        let done = sqlx::query(
-            "INSERT INTO users (name, level, email, password_hash, disabled, created_at, updated_at)
-             VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(i64::from(level))
-        .bind(email)
-        .bind(password_hash)
-        .bind(now)
-        .bind(now)
-        .execute_write(self)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        with_db!(self, db => {
+            let now = now_unix();
+            let done = sqlx::query(
+                "INSERT INTO users (name, level, email, password_hash, disabled, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, FALSE, $5, $6) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(i64::from(level))
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .bind(now)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"))
+                    .bind(name)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(db.pool)
+                    .await?,
+            )
+        })
     }
 
     pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        with_db!(self, db => {
+            Ok(
+                sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+                    .fetch_all(db.pool)
+                    .await?,
+            )
+        })
     }
 
     /// Applies `set` (an UPDATE of one user by id) and, when `end_sessions`, revokes that
@@ -103,31 +109,34 @@ impl Store {
         value: Value<'_>,
         end_sessions: bool,
     ) -> Result<Changed, StoreError> {
-        let now = now_unix();
-        let mut tx = self.begin_write().await?;
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(id) = id else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let sql = format!("UPDATE users SET {set} = ?, updated_at = ? WHERE id = ?");
-        let query = sqlx::query(&sql);
-        let query = match value {
-            Value::Int(v) => query.bind(v),
-            Value::Text(v) => query.bind(v),
-            Value::OptText(v) => query.bind(v),
-        };
-        tx.exec(query.bind(now).bind(id)).await?;
-        let revoked = if end_sessions {
-            revoke_in_tx(&mut tx, id, now).await?
-        } else {
-            0
-        };
-        tx.commit().await?;
-        Ok(Some(revoked))
+        with_db!(self, db => {
+            let now = now_unix();
+            let mut tx = db.begin_write().await?;
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(id) = id else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let sql = format!("UPDATE users SET {set} = $1, updated_at = $2 WHERE id = $3");
+            let query = sqlx::query(&sql);
+            let query = match value {
+                Value::Int(v) => query.bind(v),
+                Value::Bool(v) => query.bind(v),
+                Value::Text(v) => query.bind(v),
+                Value::OptText(v) => query.bind(v),
+            };
+            tx.exec(query.bind(now).bind(id)).await?;
+            let revoked = if end_sessions {
+                revoke_in_tx!(tx, id, now)?
+            } else {
+                0
+            };
+            tx.commit().await?;
+            Ok(Some(revoked))
+        })
     }
 
     /// Returns the number of sessions ended, or `None` for an unknown user.
@@ -141,7 +150,7 @@ impl Store {
         name: &str,
         disabled: bool,
     ) -> Result<Changed, StoreError> {
-        self.change_user(name, "disabled", Value::Int(i64::from(disabled)), disabled)
+        self.change_user(name, "disabled", Value::Bool(disabled), disabled)
             .await
     }
 
@@ -167,6 +176,7 @@ impl Store {
 /// A value for [`Store::change_user`]; the column name is always one of ours, never input.
 enum Value<'a> {
     Int(i64),
+    Bool(bool),
     Text(&'a str),
     OptText(Option<&'a str>),
 }
