@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::auth::jwt::JWT_KEY_PREFIX;
 use crate::config::{Config, TlsFiles};
 use crate::recordings::token::LINK_KEY_PREFIX;
-use crate::store::{Store, StoreError};
+use crate::store::{is_postgres_url, redacted_url, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::vault::{self, Vault, VaultError, SIGNING_KEY_LEN};
 
@@ -23,7 +23,7 @@ pub enum InitError {
     #[error("no user {0:?} in /etc/passwd (create the service account first, e.g. with the package's sysusers file)")]
     NoSuchUser(String),
     #[error("the database {db} already holds a vault, but its master key ({key}) is missing and no systemd credential was passed; a new key could never open it. Restore the key, or run init through the unit's credential (systemd-run --pipe --wait -p LoadCredentialEncrypted=master.key:/etc/pbxguard/master.key.cred pbxguard init)")]
-    MasterKeyLost { db: PathBuf, key: PathBuf },
+    MasterKeyLost { db: String, key: PathBuf },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -213,7 +213,12 @@ async fn ensure_signing_key(
     }
     let kid = crate::ids::random_hex(4);
     let name = format!("{prefix}{kid}");
-    if vault.generate_if_absent(&name, SIGNING_KEY_LEN).await? {
+    // The check above is only a shortcut: another node may init the same database now, so the
+    // insert itself refuses when a key under the prefix appeared meanwhile.
+    if vault
+        .generate_first_under(prefix, &name, SIGNING_KEY_LEN)
+        .await?
+    {
         report.created.push(format!("signing key {name}"));
     }
     Ok(())
@@ -221,10 +226,14 @@ async fn ensure_signing_key(
 
 /// A new master key next to a database whose data keys were wrapped by another one would
 /// make every secret unreadable: refuse instead (a deleted key file, or a key that now lives
-/// only in an encrypted systemd credential).
+/// only in an encrypted systemd credential). A SQLite file that does not exist holds no vault;
+/// a PostgreSQL database always exists (an administrator made it), so it is asked.
 async fn refuse_if_vault_exists(config: &Config) -> Result<(), InitError> {
-    let Some(db) = config.database_path().filter(|p| p.exists()) else {
-        return Ok(());
+    let db = match config.database_path() {
+        Some(path) if !path.exists() => return Ok(()),
+        Some(path) => path.display().to_string(),
+        None if is_postgres_url(&config.daemon.database) => redacted_url(&config.daemon.database),
+        None => return Ok(()),
     };
     let store = Store::open(&config.daemon.database, false).await?;
     store.migrate().await?;

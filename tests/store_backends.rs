@@ -445,3 +445,366 @@ fn the_postgres_harness_starts_answers_and_cleans_up() {
     );
     assert!(!socket.exists());
 }
+
+// ---- Concurrent writers on PostgreSQL -------------------------------------------------------
+//
+// Several nodes share one database, so each race below runs through separate pools (as two
+// hosts would). Where timing alone would make the race rare, a blocker connection holds a lock
+// the writers need until every writer is inside its transaction and waiting, so the two overlap
+// every time; the comments say what fails without the store's advisory write lock.
+
+/// A migrated PostgreSQL database and `n` stores (pools) on it, as `n` nodes.
+async fn pg_nodes(pg: &Postgres, n: usize) -> (String, Vec<Store>) {
+    let url = pg.create_database("pbxguard");
+    let mut stores = Vec::new();
+    for _ in 0..n {
+        stores.push(Store::open(&url, false).await.unwrap());
+    }
+    stores[0].migrate().await.unwrap();
+    (url, stores)
+}
+
+/// Waits (up to `ms`, well under the store's 2 s lock timeout) until `n` backends of this
+/// database wait for a lock; false if they never do.
+async fn lock_waiters(admin: &mut sqlx::PgConnection, n: i64, ms: u64) -> bool {
+    for _ in 0..ms / 10 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_migrating_one_empty_database_at_once_migrate_it_once() {
+    let Some(pg) = Postgres::start("nodes_migrating_one_empty_database_at_once") else {
+        return;
+    };
+    let versions = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".sql"))
+        })
+        .count();
+    // Several rounds, each on a fresh database: three nodes start together. Without sqlx's
+    // session advisory lock around the migrator, two of them create `_sqlx_migrations` and
+    // apply 0001 at once: one fails (a duplicate table or a duplicate version row) and its
+    // migrate() returns an error, which the unwrap below turns into a failure.
+    for round in 0..3 {
+        let url = pg.create_database(&format!("migrate{round}"));
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Store::open(&url, false).await.unwrap());
+        }
+        let tasks: Vec<_> = nodes
+            .iter()
+            .cloned()
+            .map(|s| tokio::spawn(async move { s.migrate().await }))
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for s in &nodes {
+            assert!(s.is_current().await.unwrap());
+            s.close().await;
+        }
+        let db = format!("migrate{round}");
+        assert_eq!(
+            pg.psql(&db, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success"),
+            versions.to_string(),
+            "each version applied once"
+        );
+        assert_eq!(
+            pg.psql(&db, "SELECT COUNT(DISTINCT version) FROM _sqlx_migrations"),
+            versions.to_string()
+        );
+    }
+}
+
+fn key_row(nonce: u8) -> KeyRow {
+    KeyRow {
+        id: "k1".into(),
+        generation: 1,
+        nonce: vec![nonce; 12],
+        wrapped: vec![nonce; 48],
+        created_at: 10,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_creating_the_first_data_key_at_once_leave_one() {
+    let Some(pg) = Postgres::start("two_nodes_creating_the_first_data_key_at_once") else {
+        return;
+    };
+    let (url, nodes) = pg_nodes(&pg, 2).await;
+    let mut blocker = connect(&url).await;
+    let mut admin = connect(&url).await;
+    // The blocker holds the table until both inserts are waiting. Without the write lock both
+    // wait on the table, wake together, both see no key (READ COMMITTED snapshots taken before
+    // either commits) and insert generation 1: the second fails with a unique violation, an
+    // error where the store must answer "a key exists" (`false`). With the lock the second
+    // waits for the first's commit and then sees its key.
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE vault_keys IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .cloned()
+        .zip([1u8, 2])
+        .map(|(s, n)| tokio::spawn(async move { (n, s.insert_first_data_key(&key_row(n)).await) }))
+        .collect();
+    assert!(lock_waiters(&mut admin, 2, 1000).await, "both inserts wait");
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (n, created) = t.await.unwrap();
+        if created.expect("a losing node is told a key exists, not an error") {
+            winners.push(n);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one first data key");
+    let keys = nodes[0].data_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys[0].nonce,
+        vec![winners[0]; 12],
+        "the winner's key is the one kept"
+    );
+}
+
+fn sealed(name: &str) -> SecretRow {
+    SecretRow {
+        name: name.into(),
+        key_id: "k1".into(),
+        nonce: vec![3; 12],
+        ciphertext: vec![4; 40],
+        created_at: 20,
+        updated_at: 20,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_creating_a_signing_key_at_once_leave_one() {
+    let Some(pg) = Postgres::start("two_nodes_creating_a_signing_key_at_once") else {
+        return;
+    };
+    let (url, nodes) = pg_nodes(&pg, 2).await;
+    assert!(nodes[0].insert_first_data_key(&key_row(1)).await.unwrap());
+    let mut blocker = connect(&url).await;
+    let mut admin = connect(&url).await;
+    // Each node picks its own random name under the prefix, so no unique key stops a second
+    // one: only "no key under the prefix yet", checked inside the write lock, does. Without
+    // the lock both NOT EXISTS checks run before either commits and two JWT keys remain.
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE secrets IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .cloned()
+        .zip(["keys/jwt/aaaa", "keys/jwt/bbbb"])
+        .map(|(s, name)| {
+            tokio::spawn(
+                async move { s.put_secret_if_none_under(&sealed(name), "keys/jwt/").await },
+            )
+        })
+        .collect();
+    assert!(lock_waiters(&mut admin, 2, 1000).await, "both inserts wait");
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(created, 1);
+    let names: Vec<String> = nodes[0]
+        .secrets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names.len(), 1, "one signing key: {names:?}");
+    // Another prefix is not affected, and `_` in a prefix is no wildcard.
+    assert!(nodes[1]
+        .put_secret_if_none_under(&sealed("keys/links/cccc"), "keys/links/")
+        .await
+        .unwrap());
+    assert!(nodes[1]
+        .put_secret_if_none_under(&sealed("keys_x/dddd"), "keys_")
+        .await
+        .unwrap());
+}
+
+fn pending(token: &str, attempt: &str, user_id: i64) -> PendingRow {
+    PendingRow {
+        token_hash: token.into(),
+        attempt: attempt.into(),
+        kind: "mfa".into(),
+        user_id,
+        password_hash: "hash-a".into(),
+        methods: "totp".into(),
+        ip: "198.51.100.4".into(),
+        user_agent: "ua".into(),
+        created_at: 50,
+        expires_at: i64::MAX / 2,
+        failures: 0,
+        used_at: None,
+        email_code_hash: None,
+        email_sent_at: None,
+        email_code_failures: 0,
+        emails_sent: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_claims_on_two_nodes_never_exceed_their_limits() {
+    let Some(pg) = Postgres::start("parallel_claims_on_two_nodes") else {
+        return;
+    };
+    let (_url, nodes) = pg_nodes(&pg, 2).await;
+    nodes[0]
+        .insert_user("alice", 3, None, "hash-a")
+        .await
+        .unwrap();
+    let alice = nodes[0].user("alice").await.unwrap().unwrap();
+    nodes[0]
+        .insert_pending(&[pending("t1", "a1", alice.id), pending("t2", "a1", alice.id)])
+        .await
+        .unwrap();
+
+    // 24 guesses at once through both nodes, 5 allowed. These claims are single statements
+    // whose WHERE PostgreSQL re-checks on the row it locked, so they would hold without the
+    // write lock too; they fail if a claim ever becomes a read then a write (every guess reads
+    // failures < 5 before any commits) or runs at REPEATABLE READ (serialisation errors).
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let s = nodes[i % 2].clone();
+            tokio::spawn(async move { s.claim_try("t1", 5, 60).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(granted, 5, "exactly the allowed number of tries");
+    assert_eq!(nodes[1].pending("t1").await.unwrap().unwrap().failures, 5);
+
+    // One pending login finished by eight requests at once (say the same code replayed to
+    // two nodes): one session, the others are told no.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = nodes[i % 2].clone();
+            tokio::spawn(async move {
+                let mut row = session(&format!("mfa{i}"), alice.id, 3);
+                row.created_at = 70;
+                s.create_session_after_mfa(
+                    &row,
+                    "hash-a",
+                    &login(70, "ok"),
+                    &Finish {
+                        attempt: "a1",
+                        totp_step: None,
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut sessions = 0;
+    for t in tasks {
+        sessions += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(sessions, 1, "one session per pending login");
+    assert_eq!(
+        nodes[0].live_sessions(None, 80, 3600).await.unwrap().len(),
+        1
+    );
+    assert!(nodes[0]
+        .pending("t2")
+        .await
+        .unwrap()
+        .unwrap()
+        .used_at
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_password_change_leaves_no_live_session() {
+    let Some(pg) = Postgres::start("a_login_racing_a_password_change") else {
+        return;
+    };
+    let (url, nodes) = pg_nodes(&pg, 2).await;
+    nodes[0]
+        .insert_user("alice", 3, None, "hash-a")
+        .await
+        .unwrap();
+    let alice = nodes[0].user("alice").await.unwrap().unwrap();
+    assert!(nodes[0]
+        .create_session(&session("s0", alice.id, 3), "hash-a", &login(100, "ok"))
+        .await
+        .unwrap());
+
+    // The blocker locks alice's existing session, so the password change (node A) stops in
+    // its revoke step: the new hash written but not committed. Then node B's login, which
+    // checked the old password, tries to save its session. Without the write lock that
+    // insert sees the old committed hash, commits at once, and the revoke (whose snapshot
+    // predates it) never sees the new session: a live session made with the old password
+    // after the change, the failure asserted below. With the lock the login waits for the
+    // change to commit, then finds the hash changed and saves nothing.
+    let mut blocker = connect(&url).await;
+    let mut admin = connect(&url).await;
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT id FROM sessions WHERE id = 's0' FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let a = nodes[0].clone();
+    let change = tokio::spawn(async move { a.set_user_password("alice", "hash-b").await });
+    assert!(
+        lock_waiters(&mut admin, 1, 1000).await,
+        "the change waits in its revoke"
+    );
+    let b = nodes[1].clone();
+    let user_id = alice.id;
+    let login_task = tokio::spawn(async move {
+        b.create_session(&session("s1", user_id, 3), "hash-a", &login(101, "ok"))
+            .await
+    });
+    // With the lock the login waits too; without it, it finishes: either way, go on.
+    for _ in 0..50 {
+        if login_task.is_finished() || lock_waiters(&mut admin, 2, 10).await {
+            break;
+        }
+    }
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    assert_eq!(change.await.unwrap().unwrap(), Some(1), "s0 revoked");
+    let created = login_task.await.unwrap().unwrap();
+    let s1 = nodes[0].session("s1").await.unwrap();
+    assert!(
+        s1.as_ref().is_none_or(|s| s.revoked_at.is_some()),
+        "a session saved with the old password outlives the change: {s1:?}"
+    );
+    assert!(!created, "the login is refused, not saved and revoked");
+    assert!(nodes[0]
+        .live_sessions(None, 200, 3600)
+        .await
+        .unwrap()
+        .is_empty());
+}

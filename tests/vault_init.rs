@@ -515,3 +515,132 @@ fn every_name_a_feature_manages_is_refused_as_a_configured_secret() {
     }
     assert!(vault::check_configured_name("smtp/relay").is_ok());
 }
+
+// ---- init on a shared PostgreSQL database --------------------------------------------------
+
+/// An Env whose `[daemon] database` is `url`.
+fn pg_env(url: &str) -> Env {
+    let env = Env::new();
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&config.replace("[daemon]\n", &format!("[daemon]\ndatabase = \"{url}\"\n")));
+    env
+}
+
+/// Installs `key` as the env's master key file, as an admin bringing it from another host.
+fn install_key(env: &Env, key: &[u8]) {
+    let etc = env.path("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = env.path("etc/master.key");
+    std::fs::write(&file, key).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The vault as stored: data keys and secrets (names, key ids, ciphertexts).
+fn pg_vault(pg: &common::postgres::Postgres, db: &str) -> (String, String) {
+    (
+        pg.psql(
+            db,
+            "SELECT string_agg(id || ':' || encode(wrapped, 'hex'), ',' ORDER BY id) FROM vault_keys",
+        ),
+        pg.psql(
+            db,
+            "SELECT string_agg(name || ':' || key_id || ':' || encode(ciphertext, 'hex'), ',' ORDER BY name) FROM secrets",
+        ),
+    )
+}
+
+#[test]
+fn init_on_a_database_that_holds_a_vault_creates_nothing_there() {
+    let Some(pg) = common::postgres::Postgres::start("init_on_a_postgres_vault") else {
+        return;
+    };
+    let url = pg.create_database("pbxguard");
+    let first = pg_env(&url);
+    let out = String::from_utf8(first.ok(&["init"], b"")).unwrap();
+    assert!(out.contains("vault data key k1"), "{out}");
+    first.ok(&["secret", "set", "smtp/password"], b"shared\n");
+    let before = pg_vault(&pg, "pbxguard");
+    assert_eq!(before.0.matches(':').count(), 1, "one data key");
+
+    // A second host without the key: refused before a key file is made.
+    let second = pg_env(&url);
+    let out = second.run(&["init"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already holds a vault") && err.contains("master key"),
+        "{err}"
+    );
+    assert!(
+        !second.path("etc/master.key").exists(),
+        "no new key was written"
+    );
+    assert_eq!(before, pg_vault(&pg, "pbxguard"));
+
+    // With a different key: named, nothing created.
+    install_key(&second, &[9u8; 32]);
+    let out = second.run(&["init"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("master key is not the one"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(before, pg_vault(&pg, "pbxguard"));
+
+    // With the cluster's key: init checks it opens the vault and adds nothing to it.
+    install_key(
+        &second,
+        &std::fs::read(first.path("etc/master.key")).unwrap(),
+    );
+    let out = String::from_utf8(second.ok(&["init"], b"")).unwrap();
+    assert!(
+        !out.contains("vault data key") && !out.contains("signing key"),
+        "{out}"
+    );
+    assert_eq!(before, pg_vault(&pg, "pbxguard"));
+    assert_eq!(
+        second.ok(&["secret", "get", "smtp/password"], b""),
+        b"shared".to_vec()
+    );
+}
+
+#[test]
+fn two_hosts_initialising_one_empty_database_at_once_make_one_vault() {
+    let Some(pg) = common::postgres::Postgres::start("two_hosts_init_at_once") else {
+        return;
+    };
+    let key: Vec<u8> = (0u8..32)
+        .map(|b| b.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    for round in 0..3 {
+        let db = format!("pbxguard{round}");
+        let url = pg.create_database(&db);
+        let hosts = [pg_env(&url), pg_env(&url)];
+        for h in &hosts {
+            install_key(h, &key);
+        }
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = hosts
+                .iter()
+                .map(|h| scope.spawn(|| h.run(&["init"], b"")))
+                .collect();
+            for r in runs {
+                let out = r.join().unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+            }
+        });
+        assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM vault_keys"), "1");
+        for prefix in ["keys/jwt/", "keys/links/", "keys/mfa/"] {
+            assert_eq!(
+                pg.psql(
+                    &db,
+                    &format!("SELECT COUNT(*) FROM secrets WHERE name LIKE '{prefix}%'")
+                ),
+                "1",
+                "one signing key under {prefix}"
+            );
+        }
+    }
+}

@@ -304,7 +304,7 @@ async fn open_sqlite(url: &str, create: bool) -> Result<SqlitePool, StoreError> 
 
 async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
     // The URL may carry a password: errors name the database without it.
-    let shown = redacted(url);
+    let shown = redacted_url(url);
     let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
         url: shown.clone(),
         source,
@@ -318,8 +318,9 @@ async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
         .map_err(|source| StoreError::Open { url: shown, source })
 }
 
-/// `url` with the password of its user part replaced by `***`.
-fn redacted(url: &str) -> String {
+/// `url` with the password of its user part replaced by `***`: how errors and messages show
+/// a database URL.
+pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -341,15 +342,15 @@ mod url_tests {
     #[test]
     fn a_password_in_a_postgres_url_is_never_shown() {
         assert_eq!(
-            redacted("postgres://pbx:s3cr%40t@db.example.org:5432/pbx?sslmode=verify-full"),
+            redacted_url("postgres://pbx:s3cr%40t@db.example.org:5432/pbx?sslmode=verify-full"),
             "postgres://pbx:***@db.example.org:5432/pbx?sslmode=verify-full"
         );
         assert_eq!(
-            redacted("postgresql://pbx@db/pbx"),
+            redacted_url("postgresql://pbx@db/pbx"),
             "postgresql://pbx@db/pbx"
         );
         assert_eq!(
-            redacted("postgres:///pbx?host=/run/postgresql"),
+            redacted_url("postgres:///pbx?host=/run/postgresql"),
             "postgres:///pbx?host=/run/postgresql"
         );
         assert!(is_postgres_url("postgresql://pbx@db/pbx"));

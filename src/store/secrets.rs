@@ -95,6 +95,39 @@ impl Store {
         })
     }
 
+    /// Inserts a secret only when no secret's name starts with `prefix`; returns whether it was
+    /// written. `init` makes each signing key this way: the check and the insert are one
+    /// statement inside the write lock, so two nodes that init one database at the same moment
+    /// leave one key under each prefix, not one each.
+    pub async fn put_secret_if_none_under(
+        &self,
+        row: &SecretRow,
+        prefix: &str,
+    ) -> Result<bool, StoreError> {
+        with_db!(self, db => {
+            // substr, not LIKE: a prefix may hold `_`, which LIKE reads as a wildcard.
+            let done = sqlx::query(
+                "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at)
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE EXISTS (SELECT 1 FROM vault_keys WHERE id = $7)
+                   AND NOT EXISTS (SELECT 1 FROM secrets WHERE substr(name, 1, length($8)) = $9)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&row.name)
+            .bind(&row.key_id)
+            .bind(&row.nonce)
+            .bind(&row.ciphertext)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .bind(&row.key_id)
+            .bind(prefix)
+            .bind(prefix)
+            .execute_write(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
         with_db!(self, db => {
             let done = sqlx::query("DELETE FROM secrets WHERE name = $1")

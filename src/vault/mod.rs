@@ -567,6 +567,27 @@ impl Vault {
         Ok(self.store.put_secret_if_absent(&row).await?)
     }
 
+    /// Generates `name` (random, `len` bytes) only when no secret's name starts with `prefix`
+    /// (checked and written in one statement); returns whether it was written.
+    pub async fn generate_first_under(
+        &self,
+        prefix: &str,
+        name: &str,
+        len: usize,
+    ) -> Result<bool, VaultError> {
+        validate_name(name)?;
+        if !name.starts_with(prefix) {
+            return Err(VaultError::BadName(
+                "must start with the prefix it is generated under",
+            ));
+        }
+        let mut value = Zeroizing::new(vec![0u8; len]);
+        rand::rngs::OsRng.fill_bytes(&mut value);
+        let (key_id, key) = self.current_key().await?;
+        let row = self.sealed_row(&key_id, &key, name, &value, now_unix());
+        Ok(self.store.put_secret_if_none_under(&row, prefix).await?)
+    }
+
     /// Decrypts one secret; the plaintext is wiped when the caller drops it.
     pub async fn get(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         validate_name(name)?;
