@@ -554,10 +554,12 @@ async fn two_nodes_creating_the_first_data_key_at_once_leave_one() {
     let mut blocker = connect(&url).await;
     let mut admin = connect(&url).await;
     // The blocker holds the table until both inserts are waiting. Without the write lock both
-    // wait on the table, wake together, both see no key (READ COMMITTED snapshots taken before
-    // either commits) and insert generation 1: the second fails with a unique violation, an
-    // error where the store must answer "a key exists" (`false`). With the lock the second
-    // waits for the first's commit and then sees its key.
+    // wait on the table and wake together; when both statements take their READ COMMITTED
+    // snapshot before either commits, both insert generation 1 and the second fails with a
+    // unique violation, an error where the store must answer "a key exists" (`false`). That
+    // depends on timing after the wake (one run with the lock removed passed), so this test
+    // catches the race only sometimes; the two below fail every time without the lock. With
+    // the lock the second insert waits for the first's commit and then sees its key.
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     sqlx::query("LOCK TABLE vault_keys IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut blocker)
