@@ -305,6 +305,10 @@ async fn open_sqlite(url: &str, create: bool) -> Result<SqlitePool, StoreError> 
 async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
     // The URL may carry a password: errors name the database without it.
     let shown = redacted_url(url);
+    // sqlx's TLS uses ring, the rest of the daemon aws-lc-rs; with both in rustls, sqlx's
+    // `sslmode=verify-ca` verifier asks for the process-wide provider and panics when none is
+    // installed yet (`pbxguard` CLI commands open the store before any TLS listener exists).
+    crate::tls::install_provider();
     let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
         url: shown.clone(),
         source,

@@ -195,6 +195,112 @@ impl Postgres {
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{ROLE}@127.0.0.1:{}/{db}", self.port)
     }
+
+    /// Turns TLS on with `cert` (chain) and `key`: copied into the data folder, readable by
+    /// the server's account only, then `ssl = on` and a reload (no restart needed). Clients
+    /// may still connect without TLS; `sslmode` decides.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let ids = self.user.as_deref().and_then(account_ids);
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data().join(name);
+            std::fs::copy(from, &to).expect("copy TLS file");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        // The reload is signalled, not awaited: wait until a new session sees it.
+        for _ in 0..100 {
+            if self.psql("postgres", "SHOW ssl") == "on" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ssl did not turn on");
+    }
+}
+
+/// A test certificate authority and a server certificate it signs, made with `openssl`:
+/// `ca.pem`, `server.pem` (for `names`, as subjectAltName entries such as `IP:127.0.0.1`)
+/// and `server.key`, in `dir`.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, label: &str, names: &str) -> TestCa {
+        let file = |n: &str| dir.join(format!("{label}-{n}"));
+        let (ca, ca_key) = (file("ca.pem"), file("ca.key"));
+        let (cert, key, csr, ext) = (
+            file("server.pem"),
+            file("server.key"),
+            file("server.csr"),
+            file("server.ext"),
+        );
+        std::fs::write(&ext, format!("subjectAltName={names}\n")).expect("ext file");
+        let subject = format!("/CN=pbxguard test CA {label}");
+        let steps: [Vec<&str>; 3] = [
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-keyout",
+                path_str(&ca_key),
+                "-out",
+                path_str(&ca),
+            ],
+            vec![
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=pbxguard test database",
+                "-keyout",
+                path_str(&key),
+                "-out",
+                path_str(&csr),
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                path_str(&csr),
+                "-CA",
+                path_str(&ca),
+                "-CAkey",
+                path_str(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                path_str(&ext),
+                "-out",
+                path_str(&cert),
+            ],
+        ];
+        for args in steps {
+            let out = run_for(Command::new("openssl").args(&args), Duration::from_secs(30));
+            assert!(out.status.success(), "openssl {args:?}: {}", both(&out));
+        }
+        TestCa { ca, cert, key }
+    }
 }
 
 impl Drop for Postgres {
