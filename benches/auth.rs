@@ -63,6 +63,7 @@ fn auth(c: &mut Criterion) {
             revoked_at: None,
             user_level: 5,
             user_disabled: false,
+            node: None,
         };
         let history = NewHistory {
             at: now,

@@ -16,6 +16,7 @@ use crate::httpd::{Httpd, Limits};
 use crate::metrics::Metrics;
 use crate::recordings::Recordings;
 use crate::sip::ticket::Tickets;
+use crate::store::changes::{Change, Heard};
 use crate::store::Store;
 use crate::subsystem::{manage, Managed};
 use crate::vault::Vault;
@@ -36,6 +37,8 @@ pub struct App {
     pub sip_tickets: Arc<Tickets>,
     /// What every HTTP listener shares: `[http]`'s limits, swapped with the configuration.
     pub httpd: Arc<Httpd>,
+    /// Another node changed the SIP bans (see [`App::heard`]).
+    pub bans_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for App {
@@ -76,6 +79,8 @@ impl App {
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
         let httpd = Arc::new(Httpd::new(http_limits(&config), metrics.clone()));
+        auth.sessions
+            .set_outage_grace(config.daemon.store_outage_grace);
         Arc::new(App {
             auth: Arc::new(auth),
             recordings: Arc::new(recordings),
@@ -86,12 +91,16 @@ impl App {
             metrics,
             sip_tickets: Arc::default(),
             httpd,
+            bans_changed: Arc::default(),
         })
     }
 
     /// Puts a new configuration in force (a reload's point of no return).
     pub fn set_config(&self, config: Config) {
         self.httpd.set_limits(http_limits(&config));
+        self.auth
+            .sessions
+            .set_outage_grace(config.daemon.store_outage_grace);
         self.config.store(Arc::new(config));
     }
 
@@ -99,13 +108,46 @@ impl App {
     /// through the auth stamp): drops the session cache and reloads the JWT and link keys.
     pub async fn sync_auth(&self) {
         if self.auth.sessions.sync() {
-            self.recordings.links.clear();
-            if let Err(e) = self.auth.reload_keys(&self.vault).await {
-                tracing::error!(error = %e, "reloading JWT keys after an auth change failed; keeping the old ones");
+            self.reload_keys().await;
+        }
+    }
+
+    /// Acts on what the change feed heard from the nodes sharing the database: drops the
+    /// cache entries a change makes stale (everything, after the listener reconnects).
+    pub async fn heard(&self, heard: Heard) {
+        let change = match heard {
+            Heard::Everything => {
+                self.auth.sessions.clear();
+                self.reload_keys().await;
+                self.bans_changed.notify_one();
+                return;
             }
-            if let Err(e) = self.recordings.reload_keys(&self.vault).await {
-                tracing::error!(error = %e, "reloading link keys after an auth change failed; keeping the old ones");
+            Heard::Change(change) => change,
+        };
+        tracing::debug!(change = %change.encode(), "change announced by a node");
+        match change {
+            Change::Session(id) => self.auth.sessions.forget(&id),
+            Change::Sessions | Change::MfaPolicy => self.auth.sessions.clear(),
+            Change::Keys => {
+                self.auth.sessions.clear();
+                self.reload_keys().await;
             }
+            Change::Link(id) => self.recordings.links.forget(&id),
+            Change::Links => self.recordings.links.clear(),
+            Change::Bans => self.bans_changed.notify_one(),
+            // Read from the database at each use: nothing cached to drop.
+            Change::AmiClients | Change::SipCredentials | Change::Heartbeat(_) => {}
+        }
+    }
+
+    /// Reloads the JWT and link keys and drops the links cached under the old ones.
+    async fn reload_keys(&self) {
+        self.recordings.links.clear();
+        if let Err(e) = self.auth.reload_keys(&self.vault).await {
+            tracing::error!(error = %e, "reloading JWT keys after a change failed; keeping the old ones");
+        }
+        if let Err(e) = self.recordings.reload_keys(&self.vault).await {
+            tracing::error!(error = %e, "reloading link keys after a change failed; keeping the old ones");
         }
     }
 
@@ -152,6 +194,7 @@ impl App {
                 Box::pin(async move { app.sync_auth().await })
             }),
             config: ArcSwapOption::empty(),
+            bans_changed: self.bans_changed.clone(),
         }
     }
 }

@@ -112,6 +112,12 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Async worker threads; `None` = half the cores (at least one), leaving the rest to Asterisk.
     pub worker_threads: Option<usize>,
+    /// This host's name among the nodes sharing a database (default: the host name); recorded
+    /// on sessions, history, audit rows and recording links.
+    pub node_name: String,
+    /// While the database is unreachable, the forward-auth check keeps accepting sessions it
+    /// verified this recently; zero fails closed at once.
+    pub store_outage_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +172,8 @@ struct RawDaemon {
     init_if_missing: Option<bool>,
     shutdown_grace: Option<String>,
     worker_threads: Option<i64>,
+    node_name: Option<String>,
+    store_outage_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,8 +237,47 @@ impl DaemonConfig {
             worker_threads: raw
                 .worker_threads
                 .map(|n| c.int("daemon.worker_threads", Some(n), 1usize, 1, 256)),
+            node_name: node_name(raw.node_name, c),
+            store_outage_grace: c.duration_or_zero(
+                "daemon.store_outage_grace",
+                raw.store_outage_grace.as_deref(),
+                "30s",
+            ),
         }
     }
+}
+
+/// The longest node name: a DNS label, which is what host names are.
+const MAX_NODE_NAME: usize = 63;
+
+/// `[daemon] node_name`, or the host name: letters, digits, `.`, `-` and `_`, so that it
+/// reads well in listings and needs no quoting anywhere.
+fn node_name(configured: Option<String>, c: &mut Checker) -> String {
+    let (name, key) = match configured {
+        Some(name) => (name, "daemon.node_name"),
+        None => (host_name(), "daemon.node_name (the host name)"),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !valid {
+        c.bad(
+            key,
+            format!("{name:?}: 1 to {MAX_NODE_NAME} letters, digits, '.', '-' or '_'"),
+        );
+    }
+    name
+}
+
+/// The kernel's host name (what `hostname` prints); `localhost` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl VaultConfig {

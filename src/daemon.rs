@@ -13,7 +13,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::app::App;
 use crate::auth::{Auth, AuthError};
@@ -87,7 +87,9 @@ pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
         Root::new(&config.recordings.root).create_if_missing();
     }
     let master = vault::load_master_key(&config.vault.key_file)?;
-    let store = Store::open(&config.daemon.database, false).await?;
+    let store = Store::open(&config.daemon.database, false)
+        .await?
+        .with_node(&config.daemon.node_name);
     store.migrate().await?;
     let vault = Vault::new(master, store.clone());
     // Fails early with a clear message if the master key does not match this database.
@@ -151,6 +153,7 @@ pub async fn run(
     info!(version = env!("CARGO_PKG_VERSION"), "pbxguard ready");
     spawn_watchdog(&daemon.host.tracker, shutdown.clone());
     spawn_housekeeping(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
+    spawn_node_tasks(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
 
     loop {
         tokio::select! {
@@ -194,6 +197,42 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+            }
+        }
+    });
+}
+
+/// How often a node refreshes its row in the `nodes` table.
+const NODE_REFRESH: Duration = Duration::from_secs(30);
+
+/// With a shared database (PostgreSQL): follows the change feed, so that a change made on any
+/// node drops the caches here; and keeps this node's row in the `nodes` table (its
+/// `public_url`, for the other nodes' recording redirects) current. On SQLite only the row.
+fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
+    let follower = app.clone();
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let node = follower.config.load().daemon.node_name.clone();
+        let store = follower.store.clone();
+        store
+            .follow_changes(&node, |heard| follower.heard(heard), stop)
+            .await;
+    });
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(NODE_REFRESH);
+        let mut started = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let config = app.config.load();
+                    let url = config.http.as_ref().map(|h| h.public_url.as_str());
+                    let now = crate::clock::now_unix();
+                    match app.store.put_node(&config.daemon.node_name, url, now, started).await {
+                        Ok(()) => started = false,
+                        Err(e) => debug!(error = %e, "refreshing this node's row failed; retrying"),
+                    }
+                }
             }
         }
     });

@@ -275,7 +275,9 @@ pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, I
             report.created.push(format!("database {}", db.display()));
         }
     }
-    let store = Store::open(&config.daemon.database, true).await?;
+    let store = Store::open(&config.daemon.database, true)
+        .await?
+        .with_node(&config.daemon.node_name);
     store.migrate().await?;
     let vault = Vault::new(master, store.clone());
     if vault.initialise().await? {

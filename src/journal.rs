@@ -1,18 +1,25 @@
 //! The high-volume audit log: one row per recording download and per state-changing AMI action,
 //! written by one task in batches (a transaction per batch) so that a busy recording server or
-//! dialer does not wait for a disk sync per row. The queue holds up to [`QUEUE`] rows (a few
-//! hundred bytes each). A batch the database cannot take is retried for [`RETRY_FOR`] (a
-//! short fault of the disk loses nothing); after that, and for further batches while the
-//! database still refuses, rows go to the daemon's log (journald) instead, as do rows that
-//! find the queue full. Both are counted, so memory stays bounded and nothing vanishes
+//! dialer does not wait for a disk sync per row; and login history rows that could not be
+//! written when they happened because the database was unreachable. The queue holds up to
+//! [`QUEUE`] rows (a few hundred bytes each).
+//!
+//! A batch the database cannot take is retried: on SQLite for [`RETRY_FOR`] (a short fault of
+//! the disk loses nothing; a full disk does not clear up by waiting); on a shared PostgreSQL
+//! database until it is back, since an outage of the database server is expected to end and
+//! the rows must not be lost. Rows that find the queue full, and batches given up (SQLite
+//! after the retry time; either store once the daemon is stopping), go to the daemon's log
+//! (journald) instead. Both are counted, so memory stays bounded and nothing vanishes
 //! silently. Flushed before the daemon exits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, NewHistory, Store};
 
 const MAX_BATCH: usize = 1000;
 /// Rows waiting for the writer at most.
@@ -21,8 +28,31 @@ pub const QUEUE: usize = 65_536;
 const RETRY_FOR: Duration = Duration::from_secs(5);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// A login history row held until the database takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: i64,
+    pub username: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub result: String,
+}
+
+impl HistoryEntry {
+    fn as_new(&self) -> NewHistory<'_> {
+        NewHistory {
+            at: self.at,
+            username: &self.username,
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            result: &self.result,
+        }
+    }
+}
+
 enum Msg {
     Entry(AuditEntry),
+    History(HistoryEntry),
     Flush(oneshot::Sender<()>),
 }
 
@@ -30,6 +60,9 @@ enum Msg {
 pub struct Journal {
     tx: mpsc::Sender<Msg>,
     overflow: prometheus_client::metrics::counter::Counter,
+    /// Set by [`Journal::flush`]: from then on a batch is retried for [`RETRY_FOR`] at most,
+    /// so that stopping does not wait for the database.
+    closing: Arc<AtomicBool>,
 }
 
 impl Journal {
@@ -37,24 +70,42 @@ impl Journal {
     /// `overflow` counts rows that went to the daemon's log instead of the database.
     pub fn start(store: Store, overflow: prometheus_client::metrics::counter::Counter) -> Journal {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, rx, overflow.clone()));
-        Journal { tx, overflow }
+        let closing = Arc::new(AtomicBool::new(false));
+        tokio::spawn(writer(store, rx, overflow.clone(), closing.clone()));
+        Journal {
+            tx,
+            overflow,
+            closing,
+        }
     }
 
     pub fn record(&self, entry: AuditEntry) {
         if let Err(e) = self.tx.try_send(Msg::Entry(entry)) {
-            let (mpsc::error::TrySendError::Full(Msg::Entry(row))
-            | mpsc::error::TrySendError::Closed(Msg::Entry(row))) = e
-            else {
-                return;
-            };
+            let (mpsc::error::TrySendError::Full(msg) | mpsc::error::TrySendError::Closed(msg)) = e;
             self.overflow.inc();
-            warn!(at = row.at, actor = %row.actor, action = %row.action, target = %row.target, detail = %row.detail, "download log queue full or closed; row kept here instead of the database");
+            log_row(
+                &msg,
+                "journal queue full or closed; row kept here instead of the database",
+            );
         }
     }
 
-    /// Resolves once every row recorded before the call is stored (or given up on).
+    /// Queues a login history row the database could not take when it happened.
+    pub fn record_history(&self, entry: HistoryEntry) {
+        if let Err(e) = self.tx.try_send(Msg::History(entry)) {
+            let (mpsc::error::TrySendError::Full(msg) | mpsc::error::TrySendError::Closed(msg)) = e;
+            self.overflow.inc();
+            log_row(
+                &msg,
+                "journal queue full or closed; row kept here instead of the database",
+            );
+        }
+    }
+
+    /// Resolves once every row recorded before the call is stored (or given up on). Called
+    /// when the daemon stops: later batches are not waited for beyond [`RETRY_FOR`].
     pub async fn flush(&self) {
+        self.closing.store(true, Ordering::Release);
         let (ack, done) = oneshot::channel();
         if self.tx.send(Msg::Flush(ack)).await.is_ok() {
             let _ = done.await;
@@ -66,6 +117,7 @@ async fn writer(
     store: Store,
     mut rx: mpsc::Receiver<Msg>,
     overflow: prometheus_client::metrics::counter::Counter,
+    closing: Arc<AtomicBool>,
 ) {
     // Set while a batch was given up and nothing was written since: later batches get one
     // try each, so that a flush at shutdown during a long fault does not wait RETRY_FOR per
@@ -73,21 +125,30 @@ async fn writer(
     let mut refusing = false;
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
+        let mut history = Vec::new();
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Entry(e) => batch.push(e),
+                Msg::History(h) => history.push(h),
                 Msg::Flush(ack) => acks.push(ack),
             }
-            if batch.len() < MAX_BATCH {
+            if batch.len() + history.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let written = write(&store, &batch, !refusing).await;
+        if !batch.is_empty() || !history.is_empty() {
+            let patience = if refusing {
+                Patience::Once
+            } else if store.is_shared() {
+                Patience::UntilBack(&closing)
+            } else {
+                Patience::For(RETRY_FOR)
+            };
+            let written = write(&store, &batch, &history, patience).await;
             if !written {
-                overflow.inc_by(batch.len() as u64);
+                overflow.inc_by((batch.len() + history.len()) as u64);
             }
             refusing = !written;
         }
@@ -97,27 +158,79 @@ async fn writer(
     }
 }
 
-/// Stores `batch`, retrying for [`RETRY_FOR`] when `retry`; `false` when the rows went to the
-/// daemon's log instead.
-async fn write(store: &Store, batch: &[AuditEntry], retry: bool) -> bool {
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+/// How long a batch is retried.
+#[derive(Clone, Copy)]
+enum Patience<'a> {
+    Once,
+    For(Duration),
+    /// Until the database is back, or for [`RETRY_FOR`] once the flag (stopping) is set.
+    UntilBack(&'a AtomicBool),
+}
+
+/// Stores `batch` and `history`, retrying as `patience` allows; `false` when the rows went to
+/// the daemon's log instead.
+async fn write(
+    store: &Store,
+    batch: &[AuditEntry],
+    history: &[HistoryEntry],
+    patience: Patience<'_>,
+) -> bool {
+    let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(50);
+    let mut written = 0;
     loop {
-        match store.audit_many(batch).await {
-            Ok(()) => return true,
-            Err(e) if retry && tokio::time::Instant::now() + delay < deadline => {
-                // A fault of the database is logged by the store when it starts and ends.
-                debug!(error = %e, rows = batch.len(), "writing the download log failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_DELAY);
+        let result = async {
+            if written == 0 && !batch.is_empty() {
+                store.audit_many(batch).await?;
             }
-            Err(e) => {
-                error!(error = %e, rows = batch.len(), "writing the download log failed; the rows follow in this log");
-                for row in batch {
-                    error!(at = row.at, actor = %row.actor, action = %row.action, target = %row.target, detail = %row.detail, "download log row");
-                }
-                return false;
+            written = written.max(1);
+            for (i, h) in history.iter().enumerate().skip(written - 1) {
+                store.record_login(&h.as_new()).await?;
+                written = i + 2;
             }
+            Ok::<(), crate::store::StoreError>(())
         }
+        .await;
+        let e = match result {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        let waited = started.elapsed() + delay;
+        let again = match patience {
+            Patience::Once => false,
+            Patience::For(limit) => waited < limit,
+            Patience::UntilBack(closing) => {
+                e.is_unavailable() && (!closing.load(Ordering::Acquire) || waited < RETRY_FOR)
+            }
+        };
+        if again {
+            // A fault of the database is logged by the store when it starts and ends.
+            debug!(error = %e, rows = batch.len() + history.len(), "writing the journal failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_DELAY);
+            continue;
+        }
+        error!(error = %e, rows = batch.len() + history.len(), "writing the journal failed; the rows follow in this log");
+        let skip_audit = if written > 0 { batch.len() } else { 0 };
+        for row in &batch[skip_audit..] {
+            log_row(&Msg::Entry(row.clone()), "journal row");
+        }
+        for h in &history[written.saturating_sub(1)..] {
+            log_row(&Msg::History(h.clone()), "journal row");
+        }
+        return false;
+    }
+}
+
+/// A row that did not reach the database, in the daemon's log instead.
+fn log_row(msg: &Msg, what: &str) {
+    match msg {
+        Msg::Entry(row) => {
+            warn!(at = row.at, actor = %row.actor, action = %row.action, target = %row.target, detail = %row.detail, "{what}")
+        }
+        Msg::History(h) => {
+            warn!(at = h.at, user = %h.username, ip = %h.ip, result = %h.result, "{what} (login history)")
+        }
+        Msg::Flush(_) => {}
     }
 }

@@ -115,6 +115,20 @@ impl Checker {
         }
     }
 
+    /// Like [`Checker::duration`], where `"0"` (or any zero duration) is a meaningful setting.
+    pub(crate) fn duration_or_zero(
+        &mut self,
+        key: &str,
+        raw: Option<&str>,
+        default: &str,
+    ) -> Duration {
+        let text = raw.unwrap_or(default);
+        if text.trim() == "0" || humantime::parse_duration(text).is_ok_and(|d| d.is_zero()) {
+            return Duration::ZERO;
+        }
+        self.duration(key, Some(text), default)
+    }
+
     pub(crate) fn duration(&mut self, key: &str, raw: Option<&str>, default: &str) -> Duration {
         let text = raw.unwrap_or(default);
         match humantime::parse_duration(text) {

@@ -19,7 +19,7 @@ where
 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = Store::open(&url, true).await.unwrap();
+    let store = Store::open(&url, true).await.unwrap().with_node("pbx-a");
     store.migrate().await.unwrap();
     check(Arc::new(store.clone())).await;
     store.close().await;
@@ -28,7 +28,7 @@ where
         return;
     };
     let url = pg.create_database("pbxguard");
-    let store = Store::open(&url, false).await.unwrap();
+    let store = Store::open(&url, false).await.unwrap().with_node("pbx-a");
     assert!(!store.is_current().await.unwrap(), "an empty database");
     store.migrate().await.unwrap();
     assert!(store.is_current().await.unwrap());
@@ -79,6 +79,7 @@ fn session(id: &str, user_id: i64, level: u8) -> SessionRow {
         revoked_at: None,
         user_level: level,
         user_disabled: false,
+        node: Some("pbx-a".into()),
     }
 }
 
@@ -153,6 +154,7 @@ async fn users_sessions_and_history(store: &Store) {
                 ip: "192.0.2.7".into(),
                 user_agent: "agent/1".into(),
                 result: "bad_password".into(),
+                node: Some("pbx-a".into()),
             },
             HistoryRow {
                 at: 100,
@@ -160,6 +162,7 @@ async fn users_sessions_and_history(store: &Store) {
                 ip: "192.0.2.7".into(),
                 user_agent: "agent/1".into(),
                 result: "ok".into(),
+                node: Some("pbx-a".into()),
             },
         ]
     );
@@ -327,6 +330,7 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
         expires_at: 500,
         revoked_at: None,
         revoked_by: None,
+        node: Some("pbx-b".into()),
     };
     store.insert_link(&link).await.unwrap();
     assert_eq!(store.link("l1").await.unwrap(), Some(link.clone()));
@@ -418,6 +422,7 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
         action: "user.add".into(),
         target: "bob".into(),
         detail: "level 1".into(),
+        node: Some("pbx-a".into()),
     };
     store
         .audit_many(std::slice::from_ref(&entry))

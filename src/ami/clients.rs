@@ -173,6 +173,7 @@ pub async fn add(
         overrides,
     } = policy;
     let detail = format!("allow={allow} events={events} permit={permit} overrides={overrides}");
+    store.tell(crate::store::changes::Change::AmiClients).await;
     store.audit(actor, "ami.user.add", &name, &detail).await?;
     Ok(created)
 }
@@ -227,6 +228,7 @@ pub async fn remove(
     }
     // The row is gone, so the client can no longer log in; a missing secret is fine.
     let _ = vault.remove(&client_secret_name(&name)).await;
+    store.tell(crate::store::changes::Change::AmiClients).await;
     store.audit(actor, "ami.user.rm", &name, "").await?;
     Ok(())
 }

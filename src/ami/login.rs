@@ -160,6 +160,7 @@ async fn authenticate(
                 action: "ami.login_failed".into(),
                 target: peer.ip().to_string(),
                 detail: reason.to_string(),
+                node: None,
             });
             tokio::time::sleep(AUTH_FAILURE_DELAY).await;
             return Err("Authentication failed");

@@ -220,6 +220,7 @@ impl Relay<'_> {
             action: action.to_string(),
             target: self.peer.ip().to_string(),
             detail,
+            node: None,
         });
     }
 

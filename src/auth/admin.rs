@@ -43,6 +43,8 @@ pub struct SessionView {
     pub user_agent: String,
     /// The earlier of the absolute expiry and the idle expiry.
     pub expires_at: String,
+    /// The node that created it (several hosts on one database).
+    pub node: Option<String>,
 }
 
 impl SessionView {
@@ -55,6 +57,7 @@ impl SessionView {
             ip: row.ip.clone(),
             user_agent: row.user_agent.clone(),
             expires_at: rfc3339(row.expires_at.min(row.last_seen + idle_secs)),
+            node: row.node.clone(),
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct HistoryView {
     pub ip: String,
     pub user_agent: String,
     pub result: String,
+    /// The node that answered.
+    pub node: Option<String>,
 }
 
 impl From<HistoryRow> for HistoryView {
@@ -77,6 +82,7 @@ impl From<HistoryRow> for HistoryView {
             ip: r.ip,
             user_agent: r.user_agent,
             result: r.result,
+            node: r.node,
         }
     }
 }
@@ -118,7 +124,7 @@ pub async fn revoke_session(
         return Err(AdminError::NoSuchSession);
     }
     // The revocation is committed: it is audited even when telling others about it failed.
-    let told = notice.session_ended(id);
+    let told = notice.session_ended(store, id).await;
     store.audit(actor, "session.revoke", id, "").await?;
     told?;
     Ok(())
@@ -136,7 +142,7 @@ pub async fn revoke_user_sessions(
         .revoke_user_sessions(name, now)
         .await?
         .ok_or(AdminError::NoSuchUser)?;
-    let told = notice.sessions_ended();
+    let told = notice.sessions_ended(store).await;
     store
         .audit(actor, "session.revoke-user", name, &format!("{n} sessions"))
         .await?;
@@ -152,7 +158,7 @@ pub async fn revoke_all_sessions(
     now: i64,
 ) -> Result<u64, AdminError> {
     let n = store.revoke_all_sessions(now).await?;
-    let told = notice.sessions_ended();
+    let told = notice.sessions_ended(store).await;
     store
         .audit(actor, "session.revoke", "all", &format!("{n} sessions"))
         .await?;
@@ -171,7 +177,7 @@ pub async fn logout_all(
     let kid = Keyring::replace(vault).await?;
     let store = vault.store();
     let n = store.revoke_all_sessions(now).await?;
-    notice.sessions_ended()?;
+    notice.keys_changed(store).await?;
     let detail = format!("new signing key {kid}; {n} sessions revoked");
     store
         .audit(actor, "secret.rotate-key", "keys/jwt", &detail)

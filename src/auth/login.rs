@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 use crate::auth::config::AuthConfig;
 use crate::clock::now_unix;
 use crate::metrics::Metrics;
+use crate::store::changes::Change;
 use crate::store::{NewHistory, SessionRow, Store, StoreError, UserRow};
 
 use super::jwt::{Claims, JwtError, AUDIENCE, ISSUER};
@@ -19,8 +20,8 @@ use super::Auth;
 /// Longest user name; names are `a-z 0-9 . _ - @`, starting with a letter or digit.
 pub const MAX_NAME_LEN: usize = 64;
 /// How much of a typed name the history keeps.
-const HISTORY_NAME_LEN: usize = 64;
-const HISTORY_AGENT_LEN: usize = 256;
+pub const HISTORY_NAME_LEN: usize = 64;
+pub const HISTORY_AGENT_LEN: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -255,6 +256,7 @@ async fn issue(
         revoked_at: None,
         user_level: user.level,
         user_disabled: false,
+        node: None,
     };
     let history = NewHistory {
         at: now,
@@ -299,6 +301,13 @@ pub async fn logout(gate: Gate<'_>, session: &Session, client: &Client) -> Resul
     };
     gate.store.logout(&session.id, &entry).await?;
     gate.auth.sessions.forget(&session.id);
+    // Other nodes may have the session cached; a node that misses this drops its caches
+    // when its listener reconnects, so a failure here is only logged.
+    if let Err(e) =
+        crate::auth::sessions::tell_nodes(gate.store, Change::Session(session.id.to_string())).await
+    {
+        tracing::warn!(error = %e, "logout not announced to the other nodes");
+    }
     gate.metrics.login("logout");
     Ok(())
 }

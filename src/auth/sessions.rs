@@ -13,9 +13,12 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::config::AuthConfig;
+use crate::store::changes::Change;
 use crate::store::{SessionRow, Store, StoreError};
 
 use super::jwt::Claims;
@@ -26,6 +29,11 @@ pub const TOUCH_INTERVAL: i64 = 60;
 /// only sessions that exist in the database get cached).
 const MAX_CACHED: usize = 100_000;
 pub const STAMP_FILE: &str = "auth.stamp";
+/// `[daemon] store_outage_grace`'s default, in seconds.
+const DEFAULT_OUTAGE_GRACE: i64 = 30;
+/// How long the check waits for the database before it answers from the outage grace: the
+/// web tier's forward-auth request must be answered within 3 s.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Why a token's session is not acceptable. The check answers 401 for all of them; the
 /// distinction is for logs and metrics.
@@ -54,6 +62,9 @@ struct Cached {
     expires_at: i64,
     last_seen: i64,
     last_written: i64,
+    /// When the database (or, with trusted caches, the cache) last confirmed the session:
+    /// what a database outage's grace counts from.
+    verified_at: i64,
 }
 
 /// An accepted session, as handlers need it.
@@ -82,22 +93,33 @@ pub fn touch_stamp(state_dir: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, state_dir.join(STAMP_FILE))
 }
 
-/// The change is in the database, but the running daemon was not told.
+/// The change is in the database, but the running daemon or the other nodes were not told.
 #[derive(Debug, thiserror::Error)]
-#[error("the change is stored, but the daemon could not be told: cannot write {}", .path.display())]
-pub struct StampError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum StampError {
+    #[error("the change is stored, but the daemon could not be told: cannot write {}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nodes whose change listener is connected drop their caches when it reconnects; until
+    /// then they may act on the old state.
+    #[error("the change is stored, but the other nodes could not be told: {0}")]
+    Nodes(#[source] StoreError),
 }
 
 /// Tells the daemon, from another process, that auth state changed: it drops its caches and
 /// reloads its keys on its next request.
 pub fn announce(state_dir: &Path) -> Result<(), StampError> {
-    touch_stamp(state_dir).map_err(|source| StampError {
+    touch_stamp(state_dir).map_err(|source| StampError::File {
         path: state_dir.join(STAMP_FILE),
         source,
     })
+}
+
+/// Tells the nodes sharing the database (PostgreSQL) about `change`; a no-op on SQLite.
+pub async fn tell_nodes(store: &Store, change: Change) -> Result<(), StampError> {
+    store.announce(&change).await.map_err(StampError::Nodes)
 }
 
 /// Where a change that may end sessions has to be made known so that it applies at once.
@@ -111,26 +133,31 @@ pub enum Notice<'a> {
 }
 
 impl Notice<'_> {
-    /// One session ended.
-    pub fn session_ended(self, id: &str) -> Result<(), StampError> {
-        match self {
-            Notice::Daemon(sessions) => {
-                sessions.forget(id);
-                Ok(())
-            }
-            Notice::Stamp(dir) => announce(dir),
-        }
+    /// One session ended. Besides this host, every node sharing `store`'s database is told.
+    pub async fn session_ended(self, store: &Store, id: &str) -> Result<(), StampError> {
+        self.local(Some(id))?;
+        tell_nodes(store, Change::Session(id.to_string())).await
     }
 
     /// Any number of sessions ended (a user's, everyone's, or users changed).
-    pub fn sessions_ended(self) -> Result<(), StampError> {
-        match self {
-            Notice::Daemon(sessions) => {
-                sessions.clear();
-                Ok(())
-            }
-            Notice::Stamp(dir) => announce(dir),
+    pub async fn sessions_ended(self, store: &Store) -> Result<(), StampError> {
+        self.local(None)?;
+        tell_nodes(store, Change::Sessions).await
+    }
+
+    /// Signing keys changed: every node reloads them.
+    pub async fn keys_changed(self, store: &Store) -> Result<(), StampError> {
+        self.local(None)?;
+        tell_nodes(store, Change::Keys).await
+    }
+
+    fn local(self, id: Option<&str>) -> Result<(), StampError> {
+        match (self, id) {
+            (Notice::Daemon(sessions), Some(id)) => sessions.forget(id),
+            (Notice::Daemon(sessions), None) => sessions.clear(),
+            (Notice::Stamp(dir), _) => announce(dir)?,
         }
+        Ok(())
     }
 }
 
@@ -147,6 +174,8 @@ pub struct Sessions {
     /// Woken whenever sessions may have ended (logout, revocation, another process's change),
     /// so that the SIP edge closes their WebSockets at once instead of at its next check.
     ended: tokio::sync::Notify,
+    /// `[daemon] store_outage_grace` in seconds (see [`Sessions::set_outage_grace`]).
+    outage_grace: AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +198,7 @@ impl Sessions {
             }),
             stamp_path,
             ended: tokio::sync::Notify::new(),
+            outage_grace: AtomicI64::new(DEFAULT_OUTAGE_GRACE),
         }
     }
 
@@ -214,7 +244,19 @@ impl Sessions {
         self.inner.lock().map(|i| i.generation).unwrap_or(0)
     }
 
+    /// While the database is unreachable, sessions verified at most this long ago are
+    /// still accepted (zero: none).
+    pub fn set_outage_grace(&self, grace: Duration) {
+        let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        self.outage_grace.store(secs, Ordering::Relaxed);
+    }
+
     /// Accepts `claims` if their session is live; `Ok(Err(deny))` when it is not.
+    ///
+    /// With trusted caches (see [`Store::caches_trusted`]) a cached session is answered
+    /// without SQL. Otherwise every check reads the database; when the database cannot answer
+    /// within [`LOOKUP_TIMEOUT`], a session this node verified within the outage grace is
+    /// still accepted, and anything else is the database's error.
     pub async fn check(
         &self,
         store: &Store,
@@ -223,16 +265,29 @@ impl Sessions {
         now: i64,
     ) -> Result<Result<Checked, Deny>, StoreError> {
         let idle = cfg.session_idle_timeout.as_secs() as i64;
-        if let Some(answer) = self.check_cached(claims, idle, now) {
-            return Ok(answer);
+        if store.caches_trusted() {
+            if let Some(answer) = self.check_cached(claims, idle, now, Use::Trusted) {
+                return Ok(answer);
+            }
         }
         let generation = self.generation();
-        let Some(row) = store.session(&claims.sid).await? else {
+        let looked_up = match tokio::time::timeout(LOOKUP_TIMEOUT, store.session(&claims.sid)).await
+        {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) if e.is_unavailable() => return self.in_outage(claims, idle, now, e),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return self.in_outage(claims, idle, now, StoreError::TimedOut),
+        };
+        let Some(row) = looked_up else {
+            self.drop_entry(&claims.sid);
             return Ok(Err(Deny::Unknown));
         };
         let cached = match admit(&row) {
             Ok(c) => c,
-            Err(d) => return Ok(Err(d)),
+            Err(d) => {
+                self.drop_entry(&claims.sid);
+                return Ok(Err(d));
+            }
         };
         let stale = match self.inner.lock() {
             Ok(mut inner) if inner.generation == generation => {
@@ -251,15 +306,53 @@ impl Sessions {
             return Box::pin(self.check(store, cfg, claims, now)).await;
         }
         Ok(self
-            .check_cached(claims, idle, now)
+            .check_cached(claims, idle, now, Use::Verified)
             .unwrap_or(Err(Deny::Unknown)))
     }
 
+    /// The database cannot answer: a session verified within the grace is accepted (and
+    /// counted in the log), anything else gets the database's error.
+    fn in_outage(
+        &self,
+        claims: &Claims,
+        idle: i64,
+        now: i64,
+        error: StoreError,
+    ) -> Result<Result<Checked, Deny>, StoreError> {
+        let grace = self.outage_grace.load(Ordering::Relaxed);
+        match self.check_cached(claims, idle, now, Use::Grace(grace)) {
+            Some(answer) => {
+                tracing::debug!(session = %claims.sid, "database unavailable: session accepted within the outage grace");
+                Ok(answer)
+            }
+            None => Err(error),
+        }
+    }
+
+    fn drop_entry(&self, id: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.map.remove(id).is_some() {
+                inner.generation += 1;
+            }
+        }
+    }
+
     /// The whole decision under one lock, without allocating beyond two reference counts;
-    /// `None` when the session is not cached.
-    fn check_cached(&self, claims: &Claims, idle: i64, now: i64) -> Option<Result<Checked, Deny>> {
+    /// `None` when the session is not cached (or, in an outage, not verified recently enough).
+    fn check_cached(
+        &self,
+        claims: &Claims,
+        idle: i64,
+        now: i64,
+        how: Use,
+    ) -> Option<Result<Checked, Deny>> {
         let mut inner = self.inner.lock().ok()?;
         let c = inner.map.get_mut(claims.sid.as_str())?;
+        match how {
+            Use::Trusted | Use::Verified => c.verified_at = now,
+            Use::Grace(limit) if now.saturating_sub(c.verified_at) > limit => return None,
+            Use::Grace(_) => {}
+        }
         if *c.user != *claims.sub || c.level != claims.lvl {
             return Some(Err(Deny::Mismatch));
         }
@@ -287,6 +380,17 @@ impl Sessions {
     }
 }
 
+/// How a cache entry is used.
+#[derive(Debug, Clone, Copy)]
+enum Use {
+    /// The caches are coherent: the entry is as good as the database.
+    Trusted,
+    /// Just read from the database.
+    Verified,
+    /// The database is unreachable: only if verified at most this many seconds ago.
+    Grace(i64),
+}
+
 /// A database row becomes a cache entry only when it is acceptable as a whole.
 fn admit(row: &SessionRow) -> Result<Cached, Deny> {
     if row.revoked_at.is_some() {
@@ -303,5 +407,6 @@ fn admit(row: &SessionRow) -> Result<Cached, Deny> {
         expires_at: row.expires_at,
         last_seen: row.last_seen,
         last_written: row.last_seen,
+        verified_at: 0,
     })
 }

@@ -179,7 +179,7 @@ pub async fn set_level(
 ) -> Result<u64, UserError> {
     check_level(level)?;
     let ended = changed(store.set_user_level(name, level).await?, name)?;
-    notice.sessions_ended()?;
+    notice.sessions_ended(store).await?;
     let detail = format!("level {level}");
     store.audit(actor, "user.set-level", name, &detail).await?;
     Ok(ended)
@@ -196,7 +196,7 @@ pub async fn set_disabled(
 ) -> Result<u64, UserError> {
     let ended = changed(store.set_user_disabled(name, disabled).await?, name)?;
     let action = if disabled {
-        notice.sessions_ended()?;
+        notice.sessions_ended(store).await?;
         "user.disable"
     } else {
         "user.enable"
@@ -216,7 +216,7 @@ pub async fn set_password(
 ) -> Result<u64, UserError> {
     let hash = password::hash_now(password.as_bytes())?;
     let ended = changed(store.set_user_password(name, &hash).await?, name)?;
-    notice.sessions_ended()?;
+    notice.sessions_ended(store).await?;
     store.audit(actor, "user.passwd", name, "").await?;
     Ok(ended)
 }

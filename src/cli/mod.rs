@@ -269,7 +269,9 @@ fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
 
 /// The database of an initialised installation, migrated to this version.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::open(&config.daemon.database, false).await?;
+    let store = Store::open(&config.daemon.database, false)
+        .await?
+        .with_node(&config.daemon.node_name);
     store.migrate().await?;
     Ok(store)
 }

@@ -27,6 +27,10 @@ pub enum RecordingCommand {
         /// Print {"url","id","path","expires_at"} instead of the bare URL.
         #[arg(long)]
         json: bool,
+        /// The node whose disk holds the file, when it is not this host ([daemon] node_name
+        /// of that host; several hosts on one database).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// List links, newest first (live ones unless --all).
     List {
@@ -72,6 +76,7 @@ fn problem(e: RecordingError, input: &str) -> anyhow::Error {
         e @ (RecordingError::TtlZero
         | RecordingError::TtlTooLong { .. }
         | RecordingError::NoPublicUrl
+        | RecordingError::UnknownNode(_)
         | RecordingError::NotALink) => UsageError(e.to_string()).into(),
         e => e.into(),
     }
@@ -81,7 +86,12 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
     let config = load(config_path)?;
     let root = Root::new(&config.recordings.root);
     match cmd {
-        RecordingCommand::Link { path, ttl, json } => {
+        RecordingCommand::Link {
+            path,
+            ttl,
+            json,
+            node,
+        } => {
             let vault = open_vault(&config).await?;
             let keys = LinkKeys::load(&vault).await?;
             let who = actor();
@@ -94,7 +104,7 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
                 cfg: &config.recordings,
                 public_url: config.http.as_ref().map(|h| h.public_url.as_str()),
             };
-            let minted = recordings::mint(minting, &path, ttl, &by)
+            let minted = recordings::mint(minting, &path, ttl, &by, node.as_deref())
                 .await
                 .map_err(|e| problem(e, &path))?;
             if json {
@@ -133,13 +143,18 @@ pub async fn run(config_path: &Path, cmd: RecordingCommand) -> anyhow::Result<Ex
                 println!("no links");
             } else {
                 println!(
-                    "{:<32}  {:<8}  {:<20}  {:<16}  PATH",
-                    "ID", "STATE", "EXPIRES", "BY"
+                    "{:<32}  {:<8}  {:<20}  {:<16}  {:<16}  PATH",
+                    "ID", "STATE", "EXPIRES", "BY", "NODE"
                 );
                 for v in views {
                     println!(
-                        "{:<32}  {:<8}  {:<20}  {:<16}  {}",
-                        v.id, v.state, v.expires_at, v.minted_by, v.path
+                        "{:<32}  {:<8}  {:<20}  {:<16}  {:<16}  {}",
+                        v.id,
+                        v.state,
+                        v.expires_at,
+                        v.minted_by,
+                        v.node.as_deref().unwrap_or("-"),
+                        v.path
                     );
                 }
             }

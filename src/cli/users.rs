@@ -253,13 +253,19 @@ async fn session_inner(
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
                 println!(
-                    "{:<32} {:<16} {:<20} {:<20} {:<20} IP",
-                    "ID", "USER", "CREATED", "LAST SEEN", "EXPIRES"
+                    "{:<32} {:<16} {:<20} {:<20} {:<20} {:<16} IP",
+                    "ID", "USER", "CREATED", "LAST SEEN", "EXPIRES", "NODE"
                 );
                 for v in views {
                     println!(
-                        "{:<32} {:<16} {:<20} {:<20} {:<20} {}",
-                        v.id, v.user, v.created_at, v.last_seen, v.expires_at, v.ip
+                        "{:<32} {:<16} {:<20} {:<20} {:<20} {:<16} {}",
+                        v.id,
+                        v.user,
+                        v.created_at,
+                        v.last_seen,
+                        v.expires_at,
+                        v.node.as_deref().unwrap_or("-"),
+                        v.ip
                     );
                 }
             }
@@ -298,16 +304,17 @@ pub async fn history(config_path: &Path, args: HistoryArgs) -> anyhow::Result<Ex
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<20} {:<16} {:<12} {:<39} USER AGENT",
-            "AT", "USER", "RESULT", "IP"
+            "{:<20} {:<16} {:<12} {:<39} {:<16} USER AGENT",
+            "AT", "USER", "RESULT", "IP", "NODE"
         );
         for r in rows {
             println!(
-                "{:<20} {:<16} {:<12} {:<39} {}",
+                "{:<20} {:<16} {:<12} {:<39} {:<16} {}",
                 r.at,
                 printable(&r.user),
                 r.result,
                 r.ip,
+                r.node.as_deref().unwrap_or("-"),
                 printable(&r.user_agent)
             );
         }

@@ -61,6 +61,9 @@ pub async fn set(
     check_password(password)?;
     vault.set(&secret_name(id), password).await?;
     let created = store.put_sip_credential(id, username, now).await?;
+    store
+        .tell(crate::store::changes::Change::SipCredentials)
+        .await;
     let (actor, detail) = match by {
         By::Admin(actor) => (actor, format!("username={username}")),
         By::Asterisk => ("asterisk", "via realtime".to_string()),
@@ -110,6 +113,9 @@ pub async fn remove(
     if let Err(e) = vault.remove(&secret_name(id)).await {
         tracing::warn!(error = %e, "the credential's vault secret was already gone");
     }
+    store
+        .tell(crate::store::changes::Change::SipCredentials)
+        .await;
     store.audit(actor, "sip.credential.rm", id, "").await?;
     Ok(())
 }

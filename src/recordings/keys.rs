@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::auth::sessions::announce;
+use crate::auth::sessions::{announce, tell_nodes};
 use crate::clock::{now_unix, rfc3339};
 use crate::recordings::config::RecordingsConfig;
+use crate::store::changes::Change;
 use crate::store::Store;
 use crate::vault::{Vault, SIGNING_KEY_LEN};
 
@@ -81,5 +82,6 @@ pub async fn rotate_key(
         }
     }
     announce(stamp_dir)?;
+    tell_nodes(store, Change::Keys).await?;
     Ok(KeyRotation { kid, retired })
 }

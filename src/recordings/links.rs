@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::auth::sessions::announce;
+use crate::auth::sessions::{announce, tell_nodes};
 use crate::clock::rfc3339;
 use crate::recordings::config::RecordingsConfig;
+use crate::store::changes::Change;
 use crate::store::{LinkFilter, LinkRow, Store};
 
 use super::{link_id_from, token, LinkCache, LinkKeys, RecordingError, Root};
@@ -48,11 +49,17 @@ pub struct Minting<'a> {
 
 /// Checks the path (normal form, beneath root, a regular file pbxguard can open), stores the
 /// link (audited as `recording.link`) and returns its URL.
+///
+/// `node` names the node whose disk holds the file when it is not this one (several PBX hosts
+/// on one database): the path is then checked for form only (the file is out of reach), the
+/// node must have announced itself in the `nodes` table, and a download reaching any other
+/// node is redirected to it.
 pub async fn mint(
     m: Minting<'_>,
     input: &str,
     ttl: Option<Duration>,
     by: &Minter<'_>,
+    node: Option<&str>,
 ) -> Result<Minted, RecordingError> {
     let ttl = ttl.unwrap_or(m.cfg.link_ttl);
     if ttl.as_secs() == 0 {
@@ -69,7 +76,18 @@ pub async fn mint(
         .map(|u| u.trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty())
         .ok_or(RecordingError::NoPublicUrl)?;
-    let path = m.root.check_file(input).await?;
+    let own = m.store.node();
+    let remote = node.filter(|n| Some(*n) != own);
+    let path = match remote {
+        None => m.root.check_file(input).await?,
+        Some(name) => {
+            let known = m.store.node_row(name).await?;
+            if known.and_then(|n| n.public_url).is_none() {
+                return Err(RecordingError::UnknownNode(name.to_string()));
+            }
+            m.root.normalise(input)?
+        }
+    };
 
     let mut id = [0u8; token::LINK_ID_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
@@ -86,6 +104,7 @@ pub async fn mint(
         expires_at,
         revoked_at: None,
         revoked_by: None,
+        node: remote.or(own).map(str::to_string),
     };
     m.store.insert_link(&row).await?;
     let ip = if by.ip.is_empty() {
@@ -93,7 +112,11 @@ pub async fn mint(
     } else {
         format!(" ip={}", by.ip)
     };
-    let detail = format!("link={}{ip} expires_at={}", row.id, rfc3339(expires_at));
+    let on = match remote {
+        Some(name) => format!(" node={name}"),
+        None => String::new(),
+    };
+    let detail = format!("link={}{ip}{on} expires_at={}", row.id, rfc3339(expires_at));
     m.store
         .audit(by.name, "recording.link", &path, &detail)
         .await?;
@@ -118,6 +141,8 @@ pub struct LinkView {
     pub state: &'static str,
     pub revoked_at: Option<String>,
     pub revoked_by: Option<String>,
+    /// The node whose disk holds the file.
+    pub node: Option<String>,
 }
 
 impl LinkView {
@@ -139,6 +164,7 @@ impl LinkView {
             state,
             revoked_at: row.revoked_at.map(rfc3339),
             revoked_by: row.revoked_by.clone(),
+            node: row.node.clone(),
         }
     }
 }
@@ -181,12 +207,18 @@ pub enum LinkNotice<'a> {
 }
 
 impl LinkNotice<'_> {
-    fn revoked(self, id: Option<&str>) -> Result<(), RecordingError> {
+    /// Drops the link (or every link: `None`) here, then tells the nodes sharing the database.
+    async fn revoked(self, store: &Store, id: Option<&str>) -> Result<(), RecordingError> {
         match (self, id) {
             (LinkNotice::Daemon(cache), Some(id)) => cache.forget(id),
             (LinkNotice::Daemon(cache), None) => cache.clear(),
             (LinkNotice::Stamp(dir), _) => announce(dir)?,
         }
+        let change = match id {
+            Some(id) => Change::Link(id.to_string()),
+            None => Change::Links,
+        };
+        tell_nodes(store, change).await?;
         Ok(())
     }
 }
@@ -215,7 +247,7 @@ pub async fn revoke(
     // Forgotten even when it was already revoked: another process may have revoked it while
     // this daemon still holds it in its cache. A committed revocation is audited even when
     // telling others about it failed.
-    let told = notice.revoked(Some(&id));
+    let told = notice.revoked(store, Some(&id)).await;
     if revoked {
         store
             .audit(actor, "recording.revoke", &row.path, &format!("link={id}"))
@@ -237,7 +269,7 @@ pub async fn revoke_path(
 ) -> Result<(String, u64), RecordingError> {
     let rel = root.normalise(path)?;
     let n = store.revoke_links_to(&rel, actor, now).await?;
-    let told = notice.revoked(None);
+    let told = notice.revoked(store, None).await;
     store
         .audit(actor, "recording.revoke", &rel, &format!("links={n}"))
         .await?;

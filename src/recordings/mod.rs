@@ -46,6 +46,8 @@ pub enum RecordingError {
     TtlTooLong { asked: String, max: String },
     #[error("links need [http] public_url in the configuration")]
     NoPublicUrl,
+    #[error("no node named {0:?} has announced a public_url on this database")]
+    UnknownNode(String),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -340,6 +342,7 @@ mod tests {
             expires_at: 10,
             revoked_at: None,
             revoked_by: None,
+            node: None,
         })
     }
 

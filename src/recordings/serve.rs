@@ -73,6 +73,33 @@ pub struct BodyPlan {
     pub content_range: Option<String>,
 }
 
+/// Where a link's file is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// On this node (or a single host).
+    Here,
+    /// On another node: its `public_url`.
+    At(String),
+    /// On a node that has not announced a `public_url` in the `nodes` table.
+    Unknown(String),
+}
+
+/// Where `row`'s file lives, seen from the node `store` writes as.
+pub async fn home(store: &Store, row: &LinkRow) -> Result<Home, StoreError> {
+    let Some(node) = row.node.as_deref() else {
+        return Ok(Home::Here);
+    };
+    if store.node().is_none_or(|me| me == node) {
+        return Ok(Home::Here);
+    }
+    Ok(
+        match store.node_row(node).await?.and_then(|n| n.public_url) {
+            Some(url) => Home::At(url.trim_end_matches('/').to_string()),
+            None => Home::Unknown(node.to_string()),
+        },
+    )
+}
+
 impl Recordings {
     /// The row of link `id`, from the cache or else the database (and then cached).
     pub async fn link(&self, store: &Store, id: &str) -> Result<Option<Arc<LinkRow>>, StoreError> {

@@ -59,6 +59,7 @@ pub struct Lifted {
 pub async fn lift(store: &Store, actor: &str, address: Option<&str>) -> Result<Lifted, BanError> {
     let key = address.map(key_of).transpose()?;
     let count = store.delete_sip_bans(key.as_deref()).await?;
+    store.tell(crate::store::changes::Change::Bans).await;
     let target = key.as_deref().unwrap_or("all");
     store.audit(actor, "sip.ban.rm", target, "").await?;
     Ok(Lifted { key, count })

@@ -79,6 +79,9 @@ pub struct Context {
     /// The configuration in force: set by [`service::Sip`] on start and reload, `None` once
     /// `[sip]` is removed.
     pub config: ArcSwapOption<EdgeConfig>,
+    /// Woken when another node announced a ban change: the bans are read again at once
+    /// instead of at the next refresh.
+    pub bans_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Context {
@@ -174,6 +177,7 @@ impl Edge {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
+                    _ = edge.ctx.bans_changed.notified() => {}
                 }
                 edge.refresh_bans().await;
                 edge.refresh_bound_extensions().await;

@@ -499,7 +499,10 @@ impl Edge {
         let bans = self.bans.clone();
         tokio::spawn(async move {
             match store.put_sip_ban(&key, reason, now_unix(), until).await {
-                Ok(()) => bans.saved(&key),
+                Ok(()) => {
+                    bans.saved(&key);
+                    store.tell(crate::store::changes::Change::Bans).await;
+                }
                 Err(e) => {
                     warn!(error = %e, "recording a SIP ban failed; it holds in memory for a minute")
                 }

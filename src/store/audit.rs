@@ -10,6 +10,8 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     pub detail: String,
+    /// The node that wrote the row; the store sets it on insert.
+    pub node: Option<String>,
 }
 
 impl Store {
@@ -22,13 +24,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         with_db!(self, db => {
             sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO audit_log (at, actor, action, target, detail, node) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(crate::clock::now_unix())
             .bind(actor)
             .bind(action)
             .bind(target)
             .bind(detail)
+            .bind(self.node())
             .execute_write(db)
             .await?;
             Ok(())
@@ -37,21 +40,22 @@ impl Store {
 
     /// Writes `entries` in one transaction (one sync to disk for the lot): the download log
     /// batches its rows this way so that a busy recording server does not fsync per file.
-    /// Multi-row INSERTs of up to 500 rows (2 500 bound values, far below SQLite's limit): each
+    /// Multi-row INSERTs of up to 400 rows (2 400 bound values, far below SQLite's limit): each
     /// statement is one trip to the database thread, not one per row.
     pub async fn audit_many(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
-            for chunk in entries.chunks(500) {
+            for chunk in entries.chunks(400) {
                 let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO audit_log (at, actor, action, target, detail) ",
+                    "INSERT INTO audit_log (at, actor, action, target, detail, node) ",
                 );
                 q.push_values(chunk, |mut row, e| {
                     row.push_bind(e.at)
                         .push_bind(&e.actor)
                         .push_bind(&e.action)
                         .push_bind(&e.target)
-                        .push_bind(&e.detail);
+                        .push_bind(&e.detail)
+                        .push_bind(self.node());
                 });
                 tx.exec(q.build()).await?;
             }
@@ -64,7 +68,7 @@ impl Store {
     pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         with_db!(self, db => {
             Ok(sqlx::query_as(
-                "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+                "SELECT at, actor, action, target, detail, node FROM audit_log ORDER BY id DESC LIMIT $1",
             )
             .bind(i64::from(limit))
             .fetch_all(db.pool)

@@ -14,27 +14,31 @@ pub struct HistoryRow {
     pub ip: String,
     pub user_agent: String,
     pub result: String,
+    /// The node that answered the attempt.
+    pub node: Option<String>,
 }
 
 /// Results that count towards a lockout.
 pub const FAILURE_RESULTS: &str = "('bad_password', 'unknown_user', 'disabled', 'mfa_failed')";
 
-/// Inserts a history row inside the caller's write transaction: `insert_history!(tx, h)`, an
+/// Inserts a history row inside the caller's write transaction: `insert_history!(tx, node, h)`, an
 /// expression of type `Result<(), StoreError>`. A macro because it is compiled once per backend,
 /// like the bodies of [`with_db!`].
 macro_rules! insert_history {
-    ($tx:expr, $h:expr) => {{
+    ($tx:expr, $node:expr, $h:expr) => {{
+        let node: Option<&str> = $node;
         let h: &$crate::store::NewHistory<'_> = $h;
         $tx.exec(
             sqlx::query(
-                "INSERT INTO login_history (at, username, ip, user_agent, result)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO login_history (at, username, ip, user_agent, result, node)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(h.at)
             .bind(h.username)
             .bind(h.ip)
             .bind(h.user_agent)
-            .bind(h.result),
+            .bind(h.result)
+            .bind(node),
         )
         .await
         .map(drop)
@@ -46,7 +50,7 @@ impl Store {
     pub async fn record_login(&self, h: &NewHistory<'_>) -> Result<(), StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
-            insert_history!(tx, h)?;
+            insert_history!(tx, self.node(), h)?;
             tx.commit().await
         })
     }
@@ -59,7 +63,7 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         with_db!(self, db => {
             Ok(sqlx::query_as(
-                "SELECT at, username, ip, user_agent, result FROM login_history
+                "SELECT at, username, ip, user_agent, result, node FROM login_history
                  WHERE ($1 IS NULL OR lower(username) = lower($2)) ORDER BY id DESC LIMIT $3",
             )
             .bind(user)

@@ -15,10 +15,13 @@ pub struct LinkRow {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
+    /// The node whose disk holds the file (`None`: this single host, or a link minted before
+    /// node names existed: served wherever it is asked for).
+    pub node: Option<String>,
 }
 
 const COLUMNS: &str =
-    "id, path, key_id, minted_by, minted_ip, created_at, expires_at, revoked_at, revoked_by";
+    "id, path, key_id, minted_by, minted_ip, created_at, expires_at, revoked_at, revoked_by, node";
 
 /// Which links a listing shows.
 #[derive(Debug, Clone, Default)]
@@ -33,8 +36,8 @@ impl Store {
     pub async fn insert_link(&self, row: &LinkRow) -> Result<(), StoreError> {
         with_db!(self, db => {
             sqlx::query(
-                "INSERT INTO recording_links (id, path, key_id, minted_by, minted_ip, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO recording_links (id, path, key_id, minted_by, minted_ip, created_at, expires_at, node) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&row.id)
             .bind(&row.path)
@@ -43,6 +46,7 @@ impl Store {
             .bind(&row.minted_ip)
             .bind(row.created_at)
             .bind(row.expires_at)
+            .bind(row.node.as_deref())
             .execute_write(db)
             .await?;
             Ok(())

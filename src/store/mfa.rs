@@ -294,7 +294,7 @@ impl Store {
                     return Ok(false);
                 }
             }
-            if !super::sessions::insert_session!(tx, s, password_hash, history)? {
+            if !super::sessions::insert_session!(tx, self.node(), s, password_hash, history)? {
                 tx.rollback().await?;
                 return Ok(false);
             }

@@ -35,9 +35,11 @@ macro_rules! with_db {
 
 mod ami;
 mod audit;
+pub mod changes;
 pub(crate) mod history;
 mod links;
 mod mfa;
+mod nodes;
 mod secrets;
 pub(crate) mod sessions;
 mod sip;
@@ -64,6 +66,7 @@ pub use audit::AuditEntry;
 pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};
 pub use mfa::{Finish, MfaStatusRow, PendingRow};
+pub use nodes::NodeRow;
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use sip::SipCredentialRow;
@@ -103,6 +106,9 @@ pub enum StoreError {
     Unavailable(#[source] Unavailable),
     #[error("database: {0}")]
     Query(#[source] sqlx::Error),
+    /// The database did not answer in the time a caller allows (see `is_unavailable`).
+    #[error("database unavailable: no answer in time")]
+    TimedOut,
 }
 
 /// The cause of [`StoreError::Unavailable`]; the type [`is_unavailable`] finds in an error's
@@ -123,7 +129,7 @@ impl From<sqlx::Error> for StoreError {
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::TimedOut)
     }
 }
 
@@ -190,6 +196,10 @@ pub(crate) enum Backend {
 pub struct Store {
     backend: Backend,
     health: Arc<Health>,
+    /// `[daemon] node_name` of the process writing: recorded on the sessions, history and
+    /// audit rows it writes (`None` until [`Store::with_node`]).
+    node: Option<Arc<str>>,
+    coherence: Arc<changes::Coherence>,
 }
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -208,10 +218,27 @@ impl Store {
         } else {
             Backend::Sqlite(open_sqlite(url, create).await?)
         };
+        // SQLite is one host's: nothing else can change it unseen (other processes on the
+        // host tell the daemon through the auth stamp). PostgreSQL caches are trusted once
+        // the change listener runs.
+        let trusted = matches!(backend, Backend::Sqlite(_));
         Ok(Store {
             backend,
             health: Arc::default(),
+            node: None,
+            coherence: Arc::new(changes::Coherence::new(trusted)),
         })
+    }
+
+    /// The same store, recording `node` as the writer of the rows it adds.
+    pub fn with_node(mut self, node: &str) -> Store {
+        self.node = Some(Arc::from(node));
+        self
+    }
+
+    /// The node this store writes as.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// For the daemon: counts writes the database could not take into `counter`

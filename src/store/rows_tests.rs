@@ -5,7 +5,7 @@ use super::*;
 
 async fn fresh(dir: &tempfile::TempDir) -> Store {
     let url = format!("sqlite://{}", dir.path().join("rows.db").display());
-    let store = Store::open(&url, true).await.unwrap();
+    let store = Store::open(&url, true).await.unwrap().with_node("pbx-a");
     store.migrate().await.unwrap();
     store
 }
@@ -24,6 +24,7 @@ fn session(id: &str, user_id: i64, level: u8) -> SessionRow {
         revoked_at: None,
         user_level: level,
         user_disabled: false,
+        node: Some("pbx-a".into()),
     }
 }
 
@@ -101,6 +102,7 @@ async fn users_sessions_and_history() {
                 ip: "192.0.2.7".into(),
                 user_agent: "agent/1".into(),
                 result: "bad_password".into(),
+                node: Some("pbx-a".into()),
             },
             HistoryRow {
                 at: 100,
@@ -108,6 +110,7 @@ async fn users_sessions_and_history() {
                 ip: "192.0.2.7".into(),
                 user_agent: "agent/1".into(),
                 result: "ok".into(),
+                node: Some("pbx-a".into()),
             },
         ]
     );
@@ -285,6 +288,7 @@ async fn links_ami_sip_and_audit_rows() {
         expires_at: 500,
         revoked_at: None,
         revoked_by: None,
+        node: Some("pbx-b".into()),
     };
     store.insert_link(&link).await.unwrap();
     assert_eq!(store.link("l1").await.unwrap(), Some(link.clone()));
@@ -376,6 +380,7 @@ async fn links_ami_sip_and_audit_rows() {
         action: "user.add".into(),
         target: "bob".into(),
         detail: "level 1".into(),
+        node: Some("pbx-a".into()),
     };
     store
         .audit_many(std::slice::from_ref(&entry))

@@ -23,12 +23,14 @@ pub struct SessionRow {
     #[sqlx(try_from = "i64")]
     pub user_level: u8,
     pub user_disabled: bool,
+    /// The node that created the session (`[daemon] node_name`); set by the store on insert.
+    pub node: Option<String>,
 }
 
 const SESSION_SELECT: &str =
     "SELECT s.id, s.user_id, u.name AS user_name, s.level, s.created_at, s.last_seen,
         s.expires_at, s.ip, s.user_agent, s.revoked_at, u.level AS user_level,
-        u.disabled AS user_disabled
+        u.disabled AS user_disabled, s.node
      FROM sessions s JOIN users u ON u.id = s.user_id";
 
 /// A login attempt as the history keeps it.
@@ -45,17 +47,18 @@ pub struct NewHistory<'a> {
 /// (same password hash and level, enabled); `false` (nothing written) otherwise. Part of the
 /// caller's transaction.
 ///
-/// `insert_session!(tx, session, password_hash, history)`: an expression of type
+/// `insert_session!(tx, node, session, password_hash, history)`: an expression of type
 /// `Result<bool, StoreError>`, a macro so that it compiles for either backend's transaction.
 macro_rules! insert_session {
-    ($tx:expr, $s:expr, $password_hash:expr, $history:expr) => {{
+    ($tx:expr, $node:expr, $s:expr, $password_hash:expr, $history:expr) => {{
         let s: &$crate::store::SessionRow = $s;
+        let node: Option<&str> = $node;
         let password_hash: &str = $password_hash;
         match $tx
             .exec(
                 sqlx::query(
-                    "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (
+                    "INSERT INTO sessions (id, user_id, level, created_at, last_seen, expires_at, ip, user_agent, node)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10 WHERE EXISTS (
                          SELECT 1 FROM users
                          WHERE id = $2 AND password_hash = $9 AND level = $3 AND disabled = FALSE)",
                 )
@@ -67,12 +70,13 @@ macro_rules! insert_session {
                 .bind(s.expires_at)
                 .bind(&s.ip)
                 .bind(&s.user_agent)
-                .bind(password_hash),
+                .bind(password_hash)
+                .bind(node),
             )
             .await
         {
             Ok(done) if done.rows_affected() == 1 => {
-                $crate::store::history::insert_history!($tx, $history).map(|()| true)
+                $crate::store::history::insert_history!($tx, node, $history).map(|()| true)
             }
             Ok(_) => Ok(false),
             Err(e) => Err(e),
@@ -96,7 +100,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
-            if !insert_session!(tx, s, password_hash, history)? {
+            if !insert_session!(tx, self.node(), s, password_hash, history)? {
                 tx.rollback().await?;
                 return Ok(false);
             }
@@ -174,7 +178,7 @@ impl Store {
                     .bind(id),
                 )
                 .await?;
-            super::history::insert_history!(tx, history)?;
+            super::history::insert_history!(tx, self.node(), history)?;
             tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })

@@ -340,6 +340,7 @@ mod tests {
             action: action.into(),
             target: String::new(),
             detail: String::new(),
+            node: None,
         }
     }
 
@@ -458,6 +459,8 @@ mod tests {
         let store = Store {
             backend: Backend::Sqlite(one_flaky_connection(&url, &fail).await),
             health: Arc::default(),
+            node: None,
+            coherence: Arc::new(crate::store::changes::Coherence::new(true)),
         };
         for action in ["lost1", "lost2", "lost3"] {
             assert!(store.audit_many(&[entry(action)]).await.is_err());
@@ -533,6 +536,8 @@ mod tests {
         let store = Store {
             backend: Backend::Sqlite(pool),
             health: Arc::default(),
+            node: None,
+            coherence: Arc::new(crate::store::changes::Coherence::new(true)),
         };
         store.watch_faults(counter.clone());
         let e = store.audit("t", "refused", "", "").await.unwrap_err();

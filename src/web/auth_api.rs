@@ -23,6 +23,7 @@ use crate::auth::AuthFail;
 use crate::auth::{client_ip, password, routes};
 use crate::clock::{now_unix, rfc3339};
 use crate::config::Config;
+use crate::journal::HistoryEntry;
 
 use super::extract::ApiJson;
 use super::{ApiError, Peer};
@@ -228,20 +229,54 @@ pub async fn login(
         ));
     }
     let client = client(&app, &peer, &headers);
+    let steps = login_steps(&app, &body.username, password, &client, &peer, &headers);
+    let answer = match tokio::time::timeout(LOGIN_DEADLINE, steps).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::store_unavailable()),
+    };
+    if answer
+        .as_ref()
+        .is_err_and(|e| e.code == "store_unavailable")
+    {
+        // The attempt happened: it joins the history once the database is back.
+        app.recordings.journal.record_history(HistoryEntry {
+            at: now_unix(),
+            username: login::bounded(&body.username, login::HISTORY_NAME_LEN),
+            ip: client.ip.clone(),
+            user_agent: login::bounded(&client.user_agent, login::HISTORY_AGENT_LEN),
+            result: "store_unavailable".to_string(),
+        });
+        app.metrics.login("store_unavailable");
+    }
+    answer
+}
+
+/// A login answers within this even when the database does not (a login page must not hang
+/// for the pool's timeouts, one per statement): 503 `store_unavailable`.
+const LOGIN_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4500);
+
+async fn login_steps(
+    app: &App,
+    username: &str,
+    password: Zeroizing<String>,
+    client: &Client,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let config = app.config.load_full();
-    let gate = gate(&app, &config);
-    let user = match login::check_password(gate, &body.username, password, &client).await? {
+    let gate = gate(app, &config);
+    let user = match login::check_password(gate, username, password, client).await? {
         PasswordStep::Refused(r) => return Err(r.into()),
         PasswordStep::Verified(user) => user,
     };
-    let next = mfa::after_password(&app.store, &config.mfa, &user, &client, now_unix()).await?;
+    let next = mfa::after_password(&app.store, &config.mfa, &user, client, now_unix()).await?;
     if let Some(body) = pending_body(next) {
         return Ok(no_store(Json(body).into_response()));
     }
     // Sign with the key that is current now, even if the CLI just replaced it.
     app.sync_auth().await;
-    let issued = login::issue_session(gate, &user, &client).await?;
-    Ok(issued_response(&issued, &peer, &headers))
+    let issued = login::issue_session(gate, &user, client).await?;
+    Ok(issued_response(&issued, peer, headers))
 }
 
 pub async fn logout(

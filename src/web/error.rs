@@ -293,6 +293,9 @@ impl From<RecordingError> for ApiError {
             RecordingError::NoSuchLink(_) | RecordingError::NotALink => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such link")
             }
+            e @ RecordingError::UnknownNode(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "unknown_node", e.to_string())
+            }
             e => ApiError::failure("a recording link request failed", &e),
         }
     }

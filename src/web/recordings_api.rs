@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::auth::roles::Role;
 use crate::clock::{now_unix, rfc3339};
 use crate::recordings::links::{self, LinkNotice, LinkView, ListQuery, DEFAULT_LINKS_LIMIT};
-use crate::recordings::serve::{self, Answer, BodyPlan, Opened, OwnedConditions};
+use crate::recordings::serve::{self, Answer, BodyPlan, Home, Opened, OwnedConditions};
 use crate::recordings::token::Link;
 use crate::recordings::{self, body, Minter, Minting, PathError, TokenError};
 use crate::store::{AuditEntry, LinkRow};
@@ -35,6 +35,10 @@ pub struct MintBody {
     /// Optional lifetime such as "30m"; default `[recordings] link_ttl`.
     #[serde(default)]
     ttl: Option<String>,
+    /// The node whose disk holds the file, when it is not this one (several hosts on one
+    /// database); default this node.
+    #[serde(default)]
+    node: Option<String>,
 }
 
 pub async fn mint(
@@ -73,7 +77,7 @@ pub async fn mint(
         name: &session.user,
         ip: &ip,
     };
-    let m = recordings::mint(minting, &body.path, ttl, &by).await?;
+    let m = recordings::mint(minting, &body.path, ttl, &by, body.node.as_deref()).await?;
     app.metrics.links_minted.inc();
     let body = json!({ "url": m.url, "expires_at": rfc3339(m.expires_at), "id": m.id });
     Ok(no_store(Json(body).into_response()))
@@ -146,6 +150,7 @@ impl Outcome<'_> {
                 "link={} method={} status={status} bytes={bytes} complete={complete}",
                 self.link, self.method
             ),
+            node: None,
         }
     }
 
@@ -319,6 +324,34 @@ pub async fn download(
     let row = link_row(&app, &out.link).await.map_err(|e| out.refuse(e))?;
     out.path = row.path.clone();
     still_good(&row, &link).map_err(|e| out.refuse(e))?;
+    match serve::home(&app.store, &row).await {
+        Ok(Home::Here) => {}
+        Ok(Home::At(base)) => {
+            // The same path (and query) on the node whose disk holds the file; the token is
+            // checked there again.
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or(req.uri().path(), |p| p.as_str());
+            out.record(StatusCode::TEMPORARY_REDIRECT);
+            return Ok(Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, format!("{base}{target}"))
+                .header(header::CACHE_CONTROL, "private, no-store")
+                .header(header::REFERRER_POLICY, "no-referrer")
+                .body(Body::empty())
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+        }
+        Ok(Home::Unknown(node)) => {
+            warn!(link = %out.link, node = %node, "recording lives on a node that announced no public_url");
+            return Err(out.refuse(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_unknown",
+                "the host that holds this recording is not reachable from here",
+            )));
+        }
+        Err(e) => return Err(out.refuse(ApiError::failure("finding a recording's node", &e))),
+    }
     let opened = app
         .recordings
         .root()

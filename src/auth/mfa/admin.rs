@@ -67,6 +67,7 @@ pub async fn set_policy(
 ) -> Result<(), StoreError> {
     let value = if force { "on" } else { "off" };
     store.set_setting(FORCE_SETTING, value, actor, now).await?;
+    store.tell(crate::store::changes::Change::MfaPolicy).await;
     store.audit(actor, "mfa.policy", "force", value).await
 }
 
@@ -98,7 +99,7 @@ pub async fn reset(
     }
     let had_totp = store.reset_totp(user.id, now).await?;
     store.audit(actor, "mfa.reset", &user.name, "").await?;
-    notice.sessions_ended()?;
+    notice.sessions_ended(store).await?;
     Ok(Reset {
         user: user.name,
         had_totp,
@@ -119,6 +120,7 @@ pub async fn exempt(
         return Err(MfaError::BadUntil);
     }
     store.set_exemption(user.id, until, actor, now).await?;
+    store.tell(crate::store::changes::Change::MfaPolicy).await;
     let detail = format!("until={}", rfc3339(until));
     store
         .audit(actor, "mfa.exempt", &user.name, &detail)
@@ -132,6 +134,7 @@ pub async fn unexempt(store: &Store, actor: &str, name: &str) -> Result<String, 
     if !store.remove_exemption(user.id).await? {
         return Err(MfaError::NotExempt);
     }
+    store.tell(crate::store::changes::Change::MfaPolicy).await;
     store.audit(actor, "mfa.unexempt", &user.name, "").await?;
     Ok(user.name)
 }
