@@ -269,7 +269,12 @@ fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
 
 /// The database of an initialised installation, migrated to this version.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::open(&config.daemon.database, false).await?;
+    let store = Store::open_with_password_file(
+        &config.daemon.database,
+        config.daemon.database_password_file.as_deref(),
+        false,
+    )
+    .await?;
     store.migrate().await?;
     Ok(store)
 }
