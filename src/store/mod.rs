@@ -35,6 +35,7 @@ macro_rules! with_db {
 
 mod ami;
 mod audit;
+pub mod copy;
 pub(crate) mod history;
 mod links;
 mod mfa;
