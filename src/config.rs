@@ -107,6 +107,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// `sqlite://…` URL (defaults to `state_dir/pbxguard.db`) or `postgres://…` URL.
     pub database: String,
+    /// The PostgreSQL password, kept out of `database` (read when the store opens).
+    pub database_password_file: Option<PathBuf>,
     pub init_if_missing: bool,
     /// How long SIGTERM waits for open connections; below the unit's `TimeoutStopSec`.
     pub shutdown_grace: Duration,
@@ -169,6 +171,7 @@ struct Raw {
 struct RawDaemon {
     state_dir: Option<PathBuf>,
     database: Option<String>,
+    database_password_file: Option<PathBuf>,
     init_if_missing: Option<bool>,
     shutdown_grace: Option<String>,
     worker_threads: Option<i64>,
@@ -225,9 +228,23 @@ impl DaemonConfig {
             }
             None => format!("sqlite://{}", state_dir.join("pbxguard.db").display()),
         };
+        if raw.database_password_file.is_some() {
+            if !crate::store::is_postgres_url(&database) {
+                c.bad(
+                    "daemon.database_password_file",
+                    "applies to a PostgreSQL database only (daemon.database names SQLite)",
+                );
+            } else if crate::store::url_has_password(&database) {
+                c.bad(
+                    "daemon.database_password_file",
+                    "daemon.database already carries a password (USER:PASSWORD@ or ?password=); keep one of the two",
+                );
+            }
+        }
         DaemonConfig {
             state_dir,
             database,
+            database_password_file: raw.database_password_file,
             init_if_missing: raw.init_if_missing.unwrap_or(false),
             shutdown_grace: c.duration(
                 "daemon.shutdown_grace",
@@ -711,6 +728,46 @@ starttls = "maybe"
         assert_eq!(one.daemon.worker_threads, Some(1));
         let problems = parse("[daemon]\ninit_if_missing = true\nworker_threads = 0\n").unwrap_err();
         assert_eq!(keys(&problems), vec!["daemon.worker_threads"]);
+    }
+
+    #[test]
+    fn a_database_password_file_goes_with_a_password_free_postgres_url() {
+        let daemon = |lines: &str| format!("[daemon]\ninit_if_missing = true\n{lines}");
+        let ok = parse(&daemon(
+            "database = \"postgres://pbx@db.example.org/pbx?sslmode=verify-full\"\ndatabase_password_file = \"/etc/pbxguard/db.password\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.daemon.database_password_file.as_deref(),
+            Some(Path::new("/etc/pbxguard/db.password"))
+        );
+        assert_eq!(
+            parse(&daemon("")).unwrap().daemon.database_password_file,
+            None
+        );
+        let password_file = "database_password_file = \"/etc/pbxguard/db.password\"\n";
+        for database in [
+            "postgres://pbx:hunter2@db/pbx",
+            "postgresql://pbx@db/pbx?sslmode=require&password=hunter2",
+            "sqlite:///var/lib/pbxguard/pbxguard.db",
+            "",
+        ] {
+            let line = if database.is_empty() {
+                String::new()
+            } else {
+                format!("database = \"{database}\"\n")
+            };
+            let problems = parse(&daemon(&format!("{line}{password_file}"))).unwrap_err();
+            assert_eq!(
+                keys(&problems),
+                vec!["daemon.database_password_file"],
+                "{database}: {problems:#?}"
+            );
+            let shown = format!("{problems:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        // A password in the URL alone is still accepted.
+        assert!(parse(&daemon("database = \"postgres://pbx:pw@db/pbx\"\n")).is_ok());
     }
 
     #[test]

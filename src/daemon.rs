@@ -87,9 +87,13 @@ pub async fn prepare(config: &Config) -> Result<(Store, Vault), DaemonError> {
         Root::new(&config.recordings.root).create_if_missing();
     }
     let master = vault::load_master_key(&config.vault.key_file)?;
-    let store = Store::open(&config.daemon.database, false)
-        .await?
-        .with_node(&config.daemon.node_name);
+    let store = Store::open_with_password_file(
+        &config.daemon.database,
+        config.daemon.database_password_file.as_deref(),
+        false,
+    )
+    .await?
+    .with_node(&config.daemon.node_name);
     store.migrate().await?;
     let vault = Vault::new(master, store.clone());
     // Fails early with a clear message if the master key does not match this database.

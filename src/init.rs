@@ -235,7 +235,12 @@ async fn refuse_if_vault_exists(config: &Config) -> Result<(), InitError> {
         None if is_postgres_url(&config.daemon.database) => redacted_url(&config.daemon.database),
         None => return Ok(()),
     };
-    let store = Store::open(&config.daemon.database, false).await?;
+    let store = Store::open_with_password_file(
+        &config.daemon.database,
+        config.daemon.database_password_file.as_deref(),
+        false,
+    )
+    .await?;
     store.migrate().await?;
     let has_keys = store.current_data_key().await?.is_some();
     store.close().await;
@@ -275,9 +280,13 @@ pub async fn run(config: &Config, owner: Option<&Owner>) -> Result<InitReport, I
             report.created.push(format!("database {}", db.display()));
         }
     }
-    let store = Store::open(&config.daemon.database, true)
-        .await?
-        .with_node(&config.daemon.node_name);
+    let store = Store::open_with_password_file(
+        &config.daemon.database,
+        config.daemon.database_password_file.as_deref(),
+        true,
+    )
+    .await?
+    .with_node(&config.daemon.node_name);
     store.migrate().await?;
     let vault = Vault::new(master, store.clone());
     if vault.initialise().await? {

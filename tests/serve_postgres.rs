@@ -159,3 +159,72 @@ fn a_host_whose_key_does_not_open_the_shared_vault_refuses_to_serve() {
     // The first host keeps serving.
     assert_eq!(status(&first.curl_https("/healthz", &[])), 200);
 }
+
+/// Writes `password` (and a newline, as an editor leaves it) into the host's password file,
+/// mode 0600, and names it in `[daemon] database_password_file`.
+fn use_password_file(env: &Env, password: &str) {
+    let file = env.path("db.password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    if !config.contains("database_password_file") {
+        env.write_config(&config.replace(
+            "[daemon]\n",
+            &format!(
+                "[daemon]\ndatabase_password_file = \"{}\"\n",
+                file.display()
+            ),
+        ));
+    }
+}
+
+#[test]
+fn the_database_password_comes_from_its_file_and_a_wrong_one_is_refused() {
+    let Some(pg) = Postgres::start("database_password_file") else {
+        return;
+    };
+    let password = "Corr3ct-h0rse-battery-staple";
+    let url = pg.password_database("pbxnode", password, "pbxguard");
+    let env = host(&url);
+
+    // No password at all: the server asks for one, the daemon exits 1.
+    let out = refused_serve(&env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("password"), "{}", text(&out));
+
+    // A wrong password in the file: refused, with a message that names the failure and
+    // shows neither password.
+    let wrong = "Wr0ng-guess-of-the-password";
+    use_password_file(&env, wrong);
+    let out = refused_serve(&env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("password authentication failed for user \"pbxnode\""),
+        "{said}"
+    );
+    assert!(!said.contains(wrong) && !said.contains(password), "{said}");
+
+    // A file others may read is refused before anything is sent.
+    use_password_file(&env, password);
+    let file = env.path("db.password");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = refused_serve(&env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("chmod 600"), "{}", text(&out));
+    assert!(!text(&out).contains(password), "{}", text(&out));
+
+    // The right one: the daemon initialises the database and serves; the CLI reads the
+    // same file.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = env.start();
+    assert_eq!(status(&env.curl_https("/healthz", &[])), 200);
+    env.add_user("alice", 3, "correct horse battery");
+    let token = env.token("alice", "correct horse battery");
+    assert_eq!(env.check(&token, &[]).status, 200);
+    assert_eq!(pg.psql("pbxguard", "SELECT COUNT(*) FROM users"), "1");
+    assert!(
+        !daemon.log().contains(password),
+        "the password is never logged"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod ami;
 mod audit;
+mod db;
 mod docs;
 mod mfa;
 mod recording;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Clients of the AMI gateway.
     #[command(subcommand)]
     Ami(ami::AmiCommand),
+    /// The database as a whole: copy a single host's SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -202,6 +206,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
         Command::Ami(cmd) => runtime()?.block_on(ami::run(&cli.config, cmd)),
+        Command::Db(cmd) => runtime()?.block_on(db::run(&cli.config, cmd)),
         Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),
         // Reads only Asterisk's files: no configuration of ours needed.
         Command::Audit(cmd) => audit::run(cmd),
@@ -269,9 +274,13 @@ fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
 
 /// The database of an initialised installation, migrated to this version.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::open(&config.daemon.database, false)
-        .await?
-        .with_node(&config.daemon.node_name);
+    let store = Store::open_with_password_file(
+        &config.daemon.database,
+        config.daemon.database_password_file.as_deref(),
+        false,
+    )
+    .await?
+    .with_node(&config.daemon.node_name);
     store.migrate().await?;
     Ok(store)
 }

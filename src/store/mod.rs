@@ -36,10 +36,12 @@ macro_rules! with_db {
 mod ami;
 mod audit;
 pub mod changes;
+pub mod copy;
 pub(crate) mod history;
 mod links;
 mod mfa;
 mod nodes;
+mod password;
 mod secrets;
 pub(crate) mod sessions;
 mod sip;
@@ -67,6 +69,7 @@ pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};
 pub use mfa::{Finish, MfaStatusRow, PendingRow};
 pub use nodes::NodeRow;
+pub use password::{read_password_file, PasswordFileError};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use sip::SipCredentialRow;
@@ -97,6 +100,12 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error("database not initialised at {0} (run `pbxguard init`)")]
     Missing(String),
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
+    /// A password file given for a database that cannot use it, or beside a URL that already
+    /// carries a password (which one would win is not obvious, so neither does).
+    #[error("database {url}: {reason}")]
+    PasswordConflict { url: String, reason: &'static str },
     #[error("applying database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database cannot take the write (or answer) now: disk full, I/O error, read-only
@@ -213,8 +222,33 @@ impl Store {
     /// database that silently has no users or secrets. A PostgreSQL database must exist (an
     /// administrator creates it with its owner); `create` does not apply there.
     pub async fn open(url: &str, create: bool) -> Result<Store, StoreError> {
+        Store::open_with_password_file(url, None, create).await
+    }
+
+    /// As [`Store::open`], with the PostgreSQL password read from `password_file` (`[daemon]
+    /// database_password_file`) now, at each open, so a changed password needs no new config.
+    pub async fn open_with_password_file(
+        url: &str,
+        password_file: Option<&Path>,
+        create: bool,
+    ) -> Result<Store, StoreError> {
         let backend = if is_postgres_url(url) {
-            Backend::Postgres(open_postgres(url).await?)
+            let password =
+                match password_file {
+                    Some(_) if url_has_password(url) => return Err(StoreError::PasswordConflict {
+                        url: redacted_url(url),
+                        reason:
+                            "the URL carries a password and a password file is given too; keep one",
+                    }),
+                    Some(file) => Some(read_password_file(file)?),
+                    None => None,
+                };
+            Backend::Postgres(open_postgres(url, password.as_ref()).await?)
+        } else if password_file.is_some() {
+            return Err(StoreError::PasswordConflict {
+                url: redacted_url(url),
+                reason: "a password file applies to PostgreSQL only",
+            });
         } else {
             Backend::Sqlite(open_sqlite(url, create).await?)
         };
@@ -329,17 +363,24 @@ async fn open_sqlite(url: &str, create: bool) -> Result<SqlitePool, StoreError> 
         })
 }
 
-async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
+async fn open_postgres(
+    url: &str,
+    password: Option<&secrecy::SecretString>,
+) -> Result<PgPool, StoreError> {
     // The URL may carry a password: errors name the database without it.
     let shown = redacted_url(url);
     // sqlx's TLS uses ring, the rest of the daemon aws-lc-rs; with both in rustls, sqlx's
     // `sslmode=verify-ca` verifier asks for the process-wide provider and panics when none is
     // installed yet (`pbxguard` CLI commands open the store before any TLS listener exists).
     crate::tls::install_provider();
-    let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+    let mut options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
         url: shown.clone(),
         source,
     })?;
+    if let Some(password) = password {
+        use secrecy::ExposeSecret;
+        options = options.password(password.expose_secret());
+    }
     PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -349,21 +390,59 @@ async fn open_postgres(url: &str) -> Result<PgPool, StoreError> {
         .map_err(|source| StoreError::Open { url: shown, source })
 }
 
-/// `url` with the password of its user part replaced by `***`: how errors and messages show
-/// a database URL.
+/// `url` with its password (in the user part, or a `password=` query option) replaced by
+/// `***`: how errors and messages show a database URL.
 pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
         },
-        None => url.to_string(),
-    }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let shown: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", shown.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Whether a PostgreSQL URL carries a password: in its user part (`USER:PASSWORD@`) or as a
+/// `password=` query option.
+pub fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let in_user_part = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = tail.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| is_password_key(pair.split_once('=').map_or(pair, |(k, _)| k)))
+    });
+    in_user_part || in_query
+}
+
+/// A query key sqlx reads as the password, however it is percent-encoded.
+fn is_password_key(key: &str) -> bool {
+    percent_encoding::percent_decode_str(key).decode_utf8_lossy() == "password"
 }
 
 #[cfg(test)]
@@ -384,7 +463,36 @@ mod url_tests {
             redacted_url("postgres:///pbx?host=/run/postgresql"),
             "postgres:///pbx?host=/run/postgresql"
         );
+        assert_eq!(
+            redacted_url("postgres://pbx@db/pbx?sslmode=require&password=s3cr%40t&host=/run"),
+            "postgres://pbx@db/pbx?sslmode=require&password=***&host=/run"
+        );
+        assert_eq!(
+            redacted_url("postgres://pbx:a@db?pass%77ord=b"),
+            "postgres://pbx:***@db?pass%77ord=***"
+        );
         assert!(is_postgres_url("postgresql://pbx@db/pbx"));
         assert!(!is_postgres_url("sqlite:///var/lib/pbxguard/pbxguard.db"));
+    }
+
+    #[test]
+    fn a_password_is_found_in_the_user_part_and_in_the_query() {
+        for url in [
+            "postgres://pbx:pw@db/pbx",
+            "postgres://pbx:@db/pbx",
+            "postgresql://pbx@db/pbx?password=pw",
+            "postgres://pbx@db/pbx?sslmode=require&password=",
+            "postgres://pbx@db/pbx?pass%77ord=pw",
+        ] {
+            assert!(url_has_password(url), "{url}");
+        }
+        for url in [
+            "postgres://pbx@db/pbx",
+            "postgres://db/pbx?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgres:///pbx?host=/run/postgresql&user=pbx",
+            "postgres://pbx@db/pbx?passwords=x",
+        ] {
+            assert!(!url_has_password(url), "{url}");
+        }
     }
 }

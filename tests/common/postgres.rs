@@ -221,6 +221,59 @@ impl Postgres {
         }
         panic!("ssl did not turn on");
     }
+
+    /// Makes `role` a login role whose password is `password`, required over TCP
+    /// (scram-sha-256, PostgreSQL's default hash), and an empty database `db` it owns; returns
+    /// the database's URL, without the password. The cluster's superuser keeps trust
+    /// authentication, so [`Postgres::psql`] still works.
+    pub fn password_database(&self, role: &str, password: &str, db: &str) -> String {
+        self.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{role}\" LOGIN PASSWORD '{}'",
+                password.replace('\'', "''")
+            ),
+        );
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{db}\" OWNER \"{role}\""),
+        );
+        // The first matching line wins: this one goes before initdb's trust lines.
+        let hba = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all \"{role}\" 127.0.0.1/32 scram-sha-256\n{old}"),
+        )
+        .expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        // The reload is signalled, not awaited: wait until a login without the password fails.
+        let port = self.port.to_string();
+        for _ in 0..100 {
+            let out = self.run(
+                "psql",
+                &[
+                    "-X",
+                    "-w",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    role,
+                    "-d",
+                    db,
+                    "-c",
+                    "SELECT 1",
+                ],
+            );
+            if !out.status.success() {
+                return format!("postgres://{role}@127.0.0.1:{}/{db}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pg_hba.conf did not ask {role} for a password");
+    }
 }
 
 /// A test certificate authority and a server certificate it signs, made with `openssl`:
