@@ -105,14 +105,22 @@ impl Postgres {
         if let Some((uid, gid)) = pg.user.as_deref().and_then(account_ids) {
             std::os::unix::fs::chown(pg.socket_dir(), Some(uid), Some(gid)).expect("chown");
         }
+        pg.start_server();
+        Some(pg)
+    }
+
+    /// Starts the server on the cluster's port (at creation, and again after
+    /// [`Postgres::stop_server`]: a database outage and its end).
+    pub fn start_server(&self) {
+        let data = self.data();
         // Loopback and the private socket only; fsync off: a test cluster needs no durability.
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60",
-            pg.port,
-            path_str(&pg.socket_dir())
+            self.port,
+            path_str(&self.socket_dir())
         );
-        let log = pg.dir.path().join("postgres.log");
-        let out = pg.run(
+        let log = self.dir.path().join("postgres.log");
+        let out = self.run(
             "pg_ctl",
             &[
                 "start",
@@ -133,7 +141,14 @@ impl Postgres {
             both(&out),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        Some(pg)
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected at once), as an outage of
+    /// the database server does.
+    pub fn stop_server(&self) {
+        let data = self.data();
+        let out = self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", path_str(&data)]);
+        assert!(out.status.success(), "pg_ctl stop: {}", both(&out));
     }
 
     fn data(&self) -> PathBuf {

@@ -1,0 +1,319 @@
+//! Several pbxguard nodes on one PostgreSQL database, as real processes: sessions, lockouts,
+//! revocations and recording links across nodes, and a database outage ridden out without a
+//! restart (issue 19). Each test makes its own throwaway cluster (tests/common/postgres.rs).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::{curl, status, text, Daemon, Env};
+
+const KEY: [u8; 32] = [7; 32];
+
+/// A node: its own folder, ports, certificate and recordings folder; `node_name` NAME; the
+/// shared database and master key; `extra` appended to `[daemon]`.
+fn node(url: &str, name: &str, extra: &str) -> Env {
+    let env = Env::new();
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let rec = env.path("recordings");
+    std::fs::create_dir_all(&rec).unwrap();
+    env.write_config(&format!(
+        "{}\n[recordings]\nroot = \"{}\"\n",
+        config.replace(
+            "[daemon]\n",
+            &format!(
+                "[daemon]\ndatabase = \"{url}\"\ninit_if_missing = true\nnode_name = \"{name}\"\n{extra}\n"
+            ),
+        ),
+        rec.display()
+    ));
+    let etc = env.path("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = env.path("etc/master.key");
+    std::fs::write(&file, KEY).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env
+}
+
+/// Two nodes started at once on an empty database.
+fn two_nodes(pg: &Postgres, db: &str, extra: &str) -> ([Env; 2], Vec<Daemon>) {
+    let url = pg.create_database(db);
+    let nodes = [node(&url, "pbx-a", extra), node(&url, "pbx-b", extra)];
+    let daemons: Vec<_> = std::thread::scope(|scope| {
+        let starts: Vec<_> = nodes.iter().map(|n| scope.spawn(|| n.start())).collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    (nodes, daemons)
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out).expect("JSON")
+}
+
+/// Waits until `env`'s daemon follows the change feed (its log says so).
+fn following(daemon: &Daemon) {
+    daemon.wait_for_log("following the database's change notifications");
+}
+
+#[test]
+fn nodes_share_sessions_lockouts_revocations_and_links() {
+    let Some(pg) = Postgres::start("nodes_share_sessions") else {
+        return;
+    };
+    let db = "pbxguard";
+    let (nodes, daemons) = two_nodes(&pg, db, "");
+    let [a, b] = &nodes;
+    // Two nodes migrating one empty database at once applied each migration once.
+    let versions = pg.psql(db, "SELECT COUNT(*), COUNT(DISTINCT version) FROM _sqlx_migrations");
+    let (total, distinct) = versions.split_once('|').unwrap();
+    assert_eq!(total, distinct, "{versions}");
+    for d in &daemons {
+        following(d);
+    }
+    // Each node announces its public_url.
+    wait_until("both nodes in the nodes table", Duration::from_secs(10), || {
+        pg.psql(db, "SELECT COUNT(*) FROM nodes WHERE public_url LIKE 'https://localhost:%'") == "2"
+    });
+
+    a.add_user("agent1", 1, "agent one password");
+    a.add_user("admin", 9, "admin password here");
+
+    // Logged in on A, accepted on B; the session and the history name node A, on B.
+    let token = a.token("agent1", "agent one password");
+    assert_eq!(b.check(&token, &[]).status, 200);
+    let sessions = json(&b.ok(&["session", "list", "--user", "agent1", "--json"], b""));
+    assert_eq!(sessions[0]["node"], "pbx-a", "{sessions}");
+    let history = json(&b.ok(&["history", "--user", "agent1", "--json"], b""));
+    assert_eq!(history[0]["node"], "pbx-a", "{history}");
+    assert_eq!(history[0]["result"], "ok");
+
+    // Revoked on B, refused on A: measured over 200 revocations with a kept-alive client.
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/revocations.py"))
+        .args([
+            &format!("https://localhost:{}", a.http_port),
+            a.cert().to_str().unwrap(),
+            &format!("https://localhost:{}", b.http_port),
+            b.cert().to_str().unwrap(),
+            "agent1",
+            "agent one password",
+            "admin",
+            "admin password here",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures = json(&out.stdout);
+    println!("revocation on B refused on A, over 200 revocations: {figures}");
+    assert_eq!(figures["n"], 200);
+    assert_eq!(figures["over_1s"], 0, "{figures}");
+
+    // A link minted on A for a file on B's disk: A answers 307 to B, which serves it.
+    let file = b.path("recordings/2026/12/call.wav");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let body: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let admin = a.token("admin", "admin password here");
+    let auth = format!("Authorization: Bearer {admin}");
+    let minted = a.request(
+        "POST",
+        "/api/v1/recordings/links",
+        &[&auth, "Content-Type: application/json"],
+        Some(r#"{"path":"2026/12/call.wav","node":"pbx-b"}"#),
+    );
+    assert_eq!(minted.status, 200, "{minted:?}");
+    let link = minted.json()["url"].as_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("https://localhost:{}/rec/", a.http_port)));
+    let first = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--cacert",
+        a.cert().to_str().unwrap(),
+        &link,
+    ]);
+    let path = link.split_once("/rec/").unwrap().1;
+    assert_eq!(
+        text(&first),
+        format!("307 https://localhost:{}/rec/{path}", b.http_port)
+    );
+    let bundle = a.path("both.pem");
+    let mut pems = std::fs::read(a.cert()).unwrap();
+    pems.extend(std::fs::read(b.cert()).unwrap());
+    std::fs::write(&bundle, pems).unwrap();
+    let out = bundle.with_extension("out");
+    let followed = curl(&[
+        "-sS",
+        "-L",
+        "-o",
+        out.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        bundle.to_str().unwrap(),
+        &link,
+    ]);
+    assert_eq!(text(&followed), "200");
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    let links = json(&b.ok(&["recording", "list", "--json"], b""));
+    assert_eq!(links[0]["node"], "pbx-b", "{links}");
+
+    // A node nobody announced is refused at minting.
+    let unknown = a.request(
+        "POST",
+        "/api/v1/recordings/links",
+        &[&auth, "Content-Type: application/json"],
+        Some(r#"{"path":"2026/12/call.wav","node":"pbx-z"}"#),
+    );
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    assert_eq!(unknown.json()["error"], "unknown_node");
+
+    // A link revoked through B's CLI stops on A at once.
+    let id = links[0]["id"].as_str().unwrap();
+    b.ok(&["recording", "revoke", id], b"");
+    wait_until("the revoked link refused on A", Duration::from_secs(1), || {
+        let r = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            a.cert().to_str().unwrap(),
+            &link,
+        ]);
+        text(&r) == "403"
+    });
+
+    // Failures on A lock the user (and the address) out on B too; last, as the address
+    // stays locked.
+    a.add_user("agent2", 1, "agent two password");
+    for _ in 0..10 {
+        assert_eq!(a.login("agent2", "wrong", &[]).status, 401);
+    }
+    let locked = b.login("agent2", "agent two password", &[]);
+    assert_eq!(locked.status, 429, "{locked:?}");
+    drop(daemons);
+}
+
+#[test]
+fn a_database_outage_is_ridden_out_without_a_restart() {
+    let Some(pg) = Postgres::start("database_outage") else {
+        return;
+    };
+    let db = "pbxguard";
+    let (nodes, daemons) = two_nodes(&pg, db, "store_outage_grace = \"4s\"");
+    let [a, b] = &nodes;
+    for d in &daemons {
+        following(d);
+    }
+    a.add_user("agent1", 1, "agent one password");
+    let token = a.token("agent1", "agent one password");
+    assert_eq!(b.check(&token, &[]).status, 200);
+    let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+
+    // Checks keep coming while the database goes away and comes back.
+    let stop_load = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut answers = std::collections::BTreeMap::<u16, u32>::new();
+            while !stop_load.load(std::sync::atomic::Ordering::Relaxed) {
+                *answers.entry(b.check(&token, &[]).status).or_default() += 1;
+            }
+            answers
+        });
+
+        assert_eq!(a.check(&token, &[]).status, 200);
+        let verified = Instant::now();
+        pg.stop_server();
+
+        // The check answers from sessions verified within the grace, quickly.
+        let started = Instant::now();
+        let r = a.check(&token, &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+        // A login is refused at once with store_unavailable (three attempts, each to be
+        // recorded once the database is back).
+        for _ in 0..3 {
+            let started = Instant::now();
+            let r = a.login("agent1", "agent one password", &[]);
+            assert_eq!(r.status, 503, "{r:?}");
+            assert_eq!(r.json()["error"], "store_unavailable");
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        }
+
+        // Past the grace: 401, within 3 s.
+        std::thread::sleep(Duration::from_secs(4).saturating_sub(verified.elapsed()));
+        let started = Instant::now();
+        assert_eq!(a.check(&token, &[]).status, 401);
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        pg.start_server();
+        // Back without a restart: the check and logins work again on both nodes.
+        wait_until("checks accepted again on A", Duration::from_secs(15), || {
+            a.check(&token, &[]).status == 200
+        });
+        wait_until("logins on B again", Duration::from_secs(15), || {
+            b.login("agent1", "agent one password", &[]).status == 200
+        });
+        stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers = load.join().unwrap();
+        println!("checks on B during the outage, by status: {answers:?}");
+        assert!(answers.contains_key(&200));
+        assert!(answers.keys().all(|s| [200, 401].contains(s)), "{answers:?}");
+    });
+
+    // The attempts made during the outage reached the history.
+    wait_until("the outage's login attempts in the history", Duration::from_secs(10), || {
+        pg.psql(
+            db,
+            "SELECT COUNT(*) FROM login_history WHERE result = 'store_unavailable' AND node = 'pbx-a'",
+        ) == "3"
+    });
+    // The change feed is followed again: a revocation on B is refused on A at once.
+    for d in &daemons {
+        wait_until("change feed followed again", Duration::from_secs(15), || {
+            d.log()
+                .matches("following the database's change notifications")
+                .count()
+                >= 2
+        });
+    }
+    let fresh = a.token("agent1", "agent one password");
+    assert_eq!(a.check(&fresh, &[]).status, 200);
+    let sessions = json(&b.ok(&["session", "list", "--user", "agent1", "--json"], b""));
+    let sid = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    b.ok(&["session", "revoke", "--user", "agent1"], b"");
+    wait_until("revocation after the outage", Duration::from_secs(1), || {
+        a.check(&fresh, &[]).status == 401
+    });
+    assert!(!sid.is_empty());
+    let still: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+    assert_eq!(pids, still, "no daemon restarted");
+    for n in &nodes {
+        assert_eq!(status(&n.curl_https("/healthz", &[])), 200);
+    }
+    drop(daemons);
+}
