@@ -344,10 +344,12 @@ impl Daemon {
         let current = self.app.config.load_full();
         if config.daemon.database != current.daemon.database
             || config.daemon.state_dir != current.daemon.state_dir
+            || config.daemon.database_password_file != current.daemon.database_password_file
+            || config.daemon.node_name != current.daemon.node_name
             || config.vault.key_file != current.vault.key_file
         {
             return Err(vec![
-                "daemon.state_dir, daemon.database and vault.key_file apply only at restart (systemctl restart pbxguard)"
+                "daemon.state_dir, daemon.database, daemon.database_password_file, daemon.node_name and vault.key_file apply only at restart (systemctl restart pbxguard)"
                     .to_string(),
             ]);
         }

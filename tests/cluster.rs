@@ -77,16 +77,26 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
     let (nodes, daemons) = two_nodes(&pg, db, "");
     let [a, b] = &nodes;
     // Two nodes migrating one empty database at once applied each migration once.
-    let versions = pg.psql(db, "SELECT COUNT(*), COUNT(DISTINCT version) FROM _sqlx_migrations");
+    let versions = pg.psql(
+        db,
+        "SELECT COUNT(*), COUNT(DISTINCT version) FROM _sqlx_migrations",
+    );
     let (total, distinct) = versions.split_once('|').unwrap();
     assert_eq!(total, distinct, "{versions}");
     for d in &daemons {
         following(d);
     }
     // Each node announces its public_url.
-    wait_until("both nodes in the nodes table", Duration::from_secs(10), || {
-        pg.psql(db, "SELECT COUNT(*) FROM nodes WHERE public_url LIKE 'https://localhost:%'") == "2"
-    });
+    wait_until(
+        "both nodes in the nodes table",
+        Duration::from_secs(10),
+        || {
+            pg.psql(
+                db,
+                "SELECT COUNT(*) FROM nodes WHERE public_url LIKE 'https://localhost:%'",
+            ) == "2"
+        },
+    );
 
     a.add_user("agent1", 1, "agent one password");
     a.add_user("admin", 9, "admin password here");
@@ -116,7 +126,11 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let figures = json(&out.stdout);
     println!("revocation on B refused on A, over 200 revocations: {figures}");
     assert_eq!(figures["n"], 200);
@@ -187,19 +201,23 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
     // A link revoked through B's CLI stops on A at once.
     let id = links[0]["id"].as_str().unwrap();
     b.ok(&["recording", "revoke", id], b"");
-    wait_until("the revoked link refused on A", Duration::from_secs(1), || {
-        let r = curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            a.cert().to_str().unwrap(),
-            &link,
-        ]);
-        text(&r) == "403"
-    });
+    wait_until(
+        "the revoked link refused on A",
+        Duration::from_secs(1),
+        || {
+            let r = curl(&[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                a.cert().to_str().unwrap(),
+                &link,
+            ]);
+            text(&r) == "403"
+        },
+    );
 
     // Failures on A lock the user (and the address) out on B too; last, as the address
     // stays locked.
@@ -247,7 +265,11 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
         let started = Instant::now();
         let r = a.check(&token, &[]);
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
 
         // A login is refused at once with store_unavailable (three attempts, each to be
         // recorded once the database is back).
@@ -256,7 +278,11 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
             let r = a.login("agent1", "agent one password", &[]);
             assert_eq!(r.status, 503, "{r:?}");
             assert_eq!(r.json()["error"], "store_unavailable");
-            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                started.elapsed()
+            );
         }
 
         // Past the grace: 401, within 3 s.
@@ -267,9 +293,11 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
 
         pg.start_server();
         // Back without a restart: the check and logins work again on both nodes.
-        wait_until("checks accepted again on A", Duration::from_secs(15), || {
-            a.check(&token, &[]).status == 200
-        });
+        wait_until(
+            "checks accepted again on A",
+            Duration::from_secs(15),
+            || a.check(&token, &[]).status == 200,
+        );
         wait_until("logins on B again", Duration::from_secs(15), || {
             b.login("agent1", "agent one password", &[]).status == 200
         });
@@ -277,24 +305,35 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
         let answers = load.join().unwrap();
         println!("checks on B during the outage, by status: {answers:?}");
         assert!(answers.contains_key(&200));
-        assert!(answers.keys().all(|s| [200, 401].contains(s)), "{answers:?}");
+        assert!(
+            answers.keys().all(|s| [200, 401].contains(s)),
+            "{answers:?}"
+        );
     });
 
     // The attempts made during the outage reached the history.
-    wait_until("the outage's login attempts in the history", Duration::from_secs(10), || {
-        pg.psql(
+    wait_until(
+        "the outage's login attempts in the history",
+        Duration::from_secs(10),
+        || {
+            pg.psql(
             db,
             "SELECT COUNT(*) FROM login_history WHERE result = 'store_unavailable' AND node = 'pbx-a'",
         ) == "3"
-    });
+        },
+    );
     // The change feed is followed again: a revocation on B is refused on A at once.
     for d in &daemons {
-        wait_until("change feed followed again", Duration::from_secs(15), || {
-            d.log()
-                .matches("following the database's change notifications")
-                .count()
-                >= 2
-        });
+        wait_until(
+            "change feed followed again",
+            Duration::from_secs(15),
+            || {
+                d.log()
+                    .matches("following the database's change notifications")
+                    .count()
+                    >= 2
+            },
+        );
     }
     let fresh = a.token("agent1", "agent one password");
     assert_eq!(a.check(&fresh, &[]).status, 200);
@@ -306,9 +345,11 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect::<Vec<_>>();
     b.ok(&["session", "revoke", "--user", "agent1"], b"");
-    wait_until("revocation after the outage", Duration::from_secs(1), || {
-        a.check(&fresh, &[]).status == 401
-    });
+    wait_until(
+        "revocation after the outage",
+        Duration::from_secs(1),
+        || a.check(&fresh, &[]).status == 401,
+    );
     assert!(!sid.is_empty());
     let still: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
     assert_eq!(pids, still, "no daemon restarted");

@@ -147,7 +147,10 @@ impl Postgres {
     /// the database server does.
     pub fn stop_server(&self) {
         let data = self.data();
-        let out = self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", path_str(&data)]);
+        let out = self.run(
+            "pg_ctl",
+            &["stop", "-w", "-m", "fast", "-D", path_str(&data)],
+        );
         assert!(out.status.success(), "pg_ctl stop: {}", both(&out));
     }
 
