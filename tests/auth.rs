@@ -103,7 +103,7 @@ fn login_issues_a_session_token_and_cookie() {
         assert!(cookie.contains(attr), "{attr} missing in {cookie}");
     }
     assert_eq!(
-        sqlite(&env.db(), &format!("SELECT u.name || ' ' || s.ip FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = '{sid}'")),
+        env.sql(&format!("SELECT u.name || ' ' || s.ip FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = '{sid}'")),
         "alice 127.0.0.1"
     );
     // The cookie alone authenticates too.
@@ -314,10 +314,8 @@ fn admin_api_lists_and_revokes_and_needs_the_admin_role() {
         );
         assert_eq!(r.status, 400, "{bad}: {r:?}");
     }
-    let audit = sqlite(
-        &env.db(),
-        "SELECT actor || ' ' || action FROM audit_log WHERE actor LIKE 'api:%' ORDER BY id",
-    );
+    let audit = env
+        .sql("SELECT actor || ' ' || action FROM audit_log WHERE actor LIKE 'api:%' ORDER BY id");
     assert_eq!(
         audit,
         "api:root session.revoke\napi:root session.revoke-user"
