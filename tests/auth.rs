@@ -697,6 +697,11 @@ fn malformed_login_requests_get_clear_errors() {
     assert_eq!(post(&[json], &long_name).status, 400);
     let nul = r#"{"username":"ali\u0000ce","password":"correct horse battery"}"#;
     assert_eq!(post(&[json], nul).status, 401);
+    assert_eq!(
+        env.sql("SELECT result FROM login_history WHERE username = 'ali\u{FFFD}ce'"),
+        "unknown_user",
+        "recorded, with the NUL replaced"
+    );
     let huge =
         serde_json::json!({"username": "alice", "password": "x".repeat(200_000)}).to_string();
     let path = env.path("huge.json");
