@@ -68,7 +68,7 @@ fn history(env: &Env, user: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn login_issues_a_session_token_and_cookie() {
-    let (env, _d) = setup("");
+    let (env, d) = setup("");
     let r = env.login("alice", PW, &[]);
     assert_eq!(r.status, 200, "{r:?}");
     let body = r.json();
@@ -116,6 +116,13 @@ fn login_issues_a_session_token_and_cookie() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["session"]["id"], sid);
     assert_eq!(history(&env, "alice")[0]["result"], "ok");
+    // Every store operation hands its connection back clean (none closed for coming back
+    // inside a transaction, which on PostgreSQL once hit every connection).
+    assert!(
+        !d.log().contains("came back inside a transaction"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
