@@ -46,11 +46,11 @@ pub enum TestStore {
 }
 
 pub fn test_store() -> TestStore {
-    match std::env::var("PBXGUARD_TEST_STORE") {
-        Err(std::env::VarError::NotPresent) => TestStore::Sqlite,
-        Ok(v) if v.is_empty() || v == "sqlite" => TestStore::Sqlite,
-        Ok(v) if v == "postgres" => TestStore::Postgres,
-        other => panic!("PBXGUARD_TEST_STORE={other:?}: expected sqlite or postgres"),
+    let value = std::env::var_os("PBXGUARD_TEST_STORE").unwrap_or_default();
+    match value.to_str() {
+        Some("" | "sqlite") => TestStore::Sqlite,
+        Some("postgres") => TestStore::Postgres,
+        _ => panic!("PBXGUARD_TEST_STORE={value:?}: expected sqlite or postgres"),
     }
 }
 

@@ -248,12 +248,14 @@ impl Postgres {
             path_str(&data),
         ]);
         let pid = std::process::id().to_string();
-        Command::new("sh")
+        // The shell starts the watcher in the background and exits at once, so the watcher is
+        // nobody's child here (no zombie, nothing to wait for).
+        let started = Command::new("sh")
             .args([
                 "-c",
-                r#"pid=$1 dir=$2; shift 2
-                   while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-                   "$@"; rm -rf "$dir""#,
+                r#"(pid=$1 dir=$2; shift 2
+                    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+                    "$@"; rm -rf "$dir") &"#,
                 "pbxguard-test-postgres-watch",
                 &pid,
                 path_str(self.dir.path()),
@@ -265,8 +267,9 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the cluster's watcher");
+        assert!(started.success(), "the cluster's watcher: {started}");
     }
 
     /// Creates an empty database and returns its `postgres://` URL.
