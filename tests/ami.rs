@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ami::{header, AmiClient, AmiPeer, Msg};
-use common::{free_port, sqlite, Daemon, Env};
+use common::{free_port, Daemon, Env};
 
 const UPSTREAM_SECRET: &str = "up-secret-9f2";
 const DIALER_SECRET: &str = "dialer-secret-1";
@@ -152,10 +152,9 @@ fn wrong_credentials_fail_after_a_delay_then_close_and_ban() {
         "Authentication failed"
     ));
     gw.daemon.wait_for_log("AMI login ban started");
-    let rows = sqlite(
-        &gw.env.db(),
-        "SELECT count(*) FROM audit_log WHERE action = 'ami.login_failed'",
-    );
+    let rows = gw
+        .env
+        .sql("SELECT count(*) FROM audit_log WHERE action = 'ami.login_failed'");
     assert!(rows.trim().parse::<u32>().unwrap() >= 4, "{rows}");
     assert!(!gw.daemon.log().contains("remote-secret") && !gw.daemon.log().contains(DIALER_SECRET));
 }
@@ -285,10 +284,9 @@ fn refusals_never_reach_asterisk_and_the_session_stays_open() {
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
     assert_eq!(gw.peer.actions_named("Originate").len(), 1);
     // Refusals and state changes are in the audit log, without secrets.
-    let audit = sqlite(
-        &gw.env.db(),
-        "SELECT action || ' ' || detail FROM audit_log WHERE actor = 'ami:dialer'",
-    );
+    let audit = gw
+        .env
+        .sql("SELECT action || ' ' || detail FROM audit_log WHERE actor = 'ami:dialer'");
     assert!(audit.contains("ami.refused"), "{audit}");
     assert!(
         audit.contains("ami.Originate Channel: PJSIP/100"),
@@ -886,10 +884,9 @@ fn cli_commands_that_print_secrets_never_reach_asterisk() {
         .any(|l| l.contains("Auth:  1001/1001")));
     assert!(!format!("{r:?}").contains("vault-only-sip-password"));
     assert_eq!(gw.peer.actions_named("Command").len(), 1);
-    let audit = sqlite(
-        &gw.env.db(),
-        "SELECT detail FROM audit_log WHERE action = 'ami.refused'",
-    );
+    let audit = gw
+        .env
+        .sql("SELECT detail FROM audit_log WHERE action = 'ami.refused'");
     assert!(audit.contains("(secrets)"), "{audit}");
 }
 
@@ -955,11 +952,8 @@ fn cli_manages_clients_and_removal_ends_sessions() {
         "Authentication failed"
     ));
     assert!(
-        sqlite(
-            &env.db(),
-            "SELECT count(*) FROM secrets WHERE name = 'ami/clients/dialer'"
-        )
-        .trim()
+        env.sql("SELECT count(*) FROM secrets WHERE name = 'ami/clients/dialer'")
+            .trim()
             == "0"
     );
 }

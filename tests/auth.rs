@@ -68,7 +68,7 @@ fn history(env: &Env, user: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn login_issues_a_session_token_and_cookie() {
-    let (env, _d) = setup("");
+    let (env, d) = setup("");
     let r = env.login("alice", PW, &[]);
     assert_eq!(r.status, 200, "{r:?}");
     let body = r.json();
@@ -103,7 +103,7 @@ fn login_issues_a_session_token_and_cookie() {
         assert!(cookie.contains(attr), "{attr} missing in {cookie}");
     }
     assert_eq!(
-        sqlite(&env.db(), &format!("SELECT u.name || ' ' || s.ip FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = '{sid}'")),
+        env.sql(&format!("SELECT u.name || ' ' || s.ip FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = '{sid}'")),
         "alice 127.0.0.1"
     );
     // The cookie alone authenticates too.
@@ -116,6 +116,13 @@ fn login_issues_a_session_token_and_cookie() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["session"]["id"], sid);
     assert_eq!(history(&env, "alice")[0]["result"], "ok");
+    // Every store operation hands its connection back clean (none closed for coming back
+    // inside a transaction, which on PostgreSQL once hit every connection).
+    assert!(
+        !d.log().contains("came back inside a transaction"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -314,10 +321,8 @@ fn admin_api_lists_and_revokes_and_needs_the_admin_role() {
         );
         assert_eq!(r.status, 400, "{bad}: {r:?}");
     }
-    let audit = sqlite(
-        &env.db(),
-        "SELECT actor || ' ' || action FROM audit_log WHERE actor LIKE 'api:%' ORDER BY id",
-    );
+    let audit = env
+        .sql("SELECT actor || ' ' || action FROM audit_log WHERE actor LIKE 'api:%' ORDER BY id");
     assert_eq!(
         audit,
         "api:root session.revoke\napi:root session.revoke-user"
@@ -699,6 +704,11 @@ fn malformed_login_requests_get_clear_errors() {
     assert_eq!(post(&[json], &long_name).status, 400);
     let nul = r#"{"username":"ali\u0000ce","password":"correct horse battery"}"#;
     assert_eq!(post(&[json], nul).status, 401);
+    assert_eq!(
+        env.sql("SELECT result FROM login_history WHERE username = 'ali\u{FFFD}ce'"),
+        "unknown_user",
+        "recorded, with the NUL replaced"
+    );
     let huge =
         serde_json::json!({"username": "alice", "password": "x".repeat(200_000)}).to_string();
     let path = env.path("huge.json");

@@ -216,16 +216,17 @@ fn totp_enrollment_then_logins_with_single_use_codes() {
     assert!(v["qr_svg"].as_str().unwrap().contains("<svg"));
     assert_eq!(e.header("cache-control").as_deref(), Some("no-store"));
     // Stored encrypted, pending until confirmed.
-    let rows = sqlite(
-        &env.db(),
-        "SELECT name FROM secrets WHERE name LIKE 'mfa/%'",
-    );
+    let rows = env.sql("SELECT name FROM secrets WHERE name LIKE 'mfa/%'");
     assert!(rows.starts_with("mfa/totp-pending/"), "{rows}");
-    let raw = sqlite(
-        &env.db(),
-        "SELECT hex(ciphertext) FROM secrets WHERE name LIKE 'mfa/totp-pending/%'",
-    );
-    assert!(!raw.contains(&hex_of_base32(&secret)));
+    let hex = if env.is_postgres() {
+        "upper(encode(ciphertext, 'hex'))"
+    } else {
+        "hex(ciphertext)"
+    };
+    let raw = env.sql(&format!(
+        "SELECT {hex} FROM secrets WHERE name LIKE 'mfa/totp-pending/%'"
+    ));
+    assert!(!raw.is_empty() && !raw.contains(&hex_of_base32(&secret)));
     // Until confirmed, logins need the password only.
     assert_eq!(env.login("alice", PW, &[]).json()["status"], "ok");
 
@@ -317,10 +318,7 @@ fn totp_enrollment_then_logins_with_single_use_codes() {
         401,
         "a JWT is not an mfa_token"
     );
-    let history = sqlite(
-        &env.db(),
-        "SELECT result FROM login_history WHERE username = 'alice' ORDER BY id",
-    );
+    let history = env.sql("SELECT result FROM login_history WHERE username = 'alice' ORDER BY id");
     assert!(history.contains("mfa_failed"), "{history}");
     assert!(!d.log().contains(&secret), "the secret is never logged");
 }
@@ -399,8 +397,7 @@ fn wrong_codes_void_the_login_and_lock_the_account() {
     // Six second-factor failures: the account is locked, even for the right password.
     let r = env.login("carol", PW, &[]);
     assert_eq!(r.status, 429, "{r:?}");
-    let fails = sqlite(
-        &env.db(),
+    let fails = env.sql(
         "SELECT count(*) FROM login_history WHERE username = 'carol' AND result = 'mfa_failed'",
     );
     assert_eq!(fails, "6");
@@ -530,10 +527,7 @@ fn forced_enrollment_exemptions_and_resets() {
         env.login("dave", PW, &[]).json()["status"],
         "enroll_required"
     );
-    let audit = sqlite(
-        &env.db(),
-        "SELECT group_concat(action, ' ') FROM audit_log WHERE action LIKE 'mfa.%'",
-    );
+    let audit = env.sql("SELECT action FROM audit_log WHERE action LIKE 'mfa.%' ORDER BY id");
     for a in [
         "mfa.policy",
         "mfa.totp.confirm",
@@ -541,7 +535,7 @@ fn forced_enrollment_exemptions_and_resets() {
         "mfa.unexempt",
         "mfa.reset",
     ] {
-        assert!(audit.contains(a), "{a} missing: {audit}");
+        assert!(audit.lines().any(|l| l == a), "{a} missing: {audit}");
     }
 
     // The CLI sees and changes the same state.
@@ -710,10 +704,8 @@ fn emailed_codes_finish_a_forced_login() {
         "method_not_allowed"
     );
     // The code is stored only as a keyed hash.
-    let stored = sqlite(
-        &env.db(),
-        "SELECT email_code_hash FROM mfa_pending WHERE email_code_hash IS NOT NULL",
-    );
+    let stored =
+        env.sql("SELECT email_code_hash FROM mfa_pending WHERE email_code_hash IS NOT NULL");
     assert!(!stored.contains(&code) && stored.len() == 64, "{stored}");
     let done = mfa(&env, &token, "email", &code);
     assert_eq!(done.status, 200, "{done:?}");

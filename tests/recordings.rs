@@ -1,5 +1,5 @@
 //! Signed recording links end to end: the real daemon over verified TLS, links minted by the
-//! CLI and the API, downloads with curl, the audit log read back with sqlite3.
+//! CLI and the API, downloads with curl, the audit log read back with sqlite3 or psql.
 
 mod common;
 use common::*;
@@ -144,9 +144,7 @@ fn json_of(got: &Got) -> serde_json::Value {
 fn audit(env: &Env, action: &str, want: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let rows = sqlite(
-            &env.db(),
-            &format!("SELECT actor || '|' || target || '|' || detail FROM audit_log WHERE action = '{action}' ORDER BY id"),
+        let rows = env.sql(&format!("SELECT actor || '|' || target || '|' || detail FROM audit_log WHERE action = '{action}' ORDER BY id"),
         );
         let rows: Vec<String> = rows.lines().map(str::to_string).collect();
         if rows.len() >= want || Instant::now() > deadline {
@@ -268,10 +266,7 @@ fn cli_links_download_byte_exact_with_the_right_headers() {
     assert!(rows
         .iter()
         .any(|r| r.contains("method=HEAD status=200 bytes=0")));
-    let everything = sqlite(
-        &env.db(),
-        "SELECT group_concat(target || detail, ' ') FROM audit_log",
-    );
+    let everything = env.sql("SELECT target, detail FROM audit_log");
     assert!(
         !everything.contains(&token_of(&url)),
         "the token is never logged"
@@ -663,10 +658,7 @@ fn rotating_the_key_keeps_earlier_links_valid() {
     // The running daemon learns the new key from the auth stamp; the old one still verifies.
     assert_eq!(fetch(&env, &rec_path(&after), &["-I"]).status, 200);
     assert_eq!(fetch(&env, &rec_path(&before), &["-I"]).status, 200);
-    let keys = sqlite(
-        &env.db(),
-        "SELECT count(*) FROM secrets WHERE name LIKE 'keys/links/%'",
-    );
+    let keys = env.sql("SELECT count(*) FROM secrets WHERE name LIKE 'keys/links/%'");
     assert_eq!(keys, "2");
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real peers the end-to-end tests talk to (when missing),
-# then runs every unit and end-to-end test. Usage: tests/run.sh [extra cargo test args]
+# then runs every unit and end-to-end test, and the auth, MFA, recordings and AMI end-to-end
+# tests again on PostgreSQL. Usage: tests/run.sh [extra cargo test args] (given to both runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,4 +63,8 @@ if [ -z "${PBXGUARD_ASTERISK:-}" ]; then
     fi
 fi
 
-exec cargo test --locked "$@"
+cargo test --locked "$@"
+
+# The end-to-end tests of logins, MFA, recording links and AMI clients once more with their
+# daemons on PostgreSQL (a throwaway cluster, see tests/common/mod.rs) instead of SQLite.
+PBXGUARD_TEST_STORE=postgres cargo test --locked --test auth --test mfa --test recordings --test ami "$@"

@@ -144,6 +144,9 @@ pub async fn check_password(
     client: &Client,
 ) -> Result<PasswordStep, LoginError> {
     let now = now_unix();
+    // A JSON string may hold NUL, which PostgreSQL's text cannot: the name is throttled and
+    // recorded with U+FFFD in its place (no account name has either).
+    let typed = &typed.replace('\0', "\u{FFFD}");
     // Names are lower-case, so every case variant of a name is the same account for the
     // lookup and for throttling.
     let account = typed.to_ascii_lowercase();

@@ -289,10 +289,13 @@ pub(super) fn pg_outside_transaction(
     _meta: PoolConnectionMetadata,
 ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
     Box::pin(async move {
-        let clean: bool = sqlx::query_scalar("SELECT now() = statement_timestamp()")
-            .fetch_one(conn)
-            .await
-            .unwrap_or(false);
+        // A bare string goes as a simple query. A prepared one (extended protocol) gets a new
+        // statement time at Execute, after its implicit transaction began at Bind: never
+        // equal, so every connection was closed after every use.
+        let clean = match conn.fetch_one("SELECT now() = statement_timestamp()").await {
+            Ok(row) => sqlx::Row::try_get::<bool, _>(&row, 0).unwrap_or(false),
+            Err(_) => false,
+        };
         if !clean {
             warn!("a database connection came back inside a transaction; closed");
         }

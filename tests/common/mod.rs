@@ -36,26 +36,136 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The store the end-to-end tests' daemons use, from `PBXGUARD_TEST_STORE`: `sqlite` (the
+/// default: the file under `state_dir`) or `postgres` (a database of its own on a throwaway
+/// cluster, see [`Env::new`]). Any other value is a mistake, not a reason to fall back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestStore {
+    Sqlite,
+    Postgres,
+}
+
+pub fn test_store() -> TestStore {
+    let value = std::env::var_os("PBXGUARD_TEST_STORE").unwrap_or_default();
+    match value.to_str() {
+        Some("" | "sqlite") => TestStore::Sqlite,
+        Some("postgres") => TestStore::Postgres,
+        _ => panic!("PBXGUARD_TEST_STORE={value:?}: expected sqlite or postgres"),
+    }
+}
+
+/// One cluster per test process, one database per [`Env`]: an `initdb` and start cost about
+/// a second of CPU, a new database a tenth of that. The cluster is never dropped (a
+/// `static`); its watcher stops it when the process ends.
+fn shared_cluster() -> &'static postgres::Postgres {
+    static CLUSTER: std::sync::OnceLock<postgres::Postgres> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        assert!(
+            postgres::installed(),
+            "PBXGUARD_TEST_STORE=postgres but PostgreSQL (initdb, pg_ctl) is not installed; \
+             tests/run.sh installs the postgresql package"
+        );
+        // Every test thread runs a daemon (a pool of up to 8) and CLI processes at once.
+        let pg = postgres::Postgres::start_with("e2e", "-c max_connections=400")
+            .expect("PostgreSQL is installed");
+        pg.stop_when_process_exits();
+        pg
+    })
+}
+
+/// An [`Env`]'s own database on the shared cluster, dropped with the `Env`.
+struct PgDatabase {
+    cluster: &'static postgres::Postgres,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create() -> PgDatabase {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let cluster = shared_cluster();
+        let name = format!(
+            "e2e_{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let url = cluster.create_database(&name);
+        PgDatabase { cluster, name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // FORCE: a daemon the test still holds may be connected. A failure only costs disk
+        // until the cluster goes.
+        let sql = format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name);
+        if let Err(e) = self.cluster.try_psql("postgres", &sql) {
+            eprintln!("{sql}: {e}");
+        }
+    }
+}
+
+/// Under PostgreSQL, a daemon or CLI that made a SQLite file ran on the wrong store, which
+/// would pass a test without testing PostgreSQL: that fails the test here.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.pg.is_some() && !std::thread::panicking() && self.db().exists() {
+            panic!(
+                "PBXGUARD_TEST_STORE=postgres, yet {} was created: a config without the \
+                 database line (write it with Env::config_text)",
+                self.db().display()
+            );
+        }
+    }
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub http_port: u16,
     pub redirect_port: u16,
+    /// Set when `PBXGUARD_TEST_STORE=postgres`: `[daemon] database` names it.
+    pg: Option<PgDatabase>,
 }
 
 impl Env {
     /// A fresh folder with a production-like config: TLS on, redirect listener, not initialised.
+    /// The store is the one `PBXGUARD_TEST_STORE` names ([`test_store`]).
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("pbxguard.toml");
+        let pg = match test_store() {
+            TestStore::Sqlite => None,
+            TestStore::Postgres => Some(PgDatabase::create()),
+        };
         let env = Env {
             dir,
             config,
             http_port: free_port(),
             redirect_port: free_port(),
+            pg,
         };
         env.write_config(&env.config_text(env.http_port, env.redirect_port, ""));
         env
+    }
+
+    /// The `postgres://` URL of this Env's database, when it runs on PostgreSQL.
+    pub fn database_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|p| p.url.as_str())
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Runs `sql` on this Env's store (`sqlite3` on the file, or `psql`) and returns the rows
+    /// in the same shape on both: one line per row, columns joined by `|`, NULL as an empty
+    /// string, trimmed. Booleans differ (`1`/`0` against `t`/`f`): cast them to INTEGER.
+    /// The SQL itself must be valid on both (no `group_concat` or `hex`).
+    pub fn sql(&self, sql: &str) -> String {
+        match &self.pg {
+            Some(pg) => pg.cluster.psql(&pg.name, sql),
+            None => sqlite(&self.db(), sql),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -64,10 +174,14 @@ impl Env {
 
     pub fn config_text(&self, http_port: u16, redirect_port: u16, extra: &str) -> String {
         let d = self.dir.path().display();
+        let database = match self.database_url() {
+            Some(url) => format!("database = \"{url}\"\n"),
+            None => String::new(),
+        };
         format!(
             r#"[daemon]
 state_dir = "{d}/state"
-shutdown_grace = "3s"
+{database}shutdown_grace = "3s"
 
 [vault]
 key_file = "{d}/etc/master.key"

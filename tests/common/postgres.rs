@@ -7,7 +7,7 @@
 //! account is missing), and the temporary folder is handed to that account first.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use super::{free_port, nginx::is_root, run_for};
@@ -21,6 +21,13 @@ pub struct Postgres {
     /// The account the server runs as when the tests run as root.
     user: Option<String>,
     pub port: u16,
+    /// Extra `postgres` options given at creation, kept for [`Postgres::start_server`].
+    server_options: String,
+}
+
+/// Whether PostgreSQL's server programs are installed (what [`Postgres::start`] needs).
+pub fn installed() -> bool {
+    bin_dir().is_some()
 }
 
 /// The folder with `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/N/bin`, else `PATH`.
@@ -59,6 +66,11 @@ impl Postgres {
     /// Starts a cluster, or prints one loud `SKIPPED` line and returns `None` when PostgreSQL
     /// is not installed (under `CI=true` that fails instead).
     pub fn start(test: &str) -> Option<Postgres> {
+        Postgres::start_with(test, "")
+    }
+
+    /// As [`Postgres::start`], with more server options (`-c name=value …`).
+    pub fn start_with(test: &str, server_options: &str) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -84,6 +96,7 @@ impl Postgres {
             bin,
             user,
             port: free_port(),
+            server_options: server_options.to_string(),
         };
         let data = pg.data();
         let out = pg.run(
@@ -115,9 +128,10 @@ impl Postgres {
         let data = self.data();
         // Loopback and the private socket only; fsync off: a test cluster needs no durability.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60 {}",
             self.port,
-            path_str(&self.socket_dir())
+            path_str(&self.socket_dir()),
+            self.server_options
         );
         let log = self.dir.path().join("postgres.log");
         let out = self.run(
@@ -202,6 +216,82 @@ impl Postgres {
         );
         assert!(out.status.success(), "psql {sql}: {}", both(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// As [`Postgres::psql`], with the failure as `Err` instead of a panic (for `Drop`).
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let port = self.port.to_string();
+        let out = self.run(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                ROLE,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        );
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(both(&out))
+        }
+    }
+
+    /// For a cluster that lives as long as the test process (held in a `static`, so never
+    /// dropped): a watcher in its own process group stops the cluster and removes its folder
+    /// once this process is gone, however it ends (every test done, a panic outside a test,
+    /// Ctrl-C, SIGKILL). Without it the server would outlive the tests.
+    pub fn stop_when_process_exits(&self) {
+        use std::os::unix::process::CommandExt;
+        let data = self.data();
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut stop: Vec<&str> = Vec::new();
+        if let Some(user) = &self.user {
+            stop.extend(["runuser", "-u", user, "--"]);
+        }
+        stop.extend([
+            path_str(&pg_ctl),
+            "stop",
+            "-w",
+            "-m",
+            "immediate",
+            "-D",
+            path_str(&data),
+        ]);
+        let pid = std::process::id().to_string();
+        // The shell starts the watcher in the background and exits at once, so the watcher is
+        // nobody's child here (no zombie, nothing to wait for).
+        let started = Command::new("sh")
+            .args([
+                "-c",
+                r#"(pid=$1 dir=$2; shift 2
+                    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+                    "$@"; rm -rf "$dir") &"#,
+                "pbxguard-test-postgres-watch",
+                &pid,
+                path_str(self.dir.path()),
+            ])
+            .args(&stop)
+            // Its own process group: Ctrl-C on the terminal must not end the watcher with the
+            // tests it is there to clean up after.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the cluster's watcher");
+        assert!(started.success(), "the cluster's watcher: {started}");
     }
 
     /// Creates an empty database and returns its `postgres://` URL.
