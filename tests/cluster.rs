@@ -358,3 +358,190 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
     }
     drop(daemons);
 }
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The TOTP code `oathtool` computes for `secret` (base32) at unix time `at`.
+fn totp(secret: &str, at: i64) -> String {
+    let out = Command::new("oathtool")
+        .args(["--totp", "-b", secret, "-N", &format!("@{at}")])
+        .output()
+        .expect("oathtool is installed");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn post_json(env: &Env, path: &str, bearer: Option<&str>, body: serde_json::Value) -> common::Resp {
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}"));
+    let mut headers = vec!["Content-Type: application/json"];
+    if let Some(a) = &auth {
+        headers.push(a);
+    }
+    env.request("POST", path, &headers, Some(&body.to_string()))
+}
+
+#[test]
+fn mfa_ami_clients_and_sip_bans_reach_every_node() {
+    use common::ami::{header, AmiClient, AmiPeer};
+    use common::sip::{base_headers, request, rnd, SipPeer, SipTls, ORIGIN};
+
+    let Some(pg) = Postgres::start("mfa_ami_sip_across_nodes") else {
+        return;
+    };
+    let url = pg.create_database("pbxguard");
+    let sip_peer = SipPeer::start(&["1001:pw1001"], &[]);
+    let ami_peer = AmiPeer::start_with(&[("pbxguard", "upstream-secret", "all", "all")], &[]);
+    let ports: Vec<(u16, u16, u16)> = (0..2)
+        .map(|_| {
+            (
+                common::free_port(),
+                common::free_port(),
+                common::free_port(),
+            )
+        })
+        .collect();
+    let nodes: Vec<Env> = ["pbx-a", "pbx-b"]
+        .iter()
+        .zip(&ports)
+        .map(|(name, (tls, wss, ami))| {
+            let env = node(&url, name, "");
+            let config = std::fs::read_to_string(&env.config).unwrap();
+            env.write_config(&format!(
+                "{config}\n[sip]\ntls_listen = \"127.0.0.1:{tls}\"\nwss_listen = \"127.0.0.1:{wss}\"\n\
+                 upstream = \"127.0.0.1:{}\"\nupstream_bind = \"127.0.0.1:0\"\nwss_origins = [\"{ORIGIN}\"]\n\
+                 \n[ami]\nlisten = \"127.0.0.1:{ami}\"\nupstream = \"127.0.0.1:{}\"\nupstream_timeout = \"2s\"\n",
+                sip_peer.udp,
+                ami_peer.port()
+            ));
+            env
+        })
+        .collect();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // The shared vault first (through A), with Asterisk's AMI secret in it; then both nodes.
+    a.init();
+    a.ok(&["secret", "set", "ami/upstream"], b"upstream-secret");
+    let daemons: Vec<Daemon> = nodes.iter().map(Env::start).collect();
+    for (d, (tls, _, ami)) in daemons.iter().zip(&ports) {
+        d.wait_for_port(*tls);
+        d.wait_for_port(*ami);
+        following(d);
+    }
+
+    // TOTP enrolled on A is asked for, and accepted, at a login on B; the code of the next
+    // step, as the confirmation's step is spent (on every node: it is stored).
+    a.add_user("alice", 5, "alice password here");
+    let jwt = a.token("alice", "alice password here");
+    let e = post_json(
+        a,
+        "/api/v1/auth/totp/enroll",
+        Some(&jwt),
+        serde_json::json!({}),
+    );
+    assert_eq!(e.status, 200, "{e:?}");
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    let confirmed_at = unix_now();
+    let c = post_json(
+        a,
+        "/api/v1/auth/totp/confirm",
+        Some(&jwt),
+        serde_json::json!({ "code": totp(&secret, confirmed_at) }),
+    );
+    assert_eq!(c.status, 200, "{c:?}");
+    let pending = b.login("alice", "alice password here", &[]);
+    assert_eq!(pending.json()["status"], "mfa_required", "{pending:?}");
+    let token = pending.json()["mfa_token"].as_str().unwrap().to_string();
+    let replayed = post_json(
+        b,
+        "/api/v1/auth/mfa",
+        None,
+        serde_json::json!({ "mfa_token": token, "method": "totp", "code": totp(&secret, confirmed_at) }),
+    );
+    assert_eq!(
+        replayed.status, 401,
+        "the code spent on A is refused on B: {replayed:?}"
+    );
+    let done = post_json(
+        b,
+        "/api/v1/auth/mfa",
+        None,
+        serde_json::json!({ "mfa_token": token, "method": "totp", "code": totp(&secret, confirmed_at + 30) }),
+    );
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(
+        a.check(done.json()["token"].as_str().unwrap(), &[]).status,
+        200
+    );
+
+    // An AMI client added through A's CLI logs in on B's gateway; removed through A's CLI,
+    // its session on B ends.
+    a.add_ami_client("crm", "crm-secret-value-1", &["--allow", "Originate"]);
+    let mut crm = AmiClient::connect(ports[1].2);
+    let r = crm.login("crm", "crm-secret-value-1");
+    assert_eq!(
+        header(&r, "Message"),
+        Some("Authentication accepted"),
+        "{r:?}"
+    );
+    a.ok(&["ami", "user", "rm", "crm"], b"");
+    assert!(
+        crm.wait_closed(Duration::from_secs(15)),
+        "the removed client's session on B ended"
+    );
+    let mut again = AmiClient::connect(ports[1].2);
+    let r = again.login("crm", "crm-secret-value-1");
+    assert_ne!(
+        header(&r, "Message"),
+        Some("Authentication accepted"),
+        "{r:?}"
+    );
+
+    // A scanner banned by A's SIP edge is refused by B's within a second.
+    let mut scanner = SipTls::connect(ports[0].0, &a.cert());
+    let mut l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
+    l.retain(|h| !h.starts_with("User-Agent"));
+    l.push("User-Agent: friendly-scanner".into());
+    scanner.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
+    assert!(
+        scanner.closed_within(Duration::from_secs(10)),
+        "scanner not cut off on A"
+    );
+    wait_until("the ban in the database", Duration::from_secs(10), || {
+        pg.psql("pbxguard", "SELECT COUNT(*) FROM sip_bans") != "0"
+    });
+    let banned_at = Instant::now();
+    wait_until(
+        "B refusing the banned address",
+        Duration::from_secs(1),
+        || match SipTls::try_connect(ports[1].0, &b.cert()) {
+            Err(_) => true,
+            Ok(mut c) => {
+                let l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
+                c.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
+                c.closed_within(Duration::from_millis(300))
+            }
+        },
+    );
+    println!(
+        "ban made on A enforced on B after {:?}",
+        banned_at.elapsed()
+    );
+    // Lifted through B's CLI: A accepts the address again.
+    b.ok(&["sip", "ban", "rm", "--all"], b"");
+    wait_until(
+        "A accepting the address again",
+        Duration::from_secs(3),
+        || {
+            SipTls::try_connect(ports[0].0, &a.cert()).is_ok_and(|mut c| {
+                let l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
+                c.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
+                !c.closed_within(Duration::from_millis(500))
+            })
+        },
+    );
+    drop(daemons);
+}
