@@ -232,6 +232,9 @@ fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: Cancellation
                     let config = app.config.load();
                     let url = config.http.as_ref().map(|h| h.public_url.as_str());
                     let now = crate::clock::now_unix();
+                    if started {
+                        warn_if_name_taken(&app, &config.daemon.node_name, url, now).await;
+                    }
                     match app.store.put_node(&config.daemon.node_name, url, now, started).await {
                         Ok(()) => started = false,
                         Err(e) => debug!(error = %e, "refreshing this node's row failed; retrying"),
@@ -240,6 +243,19 @@ fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: Cancellation
             }
         }
     });
+}
+
+/// Node names must be unique: a second host with this one's name would take its recordings
+/// and its row. A row refreshed recently with another `public_url` is most likely such a host
+/// (a restart of this one keeps its URL).
+async fn warn_if_name_taken(app: &App, name: &str, url: Option<&str>, now: i64) {
+    if let Ok(Some(row)) = app.store.node_row(name).await {
+        if now - row.seen_at <= crate::recordings::serve::NODE_STALE_SECS
+            && row.public_url.as_deref() != url
+        {
+            error!(node = %name, other_public_url = ?row.public_url, "another running host seems to use this [daemon] node_name; give each host its own");
+        }
+    }
 }
 
 /// Ended sessions are kept this long for `session list`-style forensics, then deleted (the

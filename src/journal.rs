@@ -146,11 +146,11 @@ async fn writer(
             } else {
                 Patience::For(RETRY_FOR)
             };
-            let written = write(&store, &batch, &history, patience).await;
-            if !written {
-                overflow.inc_by((batch.len() + history.len()) as u64);
-            }
-            refusing = !written;
+            let lost = write(&store, &batch, &history, patience).await;
+            overflow.inc_by(lost as u64);
+            // On a shared database every batch waits for it again (an outage ends); on SQLite a
+            // batch given up means the next ones get one try each.
+            refusing = lost > 0 && !store.is_shared();
         }
         for ack in acks {
             let _ = ack.send(());
@@ -167,33 +167,59 @@ enum Patience<'a> {
     UntilBack(&'a AtomicBool),
 }
 
-/// Stores `batch` and `history`, retrying as `patience` allows; `false` when the rows went to
-/// the daemon's log instead.
+/// Stores `batch` and `history`, retrying as `patience` allows while the database is
+/// unavailable; the number of rows that went to the daemon's log instead. A row the database
+/// refuses for itself (not for being unavailable) goes to the log alone; the others are
+/// still written.
 async fn write(
     store: &Store,
     batch: &[AuditEntry],
     history: &[HistoryEntry],
     patience: Patience<'_>,
-) -> bool {
+) -> usize {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(50);
-    let mut written = 0;
+    let mut lost = 0;
+    let mut audit_done = batch.is_empty();
+    let mut next_history = 0;
     loop {
-        let result = async {
-            if written == 0 && !batch.is_empty() {
-                store.audit_many(batch).await?;
+        let e = if !audit_done {
+            match store.audit_many(batch).await {
+                Ok(()) => {
+                    audit_done = true;
+                    continue;
+                }
+                Err(e) if !e.is_unavailable() => {
+                    // One bad row must not cost the batch: row by row, from here.
+                    for row in batch {
+                        if let Err(e) = store.audit_many(std::slice::from_ref(row)).await {
+                            error!(error = %e, "an audit row was refused by the database");
+                            log_row(&Msg::Entry(row.clone()), "journal row");
+                            lost += 1;
+                        }
+                    }
+                    audit_done = true;
+                    continue;
+                }
+                Err(e) => e,
             }
-            written = written.max(1);
-            for (i, h) in history.iter().enumerate().skip(written - 1) {
-                store.record_login(&h.as_new()).await?;
-                written = i + 2;
+        } else if let Some(h) = history.get(next_history) {
+            match store.record_login(&h.as_new()).await {
+                Ok(()) => {
+                    next_history += 1;
+                    continue;
+                }
+                Err(e) if !e.is_unavailable() => {
+                    error!(error = %e, "a login history row was refused by the database");
+                    log_row(&Msg::History(h.clone()), "journal row");
+                    lost += 1;
+                    next_history += 1;
+                    continue;
+                }
+                Err(e) => e,
             }
-            Ok::<(), crate::store::StoreError>(())
-        }
-        .await;
-        let e = match result {
-            Ok(()) => return true,
-            Err(e) => e,
+        } else {
+            return lost;
         };
         let waited = started.elapsed() + delay;
         let again = match patience {
@@ -205,20 +231,22 @@ async fn write(
         };
         if again {
             // A fault of the database is logged by the store when it starts and ends.
-            debug!(error = %e, rows = batch.len() + history.len(), "writing the journal failed; retrying");
+            debug!(error = %e, "writing the journal failed; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_DELAY);
             continue;
         }
-        error!(error = %e, rows = batch.len() + history.len(), "writing the journal failed; the rows follow in this log");
-        let skip_audit = if written > 0 { batch.len() } else { 0 };
-        for row in &batch[skip_audit..] {
-            log_row(&Msg::Entry(row.clone()), "journal row");
+        let left = if audit_done { 0 } else { batch.len() } + history.len() - next_history;
+        error!(error = %e, rows = left, "writing the journal failed; the rows follow in this log");
+        if !audit_done {
+            for row in batch {
+                log_row(&Msg::Entry(row.clone()), "journal row");
+            }
         }
-        for h in &history[written.saturating_sub(1)..] {
+        for h in &history[next_history..] {
             log_row(&Msg::History(h.clone()), "journal row");
         }
-        return false;
+        return lost + left;
     }
 }
 

@@ -15,14 +15,20 @@ use common::{curl, status, text, Daemon, Env};
 const KEY: [u8; 32] = [7; 32];
 
 /// A node: its own folder, ports, certificate and recordings folder; `node_name` NAME; the
-/// shared database and master key; `extra` appended to `[daemon]`.
-fn node(url: &str, name: &str, extra: &str) -> Env {
+/// shared database and master key; `extra` appended to `[daemon]`, `sections` to the file.
+fn node(url: &str, name: &str, extra: &str, sections: &str) -> Env {
     let env = Env::new();
-    let config = std::fs::read_to_string(&env.config).unwrap();
+    // Under PBXGUARD_TEST_STORE=postgres the Env already names a database: this one wins.
+    let config: String = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("database = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let rec = env.path("recordings");
     std::fs::create_dir_all(&rec).unwrap();
     env.write_config(&format!(
-        "{}\n[recordings]\nroot = \"{}\"\n",
+        "{}\n[recordings]\nroot = \"{}\"\n{sections}\n",
         config.replace(
             "[daemon]\n",
             &format!(
@@ -41,9 +47,12 @@ fn node(url: &str, name: &str, extra: &str) -> Env {
 }
 
 /// Two nodes started at once on an empty database.
-fn two_nodes(pg: &Postgres, db: &str, extra: &str) -> ([Env; 2], Vec<Daemon>) {
+fn two_nodes(pg: &Postgres, db: &str, extra: &str, sections: [&str; 2]) -> ([Env; 2], Vec<Daemon>) {
     let url = pg.create_database(db);
-    let nodes = [node(&url, "pbx-a", extra), node(&url, "pbx-b", extra)];
+    let nodes = [
+        node(&url, "pbx-a", extra, sections[0]),
+        node(&url, "pbx-b", extra, sections[1]),
+    ];
     let daemons: Vec<_> = std::thread::scope(|scope| {
         let starts: Vec<_> = nodes.iter().map(|n| scope.spawn(|| n.start())).collect();
         starts.into_iter().map(|s| s.join().unwrap()).collect()
@@ -74,7 +83,7 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
         return;
     };
     let db = "pbxguard";
-    let (nodes, daemons) = two_nodes(&pg, db, "");
+    let (nodes, daemons) = two_nodes(&pg, db, "", ["", ""]);
     let [a, b] = &nodes;
     // Two nodes migrating one empty database at once applied each migration once.
     let versions = pg.psql(
@@ -135,6 +144,15 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
     println!("revocation on B refused on A, over 200 revocations: {figures}");
     assert_eq!(figures["n"], 200);
     assert_eq!(figures["over_1s"], 0, "{figures}");
+    // Measured on the cache path: A trusted its caches throughout (had it lost the change
+    // feed, every check would have read the database and the figures would prove nothing).
+    assert!(
+        !daemons[0]
+            .log()
+            .contains("lost the database's change notifications"),
+        "{}",
+        daemons[0].log()
+    );
 
     // A link minted on A for a file on B's disk: A answers 307 to B, which serves it.
     let file = b.path("recordings/2026/12/call.wav");
@@ -188,6 +206,47 @@ fn nodes_share_sessions_lockouts_revocations_and_links() {
     let links = json(&b.ok(&["recording", "list", "--json"], b""));
     assert_eq!(links[0]["node"], "pbx-b", "{links}");
 
+    // Never a redirect to itself (a node renamed, or nodes sharing one public_url), nor to a
+    // node that stopped refreshing its row: 503 node_unknown instead of a loop.
+    let code = |link: &str| {
+        text(&curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            a.cert().to_str().unwrap(),
+            link,
+        ]))
+    };
+    let b_url = pg.psql(db, "SELECT public_url FROM nodes WHERE name = 'pbx-b'");
+    // B refreshes its row every 30 s and may undo an edit in between: edited again then.
+    let answers_after = |edit: &str| {
+        (0..3)
+            .map(|_| {
+                pg.psql(db, edit);
+                code(&link)
+            })
+            .find(|c| c != "307")
+            .unwrap_or_else(|| "307".into())
+    };
+    let own = format!(
+        "UPDATE nodes SET public_url = 'https://localhost:{}' WHERE name = 'pbx-b'",
+        a.http_port
+    );
+    assert_eq!(answers_after(&own), "503");
+    let stale = format!(
+        "UPDATE nodes SET public_url = '{b_url}', seen_at = {} WHERE name = 'pbx-b'",
+        unix_now() - 1000
+    );
+    assert_eq!(answers_after(&stale), "503");
+    pg.psql(
+        db,
+        "UPDATE nodes SET seen_at = seen_at + 1000 WHERE name = 'pbx-b'",
+    );
+    assert_eq!(code(&link), "307");
+
     // A node nobody announced is refused at minting.
     let unknown = a.request(
         "POST",
@@ -236,11 +295,46 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
         return;
     };
     let db = "pbxguard";
-    let (nodes, daemons) = two_nodes(&pg, db, "store_outage_grace = \"4s\"");
+    let realtime = common::free_port();
+    let (nodes, daemons) = two_nodes(
+        &pg,
+        db,
+        "store_outage_grace = \"4s\"",
+        [
+            &format!("[realtime]\nlisten = \"127.0.0.1:{realtime}\"\nusername = \"asterisk\"\n"),
+            "",
+        ],
+    );
     let [a, b] = &nodes;
     for d in &daemons {
         following(d);
     }
+    a.ok(
+        &["secret", "set", "realtime/password"],
+        b"realtime-password\n",
+    );
+    a.set_sip_credential("1001", "sip-password-1001");
+    // Asterisk asking for a credential (as res_config_curl does): (status, body).
+    let asterisk = || {
+        let out = curl(&[
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            "id=1001",
+            &format!(
+                "http://asterisk:realtime-password@127.0.0.1:{realtime}/realtime/ps_auths/single"
+            ),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse::<u16>().unwrap_or(0), body.to_string())
+    };
+    let (code, body) = asterisk();
+    assert_eq!(code, 200);
+    assert!(body.contains("sip-password-1001"), "{body}");
     a.add_user("agent1", 1, "agent one password");
     let token = a.token("agent1", "agent one password");
     assert_eq!(b.check(&token, &[]).status, 200);
@@ -285,8 +379,11 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
             );
         }
 
-        // Past the grace: 401, within 3 s.
-        std::thread::sleep(Duration::from_secs(4).saturating_sub(verified.elapsed()));
+        // Realtime: 500 with an empty body (Asterisk keeps what it has).
+        assert_eq!(asterisk(), (500, String::new()));
+
+        // Past the grace (and a second, the grace counting whole seconds): 401, within 3 s.
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(verified.elapsed()));
         let started = Instant::now();
         assert_eq!(a.check(&token, &[]).status, 401);
         assert!(started.elapsed() < Duration::from_secs(3));
@@ -301,6 +398,7 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
         wait_until("logins on B again", Duration::from_secs(15), || {
             b.login("agent1", "agent one password", &[]).status == 200
         });
+        assert_eq!(asterisk().0, 200);
         stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
         let answers = load.join().unwrap();
         println!("checks on B during the outage, by status: {answers:?}");
@@ -409,7 +507,7 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
         .iter()
         .zip(&ports)
         .map(|(name, (tls, wss, ami))| {
-            let env = node(&url, name, "");
+            let env = node(&url, name, "", "");
             let config = std::fs::read_to_string(&env.config).unwrap();
             env.write_config(&format!(
                 "{config}\n[sip]\ntls_listen = \"127.0.0.1:{tls}\"\nwss_listen = \"127.0.0.1:{wss}\"\n\
@@ -516,7 +614,7 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
     let banned_at = Instant::now();
     wait_until(
         "B refusing the banned address",
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         || match SipTls::try_connect(ports[1].0, &b.cert()) {
             Err(_) => true,
             Ok(mut c) => {

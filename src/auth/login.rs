@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 use crate::auth::config::AuthConfig;
 use crate::clock::now_unix;
 use crate::metrics::Metrics;
-use crate::store::changes::Change;
 use crate::store::{NewHistory, SessionRow, Store, StoreError, UserRow};
 
 use super::jwt::{Claims, JwtError, AUDIENCE, ISSUER};
@@ -303,14 +302,8 @@ pub async fn logout(gate: Gate<'_>, session: &Session, client: &Client) -> Resul
         result: "logout",
     };
     gate.store.logout(&session.id, &entry).await?;
+    // Other nodes were told by the logout's own commit.
     gate.auth.sessions.forget(&session.id);
-    // Other nodes may have the session cached; a node that misses this drops its caches
-    // when its listener reconnects, so a failure here is only logged.
-    if let Err(e) =
-        crate::auth::sessions::tell_nodes(gate.store, Change::Session(session.id.to_string())).await
-    {
-        tracing::warn!(error = %e, "logout not announced to the other nodes");
-    }
     gate.metrics.login("logout");
     Ok(())
 }

@@ -132,23 +132,25 @@ pub enum Notice<'a> {
     Stamp(&'a Path),
 }
 
+/// The other nodes sharing a PostgreSQL database learn of ended sessions from the store
+/// itself: the write that ends them announces it with its commit (see `store::changes`).
 impl Notice<'_> {
-    /// One session ended. Besides this host, every node sharing `store`'s database is told.
-    pub async fn session_ended(self, store: &Store, id: &str) -> Result<(), StampError> {
-        self.local(Some(id))?;
-        tell_nodes(store, Change::Session(id.to_string())).await
+    /// One session ended.
+    pub async fn session_ended(self, _store: &Store, id: &str) -> Result<(), StampError> {
+        self.local(Some(id))
     }
 
     /// Any number of sessions ended (a user's, everyone's, or users changed).
-    pub async fn sessions_ended(self, store: &Store) -> Result<(), StampError> {
-        self.local(None)?;
-        tell_nodes(store, Change::Sessions).await
+    pub async fn sessions_ended(self, _store: &Store) -> Result<(), StampError> {
+        self.local(None)
     }
 
-    /// Signing keys changed: every node reloads them.
+    /// Signing keys changed: every node reloads them (announced here, after the vault's
+    /// commit; both are attempted even if the first fails).
     pub async fn keys_changed(self, store: &Store) -> Result<(), StampError> {
-        self.local(None)?;
-        tell_nodes(store, Change::Keys).await
+        let here = self.local(None);
+        let there = tell_nodes(store, Change::Keys).await;
+        here.and(there)
     }
 
     fn local(self, id: Option<&str>) -> Result<(), StampError> {
@@ -176,6 +178,8 @@ pub struct Sessions {
     ended: tokio::sync::Notify,
     /// `[daemon] store_outage_grace` in seconds (see [`Sessions::set_outage_grace`]).
     outage_grace: AtomicI64,
+    /// When a lookup last found the database unavailable (unix seconds; 0: never).
+    last_failure: AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +203,7 @@ impl Sessions {
             stamp_path,
             ended: tokio::sync::Notify::new(),
             outage_grace: AtomicI64::new(DEFAULT_OUTAGE_GRACE),
+            last_failure: AtomicI64::new(0),
         }
     }
 
@@ -270,40 +275,55 @@ impl Sessions {
                 return Ok(answer);
             }
         }
+        // In an outage every lookup would wait for the pool's timeout first: once one failed,
+        // the next second's checks answer from the grace at once.
+        if self.failed_recently() {
+            return self.in_outage(claims, idle, now, StoreError::TimedOut);
+        }
         let generation = self.generation();
         let looked_up = match tokio::time::timeout(LOOKUP_TIMEOUT, store.session(&claims.sid)).await
         {
             Ok(Ok(row)) => row,
-            Ok(Err(e)) if e.is_unavailable() => return self.in_outage(claims, idle, now, e),
+            Ok(Err(e)) if e.is_unavailable() => {
+                self.note_failure();
+                return self.in_outage(claims, idle, now, e);
+            }
             Ok(Err(e)) => return Err(e),
-            Err(_) => return self.in_outage(claims, idle, now, StoreError::TimedOut),
+            Err(_) => {
+                self.note_failure();
+                return self.in_outage(claims, idle, now, StoreError::TimedOut);
+            }
         };
         let Some(row) = looked_up else {
             self.drop_entry(&claims.sid);
             return Ok(Err(Deny::Unknown));
         };
-        let cached = match admit(&row) {
+        let mut cached = match admit(&row) {
             Ok(c) => c,
             Err(d) => {
                 self.drop_entry(&claims.sid);
                 return Ok(Err(d));
             }
         };
-        let stale = match self.inner.lock() {
+        let kept = match self.inner.lock() {
             Ok(mut inner) if inner.generation == generation => {
                 if inner.map.len() >= MAX_CACHED {
                     inner.map.clear();
                     inner.generation += 1;
                 }
-                inner.map.entry(claims.sid.clone()).or_insert(cached);
-                false
+                inner
+                    .map
+                    .entry(claims.sid.clone())
+                    .or_insert(cached.clone());
+                true
             }
-            Ok(_) => true,
-            Err(_) => false,
+            _ => false,
         };
-        if stale {
-            // A revocation may have happened while we read: decide again from the database.
-            return Box::pin(self.check(store, cfg, claims, now)).await;
+        if !kept {
+            // Entries were dropped while we read: this row is the database's answer for now,
+            // but it is not cached (a revocation may have committed since), and the check is
+            // not repeated, so that it stays within its time.
+            return Ok(decide(&mut cached, claims, idle, now));
         }
         Ok(self
             .check_cached(claims, idle, now, Use::Verified)
@@ -329,6 +349,16 @@ impl Sessions {
         }
     }
 
+    fn note_failure(&self) {
+        self.last_failure
+            .store(crate::clock::now_unix(), Ordering::Relaxed);
+    }
+
+    fn failed_recently(&self) -> bool {
+        let at = self.last_failure.load(Ordering::Relaxed);
+        at != 0 && crate::clock::now_unix() - at < 1
+    }
+
     fn drop_entry(&self, id: &str) {
         if let Ok(mut inner) = self.inner.lock() {
             if inner.map.remove(id).is_some() {
@@ -350,34 +380,41 @@ impl Sessions {
         let c = inner.map.get_mut(claims.sid.as_str())?;
         match how {
             Use::Trusted | Use::Verified => c.verified_at = now,
-            Use::Grace(limit) if now.saturating_sub(c.verified_at) > limit => return None,
+            // Whole seconds: "verified within the last N s" is a difference below N (zero:
+            // never).
+            Use::Grace(limit) if now.saturating_sub(c.verified_at) >= limit => return None,
             Use::Grace(_) => {}
         }
-        if *c.user != *claims.sub || c.level != claims.lvl {
-            return Some(Err(Deny::Mismatch));
-        }
-        if now >= c.expires_at {
-            return Some(Err(Deny::Expired));
-        }
-        if now - c.last_seen > idle {
-            return Some(Err(Deny::Idle));
-        }
-        c.last_seen = c.last_seen.max(now);
-        let touch = (now - c.last_written >= TOUCH_INTERVAL).then_some(now);
-        if let Some(t) = touch {
-            c.last_written = t;
-        }
-        Some(Ok(Checked {
-            session: Session {
-                id: c.id.clone(),
-                user: c.user.clone(),
-                level: c.level,
-                created_at: c.created_at,
-                expires_at: c.expires_at,
-            },
-            touch,
-        }))
+        Some(decide(c, claims, idle, now))
     }
+}
+
+/// The decision about a session entry at `now` (and its `last_seen` moved on).
+fn decide(c: &mut Cached, claims: &Claims, idle: i64, now: i64) -> Result<Checked, Deny> {
+    if *c.user != *claims.sub || c.level != claims.lvl {
+        return Err(Deny::Mismatch);
+    }
+    if now >= c.expires_at {
+        return Err(Deny::Expired);
+    }
+    if now - c.last_seen > idle {
+        return Err(Deny::Idle);
+    }
+    c.last_seen = c.last_seen.max(now);
+    let touch = (now - c.last_written >= TOUCH_INTERVAL).then_some(now);
+    if let Some(t) = touch {
+        c.last_written = t;
+    }
+    Ok(Checked {
+        session: Session {
+            id: c.id.clone(),
+            user: c.user.clone(),
+            level: c.level,
+            created_at: c.created_at,
+            expires_at: c.expires_at,
+        },
+        touch,
+    })
 }
 
 /// How a cache entry is used.
@@ -387,7 +424,7 @@ enum Use {
     Trusted,
     /// Just read from the database.
     Verified,
-    /// The database is unreachable: only if verified at most this many seconds ago.
+    /// The database is unreachable: only if verified less than this many seconds ago.
     Grace(i64),
 }
 
@@ -409,4 +446,75 @@ fn admit(row: &SessionRow) -> Result<Cached, Deny> {
         last_written: row.last_seen,
         verified_at: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sid: &str) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            lvl: 2,
+            role: "agent".into(),
+            sid: sid.into(),
+            iat: 0,
+            nbf: 0,
+            exp: u64::MAX,
+            iss: String::new(),
+            aud: String::new(),
+        }
+    }
+
+    /// A session verified at `at`, cached.
+    fn cached(sessions: &Sessions, sid: &str, at: i64) {
+        let mut inner = sessions.inner.lock().unwrap();
+        inner.map.insert(
+            sid.into(),
+            Cached {
+                id: sid.into(),
+                user: "alice".into(),
+                level: 2,
+                created_at: at,
+                expires_at: at + 28_800,
+                last_seen: at,
+                last_written: at,
+                verified_at: at,
+            },
+        );
+    }
+
+    #[test]
+    fn an_outage_accepts_only_sessions_verified_within_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = Sessions::new(dir.path());
+        sessions.set_outage_grace(Duration::from_secs(30));
+        cached(&sessions, "s1", 1_000);
+        let c = claims("s1");
+        let accepted = |now| {
+            sessions
+                .in_outage(&c, 3_600, now, StoreError::TimedOut)
+                .is_ok_and(|r| r.is_ok())
+        };
+        assert!(accepted(1_000));
+        assert!(accepted(1_029));
+        assert!(!accepted(1_030), "30 s after the last verification");
+        // Answering from the grace does not extend it.
+        assert!(!accepted(1_031));
+        // An unknown session gets the database's error, not a denial.
+        assert!(sessions
+            .in_outage(&claims("nope"), 3_600, 1_000, StoreError::TimedOut)
+            .is_err());
+    }
+
+    #[test]
+    fn a_zero_grace_fails_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = Sessions::new(dir.path());
+        sessions.set_outage_grace(Duration::ZERO);
+        cached(&sessions, "s1", 1_000);
+        assert!(sessions
+            .in_outage(&claims("s1"), 3_600, 1_000, StoreError::TimedOut)
+            .is_err());
+    }
 }

@@ -179,9 +179,11 @@ pub async fn set_level(
 ) -> Result<u64, UserError> {
     check_level(level)?;
     let ended = changed(store.set_user_level(name, level).await?, name)?;
-    notice.sessions_ended(store).await?;
+    // Committed: audited even when telling the daemon failed.
+    let told = notice.sessions_ended(store).await;
     let detail = format!("level {level}");
     store.audit(actor, "user.set-level", name, &detail).await?;
+    told?;
     Ok(ended)
 }
 
@@ -195,13 +197,13 @@ pub async fn set_disabled(
     disabled: bool,
 ) -> Result<u64, UserError> {
     let ended = changed(store.set_user_disabled(name, disabled).await?, name)?;
-    let action = if disabled {
-        notice.sessions_ended(store).await?;
-        "user.disable"
+    let (action, told) = if disabled {
+        ("user.disable", notice.sessions_ended(store).await)
     } else {
-        "user.enable"
+        ("user.enable", Ok(()))
     };
     store.audit(actor, action, name, "").await?;
+    told?;
     Ok(ended)
 }
 
@@ -216,8 +218,9 @@ pub async fn set_password(
 ) -> Result<u64, UserError> {
     let hash = password::hash_now(password.as_bytes())?;
     let ended = changed(store.set_user_password(name, &hash).await?, name)?;
-    notice.sessions_ended(store).await?;
+    let told = notice.sessions_ended(store).await;
     store.audit(actor, "user.passwd", name, "").await?;
+    told?;
     Ok(ended)
 }
 

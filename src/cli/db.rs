@@ -56,7 +56,9 @@ async fn copy(
     }
     let shown = redacted_url(to);
     // Never created here: a missing file is an error, not an empty store to copy.
-    let source = Store::open(from, false).await?;
+    let source = Store::open(from, false)
+        .await?
+        .with_node(&config.daemon.node_name);
     let target = Store::open_with_password_file(to, password_file.as_deref(), false).await?;
     let result = copy_sqlite_to_postgres(&source, &target)
         .await

@@ -81,7 +81,8 @@ pub async fn rotate_key(
             retired.push(old.clone());
         }
     }
-    announce(stamp_dir)?;
+    let here = announce(stamp_dir);
     tell_nodes(store, Change::Keys).await?;
+    here?;
     Ok(KeyRotation { kid, retired })
 }

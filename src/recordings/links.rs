@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::auth::sessions::{announce, tell_nodes};
+use crate::auth::sessions::announce;
 use crate::clock::rfc3339;
 use crate::recordings::config::RecordingsConfig;
-use crate::store::changes::Change;
 use crate::store::{LinkFilter, LinkRow, Store};
 
 use super::{link_id_from, token, LinkCache, LinkKeys, RecordingError, Root};
@@ -207,18 +206,14 @@ pub enum LinkNotice<'a> {
 }
 
 impl LinkNotice<'_> {
-    /// Drops the link (or every link: `None`) here, then tells the nodes sharing the database.
-    async fn revoked(self, store: &Store, id: Option<&str>) -> Result<(), RecordingError> {
+    /// Drops the link (or every link: `None`) here. The other nodes sharing a PostgreSQL
+    /// database were told by the revocation's own commit (see `store::changes`).
+    async fn revoked(self, id: Option<&str>) -> Result<(), RecordingError> {
         match (self, id) {
             (LinkNotice::Daemon(cache), Some(id)) => cache.forget(id),
             (LinkNotice::Daemon(cache), None) => cache.clear(),
             (LinkNotice::Stamp(dir), _) => announce(dir)?,
         }
-        let change = match id {
-            Some(id) => Change::Link(id.to_string()),
-            None => Change::Links,
-        };
-        tell_nodes(store, change).await?;
         Ok(())
     }
 }
@@ -247,7 +242,7 @@ pub async fn revoke(
     // Forgotten even when it was already revoked: another process may have revoked it while
     // this daemon still holds it in its cache. A committed revocation is audited even when
     // telling others about it failed.
-    let told = notice.revoked(store, Some(&id)).await;
+    let told = notice.revoked(Some(&id)).await;
     if revoked {
         store
             .audit(actor, "recording.revoke", &row.path, &format!("link={id}"))
@@ -269,7 +264,7 @@ pub async fn revoke_path(
 ) -> Result<(String, u64), RecordingError> {
     let rel = root.normalise(path)?;
     let n = store.revoke_links_to(&rel, actor, now).await?;
-    let told = notice.revoked(store, None).await;
+    let told = notice.revoked(None).await;
     store
         .audit(actor, "recording.revoke", &rel, &format!("links={n}"))
         .await?;

@@ -84,27 +84,46 @@ pub enum Home {
     Unknown(String),
 }
 
-/// Where `row`'s file lives, seen from the node `store` writes as.
-pub async fn home(store: &Store, row: &LinkRow) -> Result<Home, StoreError> {
+/// A node whose row was not refreshed for this long is gone (rows are refreshed every 30 s).
+pub const NODE_STALE_SECS: i64 = 90;
+
+/// Where `row`'s file lives, seen from the node `store` writes as, whose own `public_url` is
+/// `own_url`. A single host (SQLite) serves every link itself. Never answers with this node's
+/// own address (a renamed node, or nodes that share one load-balanced `public_url`, would
+/// otherwise redirect to themselves forever), nor with a node that stopped refreshing its row.
+pub async fn home(
+    store: &Store,
+    row: &LinkRow,
+    own_url: Option<&str>,
+    now: i64,
+) -> Result<Home, StoreError> {
     let Some(node) = row.node.as_deref() else {
         return Ok(Home::Here);
     };
-    if store.node().is_none_or(|me| me == node) {
+    if !store.is_shared() || store.node().is_none_or(|me| me == node) {
         return Ok(Home::Here);
     }
-    Ok(
-        match store.node_row(node).await?.and_then(|n| n.public_url) {
-            Some(url) => Home::At(url.trim_end_matches('/').to_string()),
-            None => Home::Unknown(node.to_string()),
+    let own = own_url.map(|u| u.trim_end_matches('/'));
+    Ok(match store.node_row(node).await? {
+        Some(n) if now - n.seen_at <= NODE_STALE_SECS => match n.public_url {
+            Some(url) if Some(url.trim_end_matches('/')) != own => {
+                Home::At(url.trim_end_matches('/').to_string())
+            }
+            _ => Home::Unknown(node.to_string()),
         },
-    )
+        _ => Home::Unknown(node.to_string()),
+    })
 }
 
 impl Recordings {
     /// The row of link `id`, from the cache or else the database (and then cached).
     pub async fn link(&self, store: &Store, id: &str) -> Result<Option<Arc<LinkRow>>, StoreError> {
-        if let Some(row) = self.links.get(id) {
-            return Ok(Some(row));
+        // While the change feed is lost, a revocation on another node may be unheard: the
+        // database decides.
+        if store.caches_trusted() {
+            if let Some(row) = self.links.get(id) {
+                return Ok(Some(row));
+            }
         }
         let generation = self.links.generation();
         let Some(row) = store.link(id).await? else {

@@ -28,6 +28,8 @@ pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
 /// NOTIFY payloads are below 8000 bytes; ours are far shorter (ids are 32 hex characters).
 const MAX_PAYLOAD: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A listener connection that lasted this long was a healthy one.
+const MIN_HEALTHY: Duration = Duration::from_secs(10);
 
 /// A committed change that caches may hold a stale copy of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,11 +186,12 @@ impl Store {
         let Backend::Postgres(pool) = &self.backend else {
             return;
         };
-        // Its own pool of one: the listener holds its connection for good, and must not take
-        // one of the request pool's.
+        // Its own pool: the listener holds its connection for good and must not take one of
+        // the request pool's. Two: a listener given up on a dead connection still holds its
+        // one while it closes, and the next one must not wait for that.
         let options = (*pool.connect_options()).clone();
         let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .acquire_timeout(super::ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let mut backoff = Duration::from_millis(100);
@@ -196,8 +199,13 @@ impl Store {
             if stop.is_cancelled() {
                 break;
             }
+            let began = tokio::time::Instant::now();
             match self.listen_once(&listen_pool, node, &heard, &stop).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                // Only a connection that lived a while resets the backoff, so that one that
+                // keeps failing at once does not reconnect (and drop every cache) ten times
+                // a second.
+                Ok(()) if began.elapsed() >= MIN_HEALTHY => backoff = Duration::from_millis(100),
+                Ok(()) => {}
                 Err(e) => debug!(error = %e, "change listener: not connected"),
             }
             self.set_trusted(false);
@@ -240,8 +248,18 @@ impl Store {
                 _ = stop.cancelled() => return Ok(()),
                 _ = beat.tick(), if due.is_none() => {
                     due = Some(tokio::time::Instant::now());
-                    if let Err(e) = self.announce(&mine).await {
-                        debug!(error = %e, "change listener heartbeat not sent");
+                    // On the listener's own connection (notifications arriving meanwhile are
+                    // buffered), so a busy request pool cannot fail it.
+                    let sent = tokio::time::timeout(
+                        HEARTBEAT_DEADLINE,
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(CHANNEL)
+                            .bind(mine.encode())
+                            .execute(&mut listener),
+                    )
+                    .await;
+                    if !matches!(sent, Ok(Ok(_))) {
+                        debug!("change listener heartbeat not sent");
                         return Ok(());
                     }
                 }

@@ -20,6 +20,9 @@ use super::{Backend, Store, StoreError, MIGRATOR};
 
 /// sqlx's own bookkeeping: each side keeps its own, written by its migrator.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+/// Not copied: which hosts run is the cluster's own, current knowledge (each node writes its
+/// row when it starts); a copied row would name a host that may never join.
+const NODES_TABLE: &str = "nodes";
 
 /// Bind parameters per INSERT; PostgreSQL allows 65 535.
 const MAX_PARAMS: usize = 30_000;
@@ -156,6 +159,15 @@ pub async fn copy_sqlite_to_postgres(
         });
     }
     read.rollback().await.map_err(StoreError::from)?;
+    // Links minted before node names existed were this host's files: say so, or every node
+    // of the cluster would take them for its own.
+    if let Some(node) = source.node() {
+        sqlx::query("UPDATE recording_links SET node = $1 WHERE node IS NULL")
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
     move_sequences(&mut tx, &tables).await?;
     tx.commit().await?;
     Ok(counts)
@@ -227,9 +239,11 @@ async fn plan(src: &SqlitePool, pg: &mut PgConnection) -> Result<Vec<Table>, Cop
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master
          WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> $1
+           AND name <> $2
          ORDER BY name",
     )
     .bind(MIGRATIONS_TABLE)
+    .bind(NODES_TABLE)
     .fetch_all(src)
     .await
     .map_err(StoreError::from)?;

@@ -90,7 +90,7 @@ impl Store {
             .bind(now)
             .bind(by)
             .bind(id)
-            .execute_write(db)
+            .execute_announced(db, super::changes::Change::Link(id.to_string()))
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -106,7 +106,7 @@ impl Store {
             .bind(now)
             .bind(by)
             .bind(path)
-            .execute_write(db)
+            .execute_announced(db, super::changes::Change::Links)
             .await?;
             Ok(done.rows_affected())
         })

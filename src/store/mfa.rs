@@ -105,6 +105,7 @@ impl Store {
                     .bind(user_id),
             )
             .await?;
+            tx.announce(&super::changes::Change::Sessions).await?;
             tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })

@@ -1,5 +1,6 @@
 //! Server-side sessions: the truth behind every JWT (`sid`), so revocation is immediate.
 
+use super::changes::Change;
 use super::tx::ExecuteWrite;
 use super::{Store, StoreError};
 
@@ -159,7 +160,7 @@ impl Store {
                 sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(id)
-                    .execute_write(db)
+                    .execute_announced(db, Change::Session(id.to_string()))
                     .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -179,6 +180,9 @@ impl Store {
                 )
                 .await?;
             super::history::insert_history!(tx, self.node(), history)?;
+            if done.rows_affected() == 1 {
+                tx.announce(&Change::Session(id.to_string())).await?;
+            }
             tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })
@@ -203,7 +207,7 @@ impl Store {
             )
             .bind(now)
             .bind(id)
-            .execute_write(db)
+            .execute_announced(db, Change::Sessions)
             .await?;
             Ok(Some(done.rows_affected()))
         })
@@ -213,7 +217,7 @@ impl Store {
         with_db!(self, db => {
             let done = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE revoked_at IS NULL")
                 .bind(now)
-                .execute_write(db)
+                .execute_announced(db, Change::Sessions)
                 .await?;
             Ok(done.rows_affected())
         })

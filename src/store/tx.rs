@@ -37,6 +37,7 @@ use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Database, Executor, IntoArguments, Pool, Postgres, Sqlite, SqliteConnection};
 use tracing::{info, warn};
 
+use super::changes::Change;
 use super::StoreError;
 
 /// The key of the transaction-level advisory lock every PostgreSQL write transaction takes
@@ -55,6 +56,12 @@ pub(super) trait Dialect: Database {
         sql: &'static str,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     fn rows_affected(done: &Self::QueryResult) -> u64;
+    /// Queues a change notification for the other nodes; PostgreSQL delivers it when (and only
+    /// if) the transaction commits. SQLite has one host and nothing to tell.
+    fn notify(
+        conn: &mut Self::Connection,
+        payload: String,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 impl Dialect for Sqlite {
@@ -71,6 +78,10 @@ impl Dialect for Sqlite {
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    async fn notify(_conn: &mut SqliteConnection, _payload: String) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 
@@ -100,6 +111,15 @@ impl Dialect for Postgres {
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    async fn notify(conn: &mut PgConnection, payload: String) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::changes::CHANNEL)
+            .bind(payload)
+            .execute(conn)
+            .await
+            .map(drop)
     }
 }
 
@@ -219,6 +239,14 @@ impl<DB: Dialect> WriteTx<DB> {
         Ok(done)
     }
 
+    /// Announces `change` to every node with the commit (atomically: a rolled-back change is
+    /// never announced, a committed one always is, to every listener connected then).
+    pub(super) async fn announce(&mut self, change: &Change) -> Result<(), StoreError> {
+        DB::notify(&mut self.conn, change.encode())
+            .await
+            .map_err(|e| self.health.failed("write", e))
+    }
+
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         match DB::end(&mut self.conn, "COMMIT").await {
             Ok(()) => {
@@ -309,6 +337,13 @@ pub(super) trait ExecuteWrite<DB: Dialect> {
         self,
         db: Db<'_, DB>,
     ) -> impl Future<Output = Result<DB::QueryResult, StoreError>> + Send;
+
+    /// The same, announcing `change` with its commit when the statement changed a row.
+    fn execute_announced(
+        self,
+        db: Db<'_, DB>,
+        change: Change,
+    ) -> impl Future<Output = Result<DB::QueryResult, StoreError>> + Send;
 }
 
 impl<'q, DB: Dialect> ExecuteWrite<DB> for Query<'q, DB, <DB as Database>::Arguments<'q>>
@@ -319,6 +354,20 @@ where
     async fn execute_write(self, db: Db<'_, DB>) -> Result<DB::QueryResult, StoreError> {
         let mut tx = db.begin_write().await?;
         let done = tx.exec(self).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn execute_announced(
+        self,
+        db: Db<'_, DB>,
+        change: Change,
+    ) -> Result<DB::QueryResult, StoreError> {
+        let mut tx = db.begin_write().await?;
+        let done = tx.exec(self).await?;
+        if DB::rows_affected(&done) > 0 {
+            tx.announce(&change).await?;
+        }
         tx.commit().await?;
         Ok(done)
     }

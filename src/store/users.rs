@@ -134,6 +134,8 @@ impl Store {
             } else {
                 0
             };
+            // Cached sessions hold the user's level and state: every change drops them.
+            tx.announce(&super::changes::Change::Sessions).await?;
             tx.commit().await?;
             Ok(Some(revoked))
         })

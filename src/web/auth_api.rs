@@ -229,26 +229,39 @@ pub async fn login(
         ));
     }
     let client = client(&app, &peer, &headers);
-    let steps = login_steps(&app, &body.username, password, &client, &peer, &headers);
-    let answer = match tokio::time::timeout(LOGIN_DEADLINE, steps).await {
-        Ok(answer) => answer,
+    // Its own task: a login that outlives the deadline (or whose client went away) still
+    // runs to its end, so that what it holds (its place in the throttle, a transaction) is
+    // given back and its outcome recorded.
+    let task = tokio::spawn(async move {
+        let answer = login_steps(&app, &body.username, password, &client, &peer, &headers).await;
+        if answer
+            .as_ref()
+            .is_err_and(|e| e.code == "store_unavailable")
+        {
+            // The attempt happened: it joins the history once the database is back.
+            app.recordings.journal.record_history(HistoryEntry {
+                at: now_unix(),
+                // As the history records it (PostgreSQL refuses NUL in text).
+                username: login::bounded(
+                    &body.username.replace('\0', "\u{FFFD}"),
+                    login::HISTORY_NAME_LEN,
+                ),
+                ip: client.ip.clone(),
+                user_agent: login::bounded(&client.user_agent, login::HISTORY_AGENT_LEN),
+                result: "store_unavailable".to_string(),
+            });
+            app.metrics.login("store_unavailable");
+        }
+        answer
+    });
+    match tokio::time::timeout(LOGIN_DEADLINE, task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a login task failed");
+            Err(ApiError::internal())
+        }
         Err(_) => Err(ApiError::store_unavailable()),
-    };
-    if answer
-        .as_ref()
-        .is_err_and(|e| e.code == "store_unavailable")
-    {
-        // The attempt happened: it joins the history once the database is back.
-        app.recordings.journal.record_history(HistoryEntry {
-            at: now_unix(),
-            username: login::bounded(&body.username, login::HISTORY_NAME_LEN),
-            ip: client.ip.clone(),
-            user_agent: login::bounded(&client.user_agent, login::HISTORY_AGENT_LEN),
-            result: "store_unavailable".to_string(),
-        });
-        app.metrics.login("store_unavailable");
     }
-    answer
 }
 
 /// A login answers within this even when the database does not (a login page must not hang

@@ -324,7 +324,13 @@ pub async fn download(
     let row = link_row(&app, &out.link).await.map_err(|e| out.refuse(e))?;
     out.path = row.path.clone();
     still_good(&row, &link).map_err(|e| out.refuse(e))?;
-    match serve::home(&app.store, &row).await {
+    let own_url = app
+        .config
+        .load()
+        .http
+        .as_ref()
+        .map(|h| h.public_url.clone());
+    match serve::home(&app.store, &row, own_url.as_deref(), now_unix()).await {
         Ok(Home::Here) => {}
         Ok(Home::At(base)) => {
             // The same path (and query) on the node whose disk holds the file; the token is
@@ -343,7 +349,7 @@ pub async fn download(
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
         }
         Ok(Home::Unknown(node)) => {
-            warn!(link = %out.link, node = %node, "recording lives on a node that announced no public_url");
+            warn!(link = %out.link, node = %node, "recording lives on a node that is not running, announced no public_url of its own, or shares this node's public_url (each node needs its own)");
             return Err(out.refuse(refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "node_unknown",
