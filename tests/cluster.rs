@@ -345,7 +345,9 @@ fn a_database_outage_is_ridden_out_without_a_restart() {
     std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             let mut answers = std::collections::BTreeMap::<u16, u32>::new();
-            while !stop_load.load(std::sync::atomic::Ordering::Relaxed) {
+            // Bounded too: a failed assertion below must not leave the scope waiting for it.
+            let until = Instant::now() + Duration::from_secs(120);
+            while !stop_load.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
                 *answers.entry(b.check(&token, &[]).status).or_default() += 1;
             }
             answers

@@ -120,10 +120,18 @@ fn plain(status: StatusCode, body: String) -> Response {
 }
 
 /// Whether the request carries `[realtime] username` and the vault password.
-async fn authorised(ctx: &Context, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Yes,
+    No,
+    /// The database cannot be read: the password cannot be checked.
+    StoreDown,
+}
+
+async fn authorised(ctx: &Context, headers: &HeaderMap, peer: Option<&Peer>) -> Auth {
     let config = ctx.config.load();
     let Some(rt) = config.as_deref() else {
-        return false;
+        return Auth::No;
     };
     let who = peer.map(|p| p.addr.to_string()).unwrap_or_default();
     let given = headers
@@ -137,13 +145,17 @@ async fn authorised(ctx: &Context, headers: &HeaderMap, peer: Option<&Peer>) -> 
         .map(Zeroizing::new);
     let Some(given) = given else {
         warn!(peer = %who, "realtime request without credentials refused");
-        return false;
+        return Auth::No;
     };
     let expected = match ctx.vault.get(&rt.password_secret).await {
         Ok(p) => p,
+        Err(e) if crate::store::is_unavailable(&e) => {
+            warn!(error = %e, "realtime request while the database is unavailable");
+            return Auth::StoreDown;
+        }
         Err(e) => {
             error!(secret = %rt.password_secret, error = %e, "realtime password unavailable; every realtime request is refused until `pbxguard secret set {}` stores it", rt.password_secret);
-            return false;
+            return Auth::No;
         }
     };
     let mut want = Zeroizing::new(Vec::with_capacity(rt.username.len() + 1 + expected.len()));
@@ -155,8 +167,9 @@ async fn authorised(ctx: &Context, headers: &HeaderMap, peer: Option<&Peer>) -> 
     let ok: bool = digest(&want).ct_eq(&digest(&given)).into();
     if !ok {
         warn!(peer = %who, "realtime request with wrong credentials refused");
+        return Auth::No;
     }
-    ok
+    Auth::Yes
 }
 
 /// res_config_curl parses the body of store/update/destroy as a number after skipping
@@ -203,14 +216,22 @@ async fn handle(
             })
             .inc();
     };
-    if !authorised(&ctx, &headers, peer.as_ref().map(|Extension(p)| p)).await {
-        count(StatusCode::UNAUTHORIZED);
-        let mut r = plain(StatusCode::UNAUTHORIZED, String::new());
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"pbxguard realtime\""),
-        );
-        return for_op(&op, r);
+    match authorised(&ctx, &headers, peer.as_ref().map(|Extension(p)| p)).await {
+        Auth::Yes => {}
+        Auth::StoreDown => {
+            // As for any other lookup the database cannot answer: Asterisk keeps what it has.
+            count(StatusCode::INTERNAL_SERVER_ERROR);
+            return for_op(&op, plain(StatusCode::INTERNAL_SERVER_ERROR, String::new()));
+        }
+        Auth::No => {
+            count(StatusCode::UNAUTHORIZED);
+            let mut r = plain(StatusCode::UNAUTHORIZED, String::new());
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pbxguard realtime\""),
+            );
+            return for_op(&op, r);
+        }
     }
     let body = match body {
         Ok(b) => b,
