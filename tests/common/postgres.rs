@@ -193,29 +193,8 @@ impl Postgres {
 
     /// Runs `sql` through `psql` on database `db` over TCP; returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let port = self.port.to_string();
-        let out = self.run(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                ROLE,
-                "-d",
-                db,
-                "-c",
-                sql,
-            ],
-        );
-        assert!(out.status.success(), "psql {sql}: {}", both(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
     }
 
     /// As [`Postgres::psql`], with the failure as `Err` instead of a panic (for `Drop`).
