@@ -49,9 +49,6 @@ mod sip_edge;
 mod tx;
 mod users;
 
-#[cfg(test)]
-mod rows_tests;
-
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
