@@ -39,6 +39,8 @@ pub struct App {
     pub httpd: Arc<Httpd>,
     /// Another node changed the SIP bans (see [`App::heard`]).
     pub bans_changed: Arc<tokio::sync::Notify>,
+    /// The toll-fraud rules and counters the SIP edge and the AMI gateway share.
+    pub dialing: crate::dialing::Guard,
 }
 
 impl std::fmt::Debug for App {
@@ -79,6 +81,14 @@ impl App {
         http_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<App> {
         let httpd = Arc::new(Httpd::new(http_limits(&config), metrics.clone()));
+        let dialing = crate::dialing::Guard::new(
+            config.dialing.clone(),
+            config.smtp.clone(),
+            store.clone(),
+            vault.clone(),
+            metrics.clone(),
+            recordings.journal.clone(),
+        );
         auth.sessions
             .set_outage_grace(config.daemon.store_outage_grace);
         Arc::new(App {
@@ -92,12 +102,15 @@ impl App {
             sip_tickets: Arc::default(),
             httpd,
             bans_changed: Arc::default(),
+            dialing,
         })
     }
 
     /// Puts a new configuration in force (a reload's point of no return).
     pub fn set_config(&self, config: Config) {
         self.httpd.set_limits(http_limits(&config));
+        self.dialing
+            .set_config(config.dialing.clone(), config.smtp.clone());
         self.auth
             .sessions
             .set_outage_grace(config.daemon.store_outage_grace);
@@ -164,6 +177,7 @@ impl App {
             self.vault.clone(),
             self.metrics.clone(),
             self.recordings.journal.clone(),
+            self.dialing.clone(),
         );
         vec![
             manage(
@@ -195,6 +209,7 @@ impl App {
             }),
             config: ArcSwapOption::empty(),
             bans_changed: self.bans_changed.clone(),
+            dialing: self.dialing.clone(),
         }
     }
 }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::ami::config::RawAmi;
 use crate::auth::config::{RawAuth, RawMfa};
+use crate::dialing::config::RawDialing;
 use crate::mail::config::RawSmtp;
 use crate::problems::{is_loopback, Checker, UNKNOWN_KEY};
 use crate::realtime::config::RawRealtime;
@@ -28,6 +29,7 @@ use crate::sip::config::RawSip;
 
 pub use crate::ami::config::AmiConfig;
 pub use crate::auth::config::{AuthConfig, MfaConfig};
+pub use crate::dialing::config::DialingConfig;
 pub use crate::mail::config::{SmtpConfig, StartTls};
 pub use crate::problems::{Problem, TlsFiles};
 pub use crate::realtime::config::RealtimeConfig;
@@ -100,6 +102,8 @@ pub struct Config {
     pub realtime: Option<RealtimeConfig>,
     pub ami: Option<AmiConfig>,
     pub sip: Option<SipConfig>,
+    /// `[dialing]`: the toll-fraud rules both the SIP edge and the AMI gateway apply.
+    pub dialing: DialingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +169,7 @@ struct Raw {
     realtime: Option<RawRealtime>,
     ami: Option<RawAmi>,
     sip: Option<RawSip>,
+    dialing: Option<RawDialing>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +492,7 @@ impl Config {
         let ami = raw.ami.map(|a| AmiConfig::from_raw(a, c));
         let origins = HttpConfig::origins(http.as_ref());
         let sip = raw.sip.map(|s| SipConfig::from_raw(s, c, origins));
+        let dialing = DialingConfig::from_raw(raw.dialing.unwrap_or_default(), c);
         let config = Config {
             daemon,
             vault,
@@ -498,6 +504,7 @@ impl Config {
             realtime,
             ami,
             sip,
+            dialing,
         };
         config.check_sip_tls(c);
         config.check_listener_clashes(c);
@@ -610,6 +617,7 @@ impl Raw {
                 "realtime" => raw.realtime = c.section(&name, value),
                 "ami" => raw.ami = c.section(&name, value),
                 "sip" => raw.sip = c.section(&name, value),
+                "dialing" => raw.dialing = c.section(&name, value),
                 _ => c.bad(&shown_key(&name), UNKNOWN_KEY),
             }
         }

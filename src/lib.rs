@@ -78,6 +78,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dialing;
 pub mod httpd;
 pub mod ids;
 pub mod init;

@@ -42,6 +42,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialLabels {
+    /// `sip` or `ami`.
+    pub door: &'static str,
+    /// The toll-fraud rule (`deny_prefix`, `dial_characters`, `max_concurrent_calls`,
+    /// `max_call_attempts_per_minute`, `context`).
+    pub rule: &'static str,
+}
+
 /// Every metric of the process. Cloning shares the underlying values.
 #[derive(Clone)]
 pub struct Metrics {
@@ -100,6 +109,10 @@ pub struct Metrics {
     pub sip_bans: Family<ResultLabels, Counter>,
     /// WebSocket upgrades refused, by reason (`ticket`, `origin`, `protocol`, `path`).
     pub sip_ws_refusals: Family<ResultLabels, Counter>,
+    /// Calls and originates refused by the toll-fraud guard, by door and rule.
+    pub dial_refusals: Family<DialLabels, Counter>,
+    /// Toll-fraud alert emails by result (`sent`, `failed`, `suppressed`).
+    pub dial_alerts: Family<ResultLabels, Counter>,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -204,6 +217,8 @@ impl Metrics {
             sip_upstream_messages: Family::default(),
             sip_bans: Family::default(),
             sip_ws_refusals: Family::default(),
+            dial_refusals: Family::default(),
+            dial_alerts: Family::default(),
         }
     }
 
@@ -362,6 +377,16 @@ impl Metrics {
             "SIP WebSocket upgrades refused, by reason",
             self.sip_ws_refusals.clone(),
         );
+        r.register(
+            "dial_refusals",
+            "Calls and originates refused by the toll-fraud guard, by door and rule",
+            self.dial_refusals.clone(),
+        );
+        r.register(
+            "dial_alerts",
+            "Toll-fraud alert emails by result",
+            self.dial_alerts.clone(),
+        );
     }
 
     /// Counts a forward-auth answer. The hot path, so the three possible label sets are looked
@@ -444,11 +469,18 @@ mod tests {
             &m.sip_upstream_messages,
             &m.sip_bans,
             &m.sip_ws_refusals,
+            &m.dial_alerts,
         ] {
             family.get_or_create(&r).inc();
         }
         m.recording_downloads
             .get_or_create(&StatusLabels { status: 206 })
+            .inc();
+        m.dial_refusals
+            .get_or_create(&DialLabels {
+                door: "sip",
+                rule: "deny_prefix",
+            })
             .inc();
         m.realtime_requests
             .get_or_create(&RealtimeLabels {
@@ -494,6 +526,8 @@ mod tests {
                 "sip_upstream_messages",
                 "sip_bans",
                 "sip_ws_refusals",
+                "dial_refusals",
+                "dial_alerts",
             ]
         );
     }

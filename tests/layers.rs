@@ -30,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "features",
         &[
             "mail",
+            "dialing",
             "auth",
             "recordings",
             "realtime",

@@ -112,16 +112,25 @@ pub struct Context {
     pub journal: Journal,
     /// `[ami]` in force: set by [`service::Ami`] on start and reload, `None` once removed.
     pub config: ArcSwapOption<AmiConfig>,
+    /// The toll-fraud rules: destinations and originates in flight.
+    pub dialing: crate::dialing::Guard,
 }
 
 impl Context {
-    pub fn new(store: Store, vault: Vault, metrics: Metrics, journal: Journal) -> Context {
+    pub fn new(
+        store: Store,
+        vault: Vault,
+        metrics: Metrics,
+        journal: Journal,
+        dialing: crate::dialing::Guard,
+    ) -> Context {
         Context {
             store,
             vault,
             metrics,
             journal,
             config: ArcSwapOption::empty(),
+            dialing,
         }
     }
 }

@@ -1,12 +1,15 @@
 //! `pbxguard audit asterisk`: findings on Asterisk's configuration; exit 1 when any is high.
+//! `pbxguard audit log`: pbxguard's own audit rows (admin changes, refused calls, AMI actions).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use serde::Serialize;
 
-use super::UsageError;
+use super::{load, open_store, UsageError};
 use crate::audit::{self, Severity};
+use crate::clock::rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -18,10 +21,73 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// pbxguard's audit log, newest first: admin changes, refused calls
+    /// (`dialing.refused.<rule>`), state-changing AMI actions, recording downloads.
+    Log {
+        /// Only actions starting with this (e.g. `dialing.refused`, `ami.user`).
+        #[arg(long, default_value = "")]
+        action: String,
+        /// Rows at most.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Asterisk { dir, json } = cmd;
+/// One audit row as `audit log --json` prints it.
+#[derive(Debug, Serialize)]
+struct LogRow {
+    at: String,
+    actor: String,
+    action: String,
+    target: String,
+    detail: String,
+    node: Option<String>,
+}
+
+async fn log(config: &Path, action: &str, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+    let config = load(config)?;
+    let store = open_store(&config).await?;
+    let rows: Vec<LogRow> = store
+        .audit_entries_by_action(action, limit)
+        .await?
+        .into_iter()
+        .map(|e| LogRow {
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+            node: e.node,
+        })
+        .collect();
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no audit rows");
+    } else {
+        for r in rows {
+            let node = r.node.map(|n| format!(" [{n}]")).unwrap_or_default();
+            println!(
+                "{}{node} {} {} {} {}",
+                r.at, r.actor, r.action, r.target, r.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    let (dir, json) = match cmd {
+        AuditCommand::Log {
+            action,
+            limit,
+            json,
+        } => return super::runtime()?.block_on(log(config, &action, limit, json)),
+        AuditCommand::Asterisk { dir, json } => (dir, json),
+    };
     let findings = audit::asterisk(&dir).map_err(|e| UsageError(e.to_string()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);

@@ -75,7 +75,7 @@ pub enum Command {
     /// SIP credentials Asterisk fetches over realtime.
     #[command(subcommand)]
     Sip(sip::SipCommand),
-    /// Audit Asterisk's configuration.
+    /// Audit Asterisk's configuration, or read pbxguard's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Clients of the AMI gateway.
@@ -208,8 +208,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ami(cmd) => runtime()?.block_on(ami::run(&cli.config, cmd)),
         Command::Db(cmd) => runtime()?.block_on(db::run(&cli.config, cmd)),
         Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),
-        // Reads only Asterisk's files: no configuration of ours needed.
-        Command::Audit(cmd) => audit::run(cmd),
+        // `audit asterisk` reads only Asterisk's files: no configuration of ours needed.
+        Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::User(cmd) => runtime()?.block_on(users::user(&cli.config, cmd)),
         Command::Session(cmd) => runtime()?.block_on(users::session(&cli.config, cmd)),
         Command::History(args) => runtime()?.block_on(users::history(&cli.config, args)),

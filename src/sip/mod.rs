@@ -82,6 +82,8 @@ pub struct Context {
     /// Woken when another node announced a ban change: the bans are read again at once
     /// instead of at the next refresh.
     pub bans_changed: Arc<tokio::sync::Notify>,
+    /// The toll-fraud rules: destinations, calls at once and attempts per minute.
+    pub dialing: crate::dialing::Guard,
 }
 
 impl std::fmt::Debug for Context {

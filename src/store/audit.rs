@@ -64,6 +64,27 @@ impl Store {
         })
     }
 
+    /// Newest first, only actions starting with `prefix` (empty: all).
+    pub async fn audit_entries_by_action(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        // A prefix compared with substr() rather than LIKE: `_` and `%` in action names
+        // (`dialing.refused.deny_prefix`) must not act as wildcards.
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT at, actor, action, target, detail, node FROM audit_log \
+                 WHERE substr(action, 1, $1) = $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(i32::try_from(prefix.len()).unwrap_or(i32::MAX))
+            .bind(prefix)
+            .bind(i64::from(limit))
+            .fetch_all(db.pool)
+            .await?)
+        })
+    }
+
     /// Newest first.
     pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         with_db!(self, db => {
