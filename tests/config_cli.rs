@@ -55,6 +55,61 @@ upstream = "127.0.0.1"
 }
 
 #[test]
+fn a_malformed_dialing_section_fails_check_config_naming_each_key() {
+    let env = Env::new();
+    env.init();
+    let good = env.config_text(env.http_port, env.redirect_port, "");
+    env.write_config(&format!(
+        "{good}\n[dialing]\n\
+         deny_prefixes = [\"+882\", \"0900-123\", \"44x\"]\n\
+         international_prefix = \"+1\"\n\
+         extra_dial_characters = \"ab&\"\n\
+         max_concurrent_calls = -1\n\
+         max_call_attempts_per_minute = 1000000000\n\
+         alert_to = [\"admin@example.com\", \"not an address\"]\n\
+         alert_interval = \"soon\"\n\
+         deny_prefix = [\"1\"]\n"
+    ));
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "dialing.deny_prefixes: \"0900-123\"",
+        "dialing.deny_prefixes: \"44x\"",
+        "dialing.international_prefix:",
+        "dialing.extra_dial_characters: '&'",
+        "dialing.max_concurrent_calls:",
+        "dialing.max_call_attempts_per_minute:",
+        "dialing.alert_to: \"not an address\"",
+        "dialing.alert_interval:",
+        "dialing.deny_prefix:",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+    // The good prefix and address are not reported.
+    assert!(!err.contains("\"+882\""), "{err}");
+    assert!(!err.contains("admin@example.com"), "{err}");
+
+    // A value of the wrong type is named too.
+    env.write_config(&format!("{good}\n[dialing]\ndeny_prefixes = \"900\"\n"));
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("dialing.deny_prefixes"),
+        "{}",
+        text(&out)
+    );
+
+    // And a well-formed section passes.
+    env.write_config(&format!(
+        "{good}\n[dialing]\ndeny_prefixes = [\"+882\", \"1900\"]\ninternational_prefix = \"011\"\n\
+         max_concurrent_calls = 0\nalert_to = [\"noc@example.com\"]\nalert_interval = \"1h\"\n"
+    ));
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
 fn a_good_config_passes_and_serve_refuses_a_bad_one_before_binding() {
     let env = Env::new();
     env.init();
@@ -117,4 +172,48 @@ fn completions_and_man_pages_are_generated() {
     assert!(page.contains(".TH pbxguard 8"), "{page}");
     assert!(man_dir.join("pbxguard-secret-rotate-key.8").exists());
     assert!(man_dir.join("pbxguard-check-config.8").exists());
+}
+
+#[test]
+fn audit_log_lists_rows_newest_first_filtered_by_action() {
+    let env = Env::new();
+    env.init();
+    for (name, value) in [("smtp/password", "one"), ("api/crm", "two")] {
+        let out = env.run(&["secret", "set", name], value.as_bytes());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let out = env.run(&["secret", "rm", "api/crm"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = env.run(&["audit", "log", "--action", "secret.", "--json"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("secret.rm", "api/crm"),
+            ("secret.set", "api/crm"),
+            ("secret.set", "smtp/password")
+        ],
+        "{rows:?}"
+    );
+    // Values never appear in the audit log.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("\"one\""));
+
+    // `_` in a prefix is a character, not a wildcard; no match is a clear empty answer.
+    let out = env.run(&["audit", "log", "--action", "secret_"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("no audit rows"), "{}", text(&out));
+
+    let out = env.run(&["audit", "log", "--limit", "1"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(text(&out).contains("secret.rm api/crm"), "{}", text(&out));
+
+    let out = env.run(&["audit", "log", "--limit", "0"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
 }

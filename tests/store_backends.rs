@@ -429,7 +429,29 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
         .audit_many(std::slice::from_ref(&entry))
         .await
         .unwrap();
-    assert_eq!(store.audit_entries(10).await.unwrap(), vec![entry]);
+    assert_eq!(store.audit_entries(10).await.unwrap(), vec![entry.clone()]);
+    let refused = AuditEntry {
+        at: 6,
+        actor: "sip:1001".into(),
+        action: "dialing.refused.deny_prefix".into(),
+        target: "0088216".into(),
+        detail: "door=sip address=192.0.2.7".into(),
+        node: Some("pbx-a".into()),
+    };
+    store
+        .audit_many(std::slice::from_ref(&refused))
+        .await
+        .unwrap();
+    let by = |prefix: &'static str| {
+        let store = store.clone();
+        async move { store.audit_entries_by_action(prefix, 10).await.unwrap() }
+    };
+    assert_eq!(by("dialing.refused").await, vec![refused.clone()]);
+    assert_eq!(by("").await, vec![refused, entry.clone()]);
+    assert_eq!(by("user.").await, vec![entry]);
+    // `_` and `%` are characters of the prefix, not LIKE wildcards.
+    assert!(by("dialing.refused.deny%").await.is_empty());
+    assert!(by("user_").await.is_empty());
 }
 /// The harness itself: a cluster on a free loopback port that answers queries, and is gone
 /// (files and server) after drop.

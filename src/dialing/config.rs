@@ -172,3 +172,83 @@ impl DialingConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> (DialingConfig, Vec<String>) {
+        let raw: RawDialing = toml::from_str(toml_text).unwrap();
+        let mut c = Checker::default();
+        let cfg = DialingConfig::from_raw(raw, &mut c);
+        let problems = c
+            .into_problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        (cfg, problems)
+    }
+
+    #[test]
+    fn defaults_refuse_the_premium_ranges_and_never_reach_a_busy_agent() {
+        let (c, problems) = parse("");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.deny_prefixes, DEFAULT_DENY_PREFIXES);
+        assert_eq!(c.max_concurrent_calls, 10);
+        assert_eq!(c.max_call_attempts_per_minute, 30);
+        assert_eq!(c.alert_interval, Duration::from_secs(900));
+        assert_eq!(c, DialingConfig::default());
+    }
+
+    #[test]
+    fn prefixes_are_digits_with_an_optional_plus() {
+        let (c, problems) =
+            parse(r#"deny_prefixes = ["+882", " 1900 ", "882", "09x", "", "+", "4 4"]"#);
+        assert_eq!(c.deny_prefixes, ["1900", "882"]);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.starts_with("dialing.deny_prefixes")));
+        let (c, _) = parse("deny_prefixes = []");
+        assert!(c.deny_prefixes.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let (_, problems) = parse(
+            r#"
+international_prefix = "+011"
+extra_dial_characters = "abc$"
+max_concurrent_calls = -2
+max_call_attempts_per_minute = 100001
+alert_to = ["x"]
+alert_interval = "0s"
+"#,
+        );
+        for key in [
+            "dialing.international_prefix",
+            "dialing.extra_dial_characters",
+            "dialing.max_concurrent_calls",
+            "dialing.max_call_attempts_per_minute",
+            "dialing.alert_to",
+            "dialing.alert_interval",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} not in {problems:?}"
+            );
+        }
+        for injection in ["&", ",", "|", "$", "{", "(", ";", " ", "%", "\u{7}"] {
+            let raw = RawDialing {
+                extra_dial_characters: Some(format!("ab{injection}")),
+                ..RawDialing::default()
+            };
+            let mut c = Checker::default();
+            DialingConfig::from_raw(raw, &mut c);
+            assert_eq!(c.into_problems().len(), 1, "{injection:?} accepted");
+        }
+        let (c, problems) = parse(r#"extra_dial_characters = "abcxyz-_.""#);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.extra_dial_characters, "abcxyz-_.");
+    }
+}
