@@ -75,10 +75,21 @@ pub fn denied_prefix<'c>(dest: &str, cfg: &'c DialingConfig) -> Option<&'c str> 
     if dest.len() <= cfg.internal_max_length {
         return None;
     }
-    let number = normalise(dest, cfg);
-    cfg.deny_prefixes
-        .iter()
-        .find(|p| number.len() > p.len() && number.starts_with(p.as_str()))
+    // A star code in front (`*67` hides the caller ID, `*82` shows it) is dialled through to
+    // the number behind it: the number is compared too.
+    let behind_code = dest
+        .strip_prefix(['*', '#'])
+        .filter(|rest| rest.len() > 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_digit))
+        .map(|rest| &rest[2..]);
+    [Some(dest), behind_code]
+        .into_iter()
+        .flatten()
+        .map(|d| normalise(d, cfg))
+        .find_map(|number| {
+            cfg.deny_prefixes
+                .iter()
+                .find(|p| number.len() > p.len() && number.starts_with(p.as_str()))
+        })
         .map(String::as_str)
 }
 
@@ -193,6 +204,10 @@ mod tests {
         assert_eq!(denied_prefix("0044207946000", &c), None);
         assert_eq!(check("+8816123456", &c), Err(Rule::DenyPrefix));
         assert_eq!(check("02079460000", &c), Ok(()));
+        // Behind a star code.
+        assert_eq!(denied_prefix("*670088212345", &c), Some("882"));
+        assert_eq!(denied_prefix("#31+88212345", &c), Some("882"));
+        assert_eq!(denied_prefix("*6702079460000", &c), None);
     }
 
     #[test]
