@@ -4,6 +4,7 @@
 //! WebSocket reachable from the network around pbxguard.
 
 pub mod conf;
+pub mod dialplan;
 pub mod rules;
 
 use std::path::Path;
