@@ -10,6 +10,7 @@
 
 pub mod exten;
 pub mod reach;
+pub mod rules;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
