@@ -191,11 +191,21 @@ def audit_seeds():
             p = os.path.join(folder, name)
             parts.append(open(p, "rb").read() if os.path.exists(p) else b"")
         parts.append(b"[extra]\ntype=aor\nmax_contacts=1\n")
+        p = os.path.join(folder, "extensions.conf")
+        parts.append(open(p, "rb").read() if os.path.exists(p) else b"")
         write("asterisk_conf", label, b"\0".join(parts))
+    dialplan = os.path.join(ROOT, "tests", "data", "asterisk", "dialplan")
+    parts = [open(os.path.join(dialplan, "pjsip.conf"), "rb").read(), b"", b"", b"",
+             open(os.path.join(dialplan, "extensions.d", "loops.conf"), "rb").read(),
+             open(os.path.join(dialplan, "extensions.conf"), "rb").read()
+             .replace(b"#include extensions.d/*.conf", b"#include extra.conf")]
+    write("asterisk_conf", "dialplan", b"\0".join(parts))
     write("asterisk_conf", "includes",
           b"#include extra.conf\n#tryinclude nothing*.conf\n[a](!)\ntype=endpoint\n[b](a)\n;-- x\n--;\n#exec /bin/true\n"
           b"\0[admin]\nsecret=short\nwrite=all\npermit=0.0.0.0/0\n\0[general]\nenabled=yes\nbindaddr=0.0.0.0\n"
-          b"\0\0[extra]\n#include pjsip.conf\n")
+          b"\0\0[extra]\n#include pjsip.conf\n"
+          b"\0[c]\nsame => n,x\nexten => _[1,1,Goto(c,${EXTEN},1)\ninclude => c\nexten => s,n(x\n"
+          b"exten => _.,1,Dial(PJSIP/${EXTEN:-3}@extra&Local/1@c)\nexten => 1,lbl,System()\n")
 
 
 def main():

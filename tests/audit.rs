@@ -236,6 +236,7 @@ fn shipped_variant(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
         "manager.conf",
         "extconfig.conf",
         "sorcery.conf",
+        "extensions.conf",
     ] {
         let text = std::fs::read_to_string(Path::new(SHIPPED).join(name)).unwrap();
         std::fs::write(dir.path().join(name), edit(name, text)).unwrap();
@@ -755,10 +756,390 @@ fn broken_trees_are_reported_not_guessed() {
     let (code, _, err) = audit(empty.path(), false);
     assert_eq!(code, 64, "{err}");
     assert!(
-        err.contains("no pjsip.conf, manager.conf or http.conf"),
+        err.contains("no pjsip.conf, manager.conf, http.conf or extensions.conf"),
         "{err}"
     );
     let (code, _, err) = audit(&empty.path().join("nope"), true);
     assert_eq!(code, 64);
     assert!(err.contains("is not a folder"), "{err}");
+}
+
+/// The dialplan findings among `all`: what the checks on extensions.conf (and the guest
+/// endpoints that reach a trunk, and AMI clients) report.
+fn dialplan_findings(all: &[serde_json::Value]) -> Vec<String> {
+    all.iter()
+        .filter(|f| {
+            let m = f["message"].as_str().unwrap();
+            f["file"] != "pjsip.conf" && f["file"] != "manager.conf"
+                || m.contains("reaches a Dial() to a trunk")
+        })
+        .map(line_of)
+        .collect()
+}
+
+#[test]
+fn a_vulnerable_dialplan_gets_every_dialplan_finding() {
+    let dir = Path::new(DATA).join("dialplan");
+    let (code, all) = findings(&dir);
+    assert_eq!(code, 1, "{all:#?}");
+    // System() through a Goto from the phones' context.
+    has(
+        &all,
+        "high",
+        "extensions.conf",
+        25,
+        "admin-tools",
+        "System() runs a shell command, and callers reach it: endpoint 1001 → [phones] → Goto [admin-tools] s (extensions.conf:13)",
+    );
+    // TrySystem() through include => chains that loop (internal → loop-a ⇄ loop-b), in an
+    // #include'd file.
+    has(
+        &all,
+        "high",
+        "extensions.d/loops.conf",
+        7,
+        "loop-b",
+        "TrySystem() runs a shell command, and callers reach it: endpoint 1001 → [phones] → include => [internal] (extensions.conf:11) → include => [loop-a] (extensions.conf:18) → include => [loop-b] (extensions.d/loops.conf:3)",
+    );
+    // `_.` into Dial(PJSIP/${EXTEN}): dialplan injection.
+    has(
+        &all,
+        "high",
+        "extensions.conf",
+        16,
+        "internal",
+        "Dial() takes ${EXTEN} from pattern _. which admits characters outside 0-9*#+",
+    );
+    // `_X.` to the carrier (through the [globals] TRUNK), reachable from the phones.
+    has(
+        &all,
+        "medium",
+        "extensions.conf",
+        21,
+        "outbound",
+        "pattern _X. sends whatever number the caller dials to trunk carrier with no fixed prefix",
+    );
+    // The anonymous endpoint's context reaches the trunk: reported on its context= line.
+    has(
+        &all,
+        "high",
+        "pjsip.conf",
+        26,
+        "anonymous",
+        "the anonymous endpoint takes every caller pjsip cannot identify, and its context reaches a Dial() to a trunk (extensions.conf:21): [public] → include => [outbound] (extensions.conf:32)",
+    );
+    for f in &all {
+        assert!(!f["fix"].as_str().unwrap().is_empty(), "{f}");
+    }
+    // And nothing else: not the SHELL() of the extension the Goto does not reach, not the
+    // System() of a context nobody reaches, not sales (no AMI client here), not `_X.` for
+    // injection or the carrier's own `_X.` (it jumps, it does not dial).
+    let got = dialplan_findings(&all);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    // The text form names file and line too.
+    let (_, text, _) = audit(&dir, false);
+    assert!(
+        text.contains("MEDIUM extensions.conf:21 [outbound]: pattern _X."),
+        "{text}"
+    );
+}
+
+#[test]
+fn ami_clients_open_the_contexts_they_may_originate_into() {
+    use pbxguard::audit::{asterisk_with, AmiClientInfo};
+    let dir = Path::new(DATA).join("dialplan");
+    let client = |name: &str, originate: bool, contexts: &[&str]| AmiClientInfo {
+        name: name.into(),
+        originate,
+        contexts: contexts.iter().map(|c| c.to_string()).collect(),
+    };
+    let lines = |clients: &[AmiClientInfo]| -> Vec<String> {
+        asterisk_with(&dir, clients)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.object == "sales" || f.file == "pbxguard" || f.object == "maintenance")
+            .map(|f| format!("{} {}:{} [{}]", f.severity.name(), f.file, f.line, f.object))
+            .collect()
+    };
+    assert!(lines(&[]).is_empty());
+    // Allowed only reading events: not an entry point.
+    assert!(lines(&[client("wallboard", false, &[])]).is_empty());
+    assert_eq!(
+        lines(&[client("crm", true, &["sal*"])]),
+        [
+            "high extensions.conf:43 [sales]",
+            "medium extensions.conf:44 [sales]"
+        ]
+    );
+    // Originate with no --context: every context is its way in, and it is reported itself.
+    assert_eq!(
+        lines(&[client("dialer", true, &[])]),
+        [
+            "high extensions.conf:39 [maintenance]",
+            "high extensions.conf:43 [sales]",
+            "medium extensions.conf:44 [sales]",
+            "medium pbxguard:0 [dialer]"
+        ]
+    );
+    let all = asterisk_with(&dir, &[client("dialer", true, &[])]).unwrap();
+    let f = all.iter().find(|f| f.file == "pbxguard").unwrap();
+    assert!(
+        f.fix.contains("pbxguard ami user edit dialer --context"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn the_shipped_dialplan_is_audited_and_its_outbound_example_passes() {
+    // The examples have no dialplan finding (the_shipped_examples_pass), and that is not
+    // because the file goes unread: the classic mistake in it is found at its line.
+    let dir = shipped_variant(|f, t| {
+        if f == "extensions.conf" {
+            t.replace("exten => _[12]00X,", "exten => _.,")
+        } else {
+            t
+        }
+    });
+    let (code, all) = findings(dir.path());
+    assert_eq!(code, 1);
+    let text = std::fs::read_to_string(dir.path().join("extensions.conf")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("exten => _.,"))
+        .unwrap()
+        + 1;
+    has(
+        &all,
+        "high",
+        "extensions.conf",
+        line as u64,
+        "internal",
+        "Dial() takes ${EXTEN} from pattern _.",
+    );
+    // A trunk in pjsip.conf and the commented outbound example switched on: no dialplan
+    // finding; the same with `_X.` instead of the explicit prefixes is reported.
+    let trunk = "\n[trunk]\ntype = endpoint\ncontext = from-trunk\noutbound_auth = trunk-auth\n\
+                 aors = trunk\n\n[trunk]\ntype = aor\ncontact = sip:198.51.100.7:5060\n";
+    let outbound = |pattern: Option<&'static str>| {
+        move |f: &str, t: String| match f {
+            "pjsip.conf" => t + trunk,
+            "extensions.conf" => {
+                let t = t.replace(";include => outbound", "include => outbound");
+                let t = t.replace(";[outbound]", "[outbound]");
+                let t = t
+                    .replace(";exten => _", "exten => _")
+                    .replace("; same =>", " same =>");
+                match pattern {
+                    Some(p) => t.replace("exten => _00Z.,", &format!("exten => {p},")),
+                    None => t,
+                }
+            }
+            _ => t,
+        }
+    };
+    let dir = shipped_variant(outbound(None));
+    let text = std::fs::read_to_string(dir.path().join("extensions.conf")).unwrap();
+    assert!(text.contains("\n[outbound]\nexten => _00Z.,1,Dial(PJSIP/${EXTEN}@trunk,60)"));
+    let (_, all) = findings(dir.path());
+    assert!(dialplan_findings(&all).is_empty(), "{all:#?}");
+    let dir = shipped_variant(outbound(Some("_X.")));
+    let (_, all) = findings(dir.path());
+    let got = dialplan_findings(&all);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("medium extensions.conf:")
+            && got[0].contains(
+                "[outbound] pattern _X. sends whatever number the caller dials to trunk trunk"
+            ),
+        "{got:#?}"
+    );
+}
+
+/// `dialplan show` of a real Asterisk as (context, what) lines: `ext/cid [label] pri app(args)
+/// @file:line` for each priority, `include ctx` for each include; contexts pbx_config made.
+fn asterisk_dialplan(show: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut ctx: Option<String> = None;
+    let mut ext = String::new();
+    for line in show.lines() {
+        if let Some(rest) = line.strip_prefix("[ Context '") {
+            ctx = rest
+                .split_once("' created by 'pbx_config'")
+                .map(|(c, _)| c.to_string());
+            continue;
+        }
+        let Some(c) = &ctx else { continue };
+        let t = line.trim();
+        if t.is_empty() || t.starts_with("-=") {
+            continue;
+        }
+        if let Some(inc) = t.strip_prefix("Include =>") {
+            let name = inc.trim().split('\'').nth(1).unwrap();
+            out.push(format!("{c}: include {name}"));
+            continue;
+        }
+        let mut rest = t;
+        if let Some(r) = t.strip_prefix('\'') {
+            let (e, r) = r.split_once('\'').unwrap();
+            ext = e.to_string();
+            let r = r.trim_start();
+            let r = match r.strip_prefix("(CID match '") {
+                Some(cid) => {
+                    let (cid, r) = cid.split_once("')").unwrap();
+                    ext = format!("{ext}/{cid}");
+                    r
+                }
+                None => r,
+            };
+            rest = r.trim_start().strip_prefix("=>").unwrap().trim_start();
+        }
+        let (body, registrar) = rest.rsplit_once(" [").unwrap();
+        let body = body.trim_end();
+        let (label, body) = match body.strip_prefix('[') {
+            Some(b) => {
+                let (l, b) = b.split_once(']').unwrap();
+                (format!(" [{l}]"), b.trim_start())
+            }
+            None => (String::new(), body),
+        };
+        let body = match body.strip_prefix("hint: ") {
+            Some(h) => format!("hint {h}"),
+            None => {
+                let (n, app) = body.split_once(". ").unwrap();
+                format!("{n} {app}")
+            }
+        };
+        out.push(format!(
+            "{c}: {ext}{label} {body} @{}",
+            registrar.trim_end_matches(']')
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// The audit's reader on `dir`'s extensions.conf, in [`asterisk_dialplan`]'s form.
+fn reader_dialplan(dir: &Path) -> Vec<String> {
+    use pbxguard::audit::{conf, dialplan};
+    let conf = conf::load(dir, "extensions.conf").unwrap();
+    let plan = dialplan::read(&conf);
+    assert!(
+        conf.problems.is_empty() && plan.problems.is_empty(),
+        "{:?} {:?}",
+        conf.problems,
+        plan.problems
+    );
+    let mut out = Vec::new();
+    for c in &plan.contexts {
+        // `dialplan show` prints an extension's first priority (its hint, if any) on the
+        // extension's line, without its label.
+        let first = |ext: &str, cid: &Option<String>| {
+            c.steps
+                .iter()
+                .filter(|s| s.extension == ext && &s.callerid == cid)
+                .map(|s| match s.priority {
+                    dialplan::Priority::Hint => -1,
+                    dialplan::Priority::Number(n) => n,
+                })
+                .min()
+        };
+        for s in &c.steps {
+            let ext = match &s.callerid {
+                Some(cid) => format!("{}/{cid}", s.extension),
+                None => s.extension.clone(),
+            };
+            let n = match s.priority {
+                dialplan::Priority::Hint => -1,
+                dialplan::Priority::Number(n) => n,
+            };
+            let label = match &s.label {
+                Some(l) if first(&s.extension, &s.callerid) != Some(n) => format!(" [{l}]"),
+                _ => String::new(),
+            };
+            let body = match s.priority {
+                dialplan::Priority::Hint => format!("hint {}", s.app),
+                dialplan::Priority::Number(n) => format!("{n} {}({})", s.app, s.args),
+            };
+            let file = s.file.file_name().unwrap().to_string_lossy();
+            out.push(format!(
+                "{}: {ext}{label} {body} @{file}:{}",
+                c.name, s.line
+            ));
+        }
+        for i in &c.includes {
+            out.push(format!("{}: include {}", c.name, i.context));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The audit reads extensions.conf as Asterisk 22 loads it: every context, extension,
+/// priority, label, caller-ID match, application, argument and include, at the same file and
+/// line, for the shipped example (which must be valid Asterisk syntax), the vulnerable test
+/// tree (includes, `same =>`, loops) and Asterisk's own basic-pbx.
+#[test]
+fn asterisk_loads_the_dialplans_as_the_audit_reads_them() {
+    use common::asterisk::{Asterisk, Setup};
+    let Some(prefix) = common::asterisk::prefix() else {
+        return;
+    };
+    let basic = prefix.join("share/configs/basic-pbx/extensions.conf");
+    let mut ast = Asterisk::start(&prefix, &Setup::default());
+    let extra = "[labels]\nexten => 200,1(start),Wait(1)\nexten => 200,start+1,Hangup()\n \
+                 same => n(x),NoOp()\nexten => 100,hint,PJSIP/100\nexten => _X./5551234,1,NoOp(cid)\n";
+    for (what, files) in [
+        (
+            "shipped",
+            vec![(
+                Path::new(SHIPPED).join("extensions.conf"),
+                "extensions.conf",
+            )],
+        ),
+        (
+            "vulnerable",
+            vec![
+                (
+                    Path::new(DATA).join("dialplan/extensions.conf"),
+                    "extensions.conf",
+                ),
+                (
+                    Path::new(DATA).join("dialplan/extensions.d/loops.conf"),
+                    "extensions.d/loops.conf",
+                ),
+            ],
+        ),
+        ("basic-pbx", vec![(basic.clone(), "extensions.conf")]),
+    ] {
+        let etc = ast.etc();
+        let _ = std::fs::remove_dir_all(etc.join("extensions.d"));
+        std::fs::create_dir_all(etc.join("extensions.d")).unwrap();
+        for (from, to) in &files {
+            let mut text = std::fs::read_to_string(from).unwrap();
+            if what == "vulnerable" && *to == "extensions.conf" {
+                text.push_str(extra);
+            }
+            std::fs::write(etc.join(to), text).unwrap();
+        }
+        let before = ast.log().len();
+        let reload = ast.cli("dialplan reload");
+        assert!(reload.contains("Dialplan reloaded"), "{what}: {reload}");
+        let got = asterisk_dialplan(&ast.cli("dialplan show"));
+        let want = reader_dialplan(&etc);
+        assert_eq!(
+            got, want,
+            "{what}: Asterisk (left) and the audit's reader (right) differ"
+        );
+        assert!(!got.is_empty());
+        let log = ast.log();
+        let complaints: Vec<&str> = log[before..]
+            .lines()
+            .filter(|l| {
+                l.contains("pbx_config.c") && (l.contains("WARNING") || l.contains("ERROR"))
+            })
+            .filter(|l| !l.contains("The use of '_.'"))
+            .collect();
+        assert!(complaints.is_empty(), "{what}: {complaints:#?}");
+    }
+    ast.stop();
 }

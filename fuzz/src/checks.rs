@@ -816,12 +816,12 @@ pub fn config_file(data: &[u8]) {
 }
 
 /// Asterisk's config files for `pbxguard audit asterisk`: the input, split at `\0`, becomes
-/// pjsip.conf, manager.conf, http.conf, ari.conf and an includable extra.conf in a folder held
-/// in memory (the audit's own reader, with includes and globs, over a map instead of the disk).
+/// pjsip.conf, manager.conf, http.conf, ari.conf, an includable extra.conf and extensions.conf
+/// (last, so that older seeds keep their meaning) in a folder held in memory (the audit's own reader, with includes and globs, over a map instead of the disk).
 /// Properties: the audit ends (includes are bounded) and every finding has a text and a fix.
 pub fn asterisk_conf(data: &[u8]) {
     // Include fan-out is bounded by the reader (cycles, depth, 4096 files; unit-tested in
-    // audit/conf.rs). Inputs with many include lines only re-parse the same five files
+    // audit/conf.rs). Inputs with many include lines only re-parse the same six files
     // thousands of times, which starved the campaign (under 1000 runs/s), so they are skipped.
     let includes = data.windows(7).filter(|w| w == b"include").count();
     if includes > 8 {
@@ -834,6 +834,7 @@ pub fn asterisk_conf(data: &[u8]) {
         "http.conf",
         "ari.conf",
         "extra.conf",
+        "extensions.conf",
     ];
     let files = MemoryFiles(
         names

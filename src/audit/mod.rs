@@ -1,9 +1,12 @@
 //! `pbxguard audit asterisk`: reads Asterisk's configuration the way Asterisk does ([`conf`])
 //! and reports what weakens the PBX ([`rules`]): unencrypted transports and media, DTLS without
 //! fingerprint checks, open endpoints, weak or plaintext secrets, a manager interface or a SIP
-//! WebSocket reachable from the network around pbxguard.
+//! WebSocket reachable from the network around pbxguard; and in the dialplan ([`dialplan`]),
+//! what callers and AMI clients can reach: the host's shell and files, trunks with no prefix
+//! restriction, dialplan injection.
 
 pub mod conf;
+pub mod dialplan;
 pub mod rules;
 
 use std::path::Path;
@@ -45,25 +48,55 @@ pub struct Finding {
 pub enum AuditError {
     #[error("{0} is not a folder")]
     NotAFolder(String),
-    #[error("no pjsip.conf, manager.conf or http.conf in {0}")]
+    #[error("no pjsip.conf, manager.conf, http.conf or extensions.conf in {0}")]
     Nothing(String),
+}
+
+/// One client of pbxguard's AMI gateway, as the dialplan audit needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmiClientInfo {
+    pub name: String,
+    /// Its allow list admits Originate, Redirect, BlindTransfer or Atxfer.
+    pub originate: bool,
+    /// The contexts it may send calls into (`*` globs); empty: no restriction.
+    pub contexts: Vec<String>,
 }
 
 /// Audits the configuration in `dir`; findings sorted by severity, then file and line.
 pub fn asterisk(dir: &Path) -> Result<Vec<Finding>, AuditError> {
+    asterisk_with(dir, &[])
+}
+
+/// As [`asterisk`], with pbxguard's AMI gateway clients: the contexts they may originate
+/// into are entry points into the dialplan, and one that may originate with no context list
+/// is a finding of its own.
+pub fn asterisk_with(dir: &Path, clients: &[AmiClientInfo]) -> Result<Vec<Finding>, AuditError> {
     if !dir.is_dir() {
         return Err(AuditError::NotAFolder(dir.display().to_string()));
     }
-    asterisk_from(&conf::Disk, dir)
+    asterisk_from_with(&conf::Disk, dir, clients)
 }
 
 /// As [`asterisk`], reading the files through `source` (the fuzz target keeps them in memory).
 pub fn asterisk_from(source: &dyn conf::Source, dir: &Path) -> Result<Vec<Finding>, AuditError> {
+    asterisk_from_with(source, dir, &[])
+}
+
+/// As [`asterisk_with`], reading the files through `source`.
+pub fn asterisk_from_with(
+    source: &dyn conf::Source,
+    dir: &Path,
+    clients: &[AmiClientInfo],
+) -> Result<Vec<Finding>, AuditError> {
     let files = rules::Files::load_from(source, dir);
-    if files.pjsip.is_none() && files.manager.is_none() && files.http.is_none() {
+    if files.pjsip.is_none()
+        && files.manager.is_none()
+        && files.http.is_none()
+        && files.extensions.is_none()
+    {
         return Err(AuditError::Nothing(dir.display().to_string()));
     }
-    let mut findings = rules::check(&files, dir);
+    let mut findings = rules::check(&files, dir, clients);
     findings.sort_by(|a, b| {
         (a.severity, &a.file, a.line, &a.object).cmp(&(b.severity, &b.file, b.line, &b.object))
     });

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::conf::{self, Category, Conf, Var};
-use super::{Finding, Severity};
+use super::dialplan;
+use super::{AmiClientInfo, Finding, Severity};
 
 /// The files the audit reads.
 pub struct Files {
@@ -13,6 +14,7 @@ pub struct Files {
     pub manager: Option<Conf>,
     pub http: Option<Conf>,
     pub ari: Option<Conf>,
+    pub extensions: Option<Conf>,
 }
 
 impl Files {
@@ -26,6 +28,7 @@ impl Files {
             manager: conf::load_from(source, dir, "manager.conf"),
             http: conf::load_from(source, dir, "http.conf"),
             ari: conf::load_from(source, dir, "ari.conf"),
+            extensions: conf::load_from(source, dir, "extensions.conf"),
         }
     }
 }
@@ -128,7 +131,16 @@ impl Out<'_> {
     }
 
     fn problems(&mut self, conf: &Conf) {
-        for p in &conf.problems {
+        self.reader_problems(&conf.problems);
+    }
+
+    /// What pbx_config warns about and skips.
+    fn dialplan_problems(&mut self, plan: &dialplan::Dialplan) {
+        self.reader_problems(&plan.problems);
+    }
+
+    fn reader_problems(&mut self, problems: &[conf::Problem]) {
+        for p in problems {
             let file = self.rel(&p.file);
             self.findings.push(Finding {
                 severity: Severity::Medium,
@@ -142,7 +154,9 @@ impl Out<'_> {
     }
 }
 
-pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
+/// Every finding on `files`; `clients` are pbxguard's AMI gateway clients (their contexts are
+/// entry points into the dialplan).
+pub fn check(files: &Files, dir: &Path, clients: &[AmiClientInfo]) -> Vec<Finding> {
     let mut out = Out {
         dir,
         findings: Vec::new(),
@@ -184,11 +198,19 @@ pub fn check(files: &Files, dir: &Path) -> Vec<Finding> {
         out.problems(h);
         http(&mut out, h, manager_web, websocket || ari);
     }
+    if let Some(e) = &files.extensions {
+        out.problems(e);
+        let plan = dialplan::read(e);
+        out.dialplan_problems(&plan);
+        let found = dialplan::rules::check(&plan, files.pjsip.as_ref(), clients, &|p| out.rel(p));
+        out.findings.extend(found);
+    }
+    out.findings.extend(dialplan::rules::ami_clients(clients));
     out.findings
 }
 
 /// pjsip reads a section's type from its first `type` line.
-fn type_of(c: &Category) -> Option<&str> {
+pub(super) fn type_of(c: &Category) -> Option<&str> {
     c.first("type").map(|v| v.value.as_str())
 }
 
@@ -383,8 +405,9 @@ fn media_encryption(out: &mut Out<'_>, e: &Category, enc: Option<&str>, transpor
     }
 }
 
-/// An endpoint neither authenticated nor pinned to addresses answers anyone.
-fn open_endpoint(out: &mut Out<'_>, e: &Category, identified: &[String]) {
+/// Whether an endpoint is neither authenticated nor pinned to addresses (`identified`: the
+/// endpoints an identify section with `match=` names).
+pub(super) fn unauthenticated(e: &Category, identified: &[String]) -> bool {
     let has_auth = e.value("auth").is_some_and(|a| !a.trim().is_empty());
     // An identify section pins the endpoint to addresses only when it identifies by IP
     // alone: the default `username,ip` lets anyone claim it by its name.
@@ -394,7 +417,12 @@ fn open_endpoint(out: &mut Out<'_>, e: &Category, identified: &[String]) {
     let restricted = (by_ip_only && identified.iter().any(|n| n == &e.name))
         || e.get("permit").is_some()
         || e.get("acl").is_some();
-    if !has_auth && !restricted {
+    !has_auth && !restricted
+}
+
+/// An endpoint neither authenticated nor pinned to addresses answers anyone.
+fn open_endpoint(out: &mut Out<'_>, e: &Category, identified: &[String]) {
+    if unauthenticated(e, identified) {
         out.at_cat(
             Severity::High,
             e,

@@ -13,7 +13,8 @@ use crate::clock::rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Audit pjsip.conf, manager.conf and http.conf (with their includes and templates).
+    /// Audit pjsip.conf, manager.conf, http.conf and extensions.conf (with their includes and
+    /// templates; in the dialplan, what callers reach).
     Asterisk {
         #[arg(long, default_value = "/etc/asterisk")]
         dir: PathBuf,
