@@ -392,6 +392,27 @@ impl Phone {
         self.send_in(d, "ACK", cseq, via, None);
     }
 
+    /// A REFER within `d` (a blind transfer to `refer_to`); its CSeq number.
+    fn refer(&mut self, d: &Dialog, refer_to: &str) -> u32 {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let mut lines = vec![
+            format!("REFER {} SIP/2.0", d.target),
+            self.via(),
+            "Max-Forwards: 70".into(),
+        ];
+        lines.extend(d.route.iter().map(|r| format!("Route: {r}")));
+        lines.push(format!("From: {}", d.local));
+        lines.push(format!("To: {}", d.remote));
+        lines.push(format!("Call-ID: {}", d.call_id));
+        lines.push(format!("CSeq: {cseq} REFER"));
+        lines.push(format!("Contact: {}", self.contact));
+        lines.push(format!("Refer-To: {refer_to}"));
+        lines.push(format!("Referred-By: <sip:{}@pbx.test>", self.user));
+        self.send(&with_body(lines, None));
+        cseq
+    }
+
     fn send_in(&mut self, d: &Dialog, method: &str, cseq: u32, via: &str, sdp: Option<&str>) {
         let mut lines = vec![
             format!("{method} {} SIP/2.0", d.target),
@@ -1576,10 +1597,26 @@ fn a_denied_range_or_a_dialplan_injection_gets_403_before_asterisk_and_one_alert
     assert_eq!(ok.status(), Some(200), "{}", ok.raw);
     p.ack(&d, cseq_of(&ok));
     s.wait_channels(1, "call to Echo after the refusals");
+    // A blind transfer of that call to the range: Asterisk would dial it from the dialplan.
+    let n = p.refer(&d, "<sip:0088216123456@pbx.test>");
+    let refused = p.final_response();
+    assert_eq!(cseq_of(&refused), n, "{}", refused.raw);
+    assert_refused(&refused, 403, "deny_prefix");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.ast_received().iter().any(|m| m.contains("\nREFER ")),
+        "{:?}",
+        s.ast_received()
+    );
+    assert_eq!(
+        s.channels(),
+        1,
+        "the refused transfer must not end the call"
+    );
     hang_up(&mut p, &d);
     s.wait_channels(0, "after the BYE");
 
-    // Five refusals, two rules, one extension (baresip and the raw phone both registered
+    // Six refusals, two rules, one extension (baresip and the raw phone both registered
     // 1001): one email per rule, naming who, from where, what and why.
     sink.wait_mails(2, T);
     std::thread::sleep(Duration::from_secs(2));
@@ -1615,7 +1652,7 @@ fn a_denied_range_or_a_dialplan_injection_gets_403_before_asterisk_and_one_alert
         b"",
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("JSON rows");
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 6, "{rows:?}");
     assert!(rows.iter().all(|r| r["actor"] == "sip:1001"), "{rows:?}");
 }
 

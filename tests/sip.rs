@@ -1723,3 +1723,83 @@ fn a_challenged_call_is_one_attempt_and_the_next_one_over_the_minute_gets_503() 
         "{later:?}"
     );
 }
+
+#[test]
+fn a_blind_transfer_to_a_denied_range_gets_403_and_the_call_stays_up() {
+    let e = Edge::start(&dialing(""));
+    let mut c = e.client();
+    let lines = dial(&mut c, "1001", "1002");
+    let ok = c.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let target = ok
+        .header("Contact")
+        .and_then(|v| v.trim_start_matches('<').split('>').next())
+        .unwrap()
+        .to_string();
+    let to = ok.header("To").unwrap().to_string();
+    let via = || {
+        format!(
+            "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+            rnd()
+        )
+    };
+    c.send(&in_call("ACK", &target, &lines, &to, &via(), 1));
+    // Asterisk would dial a REFER's target from the dialplan (a blind transfer): it is checked
+    // as a dialled number, escapes decoded; one pbxguard cannot read is refused as well.
+    let mut cseq = 2;
+    for (refer_to, rule) in [
+        ("<sip:0088216123456@pbx.test>", "deny_prefix"),
+        (
+            "<sip:1001%26PJSIP%2Ftrunk%2F0088216123456@pbx.test>",
+            "dial_characters",
+        ),
+        ("<tel:+8816123456>", "dial_characters"),
+    ] {
+        let mut refer =
+            String::from_utf8(in_call("REFER", &target, &lines, &to, &via(), cseq)).unwrap();
+        refer = refer.replacen(
+            "Content-Length: 0",
+            &format!("Refer-To: {refer_to}\r\nContent-Length: 0"),
+            1,
+        );
+        c.send(refer.as_bytes());
+        let refused = c.final_response(T).expect("an answer to the REFER");
+        assert_refused(&refused, 403, rule);
+        assert_eq!(
+            refused.header("CSeq"),
+            Some(format!("{cseq} REFER").as_str())
+        );
+        cseq += 1;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.peer.requests("REFER").is_empty(),
+        "{:?}",
+        e.peer.received()
+    );
+    // A transfer to an extension goes through; the call is still there to hang up.
+    let mut refer =
+        String::from_utf8(in_call("REFER", &target, &lines, &to, &via(), cseq)).unwrap();
+    refer = refer.replacen(
+        "Content-Length: 0",
+        "Refer-To: <sip:1003@pbx.test>\r\nContent-Length: 0",
+        1,
+    );
+    c.send(refer.as_bytes());
+    assert_eq!(e.peer.wait_requests("REFER", 1, T).len(), 1);
+    let _ = c.final_response(T);
+    c.send(&in_call("BYE", &target, &lines, &to, &via(), cseq + 1));
+    let bye = loop {
+        let m = c.final_response(T).expect("an answer to the BYE");
+        if m.header("CSeq") == Some(format!("{} BYE", cseq + 1).as_str()) {
+            break m;
+        }
+    };
+    assert_eq!(bye.status(), Some(200), "{bye:?}");
+    let rows = refusal_rows(&e, 3);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["target"] == "<tel:+8816123456>"),
+        "{rows:?}"
+    );
+}

@@ -9,7 +9,8 @@
 //! credentials after a 401/407 keep both, so they are the same call, while a new dialog that
 //! reuses a Call-ID is not (keying by Call-ID alone would let one Call-ID carry any number of
 //! calls). Calls Asterisk places to a phone are not counted: the dialplan that placed them is
-//! Asterisk's, not the phone's, and a phone cannot make Asterisk call it.
+//! Asterisk's, not the phone's, and a phone cannot make Asterisk call it. A REFER's target is
+//! checked like a dialled number ([`transfer_target`]): a blind transfer makes Asterisk dial it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,6 +42,32 @@ pub fn dialled(invite: &Message) -> Option<&str> {
         .request_uri()
         .and_then(|u| u.user.as_deref())
         .filter(|u| !u.is_empty())
+}
+
+/// What a REFER asks Asterisk to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    /// No Refer-To, or one without a user part (pjsip refuses or routes those itself).
+    Nothing,
+    /// The Refer-To user part, decoded: pjsip's blind transfer runs it through the dialplan
+    /// as `${EXTEN}`, just like an INVITE's.
+    To(String),
+    /// A Refer-To our parser cannot read: pjsip might, and we cannot vouch for what it would
+    /// dial.
+    Unreadable,
+}
+
+pub fn transfer_target(refer: &Message) -> Transfer {
+    let Some(value) = refer.header("Refer-To") else {
+        return Transfer::Nothing;
+    };
+    match super::uri::NameAddr::parse(value) {
+        Ok(target) => match target.uri.user.filter(|u| !u.is_empty()) {
+            Some(user) => Transfer::To(user),
+            None => Transfer::Nothing,
+        },
+        Err(_) => Transfer::Unreadable,
+    }
 }
 
 /// The extension a connection places calls as: the WebSocket ticket's; else one whose REGISTER

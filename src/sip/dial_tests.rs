@@ -311,3 +311,38 @@ fn retry_after_is_whole_seconds_rounded_up() {
     assert_eq!(retry_after_secs(Duration::from_millis(49_001)), 50);
     assert_eq!(retry_after_secs(Duration::ZERO), 1);
 }
+
+fn refer(refer_to: &str) -> Message {
+    msg(&format!(
+        "REFER sip:600@pbx SIP/2.0\nVia: SIP/2.0/TLS a.invalid;branch=z9hG4bK3\nMax-Forwards: 70\nFrom: <sip:1001@pbx>;tag=ft\nTo: <sip:600@pbx>;tag=ast\nCall-ID: cid\nCSeq: 3 REFER\n{refer_to}Content-Length: 0\n\n"
+    ))
+}
+
+#[test]
+fn a_transfer_target_is_read_like_a_dialled_number() {
+    assert_eq!(
+        transfer_target(&refer("Refer-To: <sip:0088216123@pbx>\n")),
+        Transfer::To("0088216123".into())
+    );
+    assert_eq!(
+        transfer_target(&refer("Refer-To: <sip:1001%26PJSIP%2Ftrunk@pbx>\n")),
+        Transfer::To("1001&PJSIP/trunk".into())
+    );
+    // An attended transfer names an extension and the call it replaces.
+    assert_eq!(
+        transfer_target(&refer(
+            "Refer-To: <sip:1002@pbx?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>\n"
+        )),
+        Transfer::To("1002".into())
+    );
+    assert_eq!(
+        transfer_target(&refer("Refer-To: <sip:pbx>\n")),
+        Transfer::Nothing
+    );
+    assert_eq!(transfer_target(&refer("")), Transfer::Nothing);
+    // What we cannot read, we cannot vouch for.
+    assert_eq!(
+        transfer_target(&refer("Refer-To: <tel:+8816123>\n")),
+        Transfer::Unreadable
+    );
+}

@@ -648,6 +648,22 @@ impl Edge {
                 }
             }
         }
+        if method == Method::Refer {
+            let checked = match dial::transfer_target(&msg) {
+                dial::Transfer::To(dest) => {
+                    self.ctx.dialing.check_number(&dest).map_err(|r| (r, dest))
+                }
+                dial::Transfer::Nothing => Ok(()),
+                dial::Transfer::Unreadable => Err((
+                    Rule::DialCharacters,
+                    msg.header("Refer-To").unwrap_or_default().to_string(),
+                )),
+            };
+            if let Err((rule, destination)) = checked {
+                self.refuse_call(flow, &msg, rule, destination, None);
+                return;
+            }
+        }
         if flow.binding.is_some() {
             // The edge authenticates for a bound WebSocket; whatever credentials the browser
             // sends are not its to give.
