@@ -21,6 +21,7 @@ use common::asterisk::{self, Asterisk, Setup};
 use common::sip::{
     digest, register_on, rnd, sdes_key, sdp_plain, sdp_sdes, SipMsg, SipTls, ORIGIN,
 };
+use common::smtp::Sink;
 use common::{finish, free_port, run_for, Daemon, Env};
 
 const T: Duration = Duration::from_secs(10);
@@ -73,6 +74,12 @@ struct Site {
 }
 
 fn site(pjsip_extra: &str, dialplan_extra: &str) -> Option<Site> {
+    site_with(pjsip_extra, dialplan_extra, "")
+}
+
+/// As [`site`], with `daemon_extra` (further sections: `[dialing]`, `[smtp]`) in pbxguard's
+/// configuration.
+fn site_with(pjsip_extra: &str, dialplan_extra: &str, daemon_extra: &str) -> Option<Site> {
     let prefix = asterisk::prefix()?;
     let env = Env::new();
     let rt_port = free_port();
@@ -83,7 +90,7 @@ fn site(pjsip_extra: &str, dialplan_extra: &str) -> Option<Site> {
             "\n[realtime]\nlisten = \"127.0.0.1:{rt_port}\"\nusername = \"{RT_USER}\"\n\
              \n[sip]\ntls_listen = \"127.0.0.1:{tls}\"\nwss_listen = \"127.0.0.1:{wss}\"\n\
              upstream = \"127.0.0.1:{ast_sip}\"\nupstream_bind = \"127.0.0.1:0\"\n\
-             wss_origins = [\"{ORIGIN}\"]\n"
+             wss_origins = [\"{ORIGIN}\"]\n{daemon_extra}\n"
         );
         env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
     };
@@ -383,6 +390,27 @@ impl Phone {
     /// The ACK of a failure to an in-dialog INVITE (hop by hop: its branch).
     fn ack_failure(&mut self, d: &Dialog, cseq: u32, via: &str) {
         self.send_in(d, "ACK", cseq, via, None);
+    }
+
+    /// A REFER within `d` (a blind transfer to `refer_to`); its CSeq number.
+    fn refer(&mut self, d: &Dialog, refer_to: &str) -> u32 {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let mut lines = vec![
+            format!("REFER {} SIP/2.0", d.target),
+            self.via(),
+            "Max-Forwards: 70".into(),
+        ];
+        lines.extend(d.route.iter().map(|r| format!("Route: {r}")));
+        lines.push(format!("From: {}", d.local));
+        lines.push(format!("To: {}", d.remote));
+        lines.push(format!("Call-ID: {}", d.call_id));
+        lines.push(format!("CSeq: {cseq} REFER"));
+        lines.push(format!("Contact: {}", self.contact));
+        lines.push(format!("Refer-To: {refer_to}"));
+        lines.push(format!("Referred-By: <sip:{}@pbx.test>", self.user));
+        self.send(&with_body(lines, None));
+        cseq
     }
 
     fn send_in(&mut self, d: &Dialog, method: &str, cseq: u32, via: &str, sdp: Option<&str>) {
@@ -1427,4 +1455,275 @@ fn calls_to_a_qualified_phone_early_media_refused_and_asterisk_cancelling() {
         warnings[0].contains("a phone answered a call with media the policy refuses"),
         "{warnings:?}"
     );
+}
+
+// ---- the toll-fraud guard -------------------------------------------------------------------
+
+/// pbxguard's `[smtp]` at the sink and `[dialing]` alerting `soc@pbx.example.com`, with `more`.
+fn toll_fraud(smtp_port: u16, more: &str) -> String {
+    format!(
+        "\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nstarttls = \"none\"\n\
+         from = \"pbxguard@pbx.example.com\"\ntimeout = \"3s\"\n\
+         \n[dialing]\nalert_to = [\"soc@pbx.example.com\"]\n{more}\n"
+    )
+}
+
+/// A mail's subject and its body as text, whatever transfer encoding the mailer chose.
+fn mail_text(raw: &str) -> (String, String) {
+    use base64::Engine;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .or_else(|| raw.split_once("\n\n"))
+        .unwrap_or((raw, ""));
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let body = match header("Content-Transfer-Encoding:")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "base64" => {
+            let compact: String = body.split_whitespace().collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .expect("base64 body");
+            String::from_utf8_lossy(&bytes).to_string()
+        }
+        "quoted-printable" => {
+            let joined = body.replace("=\r\n", "").replace("=\n", "");
+            let mut out = Vec::new();
+            let b = joined.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let hex = (b[i] == b'=')
+                    .then(|| joined.get(i + 1..i + 3))
+                    .flatten()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).to_string()
+        }
+        _ => body.to_string(),
+    };
+    (header("Subject:"), body.replace("\r\n", "\n"))
+}
+
+/// The phone hangs up dialog `d`; the BYE's answer must be 200.
+fn hang_up(p: &mut Phone, d: &Dialog) {
+    let (n, _) = p.request_in(d, "BYE", None);
+    let end = Instant::now() + T;
+    loop {
+        let m = p.final_response();
+        if cseq_of(&m) == n && m.header("CSeq").is_some_and(|c| c.ends_with(" BYE")) {
+            assert_eq!(m.status(), Some(200), "{}", m.raw);
+            return;
+        }
+        assert!(Instant::now() < end, "no answer to the BYE");
+    }
+}
+
+/// A refusal by the toll-fraud guard: `code` and a `Warning` naming `rule`, nothing more.
+fn assert_refused(m: &SipMsg, code: u16, rule: &str) {
+    assert_eq!(m.status(), Some(code), "{}", m.raw);
+    assert_eq!(
+        m.header("Warning"),
+        Some(format!("399 pbxguard \"{rule}\"").as_str()),
+        "{}",
+        m.raw
+    );
+}
+
+#[test]
+fn a_denied_range_or_a_dialplan_injection_gets_403_before_asterisk_and_one_alert_per_rule() {
+    let mail = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start(mail.path().join("mail"), None);
+    let Some(s) = site_with("", "", &toll_fraud(sink.port, "")) else {
+        return;
+    };
+    // baresip, a real phone, dials a satellite number: the edge refuses it.
+    let r = json_line(&run_for(
+        &mut baresip_cmd(
+            &s,
+            "1001",
+            &["--mediaenc", "srtp-mand", "--dial", "0088216123456"],
+        ),
+        Duration::from_secs(30),
+    ));
+    assert_eq!(r["register_code"], 200, "{r}");
+    assert_eq!(r["call"], "failed", "{r}");
+    assert_eq!(r["call_code"], 403, "{r}");
+    // A raw phone: `Dial(PJSIP/${EXTEN})` injection escaped (pjsip would decode it) and raw,
+    // then the range again, in both international forms.
+    let mut p = s.phone();
+    assert_eq!(p.register().status(), Some(200));
+    let mut refused_calls = Vec::new();
+    for (to, rule) in [
+        ("1001%26PJSIP%2Ftrunk%2F0088216123456", "dial_characters"),
+        ("1001&PJSIP/trunk/0088216123456", "dial_characters"),
+        ("0088216123456", "deny_prefix"),
+        ("+8816123456", "deny_prefix"),
+    ] {
+        let (_, resp, head) = p.invite(to, &sdes_offer(1, "sendrecv"), None);
+        assert_refused(&resp, 403, rule);
+        refused_calls.push(call_id_of(&head));
+    }
+    // Asterisk heard of none of them: no INVITE at all (nor the ACKs), nothing dialled.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = s.ast_received();
+    assert!(!got.iter().any(|m| m.contains("\nINVITE ")), "{got:?}");
+    for id in &refused_calls {
+        assert!(!got.iter().any(|m| m.contains(id.as_str())), "{got:?}");
+    }
+    let log = s.ast.log();
+    assert!(
+        !log.contains("0088216") && !log.contains("8816123456"),
+        "{log}"
+    );
+    assert_eq!(s.channels(), 0);
+    // The edge keeps serving that phone: a call to Echo() goes through.
+    let (d, ok, _) = p.invite("600", &sdes_offer(1, "sendrecv"), None);
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    p.ack(&d, cseq_of(&ok));
+    s.wait_channels(1, "call to Echo after the refusals");
+    // A blind transfer of that call to the range: Asterisk would dial it from the dialplan.
+    let n = p.refer(&d, "<sip:0088216123456@pbx.test>");
+    let refused = p.final_response();
+    assert_eq!(cseq_of(&refused), n, "{}", refused.raw);
+    assert_refused(&refused, 403, "deny_prefix");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.ast_received().iter().any(|m| m.contains("\nREFER ")),
+        "{:?}",
+        s.ast_received()
+    );
+    assert_eq!(
+        s.channels(),
+        1,
+        "the refused transfer must not end the call"
+    );
+    hang_up(&mut p, &d);
+    s.wait_channels(0, "after the BYE");
+
+    // Six refusals, two rules, one extension (baresip and the raw phone both registered
+    // 1001): one email per rule, naming who, from where, what and why.
+    sink.wait_mails(2, T);
+    std::thread::sleep(Duration::from_secs(2));
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    for (rule, destination) in [
+        ("deny_prefix", "0088216123456"),
+        ("dial_characters", "1001&PJSIP/trunk/0088216123456"),
+    ] {
+        let (subject, body) = mails
+            .iter()
+            .map(|m| (m, mail_text(m)))
+            .find(|(_, (subject, _))| subject.contains(rule))
+            .map(|(m, text)| {
+                assert!(m.contains("X-Test-Rcpt: soc@pbx.example.com"), "{m}");
+                text
+            })
+            .unwrap_or_else(|| panic!("no alert for {rule}: {mails:?}"));
+        assert!(subject.contains("extension 1001"), "{subject}");
+        for want in [
+            format!("Rule:        {rule}"),
+            "Who:         extension 1001".to_string(),
+            "From:        127.0.0.1".to_string(),
+            format!("Destination: {destination}"),
+            "Door:        sip".to_string(),
+        ] {
+            assert!(body.contains(&want), "{want}:\n{body}");
+        }
+    }
+    // Each refusal has its audit row, the held-back ones included.
+    let out = s.env.ok(
+        &["audit", "log", "--action", "dialing.refused", "--json"],
+        b"",
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("JSON rows");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.iter().all(|r| r["actor"] == "sip:1001"), "{rows:?}");
+}
+
+#[test]
+fn a_third_call_at_once_gets_486_while_two_stay_up_and_attempts_past_the_minute_get_503() {
+    let Some(s) = site_with(
+        "",
+        "",
+        "\n[dialing]\nmax_concurrent_calls = 2\nmax_call_attempts_per_minute = 4\n",
+    ) else {
+        return;
+    };
+    let mut p = s.phone();
+    assert_eq!(p.register().status(), Some(200));
+    // Two answered calls (601: Answer, Wait(60)). pjsip challenges each INVITE and the phone
+    // sends it again with credentials: still one call and one attempt each.
+    let mut up = Vec::new();
+    for n in 1..=2 {
+        let (d, ok, _) = p.invite("601", &sdes_offer(1, "sendrecv"), None);
+        assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+        p.ack(&d, cseq_of(&ok));
+        s.wait_channels(n, "answered calls");
+        up.push(d);
+    }
+    // The third at once: 486 with Retry-After from the edge; Asterisk never sees it, and the
+    // two calls stay up.
+    let (_, busy, head) = p.invite("601", &sdes_offer(1, "sendrecv"), None);
+    assert_refused(&busy, 486, "max_concurrent_calls");
+    assert_eq!(busy.header("Retry-After"), Some("30"), "{}", busy.raw);
+    let third = call_id_of(&head);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !s.ast_received().iter().any(|m| m.contains(&third)),
+        "{:?}",
+        s.ast_received()
+    );
+    assert_eq!(s.channels(), 2);
+    assert_eq!(
+        s.ast.cli("core show channels").matches(" Up ").count(),
+        2,
+        "{}",
+        s.ast.cli("core show channels")
+    );
+    // The phone hangs up one: the third attempt goes through.
+    hang_up(&mut p, &up.remove(0));
+    s.wait_channels(1, "after the phone's BYE");
+    let (d, ok, _) = p.invite("601", &sdes_offer(1, "sendrecv"), None);
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    p.ack(&d, cseq_of(&ok));
+    s.wait_channels(2, "the third call");
+    // Asterisk hangs both up: its BYEs free their slots.
+    s.ast.cli("channel request hangup all");
+    for _ in 0..2 {
+        let bye = p.expect_request("BYE");
+        p.respond(&bye, 200, "OK", None);
+    }
+    s.wait_channels(0, "after Asterisk's BYEs");
+    // The fourth attempt within the minute passes; the fifth gets 503 and when to come back.
+    let (d, ok, _) = p.invite("600", &sdes_offer(1, "sendrecv"), None);
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    p.ack(&d, cseq_of(&ok));
+    hang_up(&mut p, &d);
+    let (_, refused, head) = p.invite("600", &sdes_offer(1, "sendrecv"), None);
+    assert_refused(&refused, 503, "max_call_attempts_per_minute");
+    let wait: u64 = refused
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=60).contains(&wait), "{}", refused.raw);
+    let fifth = call_id_of(&head);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!s.ast_received().iter().any(|m| m.contains(&fifth)));
+    s.wait_channels(0, "nothing left");
 }

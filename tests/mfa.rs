@@ -3,11 +3,11 @@
 //! policy through the API and the CLI.
 
 mod common;
+use common::smtp::Sink;
 use common::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PW: &str = "a long password";
@@ -39,50 +39,8 @@ fn oathtool(secret: &str, offset: i64) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A real SMTP server storing what it receives (tests/peers/smtp_sink.py on aiosmtpd).
-struct Sink {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
+/// Login codes as the daemon mails them.
 impl Sink {
-    fn start(dir: PathBuf, tls: Option<(&Path, &Path)>) -> Sink {
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_sink.py");
-        let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(script).arg(port.to_string()).arg(&dir);
-        if let Some((cert, key)) = tls {
-            cmd.arg(cert).arg(key);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with aiosmtpd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
-        Sink { child, dir, port }
-    }
-
-    fn mails(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
-    }
-
     /// Waits for message number `n` (1-based) and returns its code.
     fn code(&self, n: usize) -> (String, String) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,15 +58,6 @@ impl Sink {
             assert!(Instant::now() < deadline, "no mail number {n} arrived");
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
     }
 }
 

@@ -1324,3 +1324,482 @@ fn a_tls_client_cannot_claim_an_extension_bound_to_a_web_user() {
     c.send(&options("1002"));
     assert_eq!(c.final_response(T).and_then(|r| r.status()), Some(200));
 }
+
+// ---- the toll-fraud guard -------------------------------------------------------------------
+
+/// `[sip]` keys without the rate limits (these tests place many calls quickly), then a
+/// `[dialing]` section for the stand-in's named users with `limits`.
+fn dialing(limits: &str) -> String {
+    format!(
+        "rate_per_ip = 0\nrate_per_user = 0\n\n[dialing]\n\
+         extra_dial_characters = \"abcdefghijklmnopqrstuvwxyz\"\n{limits}\n"
+    )
+}
+
+/// A phone's INVITE from `from` to Request-URI user `to` (written as given: escapes, `&` and
+/// all) over `c`; its header lines, for what follows in that call.
+fn dial(c: &mut SipTls, from: &str, to: &str) -> Vec<String> {
+    let mut lines = base_headers("INVITE", from, to, "TLS", &rnd(), 1);
+    lines.push("Content-Type: application/sdp".into());
+    c.send(&request(
+        &format!("INVITE sip:{to}@pbx.test SIP/2.0"),
+        &lines,
+        &sdp_sdes(&sdes_key()),
+    ));
+    lines
+}
+
+/// The value of header `name` among a request's `lines`.
+fn line<'a>(lines: &'a [String], name: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_default()
+}
+
+/// The first answer past `100 Trying` to the call whose INVITE was `lines`.
+fn answer_of(c: &mut SipTls, lines: &[String]) -> SipMsg {
+    let call_id = line(lines, "Call-ID");
+    let end = Instant::now() + T;
+    loop {
+        let m = c
+            .response(end.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|| panic!("no answer to the INVITE of {call_id}"));
+        if m.header("Call-ID") == Some(call_id) && m.status().is_some_and(|s| s > 100) {
+            return m;
+        }
+    }
+}
+
+/// The request `method` within the call of `lines` (`to`: the To value with its tag,
+/// `via`: the Via line; an ACK of a failure reuses the INVITE's).
+fn in_call(method: &str, uri: &str, lines: &[String], to: &str, via: &str, cseq: u32) -> Vec<u8> {
+    let head = vec![
+        via.to_string(),
+        "Max-Forwards: 70".into(),
+        format!("From: {}", line(lines, "From")),
+        format!("To: {to}"),
+        format!("Call-ID: {}", line(lines, "Call-ID")),
+        format!("CSeq: {cseq} {method}"),
+    ];
+    request(&format!("{method} {uri} SIP/2.0"), &head, "")
+}
+
+/// The hop-by-hop ACK of a failure answer `resp` to the INVITE of `lines` (to user `to`).
+fn ack_failure(c: &mut SipTls, to: &str, lines: &[String], resp: &SipMsg) {
+    let uri = format!("sip:{to}@pbx.test");
+    let cseq = line(lines, "CSeq")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    c.send(&in_call(
+        "ACK",
+        &uri,
+        lines,
+        resp.header("To").unwrap_or_default(),
+        &lines[0],
+        cseq,
+    ));
+}
+
+/// Cancels the ringing call of `lines` (to user `to`): 200 for the CANCEL, 487 for the
+/// INVITE, which the phone ACKs.
+fn cancel(c: &mut SipTls, to: &str, lines: &[String]) {
+    let uri = format!("sip:{to}@pbx.test");
+    let to_value = format!("<{uri}>");
+    c.send(&in_call("CANCEL", &uri, lines, &to_value, &lines[0], 1));
+    let mut got = Vec::new();
+    let end = Instant::now() + T;
+    while got.len() < 2 {
+        let m = c
+            .final_response(end.saturating_duration_since(Instant::now()))
+            .expect("answers to the CANCEL and the INVITE");
+        if m.header("Call-ID") != Some(line(lines, "Call-ID")) {
+            continue;
+        }
+        if m.status() == Some(487) {
+            ack_failure(c, to, lines, &m);
+        }
+        got.push(m.start.clone());
+    }
+    got.sort();
+    assert_eq!(got, ["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]);
+}
+
+/// An answered call's ACK and, later, its BYE (answered 200).
+fn ack_and_bye(c: &mut SipTls, lines: &[String], ok: &SipMsg) {
+    let contact = ok.header("Contact").unwrap_or_default();
+    let target = contact.trim_start_matches('<').split('>').next().unwrap();
+    let to = ok.header("To").unwrap_or_default();
+    let via = || {
+        format!(
+            "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+            rnd()
+        )
+    };
+    c.send(&in_call("ACK", target, lines, to, &via(), 1));
+    c.send(&in_call("BYE", target, lines, to, &via(), 2));
+    // (A copy of the INVITE's 200 may still be on its way.)
+    let bye = loop {
+        let m = c.final_response(T).expect("an answer to the BYE");
+        if m.header("CSeq") == Some("2 BYE") {
+            break m;
+        }
+    };
+    assert_eq!(bye.status(), Some(200), "{bye:?}");
+}
+
+/// `code` with a `Warning` naming `rule` and nothing else an attacker could tune to.
+fn assert_refused(m: &SipMsg, code: u16, rule: &str) {
+    assert_eq!(m.status(), Some(code), "{m:?}");
+    assert_eq!(
+        m.header("Warning"),
+        Some(format!("399 pbxguard \"{rule}\"").as_str()),
+        "{m:?}"
+    );
+}
+
+/// `Retry-After` of a limit's refusal: whole seconds within the minute.
+fn retry_after(m: &SipMsg) -> u64 {
+    let secs = m
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {m:?}"));
+    assert!((1..=60).contains(&secs), "{m:?}");
+    secs
+}
+
+/// INVITEs the stand-in Asterisk received for the call of `lines`.
+fn invites_seen(e: &Edge, lines: &[String]) -> usize {
+    let call_id = line(lines, "Call-ID");
+    e.peer
+        .requests("INVITE")
+        .iter()
+        .filter(|m| m.header("Call-ID") == Some(call_id))
+        .count()
+}
+
+/// The audit rows of refused calls, once `n` are there.
+fn refusal_rows(e: &Edge, n: usize) -> Vec<serde_json::Value> {
+    let end = Instant::now() + T;
+    loop {
+        let out = e.env.ok(
+            &["audit", "log", "--action", "dialing.refused", "--json"],
+            b"",
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("JSON rows");
+        if rows.len() >= n || Instant::now() > end {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_denied_or_injected_destination_gets_403_and_never_reaches_asterisk() {
+    let e = Edge::start(&dialing(""));
+    let mut c = e.client();
+    let cases = [
+        // Premium and satellite ranges of the default list, in every international form.
+        ("0088216123456", "deny_prefix"),
+        ("+8816123456", "deny_prefix"),
+        ("19005551234", "deny_prefix"),
+        // Dialplan injection into `Dial(PJSIP/${EXTEN})`: escaped as pjsip decodes it, raw
+        // where the URI grammar admits it, and the other argument splitters.
+        ("1001%26PJSIP%2Ftrunk%2F0088216123456", "dial_characters"),
+        ("1001&PJSIP/trunk/0088216123456", "dial_characters"),
+        ("1001,30,tT", "dial_characters"),
+        ("1001%7C2", "dial_characters"),
+        ("%24%7BSHELL(id)%7D", "dial_characters"),
+        ("12%2034", "dial_characters"),
+    ];
+    for (to, rule) in cases {
+        let lines = dial(&mut c, "1001", to);
+        let refused = answer_of(&mut c, &lines);
+        assert_refused(&refused, 403, rule);
+        assert!(refused.header("Retry-After").is_none(), "{refused:?}");
+        ack_failure(&mut c, to, &lines, &refused);
+    }
+    // Asterisk heard nothing of them, not even the ACKs of the refusals.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.peer.requests("INVITE").is_empty(),
+        "{:?}",
+        e.peer.received()
+    );
+    assert!(e.peer.requests("ACK").is_empty(), "{:?}", e.peer.received());
+    // The same connection goes on calling; extensions that overlap a range are no premium
+    // number (four digits are internal).
+    for to in ["1002", "8816"] {
+        let lines = dial(&mut c, "1001", to);
+        let answer = c.final_response(T).expect("an answer");
+        if to == "1002" {
+            assert_eq!(answer.status(), Some(200), "{answer:?}");
+            ack_and_bye(&mut c, &lines, &answer);
+        } else {
+            // The stand-in knows no 8816: its own 404, not the edge's refusal.
+            assert_eq!(answer.status(), Some(404), "{answer:?}");
+            assert!(answer.header("Warning").is_none(), "{answer:?}");
+            ack_failure(&mut c, to, &lines, &answer);
+        }
+        assert_eq!(invites_seen(&e, &lines), 1);
+    }
+    // Each refusal reported: the edge's message counter, the shared one by rule, and an
+    // audit row naming the extension, the destination as Asterisk would have read it and
+    // the address.
+    let metrics = e.env.request("GET", "/metrics", &[], None).body;
+    for want in [
+        "pbxguard_sip_client_messages_total{result=\"dial_refused\"} 9",
+        "pbxguard_dial_refusals_total{door=\"sip\",rule=\"deny_prefix\"} 3",
+        "pbxguard_dial_refusals_total{door=\"sip\",rule=\"dial_characters\"} 6",
+    ] {
+        assert!(metrics.contains(want), "{want}:\n{metrics}");
+    }
+    let rows = refusal_rows(&e, cases.len());
+    assert_eq!(rows.len(), cases.len(), "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r["actor"] == "sip:1001" && r["detail"] == "door=sip address=127.0.0.1"));
+    let targets: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    assert!(
+        targets.contains(&"1001&PJSIP/trunk/0088216123456"),
+        "{targets:?}"
+    );
+    assert!(targets.contains(&"${SHELL(id)}"), "{targets:?}");
+    assert!(rows
+        .iter()
+        .any(|r| r["action"] == "dialing.refused.deny_prefix" && r["target"] == "+8816123456"));
+}
+
+#[test]
+fn limits_count_the_calls_an_extension_places_and_every_ended_call_frees_its_slot() {
+    let e = Edge::start(&dialing(
+        "max_concurrent_calls = 2\nmax_call_attempts_per_minute = 0",
+    ));
+    let mut a = e.client();
+    assert_eq!(e.register(&mut a, "1001", "pw1001").status(), Some(200));
+    // A hundred calls that end every way but answered leave no slot behind.
+    for n in 0..100 {
+        let to = ["busy", "4444", "slow", "0088216123456"][n % 4];
+        let lines = dial(&mut a, "1001", to);
+        let answer = answer_of(&mut a, &lines);
+        match to {
+            "slow" => {
+                assert_eq!(answer.status(), Some(180), "{answer:?}");
+                cancel(&mut a, to, &lines);
+            }
+            _ => {
+                let want = [486, 404, 0, 403][n % 4];
+                assert_eq!(answer.status(), Some(want), "{to}: {answer:?}");
+                ack_failure(&mut a, to, &lines, &answer);
+            }
+        }
+    }
+    // Two calls ring; a third from this connection is refused, even with a From it did not
+    // register (its calls count against the extension Asterisk accepted here).
+    let first = dial(&mut a, "1001", "slow");
+    assert_eq!(answer_of(&mut a, &first).status(), Some(180));
+    let second = dial(&mut a, "1001", "slow");
+    assert_eq!(answer_of(&mut a, &second).status(), Some(180));
+    for from in ["1001", "1002"] {
+        let third = dial(&mut a, from, "slow");
+        let busy = answer_of(&mut a, &third);
+        assert_refused(&busy, 486, "max_concurrent_calls");
+        assert_eq!(retry_after(&busy), 30);
+        ack_failure(&mut a, "slow", &third, &busy);
+        assert_eq!(invites_seen(&e, &third), 0);
+    }
+    // Another phone calling as 1002 has its own count.
+    let mut b = e.client();
+    let other = dial(&mut b, "1002", "slow");
+    assert_eq!(answer_of(&mut b, &other).status(), Some(180));
+    cancel(&mut b, "slow", &other);
+    // The first call cancelled: an answered call takes its place and still counts.
+    cancel(&mut a, "slow", &first);
+    let answered = dial(&mut a, "1001", "1002");
+    let mut ok = answer_of(&mut a, &answered);
+    while ok.status() == Some(180) {
+        ok = answer_of(&mut a, &answered);
+    }
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let third = dial(&mut a, "1001", "slow");
+    assert_refused(&answer_of(&mut a, &third), 486, "max_concurrent_calls");
+    // Its BYE frees it.
+    ack_and_bye(&mut a, &answered, &ok);
+    let again = dial(&mut a, "1001", "slow");
+    assert_eq!(answer_of(&mut a, &again).status(), Some(180));
+    let metrics = e.env.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics
+            .contains("pbxguard_dial_refusals_total{door=\"sip\",rule=\"max_concurrent_calls\"} 3"),
+        "{metrics}"
+    );
+    let rows = refusal_rows(&e, 28);
+    assert!(
+        rows.iter()
+            .filter(|r| r["action"] == "dialing.refused.max_concurrent_calls")
+            .all(|r| r["actor"] == "sip:1001"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_challenged_call_is_one_attempt_and_the_next_one_over_the_minute_gets_503() {
+    // The stand-in challenges every INVITE, as pjsip does; one call and one attempt a minute.
+    let e = Edge::start_with_peer(
+        &dialing("max_concurrent_calls = 1\nmax_call_attempts_per_minute = 1"),
+        &["--authenticate"],
+    );
+    let mut c = e.client();
+    let lines = dial(&mut c, "1001", "1002");
+    let challenge = answer_of(&mut c, &lines);
+    assert_eq!(challenge.status(), Some(401), "{challenge:?}");
+    ack_failure(&mut c, "1002", &lines, &challenge);
+    // The same INVITE with credentials: same Call-ID and tag, the next CSeq. Were the
+    // challenge the end of a call, this would be a second attempt within the minute.
+    let uri = "sip:1002@pbx.test";
+    let mut again: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            if l.starts_with("Via: ") {
+                format!(
+                    "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+                    rnd()
+                )
+            } else if l.starts_with("CSeq: ") {
+                "CSeq: 2 INVITE".to_string()
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let ch = challenge.header("WWW-Authenticate").expect("a challenge");
+    again.push(format!(
+        "Authorization: {}",
+        digest(ch, "1001", "pw1001", "INVITE", uri)
+    ));
+    c.send(&request(
+        &format!("INVITE {uri} SIP/2.0"),
+        &again,
+        &sdp_sdes(&sdes_key()),
+    ));
+    let ok = c.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    ack_and_bye(&mut c, &lines, &ok);
+    // The next call within the minute: 503, told when to come back; Asterisk never sees it.
+    let next = dial(&mut c, "1001", "1002");
+    let refused = answer_of(&mut c, &next);
+    assert_refused(&refused, 503, "max_call_attempts_per_minute");
+    retry_after(&refused);
+    ack_failure(&mut c, "1002", &next, &refused);
+    assert_eq!(invites_seen(&e, &next), 0);
+
+    // A browser, whose challenges the edge answers itself: its call is one attempt too.
+    let token = e.web_user("bob", "1002");
+    e.env.set_sip_credential("1002", "pw1002");
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    w.send(std::str::from_utf8(&invite("1002", "1001", "WSS", &sdp_dtls())).unwrap());
+    let ok = w.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    w.send(std::str::from_utf8(&invite("1002", "1001", "WSS", &sdp_dtls())).unwrap());
+    let busy = w.final_response(T).expect("an answer");
+    assert_eq!(busy.status(), Some(486), "{busy:?}");
+    // The WebSocket closes: the edge ends its call, and the slot with it (the minute's one
+    // attempt is still spent).
+    drop(w);
+    let byes = e.peer.wait_requests("BYE", 2, T);
+    assert_eq!(byes.len(), 2);
+    let tk = e.ticket(&token)["ticket"].as_str().unwrap().to_string();
+    let mut w = ws(&e, &tk, Some(ORIGIN)).expect("ws");
+    w.send(std::str::from_utf8(&invite("1002", "1001", "WSS", &sdp_dtls())).unwrap());
+    let later = w.final_response(T).expect("an answer");
+    assert_eq!(later.status(), Some(503), "{later:?}");
+    assert!(
+        later
+            .header("Warning")
+            .is_some_and(|v| v.ends_with("\"max_call_attempts_per_minute\"")),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_blind_transfer_to_a_denied_range_gets_403_and_the_call_stays_up() {
+    let e = Edge::start(&dialing(""));
+    let mut c = e.client();
+    let lines = dial(&mut c, "1001", "1002");
+    let ok = c.final_response(T).expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let target = ok
+        .header("Contact")
+        .and_then(|v| v.trim_start_matches('<').split('>').next())
+        .unwrap()
+        .to_string();
+    let to = ok.header("To").unwrap().to_string();
+    let via = || {
+        format!(
+            "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+            rnd()
+        )
+    };
+    c.send(&in_call("ACK", &target, &lines, &to, &via(), 1));
+    // Asterisk would dial a REFER's target from the dialplan (a blind transfer): it is checked
+    // as a dialled number, escapes decoded; one pbxguard cannot read is refused as well.
+    let mut cseq = 2;
+    for (refer_to, rule) in [
+        ("<sip:0088216123456@pbx.test>", "deny_prefix"),
+        (
+            "<sip:1001%26PJSIP%2Ftrunk%2F0088216123456@pbx.test>",
+            "dial_characters",
+        ),
+        ("<tel:+8816123456>", "dial_characters"),
+    ] {
+        let mut refer =
+            String::from_utf8(in_call("REFER", &target, &lines, &to, &via(), cseq)).unwrap();
+        refer = refer.replacen(
+            "Content-Length: 0",
+            &format!("Refer-To: {refer_to}\r\nContent-Length: 0"),
+            1,
+        );
+        c.send(refer.as_bytes());
+        let refused = c.final_response(T).expect("an answer to the REFER");
+        assert_refused(&refused, 403, rule);
+        assert_eq!(
+            refused.header("CSeq"),
+            Some(format!("{cseq} REFER").as_str())
+        );
+        cseq += 1;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.peer.requests("REFER").is_empty(),
+        "{:?}",
+        e.peer.received()
+    );
+    // A transfer to an extension goes through; the call is still there to hang up.
+    let mut refer =
+        String::from_utf8(in_call("REFER", &target, &lines, &to, &via(), cseq)).unwrap();
+    refer = refer.replacen(
+        "Content-Length: 0",
+        "Refer-To: <sip:1003@pbx.test>\r\nContent-Length: 0",
+        1,
+    );
+    c.send(refer.as_bytes());
+    assert_eq!(e.peer.wait_requests("REFER", 1, T).len(), 1);
+    let _ = c.final_response(T);
+    c.send(&in_call("BYE", &target, &lines, &to, &via(), cseq + 1));
+    let bye = loop {
+        let m = c.final_response(T).expect("an answer to the BYE");
+        if m.header("CSeq") == Some(format!("{} BYE", cseq + 1).as_str()) {
+            break m;
+        }
+    };
+    assert_eq!(bye.status(), Some(200), "{bye:?}");
+    let rows = refusal_rows(&e, 3);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["target"] == "<tel:+8816123456>"),
+        "{rows:?}"
+    );
+}

@@ -73,6 +73,9 @@ pub struct Flow {
     proven: AtomicBool,
     /// Its calls, ended towards Asterisk when the connection goes; CSeq offsets.
     calls: Mutex<Calls>,
+    /// Users whose REGISTER Asterisk accepted on this connection, first first: the extension
+    /// its calls count against (see [`super::dial::offender`]).
+    registered: Mutex<Vec<String>>,
 }
 
 impl Flow {
@@ -86,6 +89,22 @@ impl Flow {
 
     pub fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Users Asterisk accepted a REGISTER of on this connection.
+    pub fn registered(&self) -> Vec<String> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asterisk accepted a REGISTER of `user`; at most `max` are kept (the first ones).
+    pub fn add_registered(&self, user: String, max: usize) {
+        let mut users = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if !users.contains(&user) && users.len() < max {
+            users.push(user);
+        }
     }
 
     /// Queues a message for the client; a full queue closes the connection.
@@ -155,6 +174,7 @@ impl Flows {
             tx,
             close,
             calls: Mutex::default(),
+            registered: Mutex::default(),
         });
         self.map
             .write()

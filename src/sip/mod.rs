@@ -5,13 +5,15 @@
 //! so Asterisk never sees a client's bytes; [`sdp`] is the SRTP-only media policy;
 //! [`transport`] runs the listeners, [`flow`] names client connections in what we send
 //! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
-//! that side is UDP, [`proxy`] decides what crosses, [`guards`] holds rates, scanner
+//! that side is UDP, [`proxy`] decides what crosses, [`dial`] applies the toll-fraud rules to
+//! the calls phones place, [`guards`] holds rates, scanner
 //! filtering and bans ([`bans`] lists and lifts them for admins), [`ticket`] binds browser WebSockets to web sessions, and [`service`]
 //! starts, reloads and stops the edge for the daemon.
 
 pub mod bans;
 pub mod calls;
 pub mod config;
+pub mod dial;
 pub mod digest;
 pub mod flow;
 pub mod framing;

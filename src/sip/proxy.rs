@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::calls::Dialog;
 use super::config::SipConfig;
+use super::dial::{self, CallKey, NoSlot};
 use super::digest::Challenge;
 use super::flow::{Flow, Flows, Kind};
 use super::guards::{BanRules, Bans, Rates};
@@ -31,6 +32,7 @@ use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
 use crate::clock::now_unix;
+use crate::dialing::{Refused, Rule};
 use crate::metrics::ResultLabels;
 
 /// The URI parameter and `Via` parameter carrying our flow token.
@@ -43,7 +45,9 @@ const TEARDOWN_CSEQ_STEP: u32 = 100;
 /// Requests Asterisk never answered are reported at most this often (with their count).
 const TIMEOUT_REPORT: Duration = Duration::from_secs(10);
 
-type RegisterInFlight = (u64, Vec<String>, Instant);
+/// A REGISTER awaiting Asterisk's answer: its connection, Contacts, the user it registers
+/// (its From user: the endpoint pjsip identifies and authenticates), and when it went.
+type RegisterInFlight = (u64, Vec<String>, Option<String>, Instant);
 
 /// The edge's answer to one challenge: what to put where.
 struct Credentials<'a> {
@@ -86,8 +90,10 @@ pub struct Edge {
     pending: Mutex<HashMap<String, Pending>>,
     /// Client branches whose INVITE we answered ourselves; their ACK stops here.
     absorb: Mutex<HashMap<String, Instant>>,
-    /// Our branch -> (flow, Contacts) of a REGISTER awaiting Asterisk's answer.
+    /// Our branch -> (flow, Contacts, user) of a REGISTER awaiting Asterisk's answer.
     registers: Mutex<HashMap<String, RegisterInFlight>>,
+    /// The calls phones place, each holding a slot in its extension's limits.
+    dial_slots: dial::Slots,
     /// Requests sent to Asterisk over UDP, until answered (retransmission, duplicates).
     transactions: Mutex<Transactions>,
     /// Wakes the timer task when a transaction's first timer is earlier than any it knew.
@@ -214,6 +220,7 @@ impl Edge {
             pending: Mutex::default(),
             absorb: Mutex::default(),
             registers: Mutex::default(),
+            dial_slots: dial::Slots::default(),
             transactions: Mutex::default(),
             timer_wake: Notify::new(),
             timeouts: Mutex::default(),
@@ -333,6 +340,13 @@ impl Edge {
             // The client's ACK for our 408 is ours too.
             if let Some(b) = &client_branch {
                 self.absorb_ack_for(b);
+            }
+            // The 408 is the INVITE's final answer.
+            if let Some(key) = Message::parse(request)
+                .ok()
+                .and_then(|m| CallKey::of_caller(&m))
+            {
+                self.dial_slots.answered(&self.ctx.dialing, &key, 408, now);
             }
         }
         if flow.binding.is_some() {
@@ -621,6 +635,35 @@ impl Edge {
             self.answer(flow, &msg, 403, "Forbidden", &[self.warning(&refusal)]);
             return;
         }
+        // A phone places a call: what it dials is checked before anything else is looked at,
+        // and the call takes a slot in its extension's limits once nothing else refuses it.
+        let new_call =
+            method == Method::Invite && msg.to().and_then(|t| t.tag().map(str::to_owned)).is_none();
+        if new_call {
+            if let Some(dest) = dial::dialled(&msg) {
+                if let Err(rule) = self.ctx.dialing.check_number(dest) {
+                    let destination = dest.to_string();
+                    self.refuse_call(flow, &msg, rule, destination, None);
+                    return;
+                }
+            }
+        }
+        if method == Method::Refer {
+            let checked = match dial::transfer_target(&msg) {
+                dial::Transfer::To(dest) => {
+                    self.ctx.dialing.check_number(&dest).map_err(|r| (r, dest))
+                }
+                dial::Transfer::Nothing => Ok(()),
+                dial::Transfer::Unreadable => Err((
+                    Rule::DialCharacters,
+                    msg.header("Refer-To").unwrap_or_default().to_string(),
+                )),
+            };
+            if let Err((rule, destination)) = checked {
+                self.refuse_call(flow, &msg, rule, destination, None);
+                return;
+            }
+        }
         if flow.binding.is_some() {
             // The edge authenticates for a bound WebSocket; whatever credentials the browser
             // sends are not its to give.
@@ -639,6 +682,9 @@ impl Edge {
                 "Not Acceptable Here",
                 &[self.warning(&refusal)],
             );
+            return;
+        }
+        if new_call && !self.place_call(flow, &msg, now) {
             return;
         }
         strip_identities(&mut msg, sip);
@@ -668,9 +714,8 @@ impl Edge {
         if method == Method::Register {
             msg.push_front("Path", self.loopback_uri(flow.id));
             add_supported_path(&mut msg);
-            let contacts: Vec<String> = msg.contacts().iter().map(|c| c.uri.to_string()).collect();
             if let Some(branch) = via.branch() {
-                self.remember_register(branch, flow.id, contacts);
+                self.remember_register(branch, flow.id, &msg);
             }
         }
         let mut branch = via.branch().unwrap_or_default().to_string();
@@ -705,6 +750,84 @@ impl Edge {
         }
         self.count_client("forwarded");
         self.send_request(&branch, &method, bytes, Some(flow.id));
+    }
+
+    /// A phone's new call takes a slot in its extension's limits (the same call again keeps
+    /// the one it has); `false` when it was refused, and answered.
+    fn place_call(&self, flow: &Flow, msg: &Message, now: Instant) -> bool {
+        let Some(key) = CallKey::of_caller(msg) else {
+            // The parser requires Call-ID and From: not reached.
+            return true;
+        };
+        let offender = dial::offender(flow, msg);
+        let limits = self.ctx.dialing.limits();
+        let started =
+            self.dial_slots
+                .start(&self.ctx.dialing, &offender, key, flow.id, limits, now);
+        match started {
+            Ok(()) => true,
+            Err(NoSlot::Limited(limited)) => {
+                let destination = dial::dialled(msg).unwrap_or("s").to_string();
+                self.refuse_call(
+                    flow,
+                    msg,
+                    limited.rule,
+                    destination,
+                    Some(limited.retry_after),
+                );
+                false
+            }
+            Err(NoSlot::Merged) => {
+                self.count_client("merged");
+                self.answer(flow, msg, 482, "Loop Detected", &[]);
+                false
+            }
+            Err(NoSlot::Full) => {
+                self.count_client("dial_table_full");
+                self.answer(
+                    flow,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", "5".into())],
+                );
+                false
+            }
+        }
+    }
+
+    /// Refuses a phone's call by toll-fraud rule `rule`: `403` for what it dialled, `486` or
+    /// `503` with `Retry-After` for a limit, each with a `Warning` naming the rule and nothing
+    /// else (not the prefix, not how close a limit is); reported (log, metric, audit row,
+    /// alert) through the shared guard.
+    fn refuse_call(
+        &self,
+        flow: &Flow,
+        msg: &Message,
+        rule: Rule,
+        destination: String,
+        retry: Option<Duration>,
+    ) {
+        self.count_client("dial_refused");
+        self.ctx.dialing.refused(Refused {
+            rule,
+            offender: dial::offender(flow, msg),
+            address: flow.peer.ip(),
+            destination,
+        });
+        let (code, reason) = match rule {
+            Rule::MaxConcurrentCalls => (486, "Busy Here"),
+            Rule::MaxCallAttemptsPerMinute => (503, "Service Unavailable"),
+            _ => (403, "Forbidden"),
+        };
+        let named = Refusal {
+            reason: rule.name().to_string(),
+        };
+        let mut extra = vec![self.warning(&named)];
+        if let Some(wait) = retry {
+            extra.push(("Retry-After", dial::retry_after_secs(wait).to_string()));
+        }
+        self.answer(flow, msg, code, reason, &extra);
     }
 
     /// What a client's request changes in its connection's calls. (A BYE ends its call when
@@ -776,6 +899,9 @@ impl Edge {
         let Some((n, _)) = cancel.cseq() else {
             return;
         };
+        if let Some(key) = CallKey::of_caller(&cancel) {
+            self.dial_slots.end(&self.ctx.dialing, &key);
+        }
         let mut invite = cancel;
         invite.set_cseq(n, &Method::Invite);
         if let Some(b) = invite.top_via().and_then(|v| v.branch().map(str::to_owned)) {
@@ -972,19 +1098,26 @@ impl Edge {
     /// Contacts of a REGISTER in flight: they route calls to this connection only once
     /// Asterisk has accepted the registration (an unauthenticated REGISTER must not be able
     /// to claim another phone's Contact).
-    fn remember_register(&self, branch: &str, flow: u64, contacts: Vec<String>) {
+    fn remember_register(&self, branch: &str, flow: u64, register: &Message) {
+        let contacts = register
+            .contacts()
+            .iter()
+            .map(|c| c.uri.to_string())
+            .collect();
+        let user = register.from().and_then(|f| f.uri.user);
         let now = Instant::now();
         let mut registers = self.registers.lock().unwrap_or_else(|e| e.into_inner());
         if registers.len() >= MAX_PENDING {
-            registers.retain(|_, (_, _, at)| now.duration_since(*at) < PENDING_TTL);
+            registers.retain(|_, (_, _, _, at)| now.duration_since(*at) < PENDING_TTL);
             if registers.len() >= MAX_PENDING {
                 return;
             }
         }
-        registers.insert(branch.to_string(), (flow, contacts, now));
+        registers.insert(branch.to_string(), (flow, contacts, user, now));
     }
 
-    /// Asterisk answered a REGISTER: on 2xx its contacts now lead to the connection.
+    /// Asterisk answered a REGISTER: on 2xx its contacts now lead to the connection, and its
+    /// user is an extension the connection places calls as.
     fn registered(&self, branch: &str, flow: u64, status: u16) {
         if status < 200 {
             return;
@@ -994,10 +1127,13 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(branch);
-        if let Some((owner, contacts, _)) = done.filter(|_| (200..300).contains(&status)) {
+        if let Some((owner, contacts, user, _)) = done.filter(|_| (200..300).contains(&status)) {
             if owner == flow {
                 for c in contacts {
                     self.flows.remember_contact(c, flow);
+                }
+                if let (Some(user), Some(f)) = (user, self.flows.get(flow)) {
+                    dial::registered(&f, &user);
                 }
             }
         }
@@ -1118,6 +1254,17 @@ impl Edge {
         if method == Some(Method::Register) {
             self.registered(&branch, flow_id, status);
         }
+        // The phone's calls, whether or not its connection is still there: a BYE that
+        // succeeded ends one; a CANCEL Asterisk knew nothing of leaves no answer to wait for.
+        match (&method, CallKey::of_caller(&msg)) {
+            (Some(Method::Bye), Some(key)) if (200..300).contains(&status) => {
+                self.dial_slots.end(&self.ctx.dialing, &key);
+            }
+            (Some(Method::Cancel), Some(key)) if status == 481 => {
+                self.dial_slots.unknown_to_asterisk(&self.ctx.dialing, &key);
+            }
+            _ => {}
+        }
         let mut invite = None;
         if method == Some(Method::Invite) && status >= 200 {
             let done = self
@@ -1125,6 +1272,16 @@ impl Edge {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&branch);
+            if let Some(key) = CallKey::of_caller(&msg) {
+                let cancelled = done.as_ref().is_some_and(|p| p.cancelled);
+                if cancelled && (200..300).contains(&status) {
+                    // Ended below with an ACK and a BYE.
+                    self.dial_slots.end(&self.ctx.dialing, &key);
+                } else {
+                    self.dial_slots
+                        .answered(&self.ctx.dialing, &key, status, Instant::now());
+                }
+            }
             if let Some(p) = done.as_ref().filter(|p| p.cancelled) {
                 if status >= 300 {
                     self.ack_failure(p, &branch, &msg);
@@ -1228,6 +1385,9 @@ impl Edge {
                 }
                 if *method == Method::Invite {
                     self.absorb_upstream_ack(msg);
+                    if let Some(key) = CallKey::of_caller(msg) {
+                        self.dial_slots.end(&self.ctx.dialing, &key);
+                    }
                 }
                 flow.send(restatus(
                     msg,
@@ -1424,10 +1584,12 @@ impl Edge {
         if method == Method::Invite {
             resends.moved(&sent.first_branch, &branch, next);
             self.remember_invite(flow.id, &top, &req);
+            if let Some(key) = CallKey::of_caller(&req) {
+                self.dial_slots.resent(&key);
+            }
         }
         if method == Method::Register {
-            let contacts = req.contacts().iter().map(|c| c.uri.to_string()).collect();
-            self.remember_register(&branch, flow.id, contacts);
+            self.remember_register(&branch, flow.id, &req);
         }
         self.count_client("edge_authenticated");
         self.send_request(&branch, &method, bytes, Some(flow.id));
@@ -1453,6 +1615,9 @@ impl Edge {
         req.set_cseq(sent.client_cseq, &method);
         if method == Method::Invite {
             self.absorb_ack_for(&sent.client_branch);
+            if let Some(key) = CallKey::of_caller(&req) {
+                self.dial_slots.end(&self.ctx.dialing, &key);
+            }
         }
         if let Some(call_id) = req.call_id() {
             if method != Method::Register {
@@ -1491,6 +1656,7 @@ impl Edge {
     /// Asterisk's INVITEs still ringing at it, BYE for its confirmed dialogs. Once per flow.
     fn end_calls(&self, flow: &Flow) {
         let left = flow.calls().take();
+        self.dial_slots.flow_ended(&self.ctx.dialing, flow.id);
         let cancels: Vec<(String, Pending)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending
@@ -1596,6 +1762,9 @@ impl Edge {
             .unwrap_or_default();
         if (200..300).contains(&status) {
             self.ack_and_bye_upstream(flow.id, msg);
+            if let Some(key) = CallKey::of_caller(msg) {
+                self.dial_slots.end(&self.ctx.dialing, &key);
+            }
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1695,6 +1864,13 @@ impl Edge {
         if method == Method::Ack && self.absorbed(&msg) {
             return;
         }
+        if method == Method::Bye {
+            // Asterisk ended a call a phone placed: its slot is free, whether or not the phone
+            // is still connected to hear of it.
+            if let Some(key) = CallKey::of_callee(&msg) {
+                self.dial_slots.end(&self.ctx.dialing, &key);
+            }
+        }
         let routed = msg.routes().iter().find_map(|r| {
             r.uri
                 .param(TOKEN_PARAM)
@@ -1792,7 +1968,8 @@ impl Edge {
         self.registers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, _, at)| now.duration_since(*at) < PENDING_TTL);
+            .retain(|_, (_, _, _, at)| now.duration_since(*at) < PENDING_TTL);
+        self.dial_slots.sweep(&self.ctx.dialing, now);
     }
 }
 

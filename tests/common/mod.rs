@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nginx;
 pub mod postgres;
 pub mod sip;
+pub mod smtp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pbxguard");
 
