@@ -18,6 +18,10 @@ use crate::vault::Vault;
 
 /// Rule-and-offender pairs remembered at most (a scan from many addresses is still bounded).
 const MAX_TRACKED: usize = 10_000;
+/// Alerts mailed per `alert_interval` in all: an attacker inventing a new caller name per
+/// attempt must not turn the alerts into a mail flood. Past it, refusals are only counted
+/// (and logged, audited) until the interval has passed.
+const MAX_ALERTS_PER_INTERVAL: usize = 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Last {
@@ -34,10 +38,11 @@ pub struct Alerts {
     throttle: Throttle,
 }
 
-/// When each rule and offender was last mailed.
+/// When each rule and offender was last mailed, and when the latest alerts went out.
 #[derive(Debug, Default)]
 struct Throttle {
     last: Mutex<HashMap<(Rule, String), Last>>,
+    recent: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 /// What one email says.
@@ -110,11 +115,20 @@ impl Throttle {
     /// Whether an alert for `key` goes out now, and how many were held back before it.
     fn due(&self, key: (Rule, String), interval: Duration, now: Instant) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        while recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= interval)
+        {
+            recent.pop_front();
+        }
+        let over_budget = recent.len() >= MAX_ALERTS_PER_INTERVAL;
         if let Some(l) = last.get_mut(&key) {
-            if now.duration_since(l.sent) < interval {
+            if over_budget || now.duration_since(l.sent) < interval {
                 l.suppressed += 1;
                 return None;
             }
+            recent.push_back(now);
             let held = l.suppressed;
             *l = Last {
                 sent: now,
@@ -122,9 +136,16 @@ impl Throttle {
             };
             return Some(held);
         }
+        if over_budget {
+            return None;
+        }
         if last.len() >= MAX_TRACKED {
             last.retain(|_, l| now.duration_since(l.sent) < interval);
+            if last.len() >= MAX_TRACKED {
+                return None;
+            }
         }
+        recent.push_back(now);
         last.insert(
             key,
             Last {
@@ -251,5 +272,24 @@ mod tests {
             Some(2)
         );
         assert_eq!(t.due(key(Rule::DenyPrefix, "ext:1001"), i, now + i), None);
+    }
+
+    #[test]
+    fn invented_offenders_cannot_flood_the_mailbox() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        let i = Duration::from_secs(900);
+        let mailed = (0..1000)
+            .filter(|n| {
+                t.due((Rule::DenyPrefix, format!("ext:x{n}")), i, now)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(mailed, MAX_ALERTS_PER_INTERVAL);
+        // The budget comes back with the interval.
+        assert_eq!(
+            t.due((Rule::DenyPrefix, "ext:y".into()), i, now + i),
+            Some(0)
+        );
     }
 }

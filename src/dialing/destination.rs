@@ -68,6 +68,18 @@ pub fn normalise<'a>(dest: &'a str, cfg: &DialingConfig) -> &'a str {
     dest.strip_prefix("00").unwrap_or(dest)
 }
 
+/// `dest` with everything but digits, `*`, `#` and a leading `+` removed: Asterisk's pattern matching skips
+/// `-` (`00-882-…` lands in `_00X.`), and a dialplan may `FILTER()` the rest away before it
+/// dials, so the comparison must not be fooled by separators.
+fn digits_only(dest: &str) -> String {
+    let plus = if dest.starts_with('+') { "+" } else { "" };
+    let rest: String = dest
+        .chars()
+        .filter(|c| c.is_ascii_digit() || matches!(c, '*' | '#'))
+        .collect();
+    format!("{plus}{rest}")
+}
+
 /// The configured prefix `dest` falls under, if any. Internal extensions (at most
 /// `internal_max_length` characters as dialled) and destinations no longer than the prefix
 /// itself are not premium numbers and never match.
@@ -84,7 +96,7 @@ pub fn denied_prefix<'c>(dest: &str, cfg: &'c DialingConfig) -> Option<&'c str> 
     [Some(dest), behind_code]
         .into_iter()
         .flatten()
-        .map(|d| normalise(d, cfg))
+        .map(|d| normalise(&digits_only(d), cfg).to_string())
         .find_map(|number| {
             cfg.deny_prefixes
                 .iter()
@@ -130,6 +142,8 @@ pub struct ChannelTarget {
 /// - `PJSIP/1001` (an endpoint: its name is the destination),
 /// - `PJSIP/NUMBER@trunk` (a number through an endpoint),
 /// - `PJSIP/trunk/sip:NUMBER@host` and `PJSIP/trunk/NUMBER` (a URI or user through a trunk),
+/// - `PJSIP/NUMBER@trunk/sip:OTHER@host`: chan_pjsip writes NUMBER over the URI's user, so
+///   both are returned (one target each),
 /// - `SIP/trunk/NUMBER`, `IAX2/trunk/NUMBER`, `DAHDI/g1/NUMBER`,
 /// - `Local/NUMBER@CTX` with its `/n`-style options.
 ///
@@ -138,47 +152,50 @@ pub fn channel_targets(channel: &str) -> Vec<ChannelTarget> {
     channel
         .split('&')
         .filter(|c| !c.trim().is_empty())
-        .map(|c| one_channel(c.trim()))
+        .flat_map(|c| one_channel(c.trim()))
         .collect()
 }
 
-fn one_channel(channel: &str) -> ChannelTarget {
+/// The user part of a dial string's URI (`sip:`, `sips:`, `tel:` in any case), unescaped.
+fn uri_user(uri: &str) -> String {
+    let lower = uri.to_ascii_lowercase();
+    let skip = ["sips:", "sip:", "tel:"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+        .map_or(0, |s| s.len());
+    let uri = uri.get(skip..).unwrap_or("");
+    let user = uri.split(['@', ';', '?']).next().unwrap_or("");
+    sip_user(user).unwrap_or_else(|| user.to_string())
+}
+
+fn one_channel(channel: &str) -> Vec<ChannelTarget> {
     let (tech, rest) = channel.split_once('/').unwrap_or((channel, ""));
-    let tech_lower = tech.to_ascii_lowercase();
-    if tech_lower == "local" {
+    let target = |number: &str, context: Option<String>| ChannelTarget {
+        tech: tech.to_string(),
+        number: (!number.is_empty()).then(|| number.to_string()),
+        context,
+    };
+    if tech.eq_ignore_ascii_case("local") {
         // Local/EXTEN@CONTEXT[/options]
         let body = rest.split('/').next().unwrap_or("");
-        let (exten, ctx) = match body.split_once('@') {
-            Some((e, c)) => (e, Some(c.to_string())),
+        return vec![match body.split_once('@') {
+            Some((e, c)) => target(e, Some(c.to_string())),
             // No context: Local channels use `default`.
-            None => (body, Some("default".to_string())),
-        };
-        return ChannelTarget {
-            tech: tech.to_string(),
-            number: Some(exten.to_string()),
-            context: ctx,
-        };
+            None => target(body, Some("default".to_string())),
+        }];
     }
-    let parts: Vec<&str> = rest.splitn(2, '/').collect();
-    let number = match parts.as_slice() {
-        // PJSIP/trunk/sip:NUMBER@host, PJSIP/trunk/NUMBER
-        [_, uri] => {
-            let uri = uri
-                .strip_prefix("sips:")
-                .or_else(|| uri.strip_prefix("sip:"))
-                .or_else(|| uri.strip_prefix("tel:"))
-                .unwrap_or(uri);
-            let user = uri.split(['@', ';', '?']).next().unwrap_or("");
-            Some(sip_user(user).unwrap_or_else(|| user.to_string()))
+    match rest.split_once('/') {
+        // PJSIP/[NUMBER@]trunk/URI-or-NUMBER
+        Some((first, uri)) => {
+            let mut out = Vec::new();
+            if let Some((number, _)) = first.split_once('@') {
+                out.push(target(number, None));
+            }
+            out.push(target(&uri_user(uri), None));
+            out
         }
         // PJSIP/NUMBER@trunk or PJSIP/endpoint
-        [one] => Some(one.split('@').next().unwrap_or("").to_string()),
-        _ => None,
-    };
-    ChannelTarget {
-        tech: tech.to_string(),
-        number: number.filter(|n| !n.is_empty()),
-        context: None,
+        None => vec![target(rest.split('@').next().unwrap_or(""), None)],
     }
 }
 
@@ -275,6 +292,11 @@ mod tests {
             assert_eq!(check_named(bad, &c), Err(Rule::DialCharacters), "{bad}");
         }
         assert_eq!(check_named("0088212345", &c), Err(Rule::DenyPrefix));
+        // Asterisk's matching skips `-`; separators must not hide a range.
+        assert_eq!(check_named("00-882-12345", &c), Err(Rule::DenyPrefix));
+        assert_eq!(check_named("0-0-882.12345", &c), Err(Rule::DenyPrefix));
+        assert_eq!(check_named("1-900-555-1234", &c), Err(Rule::DenyPrefix));
+        assert_eq!(check_named("020-7946-0000", &c), Ok(()));
     }
 
     #[test]
@@ -337,5 +359,25 @@ mod tests {
             ]
         );
         assert_eq!(channel_targets("PJSIP/"), vec![target("PJSIP", None, None)]);
+        // chan_pjsip writes the number before `@` over the URI's user: both are checked.
+        assert_eq!(
+            channel_targets("PJSIP/0088212345@trunk/sip:1000@carrier"),
+            vec![
+                target("PJSIP", Some("0088212345"), None),
+                target("PJSIP", Some("1000"), None)
+            ]
+        );
+        assert_eq!(
+            channel_targets("PJSIP/trunk/SIP:+88212345@host"),
+            vec![target("PJSIP", Some("+88212345"), None)]
+        );
+        assert_eq!(
+            channel_targets("DAHDI/g1/0088212345"),
+            vec![target("DAHDI", Some("0088212345"), None)]
+        );
+        assert_eq!(
+            channel_targets("local/1@sales"),
+            vec![target("local", Some("1"), Some("sales"))]
+        );
     }
 }

@@ -11,7 +11,8 @@ use super::Rule;
 const WINDOW: Duration = Duration::from_secs(60);
 /// A call not ended after this is forgotten: a lost BYE must not hold a slot for ever.
 pub const MAX_CALL_AGE: Duration = Duration::from_secs(12 * 3600);
-/// Keys tracked at most; past it, idle keys are dropped first.
+/// Keys tracked at most; past it, idle keys are dropped, and while it stays full new keys are
+/// refused.
 const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,15 @@ impl KeyState {
 
 #[derive(Debug, Default)]
 pub struct Limiter {
-    keys: Mutex<HashMap<String, KeyState>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, KeyState>,
+    /// When idle keys were last dropped: a full table is swept at most once a second, so a
+    /// flood of new keys costs one pass per second, not one per call.
+    swept: Option<Instant>,
 }
 
 impl Limiter {
@@ -65,12 +74,24 @@ impl Limiter {
     /// per-minute limit, so a phone that is refused is admitted again once its earlier calls
     /// leave the window.
     pub fn begin(&self, key: &str, id: &str, limits: Limits, now: Instant) -> Result<(), Limited> {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { keys, swept } = &mut *guard;
         if keys.len() >= MAX_KEYS && !keys.contains_key(key) {
-            keys.retain(|_, s| {
-                s.prune(now);
-                !s.idle()
-            });
+            if swept.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                *swept = Some(now);
+                keys.retain(|_, s| {
+                    s.prune(now);
+                    !s.idle()
+                });
+            }
+            // Still full: more callers than any site has are active at once, which only a
+            // flood of invented names makes. New ones wait; known ones go on.
+            if keys.len() >= MAX_KEYS {
+                return Err(Limited {
+                    rule: Rule::MaxConcurrentCalls,
+                    retry_after: Duration::from_secs(30),
+                });
+            }
         }
         let state = keys.entry(key.to_string()).or_default();
         state.prune(now);
@@ -98,7 +119,8 @@ impl Limiter {
 
     /// Ends call `id` of `key` (unknown ids are ignored: a refused call never began).
     pub fn end(&self, key: &str, id: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = &mut guard.keys;
         if let Some(state) = keys.get_mut(key) {
             state.calls.remove(id);
             if state.idle() {
@@ -109,9 +131,10 @@ impl Limiter {
 
     /// Calls of `key` up now.
     pub fn active(&self, key: &str) -> usize {
-        self.keys
+        self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .keys
             .get(key)
             .map_or(0, |s| s.calls.len())
     }
@@ -163,6 +186,24 @@ mod tests {
         assert!(l
             .begin("ami:d", "e", L, t + Duration::from_secs(60))
             .is_err());
+    }
+
+    #[test]
+    fn a_flood_of_invented_callers_is_bounded() {
+        let l = Limiter::default();
+        let t = Instant::now();
+        for i in 0..MAX_KEYS {
+            l.begin(&format!("ext:{i}"), "c", L, t).unwrap();
+        }
+        // Full of active callers: a new one waits, a known one goes on.
+        let e = l.begin("ext:new", "c", L, t).unwrap_err();
+        assert_eq!(e.rule, Rule::MaxConcurrentCalls);
+        l.begin("ext:7", "d", L, t).unwrap();
+        // Once calls end and leave the window, room is made again.
+        for i in 0..MAX_KEYS {
+            l.end(&format!("ext:{i}"), "c");
+        }
+        l.begin("ext:new", "c", L, t + WINDOW).unwrap();
     }
 
     #[test]

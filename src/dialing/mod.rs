@@ -233,8 +233,15 @@ impl Guard {
     /// Reports a refusal: log line, metric, audit row, and an alert unless one for the same
     /// rule and offender went out within `alert_interval`.
     pub fn refused(&self, refused: Refused) {
+        // Names come from peers too (a From user, an AMI client name as typed): printable
+        // and bounded before they reach the log, the audit row and the mail.
+        let offender = match &refused.offender {
+            Offender::Extension(e) => Offender::Extension(shown(e)),
+            Offender::AmiClient(c) => Offender::AmiClient(shown(c)),
+        };
         let refused = Refused {
             destination: shown(&refused.destination),
+            offender,
             ..refused
         };
         let door = refused.offender.door().name();
