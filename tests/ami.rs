@@ -44,6 +44,8 @@ fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
             "Originate,Hangup,CoreShowChannels,Command,Status,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,ListCategories,ModuleLoad,Redirect,Queue*",
             "--events",
             "call",
+            "--context",
+            "default,from-crm",
         ],
     );
     let daemon = env.start();
@@ -276,8 +278,9 @@ fn refusals_never_reach_asterisk_and_the_session_stays_open() {
     let r = c.action(&[
         ("Action", "Originate"),
         ("Channel", "PJSIP/100"),
-        ("Application", "Playback"),
-        ("Data", "demo-congrats"),
+        ("Context", "from-crm"),
+        ("Exten", "100"),
+        ("Priority", "1"),
     ]);
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
     let r = c.action(&[("Action", "GetConfig"), ("Filename", "queues.conf")]);
@@ -422,7 +425,14 @@ fn events_and_originate_responses_reach_only_their_clients() {
     gw.env.add_ami_client(
         "wallboard",
         "wb-secret",
-        &["--allow", "Originate", "--events", "call,agent"],
+        &[
+            "--allow",
+            "Originate",
+            "--events",
+            "call,agent",
+            "--context",
+            "default",
+        ],
     );
     gw.env
         .add_ami_client("blind", "blind-secret", &["--allow", "Ping"]);

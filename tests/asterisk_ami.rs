@@ -50,6 +50,8 @@ fn start(setup: Setup) -> Option<Gw> {
             "Originate,Hangup,CoreShowChannels,Status,CoreSettings,Command,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,Redirect",
             "--events",
             "call",
+            "--context",
+            "gateway-test",
         ],
     );
     env.add_ami_client(
@@ -155,7 +157,9 @@ fn originate_answers_and_events_reach_the_right_clients() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/wait@gateway-test"),
-        ("Application", "Echo"),
+        ("Context", "gateway-test"),
+        ("Exten", "echo"),
+        ("Priority", "1"),
         ("Async", "true"),
         ("ActionID", "orig-1"),
     ]);
@@ -198,7 +202,9 @@ fn originate_answers_and_events_reach_the_right_clients() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/nowhere@gateway-test"),
-        ("Application", "Echo"),
+        ("Context", "gateway-test"),
+        ("Exten", "echo"),
+        ("Priority", "1"),
         ("Async", "true"),
         ("ActionID", "orig-2"),
     ]);
@@ -225,8 +231,9 @@ fn list_actions_keep_their_event_list_framing() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/long@gateway-test"),
-        ("Application", "Wait"),
-        ("Data", "30"),
+        ("Context", "gateway-test"),
+        ("Exten", "long"),
+        ("Priority", "1"),
         ("Async", "true"),
     ]);
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");

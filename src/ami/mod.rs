@@ -5,19 +5,22 @@
 //! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
 //! - [`classes`] is Asterisk's event-class arithmetic.
 //! - [`clients`] is the clients' accounts as admins manage them (add, list, remove).
-//! - [`policy`] is default deny plus the built-in refusals.
+//! - [`policy`] is default deny plus the built-in refusals; [`calls`] the toll-fraud rules
+//!   (contexts, destinations) for the actions that place or move calls.
 //! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.
 //! - [`service`] starts, reloads and stops the gateway for the daemon.
 
+pub mod calls;
 pub mod classes;
 pub mod clients;
 pub mod codec;
 pub mod config;
 pub mod guards;
 mod login;
+pub mod originates;
 pub mod policy;
 mod relay;
 pub mod service;
@@ -97,6 +100,18 @@ pub fn policy_from_row(row: &AmiClientRow) -> policy::ClientPolicy {
             .iter()
             .filter_map(|o| policy::Rule::parse(o))
             .collect(),
+        // Not lower-cased: Asterisk's context names are case-sensitive.
+        contexts: row
+            .contexts
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect(),
+        max_concurrent_calls: row.max_concurrent_calls.and_then(|n| u32::try_from(n).ok()),
+        max_call_attempts_per_minute: row
+            .max_call_attempts_per_minute
+            .and_then(|n| u32::try_from(n).ok()),
         updated_at: row.updated_at,
     }
 }
