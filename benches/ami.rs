@@ -1,5 +1,5 @@
 //! Hot functions of the AMI gateway: framing a client's bytes as Asterisk does, the policy
-//! decision, and event-class arithmetic. `cargo bench --bench ami`.
+//! decision, the toll-fraud rules for an Originate, and event-class arithmetic. `cargo bench --bench ami`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pbxguard::ami::classes;
@@ -27,6 +27,9 @@ fn bench(c: &mut Criterion) {
         read: classes::parse_class_list("call,agent").unwrap_or(0),
         permit: vec![],
         overrides: vec![],
+        contexts: vec!["outbound".into()],
+        max_concurrent_calls: None,
+        max_call_attempts_per_minute: None,
         updated_at: 0,
     };
     let mut framer = ClientFramer::default();
@@ -35,6 +38,15 @@ fn bench(c: &mut Criterion) {
     let msg = msgs.remove(0);
     g.bench_function("policy_originate", |b| {
         b.iter(|| policy.decide(black_box("originate"), black_box(&msg)))
+    });
+    // The toll-fraud rules on the same Originate: its context, Exten and Channel number.
+    let dialing = pbxguard::dialing::DialingConfig::default();
+    g.bench_function("calls_originate", |b| {
+        b.iter(|| {
+            pbxguard::ami::calls::check(&policy, black_box("originate"), black_box(&msg), |d| {
+                pbxguard::dialing::destination::check_named(d, &dialing)
+            })
+        })
     });
     g.throughput(Throughput::Bytes(EVENT.len() as u64));
     g.bench_function("frame_upstream_event", |b| {

@@ -44,6 +44,8 @@ fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
             "Originate,Hangup,CoreShowChannels,Command,Status,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,ListCategories,ModuleLoad,Redirect,Queue*",
             "--events",
             "call",
+            "--context",
+            "default,from-crm",
         ],
     );
     let daemon = env.start();
@@ -276,8 +278,9 @@ fn refusals_never_reach_asterisk_and_the_session_stays_open() {
     let r = c.action(&[
         ("Action", "Originate"),
         ("Channel", "PJSIP/100"),
-        ("Application", "Playback"),
-        ("Data", "demo-congrats"),
+        ("Context", "from-crm"),
+        ("Exten", "100"),
+        ("Priority", "1"),
     ]);
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
     let r = c.action(&[("Action", "GetConfig"), ("Filename", "queues.conf")]);
@@ -422,7 +425,14 @@ fn events_and_originate_responses_reach_only_their_clients() {
     gw.env.add_ami_client(
         "wallboard",
         "wb-secret",
-        &["--allow", "Originate", "--events", "call,agent"],
+        &[
+            "--allow",
+            "Originate",
+            "--events",
+            "call,agent",
+            "--context",
+            "default",
+        ],
     );
     gw.env
         .add_ami_client("blind", "blind-secret", &["--allow", "Ping"]);
@@ -1122,5 +1132,692 @@ fn outsiders_cannot_lock_a_client_out() {
     assert_eq!(
         login_from("127.0.0.1", gw.port, "office", "office-secret"),
         "Authentication accepted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The toll-fraud guard at the AMI door: contexts, destinations, call limits, alerts.
+
+/// A refusal by the toll-fraud rule `rule` (the Message names it in parentheses).
+fn refused_by(m: &Msg, rule: &str) -> bool {
+    header(m, "Response") == Some("Error")
+        && header(m, "Message").is_some_and(|t| t.contains(&format!("({rule})")))
+}
+
+/// Audit rows of `actor` whose action starts with `prefix`, once there are at least `n`.
+fn audit_actions(env: &Env, actor: &str, prefix: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + T;
+    loop {
+        let rows = env.sql(&format!(
+            "SELECT action FROM audit_log WHERE actor = '{actor}' AND action LIKE '{prefix}%' ORDER BY id"
+        ));
+        let rows: Vec<String> = rows.lines().map(|l| l.trim().to_string()).collect();
+        if rows.len() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metrics(env: &Env) -> String {
+    common::text(&env.curl_https("/metrics", &[]))
+}
+
+/// An Originate of `channel` into `context`/`exten`, priority 1.
+fn originate<'a>(channel: &'a str, context: &'a str, exten: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("Action", "Originate"),
+        ("Channel", channel),
+        ("Context", context),
+        ("Exten", exten),
+        ("Priority", "1"),
+    ]
+}
+
+#[test]
+fn calls_outside_the_clients_contexts_or_to_denied_numbers_never_reach_asterisk() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    gw.peer.clear_actions();
+    let with = |mut base: Vec<(&'static str, &'static str)>,
+                extra: &[(&'static str, &'static str)]| {
+        base.extend_from_slice(extra);
+        base
+    };
+    // The dialer may call into `default` and `from-crm`.
+    let refused: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (originate("PJSIP/100", "sales", "100"), "context"),
+        (originate("PJSIP/100", "From-CRM", "100"), "context"),
+        (originate("Local/1@sales", "from-crm", "100"), "context"),
+        (
+            originate("PJSIP/100&Local/2@sales/n", "from-crm", "100"),
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Originate"),
+                ("Channel", "PJSIP/100"),
+                ("Exten", "100"),
+                ("Priority", "1"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Originate"),
+                ("Channel", "PJSIP/100"),
+                ("Application", "Dial"),
+                ("Data", "PJSIP/200"),
+            ],
+            "context",
+        ),
+        (
+            with(
+                originate("PJSIP/100", "from-crm", "100"),
+                &[("PreDialGoSub", "sales,s,1")],
+            ),
+            "context",
+        ),
+        (
+            originate("PJSIP/100", "from-crm", "0088212345"),
+            "deny_prefix",
+        ),
+        (
+            originate("PJSIP/0088212345@trunk", "from-crm", "s"),
+            "deny_prefix",
+        ),
+        (
+            originate("PJSIP/trunk/sip:%2B88212345@203.0.113.9", "from-crm", "s"),
+            "deny_prefix",
+        ),
+        (
+            originate("PJSIP/100", "from-crm", "1001&PJSIP/trunk"),
+            "dial_characters",
+        ),
+        (
+            vec![
+                ("Action", "Redirect"),
+                ("Channel", "PJSIP/100-00000001"),
+                ("Context", "sales"),
+                ("Exten", "1"),
+                ("Priority", "1"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Redirect"),
+                ("Channel", "PJSIP/100-00000001"),
+                ("Context", "from-crm"),
+                ("Exten", "1"),
+                ("Priority", "1"),
+                ("ExtraChannel", "PJSIP/101-00000002"),
+                ("ExtraContext", "sales"),
+                ("ExtraExten", "1"),
+                ("ExtraPriority", "1"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Redirect"),
+                ("Channel", "PJSIP/100-00000001"),
+                ("Context", "from-crm"),
+                ("Exten", "+8816123456"),
+                ("Priority", "1"),
+            ],
+            "deny_prefix",
+        ),
+    ];
+    for (action, rule) in &refused {
+        let r = c.action(action);
+        assert!(refused_by(&r, rule), "{action:?} -> {r:?}");
+    }
+    // Still open; Asterisk saw none of them (only the Pings standing in for the answers).
+    assert_eq!(
+        header(&c.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
+    );
+    let seen: Vec<String> = gw.peer.actions().iter().map(|a| a.action.clone()).collect();
+    assert!(
+        seen.iter().all(|a| a.eq_ignore_ascii_case("Ping")),
+        "Asterisk saw refused calls: {seen:?}"
+    );
+    // A call into its own context goes through.
+    let r = c.action(&originate("PJSIP/100", "from-crm", "100"));
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let sent = gw.peer.actions_named("Originate");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("Context"), Some("from-crm"));
+    // Each refusal: an audit row under its rule, the metric, the action counted as refused.
+    let rows = audit_actions(&gw.env, "ami:dialer", "dialing.refused.", refused.len());
+    let want: Vec<String> = refused
+        .iter()
+        .map(|(_, rule)| format!("dialing.refused.{rule}"))
+        .collect();
+    assert_eq!(rows, want);
+    let m = metrics(&gw.env);
+    assert!(
+        m.contains("pbxguard_dial_refusals_total{door=\"ami\",rule=\"context\"} 9"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pbxguard_dial_refusals_total{door=\"ami\",rule=\"deny_prefix\"} 4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pbxguard_ami_actions_total{result=\"refused\"} 14"),
+        "{m}"
+    );
+    gw.daemon.wait_for_log("toll-fraud guard refused a call");
+}
+
+#[test]
+fn originates_in_flight_are_limited_until_asterisks_final_answer() {
+    let gw = gateway("", &[]);
+    for (name, events) in [("one", "call"), ("quiet", "agent")] {
+        gw.env.add_ami_client(
+            name,
+            &format!("{name}-secret"),
+            &[
+                "--allow",
+                "Originate",
+                "--context",
+                "from-crm",
+                "--events",
+                events,
+                "--max-concurrent-calls",
+                "1",
+                "--max-call-attempts-per-minute",
+                "0",
+            ],
+        );
+    }
+    let mut one = gw.client();
+    assert_eq!(
+        header(&one.login("one", "one-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    // Two synchronous Originates at once: the second arrives while Asterisk still dials the
+    // first.
+    let sync = |id: &str| {
+        format!("Action: Originate\r\nChannel: PJSIP/100\r\nContext: from-crm\r\nExten: 100\r\nPriority: 1\r\nActionID: {id}\r\n\r\n")
+    };
+    one.send_raw(format!("{}{}", sync("a"), sync("b")).as_bytes());
+    let first = one.read_response(T).unwrap();
+    assert_eq!(header(&first, "ActionID"), Some("a"));
+    assert_eq!(header(&first, "Response"), Some("Success"), "{first:?}");
+    let second = one.read_response(T).unwrap();
+    assert_eq!(header(&second, "ActionID"), Some("b"));
+    assert!(refused_by(&second, "max_concurrent_calls"), "{second:?}");
+    assert!(
+        header(&second, "Message").is_some_and(|m| m.contains("try again in")),
+        "{second:?}"
+    );
+    assert_eq!(gw.peer.actions_named("Originate").len(), 1);
+    // Answered, so over: the next one goes.
+    let r = one.action(&originate("PJSIP/100", "from-crm", "100"));
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    // Asynchronous: over at its OriginateResponse, even when the client reuses its ActionID.
+    for _ in 0..2 {
+        let mut a = originate("PJSIP/100", "from-crm", "100");
+        a.extend_from_slice(&[("Async", "true"), ("ActionID", "same")]);
+        let r = one.action(&a);
+        assert_eq!(
+            header(&r, "Message"),
+            Some("Originate successfully queued"),
+            "{r:?}"
+        );
+        let ev = one
+            .read_until(
+                T,
+                |m| header(m, "Event") == Some("OriginateResponse"),
+                &mut Vec::new(),
+            )
+            .expect("OriginateResponse");
+        assert_eq!(header(&ev, "ActionID"), Some("same"), "{ev:?}");
+    }
+    assert_eq!(gw.peer.actions_named("Originate").len(), 4);
+
+    // A client without call events never sees that event: its call counts until the
+    // Originate's Timeout plus a margin of 10 s.
+    let mut quiet = gw.client();
+    assert_eq!(
+        header(&quiet.login("quiet", "quiet-secret"), "Response"),
+        Some("Success")
+    );
+    let mut a = originate("PJSIP/100", "from-crm", "100");
+    a.extend_from_slice(&[("Async", "true"), ("Timeout", "1000")]);
+    let started = Instant::now();
+    let r = quiet.action(&a);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let r = quiet.action(&a);
+    assert!(refused_by(&r, "max_concurrent_calls"), "{r:?}");
+    let r = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let r = quiet.action(&a);
+        if header(&r, "Response") == Some("Success") || started.elapsed() > Duration::from_secs(20)
+        {
+            break r;
+        }
+        assert!(refused_by(&r, "max_concurrent_calls"), "{r:?}");
+    };
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(11) && took < Duration::from_secs(14),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn originates_per_minute_are_refused_then_allowed_again() {
+    let gw = gateway("[dialing]\nmax_call_attempts_per_minute = 2\n", &[]);
+    let mut c = gw.dialer();
+    gw.peer.clear_actions();
+    let call = originate("PJSIP/100", "from-crm", "100");
+    let first = Instant::now();
+    for _ in 0..2 {
+        let r = c.action(&call);
+        assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    }
+    let r = c.action(&call);
+    assert!(refused_by(&r, "max_call_attempts_per_minute"), "{r:?}");
+    assert!(
+        header(&r, "Message").is_some_and(|m| m.contains("try again in")),
+        "{r:?}"
+    );
+    assert_eq!(gw.peer.actions_named("Originate").len(), 2);
+    // Once the first two are a minute old, calls go through again.
+    std::thread::sleep(Duration::from_secs(61).saturating_sub(first.elapsed()));
+    let r = c.action(&call);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Originate").len(), 3);
+}
+
+#[test]
+fn an_edit_applies_to_open_sessions_in_place() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    let logins = gw.peer.actions_named("Login").len();
+    let into_sales = originate("PJSIP/100", "sales", "100");
+    assert!(refused_by(&c.action(&into_sales), "context"));
+    // Contexts: the open session may call into sales within the re-check's 5 s.
+    gw.env.ok(
+        &[
+            "ami",
+            "user",
+            "edit",
+            "dialer",
+            "--context",
+            "from-crm,sales",
+        ],
+        b"",
+    );
+    let edited = Instant::now();
+    let until = |c: &mut AmiClient, a: &[(&str, &str)], done: &dyn Fn(&Msg) -> bool| {
+        let t = Instant::now();
+        loop {
+            let r = c.action(a);
+            if done(&r) || t.elapsed() > Duration::from_secs(8) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let r = until(&mut c, &into_sales, &|r| {
+        header(r, "Response") == Some("Success")
+    });
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert!(
+        edited.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        edited.elapsed()
+    );
+    // Limits too.
+    gw.env.ok(
+        &[
+            "ami",
+            "user",
+            "edit",
+            "dialer",
+            "--max-concurrent-calls",
+            "0",
+            "--max-call-attempts-per-minute",
+            "1",
+        ],
+        b"",
+    );
+    let r = until(&mut c, &into_sales, &|r| {
+        refused_by(r, "max_call_attempts_per_minute")
+    });
+    assert!(refused_by(&r, "max_call_attempts_per_minute"), "{r:?}");
+    // And the allow list: Originate dropped, refused in place.
+    gw.env.ok(
+        &["ami", "user", "edit", "dialer", "--allow", "Ping,Hangup"],
+        b"",
+    );
+    let r = until(&mut c, &into_sales, &|r| {
+        header(r, "Message") == Some("Permission denied")
+    });
+    assert_eq!(header(&r, "Message"), Some("Permission denied"), "{r:?}");
+    // All of that in the same session: never closed, no new login to Asterisk.
+    assert!(!c.is_closed());
+    assert_eq!(gw.peer.actions_named("Login").len(), logins);
+    // Event classes are set in Asterisk at login: changing them ends the session.
+    gw.env.ok(
+        &["ami", "user", "edit", "dialer", "--events", "call,agent"],
+        b"",
+    );
+    assert!(
+        c.wait_closed(Duration::from_secs(10)),
+        "session kept its old event classes"
+    );
+    gw.daemon.wait_for_log("its event classes changed");
+    // A new login gets the new policy.
+    let r = gw
+        .dialer()
+        .action(&[("Action", "Hangup"), ("Channel", "PJSIP/x")]);
+    assert_ne!(header(&r, "Message"), Some("Permission denied"), "{r:?}");
+    // Every edit is audited with the whole new policy.
+    let rows = gw.env.sql(
+        "SELECT detail FROM audit_log WHERE action = 'ami.user.edit' AND target = 'dialer' ORDER BY id",
+    );
+    let rows: Vec<&str> = rows.lines().collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows[0].contains("contexts=from-crm,sales"), "{}", rows[0]);
+    assert!(
+        rows[1].contains("max_concurrent_calls=0 max_call_attempts_per_minute=1"),
+        "{}",
+        rows[1]
+    );
+    // Bad edits change nothing and say why.
+    for (args, needle) in [
+        (
+            vec!["ami", "user", "edit", "nobody", "--allow", "Ping"],
+            "no AMI client nobody",
+        ),
+        (vec!["ami", "user", "edit", "dialer"], "nothing to change"),
+        (
+            vec![
+                "ami",
+                "user",
+                "edit",
+                "dialer",
+                "--allow",
+                "Originate",
+                "--context",
+                "",
+            ],
+            "toll fraud",
+        ),
+        (
+            vec!["ami", "user", "edit", "dialer", "--context", "a b"],
+            "--context",
+        ),
+        (
+            vec![
+                "ami",
+                "user",
+                "edit",
+                "dialer",
+                "--max-concurrent-calls",
+                "lots",
+            ],
+            "default",
+        ),
+    ] {
+        let out = gw.env.run(&args, b"");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn clients_that_may_originate_need_contexts_and_older_ones_are_flagged() {
+    let gw = gateway("", &[]);
+    let env = &gw.env;
+    for allow in ["Originate", "*", "Orig*,Ping"] {
+        let out = env.run(
+            &[
+                "ami",
+                "user",
+                "add",
+                "x",
+                "--password-stdin",
+                "--allow",
+                allow,
+            ],
+            b"x-secret",
+        );
+        assert!(!out.status.success(), "{allow}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in ["--context", "toll fraud", "any number"] {
+            assert!(err.contains(needle), "{allow}: {err}");
+        }
+    }
+    let out = env.run(
+        &[
+            "ami",
+            "user",
+            "add",
+            "x",
+            "--password-stdin",
+            "--allow",
+            "Originate",
+            "--context",
+            "sales@x",
+        ],
+        b"x-secret",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--context"));
+    assert!(
+        env.sql("SELECT count(*) FROM ami_clients WHERE name = 'x'")
+            .trim()
+            == "0"
+    );
+
+    // A client from before contexts: Originate and Redirect, no contexts.
+    env.add_ami_client(
+        "legacy",
+        "legacy-secret",
+        &["--allow", "Ping", "--events", "call"],
+    );
+    env.sql("UPDATE ami_clients SET allow = 'Originate,Redirect' WHERE name = 'legacy'");
+    let text = String::from_utf8_lossy(&env.ok(&["ami", "user", "list"], b"")).into_owned();
+    assert!(
+        text.contains("warning: legacy may Originate, Redirect without --context"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pbxguard ami user edit legacy --context"),
+        "{text}"
+    );
+    assert!(!text.contains("warning: dialer"), "{text}");
+    assert!(text.contains("default,from-crm"), "{text}");
+    assert!(text.contains("default at once, default/min"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["ami", "user", "list", "--json"], b"")).unwrap();
+    let by_name = |n: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    let legacy = by_name("legacy");
+    assert_eq!(
+        legacy["calls_without_contexts"],
+        serde_json::json!(["Originate", "Redirect"])
+    );
+    assert_eq!(legacy["contexts"], serde_json::json!([]));
+    let dialer = by_name("dialer");
+    assert_eq!(dialer["calls_without_contexts"], serde_json::json!([]));
+    assert_eq!(
+        dialer["contexts"],
+        serde_json::json!(["default", "from-crm"])
+    );
+    assert_eq!(dialer["max_concurrent_calls"], serde_json::Value::Null);
+
+    // It keeps working without a context check; destinations are still checked.
+    let mut c = gw.client();
+    assert_eq!(
+        header(&c.login("legacy", "legacy-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Playback"),
+        ("Data", "demo-congrats"),
+    ]);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let r = c.action(&originate("PJSIP/100", "anywhere", "100"));
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    let r = c.action(&originate("PJSIP/0088212345@trunk", "anywhere", "s"));
+    assert!(refused_by(&r, "deny_prefix"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Originate").len(), 2);
+    // Its first edit must give it contexts; then it is no longer flagged.
+    let out = env.run(
+        &["ami", "user", "edit", "legacy", "--permit", "127.0.0.1"],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("toll fraud"));
+    env.ok(
+        &["ami", "user", "edit", "legacy", "--context", "from-crm"],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&env.ok(&["ami", "user", "list"], b"")).into_owned();
+    assert!(!text.contains("warning:"), "{text}");
+}
+
+/// A real SMTP server storing what it receives (tests/peers/smtp_sink.py on aiosmtpd), as
+/// the 2FA tests use it.
+struct Sink {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_sink.py");
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 with aiosmtpd");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
+        Sink { child, dir, port }
+    }
+
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + T;
+        loop {
+            let mails = self.mails();
+            if mails.len() >= n {
+                return mails;
+            }
+            assert!(Instant::now() < deadline, "mail number {n} never arrived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_refused_originate_mails_the_admins_once_per_interval() {
+    let sink = Sink::start();
+    let gw = gateway(
+        &format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls = \"none\"\nfrom = \"pbxguard@pbx.example.com\"\ntimeout = \"3s\"\n",
+            sink.port
+        ),
+        &[],
+    );
+    gw.env.ok(
+        &[
+            "user",
+            "add",
+            "root",
+            "--level",
+            "9",
+            "--email",
+            "admin@pbx.example.com",
+            "--password-stdin",
+        ],
+        b"a long admin password\n",
+    );
+    let mut c = gw.dialer();
+    let r = c.action(&originate("PJSIP/100", "from-crm", "0088212345"));
+    assert!(refused_by(&r, "deny_prefix"), "{r:?}");
+    let mails = sink.wait_for(1);
+    let m = &mails[0];
+    assert!(m.contains("X-Test-Rcpt: admin@pbx.example.com"), "{m}");
+    for needle in [
+        "deny_prefix",
+        "AMI client dialer",
+        "127.0.0.1",
+        "0088212345",
+        "Door:        ami",
+    ] {
+        assert!(m.contains(needle), "{needle} missing:\n{m}");
+    }
+    // Another refusal of the same rule within alert_interval (15 min): no second mail.
+    let r = c.action(&originate("PJSIP/0088398765@trunk", "from-crm", "s"));
+    assert!(refused_by(&r, "deny_prefix"), "{r:?}");
+    // Another rule is its own alert; once it is in, the held-back one would be too.
+    let r = c.action(&originate("PJSIP/100", "sales", "100"));
+    assert!(refused_by(&r, "context"), "{r:?}");
+    let mails = sink.wait_for(2);
+    std::thread::sleep(Duration::from_secs(2));
+    let mails_after = sink.mails();
+    assert_eq!(mails_after.len(), 2, "{mails_after:?}");
+    assert!(mails[1].contains("context"), "{}", mails[1]);
+    assert!(!mails[1].contains("deny_prefix"), "{}", mails[1]);
+    let m = metrics(&gw.env);
+    assert!(
+        m.contains("pbxguard_dial_alerts_total{result=\"suppressed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pbxguard_dial_alerts_total{result=\"sent\"} 2"),
+        "{m}"
     );
 }

@@ -50,6 +50,8 @@ fn start(setup: Setup) -> Option<Gw> {
             "Originate,Hangup,CoreShowChannels,Status,CoreSettings,Command,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,Redirect",
             "--events",
             "call",
+            "--context",
+            "gateway-test",
         ],
     );
     env.add_ami_client(
@@ -155,7 +157,9 @@ fn originate_answers_and_events_reach_the_right_clients() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/wait@gateway-test"),
-        ("Application", "Echo"),
+        ("Context", "gateway-test"),
+        ("Exten", "echo"),
+        ("Priority", "1"),
         ("Async", "true"),
         ("ActionID", "orig-1"),
     ]);
@@ -198,7 +202,9 @@ fn originate_answers_and_events_reach_the_right_clients() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/nowhere@gateway-test"),
-        ("Application", "Echo"),
+        ("Context", "gateway-test"),
+        ("Exten", "echo"),
+        ("Priority", "1"),
         ("Async", "true"),
         ("ActionID", "orig-2"),
     ]);
@@ -225,8 +231,9 @@ fn list_actions_keep_their_event_list_framing() {
     let r = a.action(&[
         ("Action", "Originate"),
         ("Channel", "Local/long@gateway-test"),
-        ("Application", "Wait"),
-        ("Data", "30"),
+        ("Context", "gateway-test"),
+        ("Exten", "long"),
+        ("Priority", "1"),
         ("Async", "true"),
     ]);
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
@@ -494,5 +501,130 @@ fn real_client_libraries_through_the_gateway() {
         "node",
         "ami_ami_client.js",
         &[&port, "dialer", DIALER_SECRET],
+    );
+}
+
+/// `sales` (where the confined clients may call) and `default` (where they may not); the
+/// `NoOp`s show in Asterisk's log whether a call ever reached them (verbose 3 logs every
+/// priority it runs).
+const CONTEXTS_DIALPLAN: &str = "[sales]\n\
+     exten => 100,1,NoOp(sales reached)\n same => n,Answer()\n same => n,Wait(1)\n same => n,Hangup()\n\
+     exten => _0088X.,1,NoOp(premium number reached)\n same => n,Hangup()\n\
+     [default]\n\
+     exten => _X.,1,NoOp(default context reached)\n same => n,Answer()\n same => n,Hangup()\n\
+     exten => x,1,NoOp(default context reached)\n same => n,Hangup()\n";
+
+fn with_contexts() -> Setup {
+    Setup {
+        dialplan_extra: CONTEXTS_DIALPLAN.into(),
+        ..Setup::default()
+    }
+}
+
+#[test]
+fn a_client_confined_to_sales_calls_there_and_nowhere_else() {
+    let Some(gw) = start(with_contexts()) else {
+        return;
+    };
+    gw.env.add_ami_client(
+        "salesbot",
+        "salesbot-secret-1",
+        &[
+            "--allow",
+            "Originate",
+            "--events",
+            "call",
+            "--context",
+            "sales",
+            "--max-call-attempts-per-minute",
+            "3",
+        ],
+    );
+    // panoramisk, a real client: Success in sales; refused in default, via Local/x@default, to
+    // a denied prefix; the fourth call of the minute refused.
+    run_client(
+        "/usr/bin/python3",
+        "ami_contexts.py",
+        &[&gw.port.to_string(), "salesbot", "salesbot-secret-1"],
+    );
+    assert!(gw.ast.wait_for_log("sales reached", T), "{}", gw.ast.log());
+    // The refused ones never reached Asterisk.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = gw.ast.log();
+    assert!(!log.contains("default context reached"), "{log}");
+    assert!(!log.contains("premium number reached"), "{log}");
+    assert!(!log.contains("0088212345"), "{log}");
+    // Each refusal is an audit row under its rule.
+    let deadline = Instant::now() + T;
+    let rows = loop {
+        let rows = gw.env.sql(
+            "SELECT action FROM audit_log WHERE actor = 'ami:salesbot' AND action LIKE 'dialing.refused.%' ORDER BY id",
+        );
+        if rows.lines().count() >= 5 || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rows: Vec<&str> = rows.lines().map(str::trim).collect();
+    assert_eq!(
+        rows,
+        [
+            "dialing.refused.context",
+            "dialing.refused.context",
+            "dialing.refused.deny_prefix",
+            "dialing.refused.deny_prefix",
+            "dialing.refused.max_call_attempts_per_minute"
+        ]
+    );
+}
+
+#[test]
+fn an_edit_applies_to_an_open_session_within_seconds() {
+    let Some(gw) = start(with_contexts()) else {
+        return;
+    };
+    gw.env.add_ami_client(
+        "mover",
+        "mover-secret-1",
+        &["--allow", "Originate", "--context", "sales"],
+    );
+    let mut c = gw.login("mover", "mover-secret-1");
+    let into_default = [
+        ("Action", "Originate"),
+        ("Channel", "Local/100@sales"),
+        ("Context", "default"),
+        ("Exten", "200"),
+        ("Priority", "1"),
+    ];
+    let r = c.action(&into_default);
+    assert_eq!(header(&r, "Response"), Some("Error"), "{r:?}");
+    assert!(header(&r, "Message").is_some_and(|m| m.contains("(context)")));
+    gw.env.ok(
+        &["ami", "user", "edit", "mover", "--context", "sales,default"],
+        b"",
+    );
+    let edited = Instant::now();
+    let r = loop {
+        let r = c.action(&into_default);
+        if header(&r, "Response") == Some("Success") || edited.elapsed() > Duration::from_secs(8) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert!(
+        edited.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        edited.elapsed()
+    );
+    assert!(!c.is_closed(), "the session was ended instead of updated");
+    assert!(
+        gw.ast.wait_for_log("default context reached", T),
+        "{}",
+        gw.ast.log()
+    );
+    assert_eq!(
+        header(&c.action(&[("Action", "Ping")]), "Ping"),
+        Some("Pong")
     );
 }

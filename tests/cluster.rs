@@ -579,7 +579,11 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
 
     // An AMI client added through A's CLI logs in on B's gateway; removed through A's CLI,
     // its session on B ends.
-    a.add_ami_client("crm", "crm-secret-value-1", &["--allow", "Originate"]);
+    a.add_ami_client(
+        "crm",
+        "crm-secret-value-1",
+        &["--allow", "Originate", "--context", "from-crm"],
+    );
     let mut crm = AmiClient::connect(ports[1].2);
     let r = crm.login("crm", "crm-secret-value-1");
     assert_eq!(

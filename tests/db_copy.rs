@@ -214,7 +214,18 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
     let link = env.ok(&["recording", "link", "2025/call.wav", "--json"], b"");
     let link: serde_json::Value = serde_json::from_slice(&link).unwrap();
     assert!(link["id"].is_string(), "{link}");
-    env.add_ami_client("dialer", "ami-secret-1", &["--allow", "Originate,Queue*"]);
+    env.add_ami_client(
+        "dialer",
+        "ami-secret-1",
+        &[
+            "--allow",
+            "Originate,Queue*",
+            "--context",
+            "from-crm",
+            "--max-call-attempts-per-minute",
+            "600",
+        ],
+    );
     env.set_sip_credential("1001", "sip-password-1001");
     // A SIP scanner: banned by the edge.
     let mut c = edge.client();

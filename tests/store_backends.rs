@@ -355,12 +355,39 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
         events: "call".into(),
         permit: "127.0.0.1/32".into(),
         overrides: "{}".into(),
+        contexts: "Sales,out-*".into(),
+        max_concurrent_calls: None,
+        max_call_attempts_per_minute: Some(600),
         created_at: 40,
         updated_at: 40,
     };
     assert!(store.put_ami_client(&client).await.unwrap());
     assert_eq!(store.ami_client("crm").await.unwrap(), Some(client.clone()));
-    assert_eq!(store.ami_clients().await.unwrap(), vec![client]);
+    assert_eq!(store.ami_clients().await.unwrap(), vec![client.clone()]);
+    // An edit replaces the policy and keeps created_at; an unknown name changes nothing.
+    let edited = AmiClientRow {
+        allow: "Originate,Redirect".into(),
+        contexts: "sales".into(),
+        max_concurrent_calls: Some(0),
+        max_call_attempts_per_minute: None,
+        created_at: 99,
+        updated_at: 45,
+        ..client
+    };
+    assert!(store.update_ami_client(&edited).await.unwrap());
+    assert_eq!(
+        store.ami_client("crm").await.unwrap(),
+        Some(AmiClientRow {
+            created_at: 40,
+            ..edited.clone()
+        })
+    );
+    let ghost = AmiClientRow {
+        name: "ghost".into(),
+        ..edited
+    };
+    assert!(!store.update_ami_client(&ghost).await.unwrap());
+    assert_eq!(store.ami_client("ghost").await.unwrap(), None);
 
     assert!(store.put_sip_credential("2001", "u2001", 60).await.unwrap());
     assert!(!store.put_sip_credential("2001", "v2001", 70).await.unwrap());

@@ -60,8 +60,16 @@ pub fn ami_client(data: &[u8]) {
         read: u32::MAX,
         permit: Vec::new(),
         overrides: Vec::new(),
+        contexts: Vec::new(),
+        max_concurrent_calls: None,
+        max_call_attempts_per_minute: None,
         updated_at: 0,
     };
+    let confined = ClientPolicy {
+        contexts: vec!["sales".into(), "out-*".into()],
+        ..policy.clone()
+    };
+    let dialing = pbxguard::dialing::DialingConfig::default();
     for msg in &whole {
         assert!(msg.lines.len() <= MAX_HEADERS);
         if msg.line_too_long || msg.header_loss {
@@ -82,6 +90,14 @@ pub fn ami_client(data: &[u8]) {
                 assert_eq!(&seen[0], msg, "Asterisk would read another message");
                 if let Some(why) = ami_forbidden(&action, msg) {
                     panic!("the policy passed {why}: {msg:?}");
+                }
+                // The toll-fraud rules read any message without panicking, and a refusal
+                // names its rule.
+                for p in [&policy, &confined] {
+                    let named = |d: &str| pbxguard::dialing::destination::check_named(d, &dialing);
+                    if let Err(r) = pbxguard::ami::calls::check(p, &action, msg, named) {
+                        assert!(r.message().contains(r.rule.name()));
+                    }
                 }
             }
         }

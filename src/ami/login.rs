@@ -4,8 +4,10 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncRead;
@@ -95,7 +97,7 @@ pub(super) async fn login<R: AsyncRead + Unpin>(
                                 return Login::Close;
                             }
                             Login::Accepted(Box::new(Accepted {
-                                policy,
+                                policy: Arc::new(ArcSwap::from_pointee(policy)),
                                 upstream,
                                 mask,
                                 rest: queue,

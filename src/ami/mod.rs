@@ -5,19 +5,22 @@
 //! - [`codec`] reads client bytes exactly as Asterisk's `manager.c` does (limits included).
 //! - [`classes`] is Asterisk's event-class arithmetic.
 //! - [`clients`] is the clients' accounts as admins manage them (add, list, remove).
-//! - [`policy`] is default deny plus the built-in refusals.
+//! - [`policy`] is default deny plus the built-in refusals; [`calls`] the toll-fraud rules
+//!   (contexts, destinations) for the actions that place or move calls.
 //! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.
 //! - [`service`] starts, reloads and stops the gateway for the daemon.
 
+pub mod calls;
 pub mod classes;
 pub mod clients;
 pub mod codec;
 pub mod config;
 pub mod guards;
 mod login;
+pub mod originates;
 pub mod policy;
 mod relay;
 pub mod service;
@@ -25,7 +28,7 @@ mod session;
 pub mod upstream;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,6 +100,18 @@ pub fn policy_from_row(row: &AmiClientRow) -> policy::ClientPolicy {
             .iter()
             .filter_map(|o| policy::Rule::parse(o))
             .collect(),
+        // Not lower-cased: Asterisk's context names are case-sensitive.
+        contexts: row
+            .contexts
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect(),
+        max_concurrent_calls: row.max_concurrent_calls.and_then(|n| u32::try_from(n).ok()),
+        max_call_attempts_per_minute: row
+            .max_call_attempts_per_minute
+            .and_then(|n| u32::try_from(n).ok()),
         updated_at: row.updated_at,
     }
 }
@@ -156,13 +171,59 @@ pub struct Gateway {
     unauthenticated: AtomicUsize,
     clients: AtomicUsize,
     tls: ArcSwapOption<rustls::ServerConfig>,
-    /// Logged-in sessions: id → (client, its row's `updated_at`, the token that ends it).
-    live: Mutex<HashMap<u64, (String, i64, CancellationToken)>>,
+    /// Logged-in sessions by id.
+    live: Mutex<HashMap<u64, Live>>,
     next_session: AtomicU64,
 }
 
-/// How often open sessions are checked against the stored clients (removed or changed → ended).
+/// A logged-in session as the re-check sees it.
+struct Live {
+    client: String,
+    /// The client's address (canonical form), checked against a changed permit list.
+    ip: IpAddr,
+    /// The policy the session's relay reads for every action; swapped in place by the re-check.
+    policy: Arc<ArcSwap<policy::ClientPolicy>>,
+    /// Ends the session.
+    token: CancellationToken,
+}
+
+/// How often open sessions are checked against the stored clients: a changed policy applies
+/// to them in place, a removed client (or one whose session no longer fits) ends them.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// What an open session does when its client's stored policy is `new` (`None`: removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    Keep,
+    /// Apply the new policy to the session in place.
+    Update,
+    /// End the session, for this reason.
+    End(&'static str),
+}
+
+/// How a session from `ip` logged in under `current` follows its client's new policy: allowed
+/// actions, contexts, overrides and call limits change in place; a session the client could
+/// not open now (removed, address no longer permitted) ends, and so does one whose event
+/// classes changed, since Asterisk's event mask for the session was set at login.
+pub fn follow(
+    current: &policy::ClientPolicy,
+    new: Option<&policy::ClientPolicy>,
+    ip: IpAddr,
+) -> Follow {
+    let Some(new) = new else {
+        return Follow::End("the client was removed");
+    };
+    if new == current {
+        return Follow::Keep;
+    }
+    if !new.permit.iter().any(|net| net.contains(&ip)) {
+        return Follow::End("its permit list no longer admits the session's address");
+    }
+    if new.read != current.read {
+        return Follow::End("its event classes changed (Asterisk's event mask is set at login)");
+    }
+    Follow::Update
+}
 /// While Asterisk is down, a client login tries to reach it when the last attempt failed at
 /// least this long ago: logins recover within about a second of Asterisk's return, whatever
 /// the monitor's backoff, and a crowd of clients costs Asterisk one attempt per second.
@@ -215,20 +276,27 @@ impl Gateway {
         })
     }
 
-    /// Registers a logged-in session; the returned token is cancelled when the client is
-    /// removed or its policy changes. Call [`Gateway::unregister`] when the session ends.
+    /// Registers a logged-in session of `client` from `ip`, whose relay reads `policy`; the
+    /// returned token is cancelled when the session must end (see [`follow`]). Call
+    /// [`Gateway::unregister`] when the session ends.
     fn register(
         &self,
-        name: &str,
-        updated_at: i64,
+        client: &str,
+        ip: IpAddr,
+        policy: Arc<ArcSwap<policy::ClientPolicy>>,
         parent: &CancellationToken,
     ) -> (u64, CancellationToken) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let token = parent.child_token();
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (name.to_string(), updated_at, token.clone()));
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Live {
+                client: client.to_string(),
+                ip: crate::net::canonical_ip(ip),
+                policy,
+                token: token.clone(),
+            },
+        );
         (id, token)
     }
 
@@ -239,28 +307,40 @@ impl Gateway {
             .remove(&id);
     }
 
-    /// Ends sessions whose client was removed or changed since they logged in.
+    /// Brings open sessions in line with the stored clients (see [`follow`]).
     async fn recheck_sessions(&self) {
         let names: HashSet<String> = self
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|(n, _, _)| n.clone())
+            .map(|l| l.client.clone())
             .collect();
         for name in names {
-            let current = match self.ctx.store.ami_client(&name).await {
-                Ok(row) => row.map(|r| r.updated_at),
+            let new = match self.ctx.store.ami_client(&name).await {
+                Ok(row) => row.as_ref().map(policy_from_row),
                 Err(e) => {
                     warn!(error = %e, "cannot re-check AMI clients");
                     return;
                 }
             };
             let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            for (n, at, token) in live.values() {
-                if *n == name && current != Some(*at) && !token.is_cancelled() {
-                    info!(client = %name, "ending AMI session: the client was removed or its policy changed");
-                    token.cancel();
+            for l in live
+                .values()
+                .filter(|l| l.client == name && !l.token.is_cancelled())
+            {
+                match follow(&l.policy.load(), new.as_ref(), l.ip) {
+                    Follow::Keep => {}
+                    Follow::Update => {
+                        if let Some(new) = &new {
+                            l.policy.store(Arc::new(new.clone()));
+                            info!(client = %name, "AMI session follows the client's changed policy");
+                        }
+                    }
+                    Follow::End(why) => {
+                        info!(client = %name, reason = why, "ending AMI session");
+                        l.token.cancel();
+                    }
                 }
             }
         }
@@ -474,4 +554,99 @@ pub async fn serve(
         tracker.spawn(async move { session::run(gw, stream, peer, end).await });
     }
     info!("AMI gateway stopped accepting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> AmiClientRow {
+        AmiClientRow {
+            name: "dialer".into(),
+            allow: "Originate,Queue*".into(),
+            events: "call".into(),
+            permit: "192.0.2.0/24".into(),
+            overrides: "".into(),
+            contexts: "Sales, out-*".into(),
+            max_concurrent_calls: Some(200),
+            max_call_attempts_per_minute: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_row_becomes_the_policy_the_gateway_applies() {
+        let p = policy_from_row(&row());
+        assert_eq!(p.allow, ["originate", "queue*"]);
+        // Contexts keep their case: Asterisk's are case-sensitive.
+        assert_eq!(p.contexts, ["Sales", "out-*"]);
+        assert!(p.allows_context("Sales") && p.allows_context("out-intl"));
+        assert!(!p.allows_context("sales") && !p.allows_context("default"));
+        let defaults = crate::dialing::Limits {
+            max_concurrent: 10,
+            max_per_minute: 30,
+        };
+        assert_eq!(
+            p.limits(defaults),
+            crate::dialing::Limits {
+                max_concurrent: 200,
+                max_per_minute: 30
+            }
+        );
+    }
+
+    #[test]
+    fn open_sessions_follow_a_changed_policy_in_place() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let current = policy_from_row(&row());
+        assert_eq!(follow(&current, Some(&current), ip), Follow::Keep);
+        for changed in [
+            AmiClientRow {
+                allow: "Originate".into(),
+                ..row()
+            },
+            AmiClientRow {
+                contexts: "support".into(),
+                ..row()
+            },
+            AmiClientRow {
+                overrides: "command".into(),
+                ..row()
+            },
+            AmiClientRow {
+                max_call_attempts_per_minute: Some(5),
+                ..row()
+            },
+            AmiClientRow {
+                permit: "192.0.2.0/24,198.51.100.0/24".into(),
+                updated_at: 9,
+                ..row()
+            },
+        ] {
+            let new = policy_from_row(&changed);
+            assert_eq!(
+                follow(&current, Some(&new), ip),
+                Follow::Update,
+                "{changed:?}"
+            );
+        }
+        assert!(matches!(follow(&current, None, ip), Follow::End(_)));
+        let elsewhere = policy_from_row(&AmiClientRow {
+            permit: "198.51.100.0/24".into(),
+            ..row()
+        });
+        assert!(matches!(
+            follow(&current, Some(&elsewhere), ip),
+            Follow::End(why) if why.contains("permit")
+        ));
+        let other_events = policy_from_row(&AmiClientRow {
+            events: "call,agent".into(),
+            ..row()
+        });
+        assert!(matches!(
+            follow(&current, Some(&other_events), ip),
+            Follow::End(why) if why.contains("event")
+        ));
+    }
 }

@@ -155,7 +155,13 @@ pub struct ClientPolicy {
     pub read: u32,
     pub permit: Vec<IpNet>,
     pub overrides: Vec<Rule>,
-    /// The stored row's `updated_at`: a session whose row changed or vanished is ended.
+    /// Dialplan contexts (names or `*` globs, case-sensitive as in Asterisk) the client's calls
+    /// and transfers may go into; empty: not confined (clients made before contexts existed).
+    pub contexts: Vec<String>,
+    /// The client's own call limits; `None`: the `[dialing]` default.
+    pub max_concurrent_calls: Option<u32>,
+    pub max_call_attempts_per_minute: Option<u32>,
+    /// The stored row's `updated_at`.
     pub updated_at: i64,
 }
 
@@ -177,7 +183,7 @@ fn is_ident(b: u8) -> bool {
 /// `value` as Asterisk's argument splitting (`__ast_app_separate_args`, used for `Variable:`
 /// headers and by Set/MSet) leaves it: `\` escapes and `"` quotes removed. `FI\LE(` and
 /// `"FILE"(` become `FILE(`.
-fn unescape(value: &[u8]) -> Vec<u8> {
+pub(super) fn unescape(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     let mut escaped = false;
     for &b in value {
@@ -506,6 +512,23 @@ pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
 }
 
 impl ClientPolicy {
+    /// The call limits that apply to this client: its own, else `defaults` (`[dialing]`).
+    pub fn limits(&self, defaults: crate::dialing::Limits) -> crate::dialing::Limits {
+        crate::dialing::Limits {
+            max_concurrent: self.max_concurrent_calls.unwrap_or(defaults.max_concurrent),
+            max_per_minute: self
+                .max_call_attempts_per_minute
+                .unwrap_or(defaults.max_per_minute),
+        }
+    }
+
+    /// Whether `context` is one the client was given (exact name or glob; case-sensitive).
+    pub fn allows_context(&self, context: &str) -> bool {
+        self.contexts
+            .iter()
+            .any(|p| crate::pattern::wildcard(p, context, '*', '\u{0}'))
+    }
+
     pub fn allows_action(&self, action: &str) -> bool {
         ALWAYS.contains(&action)
             || self

@@ -9,6 +9,9 @@ fn policy(allow: &[&str]) -> ClientPolicy {
         read: 0,
         permit: vec![],
         overrides: vec![],
+        contexts: vec![],
+        max_concurrent_calls: None,
+        max_call_attempts_per_minute: None,
         updated_at: 0,
     }
 }

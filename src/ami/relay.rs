@@ -9,7 +9,14 @@
 //! Attribution: every forwarded action carries an `ActionID` prefixed with this session's
 //! random tag (restored before the client sees it). Asterisk broadcasts `OriginateResponse`
 //! to every session; one whose ActionID carries another session's tag is dropped here, so it
-//! reaches only the client that asked.
+//! reaches only the client that asked. An `Originate` also carries its own number
+//! (`<tag>=<n>-<client's id>`), which ties Asterisk's final answer to the call the client's
+//! limits count ([`super::originates`]).
+//!
+//! Policy: the client's policy is read afresh for every action, so a change the gateway's
+//! re-check swaps in applies from the next action on. Actions that place or move calls also
+//! pass the toll-fraud rules ([`super::calls`], the call limits), whose refusals are reported
+//! through [`crate::dialing::Guard::refused`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,6 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BufMut;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -24,14 +32,17 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::calls::{self, Originate};
 use super::classes;
 use super::codec::{header_value, ClientFramer, Message, Reply};
 use super::config::AmiConfig;
 use super::login::challenge_answer;
-use super::policy::{lower, ClientPolicy, Verdict};
+use super::originates::{Answer, InFlight};
+use super::policy::{lower, ClientPolicy, Rule as PolicyRule, Verdict};
 use super::session::{answer, malformed, truncate, Accepted, Output, WriterEnd};
 use super::upstream::Upstream;
 use super::Gateway;
+use crate::dialing::{Offender, Refused, Rule};
 use crate::metrics::ResultLabels;
 use crate::rate::Bucket;
 use crate::store::AuditEntry;
@@ -50,17 +61,31 @@ struct Shared {
     /// The event classes the client asked for, within what it may read.
     mask: AtomicU32,
     read: u32,
+    /// The session's Originates in flight.
+    calls: InFlight,
 }
 
-/// Another session's tag: `pbxg` + 16 hex digits + `-`, `.` or `!`.
+/// Another session's tag: `pbxg` + 16 hex digits + `-`, `.`, `!` or `=`.
 fn is_session_tag(v: &[u8]) -> bool {
     v.len() > 20
         && v.starts_with(b"pbxg")
         && v[4..20].iter().all(u8::is_ascii_hexdigit)
-        && matches!(v[20], b'-' | b'.' | b'!')
+        && matches!(v[20], b'-' | b'.' | b'!' | b'=')
 }
 
 impl Shared {
+    /// Asterisk's answer to this session's Originate number `n`.
+    fn answer_originate(&self, n: u64, reply: &Reply) {
+        if reply.is_event() {
+            if reply.get("Event") == Some(b"OriginateResponse") {
+                self.calls.answered(n, Answer::Event);
+            }
+        } else {
+            let success = reply.get("Response") == Some(b"Success");
+            self.calls.answered(n, Answer::Response { success });
+        }
+    }
+
     /// What the client gets for one message from Asterisk, if anything.
     fn deliver(&self, reply: Reply) -> Option<Bytes> {
         let id_line = reply
@@ -74,7 +99,19 @@ impl Shared {
                 .nth(i)
                 .and_then(|l| header_value(l, "ActionID"))
                 .unwrap_or_default();
-            if let Some(rest) = value.strip_prefix(self.tag.as_bytes()) {
+            if let Some(mut rest) = value.strip_prefix(self.tag.as_bytes()) {
+                if let Some(after) = rest.strip_prefix(b"=") {
+                    // An Originate's answer: note it for the call limits, then restore the
+                    // client's ActionID as for any other action.
+                    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+                    let n = std::str::from_utf8(&after[..digits])
+                        .ok()
+                        .and_then(|d| d.parse::<u64>().ok());
+                    if let Some(n) = n {
+                        self.answer_originate(n, &reply);
+                    }
+                    rest = &after[digits..];
+                }
                 match rest.first() {
                     Some(b'-') => {
                         let mut line = b"ActionID: ".to_vec();
@@ -202,8 +239,13 @@ struct Relay<'a> {
     gw: &'a Gateway,
     cfg: &'a AmiConfig,
     shared: Arc<Shared>,
-    policy: ClientPolicy,
+    /// The client's name (its policy may change; its name does not).
+    name: String,
+    /// Read for every action: the gateway's re-check swaps a changed policy in.
+    policy: Arc<ArcSwap<ClientPolicy>>,
     peer: SocketAddr,
+    /// The number of the last Originate forwarded.
+    next_originate: u64,
     bucket: Bucket,
     next_marker: u64,
     /// The marker of the last message sent to Asterisk, when that was a stand-in Ping.
@@ -216,7 +258,7 @@ impl Relay<'_> {
     fn audit(&self, action: &str, detail: String) {
         self.gw.ctx.journal.record(AuditEntry {
             at: crate::clock::now_unix(),
-            actor: format!("ami:{}", self.policy.name),
+            actor: format!("ami:{}", self.name),
             action: action.to_string(),
             target: self.peer.ip().to_string(),
             detail,
@@ -246,7 +288,7 @@ impl Relay<'_> {
         ) {
             self.count("rate_limited");
             if !self.warned_rate {
-                warn!(client = %self.policy.name, peer = %self.peer, action = %shown, "AMI actions refused: rate limit (logged once per session)");
+                warn!(client = %self.name, peer = %self.peer, action = %shown, "AMI actions refused: rate limit (logged once per session)");
                 self.warned_rate = true;
             }
             Some(answer(
@@ -265,11 +307,11 @@ impl Relay<'_> {
             match action.as_str() {
                 "login" => Some(answer("Success", id, "Already authenticated")),
                 "challenge" => Some(challenge_answer(&msg, &mut self.challenge)),
-                _ => match self.policy.decide(&action, &msg) {
+                _ => match self.policy.load_full().decide(&action, &msg) {
                     Verdict::Refuse(refusal) => {
                         self.count("refused");
                         let rule = refusal.rule.map(|r| r.name()).unwrap_or("not_allowed");
-                        warn!(client = %self.policy.name, peer = %self.peer, action = %shown, rule, "AMI action refused");
+                        warn!(client = %self.name, peer = %self.peer, action = %shown, rule, "AMI action refused");
                         self.audit(
                             "ami.refused",
                             truncate(
@@ -284,29 +326,7 @@ impl Relay<'_> {
                         Some(answer("Error", id, &refusal.message))
                     }
                     Verdict::Pass { overrides } => {
-                        if overrides.is_empty() {
-                            self.count("forwarded");
-                        } else {
-                            self.count("override");
-                            let rules: Vec<&str> = overrides.iter().map(|r| r.name()).collect();
-                            warn!(client = %self.policy.name, peer = %self.peer, action = %shown, overrides = ?rules,
-                                "AMI action passed ONLY because of a configured override of a built-in refusal");
-                        }
-                        if !is_read_only(&action) || !overrides.is_empty() {
-                            self.audit(&format!("ami.{shown}"), audit_detail(&msg));
-                        }
-                        if action == "events" {
-                            self.rewrite_event_mask(&mut msg);
-                        }
-                        if self.tag_action_id(&mut msg) {
-                            None
-                        } else {
-                            Some(answer(
-                                "Error",
-                                id,
-                                "ActionID too long to forward (pbxguard needs 21 more bytes of the line)",
-                            ))
-                        }
+                        self.pass(&action, &shown, &mut msg, &overrides, id)
                     }
                 },
             }
@@ -318,6 +338,104 @@ impl Relay<'_> {
                 msg.to_bytes()
             }
         }
+    }
+
+    /// An action the client's policy allows: the toll-fraud rules for calls, then forwarded
+    /// (`None`) or answered here (`Some`).
+    fn pass(
+        &mut self,
+        action: &str,
+        shown: &str,
+        msg: &mut Message,
+        overrides: &[PolicyRule],
+        id: Option<&[u8]>,
+    ) -> Option<Vec<u8>> {
+        let policy = self.policy.load_full();
+        let dialing = &self.gw.ctx.dialing;
+        let originate = match calls::check(&policy, action, msg, |d| dialing.check_named(d)) {
+            Ok(o) => o,
+            Err(refusal) => {
+                let message = refusal.message();
+                return Some(self.refuse_call(refusal.rule, refusal.what, &message, id));
+            }
+        };
+        let prefix = match originate {
+            Some(_) => format!("{}={}", self.shared.tag, self.next_originate + 1),
+            None => self.shared.tag.clone(),
+        };
+        if !tag_action_id(msg, &prefix) {
+            return Some(answer(
+                "Error",
+                id,
+                "ActionID too long to forward (pbxguard needs 21 more bytes of the line)",
+            ));
+        }
+        if let Some(o) = originate {
+            if let Some(refused) = self.begin_originate(o, &policy, msg, id) {
+                return Some(refused);
+            }
+        }
+        if overrides.is_empty() {
+            self.count("forwarded");
+        } else {
+            self.count("override");
+            let rules: Vec<&str> = overrides.iter().map(|r| r.name()).collect();
+            warn!(client = %self.name, peer = %self.peer, action = %shown, overrides = ?rules,
+                "AMI action passed ONLY because of a configured override of a built-in refusal");
+        }
+        if !is_read_only(action) || !overrides.is_empty() {
+            self.audit(&format!("ami.{shown}"), audit_detail(msg));
+        }
+        if action == "events" {
+            self.rewrite_event_mask(msg);
+        }
+        None
+    }
+
+    /// Counts an Originate against the client's call limits; the refusal to answer when a
+    /// limit is reached.
+    fn begin_originate(
+        &mut self,
+        originate: Originate,
+        policy: &ClientPolicy,
+        msg: &Message,
+        id: Option<&[u8]>,
+    ) -> Option<Vec<u8>> {
+        let limits = policy.limits(self.gw.ctx.dialing.limits());
+        let n = self.next_originate + 1;
+        match self
+            .shared
+            .calls
+            .begin(n, originate, limits, Instant::now())
+        {
+            Ok(()) => {
+                self.next_originate = n;
+                None
+            }
+            Err(limited) => {
+                let message = format!(
+                    "Refused by pbxguard ({}): {}; try again in {} s",
+                    limited.rule.name(),
+                    limited.rule.explain(),
+                    limited.retry_after.as_secs().max(1)
+                );
+                let channel = String::from_utf8_lossy(msg.get("Channel").unwrap_or_default());
+                Some(self.refuse_call(limited.rule, channel.into_owned(), &message, id))
+            }
+        }
+    }
+
+    /// A call action refused by the toll-fraud rules: counted, reported (log, metric, audit
+    /// row, alert) and answered; never forwarded.
+    fn refuse_call(&self, rule: Rule, what: String, message: &str, id: Option<&[u8]>) -> Vec<u8> {
+        self.count("refused");
+        self.gw.ctx.dialing.refused(Refused {
+            rule,
+            offender: Offender::AmiClient(self.name.clone()),
+            address: crate::net::canonical_ip(self.peer.ip()),
+            destination: what,
+        });
+        answer("Error", id, message)
     }
 
     /// Queues pbxguard's own answer behind everything sent so far; returns the Ping to send
@@ -340,33 +458,6 @@ impl Relay<'_> {
         markers.push_back((n, bytes));
         self.open_marker = Some(n);
         format!("Action: Ping\r\nActionID: {}!{n}\r\n\r\n", self.shared.tag).into_bytes()
-    }
-
-    /// Puts this session's tag in front of the ActionID Asterisk will read (adding one when
-    /// there is none), so that answers and broadcasts can be attributed. False when there is
-    /// no room (the line would not fit Asterisk's buffer, or the message has 128 lines): such
-    /// an action is refused rather than sent untagged, whose broadcasts could not be kept
-    /// from other clients.
-    fn tag_action_id(&self, msg: &mut Message) -> bool {
-        match msg.action_id_line() {
-            Some(i) if msg.action_id().is_some() => {
-                let value = header_value(&msg.lines[i], "ActionID").unwrap_or_default();
-                let mut line = format!("ActionID: {}-", self.shared.tag).into_bytes();
-                line.extend_from_slice(value);
-                if line.len() > super::codec::MAX_FORWARD_LINE {
-                    return false;
-                }
-                msg.lines[i] = line;
-                true
-            }
-            // No ActionID (or an empty one, which Asterisk ignores): ours goes first.
-            _ if msg.lines.len() < super::codec::MAX_HEADERS => {
-                msg.lines
-                    .insert(0, format!("ActionID: {}.", self.shared.tag).into_bytes());
-                true
-            }
-            _ => false,
-        }
     }
 
     /// `Events` asks Asterisk for the client's classes within what the client may read. When
@@ -392,6 +483,33 @@ impl Relay<'_> {
             classes::mask_text(mask)
         };
         msg.lines[i] = format!("EventMask: {text}").into_bytes();
+    }
+}
+
+/// Puts `prefix` (the session's tag, with an Originate's number) in front of the ActionID
+/// Asterisk will read (adding one when there is none), so that answers and broadcasts can be
+/// attributed. False when there is no room (the line would not fit Asterisk's buffer, or the
+/// message has 128 lines): such an action is refused rather than sent untagged, whose
+/// broadcasts could not be kept from other clients.
+fn tag_action_id(msg: &mut Message, prefix: &str) -> bool {
+    match msg.action_id_line() {
+        Some(i) if msg.action_id().is_some() => {
+            let value = header_value(&msg.lines[i], "ActionID").unwrap_or_default();
+            let mut line = format!("ActionID: {prefix}-").into_bytes();
+            line.extend_from_slice(value);
+            if line.len() > super::codec::MAX_FORWARD_LINE {
+                return false;
+            }
+            msg.lines[i] = line;
+            true
+        }
+        // No ActionID (or an empty one, which Asterisk ignores): ours goes first.
+        _ if msg.lines.len() < super::codec::MAX_HEADERS => {
+            msg.lines
+                .insert(0, format!("ActionID: {prefix}.").into_bytes());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -432,11 +550,22 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         mask,
         rest: mut queue,
     } = accepted;
+    let (name, read) = {
+        let p = policy.load();
+        (p.name.clone(), p.read)
+    };
+    let tag = format!("pbxg{:016x}", rand::random::<u64>());
+    let calls = InFlight::new(
+        Arc::new(gw.ctx.dialing.clone()),
+        Offender::AmiClient(name.clone()),
+        &tag,
+    );
     let shared = Arc::new(Shared {
-        tag: format!("pbxg{:016x}", rand::random::<u64>()),
+        tag,
         markers: Mutex::new(VecDeque::new()),
         mask: AtomicU32::new(mask),
-        read: policy.read,
+        read,
+        calls,
     });
     let Upstream {
         stream,
@@ -448,8 +577,10 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         gw,
         cfg,
         shared: shared.clone(),
+        name,
         policy,
         peer,
+        next_originate: 0,
         bucket: Bucket::new(cfg.action_burst, Instant::now()),
         next_marker: 0,
         open_marker: None,
@@ -529,15 +660,15 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
             break "Asterisk stopped taking actions";
         }
         tokio::select! {
-            _ = stop.cancelled() => break "ended by pbxguard (shutdown, or the client was removed or changed)",
+            _ = stop.cancelled() => break "ended by pbxguard (shutdown; or the client was removed, or its permit list or event classes changed)",
             why = &mut from_asterisk => {
                 // A send that failed because the writer ended is told as the writer's reason.
                 match out.writer_end() {
-                    Some(end) => break writer_ended(gw, cfg, &relay.policy.name, peer, end),
-                    None => return why.unwrap_or("the Asterisk reader failed"),
+                    Some(end) => break writer_ended(gw, cfg, &relay.name, peer, end),
+                    None => break why.unwrap_or("the Asterisk reader failed"),
                 }
             }
-            end = out.writer_ended() => break writer_ended(gw, cfg, &relay.policy.name, peer, end),
+            end = out.writer_ended() => break writer_ended(gw, cfg, &relay.name, peer, end),
             // While the client is behind on its output, its input waits in the socket too
             // (TCP pushes back, as with Asterisk itself): else answers pbxguard makes itself
             // (refusals, rate limits), which wait for a Pong the paused reader does not read,
@@ -554,6 +685,9 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         }
     };
     from_asterisk.abort();
+    // Asterisk may still be placing this session's calls: they stay counted until their
+    // deadlines.
+    shared.calls.finish();
     // Log off politely so Asterisk does not report a dropped manager session.
     let _ = tokio::time::timeout(
         Duration::from_millis(200),
@@ -566,14 +700,102 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialing::limits::Limiter;
 
-    fn shared(read: u32, mask: u32) -> Shared {
+    fn shared_with(read: u32, mask: u32, limiter: Arc<Limiter>) -> Shared {
+        let tag = "pbxg0123456789abcdef";
         Shared {
-            tag: "pbxg0123456789abcdef".into(),
+            tag: tag.into(),
             markers: Mutex::new(VecDeque::new()),
             mask: AtomicU32::new(mask),
             read,
+            calls: InFlight::new(limiter, Offender::AmiClient("d".into()), tag),
         }
+    }
+
+    fn shared(read: u32, mask: u32) -> Shared {
+        shared_with(read, mask, Arc::new(Limiter::default()))
+    }
+
+    #[test]
+    fn an_originates_answers_end_its_call_and_keep_the_clients_action_id() {
+        let limiter = Arc::new(Limiter::default());
+        let s = shared_with(0, 0, limiter.clone());
+        let key = Offender::AmiClient("d".into()).key();
+        let limits = crate::dialing::Limits {
+            max_concurrent: 5,
+            max_per_minute: 0,
+        };
+        let sync = Originate {
+            asynchronous: false,
+            timeout: None,
+        };
+        let asynchronous = Originate {
+            asynchronous: true,
+            timeout: None,
+        };
+        s.calls.begin(7, sync, limits, Instant::now()).unwrap();
+        s.calls
+            .begin(8, asynchronous, limits, Instant::now())
+            .unwrap();
+        assert_eq!(limiter.active(&key), 2);
+        let got = s
+            .deliver(reply(&[
+                "Response: Success",
+                "ActionID: pbxg0123456789abcdef=7-same",
+                "Message: Originate successfully queued",
+            ]))
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            b"Response: Success\r\nActionID: same\r\nMessage: Originate successfully queued\r\n\r\n"
+        );
+        assert_eq!(limiter.active(&key), 1);
+        // The asynchronous one: its Response does not end it, its event does, and a client
+        // without an ActionID gets none back.
+        let got = s
+            .deliver(reply(&[
+                "Response: Success",
+                "ActionID: pbxg0123456789abcdef=8.",
+                "Message: Originate successfully queued",
+            ]))
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            b"Response: Success\r\nMessage: Originate successfully queued\r\n\r\n"
+        );
+        assert_eq!(limiter.active(&key), 1);
+        // Delivered or not (this session does not read call events), the event ends it.
+        assert!(s
+            .deliver(reply(&[
+                "Event: OriginateResponse",
+                "Privilege: call,all",
+                "ActionID: pbxg0123456789abcdef=8.",
+                "Response: Failure",
+            ]))
+            .is_none());
+        assert_eq!(limiter.active(&key), 0);
+        // Another session's Originate answer never reaches this client.
+        assert!(s
+            .deliver(reply(&[
+                "Event: OriginateResponse",
+                "Privilege: call,all",
+                "ActionID: pbxgfedcba9876543210=1-x",
+            ]))
+            .is_none());
+    }
+
+    #[test]
+    fn an_originate_carries_its_number_in_the_action_id() {
+        let mut m = Message::from_pairs(&[("Action", "Originate"), ("ActionID", "abc")]);
+        assert!(tag_action_id(&mut m, "pbxg0123456789abcdef=3"));
+        assert_eq!(m.action_id(), Some(&b"pbxg0123456789abcdef=3-abc"[..]));
+        let mut m = Message::from_pairs(&[("Action", "Originate")]);
+        assert!(tag_action_id(&mut m, "pbxg0123456789abcdef=4"));
+        assert_eq!(m.action_id(), Some(&b"pbxg0123456789abcdef=4."[..]));
+        let long = "x".repeat(1000);
+        let mut m = Message::from_pairs(&[("Action", "Originate"), ("ActionID", &long)]);
+        assert!(!tag_action_id(&mut m, "pbxg0123456789abcdef=5"));
     }
 
     fn reply(lines: &[&str]) -> Reply {

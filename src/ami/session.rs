@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
@@ -318,7 +319,9 @@ pub async fn run(
 
 /// What the login phase ended with.
 pub(super) struct Accepted {
-    pub(super) policy: ClientPolicy,
+    /// The client's policy; the gateway's re-check swaps a changed one in while the session
+    /// runs, and the relay reads it for every action.
+    pub(super) policy: Arc<ArcSwap<ClientPolicy>>,
     pub(super) upstream: Upstream,
     pub(super) mask: u32,
     /// Messages the client pipelined after its Login.
@@ -377,14 +380,14 @@ async fn client<S>(
             cfg.max_output_bytes + MAX_UPSTREAM_MESSAGE + (256 << 10),
             Ordering::Release,
         );
-        let policy = accepted.policy.clone();
+        let name = accepted.policy.load().name.clone();
         gw.ctx.metrics.ami_sessions.inc();
-        info!(client = %policy.name, %peer, "AMI client logged in");
-        let (id, end) = gw.register(&policy.name, policy.updated_at, &stop);
+        info!(client = %name, %peer, "AMI client logged in");
+        let (id, end) = gw.register(&name, peer.ip(), accepted.policy.clone(), &stop);
         let why = relay(&gw, &cfg, (rd, framer), &out, peer, *accepted, end).await;
         gw.unregister(id);
         gw.ctx.metrics.ami_sessions.dec();
-        info!(client = %policy.name, %peer, reason = why, "AMI client session ended");
+        info!(client = %name, %peer, reason = why, "AMI client session ended");
     }
     drop(out);
     // The writer ends once the queue is drained, or by itself when the client accepts nothing

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::{actor, load, open_store, open_vault, read_stdin_secret, UsageError};
-use crate::ami::clients::{self, ClientError, PolicyInput};
+use crate::ami::clients::{self, ClientError, ClientView, Limit, Policy, PolicyEdit, PolicyInput};
 use crate::ami::normalise_name;
 use crate::clock::now_unix;
 
@@ -44,6 +44,47 @@ pub enum UserCommand {
         /// moduleload, secrets). Every use is logged as a warning. Think twice.
         #[arg(long = "override")]
         overrides: Vec<String>,
+        /// Dialplan contexts its calls and transfers may go into (repeatable or
+        /// comma-separated; `*` globs; case-sensitive, as in Asterisk). Required when --allow
+        /// admits Originate.
+        #[arg(long = "context", value_delimiter = ',')]
+        contexts: Vec<String>,
+        /// Originates it may have in flight at once: a number (0 = unlimited) or `default`
+        /// (the [dialing] value, also when not given).
+        #[arg(long)]
+        max_concurrent_calls: Option<Limit>,
+        /// Originates it may start per minute: a number (0 = unlimited) or `default`.
+        #[arg(long)]
+        max_call_attempts_per_minute: Option<Limit>,
+    },
+    /// Change a client's policy in place (the secret stays): each option given replaces that
+    /// setting, the others are kept. Open sessions follow within 5 s.
+    Edit {
+        name: String,
+        /// Actions the client may send (replaces the list).
+        #[arg(long, value_delimiter = ',')]
+        allow: Option<Vec<String>>,
+        /// Event classes the client may receive (replaces the list; '' for none). Open
+        /// sessions are ended when this changes: Asterisk sets a session's events at login.
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// Networks logins may come from (replaces the list; '' for loopback only). Open
+        /// sessions from an address no longer admitted are ended.
+        #[arg(long)]
+        permit: Option<Vec<String>>,
+        /// Built-in refusals lifted (replaces the list; '' for none).
+        #[arg(long = "override")]
+        overrides: Option<Vec<String>>,
+        /// Dialplan contexts (replaces the list; '' for none, refused while Originate is
+        /// allowed).
+        #[arg(long = "context", value_delimiter = ',')]
+        contexts: Option<Vec<String>>,
+        /// Originates in flight at once: a number (0 = unlimited) or `default`.
+        #[arg(long)]
+        max_concurrent_calls: Option<Limit>,
+        /// Originates per minute: a number (0 = unlimited) or `default`.
+        #[arg(long)]
+        max_call_attempts_per_minute: Option<Limit>,
     },
     /// List clients and their policies (never secrets).
     List {
@@ -52,6 +93,35 @@ pub enum UserCommand {
     },
     /// Delete a client and its secret.
     Rm { name: String },
+}
+
+/// `5 at once, 30/min`, with `default` for the [dialing] value and 0 shown as `unlimited`.
+fn limits_text(v: &ClientView) -> String {
+    let show = |l: Option<u32>| match l {
+        None => "default".to_string(),
+        Some(0) => "unlimited".to_string(),
+        Some(n) => n.to_string(),
+    };
+    format!(
+        "{} at once, {}/min",
+        show(v.max_concurrent_calls),
+        show(v.max_call_attempts_per_minute)
+    )
+}
+
+/// Warnings about a policy just stored.
+fn warn_about(name: &str, policy: &Policy) {
+    if !policy.overrides.is_empty() {
+        eprintln!(
+            "warning: {name} may pass built-in refusals ({}); every use is logged",
+            policy.overrides
+        );
+    }
+    if policy.contexts.split(',').any(|c| c == "*") {
+        eprintln!(
+            "warning: --context '*' lets {name}'s calls go into every dialplan context; name the contexts it needs"
+        );
+    }
 }
 
 /// The CLI's sentence (and exit code) for what an operation refused: input the admin can
@@ -64,6 +134,8 @@ fn problem(e: ClientError) -> anyhow::Error {
         ClientError::BadEvents(why) => format!("--events: {why}"),
         ClientError::BadPermit(_) => format!("--permit {e}"),
         ClientError::BadOverride { .. } => format!("--override {e}"),
+        ClientError::BadContext(_) => format!("--context {e}"),
+        ClientError::OriginateWithoutContext(_) | ClientError::NothingToChange => e.to_string(),
         ClientError::EmptySecret => "the secret on stdin is empty".into(),
         ClientError::ControlInSecret => e.to_string(),
         ClientError::NoSuchClient(_) | ClientError::Vault(_) | ClientError::Store(_) => {
@@ -84,6 +156,9 @@ pub async fn run(config_path: &Path, cmd: AmiCommand) -> anyhow::Result<ExitCode
             events,
             permit,
             overrides,
+            contexts,
+            max_concurrent_calls,
+            max_call_attempts_per_minute,
             password_stdin: _,
         } => {
             let name = normalise_name(&name).map_err(|e| problem(e.into()))?;
@@ -92,6 +167,9 @@ pub async fn run(config_path: &Path, cmd: AmiCommand) -> anyhow::Result<ExitCode
                 events: &events,
                 permit: &permit,
                 overrides: &overrides,
+                contexts: &contexts,
+                max_concurrent_calls,
+                max_call_attempts_per_minute,
             };
             let policy = input.check().map_err(problem)?;
             let secret = read_stdin_secret(crate::vault::MAX_SECRET_LEN, raw, "secret")?;
@@ -110,16 +188,39 @@ pub async fn run(config_path: &Path, cmd: AmiCommand) -> anyhow::Result<ExitCode
             .await
             .map_err(problem)?;
             store.close().await;
-            if !policy.overrides.is_empty() {
-                eprintln!(
-                    "warning: {name} may pass built-in refusals ({}); every use is logged",
-                    policy.overrides
-                );
-            }
+            warn_about(&name, &policy);
             println!(
-                "{} AMI client {name} (open sessions of an updated client are ended within seconds)",
+                "{} AMI client {name} (open sessions of an updated client follow within seconds)",
                 if created { "created" } else { "updated" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Edit {
+            name,
+            allow,
+            events,
+            permit,
+            overrides,
+            contexts,
+            max_concurrent_calls,
+            max_call_attempts_per_minute,
+        } => {
+            let name = normalise_name(&name).map_err(|e| problem(e.into()))?;
+            let change = PolicyEdit {
+                allow: allow.as_deref(),
+                events: events.as_deref(),
+                permit: permit.as_deref(),
+                overrides: overrides.as_deref(),
+                contexts: contexts.as_deref(),
+                max_concurrent_calls,
+                max_call_attempts_per_minute,
+            };
+            let store = open_store(&config).await?;
+            let result = clients::edit(&store, &actor(), &name, &change, now_unix()).await;
+            store.close().await;
+            let policy = result.map_err(problem)?;
+            warn_about(&name, &policy);
+            println!("updated AMI client {name} (open sessions follow within 5 s)");
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List { json } => {
@@ -131,19 +232,42 @@ pub async fn run(config_path: &Path, cmd: AmiCommand) -> anyhow::Result<ExitCode
             } else if views.is_empty() {
                 println!("no AMI clients");
             } else {
-                println!("{:<20}  {:<30}  {:<20}  PERMIT", "NAME", "ALLOW", "EVENTS");
-                for v in views {
+                println!(
+                    "{:<20}  {:<30}  {:<20}  {:<20}  {:<24}  PERMIT",
+                    "NAME", "ALLOW", "EVENTS", "CONTEXTS", "CALLS"
+                );
+                for v in &views {
                     let events = if v.events.is_empty() {
                         "none".to_string()
                     } else {
                         v.events.join(",")
                     };
+                    let contexts = if v.contexts.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.contexts.join(",")
+                    };
                     println!(
-                        "{:<20}  {:<30}  {:<20}  {}",
+                        "{:<20}  {:<30}  {:<20}  {:<20}  {:<24}  {}",
                         v.name,
                         v.allow.join(","),
                         events,
+                        contexts,
+                        limits_text(v),
                         v.permit.join(",")
+                    );
+                }
+                for v in views
+                    .iter()
+                    .filter(|v| !v.calls_without_contexts.is_empty())
+                {
+                    println!(
+                        "warning: {} may {} without --context: it can call or transfer into any \
+                         dialplan context (toll fraud). Give it the contexts it needs: \
+                         pbxguard ami user edit {} --context CONTEXT",
+                        v.name,
+                        v.calls_without_contexts.join(", "),
+                        v.name
                     );
                 }
             }

@@ -10,11 +10,38 @@ pub struct AmiClientRow {
     pub events: String,
     pub permit: String,
     pub overrides: String,
+    /// Comma list of dialplan contexts (names or `*` globs, case kept); empty for clients made
+    /// before contexts existed.
+    pub contexts: String,
+    /// `None`: the `[dialing]` default.
+    pub max_concurrent_calls: Option<i64>,
+    pub max_call_attempts_per_minute: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-const COLUMNS: &str = "name, allow, events, permit, overrides, created_at, updated_at";
+/// The UPDATE both [`Store::put_ami_client`] and [`Store::update_ami_client`] run, bound.
+macro_rules! update_query {
+    ($row:expr) => {
+        sqlx::query(
+            "UPDATE ami_clients SET allow = $2, events = $3, permit = $4, overrides = $5, \
+             contexts = $6, max_concurrent_calls = $7, max_call_attempts_per_minute = $8, \
+             updated_at = $9 WHERE name = $1",
+        )
+        .bind(&$row.name)
+        .bind(&$row.allow)
+        .bind(&$row.events)
+        .bind(&$row.permit)
+        .bind(&$row.overrides)
+        .bind(&$row.contexts)
+        .bind($row.max_concurrent_calls)
+        .bind($row.max_call_attempts_per_minute)
+        .bind($row.updated_at)
+    };
+}
+
+const COLUMNS: &str = "name, allow, events, permit, overrides, contexts, max_concurrent_calls, \
+                       max_call_attempts_per_minute, created_at, updated_at";
 
 impl Store {
     /// Creates or replaces the policy of `row.name`; returns whether it was created.
@@ -23,35 +50,36 @@ impl Store {
             // The insert tells us whether the row is new, without a read first.
             let mut tx = db.begin_write().await?;
             let inserted = tx.exec(sqlx::query(
-                "INSERT INTO ami_clients (name, allow, events, permit, overrides, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT(name) DO NOTHING",
+                "INSERT INTO ami_clients (name, allow, events, permit, overrides, contexts, \
+                 max_concurrent_calls, max_call_attempts_per_minute, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT(name) DO NOTHING",
             )
             .bind(&row.name)
             .bind(&row.allow)
             .bind(&row.events)
             .bind(&row.permit)
             .bind(&row.overrides)
+            .bind(&row.contexts)
+            .bind(row.max_concurrent_calls)
+            .bind(row.max_call_attempts_per_minute)
             .bind(row.updated_at))
             .await?;
             if inserted.rows_affected() == 1 {
                 tx.commit().await?;
                 return Ok(true);
             }
-            tx.exec(
-                sqlx::query(
-                    "UPDATE ami_clients SET allow = $2, events = $3, permit = $4, overrides = $5, \
-                 updated_at = $6 WHERE name = $1",
-                )
-                .bind(&row.name)
-                .bind(&row.allow)
-                .bind(&row.events)
-                .bind(&row.permit)
-                .bind(&row.overrides)
-                .bind(row.updated_at),
-            )
-            .await?;
+            tx.exec(update_query!(row)).await?;
             tx.commit().await?;
             Ok(false)
+        })
+    }
+
+    /// Replaces the policy of an existing client (`created_at` is kept); false when there is
+    /// no client `row.name`.
+    pub async fn update_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
+        with_db!(self, db => {
+            let done = update_query!(row).execute_write(db).await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

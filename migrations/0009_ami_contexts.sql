@@ -1,0 +1,7 @@
+-- AMI clients: the dialplan contexts a client's calls and transfers may go into (comma list of
+-- names or `*` globs, case kept: Asterisk's context names are case-sensitive; '' = none given,
+-- which only clients created before this version have), and its own call limits (NULL = the
+-- [dialing] default; a predictive dialer may need more than an agent).
+ALTER TABLE ami_clients ADD COLUMN contexts TEXT NOT NULL DEFAULT '';
+ALTER TABLE ami_clients ADD COLUMN max_concurrent_calls INTEGER;
+ALTER TABLE ami_clients ADD COLUMN max_call_attempts_per_minute INTEGER;
