@@ -1143,3 +1143,92 @@ fn asterisk_loads_the_dialplans_as_the_audit_reads_them() {
     }
     ast.stop();
 }
+
+/// On a host with pbxguard's configuration, `audit asterisk` reads the AMI clients from the
+/// store: a client confined to `sal*` makes `sales` a way in; a client made before contexts
+/// existed (Originate, no context) is reported itself and opens every context.
+#[test]
+fn the_cli_audits_the_gateways_ami_clients_with_the_dialplan() {
+    let env = Env::new();
+    env.init();
+    let dir = Path::new(DATA).join("dialplan");
+    let dir_arg = dir.display().to_string();
+    let run = |env: &Env| -> Vec<serde_json::Value> {
+        let out = env.run(&["audit", "asterisk", "--dir", &dir_arg, "--json"], b"");
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(!text(&out).contains("not audited"), "{}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let objects = |all: &[serde_json::Value], file: &str| -> Vec<String> {
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|f| f["file"] == file)
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["severity"].as_str().unwrap(),
+                    f["object"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let before = run(&env);
+    assert!(objects(&before, "pbxguard").is_empty(), "{before:#?}");
+    let sales_before = before.iter().filter(|f| f["object"] == "sales").count();
+
+    env.add_ami_client(
+        "crm",
+        "crm-secret-0123456789",
+        &["--allow", "Originate", "--context", "sal*"],
+    );
+    env.add_ami_client(
+        "wallboard",
+        "wall-secret-0123456789",
+        &["--allow", "Status"],
+    );
+    let with_crm = run(&env);
+    assert!(objects(&with_crm, "pbxguard").is_empty(), "{with_crm:#?}");
+    assert!(
+        with_crm.iter().filter(|f| f["object"] == "sales").count() > sales_before,
+        "sales is a way in for crm: {with_crm:#?}"
+    );
+
+    // A client from before contexts: what an upgraded site has.
+    env.add_ami_client(
+        "dialer",
+        "dialer-secret-0123456789",
+        &["--allow", "Originate", "--context", "sales"],
+    );
+    env.sql("UPDATE ami_clients SET contexts = '' WHERE name = 'dialer'");
+    let legacy = run(&env);
+    assert_eq!(
+        objects(&legacy, "pbxguard"),
+        ["medium dialer"],
+        "{legacy:#?}"
+    );
+    let f = legacy.iter().find(|f| f["file"] == "pbxguard").unwrap();
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ami user edit dialer --context"),
+        "{f}"
+    );
+
+    // A configuration that cannot be used is said, and Asterisk's files are still audited.
+    env.write_config("[daemon]\nbogus = 1\n");
+    let out = env.run(&["audit", "asterisk", "--dir", &dir_arg, "--json"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AMI clients are not audited"),
+        "{}",
+        text(&out)
+    );
+}

@@ -80,6 +80,34 @@ async fn log(config: &Path, action: &str, limit: u32, json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// The AMI gateway's clients as the dialplan audit needs them: which may place or move calls,
+/// and into which contexts. Nothing (and no note) on a host without pbxguard's configuration,
+/// where the audit reads Asterisk's files only.
+async fn ami_clients(config: &Path) -> Result<Vec<audit::AmiClientInfo>, String> {
+    if !config.exists() {
+        return Ok(Vec::new());
+    }
+    let config = load(config).map_err(|e| e.to_string())?;
+    let store = open_store(&config).await.map_err(|e| e.to_string())?;
+    let rows = store.ami_clients().await.map_err(|e| e.to_string());
+    store.close().await;
+    Ok(rows?
+        .into_iter()
+        .map(|r| audit::AmiClientInfo {
+            // The call actions its allow list admits, whatever its contexts.
+            originate: !crate::ami::clients::calls_without_contexts(&r.allow, "").is_empty(),
+            contexts: r
+                .contexts
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            name: r.name,
+        })
+        .collect())
+}
+
 pub fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let (dir, json) = match cmd {
         AuditCommand::Log {
@@ -89,7 +117,20 @@ pub fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         } => return super::runtime()?.block_on(log(config, &action, limit, json)),
         AuditCommand::Asterisk { dir, json } => (dir, json),
     };
-    let findings = audit::asterisk(&dir).map_err(|e| UsageError(e.to_string()))?;
+    if !dir.is_dir() {
+        return Err(UsageError(
+            audit::AuditError::NotAFolder(dir.display().to_string()).to_string(),
+        )
+        .into());
+    }
+    let clients = match super::runtime()?.block_on(ami_clients(config)) {
+        Ok(clients) => clients,
+        Err(why) => {
+            eprintln!("note: pbxguard's AMI clients are not audited: {why}");
+            Vec::new()
+        }
+    };
+    let findings = audit::asterisk_with(&dir, &clients).map_err(|e| UsageError(e.to_string()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else if findings.is_empty() {
