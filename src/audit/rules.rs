@@ -15,6 +15,11 @@ pub struct Files {
     pub http: Option<Conf>,
     pub ari: Option<Conf>,
     pub extensions: Option<Conf>,
+    /// Read only for the contexts callers start in (and IAX2 trunks): their other settings
+    /// are not audited.
+    pub pjsip_wizard: Option<Conf>,
+    pub iax: Option<Conf>,
+    pub chan_dahdi: Option<Conf>,
 }
 
 impl Files {
@@ -29,6 +34,9 @@ impl Files {
             http: conf::load_from(source, dir, "http.conf"),
             ari: conf::load_from(source, dir, "ari.conf"),
             extensions: conf::load_from(source, dir, "extensions.conf"),
+            pjsip_wizard: conf::load_from(source, dir, "pjsip_wizard.conf"),
+            iax: conf::load_from(source, dir, "iax.conf"),
+            chan_dahdi: conf::load_from(source, dir, "chan_dahdi.conf"),
         }
     }
 }
@@ -70,7 +78,7 @@ const COMMON_PASSWORDS: &[&str] = &[
 ];
 
 /// `ast_true`.
-fn truthy(v: Option<&str>) -> bool {
+pub(crate) fn truthy(v: Option<&str>) -> bool {
     v.is_some_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),
@@ -202,7 +210,13 @@ pub fn check(files: &Files, dir: &Path, clients: &[AmiClientInfo]) -> Vec<Findin
         out.problems(e);
         let plan = dialplan::read(e);
         out.dialplan_problems(&plan);
-        let found = dialplan::rules::check(&plan, files.pjsip.as_ref(), clients, &|p| out.rel(p));
+        let confs = dialplan::rules::ChannelConfs {
+            pjsip: files.pjsip.as_ref(),
+            pjsip_wizard: files.pjsip_wizard.as_ref(),
+            iax: files.iax.as_ref(),
+            chan_dahdi: files.chan_dahdi.as_ref(),
+        };
+        let found = dialplan::rules::check(&plan, confs, clients, &|p| out.rel(p));
         out.findings.extend(found);
     }
     out.findings.extend(dialplan::rules::ami_clients(clients));

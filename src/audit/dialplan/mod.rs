@@ -85,6 +85,9 @@ pub struct Dialplan {
     /// `[globals]`, in order (a later value wins).
     pub globals: Vec<(String, String)>,
     pub problems: Vec<Problem>,
+    /// `globals` by name, the last value of each: `expand` runs on every step's arguments,
+    /// and a large `[globals]` must not make that quadratic.
+    global_values: HashMap<String, String>,
 }
 
 impl Dialplan {
@@ -94,11 +97,7 @@ impl Dialplan {
     }
 
     pub fn global(&self, name: &str) -> Option<&str> {
-        self.globals
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.global_values.get(name).map(String::as_str)
     }
 
     /// `text` with every `${NAME}` of a global variable replaced by its value (one pass, as
@@ -143,10 +142,14 @@ pub fn read(conf: &Conf) -> Dialplan {
     {
         for v in &g.vars {
             let value = plan.expand(&v.value);
+            plan.global_values.insert(v.name.clone(), value.clone());
             plan.globals.push((v.name.clone(), value));
         }
     }
     let mut index: HashMap<String, usize> = HashMap::new();
+    // Per context, across its sections: ast_findlabel_extension2 looks a label up in the
+    // whole context as loaded so far, earlier sections of the same name included.
+    let mut labels: Vec<Labels> = Vec::new();
     for cat in conf.sections().filter(|c| {
         !c.name.eq_ignore_ascii_case("general") && !c.name.eq_ignore_ascii_case("globals")
     }) {
@@ -160,20 +163,26 @@ pub fn read(conf: &Conf) -> Dialplan {
                 switches: Vec::new(),
                 ignorepats: Vec::new(),
             });
+            labels.push(HashMap::new());
             plan.contexts.len() - 1
         });
-        section(&mut plan, i, cat);
+        section(&mut plan, i, cat, &mut labels[i]);
     }
     plan
 }
 
+/// A context's labels: (extension, label) → priority, for a priority given as a label.
+type Labels = HashMap<(String, String), i64>;
+
+/// pbx_config's number for a hint (`PRIORITY_HINT`): it becomes the last priority like any
+/// other, so an `n` right after a hint is 0 and dropped.
+const PRIORITY_HINT: i64 = -1;
+
 /// One section's lines into context `i`. The continuation (`same`, `n`) starts afresh in
-/// each section, as in pbx_config.
-fn section(plan: &mut Dialplan, i: usize, cat: &Category) {
+/// each section, as in pbx_config; labels are the context's.
+fn section(plan: &mut Dialplan, i: usize, cat: &Category, labels: &mut Labels) {
     let mut last_ext: Option<String> = None;
     let mut last_pri: Option<i64> = None;
-    // ast_findlabel_extension2, for a priority given as a label: (extension, label) -> number.
-    let mut labels: HashMap<(String, String), i64> = HashMap::new();
     for v in &cat.vars {
         let problem = |message: String| Problem {
             file: v.file.clone(),
@@ -233,9 +242,15 @@ fn section(plan: &mut Dialplan, i: usize, cat: &Category) {
                 None => (pri, 0),
             };
             let number = match pri {
-                "hint" => None,
+                "hint" => PRIORITY_HINT,
                 "n" | "next" | "s" | "same" => match last_pri {
-                    Some(l) => Some(if pri.starts_with('n') { l + 1 } else { l }),
+                    Some(l) => {
+                        if pri.starts_with('n') {
+                            l + 1
+                        } else {
+                            l
+                        }
+                    }
                     None => {
                         plan.problems.push(problem(format!(
                             "priority `{pri}` on the first line of [{}]; Asterisk skips it",
@@ -247,7 +262,7 @@ fn section(plan: &mut Dialplan, i: usize, cat: &Category) {
                 p => match leading_int(p)
                     .or_else(|| labels.get(&(extension.clone(), p.to_string())).copied())
                 {
-                    Some(n) if n >= 1 => Some(n),
+                    Some(n) if n >= 1 => n,
                     _ => {
                         plan.problems.push(problem(format!(
                             "invalid priority or unknown label `{p}`; Asterisk skips the line"
@@ -262,20 +277,34 @@ fn section(plan: &mut Dialplan, i: usize, cat: &Category) {
                     "{app}( without its closing `)`; Asterisk passes the rest as arguments"
                 )));
             }
+            // `if (ipri)`: a 0 (an `n` after a hint) is dropped without a word, and the last
+            // priority stays what it was.
+            if number == 0 {
+                plan.problems.push(problem(format!(
+                    "priority `{pri}` after a hint is 0: Asterisk drops the line without a warning; number it (or start the extension with 1) after the hint"
+                )));
+                continue;
+            }
             if exten::Exten::parse(&extension).broken {
                 plan.problems.push(problem(format!(
                     "pattern {extension} has a `[` without `]`: it never matches"
                 )));
             }
-            let priority = match number {
-                None => Priority::Hint,
-                Some(n) => {
-                    let n = n.saturating_add(plus);
-                    last_pri = Some(n);
+            let n = number.saturating_add(plus);
+            last_pri = Some(n);
+            let priority = match n {
+                PRIORITY_HINT => Priority::Hint,
+                n if n >= 1 => {
                     if let Some(l) = &label {
                         labels.insert((extension.clone(), l.clone()), n);
                     }
                     Priority::Number(n)
+                }
+                n => {
+                    plan.problems.push(problem(format!(
+                        "priority {n}: Asterisk cannot register it and skips the line"
+                    )));
+                    continue;
                 }
             };
             plan.contexts[i].steps.push(Step {
@@ -407,6 +436,42 @@ pub fn split_args(args: &str, sep: char) -> Vec<&str> {
         }
     }
     out.push(&args[start..]);
+    out
+}
+
+/// The arguments of each call of dialplan function `name` in `text` (`${NAME(…)}`, also
+/// inside `$[…]`; any case, as Asterisk finds functions), up to the matching `)`.
+pub fn function_calls<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+    // ASCII lowercasing keeps byte offsets.
+    let lower = text.to_ascii_lowercase();
+    let needle = format!("{}(", name.to_ascii_lowercase());
+    let mut out = Vec::new();
+    for (i, _) in lower.match_indices(&needle) {
+        let part_of_a_name = lower[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if part_of_a_name {
+            continue;
+        }
+        let start = i + needle.len();
+        let mut depth = 1usize;
+        let mut end = text.len();
+        for (j, c) in text[start..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = start + j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(&text[start..end]);
+    }
     out
 }
 
@@ -580,6 +645,55 @@ mod tests {
     }
 
     #[test]
+    fn a_hint_is_the_last_priority() {
+        // pbx_config: lastpri = PRIORITY_HINT (-1) after a hint, so `n` gives 0 and the line
+        // is dropped without a warning; `s` gives another hint.
+        let p = plan(&[(
+            "extensions.conf",
+            "[c]\nexten => 100,hint,PJSIP/100\n same => n,Dial(PJSIP/100)\n same => n,NoOp\n\
+             exten => 101,hint,PJSIP/101\nexten => 101,1,Dial(PJSIP/101)\n same => n,Hangup\n",
+        )]);
+        let s: Vec<(Priority, usize)> = steps(&p, "c").into_iter().map(|s| (s.1, s.4)).collect();
+        assert_eq!(
+            s,
+            [
+                (Priority::Hint, 2),
+                (Priority::Hint, 5),
+                (Priority::Number(1), 6),
+                (Priority::Number(2), 7)
+            ]
+        );
+        let lines: Vec<usize> = p.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 4], "{:?}", p.problems);
+        assert!(p.problems[0].message.contains("after a hint is 0"));
+    }
+
+    #[test]
+    fn labels_are_looked_up_in_the_whole_context() {
+        // ast_findlabel_extension2 searches the context as loaded so far, earlier sections of
+        // the same name too; not other contexts, not other extensions.
+        let p = plan(&[(
+            "extensions.conf",
+            "[c]\nexten => 200,1(start),Wait(1)\n[d]\nexten => 200,1,NoOp\n\
+             [c]\nexten => 200,start+1,Hangup()\nexten => 300,start,NoOp\n\
+             [d]\nexten => 200,start,NoOp\n",
+        )]);
+        let s: Vec<(String, Priority, usize)> = steps(&p, "c")
+            .into_iter()
+            .map(|s| (s.0, s.1, s.4))
+            .collect();
+        assert_eq!(
+            s,
+            [
+                ("200".to_string(), Priority::Number(1), 2),
+                ("200".to_string(), Priority::Number(2), 6)
+            ]
+        );
+        let lines: Vec<usize> = p.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [7, 9], "{:?}", p.problems);
+    }
+
+    #[test]
     fn argument_splitting() {
         assert_eq!(
             split_args("$[${X} = 1]?a,b,1:c,d,1", '?'),
@@ -588,5 +702,15 @@ mod tests {
         assert_eq!(split_args("ctx,s,1(a,b)", ','), ["ctx", "s", "1(a,b)"]);
         assert_eq!(split_args("a\\,b,c", ','), ["a\\,b", "c"]);
         assert_eq!(split_args("", ','), [""]);
+    }
+
+    #[test]
+    fn function_arguments() {
+        assert_eq!(
+            function_calls("${EVAL_SUB(a,s,1(${X}))} $[${eval_sub(b,1,1)}]", "EVAL_SUB"),
+            ["a,s,1(${X})", "b,1,1"]
+        );
+        assert!(function_calls("${MY_EVAL_SUB(a,s,1)}", "EVAL_SUB").is_empty());
+        assert_eq!(function_calls("${SHELL(unclosed", "shell"), ["unclosed"]);
     }
 }

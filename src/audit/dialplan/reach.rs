@@ -2,23 +2,34 @@
 //! `context=`, a context an AMI client may originate into): every extension of the entry's
 //! context and of the contexts it includes (transitively), and what those jump to with a
 //! context named literally — `Goto`, `GotoIf`, `GotoIfTime`, `Gosub`, `GosubIf`, `DISA`, the
-//! `Originate` application and `Local/exten@context` channels in any application's arguments;
-//! `Background` and `WaitExten` let the caller's digits pick any extension of their context.
-//! A jump to a literal extension reaches the extensions whose pattern matches it; one whose
-//! extension holds a variable reaches those that can start with its literal beginning. Jumps
-//! whose context is a channel variable are not followed (globals are substituted). Breadth
-//! first, each context or extension once, so cycles end; the first path found is kept to
-//! explain a finding.
+//! `Originate` application, those wrapped in `Exec`/`TryExec`/`ExecIf`, the places `Dial` and
+//! `Queue` options name, hangup handlers, `EVAL_SUB`/`EVAL_EXTEN`, `Loopback` switches and
+//! `Local/exten@context` channels in any application's arguments; `Background` and
+//! `WaitExten` let the caller's digits pick any extension of their context, and a context a
+//! call enters also runs its `h`, `i`, `t`, `T`, `e`. A jump to a literal extension reaches
+//! the extensions whose pattern matches it; one whose extension holds a variable reaches those
+//! that can start with its literal beginning. Jumps whose context is a channel variable are
+//! not followed (globals are substituted). Breadth first, each context or extension once, so
+//! cycles end; the first path found is kept to explain a finding.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 use super::exten::Exten;
-use super::{split_args, Dialplan, Priority, Step};
+use super::{application, function_calls, split_args, Dialplan, Priority, Step};
 
-/// Pattern tests spent on resolving jump targets before falling back to whole contexts (a
-/// coarser answer, never a missed one): bounds the work on a hostile tree.
-const MATCH_BUDGET: usize = 1_000_000;
+/// Characters of extension names walked while resolving jump targets, over every [`Reach`]
+/// built on one [`Index`], before a jump falls back to its whole context (a coarser answer,
+/// never a missed one): bounds the work on a hostile tree, however long its names.
+const MATCH_BUDGET: usize = 20_000_000;
+
+/// How deep `ExecIf(…?Exec(…))` wrappers are unwrapped.
+const MAX_WRAP: usize = 4;
+
+/// The extensions Asterisk runs by itself in the context a call is in (`__ast_pbx_run`):
+/// hangup, invalid, response timeout, absolute timeout, exception.
+const SPECIAL: [&str; 5] = ["h", "i", "t", "T", "e"];
 
 /// Where callers come in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,20 +61,22 @@ enum Via {
     },
 }
 
-pub struct Reach<'p> {
+/// The dialplan parsed once for any number of [`Reach`] runs (the guest check runs one per
+/// guest context); the match budget is shared by all of them.
+pub struct Index<'p> {
     plan: &'p Dialplan,
-    entries: Vec<Entry>,
     index: HashMap<&'p str, usize>,
     /// Each context's extension names, once each, parsed, with the indexes of their steps.
     extens: Vec<Vec<(String, Exten, Vec<usize>)>>,
     /// Per context: extension name → its place in `extens`.
     ext_at: Vec<HashMap<String, usize>>,
-    seen: HashMap<Node, (Option<Node>, Via)>,
-    budget: usize,
+    /// Per context: what testing a string against all its names costs at most (characters).
+    cost: Vec<usize>,
+    budget: Cell<usize>,
 }
 
-impl<'p> Reach<'p> {
-    pub fn new(plan: &'p Dialplan, entries: &[Entry]) -> Reach<'p> {
+impl<'p> Index<'p> {
+    pub fn new(plan: &'p Dialplan) -> Index<'p> {
         let mut index = HashMap::new();
         for (i, c) in plan.contexts.iter().enumerate() {
             index.entry(c.name.as_str()).or_insert(i);
@@ -84,9 +97,8 @@ impl<'p> Reach<'p> {
                 out
             })
             .collect();
-        let mut r = Reach {
+        Index {
             plan,
-            entries: entries.to_vec(),
             index,
             ext_at: extens
                 .iter()
@@ -97,18 +109,42 @@ impl<'p> Reach<'p> {
                         .collect()
                 })
                 .collect(),
+            cost: extens
+                .iter()
+                .map(|e| e.iter().map(|(name, _, _)| name.len() + 1).sum())
+                .collect(),
             extens,
+            budget: Cell::new(MATCH_BUDGET),
+        }
+    }
+
+    pub fn plan(&self) -> &'p Dialplan {
+        self.plan
+    }
+}
+
+pub struct Reach<'a> {
+    idx: &'a Index<'a>,
+    entries: Vec<Entry>,
+    seen: HashMap<Node, (Option<Node>, Via)>,
+}
+
+impl<'a> Reach<'a> {
+    pub fn new(idx: &'a Index<'a>, entries: &[Entry]) -> Reach<'a> {
+        let mut r = Reach {
+            idx,
+            entries: entries.to_vec(),
             seen: HashMap::new(),
-            budget: MATCH_BUDGET,
         };
         r.run();
         r
     }
 
     fn run(&mut self) {
+        let idx = self.idx;
         let mut queue = VecDeque::new();
         for (i, e) in self.entries.iter().enumerate() {
-            if let Some(&c) = self.index.get(e.context.as_str()) {
+            if let Some(&c) = idx.index.get(e.context.as_str()) {
                 let node = Node::Whole(c);
                 if !self.seen.contains_key(&node) {
                     self.seen.insert(node.clone(), (None, Via::Entry(i)));
@@ -117,7 +153,7 @@ impl<'p> Reach<'p> {
             }
         }
         while let Some(node) = queue.pop_front() {
-            let plan = self.plan;
+            let plan = idx.plan;
             let (c, only) = match &node {
                 Node::Whole(c) => (*c, None),
                 Node::Ext(c, e) => (*c, Some(e.clone())),
@@ -126,7 +162,7 @@ impl<'p> Reach<'p> {
             let mut next: Vec<(Node, Via)> = Vec::new();
             if only.is_none() {
                 for inc in &ctx.includes {
-                    if let Some(&t) = self.index.get(inc.context.as_str()) {
+                    if let Some(&t) = idx.index.get(inc.context.as_str()) {
                         next.push((
                             Node::Whole(t),
                             Via::Include {
@@ -136,14 +172,32 @@ impl<'p> Reach<'p> {
                         ));
                     }
                 }
+                // `switch => Loopback/exten@context`: a lookup here that finds nothing is
+                // answered from the other context, any extension of it.
+                for sw in ctx
+                    .switches
+                    .iter()
+                    .filter(|s| s.module.trim().eq_ignore_ascii_case("loopback"))
+                {
+                    if let Some(&t) = loopback_context(&sw.data).and_then(|t| idx.index.get(t)) {
+                        next.push((
+                            Node::Whole(t),
+                            Via::Jump {
+                                app: "switch => Loopback".into(),
+                                file: sw.file.clone(),
+                                line: sw.line,
+                            },
+                        ));
+                    }
+                }
             }
             // An extension's own steps, through the index: a context with many extensions
             // reached one by one stays linear.
             let steps: Vec<usize> = match &only {
                 None => (0..ctx.steps.len()).collect(),
-                Some(e) => self.ext_at[c]
+                Some(e) => idx.ext_at[c]
                     .get(e)
-                    .map(|&k| self.extens[c][k].2.clone())
+                    .map(|&k| idx.extens[c][k].2.clone())
                     .unwrap_or_default(),
             };
             for step in steps.into_iter().map(|i| &ctx.steps[i]) {
@@ -173,16 +227,37 @@ impl<'p> Reach<'p> {
     }
 
     /// Where `step` (in context `c`) sends the call.
-    fn jumps(&mut self, c: usize, step: &Step) -> Vec<Node> {
+    fn jumps(&self, c: usize, step: &Step) -> Vec<Node> {
         if step.priority == Priority::Hint {
             return Vec::new();
         }
-        let args = self.plan.expand(&step.args);
+        let args = self.idx.plan.expand(&step.args);
         let mut out = Vec::new();
-        match step.app.trim().to_ascii_lowercase().as_str() {
-            "goto" | "gosub" => out.extend(self.label(c, &args)),
+        self.app_jumps(c, step.app.trim(), &args, 0, &mut out);
+        // Functions that run another place of the dialplan: EVAL_SUB runs it as a Gosub,
+        // EVAL_EXTEN substitutes its priority's arguments (a `${SHELL(…)}` there runs).
+        for f in ["EVAL_SUB", "EVAL_EXTEN"] {
+            for a in function_calls(&args, f) {
+                out.extend(self.label(c, a));
+            }
+        }
+        for (ext, ctx) in local_channels(&args) {
+            out.extend(self.target(ctx, ext));
+        }
+        out
+    }
+
+    /// The jumps of application `app` with (expanded) arguments `args`, wrappers unwrapped.
+    fn app_jumps(&self, c: usize, app: &str, args: &str, depth: usize, out: &mut Vec<Node>) {
+        if depth > MAX_WRAP {
+            return;
+        }
+        let parts = split_args(args, ',');
+        let part = |i: usize| parts.get(i).map_or("", |s| s.trim());
+        match app.trim().to_ascii_lowercase().as_str() {
+            "goto" | "gosub" => out.extend(self.label(c, args)),
             "gotoif" | "gotoiftime" | "gosubif" => {
-                let parts = split_args(&args, '?');
+                let parts = split_args(args, '?');
                 if let Some(labels) = parts.get(1) {
                     for l in split_args(labels, ':') {
                         out.extend(self.label(c, l));
@@ -194,31 +269,89 @@ impl<'p> Reach<'p> {
             // Direct inward system access: a dial tone into the named context (`disa` when
             // none is named).
             "disa" => {
-                let parts = split_args(&args, ',');
-                let ctx = parts.get(1).map_or("", |s| s.trim());
-                let ctx = if ctx.is_empty() { "disa" } else { ctx };
+                let ctx = if part(1).is_empty() { "disa" } else { part(1) };
                 if !ctx.contains('$') {
-                    if let Some(&t) = self.index.get(ctx) {
+                    if let Some(&t) = self.idx.index.get(ctx) {
                         out.push(Node::Whole(t));
                     }
                 }
             }
+            // Originate(chan,exten,context[,exten[,priority]]) or (chan,app,name[,data]);
+            // b()/B() in its options are pre-dial Gosubs.
             "originate" => {
-                let parts = split_args(&args, ',');
-                if parts.len() >= 4 && parts[1].trim().eq_ignore_ascii_case("exten") {
-                    out.extend(self.target(parts[2], parts[3]));
+                match part(1).to_ascii_lowercase().as_str() {
+                    "exten" => {
+                        let ext = if part(3).is_empty() { "s" } else { part(3) };
+                        out.extend(self.target(part(2), ext));
+                    }
+                    // The data is one argument: its commas come escaped.
+                    "app" => {
+                        let data = part(3).replace("\\,", ",");
+                        self.app_jumps(c, part(2), &data, depth + 1, out)
+                    }
+                    _ => {}
+                }
+                self.option_jumps(c, part(6), "bB", out);
+            }
+            // Exec(App(args)), TryExec(App(args)), ExecIf(expr?App(args)[:App(args)]).
+            "exec" | "tryexec" => {
+                let (a, d, _) = application(args);
+                self.app_jumps(c, &a, &d, depth + 1, out);
+            }
+            "execif" => {
+                let parts = split_args(args, '?');
+                if let Some(apps) = parts.get(1) {
+                    for inner in split_args(apps, ':') {
+                        let (a, d, _) = application(inner);
+                        self.app_jumps(c, &a, &d, depth + 1, out);
+                    }
+                }
+            }
+            // Dial(chans,timeout,options): b(), B(), F(), G() name a place, U() a
+            // subroutine context (its `s`).
+            "dial" => self.option_jumps(c, part(2), "bBFGU", out),
+            // Queue(name,options,URL,announce,timeout,AGI,gosub,…): b(), B(), F(); the
+            // gosub argument is a context (its `s`).
+            "queue" => {
+                self.option_jumps(c, part(1), "bBF", out);
+                if !part(6).is_empty() {
+                    out.extend(self.target(part(6), "s"));
+                }
+            }
+            // Set(CHANNEL(hangup_handler_push)=ctx,exten,pri(args)): runs at hangup.
+            "set" => {
+                if let Some((name, value)) = args.split_once('=') {
+                    let name = name.trim().to_ascii_lowercase().replace(' ', "");
+                    if name.starts_with("channel(hangup_handler_") && !value.trim().is_empty() {
+                        out.extend(self.label(c, value));
+                    }
                 }
             }
             _ => {}
         }
-        for (ext, ctx) in local_channels(&args) {
-            out.extend(self.target(ctx, ext));
+    }
+
+    /// The places named in an application's options (`letters` are those that name one):
+    /// `[[context^]exten^]priority`, or for `U` a context.
+    fn option_jumps(&self, c: usize, options: &str, letters: &str, out: &mut Vec<Node>) {
+        for (letter, arg) in app_options(options) {
+            let Some(arg) = arg.filter(|a| !a.trim().is_empty()) else {
+                continue;
+            };
+            if !letters.contains(letter) {
+                continue;
+            }
+            if letter == 'U' {
+                let ctx = arg.split('^').next().unwrap_or("");
+                out.extend(self.target(ctx, "s"));
+            } else {
+                out.extend(self.label(c, &arg.replace('^', ",")));
+            }
         }
-        out
     }
 
     /// `[[context,]extension,]priority`, as Goto and Gosub take it.
-    fn label(&mut self, c: usize, label: &str) -> Vec<Node> {
+    fn label(&self, c: usize, label: &str) -> Vec<Node> {
         let parts = split_args(label, ',');
         match parts.len() {
             0 | 1 => Vec::new(),
@@ -227,19 +360,28 @@ impl<'p> Reach<'p> {
         }
     }
 
-    fn target(&mut self, ctx: &str, ext: &str) -> Vec<Node> {
+    /// Extension `ext` of context `ctx`, and the extensions Asterisk runs there by itself
+    /// once the call is in it (`h` at hangup, `i`, `t`, `T`, `e`).
+    fn target(&self, ctx: &str, ext: &str) -> Vec<Node> {
         let ctx = ctx.trim();
         if ctx.contains('$') {
             return Vec::new();
         }
-        match self.index.get(ctx) {
-            Some(&c) => self.lookup(c, ext.trim()),
-            None => Vec::new(),
+        let Some(&c) = self.idx.index.get(ctx) else {
+            return Vec::new();
+        };
+        let mut out = self.lookup(c, ext.trim());
+        if !out.contains(&Node::Whole(c)) {
+            for s in SPECIAL {
+                out.extend(self.lookup(c, s));
+            }
         }
+        out
     }
 
     /// The extensions of `c` and of what it includes that `ext` selects.
-    fn lookup(&mut self, c: usize, ext: &str) -> Vec<Node> {
+    fn lookup(&self, c: usize, ext: &str) -> Vec<Node> {
+        let idx = self.idx;
         let (text, prefix_only) = match ext.find('$') {
             Some(0) => return vec![Node::Whole(c)],
             Some(i) => (&ext[..i], true),
@@ -252,11 +394,11 @@ impl<'p> Reach<'p> {
             if !visited.insert(k) {
                 continue;
             }
-            if self.budget < self.extens[k].len() {
+            let Some(left) = idx.budget.get().checked_sub(idx.cost[k]) else {
                 return vec![Node::Whole(c)];
-            }
-            self.budget -= self.extens[k].len();
-            for (name, e, _) in &self.extens[k] {
+            };
+            idx.budget.set(left);
+            for (name, e, _) in &idx.extens[k] {
                 let hit = if prefix_only {
                     e.may_start_with(text)
                 } else {
@@ -266,8 +408,8 @@ impl<'p> Reach<'p> {
                     out.push(Node::Ext(k, name.clone()));
                 }
             }
-            for inc in self.plan.contexts[k].includes.iter().rev() {
-                if let Some(&t) = self.index.get(inc.context.as_str()) {
+            for inc in idx.plan.contexts[k].includes.iter().rev() {
+                if let Some(&t) = idx.index.get(inc.context.as_str()) {
                     stack.push(t);
                 }
             }
@@ -289,14 +431,15 @@ impl<'p> Reach<'p> {
     /// How a caller gets to `step` of context `c`: `endpoint 1001 → [phones] → include =>
     /// [internal] (extensions.conf:7)`; `rel` names files as findings do.
     pub fn path(&self, c: usize, step: &Step, rel: &dyn Fn(&Path) -> String) -> Option<String> {
+        let plan = self.idx.plan;
         let mut node = self.node_of(c, step)?;
         let mut hops = Vec::new();
         // The BFS tree has no cycles; the bound is only a guard.
         for _ in 0..=self.seen.len() {
             let (parent, via) = self.seen.get(&node)?;
             let here = match &node {
-                Node::Whole(c) => format!("[{}]", self.plan.contexts[*c].name),
-                Node::Ext(c, e) => format!("[{}] {e}", self.plan.contexts[*c].name),
+                Node::Whole(c) => format!("[{}]", plan.contexts[*c].name),
+                Node::Ext(c, e) => format!("[{}] {e}", plan.contexts[*c].name),
             };
             match via {
                 Via::Entry(i) => {
@@ -322,6 +465,47 @@ impl<'p> Reach<'p> {
         hops.reverse();
         Some(hops.join(" → "))
     }
+}
+
+/// The context a `switch => Loopback/[exten]@context[:priority][/pattern]` sends lookups to
+/// (pbx_loopback's `loopback_parse`); none without `@` (the same context, which it refuses)
+/// or when it holds a variable.
+fn loopback_context(data: &str) -> Option<&str> {
+    let head = data.split('/').next().unwrap_or("");
+    let (_, ctx) = head.split_once('@')?;
+    let ctx = ctx.split(':').next().unwrap_or("").trim();
+    (!ctx.is_empty() && !ctx.contains('$')).then_some(ctx)
+}
+
+/// An application's options as `ast_app_parse_options` reads them: a letter, optionally
+/// followed by `(argument)` (nested parentheses kept).
+pub(crate) fn app_options(options: &str) -> Vec<(char, Option<&str>)> {
+    let mut out = Vec::new();
+    let mut chars = options.char_indices().peekable();
+    while let Some((_, letter)) = chars.next() {
+        if chars.peek().map(|&(_, c)| c) != Some('(') {
+            out.push((letter, None));
+            continue;
+        }
+        let Some((open, _)) = chars.next() else { break };
+        let mut depth = 1usize;
+        let mut end = options.len();
+        for (i, c) in chars.by_ref() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push((letter, Some(&options[open + 1..end])));
+    }
+    out
 }
 
 /// `Local/exten@context` channels (context `default` when none is named), each as
@@ -361,8 +545,9 @@ mod tests {
 
     /// (context, line) of every reachable step.
     fn reached(p: &Dialplan, entry: &str) -> Vec<(String, usize)> {
+        let idx = Index::new(p);
         let r = Reach::new(
-            p,
+            &idx,
             &[Entry {
                 label: "endpoint x".into(),
                 context: entry.into(),
@@ -431,7 +616,8 @@ mod tests {
                 "admin:14",
                 "sub:16",
                 "loc:18",
-                "gs-inc:23"
+                "gs-inc:23",
+                "gs-inc:24"
             ]
         );
         // Started elsewhere, the jump reaches exactly the extension named.
@@ -440,8 +626,9 @@ mod tests {
              exten => 2,n,Goto(1,1)\n",
         );
         assert_eq!(names(&reached(&p2, "e")), ["e:2", "t:4", "t:5", "t:6"]);
+        let idx = Index::new(&p2);
         let r = Reach::new(
-            &p2,
+            &idx,
             &[Entry {
                 label: "endpoint 9".into(),
                 context: "e".into(),
@@ -495,6 +682,88 @@ mod tests {
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
         assert_eq!(got.len(), n + 2, "every step of [in] and [big]");
         assert!(got.iter().all(|(c, _)| c != "other"));
+    }
+
+    #[test]
+    fn wrapped_jumps_options_handlers_and_functions() {
+        let mut all = String::from(
+            "[in]\n\
+             exten => 1,1,ExecIf($[${X} = 1]?Goto(a,s,1):Gosub(b,s,1(x)))\n\
+             exten => 2,1,TryExec(Exec(Goto(c,s,1)))\n\
+             exten => 3,1,Dial(PJSIP/x,30,tU(d^arg)G(e^s^1)b(f^s^1(a^b)))\n\
+             exten => 4,1,Dial(PJSIP/x,,F(g^s^1)B(h^s^1))\n\
+             exten => 5,1,Queue(q,tb(i^s^1),,,30,agi://x,j)\n\
+             exten => 6,1,Set(CHANNEL(hangup_handler_push)=k,s,1(a))\n\
+             exten => 7,1,Set(X=${EVAL_SUB(l,s,1)}${EVAL_EXTEN(m,s,1)})\n\
+             exten => 8,1,Originate(PJSIP/x,exten,n)\n\
+             exten => 9,1,Originate(PJSIP/x,app,Goto,o\\,s\\,1)\n\
+             exten => 10,1,Dial(PJSIP/x,30,tr)\n\
+             exten => 11,1,Set(Y=CHANNEL(hangup_handler_push))\n",
+        );
+        // Each target context: `s` is reached, `1` is not; [z] is named by nothing.
+        for c in "abcdefghijklmnoz".chars() {
+            all.push_str(&format!("[{c}]\nexten => s,1,NoOp\nexten => 1,1,NoOp\n"));
+        }
+        let p = plan(&all);
+        let got: Vec<String> = reached(&p, "in")
+            .into_iter()
+            .filter(|(c, _)| c != "in")
+            .map(|(c, l)| format!("{c}:{l}"))
+            .collect();
+        let want: Vec<String> = "abcdefghijklmno"
+            .chars()
+            .enumerate()
+            .map(|(i, c)| format!("{c}:{}", 14 + 3 * i))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_context_jumped_into_runs_its_own_special_extensions() {
+        // __ast_pbx_run runs h (hangup), i, t, T, e in the channel's current context.
+        let p = plan(
+            "[in]\nexten => 1,1,Goto(t,s,1)\n\
+             [t]\nexten => s,1,NoOp\nexten => h,1,System(a)\nexten => i,1,NoOp\n\
+             exten => t,1,NoOp\nexten => T,1,NoOp\nexten => e,1,NoOp\nexten => 5,1,NoOp\n\
+             include => t-inc\n\
+             [t-inc]\nexten => h,1,NoOp\nexten => 6,1,NoOp\n",
+        );
+        assert_eq!(
+            names(&reached(&p, "in")),
+            ["in:2", "t:4", "t:5", "t:6", "t:7", "t:8", "t:9", "t-inc:13"]
+        );
+        // A jump inside a context does not add the specials of another one.
+        let p =
+            plan("[in]\nexten => 1,1,Goto(2,1)\nexten => 2,1,NoOp\n[other]\nexten => h,1,NoOp\n");
+        assert_eq!(names(&reached(&p, "in")), ["in:2", "in:3"]);
+    }
+
+    #[test]
+    fn loopback_switches_are_followed() {
+        let p = plan(
+            "[in]\nswitch => Loopback/${EXTEN}@out:1/_9X.\n\
+             [out]\nexten => _X.,1,System(x)\n\
+             [same]\nswitch => Loopback/${EXTEN}\nswitch => Realtime/x@y\n[y]\nexten => 1,1,NoOp\n",
+        );
+        assert_eq!(names(&reached(&p, "in")), ["out:4"]);
+        assert!(reached(&p, "same").is_empty());
+        assert_eq!(loopback_context("1@ctx:2/_X."), Some("ctx"));
+        assert_eq!(loopback_context("${EXTEN}@${CTX}"), None);
+    }
+
+    #[test]
+    fn application_options() {
+        assert_eq!(
+            app_options("tU(sub^a(b))G(c^s^1)r"),
+            [
+                ('t', None),
+                ('U', Some("sub^a(b)")),
+                ('G', Some("c^s^1")),
+                ('r', None)
+            ]
+        );
+        assert_eq!(app_options("b(open"), [('b', Some("open"))]);
+        assert!(app_options("").is_empty());
     }
 
     #[test]
