@@ -821,6 +821,8 @@ starttls = "maybe"
             .replace("init_if_missing = false", "init_if_missing = true");
         let cfg = parse(&prod).unwrap();
         assert!(cfg.http.as_ref().is_some_and(|h| h.tls.is_some()));
+        // The shipped [dialing] section spells out the built-in defaults, sources and all.
+        assert_eq!(cfg.dialing, DialingConfig::default());
         let dev = parse(include_str!("../etc/pbxguard.dev.toml")).unwrap();
         assert!(dev.daemon.init_if_missing);
         assert!(dev.http.is_some_and(|h| h.listen.ip().is_loopback()));
