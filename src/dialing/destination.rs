@@ -176,8 +176,9 @@ fn one_channel(channel: &str) -> Vec<ChannelTarget> {
         context,
     };
     if tech.eq_ignore_ascii_case("local") {
-        // Local/EXTEN@CONTEXT[/options]
-        let body = rest.split('/').next().unwrap_or("");
+        // Local/EXTEN@CONTEXT[/options], read as core_local.c `local_alloc` does: the options
+        // follow the LAST `/` (an extension may hold slashes), the context the first `@`.
+        let body = rest.rsplit_once('/').map_or(rest, |(before, _)| before);
         return vec![match body.split_once('@') {
             Some((e, c)) => target(e, Some(c.to_string())),
             // No context: Local channels use `default`.
@@ -374,6 +375,15 @@ mod tests {
         assert_eq!(
             channel_targets("DAHDI/g1/0088212345"),
             vec![target("DAHDI", Some("0088212345"), None)]
+        );
+        // Slashes belong to the extension; only what follows the last one is options.
+        assert_eq!(
+            channel_targets("Local/00/88212345@out/n"),
+            vec![target("Local", Some("00/88212345"), Some("out"))]
+        );
+        assert_eq!(
+            channel_targets("Local/00/88212345@out"),
+            vec![target("Local", Some("00"), Some("default"))]
         );
         assert_eq!(
             channel_targets("local/1@sales"),
