@@ -155,6 +155,16 @@ fn attempt(env: &Env, agent: &str) -> Attempt {
 }
 
 /// Logs in over and over from `threads` threads until `stop` is set.
+/// Stops the load when dropped: an assertion failing inside a `thread::scope` then fails the
+/// test instead of waiting for ever on load threads nobody stops.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn login_load(env: &Env, threads: usize, stop: &AtomicBool, tag: &str) -> Vec<Attempt> {
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -385,6 +395,7 @@ fn failing_writes_under_concurrent_logins_lose_no_acknowledged_login() {
     let stop = AtomicBool::new(false);
     let mut fault = (Instant::now(), Instant::now());
     let attempts = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let load = s.spawn(|| login_load(&env, 3, &stop, "load"));
         std::thread::sleep(Duration::from_secs(1));
         std::fs::write(&control, b"").unwrap();
@@ -488,6 +499,7 @@ fn kill_9_under_write_load_keeps_every_acknowledged_write() {
     let stop = AtomicBool::new(false);
     let mut killed_at = Instant::now();
     let (attempts, sets) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let load = s.spawn(|| login_load(&env, 3, &stop, "load"));
         let setters: Vec<_> = (0..2)
             .map(|t| {
