@@ -1803,3 +1803,134 @@ fn a_blind_transfer_to_a_denied_range_gets_403_and_the_call_stays_up() {
         "{rows:?}"
     );
 }
+
+/// `lines` with a fresh Via branch and CSeq `cseq`: another INVITE of the same Call-ID and
+/// From tag, which pjsip would take for a new dialog.
+fn same_call_again(lines: &[String], cseq: u32) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            if l.starts_with("Via: ") {
+                format!(
+                    "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+                    rnd()
+                )
+            } else if l.starts_with("CSeq: ") {
+                format!("CSeq: {cseq} INVITE")
+            } else {
+                l.clone()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_repeated_invite_or_a_fake_cancel_frees_no_slot_and_a_bye_answered_481_does() {
+    let e = Edge::start(&dialing(
+        "max_concurrent_calls = 1\nmax_call_attempts_per_minute = 0",
+    ));
+    let mut a = e.client();
+    assert_eq!(e.register(&mut a, "1001", "pw1001").status(), Some(200));
+    let first = dial(&mut a, "1001", "slow");
+    assert_eq!(answer_of(&mut a, &first).status(), Some(180));
+    // The same Call-ID and From tag with a new branch and CSeq, to a number that does not
+    // exist: refused here (a second dialog at pjsip, counted nowhere), and its failure does
+    // not end the ringing call's slot.
+    let repeated = same_call_again(&first, 2);
+    a.send(&request(
+        "INVITE sip:4444@pbx.test SIP/2.0",
+        &repeated,
+        &sdp_sdes(&sdes_key()),
+    ));
+    let loop_detected = a.final_response(T).expect("an answer");
+    assert_eq!(loop_detected.status(), Some(482), "{loop_detected:?}");
+    assert_eq!(loop_detected.header("CSeq"), Some("2 INVITE"));
+    ack_failure(&mut a, "4444", &repeated, &loop_detected);
+    assert_eq!(invites_seen(&e, &first), 1, "{:?}", e.peer.received());
+    // A CANCEL of the call with a branch Asterisk knows nothing of: 481, and the INVITE rings
+    // on, still counted.
+    let uri = "sip:slow@pbx.test";
+    let fake = format!(
+        "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+        rnd()
+    );
+    a.send(&in_call(
+        "CANCEL",
+        uri,
+        &first,
+        &format!("<{uri}>"),
+        &fake,
+        1,
+    ));
+    let unknown = a.final_response(T).expect("an answer to the CANCEL");
+    assert_eq!(unknown.status(), Some(481), "{unknown:?}");
+    let second = dial(&mut a, "1001", "slow");
+    let busy = answer_of(&mut a, &second);
+    assert_refused(&busy, 486, "max_concurrent_calls");
+    ack_failure(&mut a, "slow", &second, &busy);
+    // The real CANCEL frees it.
+    cancel(&mut a, "slow", &first);
+    let metrics = e.env.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("pbxguard_sip_client_messages_total{result=\"repeated_invite\"} 1"),
+        "{metrics}"
+    );
+
+    // An answered call whose dialog Asterisk no longer knows (after a restart; here the
+    // stand-in, which keeps one dialog per Call-ID, forgets it when another phone's INVITE
+    // reuses the Call-ID and fails): the phone's BYE gets 481, which ends the dialog (RFC 3261
+    // §15.1.1), and the slot with it.
+    let answered = dial(&mut a, "1001", "1002");
+    let mut ok = answer_of(&mut a, &answered);
+    while ok.status() == Some(180) {
+        ok = answer_of(&mut a, &answered);
+    }
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let target = ok
+        .header("Contact")
+        .and_then(|v| v.trim_start_matches('<').split('>').next())
+        .unwrap()
+        .to_string();
+    let to = ok.header("To").unwrap().to_string();
+    let via = || {
+        format!(
+            "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bK{};rport",
+            rnd()
+        )
+    };
+    a.send(&in_call("ACK", &target, &answered, &to, &via(), 1));
+    let mut b = e.client();
+    let mut other = base_headers(
+        "INVITE",
+        "1003",
+        "busy",
+        "TLS",
+        line(&answered, "Call-ID"),
+        1,
+    );
+    other.push("Content-Type: application/sdp".into());
+    b.send(&request(
+        "INVITE sip:busy@pbx.test SIP/2.0",
+        &other,
+        &sdp_sdes(&sdes_key()),
+    ));
+    let gone = b.final_response(T).expect("an answer");
+    assert_eq!(gone.status(), Some(486), "{gone:?}");
+    ack_failure(&mut b, "busy", &other, &gone);
+    // Still counted until the BYE.
+    let third = dial(&mut a, "1001", "slow");
+    let busy = answer_of(&mut a, &third);
+    assert_refused(&busy, 486, "max_concurrent_calls");
+    ack_failure(&mut a, "slow", &third, &busy);
+    a.send(&in_call("BYE", &target, &answered, &to, &via(), 2));
+    let bye = loop {
+        let m = a.final_response(T).expect("an answer to the BYE");
+        if m.header("CSeq") == Some("2 BYE") {
+            break m;
+        }
+    };
+    assert_eq!(bye.status(), Some(481), "{bye:?}");
+    let next = dial(&mut a, "1001", "slow");
+    assert_eq!(answer_of(&mut a, &next).status(), Some(180));
+    cancel(&mut a, "slow", &next);
+}

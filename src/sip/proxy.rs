@@ -336,18 +336,32 @@ impl Edge {
         else {
             return;
         };
+        let parsed = Message::parse(request).ok();
+        let call = parsed.as_ref().and_then(|m| {
+            let key = CallKey::of_caller(m)?;
+            let (cseq, method) = m.cseq()?;
+            Some((
+                key,
+                cseq,
+                method,
+                m.to().and_then(|t| t.tag().map(str::to_owned)),
+            ))
+        });
         if invite {
             // The client's ACK for our 408 is ours too.
             if let Some(b) = &client_branch {
                 self.absorb_ack_for(b);
             }
             // The 408 is the INVITE's final answer.
-            if let Some(key) = Message::parse(request)
-                .ok()
-                .and_then(|m| CallKey::of_caller(&m))
-            {
-                self.dial_slots.answered(&self.ctx.dialing, &key, 408, now);
+            if let Some((key, cseq, _, _)) = &call {
+                self.dial_slots
+                    .answered(&self.ctx.dialing, key, *cseq, 408, None, now);
             }
+        }
+        if let Some((key, _, Method::Bye, tag)) = &call {
+            // A BYE nobody answered ends the dialog for the phone (RFC 3261 §15.1.1).
+            self.dial_slots
+                .bye_answered(&self.ctx.dialing, key, tag.as_deref(), 408);
         }
         if flow.binding.is_some() {
             resp = self.renumber_timeout(&flow, request, resp);
@@ -755,15 +769,27 @@ impl Edge {
     /// A phone's new call takes a slot in its extension's limits (the same call again keeps
     /// the one it has); `false` when it was refused, and answered.
     fn place_call(&self, flow: &Flow, msg: &Message, now: Instant) -> bool {
-        let Some(key) = CallKey::of_caller(msg) else {
-            // The parser requires Call-ID and From: not reached.
+        let (Some(key), Some(mut attempt)) = (CallKey::of_caller(msg), CallKey::attempt(msg))
+        else {
+            // The parser requires Call-ID, From and CSeq: not reached.
             return true;
         };
+        if flow.binding.is_some() {
+            // Asterisk sees the CSeq the edge renumbers it to (renumber_for_edge_auth).
+            let offset = flow.calls().offset(&key.call_id);
+            attempt.cseq = attempt.cseq.saturating_add(offset);
+        }
         let offender = dial::offender(flow, msg);
         let limits = self.ctx.dialing.limits();
-        let started =
-            self.dial_slots
-                .start(&self.ctx.dialing, &offender, key, flow.id, limits, now);
+        let started = self.dial_slots.start(
+            &self.ctx.dialing,
+            &offender,
+            key,
+            attempt,
+            flow.id,
+            limits,
+            now,
+        );
         match started {
             Ok(()) => true,
             Err(NoSlot::Limited(limited)) => {
@@ -779,6 +805,11 @@ impl Edge {
             }
             Err(NoSlot::Merged) => {
                 self.count_client("merged");
+                self.answer(flow, msg, 482, "Loop Detected", &[]);
+                false
+            }
+            Err(NoSlot::Repeated) => {
+                self.count_client("repeated_invite");
                 self.answer(flow, msg, 482, "Loop Detected", &[]);
                 false
             }
@@ -1254,11 +1285,14 @@ impl Edge {
         if method == Some(Method::Register) {
             self.registered(&branch, flow_id, status);
         }
-        // The phone's calls, whether or not its connection is still there: a BYE that
-        // succeeded ends one; a CANCEL Asterisk knew nothing of leaves no answer to wait for.
+        // The phone's calls, whether or not its connection is still there: a BYE that ended
+        // the dialog ends one; a CANCEL Asterisk knew nothing of after a challenge leaves no
+        // answer to wait for.
         match (&method, CallKey::of_caller(&msg)) {
-            (Some(Method::Bye), Some(key)) if (200..300).contains(&status) => {
-                self.dial_slots.end(&self.ctx.dialing, &key);
+            (Some(Method::Bye), Some(key)) if status >= 200 => {
+                let tag = msg.to().and_then(|t| t.tag().map(str::to_owned));
+                self.dial_slots
+                    .bye_answered(&self.ctx.dialing, &key, tag.as_deref(), status);
             }
             (Some(Method::Cancel), Some(key)) if status == 481 => {
                 self.dial_slots.unknown_to_asterisk(&self.ctx.dialing, &key);
@@ -1277,9 +1311,16 @@ impl Edge {
                 if cancelled && (200..300).contains(&status) {
                     // Ended below with an ACK and a BYE.
                     self.dial_slots.end(&self.ctx.dialing, &key);
-                } else {
-                    self.dial_slots
-                        .answered(&self.ctx.dialing, &key, status, Instant::now());
+                } else if let Some((cseq, _)) = msg.cseq() {
+                    let tag = msg.to().and_then(|t| t.tag().map(str::to_owned));
+                    self.dial_slots.answered(
+                        &self.ctx.dialing,
+                        &key,
+                        cseq,
+                        status,
+                        tag.as_deref(),
+                        Instant::now(),
+                    );
                 }
             }
             if let Some(p) = done.as_ref().filter(|p| p.cancelled) {
@@ -1585,7 +1626,7 @@ impl Edge {
             resends.moved(&sent.first_branch, &branch, next);
             self.remember_invite(flow.id, &top, &req);
             if let Some(key) = CallKey::of_caller(&req) {
-                self.dial_slots.resent(&key);
+                self.dial_slots.resent(&key, next, Instant::now());
             }
         }
         if method == Method::Register {
