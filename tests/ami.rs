@@ -1437,6 +1437,66 @@ fn originates_per_minute_are_refused_then_allowed_again() {
 }
 
 #[test]
+fn a_replaced_secret_ends_open_sessions() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    let mut other = gw.dialer();
+    // `ami user add` on an existing name with the same policy and a new secret: whoever
+    // holds the old secret is out within the re-check's 5 s.
+    gw.env.add_ami_client(
+        "dialer",
+        "dialer-secret-2",
+        &[
+            "--allow",
+            "Originate,Hangup,CoreShowChannels,Command,Status,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,ListCategories,ModuleLoad,Redirect,Queue*",
+            "--events",
+            "call",
+            "--context",
+            "default,from-crm",
+        ],
+    );
+    let replaced = Instant::now();
+    assert!(
+        c.wait_closed(Duration::from_secs(7)) && other.wait_closed(Duration::from_secs(1)),
+        "a session opened with the old secret kept running"
+    );
+    assert!(replaced.elapsed() < Duration::from_secs(7));
+    gw.daemon.wait_for_log("its secret was replaced");
+    assert!(!gw.daemon.log().contains("dialer-secret-2"));
+    // The old secret no longer logs in; the new one does, and that session stays.
+    let mut old = gw.client();
+    assert_eq!(
+        header(&old.login("dialer", DIALER_SECRET), "Response"),
+        Some("Error")
+    );
+    let mut new = gw.client();
+    assert_eq!(
+        header(&new.login("dialer", "dialer-secret-2"), "Response"),
+        Some("Success")
+    );
+    // Removed and added again within the re-check's interval: also a new secret.
+    gw.env.ok(&["ami", "user", "rm", "dialer"], b"");
+    gw.env.add_ami_client(
+        "dialer",
+        "dialer-secret-3",
+        &["--allow", "Ping", "--events", "call"],
+    );
+    assert!(
+        new.wait_closed(Duration::from_secs(7)),
+        "a session survived remove + add"
+    );
+    let mut third = gw.client();
+    assert_eq!(
+        header(&third.login("dialer", "dialer-secret-3"), "Response"),
+        Some("Success")
+    );
+    assert!(
+        !third.wait_closed(Duration::from_secs(6)),
+        "the current secret's session was ended"
+    );
+}
+
+#[test]
 fn an_edit_applies_to_open_sessions_in_place() {
     let gw = gateway("", &[]);
     let mut c = gw.dialer();
