@@ -1313,6 +1313,41 @@ fn calls_outside_the_clients_contexts_or_to_denied_numbers_never_reach_asterisk(
 }
 
 #[test]
+fn page_from_an_unconfined_client_has_its_channels_checked() {
+    let gw = gateway("", &[]);
+    gw.env.add_ami_client(
+        "legacy",
+        "legacy-secret",
+        &["--allow", "Ping", "--events", "call"],
+    );
+    // A client from before contexts: Originate allowed without any (as the store had it).
+    gw.env
+        .sql("UPDATE ami_clients SET allow = 'Originate' WHERE name = 'legacy'");
+    let mut c = gw.client();
+    assert_eq!(
+        header(&c.login("legacy", "legacy-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Page"),
+        ("Data", "PJSIP/101&PJSIP/0088212345@trunk,d"),
+    ]);
+    assert!(refused_by(&r, "deny_prefix"), "{r:?}");
+    assert!(gw.peer.actions_named("Originate").is_empty());
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Page"),
+        ("Data", "PJSIP/101&PJSIP/102,d"),
+    ]);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Originate").len(), 1);
+}
+
+#[test]
 fn originates_in_flight_are_limited_until_asterisks_final_answer() {
     let gw = gateway("", &[]);
     for (name, events) in [("one", "call"), ("quiet", "agent")] {

@@ -310,11 +310,14 @@ fn destinations(action: &str, msg: &Message) -> Vec<String> {
     out.extend(exten_headers.iter().filter_map(|h| header(msg, h)));
     if action == "originate" {
         let mut channels: Vec<String> = originate_channel(msg).into_iter().collect();
-        let dial = header(msg, "Application").is_some_and(|a| a.eq_ignore_ascii_case("dial"));
+        // Page dials the channels of its first argument as Dial does (`&`-separated).
+        let dial = header(msg, "Application")
+            .is_some_and(|a| a.eq_ignore_ascii_case("dial") || a.eq_ignore_ascii_case("page"));
         if dial {
             if let Some(data) = header(msg, "Data") {
-                // Dial's first argument is its channel list; Asterisk removes quotes and
-                // backslashes when it splits the arguments, so both readings are checked.
+                // Dial's (and Page's) first argument is its channel list; Asterisk removes
+                // quotes and backslashes when it splits the arguments, so both readings are
+                // checked.
                 let unescaped = text(&super::policy::unescape(data.as_bytes()));
                 for d in [data, unescaped] {
                     channels.push(d.split(',').next().unwrap_or_default().to_string());
