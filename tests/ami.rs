@@ -1313,6 +1313,124 @@ fn calls_outside_the_clients_contexts_or_to_denied_numbers_never_reach_asterisk(
 }
 
 #[test]
+fn a_confined_client_cannot_route_calls_around_its_contexts() {
+    let gw = gateway("", &[]);
+    gw.env.add_ami_client(
+        "wide",
+        "wide-secret",
+        &["--allow", "*", "--context", "sales", "--events", "call"],
+    );
+    let mut c = gw.client();
+    assert_eq!(
+        header(&c.login("wide", "wide-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    let refused: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![
+                ("Action", "Command"),
+                (
+                    "Command",
+                    "channel originate PJSIP/0088212345@trunk extension x@any",
+                ),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Command"),
+                ("Command", "dialplan add include trunk-out into sales"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "DialplanExtensionAdd"),
+                ("Context", "sales"),
+                ("Extension", "9"),
+                ("Priority", "1"),
+                ("Application", "Dial"),
+                ("ApplicationData", "PJSIP/${EXTEN}@trunk"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "QueueAdd"),
+                ("Queue", "support"),
+                ("Interface", "Local/100@other/n"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "QueueAdd"),
+                ("Queue", "support"),
+                ("Interface", "PJSIP/0088212345@trunk"),
+            ],
+            "deny_prefix",
+        ),
+        (
+            vec![
+                ("Action", "Setvar"),
+                ("Channel", "PJSIP/100-00000001"),
+                ("Variable", "__TRANSFER_CONTEXT"),
+                ("Value", "intl"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Originate"),
+                ("Channel", "PJSIP/100"),
+                ("Context", "sales"),
+                ("Exten", "100"),
+                ("Priority", "1"),
+                ("Variable", "A=1,_FORWARD_CONTEXT=intl"),
+            ],
+            "context",
+        ),
+    ];
+    for (action, rule) in &refused {
+        let r = c.action(action);
+        assert!(refused_by(&r, rule), "{action:?}: {r:?}");
+    }
+    // None of them reached Asterisk; the session goes on, and the same routes within its
+    // context do go.
+    for name in [
+        "Command",
+        "DialplanExtensionAdd",
+        "QueueAdd",
+        "Setvar",
+        "Originate",
+    ] {
+        assert!(
+            gw.peer.actions_named(name).is_empty(),
+            "{name} reached Asterisk"
+        );
+    }
+    let r = c.action(&[
+        ("Action", "Setvar"),
+        ("Channel", "PJSIP/100-00000001"),
+        ("Variable", "TRANSFER_CONTEXT"),
+        ("Value", "sales"),
+    ]);
+    assert!(!refused_by(&r, "context"), "{r:?}");
+    let r = c.action(&[
+        ("Action", "QueueAdd"),
+        ("Queue", "support"),
+        ("Interface", "Local/100@sales/n"),
+    ]);
+    assert!(!refused_by(&r, "context"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Setvar").len(), 1);
+    assert_eq!(gw.peer.actions_named("QueueAdd").len(), 1);
+    assert!(!c.is_closed());
+    let rows = audit_actions(&gw.env, "ami:wide", "dialing.refused.", refused.len());
+    assert_eq!(rows.len(), refused.len(), "{rows:?}");
+}
+
+#[test]
 fn page_from_an_unconfined_client_has_its_channels_checked() {
     let gw = gateway("", &[]);
     gw.env.add_ami_client(

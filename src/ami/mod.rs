@@ -23,6 +23,7 @@ mod login;
 pub mod originates;
 pub mod policy;
 mod relay;
+mod routes;
 pub mod service;
 mod session;
 pub mod upstream;
