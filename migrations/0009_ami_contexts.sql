@@ -5,3 +5,7 @@
 ALTER TABLE ami_clients ADD COLUMN contexts TEXT NOT NULL DEFAULT '';
 ALTER TABLE ami_clients ADD COLUMN max_concurrent_calls INTEGER;
 ALTER TABLE ami_clients ADD COLUMN max_call_attempts_per_minute INTEGER;
+-- Which secret the client has: a fresh random value each time `ami user add` sets one (`edit`
+-- keeps it), so that open sessions opened with a replaced secret are ended; 0 for rows made
+-- before this version.
+ALTER TABLE ami_clients ADD COLUMN credential INTEGER NOT NULL DEFAULT 0;

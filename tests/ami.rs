@@ -1313,6 +1313,159 @@ fn calls_outside_the_clients_contexts_or_to_denied_numbers_never_reach_asterisk(
 }
 
 #[test]
+fn a_confined_client_cannot_route_calls_around_its_contexts() {
+    let gw = gateway("", &[]);
+    gw.env.add_ami_client(
+        "wide",
+        "wide-secret",
+        &["--allow", "*", "--context", "sales", "--events", "call"],
+    );
+    let mut c = gw.client();
+    assert_eq!(
+        header(&c.login("wide", "wide-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    let refused: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![
+                ("Action", "Command"),
+                (
+                    "Command",
+                    "channel originate PJSIP/0088212345@trunk extension x@any",
+                ),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Command"),
+                ("Command", "dialplan add include trunk-out into sales"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "DialplanExtensionAdd"),
+                ("Context", "sales"),
+                ("Extension", "9"),
+                ("Priority", "1"),
+                ("Application", "Dial"),
+                ("ApplicationData", "PJSIP/${EXTEN}@trunk"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "QueueAdd"),
+                ("Queue", "support"),
+                ("Interface", "Local/100@other/n"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "QueueAdd"),
+                ("Queue", "support"),
+                ("Interface", "PJSIP/0088212345@trunk"),
+            ],
+            "deny_prefix",
+        ),
+        (
+            vec![
+                ("Action", "Setvar"),
+                ("Channel", "PJSIP/100-00000001"),
+                ("Variable", "__TRANSFER_CONTEXT"),
+                ("Value", "intl"),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                ("Action", "Originate"),
+                ("Channel", "PJSIP/100"),
+                ("Context", "sales"),
+                ("Exten", "100"),
+                ("Priority", "1"),
+                ("Variable", "A=1,_FORWARD_CONTEXT=intl"),
+            ],
+            "context",
+        ),
+    ];
+    for (action, rule) in &refused {
+        let r = c.action(action);
+        assert!(refused_by(&r, rule), "{action:?}: {r:?}");
+    }
+    // None of them reached Asterisk; the session goes on, and the same routes within its
+    // context do go.
+    for name in [
+        "Command",
+        "DialplanExtensionAdd",
+        "QueueAdd",
+        "Setvar",
+        "Originate",
+    ] {
+        assert!(
+            gw.peer.actions_named(name).is_empty(),
+            "{name} reached Asterisk"
+        );
+    }
+    let r = c.action(&[
+        ("Action", "Setvar"),
+        ("Channel", "PJSIP/100-00000001"),
+        ("Variable", "TRANSFER_CONTEXT"),
+        ("Value", "sales"),
+    ]);
+    assert!(!refused_by(&r, "context"), "{r:?}");
+    let r = c.action(&[
+        ("Action", "QueueAdd"),
+        ("Queue", "support"),
+        ("Interface", "Local/100@sales/n"),
+    ]);
+    assert!(!refused_by(&r, "context"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Setvar").len(), 1);
+    assert_eq!(gw.peer.actions_named("QueueAdd").len(), 1);
+    assert!(!c.is_closed());
+    let rows = audit_actions(&gw.env, "ami:wide", "dialing.refused.", refused.len());
+    assert_eq!(rows.len(), refused.len(), "{rows:?}");
+}
+
+#[test]
+fn page_from_an_unconfined_client_has_its_channels_checked() {
+    let gw = gateway("", &[]);
+    gw.env.add_ami_client(
+        "legacy",
+        "legacy-secret",
+        &["--allow", "Ping", "--events", "call"],
+    );
+    // A client from before contexts: Originate allowed without any (as the store had it).
+    gw.env
+        .sql("UPDATE ami_clients SET allow = 'Originate' WHERE name = 'legacy'");
+    let mut c = gw.client();
+    assert_eq!(
+        header(&c.login("legacy", "legacy-secret"), "Response"),
+        Some("Success")
+    );
+    gw.peer.clear_actions();
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Page"),
+        ("Data", "PJSIP/101&PJSIP/0088212345@trunk,d"),
+    ]);
+    assert!(refused_by(&r, "deny_prefix"), "{r:?}");
+    assert!(gw.peer.actions_named("Originate").is_empty());
+    let r = c.action(&[
+        ("Action", "Originate"),
+        ("Channel", "PJSIP/100"),
+        ("Application", "Page"),
+        ("Data", "PJSIP/101&PJSIP/102,d"),
+    ]);
+    assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
+    assert_eq!(gw.peer.actions_named("Originate").len(), 1);
+}
+
+#[test]
 fn originates_in_flight_are_limited_until_asterisks_final_answer() {
     let gw = gateway("", &[]);
     for (name, events) in [("one", "call"), ("quiet", "agent")] {
@@ -1434,6 +1587,66 @@ fn originates_per_minute_are_refused_then_allowed_again() {
     let r = c.action(&call);
     assert_eq!(header(&r, "Response"), Some("Success"), "{r:?}");
     assert_eq!(gw.peer.actions_named("Originate").len(), 3);
+}
+
+#[test]
+fn a_replaced_secret_ends_open_sessions() {
+    let gw = gateway("", &[]);
+    let mut c = gw.dialer();
+    let mut other = gw.dialer();
+    // `ami user add` on an existing name with the same policy and a new secret: whoever
+    // holds the old secret is out within the re-check's 5 s.
+    gw.env.add_ami_client(
+        "dialer",
+        "dialer-secret-2",
+        &[
+            "--allow",
+            "Originate,Hangup,CoreShowChannels,Command,Status,Getvar,Setvar,GetConfig,UpdateConfig,CreateConfig,ListCategories,ModuleLoad,Redirect,Queue*",
+            "--events",
+            "call",
+            "--context",
+            "default,from-crm",
+        ],
+    );
+    let replaced = Instant::now();
+    assert!(
+        c.wait_closed(Duration::from_secs(7)) && other.wait_closed(Duration::from_secs(1)),
+        "a session opened with the old secret kept running"
+    );
+    assert!(replaced.elapsed() < Duration::from_secs(7));
+    gw.daemon.wait_for_log("its secret was replaced");
+    assert!(!gw.daemon.log().contains("dialer-secret-2"));
+    // The old secret no longer logs in; the new one does, and that session stays.
+    let mut old = gw.client();
+    assert_eq!(
+        header(&old.login("dialer", DIALER_SECRET), "Response"),
+        Some("Error")
+    );
+    let mut new = gw.client();
+    assert_eq!(
+        header(&new.login("dialer", "dialer-secret-2"), "Response"),
+        Some("Success")
+    );
+    // Removed and added again within the re-check's interval: also a new secret.
+    gw.env.ok(&["ami", "user", "rm", "dialer"], b"");
+    gw.env.add_ami_client(
+        "dialer",
+        "dialer-secret-3",
+        &["--allow", "Ping", "--events", "call"],
+    );
+    assert!(
+        new.wait_closed(Duration::from_secs(7)),
+        "a session survived remove + add"
+    );
+    let mut third = gw.client();
+    assert_eq!(
+        header(&third.login("dialer", "dialer-secret-3"), "Response"),
+        Some("Success")
+    );
+    assert!(
+        !third.wait_closed(Duration::from_secs(6)),
+        "the current secret's session was ended"
+    );
 }
 
 #[test]

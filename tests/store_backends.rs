@@ -358,28 +358,46 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
         contexts: "Sales,out-*".into(),
         max_concurrent_calls: None,
         max_call_attempts_per_minute: Some(600),
+        credential: -7,
         created_at: 40,
         updated_at: 40,
     };
     assert!(store.put_ami_client(&client).await.unwrap());
     assert_eq!(store.ami_client("crm").await.unwrap(), Some(client.clone()));
     assert_eq!(store.ami_clients().await.unwrap(), vec![client.clone()]);
-    // An edit replaces the policy and keeps created_at; an unknown name changes nothing.
+    // An edit replaces the policy and keeps created_at and the credential (the secret is
+    // the same); an unknown name changes nothing.
     let edited = AmiClientRow {
         allow: "Originate,Redirect".into(),
         contexts: "sales".into(),
         max_concurrent_calls: Some(0),
         max_call_attempts_per_minute: None,
+        credential: 5,
         created_at: 99,
         updated_at: 45,
-        ..client
+        ..client.clone()
     };
     assert!(store.update_ami_client(&edited).await.unwrap());
     assert_eq!(
         store.ami_client("crm").await.unwrap(),
         Some(AmiClientRow {
             created_at: 40,
+            credential: -7,
             ..edited.clone()
+        })
+    );
+    // Setting the client again (a new secret) replaces the credential as well.
+    let replaced = AmiClientRow {
+        credential: i64::MAX,
+        updated_at: 46,
+        ..edited.clone()
+    };
+    assert!(!store.put_ami_client(&replaced).await.unwrap());
+    assert_eq!(
+        store.ami_client("crm").await.unwrap(),
+        Some(AmiClientRow {
+            created_at: 40,
+            ..replaced
         })
     );
     let ghost = AmiClientRow {

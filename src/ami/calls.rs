@@ -117,7 +117,7 @@ fn text(v: &[u8]) -> String {
 }
 
 /// A header's value as Asterisk takes it, `None` when missing or empty (`ast_strlen_zero`).
-fn header(msg: &Message, name: &str) -> Option<String> {
+pub(super) fn header(msg: &Message, name: &str) -> Option<String> {
     msg.get(name).filter(|v| !v.is_empty()).map(text)
 }
 
@@ -156,7 +156,7 @@ fn is_local(tech: &str) -> bool {
 /// Contexts a channel string names through `Local` channels: read whole, as `Originate` hands
 /// it to the channel driver, and also each `&` part (Dial's syntax) and as the shared reader
 /// sees it, so that no reading of it reaches a context that was not checked.
-fn local_contexts(channel: &str, existing: bool) -> Vec<String> {
+pub(super) fn local_contexts(channel: &str, existing: bool) -> Vec<String> {
     let read = |data: &str| {
         if existing {
             local_channel_context(data).to_string()
@@ -202,7 +202,11 @@ const NO_APPLICATION: &str = "an Originate into an Application bypasses the dial
 const NAME_CONTEXT: &str = "name one of the client's contexts in Context";
 const GOSUB_CONTEXT: &str = "PreDialGoSub must name one of the client's contexts";
 
-fn refuse(rule: Rule, what: impl Into<String>, hint: Option<&'static str>) -> CallRefusal {
+pub(super) fn refuse(
+    rule: Rule,
+    what: impl Into<String>,
+    hint: Option<&'static str>,
+) -> CallRefusal {
     CallRefusal {
         rule,
         what: what.into(),
@@ -211,7 +215,7 @@ fn refuse(rule: Rule, what: impl Into<String>, hint: Option<&'static str>) -> Ca
 }
 
 /// A context named in `header` must be one the client was given.
-fn context_allowed(
+pub(super) fn context_allowed(
     policy: &ClientPolicy,
     header: &str,
     context: &str,
@@ -258,6 +262,7 @@ fn check_contexts(policy: &ClientPolicy, action: &str, msg: &Message) -> Result<
                     context_allowed(policy, "Channel", &ctx, None)?;
                 }
             }
+            super::routes::check_originate_variables(policy, msg)?;
         }
         "redirect" => {
             // An empty Context is refused by Asterisk itself ("Context not specified").
@@ -310,11 +315,14 @@ fn destinations(action: &str, msg: &Message) -> Vec<String> {
     out.extend(exten_headers.iter().filter_map(|h| header(msg, h)));
     if action == "originate" {
         let mut channels: Vec<String> = originate_channel(msg).into_iter().collect();
-        let dial = header(msg, "Application").is_some_and(|a| a.eq_ignore_ascii_case("dial"));
+        // Page dials the channels of its first argument as Dial does (`&`-separated).
+        let dial = header(msg, "Application")
+            .is_some_and(|a| a.eq_ignore_ascii_case("dial") || a.eq_ignore_ascii_case("page"));
         if dial {
             if let Some(data) = header(msg, "Data") {
-                // Dial's first argument is its channel list; Asterisk removes quotes and
-                // backslashes when it splits the arguments, so both readings are checked.
+                // Dial's (and Page's) first argument is its channel list; Asterisk removes
+                // quotes and backslashes when it splits the arguments, so both readings are
+                // checked.
                 let unescaped = text(&super::policy::unescape(data.as_bytes()));
                 for d in [data, unescaped] {
                     channels.push(d.split(',').next().unwrap_or_default().to_string());
@@ -341,10 +349,17 @@ pub fn check(
     msg: &Message,
     check_named: impl Fn(&str) -> Result<(), Rule>,
 ) -> Result<Option<Originate>, CallRefusal> {
+    let confined = !policy.contexts.is_empty();
+    if confined {
+        super::routes::check_routes(policy, action, msg)?;
+    }
+    for dest in super::routes::destinations(action, msg) {
+        check_named(&dest).map_err(|rule| refuse(rule, dest.clone(), None))?;
+    }
     if !CALL_ACTIONS.iter().any(|(a, _)| *a == action) {
         return Ok(None);
     }
-    if !policy.contexts.is_empty() {
+    if confined {
         check_contexts(policy, action, msg)?;
     }
     for dest in destinations(action, msg) {

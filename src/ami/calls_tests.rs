@@ -425,3 +425,29 @@ fn call_actions_an_allow_list_admits() {
     );
     assert_eq!(list(&["*Transfer", "Atx*"]), ["BlindTransfer", "Atxfer"]);
 }
+
+#[test]
+fn page_has_its_channels_checked_like_dial() {
+    let legacy = policy(&[]);
+    for data in [
+        "PJSIP/100&PJSIP/0088212345@trunk",
+        "PJSIP/100&PJSIP/0088212345@trunk,d",
+        "\"PJSIP/0088212345@trunk\",i",
+    ] {
+        assert_eq!(
+            rule(
+                &legacy,
+                &originate(&[("Application", "Page"), ("Data", data)])
+            ),
+            Some(Rule::DenyPrefix),
+            "{data}"
+        );
+    }
+    assert_eq!(
+        rule(
+            &legacy,
+            &originate(&[("Application", "Page"), ("Data", "PJSIP/100&PJSIP/101,d")])
+        ),
+        None
+    );
+}

@@ -247,7 +247,7 @@ impl Policy {
         )
     }
 
-    fn row(&self, name: &str, created_at: i64, updated_at: i64) -> AmiClientRow {
+    fn row(&self, name: &str, credential: i64, created_at: i64, updated_at: i64) -> AmiClientRow {
         AmiClientRow {
             name: name.to_string(),
             allow: self.allow.clone(),
@@ -257,6 +257,7 @@ impl Policy {
             contexts: self.contexts.clone(),
             max_concurrent_calls: self.max_concurrent_calls.map(i64::from),
             max_call_attempts_per_minute: self.max_call_attempts_per_minute.map(i64::from),
+            credential,
             created_at,
             updated_at,
         }
@@ -393,7 +394,12 @@ pub async fn add(
     let name = normalise_name(name)?;
     check_secret(secret)?;
     vault.set(&client_secret_name(&name), secret).await?;
-    let created = store.put_ami_client(&policy.row(&name, now, now)).await?;
+    // A new value whenever a secret is set (also after remove + add under the same name), so
+    // that sessions opened with the old one end: random, since a counter would start again.
+    let credential = rand::random::<i64>();
+    let created = store
+        .put_ami_client(&policy.row(&name, credential, now, now))
+        .await?;
     store.tell(crate::store::changes::Change::AmiClients).await;
     store
         .audit(actor, "ami.user.add", &name, &policy.detail())
@@ -419,7 +425,7 @@ pub async fn edit(
     // Never backwards, so that the row's updated_at says it changed even within a second.
     let updated_at = now.max(row.updated_at + 1);
     if !store
-        .update_ami_client(&policy.row(&name, row.created_at, updated_at))
+        .update_ami_client(&policy.row(&name, row.credential, row.created_at, updated_at))
         .await?
     {
         return Err(ClientError::NoSuchClient(name));

@@ -89,7 +89,7 @@ pub(super) async fn login<R: AsyncRead + Unpin>(
                 }
                 "login" => {
                     return match authenticate(gw, cfg, &msg, challenge.as_deref(), peer).await {
-                        Ok((policy, upstream, mask)) => {
+                        Ok((policy, credential, upstream, mask)) => {
                             if out
                                 .send(answer("Success", id, "Authentication accepted"))
                                 .is_err()
@@ -98,6 +98,7 @@ pub(super) async fn login<R: AsyncRead + Unpin>(
                             }
                             Login::Accepted(Box::new(Accepted {
                                 policy: Arc::new(ArcSwap::from_pointee(policy)),
+                                credential,
                                 upstream,
                                 mask,
                                 rest: queue,
@@ -130,7 +131,7 @@ async fn authenticate(
     msg: &Message,
     challenge: Option<&str>,
     peer: SocketAddr,
-) -> Result<(ClientPolicy, Upstream, u32), &'static str> {
+) -> Result<(ClientPolicy, i64, Upstream, u32), &'static str> {
     let username = lower(msg.get("Username").unwrap_or_default());
     let rules = BanRules {
         threshold: cfg.ban_threshold,
@@ -140,7 +141,7 @@ async fn authenticate(
     let metrics = &gw.ctx.metrics;
     let verdict = check_credentials(gw, msg, &username, challenge, peer).await;
     let username = truncate(&username, 64);
-    let policy = match verdict {
+    let (policy, credential) = match verdict {
         Ok(p) => p,
         Err(Failure { reason, counts }) => {
             let now = Instant::now();
@@ -180,7 +181,7 @@ async fn authenticate(
                 .ami_logins
                 .get_or_create(&ResultLabels { result: "ok" })
                 .inc();
-            Ok((policy, up, mask))
+            Ok((policy, credential, up, mask))
         }
         Err(e) => {
             warn!(%peer, client = %policy.name, error = %e, "AMI login refused: Asterisk is unreachable");
@@ -212,7 +213,7 @@ struct Failure {
     counts: Counts,
 }
 
-fn fail(reason: &'static str, counts: Counts) -> Result<ClientPolicy, Failure> {
+fn fail<T>(reason: &'static str, counts: Counts) -> Result<T, Failure> {
     Err(Failure { reason, counts })
 }
 
@@ -222,7 +223,7 @@ async fn check_credentials(
     username: &str,
     challenge: Option<&str>,
     peer: SocketAddr,
-) -> Result<ClientPolicy, Failure> {
+) -> Result<(ClientPolicy, i64), Failure> {
     if gw
         .bans
         .check(peer.ip(), Some(username), Instant::now())
@@ -270,7 +271,7 @@ async fn check_credentials(
         same(&secret, msg.get("Secret").unwrap_or_default())
     };
     if ok {
-        Ok(policy)
+        Ok((policy, row.credential))
     } else {
         fail("wrong secret or key", Counts::AddressAndUser)
     }

@@ -23,6 +23,7 @@ mod login;
 pub mod originates;
 pub mod policy;
 mod relay;
+mod routes;
 pub mod service;
 mod session;
 pub mod upstream;
@@ -183,6 +184,8 @@ struct Live {
     ip: IpAddr,
     /// The policy the session's relay reads for every action; swapped in place by the re-check.
     policy: Arc<ArcSwap<policy::ClientPolicy>>,
+    /// The stored row's `credential` when the session logged in.
+    credential: i64,
     /// Ends the session.
     token: CancellationToken,
 }
@@ -204,15 +207,21 @@ pub enum Follow {
 /// How a session from `ip` logged in under `current` follows its client's new policy: allowed
 /// actions, contexts, overrides and call limits change in place; a session the client could
 /// not open now (removed, address no longer permitted) ends, and so does one whose event
-/// classes changed, since Asterisk's event mask for the session was set at login.
+/// classes changed, since Asterisk's event mask for the session was set at login. A session
+/// opened with a secret since replaced (`credential`, the stored row's at login) ends too:
+/// replacing a secret is how an admin shuts out whoever else knows the old one.
 pub fn follow(
     current: &policy::ClientPolicy,
-    new: Option<&policy::ClientPolicy>,
+    credential: i64,
+    new: Option<(&policy::ClientPolicy, i64)>,
     ip: IpAddr,
 ) -> Follow {
-    let Some(new) = new else {
+    let Some((new, new_credential)) = new else {
         return Follow::End("the client was removed");
     };
+    if new_credential != credential {
+        return Follow::End("its secret was replaced");
+    }
     if new == current {
         return Follow::Keep;
     }
@@ -284,6 +293,7 @@ impl Gateway {
         client: &str,
         ip: IpAddr,
         policy: Arc<ArcSwap<policy::ClientPolicy>>,
+        credential: i64,
         parent: &CancellationToken,
     ) -> (u64, CancellationToken) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -294,6 +304,7 @@ impl Gateway {
                 client: client.to_string(),
                 ip: crate::net::canonical_ip(ip),
                 policy,
+                credential,
                 token: token.clone(),
             },
         );
@@ -318,7 +329,7 @@ impl Gateway {
             .collect();
         for name in names {
             let new = match self.ctx.store.ami_client(&name).await {
-                Ok(row) => row.as_ref().map(policy_from_row),
+                Ok(row) => row.map(|r| (policy_from_row(&r), r.credential)),
                 Err(e) => {
                     warn!(error = %e, "cannot re-check AMI clients");
                     return;
@@ -329,10 +340,11 @@ impl Gateway {
                 .values()
                 .filter(|l| l.client == name && !l.token.is_cancelled())
             {
-                match follow(&l.policy.load(), new.as_ref(), l.ip) {
+                let stored = new.as_ref().map(|(p, c)| (p, *c));
+                match follow(&l.policy.load(), l.credential, stored, l.ip) {
                     Follow::Keep => {}
                     Follow::Update => {
-                        if let Some(new) = &new {
+                        if let Some((new, _)) = &new {
                             l.policy.store(Arc::new(new.clone()));
                             info!(client = %name, "AMI session follows the client's changed policy");
                         }
@@ -570,6 +582,7 @@ mod tests {
             contexts: "Sales, out-*".into(),
             max_concurrent_calls: Some(200),
             max_call_attempts_per_minute: None,
+            credential: 42,
             created_at: 1,
             updated_at: 1,
         }
@@ -600,7 +613,7 @@ mod tests {
     fn open_sessions_follow_a_changed_policy_in_place() {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let current = policy_from_row(&row());
-        assert_eq!(follow(&current, Some(&current), ip), Follow::Keep);
+        assert_eq!(follow(&current, 42, Some((&current, 42)), ip), Follow::Keep);
         for changed in [
             AmiClientRow {
                 allow: "Originate".into(),
@@ -626,18 +639,18 @@ mod tests {
         ] {
             let new = policy_from_row(&changed);
             assert_eq!(
-                follow(&current, Some(&new), ip),
+                follow(&current, 42, Some((&new, 42)), ip),
                 Follow::Update,
                 "{changed:?}"
             );
         }
-        assert!(matches!(follow(&current, None, ip), Follow::End(_)));
+        assert!(matches!(follow(&current, 42, None, ip), Follow::End(_)));
         let elsewhere = policy_from_row(&AmiClientRow {
             permit: "198.51.100.0/24".into(),
             ..row()
         });
         assert!(matches!(
-            follow(&current, Some(&elsewhere), ip),
+            follow(&current, 42, Some((&elsewhere, 42)), ip),
             Follow::End(why) if why.contains("permit")
         ));
         let other_events = policy_from_row(&AmiClientRow {
@@ -645,8 +658,28 @@ mod tests {
             ..row()
         });
         assert!(matches!(
-            follow(&current, Some(&other_events), ip),
+            follow(&current, 42, Some((&other_events, 42)), ip),
             Follow::End(why) if why.contains("event")
+        ));
+    }
+
+    #[test]
+    fn a_replaced_secret_ends_open_sessions() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let current = policy_from_row(&row());
+        // Same policy, new secret (`ami user add` again, or remove + add).
+        assert!(matches!(
+            follow(&current, 42, Some((&current, 7)), ip),
+            Follow::End(why) if why.contains("secret")
+        ));
+        // And with a changed policy too: the secret decides first.
+        let changed = policy_from_row(&AmiClientRow {
+            allow: "Originate".into(),
+            ..row()
+        });
+        assert!(matches!(
+            follow(&current, 42, Some((&changed, 7)), ip),
+            Follow::End(why) if why.contains("secret")
         ));
     }
 }

@@ -97,7 +97,8 @@ pub struct InFlight {
     guard: Arc<dyn Counter>,
     offender: Offender,
     tag: String,
-    calls: Mutex<HashMap<u64, Call>>,
+    /// Shared with each call's deadline timer.
+    calls: Arc<Mutex<HashMap<u64, Call>>>,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -123,7 +124,7 @@ impl InFlight {
             guard,
             offender,
             tag: tag.to_string(),
-            calls: Mutex::new(HashMap::new()),
+            calls: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -148,14 +149,41 @@ impl InFlight {
             });
         }
         self.guard.begin(&self.offender, &self.id(n), limits, now)?;
+        let at = deadline(originate, now);
         calls.insert(
             n,
             Call {
                 asynchronous: originate.asynchronous,
-                deadline: deadline(originate, now),
+                deadline: at,
             },
         );
+        drop(calls);
+        self.end_at(n, at);
         Ok(())
+    }
+
+    /// Ends call `n` at its deadline unless it is over by then. Without this, a call never
+    /// answered (a session without call events never sees its OriginateResponse) would stay
+    /// counted against the client's other sessions while this one sends nothing that sweeps.
+    fn end_at(&self, n: u64, at: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let calls = Arc::downgrade(&self.calls);
+        let (guard, offender, id) = (self.guard.clone(), self.offender.clone(), self.id(n));
+        rt.spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            // Gone: the session ended and handed its calls on (see `finish`).
+            let Some(calls) = calls.upgrade() else { return };
+            let over = calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&n)
+                .is_some();
+            if over {
+                guard.end(&offender, &id);
+            }
+        });
     }
 
     /// Asterisk answered Originate `n` (unknown numbers are ignored: already over).
@@ -318,6 +346,31 @@ mod tests {
             timeout: None,
         };
         assert_eq!(deadline(forever, t), t + MAX_CALL_AGE);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_ends_its_unanswered_calls_at_their_deadline() {
+        let (l, f) = setup();
+        let soon = Originate {
+            asynchronous: true,
+            timeout: Some(Duration::from_millis(1)),
+        };
+        // The deadline is the timeout plus MARGIN: start the call that long ago.
+        let t = Instant::now() - MARGIN;
+        f.begin(1, soon, ONE, t).unwrap();
+        let any = Limits {
+            max_concurrent: 0,
+            max_per_minute: 0,
+        };
+        f.begin(2, ASYNC, any, Instant::now()).unwrap();
+        assert_eq!(l.active(&who().key()), 2);
+        // Nothing else happens in the session: no answer, no further Originate.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(l.active(&who().key()), 1);
+        assert_eq!(f.len(), 1);
+        // Answered later: ended once, not twice.
+        f.answered(2, Answer::Event);
+        assert_eq!(l.active(&who().key()), 0);
     }
 
     #[test]

@@ -272,7 +272,7 @@ const CLI_MAX_ARGS: usize = 64;
 /// after a separator starts a word (even an empty one); quotes are removed; a backslash takes
 /// the next character as is; at most `AST_MAX_ARGS - 1` words. The line ends at a NUL, as a C
 /// string does. Words are lower-cased: the CLI matches them with `strcasecmp`.
-fn cli_words(line: &[u8]) -> Vec<String> {
+pub(super) fn cli_words(line: &[u8]) -> Vec<String> {
     let line = line.split(|&b| b == 0).next().unwrap_or_default();
     let start = line
         .iter()

@@ -549,6 +549,7 @@ pub(super) async fn relay<R: AsyncRead + Unpin>(
         upstream,
         mask,
         rest: mut queue,
+        credential: _,
     } = accepted;
     let (name, read) = {
         let p = policy.load();

@@ -322,6 +322,8 @@ pub(super) struct Accepted {
     /// The client's policy; the gateway's re-check swaps a changed one in while the session
     /// runs, and the relay reads it for every action.
     pub(super) policy: Arc<ArcSwap<ClientPolicy>>,
+    /// The stored client's `credential` (which secret) at login.
+    pub(super) credential: i64,
     pub(super) upstream: Upstream,
     pub(super) mask: u32,
     /// Messages the client pipelined after its Login.
@@ -383,7 +385,13 @@ async fn client<S>(
         let name = accepted.policy.load().name.clone();
         gw.ctx.metrics.ami_sessions.inc();
         info!(client = %name, %peer, "AMI client logged in");
-        let (id, end) = gw.register(&name, peer.ip(), accepted.policy.clone(), &stop);
+        let (id, end) = gw.register(
+            &name,
+            peer.ip(),
+            accepted.policy.clone(),
+            accepted.credential,
+            &stop,
+        );
         let why = relay(&gw, &cfg, (rd, framer), &out, peer, *accepted, end).await;
         gw.unregister(id);
         gw.ctx.metrics.ami_sessions.dec();

@@ -16,6 +16,9 @@ pub struct AmiClientRow {
     /// `None`: the `[dialing]` default.
     pub max_concurrent_calls: Option<i64>,
     pub max_call_attempts_per_minute: Option<i64>,
+    /// Which secret the client has: set anew by [`Store::put_ami_client`] (a secret was set),
+    /// kept by [`Store::update_ami_client`]; sessions opened under another value end.
+    pub credential: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -41,18 +44,20 @@ macro_rules! update_query {
 }
 
 const COLUMNS: &str = "name, allow, events, permit, overrides, contexts, max_concurrent_calls, \
-                       max_call_attempts_per_minute, created_at, updated_at";
+                       max_call_attempts_per_minute, credential, created_at, updated_at";
 
 impl Store {
-    /// Creates or replaces the policy of `row.name`; returns whether it was created.
+    /// Creates or replaces the policy and credential of `row.name`; returns whether it was
+    /// created.
     pub async fn put_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
         with_db!(self, db => {
             // The insert tells us whether the row is new, without a read first.
             let mut tx = db.begin_write().await?;
             let inserted = tx.exec(sqlx::query(
                 "INSERT INTO ami_clients (name, allow, events, permit, overrides, contexts, \
-                 max_concurrent_calls, max_call_attempts_per_minute, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT(name) DO NOTHING",
+                 max_concurrent_calls, max_call_attempts_per_minute, credential, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9) \
+                 ON CONFLICT(name) DO NOTHING",
             )
             .bind(&row.name)
             .bind(&row.allow)
@@ -62,20 +67,27 @@ impl Store {
             .bind(&row.contexts)
             .bind(row.max_concurrent_calls)
             .bind(row.max_call_attempts_per_minute)
-            .bind(row.updated_at))
+            .bind(row.updated_at)
+            .bind(row.credential))
             .await?;
             if inserted.rows_affected() == 1 {
                 tx.commit().await?;
                 return Ok(true);
             }
             tx.exec(update_query!(row)).await?;
+            tx.exec(
+                sqlx::query("UPDATE ami_clients SET credential = $2 WHERE name = $1")
+                    .bind(&row.name)
+                    .bind(row.credential),
+            )
+            .await?;
             tx.commit().await?;
             Ok(false)
         })
     }
 
-    /// Replaces the policy of an existing client (`created_at` is kept); false when there is
-    /// no client `row.name`.
+    /// Replaces the policy of an existing client (`created_at` and `credential` are kept);
+    /// false when there is no client `row.name`.
     pub async fn update_ami_client(&self, row: &AmiClientRow) -> Result<bool, StoreError> {
         with_db!(self, db => {
             let done = update_query!(row).execute_write(db).await?;
