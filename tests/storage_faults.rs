@@ -449,7 +449,15 @@ fn failing_writes_under_concurrent_logins_lose_no_acknowledged_login() {
         "failing writes: {} logins, {refused} answered 503 during the fault, recovery {recovered:?}",
         attempts.len()
     );
-    assert!(metric(&env, "pbxguard_store_commit_failures_total") >= refused as u64);
+    // Every failed write is counted, but not every 503 is a failed write: a failed commit
+    // closes its connection, and a login's reads that need a fresh one fail too while the
+    // disk refuses writes (opening a WAL database writes its index). So the count proves the
+    // fault was seen, not one count per refused login.
+    let counted = metric(&env, "pbxguard_store_commit_failures_total");
+    assert!(
+        counted > 0,
+        "commit failures counted: {counted}, logins refused: {refused}"
+    );
     let log = daemon.log();
     assert_eq!(
         log.matches("database writes are failing").count(),
