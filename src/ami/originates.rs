@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::calls::Originate;
 use crate::dialing::limits::MAX_CALL_AGE;
-use crate::dialing::{Guard, Limited, Limits, Offender, Rule};
+use crate::dialing::{Limited, Limits, Offender, Rule};
 
 /// Added to an Originate's dial timeout before the call is taken as over without an answer:
 /// Asterisk answers a moment after the timeout, and a busy Asterisk later still.
@@ -24,57 +24,12 @@ pub const MARGIN: Duration = Duration::from_secs(10);
 /// Originates one session tracks at most (beyond any configured limit, a bound on memory).
 const MAX_IN_FLIGHT: usize = 10_000;
 
-/// What counts calls against the limits: the daemon's shared [`Guard`] (a bare limiter in
-/// the unit tests).
-pub trait Counter: Send + Sync + 'static {
-    fn begin(
-        &self,
-        offender: &Offender,
-        id: &str,
-        limits: Limits,
-        now: Instant,
-    ) -> Result<(), Limited>;
-    fn end(&self, offender: &Offender, id: &str);
-}
-
-impl Counter for Guard {
-    fn begin(
-        &self,
-        offender: &Offender,
-        id: &str,
-        limits: Limits,
-        now: Instant,
-    ) -> Result<(), Limited> {
-        Guard::begin(self, offender, id, limits, now)
-    }
-
-    fn end(&self, offender: &Offender, id: &str) {
-        Guard::end(self, offender, id);
-    }
-}
+pub use crate::dialing::Counter;
 
 /// However the session ended (a task dropped at shutdown included), its calls are handed on.
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-/// The bare limiter, for unit tests that need no daemon around it.
-#[cfg(test)]
-impl Counter for crate::dialing::limits::Limiter {
-    fn begin(
-        &self,
-        offender: &Offender,
-        id: &str,
-        limits: Limits,
-        now: Instant,
-    ) -> Result<(), Limited> {
-        crate::dialing::limits::Limiter::begin(self, &offender.key(), id, limits, now)
-    }
-
-    fn end(&self, offender: &Offender, id: &str) {
-        crate::dialing::limits::Limiter::end(self, &offender.key(), id);
     }
 }
 

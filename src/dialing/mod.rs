@@ -127,6 +127,52 @@ pub struct Refused {
     pub destination: String,
 }
 
+/// What counts calls against the limits: the daemon's shared [`Guard`], or a bare
+/// [`limits::Limiter`] where a unit test needs no daemon around it. The SIP edge's call slots and
+/// the AMI gateway's Originates in flight both count through it.
+pub trait Counter: Send + Sync + 'static {
+    fn begin(
+        &self,
+        offender: &Offender,
+        id: &str,
+        limits: Limits,
+        now: Instant,
+    ) -> Result<(), Limited>;
+    fn end(&self, offender: &Offender, id: &str);
+}
+
+impl Counter for limits::Limiter {
+    fn begin(
+        &self,
+        offender: &Offender,
+        id: &str,
+        limits: Limits,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        limits::Limiter::begin(self, &offender.key(), id, limits, now)
+    }
+
+    fn end(&self, offender: &Offender, id: &str) {
+        limits::Limiter::end(self, &offender.key(), id);
+    }
+}
+
+impl Counter for Guard {
+    fn begin(
+        &self,
+        offender: &Offender,
+        id: &str,
+        limits: Limits,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        self.inner.limiter.begin(&offender.key(), id, limits, now)
+    }
+
+    fn end(&self, offender: &Offender, id: &str) {
+        self.inner.limiter.end(&offender.key(), id);
+    }
+}
+
 /// Shared by the SIP edge and the AMI gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Guard {

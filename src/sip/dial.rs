@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::flow::Flow;
 use super::message::Message;
 use super::transaction::PROCEEDING_LIMIT;
-use crate::dialing::{limits::MAX_CALL_AGE, Guard, Limited, Limits, Offender};
+use crate::dialing::{limits::MAX_CALL_AGE, Limited, Limits, Offender};
 
 /// Calls tracked at once, at most: far above what one edge carries.
 const MAX_SLOTS: usize = 50_000;
@@ -170,33 +170,7 @@ pub struct Attempt {
     pub branch: String,
 }
 
-/// Starts and ends calls in the shared counters ([`Guard`]; a bare limiter in tests).
-pub trait Counter {
-    fn begin(
-        &self,
-        offender: &Offender,
-        id: &str,
-        limits: Limits,
-        now: Instant,
-    ) -> Result<(), Limited>;
-    fn end(&self, offender: &Offender, id: &str);
-}
-
-impl Counter for Guard {
-    fn begin(
-        &self,
-        offender: &Offender,
-        id: &str,
-        limits: Limits,
-        now: Instant,
-    ) -> Result<(), Limited> {
-        Guard::begin(self, offender, id, limits, now)
-    }
-
-    fn end(&self, offender: &Offender, id: &str) {
-        Guard::end(self, offender, id)
-    }
-}
+pub use crate::dialing::Counter;
 
 /// Why a call got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
