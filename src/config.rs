@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::ami::config::RawAmi;
 use crate::auth::config::{RawAuth, RawMfa};
+use crate::bans::config::RawBans;
 use crate::dialing::config::RawDialing;
 use crate::mail::config::RawSmtp;
 use crate::problems::{is_loopback, Checker, UNKNOWN_KEY};
@@ -29,6 +30,7 @@ use crate::sip::config::RawSip;
 
 pub use crate::ami::config::AmiConfig;
 pub use crate::auth::config::{AuthConfig, MfaConfig};
+pub use crate::bans::config::BansConfig;
 pub use crate::dialing::config::DialingConfig;
 pub use crate::mail::config::{SmtpConfig, StartTls};
 pub use crate::problems::{Problem, TlsFiles};
@@ -104,6 +106,8 @@ pub struct Config {
     pub sip: Option<SipConfig>,
     /// `[dialing]`: the toll-fraud rules both the SIP edge and the AMI gateway apply.
     pub dialing: DialingConfig,
+    /// `[bans]`: the one ban list, Asterisk's security events, the firewall and the feeds.
+    pub bans: BansConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +174,7 @@ struct Raw {
     ami: Option<RawAmi>,
     sip: Option<RawSip>,
     dialing: Option<RawDialing>,
+    bans: Option<RawBans>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,6 +498,7 @@ impl Config {
         let origins = HttpConfig::origins(http.as_ref());
         let sip = raw.sip.map(|s| SipConfig::from_raw(s, c, origins));
         let dialing = DialingConfig::from_raw(raw.dialing.unwrap_or_default(), c);
+        let bans = BansConfig::from_raw(raw.bans.unwrap_or_default(), c);
         let config = Config {
             daemon,
             vault,
@@ -505,6 +511,7 @@ impl Config {
             ami,
             sip,
             dialing,
+            bans,
         };
         config.check_sip_tls(c);
         config.check_listener_clashes(c);
@@ -618,6 +625,7 @@ impl Raw {
                 "ami" => raw.ami = c.section(&name, value),
                 "sip" => raw.sip = c.section(&name, value),
                 "dialing" => raw.dialing = c.section(&name, value),
+                "bans" => raw.bans = c.section(&name, value),
                 _ => c.bad(&shown_key(&name), UNKNOWN_KEY),
             }
         }

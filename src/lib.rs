@@ -71,6 +71,7 @@
 )]
 
 pub mod ami;
+pub mod bans;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -51,6 +51,20 @@ pub struct DialLabels {
     pub rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Where a ban came from: `sip`, `ami`, `http`, `asterisk`, `feed`, `manual`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedLabels {
+    /// The feed's name from `[[bans.feeds]]` (the admin's, never a client's).
+    pub feed: String,
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 /// Every metric of the process. Cloning shares the underlying values.
 #[derive(Clone)]
 pub struct Metrics {
@@ -113,6 +127,16 @@ pub struct Metrics {
     pub dial_refusals: Family<DialLabels, Counter>,
     /// Toll-fraud alert emails by result (`sent`, `failed`, `suppressed`).
     pub dial_alerts: Family<ResultLabels, Counter>,
+    /// Bans imposed, by source (an extended ban counts again).
+    pub bans: Family<SourceLabels, Counter>,
+    /// Bans in force now, by source.
+    pub bans_active: Family<SourceLabels, Gauge>,
+    /// Packets the firewall dropped from banned addresses (read from the nftables counter).
+    pub ban_dropped_packets: Counter,
+    /// Firewall reconciliations by result (`ok`, `repaired`, `failed`).
+    pub ban_reconciles: Family<ResultLabels, Counter>,
+    /// Blocklist feed refreshes by feed and result (`ok`, `failed`).
+    pub ban_feed_refreshes: Family<FeedLabels, Counter>,
 }
 
 fn status_index(status: axum::http::StatusCode) -> usize {
@@ -219,6 +243,11 @@ impl Metrics {
             sip_ws_refusals: Family::default(),
             dial_refusals: Family::default(),
             dial_alerts: Family::default(),
+            bans: Family::default(),
+            bans_active: Family::default(),
+            ban_dropped_packets: Counter::default(),
+            ban_reconciles: Family::default(),
+            ban_feed_refreshes: Family::default(),
         }
     }
 
@@ -387,6 +416,31 @@ impl Metrics {
             "Toll-fraud alert emails by result",
             self.dial_alerts.clone(),
         );
+        r.register(
+            "bans",
+            "Bans imposed, by source",
+            self.bans.clone(),
+        );
+        r.register(
+            "bans_active",
+            "Bans in force, by source",
+            self.bans_active.clone(),
+        );
+        r.register(
+            "ban_dropped_packets",
+            "Packets the firewall dropped from banned addresses",
+            self.ban_dropped_packets.clone(),
+        );
+        r.register(
+            "ban_reconciles",
+            "Firewall reconciliations by result",
+            self.ban_reconciles.clone(),
+        );
+        r.register(
+            "ban_feed_refreshes",
+            "Blocklist feed refreshes by feed and result",
+            self.ban_feed_refreshes.clone(),
+        );
     }
 
     /// Counts a forward-auth answer. The hot path, so the three possible label sets are looked
@@ -470,6 +524,7 @@ mod tests {
             &m.sip_bans,
             &m.sip_ws_refusals,
             &m.dial_alerts,
+            &m.ban_reconciles,
         ] {
             family.get_or_create(&r).inc();
         }
@@ -480,6 +535,16 @@ mod tests {
             .get_or_create(&DialLabels {
                 door: "sip",
                 rule: "deny_prefix",
+            })
+            .inc();
+        let src = SourceLabels { source: "sip" };
+        m.bans.get_or_create(&src).inc();
+        m.bans_active.get_or_create(&src).set(1);
+        m.ban_dropped_packets.inc();
+        m.ban_feed_refreshes
+            .get_or_create(&FeedLabels {
+                feed: "apiban".into(),
+                result: "ok",
             })
             .inc();
         m.realtime_requests
@@ -528,6 +593,11 @@ mod tests {
                 "sip_ws_refusals",
                 "dial_refusals",
                 "dial_alerts",
+                "bans",
+                "bans_active",
+                "ban_dropped_packets",
+                "ban_reconciles",
+                "ban_feed_refreshes",
             ]
         );
     }

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "features",
         &[
+            "bans",
             "mail",
             "dialing",
             "auth",
