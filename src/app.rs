@@ -37,8 +37,10 @@ pub struct App {
     pub sip_tickets: Arc<Tickets>,
     /// What every HTTP listener shares: `[http]`'s limits, swapped with the configuration.
     pub httpd: Arc<Httpd>,
-    /// Another node changed the SIP bans (see [`App::heard`]).
+    /// Another node changed the ban list (see [`App::heard`]): it is read again at once.
     pub bans_changed: Arc<tokio::sync::Notify>,
+    /// The one ban list every listener consults and every door adds to.
+    pub bans: crate::bans::Bans,
     /// The toll-fraud rules and counters the SIP edge and the AMI gateway share.
     pub dialing: crate::dialing::Guard,
 }
@@ -58,6 +60,34 @@ fn http_limits(config: &Config) -> Limits {
         limits.idle_timeout = h.idle_timeout;
     }
     limits
+}
+
+/// Networks never banned besides loopback and `[bans] allow`: the proxies the web tier
+/// trusts and the Asterisk pbxguard relays to (its events name pbxguard's own address).
+pub fn exempt_nets(config: &Config) -> Vec<ipnet::IpNet> {
+    let mut nets: Vec<ipnet::IpNet> = config
+        .http
+        .as_ref()
+        .map(|h| h.trusted_proxies.clone())
+        .unwrap_or_default();
+    if let Some(a) = &config.ami {
+        nets.push(ipnet::IpNet::from(crate::net::canonical_ip(
+            a.upstream.ip(),
+        )));
+    }
+    if let Some(s) = &config.sip {
+        nets.push(ipnet::IpNet::from(crate::net::canonical_ip(
+            s.upstream.ip(),
+        )));
+        if !s.upstream_bind.ip().is_unspecified() {
+            nets.push(ipnet::IpNet::from(crate::net::canonical_ip(
+                s.upstream_bind.ip(),
+            )));
+        }
+    }
+    nets.sort();
+    nets.dedup();
+    nets
 }
 
 /// What the SIP edge reads of a configuration.
@@ -91,6 +121,15 @@ impl App {
         );
         auth.sessions
             .set_outage_grace(config.daemon.store_outage_grace);
+        let bans = crate::bans::Bans::new(
+            config.bans.clone(),
+            store.clone(),
+            metrics.clone(),
+            config.daemon.node_name.clone(),
+        );
+        bans.set_config(config.bans.clone(), exempt_nets(&config));
+        let gate = bans.clone();
+        httpd.set_gate(Arc::new(move |ip| gate.banned(ip).is_some()));
         Arc::new(App {
             auth: Arc::new(auth),
             recordings: Arc::new(recordings),
@@ -102,6 +141,7 @@ impl App {
             sip_tickets: Arc::default(),
             httpd,
             bans_changed: Arc::default(),
+            bans,
             dialing,
         })
     }
@@ -111,6 +151,8 @@ impl App {
         self.httpd.set_limits(http_limits(&config));
         self.dialing
             .set_config(config.dialing.clone(), config.smtp.clone());
+        self.bans
+            .set_config(config.bans.clone(), exempt_nets(&config));
         self.auth
             .sessions
             .set_outage_grace(config.daemon.store_outage_grace);
@@ -178,6 +220,7 @@ impl App {
             self.metrics.clone(),
             self.recordings.journal.clone(),
             self.dialing.clone(),
+            self.bans.clone(),
         );
         vec![
             manage(
@@ -208,7 +251,7 @@ impl App {
                 Box::pin(async move { app.sync_auth().await })
             }),
             config: ArcSwapOption::empty(),
-            bans_changed: self.bans_changed.clone(),
+            bans: self.bans.clone(),
             dialing: self.dialing.clone(),
         }
     }

@@ -158,6 +158,7 @@ pub async fn run(
     spawn_watchdog(&daemon.host.tracker, shutdown.clone());
     spawn_housekeeping(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
     spawn_node_tasks(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
+    spawn_bans(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
 
     loop {
         tokio::select! {
@@ -212,6 +213,14 @@ const NODE_REFRESH: Duration = Duration::from_secs(30);
 /// With a shared database (PostgreSQL): follows the change feed, so that a change made on any
 /// node drops the caches here; and keeps this node's row in the `nodes` table (its
 /// `public_url`, for the other nodes' recording redirects) current. On SQLite only the row.
+/// The ban list's refresh from the store, the firewall that copies it into the kernel, and
+/// the blocklist feeds.
+fn spawn_bans(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
+    app.bans
+        .start(tracker, shutdown.clone(), app.bans_changed.clone());
+    crate::bans::firewall::start(app.bans.clone(), app.metrics.clone(), tracker, shutdown);
+}
+
 fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
     let follower = app.clone();
     let stop = shutdown.clone();

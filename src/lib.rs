@@ -71,10 +71,10 @@
 )]
 
 pub mod ami;
-pub mod bans;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bans;
 pub mod cli;
 pub mod clock;
 pub mod config;

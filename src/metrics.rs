@@ -416,11 +416,7 @@ impl Metrics {
             "Toll-fraud alert emails by result",
             self.dial_alerts.clone(),
         );
-        r.register(
-            "bans",
-            "Bans imposed, by source",
-            self.bans.clone(),
-        );
+        r.register("bans", "Bans imposed, by source", self.bans.clone());
         r.register(
             "bans_active",
             "Bans in force, by source",

@@ -604,8 +604,14 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
         "{r:?}"
     );
 
-    // A scanner banned by A's SIP edge is refused by B's within a second.
-    let mut scanner = SipTls::connect(ports[0].0, &a.cert());
+    // A scanner banned by A's SIP edge is refused by B's within a second. It connects from a
+    // documentation address of this host: loopback is never banned.
+    let Some(net) = common::netns::PhoneNet::create() else {
+        return;
+    };
+    let src = Some(std::net::IpAddr::V4(net.host_ip));
+    let mut scanner =
+        SipTls::try_connect_from(src, ports[0].0, &a.cert()).expect("scanner connects");
     let mut l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
     l.retain(|h| !h.starts_with("User-Agent"));
     l.push("User-Agent: friendly-scanner".into());
@@ -615,13 +621,13 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
         "scanner not cut off on A"
     );
     wait_until("the ban in the database", Duration::from_secs(10), || {
-        pg.psql("pbxguard", "SELECT COUNT(*) FROM sip_bans") != "0"
+        pg.psql("pbxguard", "SELECT COUNT(*) FROM bans WHERE source = 'sip'") != "0"
     });
     let banned_at = Instant::now();
     wait_until(
         "B refusing the banned address",
         Duration::from_secs(3),
-        || match SipTls::try_connect(ports[1].0, &b.cert()) {
+        || match SipTls::try_connect_from(src, ports[1].0, &b.cert()) {
             Err(_) => true,
             Ok(mut c) => {
                 let l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
@@ -634,13 +640,17 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
         "ban made on A enforced on B after {:?}",
         banned_at.elapsed()
     );
+    // The list names the node that banned.
+    let bans: serde_json::Value =
+        serde_json::from_slice(&b.ok(&["ban", "list", "--json"], b"")).expect("JSON");
+    assert_eq!(bans[0]["node"], "pbx-a", "{bans}");
     // Lifted through B's CLI: A accepts the address again.
     b.ok(&["sip", "ban", "rm", "--all"], b"");
     wait_until(
         "A accepting the address again",
         Duration::from_secs(3),
         || {
-            SipTls::try_connect(ports[0].0, &a.cert()).is_ok_and(|mut c| {
+            SipTls::try_connect_from(src, ports[0].0, &a.cert()).is_ok_and(|mut c| {
                 let l = base_headers("OPTIONS", "100", "100", "TLS", &rnd(), 1);
                 c.try_send(&request("OPTIONS sip:100@pbx.test SIP/2.0", &l, ""));
                 !c.closed_within(Duration::from_millis(500))

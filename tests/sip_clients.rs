@@ -306,11 +306,17 @@ fn jssip_registers_and_messages_over_wss_with_a_single_use_ticket() {
 #[test]
 fn sipvicious_svmap_is_banned_at_once_and_never_reaches_asterisk() {
     let e = Edge::start("");
+    // The bridge connects from a documentation address of this host: loopback is never
+    // banned.
+    let Some(net) = common::netns::PhoneNet::create() else {
+        return;
+    };
+    let src = std::net::IpAddr::V4(net.host_ip);
     let udp = free_port();
     let _bridge = Killed(
         Command::new("socat")
             .arg(format!("UDP4-LISTEN:{udp},bind=127.0.0.1,reuseaddr"))
-            .arg(format!("OPENSSL:127.0.0.1:{},verify=0", e.tls))
+            .arg(format!("OPENSSL:127.0.0.1:{},verify=0,bind={src}", e.tls))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -341,23 +347,24 @@ fn sipvicious_svmap_is_banned_at_once_and_never_reaches_asterisk() {
     };
     assert_eq!(
         bans[0]["address"],
-        "127.0.0.1",
+        src.to_string(),
         "{bans}\n{}",
         out_text(&scan)
     );
     assert_eq!(bans[0]["reason"], "scanner", "{bans}");
+    assert_eq!(bans[0]["source"], "sip", "{bans}");
     assert!(
         e.peer.received().is_empty(),
         "the scan reached Asterisk: {:?}",
         e.peer.received()
     );
     assert!(
-        SipTls::try_connect(e.tls, &e.env.cert()).is_err(),
+        SipTls::try_connect_from(Some(src), e.tls, &e.env.cert()).is_err(),
         "a banned address still gets a TLS session"
     );
-    e.env.ok(&["sip", "ban", "rm", "127.0.0.1"], b"");
+    e.env.ok(&["sip", "ban", "rm", &src.to_string()], b"");
     let end = Instant::now() + T;
-    while SipTls::try_connect(e.tls, &e.env.cert()).is_err() {
+    while SipTls::try_connect_from(Some(src), e.tls, &e.env.cert()).is_err() {
         assert!(Instant::now() < end, "the lifted ban still holds");
         std::thread::sleep(Duration::from_millis(200));
     }

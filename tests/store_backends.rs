@@ -421,19 +421,99 @@ async fn links_ami_sip_and_audit_rows(store: &Store) {
     );
     assert_eq!(store.sip_credentials().await.unwrap(), vec![cred]);
 
-    store
-        .put_sip_ban("198.51.100.3", "flood", 80, 800)
-        .await
-        .unwrap();
+    // The one ban list: a ban, its renewal doubled, another source, a feed, lifting.
+    assert_eq!(store.ban_version().await.unwrap(), 0);
+    let ban = |source: &'static str, now: i64| NewBan {
+        address: "198.51.100.3",
+        source,
+        reason: "flood",
+        node: "pbx1",
+        now,
+        base_secs: 100,
+        max_secs: 350,
+    };
+    let first = store.put_ban(&ban("sip", 80)).await.unwrap();
     assert_eq!(
-        store.sip_bans(90).await.unwrap(),
-        vec![SipBanRow {
-            ip: "198.51.100.3".into(),
+        first,
+        BanRow {
+            address: "198.51.100.3".into(),
+            source: "sip".into(),
+            origin: "".into(),
             reason: "flood".into(),
             created_at: 80,
-            expires_at: 800,
-        }]
+            expires_at: 180,
+            hits: 1,
+            node: "pbx1".into(),
+        }
     );
+    let again = store.put_ban(&ban("sip", 90)).await.unwrap();
+    assert_eq!(
+        (again.created_at, again.expires_at, again.hits),
+        (80, 290, 2)
+    );
+    let third = store.put_ban(&ban("sip", 95)).await.unwrap();
+    assert_eq!(
+        (third.expires_at, third.hits),
+        (445, 3),
+        "capped at max_secs"
+    );
+    store.put_ban(&ban("asterisk", 95)).await.unwrap();
+    let (added, removed) = store
+        .replace_feed_bans(
+            "apiban",
+            &["192.0.2.0/24".to_string(), "198.51.100.3".to_string()],
+            96,
+            1000,
+            "pbx1",
+        )
+        .await
+        .unwrap();
+    assert_eq!((added, removed), (2, 0));
+    let (added, removed) = store
+        .replace_feed_bans("apiban", &["192.0.2.0/24".to_string()], 97, 1100, "pbx1")
+        .await
+        .unwrap();
+    assert_eq!((added, removed), (0, 1));
+    let live = store.bans(100).await.unwrap();
+    let summary: Vec<(&str, &str, &str, i64)> = live
+        .iter()
+        .map(|r| {
+            (
+                r.address.as_str(),
+                r.source.as_str(),
+                r.origin.as_str(),
+                r.expires_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("198.51.100.3", "asterisk", "", 195),
+            ("198.51.100.3", "sip", "", 445),
+            ("192.0.2.0/24", "feed", "apiban", 1100),
+        ]
+    );
+    assert!(store.ban_version().await.unwrap() >= 6);
+    assert_eq!(
+        store.bans(500).await.unwrap().len(),
+        1,
+        "ended bans are not listed"
+    );
+    assert_eq!(
+        store.delete_bans(Some("198.51.100.3"), 100).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.delete_bans(Some("198.51.100.3"), 100).await.unwrap(),
+        0
+    );
+    // A ban that ended long ago is forgotten, and the next one starts over.
+    store.put_ban(&ban("ami", 100)).await.unwrap();
+    assert_eq!(store.forget_bans(1100 + 86_400).await.unwrap(), 2);
+    let fresh = store.put_ban(&ban("ami", 100_000)).await.unwrap();
+    assert_eq!(fresh.hits, 1);
+    assert_eq!(store.delete_bans(None, 100_000).await.unwrap(), 1);
 
     store.insert_user("alice", 1, None, "h").await.unwrap();
     store.insert_user("bob", 1, None, "h").await.unwrap();

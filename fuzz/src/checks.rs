@@ -678,6 +678,8 @@ async fn build_app(dir: &Path) -> (Arc<App>, String) {
         store: &app.store,
         metrics: &app.metrics,
         cfg: &config.auth,
+        bans: &app.bans,
+        bans_cfg: &config.bans,
     };
     let issued = issue_session(gate, &user, &client)
         .await

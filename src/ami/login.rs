@@ -146,9 +146,20 @@ async fn authenticate(
         Err(Failure { reason, counts }) => {
             let now = Instant::now();
             let banned = reason == BANNED;
-            let user = (counts == Counts::AddressAndUser).then_some(username.as_str());
-            if counts != Counts::Nothing && gw.bans.failure(peer.ip(), user, rules, now) {
-                warn!(%peer, user = %username, duration = ?cfg.ban_duration, "AMI login ban started after repeated failures");
+            if counts == Counts::AddressAndUser && gw.lockouts.failure(&username, rules, now) {
+                warn!(%peer, user = %username, duration = ?cfg.ban_duration, "AMI login ban started for the user after repeated failures");
+            }
+            if counts != Counts::Nothing
+                && gw.ctx.bans.strike(
+                    peer.ip(),
+                    crate::bans::Source::Ami,
+                    "login_failures",
+                    cfg.ban_threshold,
+                    cfg.ban_window,
+                    Some(cfg.ban_duration),
+                )
+            {
+                warn!(%peer, duration = ?cfg.ban_duration, "AMI login ban started for the address after repeated failures");
             }
             warn!(%peer, user = %username, reason, "AMI login failed");
             metrics
@@ -224,10 +235,8 @@ async fn check_credentials(
     challenge: Option<&str>,
     peer: SocketAddr,
 ) -> Result<(ClientPolicy, i64), Failure> {
-    if gw
-        .bans
-        .check(peer.ip(), Some(username), Instant::now())
-        .is_some()
+    if gw.ctx.bans.banned(peer.ip()).is_some()
+        || gw.lockouts.check(username, Instant::now()).is_some()
     {
         return fail(BANNED, Counts::Nothing);
     }

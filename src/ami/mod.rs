@@ -7,7 +7,8 @@
 //! - [`clients`] is the clients' accounts as admins manage them (add, list, remove).
 //! - [`policy`] is default deny plus the built-in refusals; [`calls`] the toll-fraud rules
 //!   (contexts, destinations) for the actions that place or move calls.
-//! - [`guards`] holds login bans (action rate limits are token buckets of [`crate::rate`]).
+//! - [`guards`] holds login lockouts by name (bans by address are in `crate::bans`; action
+//!   rate limits are token buckets of [`crate::rate`]).
 //! - [`upstream`] connects and logs in to Asterisk; this module keeps the banner, the
 //!   reachability state and the pool of ready sessions; `session` runs one client connection,
 //!   `login` its login phase and `relay` the relay to its Asterisk session.
@@ -39,7 +40,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use self::config::AmiConfig;
@@ -130,6 +131,8 @@ pub struct Context {
     pub config: ArcSwapOption<AmiConfig>,
     /// The toll-fraud rules: destinations and originates in flight.
     pub dialing: crate::dialing::Guard,
+    /// The one ban list: banned addresses are refused; repeated failed logins ban.
+    pub bans: crate::bans::Bans,
 }
 
 impl Context {
@@ -139,6 +142,7 @@ impl Context {
         metrics: Metrics,
         journal: Journal,
         dialing: crate::dialing::Guard,
+        bans: crate::bans::Bans,
     ) -> Context {
         Context {
             store,
@@ -147,6 +151,7 @@ impl Context {
             journal,
             config: ArcSwapOption::empty(),
             dialing,
+            bans,
         }
     }
 }
@@ -168,7 +173,7 @@ pub struct Gateway {
     last_failure: Mutex<Option<Instant>>,
     pool: Mutex<Vec<Upstream>>,
     pool_wake: tokio::sync::Notify,
-    bans: guards::Bans,
+    lockouts: guards::Lockouts,
     unauthenticated: AtomicUsize,
     clients: AtomicUsize,
     tls: ArcSwapOption<rustls::ServerConfig>,
@@ -276,7 +281,7 @@ impl Gateway {
             last_failure: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
             pool_wake: tokio::sync::Notify::new(),
-            bans: guards::Bans::default(),
+            lockouts: guards::Lockouts::default(),
             unauthenticated: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             tls: ArcSwapOption::new(tls),
@@ -561,6 +566,10 @@ pub async fn serve(
                 continue;
             }
         };
+        if gateway.ctx.bans.banned(peer.ip()).is_some() {
+            debug!(%peer, "closing an AMI connection from a banned address");
+            continue;
+        }
         let gw = gateway.clone();
         let end = sessions.child_token();
         tracker.spawn(async move { session::run(gw, stream, peer, end).await });

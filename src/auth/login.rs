@@ -104,6 +104,9 @@ pub struct Gate<'a> {
     pub store: &'a Store,
     pub metrics: &'a Metrics,
     pub cfg: &'a AuthConfig,
+    /// Failed logins from one address past `[bans] http_threshold` ban it.
+    pub bans: &'a crate::bans::Bans,
+    pub bans_cfg: &'a crate::bans::config::BansConfig,
 }
 
 async fn record(
@@ -114,6 +117,18 @@ async fn record(
     result: &'static str,
 ) -> Result<(), StoreError> {
     gate.metrics.login(result);
+    if result != "ok" {
+        if let Ok(ip) = client.ip.parse::<std::net::IpAddr>() {
+            gate.bans.strike(
+                ip,
+                crate::bans::Source::Http,
+                "login_failures",
+                gate.bans_cfg.http_threshold,
+                gate.bans_cfg.window,
+                None,
+            );
+        }
+    }
     gate.store
         .record_login(&NewHistory {
             at: now,
@@ -149,6 +164,18 @@ pub async fn check_password(
     // Names are lower-case, so every case variant of a name is the same account for the
     // lookup and for throttling.
     let account = typed.to_ascii_lowercase();
+    // Behind a proxy the connection itself is not refused: the address it forwarded is.
+    if let Some(left) = client
+        .ip
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .and_then(|ip| gate.bans.banned(ip))
+    {
+        gate.metrics.login("banned");
+        return Ok(PasswordStep::Refused(Refusal::Throttled {
+            retry_after: left.max(1) as u64,
+        }));
+    }
     let ticket = match gate
         .auth
         .pending

@@ -167,7 +167,11 @@ mod tests {
         let raw: RawBans = toml::from_str(text).unwrap();
         let mut c = Checker::default();
         let cfg = BansConfig::from_raw(raw, &mut c);
-        let p = c.into_problems().into_iter().map(|p| p.to_string()).collect();
+        let p = c
+            .into_problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
         (cfg, p)
     }
 
@@ -201,7 +205,12 @@ mod tests {
             "firewall = \"iptables\"\ntable = \"my table\"\nallow = [\"office\"]\nduration = \"2h\"\nmax_duration = \"1h\"",
         );
         let all = p.join("\n");
-        for key in ["bans.firewall", "bans.table", "bans.allow", "bans.max_duration"] {
+        for key in [
+            "bans.firewall",
+            "bans.table",
+            "bans.allow",
+            "bans.max_duration",
+        ] {
             assert!(all.contains(key), "{key} missing from {all}");
         }
     }

@@ -61,11 +61,15 @@ impl BanKey {
         if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
             return Err(KeyError::Syntax(text.to_string()));
         }
-        let len: u8 = len.parse().map_err(|_| KeyError::Syntax(text.to_string()))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| KeyError::Syntax(text.to_string()))?;
         let net = match crate::net::canonical_ip(addr) {
             IpAddr::V4(v4) if addr.is_ipv6() => {
                 // ::ffff:a.b.c.d/LEN: the mapped prefix length counts the 96 mapping bits.
-                let l = len.checked_sub(96).ok_or_else(|| KeyError::Syntax(text.to_string()))?;
+                let l = len
+                    .checked_sub(96)
+                    .ok_or_else(|| KeyError::Syntax(text.to_string()))?;
                 IpNet::V4(Ipv4Net::new(v4, l).map_err(|_| KeyError::Syntax(text.to_string()))?)
             }
             IpAddr::V4(v4) => {
@@ -148,20 +152,40 @@ mod tests {
 
     #[test]
     fn bad_text_is_refused_with_the_reason() {
-        for bad in ["", "banana", "192.0.2.300", "192.0.2.0/33", "192.0.2.0/", "192.0.2.0/+8",
-            "2001:db8::/129", "192.0.2.0/24/1", "[2001:db8::1]", "192.0.2.1 ", "1.2.3"] {
+        for bad in [
+            "",
+            "banana",
+            "192.0.2.300",
+            "192.0.2.0/33",
+            "192.0.2.0/",
+            "192.0.2.0/+8",
+            "2001:db8::/129",
+            "192.0.2.0/24/1",
+            "[2001:db8::1]",
+            "192.0.2.1 ",
+            "1.2.3",
+        ] {
             if bad == "192.0.2.1 " {
                 assert!(BanKey::parse(bad).is_ok(), "surrounding space is trimmed");
                 continue;
             }
-            assert!(matches!(BanKey::parse(bad), Err(KeyError::Syntax(_))), "{bad:?}");
+            assert!(
+                matches!(BanKey::parse(bad), Err(KeyError::Syntax(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             BanKey::parse("192.0.2.7/24").unwrap_err().to_string(),
             "\"192.0.2.7/24\" has host bits set after the prefix length (did you mean 192.0.2.0/24?)"
         );
-        assert!(matches!(BanKey::parse("0.0.0.0/0"), Err(KeyError::TooWide(_, 8))));
-        assert!(matches!(BanKey::parse("2000::/3"), Err(KeyError::TooWide(_, 16))));
+        assert!(matches!(
+            BanKey::parse("0.0.0.0/0"),
+            Err(KeyError::TooWide(_, 8))
+        ));
+        assert!(matches!(
+            BanKey::parse("2000::/3"),
+            Err(KeyError::TooWide(_, 16))
+        ));
         assert!(BanKey::parse("10.0.0.0/8").is_ok());
     }
 

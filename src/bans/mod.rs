@@ -4,12 +4,51 @@
 //! `[bans] firewall = "nftables"`, a copy in the kernel that drops a banned address's packets
 //! before TLS and before Asterisk.
 
+pub mod active;
+pub mod admin;
 pub mod config;
 pub mod feeds;
+pub mod firewall;
 pub mod key;
+pub mod list;
 pub mod nft;
 
+use ipnet::IpNet;
+
 pub use key::{BanKey, KeyError};
+pub use list::{Bans, ImposeError};
+
+/// Why `key` must never be banned: it is loopback or unspecified, or it overlaps `allow` or
+/// the daemon's own `exempt` networks: the proxies it trusts, the Asterisk it relays to and
+/// the address it relays from (Asterisk's events name pbxguard as the client of everything
+/// it relays; on one host that is loopback or the address Asterisk listens on).
+pub fn never_banned(key: &BanKey, allow: &[IpNet], exempt: &[IpNet]) -> Option<String> {
+    let net = key.net();
+    let special = match net {
+        IpNet::V4(n) => {
+            n.addr().is_loopback()
+                || n.addr().is_unspecified()
+                || n.contains(&std::net::Ipv4Addr::LOCALHOST)
+        }
+        IpNet::V6(n) => {
+            n.addr().is_loopback()
+                || n.addr().is_unspecified()
+                || n.contains(&std::net::Ipv6Addr::LOCALHOST)
+        }
+    };
+    if special {
+        return Some("loopback (this host)".into());
+    }
+    if let Some(a) = allow.iter().find(|a| key.overlaps(a)) {
+        return Some(format!("it overlaps {a} in [bans] allow"));
+    }
+    if let Some(a) = exempt.iter().find(|a| key.overlaps(a)) {
+        return Some(format!(
+            "it overlaps {a}, which pbxguard trusts or relays to"
+        ));
+    }
+    None
+}
 
 /// Where a ban came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

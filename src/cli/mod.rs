@@ -4,6 +4,7 @@
 
 mod ami;
 mod audit;
+mod ban;
 mod db;
 mod docs;
 mod mfa;
@@ -72,9 +73,12 @@ pub enum Command {
     /// Two-factor authentication: policy, status, resets, exemptions.
     #[command(subcommand)]
     Mfa(mfa::MfaCommand),
-    /// SIP credentials Asterisk fetches over realtime.
+    /// SIP credentials Asterisk fetches over realtime (and `sip ban`, an alias of `ban`).
     #[command(subcommand)]
     Sip(sip::SipCommand),
+    /// The one ban list: SIP, AMI, HTTP, Asterisk's security events, feeds, admins.
+    #[command(subcommand)]
+    Ban(ban::BanCommand),
     /// Audit Asterisk's configuration, or read pbxguard's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -205,6 +209,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.config, cmd)),
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
+        Command::Ban(cmd) => runtime()?.block_on(ban::run(&cli.config, cmd)),
         Command::Ami(cmd) => runtime()?.block_on(ami::run(&cli.config, cmd)),
         Command::Db(cmd) => runtime()?.block_on(db::run(&cli.config, cmd)),
         Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),

@@ -4,14 +4,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Subcommand;
 
 use super::{actor, load, open_store, open_vault, read_stdin_secret, UsageError};
 use crate::clock::now_unix;
 use crate::realtime::credentials::{self, By, CredentialError};
 use crate::realtime::{validate_id, validate_username};
-use crate::sip::bans::{self, BanError, Lifted};
 use crate::vault::MAX_SECRET_LEN;
 
 #[derive(Debug, Subcommand)]
@@ -19,63 +17,9 @@ pub enum SipCommand {
     /// SIP credentials (pjsip auth objects, family ps_auths).
     #[command(subcommand)]
     Credential(CredentialCommand),
-    /// Client addresses the SIP edge has banned (failed authentications, scanners).
+    /// The ban list (an alias of `pbxguard ban`).
     #[command(subcommand)]
-    Ban(BanCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BanCommand {
-    /// List the bans in force.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lift a ban (an address; IPv6 bans cover the /64), or every ban with --all. The running
-    /// daemon lets the address in again within 2 seconds.
-    Rm {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        address: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
-}
-
-async fn ban(config: &crate::config::Config, cmd: BanCommand) -> anyhow::Result<ExitCode> {
-    let store = open_store(config).await?;
-    match cmd {
-        BanCommand::List { json } => {
-            let views = bans::list(&store, now_unix()).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
-            } else if views.is_empty() {
-                println!("no SIP bans");
-            } else {
-                println!("{:<40}  {:<14}  EXPIRES", "ADDRESS", "REASON");
-                for v in views {
-                    println!("{:<40}  {:<14}  {}", v.address, v.reason, v.expires_at);
-                }
-            }
-        }
-        BanCommand::Rm { address, .. } => {
-            let lifted = bans::lift(&store, &actor(), address.as_deref())
-                .await
-                .map_err(|e| match e {
-                    BanError::BadAddress(_) => UsageError(e.to_string()).into(),
-                    e => anyhow::Error::from(e),
-                })?;
-            match lifted {
-                Lifted {
-                    key: Some(k),
-                    count: 0,
-                } => bail!("no SIP ban on {k}"),
-                Lifted { key: Some(k), .. } => println!("lifted the SIP ban on {k}"),
-                Lifted { key: None, count } => println!("lifted {count} SIP ban(s)"),
-            }
-        }
-    }
-    store.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ban(super::ban::BanCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,11 +61,11 @@ fn problem(e: CredentialError) -> anyhow::Error {
 }
 
 pub async fn run(config_path: &Path, cmd: SipCommand) -> anyhow::Result<ExitCode> {
-    let config = load(config_path)?;
     let cmd = match cmd {
         SipCommand::Credential(c) => c,
-        SipCommand::Ban(b) => return ban(&config, b).await,
+        SipCommand::Ban(b) => return super::ban::run(config_path, b).await,
     };
+    let config = load(config_path)?;
     match cmd {
         CredentialCommand::Set {
             id,

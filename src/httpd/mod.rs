@@ -66,11 +66,21 @@ impl Limits {
 }
 
 /// What every HTTP listener of the process shares.
-#[derive(Debug)]
+/// Whether a new connection from this address is closed at once (a banned address).
+pub type Gate = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
+
 pub struct Httpd {
     /// Read per accepted connection, so a reload applies to the next accept without rebinding.
     limits: ArcSwap<Limits>,
     metrics: Metrics,
+    /// Set once by the daemon: the ban list, which lives above this layer.
+    gate: std::sync::OnceLock<Gate>,
+}
+
+impl std::fmt::Debug for Httpd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Httpd").finish_non_exhaustive()
+    }
 }
 
 impl Httpd {
@@ -78,11 +88,21 @@ impl Httpd {
         Httpd {
             limits: ArcSwap::from_pointee(limits),
             metrics,
+            gate: std::sync::OnceLock::new(),
         }
     }
 
     pub fn set_limits(&self, limits: Limits) {
         self.limits.store(Arc::new(limits));
+    }
+
+    /// Closes every new connection `gate` refuses (set once; later calls are ignored).
+    pub fn set_gate(&self, gate: Gate) {
+        let _ = self.gate.set(gate);
+    }
+
+    fn refuses(&self, ip: std::net::IpAddr) -> bool {
+        self.gate.get().is_some_and(|g| g(ip))
     }
 }
 
@@ -138,6 +158,10 @@ pub async fn serve(
                 }
             },
         };
+        if httpd.refuses(addr.ip()) {
+            debug!(listener = name, %addr, "closing a connection from a banned address");
+            continue;
+        }
         let limits = httpd.limits.load_full();
         if open.load(Ordering::Acquire) >= limits.max_connections {
             httpd

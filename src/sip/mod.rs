@@ -7,10 +7,9 @@
 //! Asterisk, [`upstream`] is the loopback side, [`transaction`] retransmits for phones when
 //! that side is UDP, [`proxy`] decides what crosses, [`dial`] applies the toll-fraud rules to
 //! the calls phones place, [`guards`] holds rates, scanner
-//! filtering and bans ([`bans`] lists and lifts them for admins), [`ticket`] binds browser WebSockets to web sessions, and [`service`]
+//! filtering and bans (kept in the one ban list, `crate::bans`), [`ticket`] binds browser WebSockets to web sessions, and [`service`]
 //! starts, reloads and stops the edge for the daemon.
 
-pub mod bans;
 pub mod calls;
 pub mod config;
 pub mod dial;
@@ -36,7 +35,7 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use proxy::Edge;
 
@@ -48,7 +47,7 @@ use crate::store::{SessionRow, Store};
 use crate::tls::{self, TlsError, TlsFiles};
 use crate::vault::Vault;
 
-/// How often bans are re-read from the store (the CLI lifts them there).
+/// How often the edge's own housekeeping runs (new bans wake it at once).
 const BAN_REFRESH: Duration = Duration::from_secs(2);
 /// How often WebSockets are checked against their web sessions (revocation, expiry).
 const SESSION_RECHECK: Duration = Duration::from_secs(5);
@@ -81,9 +80,8 @@ pub struct Context {
     /// The configuration in force: set by [`service::Sip`] on start and reload, `None` once
     /// `[sip]` is removed.
     pub config: ArcSwapOption<EdgeConfig>,
-    /// Woken when another node announced a ban change: the bans are read again at once
-    /// instead of at the next refresh.
-    pub bans_changed: Arc<tokio::sync::Notify>,
+    /// The one ban list: the edge refuses its addresses and adds its own offenders.
+    pub bans: crate::bans::Bans,
     /// The toll-fraud rules: destinations, calls at once and attempts per minute.
     pub dialing: crate::dialing::Guard,
 }
@@ -175,13 +173,14 @@ impl Edge {
             }
         });
         let edge = self.clone();
+        let mut bans = self.bans.subscribe();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(BAN_REFRESH);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
-                    _ = edge.ctx.bans_changed.notified() => {}
+                    _ = bans.changed() => {}
                 }
                 edge.refresh_bans().await;
                 edge.refresh_bound_extensions().await;
@@ -192,20 +191,10 @@ impl Edge {
         });
     }
 
+    /// Closes the connections of addresses banned since (by any source, on any node).
     async fn refresh_bans(&self) {
-        let now = now_unix();
-        match self.ctx.store.sip_bans(now).await {
-            Ok(rows) => self.bans.replace(
-                rows.into_iter().map(|r| (r.ip, r.expires_at)),
-                Instant::now(),
-            ),
-            Err(e) => {
-                warn!(error = %e, "reading SIP bans failed; keeping the ones in memory");
-                return;
-            }
-        }
         for flow in self.flows.all() {
-            if self.bans.banned(flow.peer.ip(), now).is_some() {
+            if self.bans.banned(flow.peer.ip()).is_some() {
                 flow.close.cancel();
             }
         }

@@ -25,13 +25,12 @@ use super::config::SipConfig;
 use super::dial::{self, CallKey, NoSlot};
 use super::digest::Challenge;
 use super::flow::{Flow, Flows, Kind};
-use super::guards::{BanRules, Bans, Rates};
+use super::guards::Rates;
 use super::message::{answer_forwarded, error_response, Message, Method, Via};
 use super::reauth::{CancelTarget, Resends, Sent, MAX_ATTEMPTS};
 use super::sdp::{self, MediaPolicy, Refusal};
 use super::transaction::{self, Answer, Due, Key, Started, Transactions};
 use super::upstream::Upstream;
-use crate::clock::now_unix;
 use crate::dialing::{Refused, Rule};
 use crate::metrics::ResultLabels;
 
@@ -75,7 +74,8 @@ struct Pending {
 pub struct Edge {
     pub(super) ctx: Arc<super::Context>,
     pub flows: Flows,
-    pub bans: Arc<Bans>,
+    /// The one ban list (shared with the rest of the daemon).
+    pub bans: crate::bans::Bans,
     rates: Rates,
     /// Swapped when a reload moves the Asterisk side.
     upstream: ArcSwap<Upstream>,
@@ -208,9 +208,9 @@ fn label(result: &'static str) -> ResultLabels {
 impl Edge {
     pub fn new(ctx: Arc<super::Context>, upstream: Arc<Upstream>) -> Edge {
         Edge {
+            bans: ctx.bans.clone(),
             ctx,
             flows: Flows::new(),
-            bans: Arc::default(),
             rates: Rates::default(),
             upstream: ArcSwap::new(upstream),
             connections: Arc::default(),
@@ -507,35 +507,27 @@ impl Edge {
 
     /// Bans the address of `flow` (and closes every connection from it).
     fn ban_now(&self, ip: IpAddr, reason: &'static str, duration: Duration) {
-        let (key, until) = self.bans.ban(ip, duration, now_unix());
-        self.persist_ban(key, reason, until);
+        if self
+            .bans
+            .impose_soon(ip, crate::bans::Source::Sip, reason, Some(duration))
+        {
+            self.banned(ip, reason);
+        }
     }
 
-    fn persist_ban(&self, key: String, reason: &'static str, until: i64) {
+    /// Counts the ban and closes every connection the banned address has open.
+    fn banned(&self, ip: IpAddr, reason: &'static str) {
         self.ctx
             .metrics
             .sip_bans
             .get_or_create(&label(reason))
             .inc();
-        info!(address = %key, reason, until = %crate::clock::rfc3339(until), "SIP edge banned a client address");
+        info!(address = %crate::bans::BanKey::host(ip), reason, "SIP edge banned a client address");
         for flow in self.flows.all() {
-            if super::guards::ban_key(flow.peer.ip()) == key {
+            if self.bans.banned(flow.peer.ip()).is_some() {
                 flow.close.cancel();
             }
         }
-        let store = self.ctx.store.clone();
-        let bans = self.bans.clone();
-        tokio::spawn(async move {
-            match store.put_sip_ban(&key, reason, now_unix(), until).await {
-                Ok(()) => {
-                    bans.saved(&key);
-                    store.tell(crate::store::changes::Change::Bans).await;
-                }
-                Err(e) => {
-                    warn!(error = %e, "recording a SIP ban failed; it holds in memory for a minute")
-                }
-            }
-        });
     }
 
     // ---- client -> Asterisk -----------------------------------------------------------------
@@ -1759,16 +1751,16 @@ impl Edge {
         if !auth_failure(msg, flag, method) {
             return;
         }
-        let rules = BanRules {
-            threshold: sip.ban_threshold,
-            window: sip.ban_window,
-            duration: sip.ban_duration,
-        };
-        if let Some((key, until)) =
-            self.bans
-                .failure(flow.peer.ip(), rules, Instant::now(), now_unix())
-        {
-            self.persist_ban(key, "auth_failures", until);
+        let ip = flow.peer.ip();
+        if self.bans.strike(
+            ip,
+            crate::bans::Source::Sip,
+            "auth_failures",
+            sip.ban_threshold,
+            sip.ban_window,
+            Some(sip.ban_duration),
+        ) {
+            self.banned(ip, "auth_failures");
         }
     }
 

@@ -27,7 +27,6 @@ use super::framing::{Frame, StreamFramer};
 use super::message::MAX_MESSAGE_BYTES;
 use super::proxy::Edge;
 use super::ticket::Binding;
-use crate::clock::now_unix;
 use crate::metrics::{ListenerLabels, ResultLabels};
 
 /// The TLS (and WebSocket) handshake must finish within this.
@@ -123,7 +122,7 @@ pub async fn serve(
                 continue;
             }
         };
-        if edge.bans.banned(peer.ip(), now_unix()).is_some() {
+        if edge.bans.banned(peer.ip()).is_some() {
             debug!(%peer, "closing a connection from a banned address");
             continue;
         }

@@ -35,6 +35,7 @@ macro_rules! with_db {
 
 mod ami;
 mod audit;
+pub mod bans;
 pub mod changes;
 pub mod copy;
 pub(crate) mod history;
@@ -62,6 +63,7 @@ use sqlx::sqlite::{
 
 pub use ami::AmiClientRow;
 pub use audit::AuditEntry;
+pub use bans::{BanRow, NewBan};
 pub use history::HistoryRow;
 pub use links::{LinkFilter, LinkRow};
 pub use mfa::{Finish, MfaStatusRow, PendingRow};
@@ -70,7 +72,7 @@ pub use password::{read_password_file, PasswordFileError};
 pub use secrets::{KeyRow, SecretRow};
 pub use sessions::{NewHistory, SessionRow};
 pub use sip::SipCredentialRow;
-pub use sip_edge::{ExtensionSet, SipBanRow};
+pub use sip_edge::ExtensionSet;
 pub use users::UserRow;
 
 use tx::Health;

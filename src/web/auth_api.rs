@@ -73,6 +73,8 @@ pub fn gate<'a>(app: &'a App, config: &'a Config) -> Gate<'a> {
         store: &app.store,
         metrics: &app.metrics,
         cfg: &config.auth,
+        bans: &app.bans,
+        bans_cfg: &config.bans,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod admin_api;
 pub mod auth_api;
+pub mod bans_api;
 pub mod error;
 pub mod extract;
 pub mod login_page;
@@ -60,6 +61,12 @@ pub fn api_router(app: Arc<App>) -> Router {
             delete(admin_api::revoke_user_sessions),
         )
         .route("/api/v1/admin/login-history", get(admin_api::login_history))
+        .route(
+            "/api/v1/admin/bans",
+            get(bans_api::list)
+                .post(bans_api::add)
+                .delete(bans_api::remove),
+        )
         .route("/api/v1/auth/mfa", post(mfa_api::finish))
         .route("/api/v1/auth/mfa/email", post(mfa_api::email))
         .route("/api/v1/auth/totp/enroll", post(mfa_api::totp_enroll))

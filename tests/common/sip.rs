@@ -252,6 +252,21 @@ pub fn raise_nofile() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
+/// A TCP connection to 127.0.0.1:`port`, from `source` when given (bound first; connecting
+/// to loopback from another local address works on Linux).
+pub fn connect_from(source: Option<std::net::IpAddr>, port: u16) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(("127.0.0.1", port));
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)).into(),
+        Duration::from_secs(5),
+    )?;
+    Ok(socket.into())
+}
+
 /// SIP over TLS, verified against the daemon's certificate (name `localhost`).
 pub struct SipTls {
     stream: Tls,
@@ -264,7 +279,17 @@ impl SipTls {
     }
 
     pub fn try_connect(port: u16, cert: &Path) -> std::io::Result<SipTls> {
-        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        SipTls::try_connect_from(None, port, cert)
+    }
+
+    /// From `source` (an address of this host other than loopback, which is never banned:
+    /// see `netns::PhoneNet::host_ip`) when given.
+    pub fn try_connect_from(
+        source: Option<std::net::IpAddr>,
+        port: u16,
+        cert: &Path,
+    ) -> std::io::Result<SipTls> {
+        let tcp = connect_from(source, port)?;
         tcp.set_read_timeout(Some(Duration::from_millis(200)))?;
         let name = ServerName::try_from("localhost").expect("name");
         let conn =
@@ -659,6 +684,12 @@ wss_origins = ["{ORIGIN}"]
 
     pub fn client(&self) -> SipTls {
         SipTls::connect(self.tls, &self.env.cert())
+    }
+
+    /// A client connecting from `source` (a documentation address of this host: loopback is
+    /// never banned).
+    pub fn client_from(&self, source: std::net::IpAddr) -> SipTls {
+        SipTls::try_connect_from(Some(source), self.tls, &self.env.cert()).expect("TLS connect")
     }
 
     /// A web user (level 2) bound to SIP extension `ext`; its session token.

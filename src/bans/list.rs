@@ -1,0 +1,393 @@
+//! The daemon's side of the ban list: imposes bans (through the store, so every node and the
+//! kernel follow), keeps the in-memory copy its listeners consult per connection, counts the
+//! offences that lead to a ban, and refuses to ban what must never be banned.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::active::Active;
+use super::config::BansConfig;
+use super::{never_banned, BanKey, Source};
+use crate::clock::now_unix;
+use crate::metrics::{Metrics, SourceLabels};
+use crate::store::{BanRow, NewBan, Store, StoreError};
+
+/// How often the daemon looks at the store's ban version (the CLI's changes; other nodes'
+/// on SQLite-less setups arrive at once through the change feed as well).
+pub const POLL: Duration = Duration::from_secs(1);
+/// Offence counters kept at most per source; past this the stale ones go, then all (an
+/// address-spraying attacker cannot grow memory without bound).
+const MAX_TRACKED: usize = 65_536;
+/// A ban imposed here but not read back from the store yet (a slow or failed write) is kept
+/// this long by refreshes.
+const PENDING_GRACE: Duration = Duration::from_secs(60);
+/// How often rows that ended long ago are deleted.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImposeError {
+    /// The address is on the never-banned list; the text says why.
+    #[error("{0} is never banned: {1}")]
+    NeverBanned(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Bans in force as last read, plus what this process imposed since.
+#[derive(Debug, Default)]
+struct Copy {
+    active: Active,
+    /// (key, end, source) of every row in force: the firewall's elements and the gauges.
+    rows: Vec<(BanKey, i64, Source)>,
+}
+
+struct Inner {
+    store: Store,
+    metrics: Metrics,
+    node: String,
+    config: ArcSwap<BansConfig>,
+    /// Never banned besides loopback and `allow`: `[http] trusted_proxies`, the Asterisk
+    /// pbxguard relays to and the addresses it relays from (set from the configuration).
+    exempt: ArcSwap<Vec<IpNet>>,
+    copy: RwLock<Copy>,
+    pending: Mutex<HashMap<BanKey, (i64, Source, Instant)>>,
+    strikes: Mutex<HashMap<(Source, BanKey), VecDeque<Instant>>>,
+    generation: watch::Sender<u64>,
+    version: AtomicI64,
+}
+
+/// The ban list as the daemon uses it. Cloning shares it.
+#[derive(Clone)]
+pub struct Bans(Arc<Inner>);
+
+impl std::fmt::Debug for Bans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bans").finish_non_exhaustive()
+    }
+}
+
+impl Bans {
+    pub fn new(config: BansConfig, store: Store, metrics: Metrics, node: String) -> Bans {
+        Bans(Arc::new(Inner {
+            store,
+            metrics,
+            node,
+            config: ArcSwap::from_pointee(config),
+            exempt: ArcSwap::from_pointee(Vec::new()),
+            copy: RwLock::default(),
+            pending: Mutex::default(),
+            strikes: Mutex::default(),
+            generation: watch::channel(0).0,
+            version: AtomicI64::new(-1),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<BansConfig> {
+        self.0.config.load_full()
+    }
+
+    /// A reload: new rules for the next offence, and the firewall reconciles at once.
+    pub fn set_config(&self, config: BansConfig, exempt: Vec<IpNet>) {
+        self.0.config.store(Arc::new(config));
+        self.0.exempt.store(Arc::new(exempt));
+        self.bump();
+    }
+
+    /// Why `key` must never be banned, if it must not.
+    pub fn never_banned(&self, key: &BanKey) -> Option<String> {
+        never_banned(key, &self.0.config.load().allow, &self.0.exempt.load())
+    }
+
+    /// Seconds left on the ban covering `ip` (never for an address that must not be banned).
+    pub fn banned(&self, ip: IpAddr) -> Option<i64> {
+        let now = now_unix();
+        let until = {
+            let copy = self.0.copy.read().unwrap_or_else(|e| e.into_inner());
+            copy.active.lookup(ip, now)?
+        };
+        if self.never_banned(&BanKey::host(ip)).is_some() {
+            return None;
+        }
+        Some(until - now)
+    }
+
+    /// Changes (a number that grows) whenever the bans in force may have changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.generation.subscribe()
+    }
+
+    fn bump(&self) {
+        self.0.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Bans `key` through the store and puts it in force here at once. A first ban lasts
+    /// `base` (`[bans] duration` when `None`); an earlier one of this source on the address
+    /// doubles it, up to `[bans] max_duration`.
+    pub async fn impose(
+        &self,
+        key: BanKey,
+        source: Source,
+        reason: &str,
+        base: Option<Duration>,
+    ) -> Result<BanRow, ImposeError> {
+        if let Some(why) = self.never_banned(&key) {
+            return Err(ImposeError::NeverBanned(key.to_string(), why));
+        }
+        let config = self.0.config.load();
+        let base = base.unwrap_or(config.duration).as_secs().max(1) as i64;
+        let max = config.max_duration.as_secs() as i64;
+        let address = key.to_string();
+        let row = self
+            .0
+            .store
+            .put_ban(&NewBan {
+                address: &address,
+                source: source.as_str(),
+                reason,
+                node: &self.0.node,
+                now: now_unix(),
+                base_secs: base,
+                max_secs: max,
+            })
+            .await?;
+        self.0
+            .metrics
+            .bans
+            .get_or_create(&SourceLabels {
+                source: source.as_str(),
+            })
+            .inc();
+        {
+            let mut copy = self.0.copy.write().unwrap_or_else(|e| e.into_inner());
+            copy.active.insert(key, row.expires_at);
+            copy.rows.push((key, row.expires_at, source));
+        }
+        // In the store now: the next refresh reads it back (or finds it lifted meanwhile).
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        info!(address = %address, source = source.as_str(), reason, hits = row.hits, expires_at = row.expires_at, "banned");
+        if let Err(e) = self
+            .0
+            .store
+            .audit(
+                source.as_str(),
+                &format!("ban.{}", source.as_str()),
+                &address,
+                reason,
+            )
+            .await
+        {
+            debug!(error = %e, "auditing a ban failed");
+        }
+        self.bump();
+        Ok(row)
+    }
+
+    /// [`Bans::impose`] from a hot path: `ip` is refused here from now on, and the store
+    /// write (and with it the firewall and the other nodes) follows in the background.
+    /// Returns false for an address that is never banned.
+    pub fn impose_soon(
+        &self,
+        ip: IpAddr,
+        source: Source,
+        reason: &'static str,
+        base: Option<Duration>,
+    ) -> bool {
+        let key = BanKey::host(ip);
+        if let Some(why) = self.never_banned(&key) {
+            debug!(address = %key, source = source.as_str(), why, "not banned");
+            return false;
+        }
+        let until = now_unix() + base.unwrap_or(self.0.config.load().duration).as_secs() as i64;
+        {
+            let mut copy = self.0.copy.write().unwrap_or_else(|e| e.into_inner());
+            copy.active.insert(key, until);
+        }
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (until, source, Instant::now()));
+        self.bump();
+        let bans = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bans.impose(key, source, reason, base).await {
+                warn!(address = %key, error = %e, "storing a ban failed; it holds on this node until the next refresh after {}s", PENDING_GRACE.as_secs());
+            }
+        });
+        true
+    }
+
+    /// Counts one offence of `source` from `ip`; the `threshold`-th within `window` bans it.
+    /// Returns whether this offence started a ban.
+    pub fn strike(
+        &self,
+        ip: IpAddr,
+        source: Source,
+        reason: &'static str,
+        threshold: u32,
+        window: Duration,
+        base: Option<Duration>,
+    ) -> bool {
+        if threshold == 0 {
+            return false;
+        }
+        let key = BanKey::host(ip);
+        let now = Instant::now();
+        let crossed = {
+            let mut strikes = self.0.strikes.lock().unwrap_or_else(|e| e.into_inner());
+            if strikes.len() >= MAX_TRACKED && !strikes.contains_key(&(source, key)) {
+                strikes.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+                if strikes.len() >= MAX_TRACKED {
+                    strikes.clear();
+                }
+            }
+            let q = strikes.entry((source, key)).or_default();
+            while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                q.pop_front();
+            }
+            q.push_back(now);
+            let crossed = q.len() >= threshold as usize;
+            if crossed {
+                strikes.remove(&(source, key));
+            }
+            crossed
+        };
+        crossed && self.impose_soon(ip, source, reason, base)
+    }
+
+    /// Re-reads the bans in force when the store's version moved (or `force`). Returns
+    /// whether the copy changed.
+    pub async fn refresh(&self, force: bool) -> Result<bool, StoreError> {
+        let version = self.0.store.ban_version().await?;
+        if !force && version == self.0.version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let now = now_unix();
+        let rows = self.0.store.bans(now).await?;
+        let mut fresh = Copy::default();
+        for r in &rows {
+            let (Ok(key), Some(source)) = (BanKey::parse(&r.address), Source::parse(&r.source))
+            else {
+                debug!(address = %r.address, source = %r.source, "skipping a ban row this version cannot read");
+                continue;
+            };
+            fresh.active.insert(key, r.expires_at);
+            fresh.rows.push((key, r.expires_at, source));
+        }
+        {
+            let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let clock = Instant::now();
+            pending.retain(|key, (until, _, at)| {
+                clock.saturating_duration_since(*at) < PENDING_GRACE
+                    && *until > now
+                    && !fresh.active.has(key, now)
+            });
+            for (key, (until, source, _)) in pending.iter() {
+                fresh.active.insert(*key, *until);
+                fresh.rows.push((*key, *until, *source));
+            }
+        }
+        let mut per_source: HashMap<Source, i64> = HashMap::new();
+        for (_, _, s) in &fresh.rows {
+            *per_source.entry(*s).or_default() += 1;
+        }
+        for s in Source::ALL {
+            self.0
+                .metrics
+                .bans_active
+                .get_or_create(&SourceLabels { source: s.as_str() })
+                .set(per_source.get(&s).copied().unwrap_or(0));
+        }
+        *self.0.copy.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.0.version.store(version, Ordering::Release);
+        self.bump();
+        Ok(true)
+    }
+
+    /// The bans in force that the kernel should hold: one element per key (the latest end),
+    /// without what must never be banned.
+    pub fn elements(&self) -> Vec<super::nft::Element> {
+        let now = now_unix();
+        let mut by_key: HashMap<BanKey, i64> = HashMap::new();
+        {
+            let copy = self.0.copy.read().unwrap_or_else(|e| e.into_inner());
+            for (key, until, _) in &copy.rows {
+                if *until > now {
+                    let e = by_key.entry(*key).or_insert(*until);
+                    *e = (*e).max(*until);
+                }
+            }
+        }
+        let mut out: Vec<super::nft::Element> = by_key
+            .into_iter()
+            .filter(|(key, _)| self.never_banned(key).is_none())
+            .map(|(key, until)| super::nft::Element {
+                net: key.net(),
+                expires_at: until,
+            })
+            .collect();
+        out.sort_by_key(|e| e.net);
+        out
+    }
+
+    /// The earliest end among the bans in force (the firewall looks again then).
+    pub fn next_expiry(&self) -> Option<i64> {
+        let now = now_unix();
+        let copy = self.0.copy.read().unwrap_or_else(|e| e.into_inner());
+        copy.rows.iter().map(|r| r.1).filter(|e| *e > now).min()
+    }
+
+    /// Follows the store until `stop`: its version every [`POLL`], at once when `changed`
+    /// is notified (another node's change), and deletes long-ended rows hourly.
+    pub fn start(
+        &self,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+        changed: Arc<tokio::sync::Notify>,
+    ) {
+        let bans = self.clone();
+        tracker.spawn(async move {
+            let mut failing = false;
+            let mut forgot = Instant::now();
+            loop {
+                let force = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(POLL) => false,
+                    _ = changed.notified() => true,
+                };
+                match bans.refresh(force).await {
+                    Ok(_) if failing => {
+                        failing = false;
+                        info!("reading the ban list works again");
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        warn!(error = %e, "reading the ban list failed; the bans in memory stay in force");
+                    }
+                    Err(_) => {}
+                }
+                if forgot.elapsed() >= FORGET_EVERY {
+                    forgot = Instant::now();
+                    if let Err(e) = bans.0.store.forget_bans(now_unix()).await {
+                        debug!(error = %e, "deleting long-ended bans failed");
+                    }
+                }
+            }
+        });
+    }
+}
