@@ -149,14 +149,6 @@ impl BansConfig {
             feeds,
         }
     }
-
-    /// The length of a ban that is the `hits`-th one for its address (1 for the first):
-    /// `duration` doubled for each earlier one, at most `max_duration`.
-    pub fn escalated(&self, base: Duration, hits: u32) -> Duration {
-        let doublings = hits.saturating_sub(1).min(32);
-        base.saturating_mul(1u32 << doublings.min(31))
-            .min(self.max_duration.max(base))
-    }
 }
 
 #[cfg(test)]
@@ -186,17 +178,6 @@ mod tests {
         assert_eq!(c.table, "pbxguard");
         assert_eq!(c.reconcile_interval, Duration::from_secs(30));
         assert_eq!(c, BansConfig::default());
-    }
-
-    #[test]
-    fn repeat_offenders_double_up_to_the_cap() {
-        let (c, _) = parse("duration = \"1h\"\nmax_duration = \"5h\"");
-        let h = Duration::from_secs(3600);
-        assert_eq!(c.escalated(h, 1), h);
-        assert_eq!(c.escalated(h, 2), 2 * h);
-        assert_eq!(c.escalated(h, 3), 4 * h);
-        assert_eq!(c.escalated(h, 4), 5 * h);
-        assert_eq!(c.escalated(h, 400), 5 * h);
     }
 
     #[test]

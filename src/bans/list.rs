@@ -391,3 +391,159 @@ impl Bans {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bans(config: &str) -> (tempfile::TempDir, Bans) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let store = Store::open(&url, true).await.unwrap();
+        store.migrate().await.unwrap();
+        let raw: super::super::config::RawBans = toml::from_str(config).unwrap();
+        let mut c = crate::problems::Checker::default();
+        let cfg = BansConfig::from_raw(raw, &mut c);
+        assert!(c.is_empty());
+        let bans = Bans::new(cfg.clone(), store, Metrics::new(), "pbx1".into());
+        bans.set_config(cfg, vec!["198.51.100.200/32".parse().unwrap()]);
+        (dir, bans)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_threshold_th_offence_bans_at_once_and_the_store_follows() {
+        let (_dir, b) = bans("").await;
+        let window = Duration::from_secs(60);
+        let attacker = ip("192.0.2.66");
+        for _ in 0..2 {
+            assert!(!b.strike(
+                attacker,
+                Source::Asterisk,
+                "InvalidPassword",
+                3,
+                window,
+                None
+            ));
+        }
+        assert_eq!(b.banned(attacker), None);
+        let mut changes = b.subscribe();
+        assert!(b.strike(
+            attacker,
+            Source::Asterisk,
+            "InvalidPassword",
+            3,
+            window,
+            None
+        ));
+        // In force here before the store write.
+        assert!(b.banned(attacker).is_some_and(|left| left > 3500));
+        assert!(changes.has_changed().unwrap());
+        let end = Instant::now() + Duration::from_secs(5);
+        let rows = loop {
+            let rows = b.0.store.bans(now_unix()).await.unwrap();
+            if !rows.is_empty() || Instant::now() > end {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].source.as_str(), rows[0].node.as_str()),
+            ("asterisk", "pbx1")
+        );
+        // A refresh keeps it; a lift in the store (the CLI) ends it here.
+        assert!(b.refresh(false).await.unwrap());
+        assert!(b.banned(attacker).is_some());
+        assert!(!b.refresh(false).await.unwrap(), "nothing changed");
+        b.0.store
+            .delete_bans(Some("192.0.2.66"), now_unix())
+            .await
+            .unwrap();
+        assert!(b.refresh(false).await.unwrap());
+        assert_eq!(b.banned(attacker), None);
+        let audit = b.0.store.audit_entries_by_action("ban.", 10).await.unwrap();
+        assert_eq!(audit[0].action, "ban.asterisk");
+    }
+
+    #[tokio::test]
+    async fn what_must_never_be_banned_is_not() {
+        let (_dir, b) = bans("allow = [\"192.0.2.128/25\"]").await;
+        let window = Duration::from_secs(60);
+        for never in [
+            "127.0.0.1",
+            "::1",
+            "192.0.2.129",
+            "198.51.100.200",
+            "::ffff:127.0.0.1",
+        ] {
+            for _ in 0..3 {
+                b.strike(ip(never), Source::Sip, "auth_failures", 1, window, None);
+            }
+            assert_eq!(b.banned(ip(never)), None, "{never}");
+            let e = b
+                .impose(BanKey::host(ip(never)), Source::Manual, "x", None)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ImposeError::NeverBanned(..)), "{never}: {e}");
+        }
+        let e = b
+            .impose(
+                BanKey::parse("192.0.2.0/24").unwrap(),
+                Source::Feed,
+                "x",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "192.0.2.0/24 is never banned: it overlaps 192.0.2.128/25 in [bans] allow"
+        );
+        assert!(b.0.store.bans(now_unix()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn repeat_offenders_get_longer_bans_and_ipv6_is_banned_by_its_64() {
+        let (_dir, b) = bans("duration = \"1h\"\nmax_duration = \"3h\"").await;
+        let host = BanKey::host(ip("2001:db8:1:2::5"));
+        let first = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
+        let second = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
+        let third = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
+        assert_eq!(first.address, "2001:db8:1:2::/64");
+        assert_eq!(second.expires_at - second.created_at, 7200);
+        assert_eq!(third.expires_at - third.created_at, 3 * 3600, "capped");
+        assert_eq!(third.hits, 3);
+        assert!(b.banned(ip("2001:db8:1:2:ffff::1")).is_some());
+        assert!(b.banned(ip("2001:db8:1:3::1")).is_none());
+        let elements = b.elements();
+        assert_eq!(elements.len(), 1);
+        assert_eq!(elements[0].net.to_string(), "2001:db8:1:2::/64");
+        assert!(b.next_expiry().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_allow_list_added_later_takes_the_ban_out_of_force() {
+        let (_dir, b) = bans("").await;
+        b.impose(
+            BanKey::parse("192.0.2.0/24").unwrap(),
+            Source::Feed,
+            "x",
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(b.banned(ip("192.0.2.10")).is_some());
+        let mut cfg = (*b.config()).clone();
+        cfg.allow = vec!["192.0.2.10/32".parse().unwrap()];
+        b.set_config(cfg, Vec::new());
+        assert_eq!(b.banned(ip("192.0.2.10")), None);
+        assert!(
+            b.elements().is_empty(),
+            "the kernel gets no overlapping prefix"
+        );
+    }
+}
