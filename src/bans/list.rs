@@ -430,7 +430,7 @@ mod tests {
             ));
         }
         assert_eq!(b.banned(attacker), None);
-        let mut changes = b.subscribe();
+        let changes = b.subscribe();
         assert!(b.strike(
             attacker,
             Source::Asterisk,
