@@ -65,6 +65,8 @@ struct Daemon {
     /// Every listener and long-running part, in start order: `[http]`, `[realtime]`, `[ami]`,
     /// `[sip]`.
     subsystems: Vec<Box<dyn Managed<Config>>>,
+    /// The blocklist feeds' refresh tasks (restarted per feed on reload).
+    feeds: crate::bans::feeds::Feeds,
     host: Host,
 }
 
@@ -137,12 +139,15 @@ pub async fn run(
         c.http.clone()
     })];
     subsystems.extend(app.subsystems());
+    let tracker = TaskTracker::new();
+    let feeds = spawn_bans(&tracker, app.clone(), shutdown.clone());
     let mut daemon = Daemon {
         app,
         config_path: config_path.to_path_buf(),
         subsystems,
+        feeds,
         host: Host {
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown: shutdown.clone(),
         },
     };
@@ -158,7 +163,6 @@ pub async fn run(
     spawn_watchdog(&daemon.host.tracker, shutdown.clone());
     spawn_housekeeping(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
     spawn_node_tasks(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
-    spawn_bans(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
 
     loop {
         tokio::select! {
@@ -214,11 +218,32 @@ const NODE_REFRESH: Duration = Duration::from_secs(30);
 /// node drops the caches here; and keeps this node's row in the `nodes` table (its
 /// `public_url`, for the other nodes' recording redirects) current. On SQLite only the row.
 /// The ban list's refresh from the store, the firewall that copies it into the kernel, and
-/// the blocklist feeds.
-fn spawn_bans(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
+/// the blocklist feeds (whose handle the daemon keeps for reloads).
+fn spawn_bans(
+    tracker: &TaskTracker,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> crate::bans::feeds::Feeds {
     app.bans
         .start(tracker, shutdown.clone(), app.bans_changed.clone());
-    crate::bans::firewall::start(app.bans.clone(), app.metrics.clone(), tracker, shutdown);
+    crate::bans::firewall::start(app.bans.clone(), app.metrics.clone(), tracker, shutdown.clone());
+    let feeds = app.config.load().bans.feeds.clone();
+    let names: Vec<String> = feeds.iter().map(|f| f.name.clone()).collect();
+    let bans = app.bans.clone();
+    tracker.spawn(async move { bans.drop_feeds_except(&names).await });
+    let bans = app.bans.clone();
+    let sink: crate::bans::feeds::FeedSink = Arc::new(move |update| {
+        let bans = bans.clone();
+        Box::pin(async move { bans.replace_feed(update).await })
+    });
+    crate::bans::feeds::spawn(
+        tracker,
+        shutdown,
+        feeds,
+        app.vault.clone(),
+        app.metrics.clone(),
+        sink,
+    )
 }
 
 fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
@@ -393,8 +418,17 @@ impl Daemon {
             .set_root(Root::new(&config.recordings.root));
 
         // Point of no return: everything that could fail has succeeded.
+        let feeds = config.bans.feeds.clone();
         self.app.set_config(config);
         self.commit_all(staged);
+        let changed = self.feeds.reload(feeds);
+        if !changed.removed.is_empty() {
+            let names = self.feeds.names();
+            let bans = self.app.bans.clone();
+            self.host
+                .tracker
+                .spawn(async move { bans.drop_feeds_except(&names).await });
+        }
         Ok(())
     }
 }

@@ -344,6 +344,77 @@ impl Bans {
         out
     }
 
+    /// A feed's good refresh: its rows become exactly `update.entries` (less what must never
+    /// be banned), each in force for `update.ttl`.
+    pub async fn replace_feed(&self, update: super::feeds::FeedUpdate) {
+        let mut skipped = 0usize;
+        let addresses: Vec<String> = update
+            .entries
+            .iter()
+            .filter(|k| {
+                let never = self.never_banned(k).is_some();
+                skipped += usize::from(never);
+                !never
+            })
+            .map(|k| k.to_string())
+            .collect();
+        if skipped > 0 {
+            info!(feed = %update.feed, skipped, "feed entries left out: never banned (loopback, [bans] allow, trusted or relay addresses)");
+        }
+        let now = now_unix();
+        let until = now.saturating_add(update.ttl.as_secs() as i64);
+        match self
+            .0
+            .store
+            .replace_feed_bans(&update.feed, &addresses, now, until, &self.0.node)
+            .await
+        {
+            Ok((added, removed)) => {
+                debug!(feed = %update.feed, entries = addresses.len(), added, removed, "feed applied");
+                if added > 0 {
+                    self.0
+                        .metrics
+                        .bans
+                        .get_or_create(&SourceLabels { source: "feed" })
+                        .inc_by(added);
+                }
+                if let Err(e) = self.refresh(true).await {
+                    debug!(error = %e, "re-reading the bans after a feed failed");
+                }
+            }
+            Err(e) => warn!(feed = %update.feed, error = %e, "storing a feed's list failed; its earlier list stays in force"),
+        }
+    }
+
+    /// Drops the rows of feeds no longer configured (`keep`: the configured names).
+    pub async fn drop_feeds_except(&self, keep: &[String]) {
+        let rows = match self.0.store.bans(i64::MIN).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                debug!(error = %e, "listing feed bans failed");
+                return;
+            }
+        };
+        let mut gone: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.source == "feed" && !keep.contains(&r.origin))
+            .map(|r| r.origin.as_str())
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        for feed in gone {
+            match self
+                .0
+                .store
+                .replace_feed_bans(feed, &[], now_unix(), 0, &self.0.node)
+                .await
+            {
+                Ok((_, removed)) => info!(feed, removed, "bans of a feed no longer configured lifted"),
+                Err(e) => warn!(feed, error = %e, "lifting the bans of a removed feed failed"),
+            }
+        }
+    }
+
     /// The earliest end among the bans in force (the firewall looks again then).
     pub fn next_expiry(&self) -> Option<i64> {
         let now = now_unix();
