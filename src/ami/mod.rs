@@ -25,6 +25,7 @@ pub mod originates;
 pub mod policy;
 mod relay;
 mod routes;
+pub mod security;
 pub mod service;
 mod session;
 pub mod upstream;

@@ -62,6 +62,10 @@ pub struct AmiClientInfo {
     pub contexts: Vec<String>,
 }
 
+/// The manager.conf user pbxguard logs in as when the audit is not told otherwise: the
+/// default of `[ami] upstream_username`.
+pub const DEFAULT_UPSTREAM_USER: &str = "pbxguard";
+
 /// Audits the configuration in `dir`; findings sorted by severity, then file and line.
 pub fn asterisk(dir: &Path) -> Result<Vec<Finding>, AuditError> {
     asterisk_with(dir, &[])
@@ -71,10 +75,20 @@ pub fn asterisk(dir: &Path) -> Result<Vec<Finding>, AuditError> {
 /// into are entry points into the dialplan, and one that may originate with no context list
 /// is a finding of its own.
 pub fn asterisk_with(dir: &Path, clients: &[AmiClientInfo]) -> Result<Vec<Finding>, AuditError> {
+    asterisk_for(dir, clients, DEFAULT_UPSTREAM_USER)
+}
+
+/// As [`asterisk_with`], with `upstream_user` the manager.conf user pbxguard's AMI gateway and
+/// security-event monitor log in as (`[ami] upstream_username`).
+pub fn asterisk_for(
+    dir: &Path,
+    clients: &[AmiClientInfo],
+    upstream_user: &str,
+) -> Result<Vec<Finding>, AuditError> {
     if !dir.is_dir() {
         return Err(AuditError::NotAFolder(dir.display().to_string()));
     }
-    asterisk_from_with(&conf::Disk, dir, clients)
+    audit_from(&conf::Disk, dir, clients, upstream_user)
 }
 
 /// As [`asterisk`], reading the files through `source` (the fuzz target keeps them in memory).
@@ -88,6 +102,15 @@ pub fn asterisk_from_with(
     dir: &Path,
     clients: &[AmiClientInfo],
 ) -> Result<Vec<Finding>, AuditError> {
+    audit_from(source, dir, clients, DEFAULT_UPSTREAM_USER)
+}
+
+fn audit_from(
+    source: &dyn conf::Source,
+    dir: &Path,
+    clients: &[AmiClientInfo],
+    upstream_user: &str,
+) -> Result<Vec<Finding>, AuditError> {
     let files = rules::Files::load_from(source, dir);
     if files.pjsip.is_none()
         && files.manager.is_none()
@@ -96,7 +119,7 @@ pub fn asterisk_from_with(
     {
         return Err(AuditError::Nothing(dir.display().to_string()));
     }
-    let mut findings = rules::check(&files, dir, clients);
+    let mut findings = rules::check_for(&files, dir, clients, upstream_user);
     findings.sort_by(|a, b| {
         (a.severity, &a.file, a.line, &a.object).cmp(&(b.severity, &b.file, b.line, &b.object))
     });

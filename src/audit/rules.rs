@@ -163,8 +163,20 @@ impl Out<'_> {
 }
 
 /// Every finding on `files`; `clients` are pbxguard's AMI gateway clients (their contexts are
-/// entry points into the dialplan).
+/// entry points into the dialplan). The upstream AMI user is taken to be
+/// [`super::DEFAULT_UPSTREAM_USER`].
 pub fn check(files: &Files, dir: &Path, clients: &[AmiClientInfo]) -> Vec<Finding> {
+    check_for(files, dir, clients, super::DEFAULT_UPSTREAM_USER)
+}
+
+/// As [`check`], with `upstream_user` the manager.conf user pbxguard logs in as
+/// (`[ami] upstream_username`).
+pub fn check_for(
+    files: &Files,
+    dir: &Path,
+    clients: &[AmiClientInfo],
+    upstream_user: &str,
+) -> Vec<Finding> {
     let mut out = Out {
         dir,
         findings: Vec::new(),
@@ -197,6 +209,7 @@ pub fn check(files: &Files, dir: &Path, clients: &[AmiClientInfo]) -> Vec<Findin
     if let Some(m) = &files.manager {
         out.problems(m);
         manager_web = manager(&mut out, m, http_plain_public);
+        upstream_reads_security(&mut out, m, upstream_user);
     }
     if let Some(p) = &files.pjsip {
         out.problems(p);
@@ -660,6 +673,46 @@ fn manager(out: &mut Out<'_>, m: &Conf, http_plain_public: bool) -> bool {
     web
 }
 
+/// pbxguard reads Asterisk's security events (failed SIP and AMI authentications on
+/// Asterisk's own ports) as `upstream_user`; Asterisk sends them only to a user whose `read`
+/// grants `security`, and says nothing when it does not. Read as manager.c reads it: the last
+/// `read` line of the user's sections wins, none grants nothing, and the list goes through
+/// `get_perm` (so `all` grants it, `call, security` with its space does not).
+fn upstream_reads_security(out: &mut Out<'_>, m: &Conf, upstream_user: &str) {
+    let sections: Vec<&Category> = m
+        .sections()
+        .filter(|c| {
+            !c.name.eq_ignore_ascii_case("general") && c.name.eq_ignore_ascii_case(upstream_user)
+        })
+        .collect();
+    let Some(first) = sections.first() else {
+        return;
+    };
+    let read = sections
+        .iter()
+        .rev()
+        .find_map(|c| c.get("read").map(|v| (*c, v)));
+    let security = crate::ami::classes::CLASSES
+        .iter()
+        .find(|(name, _)| *name == "security")
+        .map_or(0, |(_, bit)| *bit);
+    let granted = read
+        .is_some_and(|(_, v)| crate::ami::classes::get_perm(v.value.as_bytes()) & security != 0);
+    if granted {
+        return;
+    }
+    let msg = format!(
+        "pbxguard's AMI user {upstream_user} cannot read class security: pbxguard never sees \
+         Asterisk's security events, so brute force on Asterisk's own SIP port and AMI goes unbanned"
+    );
+    let fix =
+        "add security to its read list (read = ...,security, no spaces) and run `manager reload`";
+    match read {
+        Some((cat, v)) => out.at_var(Severity::Medium, cat, v, msg, fix),
+        None => out.at_cat(Severity::Medium, first, msg, fix),
+    }
+}
+
 fn http(out: &mut Out<'_>, h: &Conf, manager_web: bool, websocket: bool) {
     let Some(g) = h.section("general") else {
         return;
@@ -705,6 +758,75 @@ mod tests {
         assert!(!grants("call,originate", "system"));
         assert!(grants("originate", "originate"));
         assert!(!grants("originat", "originate"), "the last item is exact");
+    }
+
+    /// The upstream-user findings of `manager` (a manager.conf text) for `user`.
+    fn security_findings(manager: &str, user: &str) -> Vec<Finding> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manager.conf"), manager).unwrap();
+        check_for(&Files::load(dir.path()), dir.path(), &[], user)
+            .into_iter()
+            .filter(|f| f.message.contains("class security"))
+            .collect()
+    }
+
+    const MANAGER: &str = "[general]\nenabled = yes\nbindaddr = 127.0.0.1\n\n\
+                           [pbxguard]\nsecret = 9c1f0e7a2b4d6e8f0a1b2c3d4e5f6a7b\n\
+                           deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n\
+                           read = system,call,agent\nwrite = call\n";
+
+    #[test]
+    fn an_upstream_user_without_the_security_class_is_reported() {
+        let found = security_findings(MANAGER, "pbxguard");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(f.severity, Severity::Medium);
+        assert_eq!(
+            (f.file.as_str(), f.line, f.object.as_str()),
+            ("manager.conf", 9, "pbxguard")
+        );
+        assert!(f.message.contains("security events"), "{}", f.message);
+        assert!(f.message.contains("unbanned"), "{}", f.message);
+        assert!(f.fix.contains("security"), "{}", f.fix);
+
+        // Granted: as a class, through `all`, or through an empty item (Asterisk's parser).
+        for read in ["system,call,agent,security", "all", "security", ",call"] {
+            let conf = MANAGER.replace("read = system,call,agent", &format!("read = {read}"));
+            assert!(security_findings(&conf, "pbxguard").is_empty(), "{read}");
+        }
+        // Not granted: a space before the last item (get_perm does not trim), a prefix as the
+        // last item, another case, or no read line at all (reported on the section).
+        for read in ["call, security", "securit", "Security", "none"] {
+            let conf = MANAGER.replace("read = system,call,agent", &format!("read = {read}"));
+            assert_eq!(security_findings(&conf, "pbxguard").len(), 1, "{read}");
+        }
+        let conf = MANAGER.replace("read = system,call,agent\n", "");
+        let found = security_findings(&conf, "pbxguard");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line, 5, "the section's line: {found:#?}");
+        // The last read line wins, as in manager.c.
+        let conf = MANAGER.replace("write = call", "write = call\nread = call,security");
+        assert!(security_findings(&conf, "pbxguard").is_empty());
+        let conf = MANAGER.replace("read = system,call,agent", "read = security\nread = call");
+        assert_eq!(security_findings(&conf, "pbxguard").len(), 1);
+    }
+
+    #[test]
+    fn only_the_upstream_user_needs_the_security_class() {
+        // Another name configured in [ami] upstream_username; users are matched as Asterisk
+        // matches them (case-insensitively).
+        assert_eq!(security_findings(MANAGER, "PBXGuard").len(), 1);
+        assert!(security_findings(MANAGER, "gateway").is_empty());
+        let conf = MANAGER.replace("[pbxguard]", "[gateway]");
+        assert_eq!(security_findings(&conf, "gateway").len(), 1);
+        // Through the default: a tree whose upstream user is not pbxguard's gets nothing.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manager.conf"), &conf).unwrap();
+        let all = check(&Files::load(dir.path()), dir.path(), &[]);
+        assert!(
+            all.iter().all(|f| !f.message.contains("class security")),
+            "{all:#?}"
+        );
     }
 
     #[test]
