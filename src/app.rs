@@ -41,6 +41,9 @@ pub struct App {
     pub bans_changed: Arc<tokio::sync::Notify>,
     /// The one ban list every listener consults and every door adds to.
     pub bans: crate::bans::Bans,
+    /// What the AMI gateway uses of the daemon; also followed by the monitoring session that
+    /// reads Asterisk's security events.
+    pub ami: Arc<crate::ami::Context>,
     /// The toll-fraud rules and counters the SIP edge and the AMI gateway share.
     pub dialing: crate::dialing::Guard,
 }
@@ -130,6 +133,14 @@ impl App {
         bans.set_config(config.bans.clone(), exempt_nets(&config));
         let gate = bans.clone();
         httpd.set_gate(Arc::new(move |ip| gate.banned(ip).is_some()));
+        let ami = Arc::new(crate::ami::Context::new(
+            store.clone(),
+            vault.clone(),
+            metrics.clone(),
+            recordings.journal.clone(),
+            dialing.clone(),
+            bans.clone(),
+        ));
         Arc::new(App {
             auth: Arc::new(auth),
             recordings: Arc::new(recordings),
@@ -142,6 +153,7 @@ impl App {
             httpd,
             bans_changed: Arc::default(),
             bans,
+            ami,
             dialing,
         })
     }
@@ -214,21 +226,13 @@ impl App {
             self.vault.clone(),
             self.metrics.clone(),
         );
-        let ami = crate::ami::Context::new(
-            self.store.clone(),
-            self.vault.clone(),
-            self.metrics.clone(),
-            self.recordings.journal.clone(),
-            self.dialing.clone(),
-            self.bans.clone(),
-        );
         vec![
             manage(
                 crate::realtime::service::Realtime::new(Arc::new(realtime), self.httpd.clone()),
                 |c: &Config| c.realtime.clone(),
             ),
             manage(
-                crate::ami::service::Ami::new(Arc::new(ami)),
+                crate::ami::service::Ami::new(self.ami.clone()),
                 |c: &Config| c.ami.clone(),
             ),
             manage(

@@ -226,7 +226,32 @@ fn spawn_bans(
 ) -> crate::bans::feeds::Feeds {
     app.bans
         .start(tracker, shutdown.clone(), app.bans_changed.clone());
-    crate::bans::firewall::start(app.bans.clone(), app.metrics.clone(), tracker, shutdown.clone());
+    crate::bans::firewall::start(
+        app.bans.clone(),
+        app.metrics.clone(),
+        tracker,
+        shutdown.clone(),
+    );
+    let bans = app.bans.clone();
+    let sink: crate::ami::security::Sink = Arc::new(move |event| {
+        let config = bans.config();
+        if bans.strike(
+            event.address,
+            crate::bans::Source::Asterisk,
+            event.event,
+            config.threshold,
+            config.window,
+            None,
+        ) {
+            info!(address = %event.address, event = event.event, service = %event.service, "Asterisk's security events banned an address");
+        }
+    });
+    crate::ami::security::Monitor::spawn(
+        tracker,
+        shutdown.clone(),
+        crate::ami::security::Settings::of_gateway(app.ami.clone()),
+        sink,
+    );
     let feeds = app.config.load().bans.feeds.clone();
     let names: Vec<String> = feeds.iter().map(|f| f.name.clone()).collect();
     let bans = app.bans.clone();

@@ -27,6 +27,10 @@ pub const CLASSES: &[(&str, u32)] = &[
 
 /// Asterisk's `all` (INT_MAX).
 pub const ALL: u32 = i32::MAX as u32;
+/// Asterisk's security events name other peers' addresses and accounts, and for failed MD5
+/// logins the hash a right secret gives: read by pbxguard's own monitoring session, never
+/// passed to a gateway client.
+pub const SECURITY: u32 = 1 << 18;
 
 /// `perms[]` also holds `all` and `none`, which `get_perm` matches like any label.
 const LABELS: &[(&str, u32)] = &[("all", ALL), ("none", 0)];
@@ -153,6 +157,14 @@ pub fn parse_class_list(text: &str) -> Result<u32, UnknownClass> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_never_get_the_security_class() {
+        let named = CLASSES.iter().find(|(n, _)| *n == "security").map(|c| c.1);
+        assert_eq!(named, Some(SECURITY));
+        let asked = strings_to_mask(b"call,security").unwrap();
+        assert_eq!(asked & ALL & !SECURITY & SECURITY, 0);
+    }
 
     #[test]
     fn masks_as_asterisk_computes_them() {

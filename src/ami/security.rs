@@ -252,11 +252,16 @@ impl std::fmt::Debug for Settings {
 
 impl Settings {
     /// Follows the gateway's `[ami]` as the AMI subsystem sets it on start and reload; while
-    /// `[ami]` is absent the monitor waits.
+    /// `[ami]` is absent, or `[bans] asterisk_events` is off, the monitor waits.
     pub fn of_gateway(ctx: Arc<super::Context>) -> Settings {
         let vault = ctx.vault.clone();
         Settings {
-            config: Arc::new(move || ctx.config.load_full().map(|c| (*c).clone())),
+            config: Arc::new(move || {
+                if !ctx.bans.config().asterisk_events {
+                    return None;
+                }
+                ctx.config.load_full().map(|c| (*c).clone())
+            }),
             vault,
         }
     }

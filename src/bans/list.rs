@@ -382,7 +382,9 @@ impl Bans {
                     debug!(error = %e, "re-reading the bans after a feed failed");
                 }
             }
-            Err(e) => warn!(feed = %update.feed, error = %e, "storing a feed's list failed; its earlier list stays in force"),
+            Err(e) => {
+                warn!(feed = %update.feed, error = %e, "storing a feed's list failed; its earlier list stays in force")
+            }
         }
     }
 
@@ -409,7 +411,9 @@ impl Bans {
                 .replace_feed_bans(feed, &[], now_unix(), 0, &self.0.node)
                 .await
             {
-                Ok((_, removed)) => info!(feed, removed, "bans of a feed no longer configured lifted"),
+                Ok((_, removed)) => {
+                    info!(feed, removed, "bans of a feed no longer configured lifted")
+                }
                 Err(e) => warn!(feed, error = %e, "lifting the bans of a removed feed failed"),
             }
         }

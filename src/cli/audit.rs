@@ -130,7 +130,13 @@ pub fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             Vec::new()
         }
     };
-    let findings = audit::asterisk_with(&dir, &clients).map_err(|e| UsageError(e.to_string()))?;
+    // The user pbxguard logs in to Asterisk as: the one that needs the `security` class.
+    let upstream = load(config)
+        .ok()
+        .and_then(|c| c.ami.map(|a| a.upstream_username))
+        .unwrap_or_else(|| audit::DEFAULT_UPSTREAM_USER.to_string());
+    let findings =
+        audit::asterisk_for(&dir, &clients, &upstream).map_err(|e| UsageError(e.to_string()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else if findings.is_empty() {
