@@ -7,10 +7,15 @@
 //!
 //! Needs root for `ip netns`: without it [`PhoneNet::create`] returns `None` after one loud
 //! line; under `CI=true` it fails instead.
+//!
+//! [`DaemonNet`] is the other way round: the daemon (and Asterisk, nft) run inside the
+//! namespace, and the clients, attackers included, connect from this host's side. It has IPv4
+//! and IPv6, and a second IPv6 /64 on the host's side so a test can show that banning one /64
+//! spares the other.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -211,7 +216,11 @@ fn reap_leftovers() {
     };
     let list = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).to_string();
     for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some((pid, n)) = ns.strip_prefix(NS_PREFIX).and_then(|r| r.split_once('-')) else {
+        let Some((pid, n)) = ns
+            .strip_prefix(NS_PREFIX)
+            .or_else(|| ns.strip_prefix(DAEMON_NS_PREFIX))
+            .and_then(|r| r.split_once('-'))
+        else {
             continue;
         };
         if dead(pid) && n.bytes().all(|b| b.is_ascii_digit()) {
@@ -224,10 +233,11 @@ fn reap_leftovers() {
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n))
     {
+        // PhoneNet's pgm<pid>n<n>h, DaemonNet's pgm<pid>d<n>h.
         let Some((pid, n)) = name
             .strip_prefix("pgm")
             .and_then(|r| r.strip_suffix('h'))
-            .and_then(|r| r.split_once('n'))
+            .and_then(|r| r.split_once('n').or_else(|| r.split_once('d')))
         else {
             continue;
         };
@@ -296,4 +306,243 @@ impl Counters {
             phone_udp_no_port: self.phone_udp_no_port - before.phone_udp_no_port,
         }
     }
+}
+
+// ---- the daemon's network ------------------------------------------------------------------
+
+/// DaemonNet's namespaces; its veths are `pgm<pid>d<n>h` (host end) and `pgm<pid>d<n>p`.
+const DAEMON_NS_PREFIX: &str = "pbxguard-dnet-";
+
+/// The IPv6 /64s a DaemonNet may take: `2001:db8:21:<2k+1>::/64` on the link and
+/// `2001:db8:21:<2k+2>::/64` as the host's second prefix.
+const V6_BASE: [u16; 3] = [0x2001, 0x0db8, 0x0021];
+
+/// A network namespace for the daemon under test, joined to this host by a veth pair. The
+/// daemon end (`daemon_v4`, `daemon_v6`) is inside; the client end (`host_v4`, `host_v6`, and
+/// `host_v6_other` in a second /64) stays in this host's namespace, where the test's clients
+/// run. Documentation addresses only, no default route inside, no link-local addresses, no
+/// duplicate address detection delay: every address works as soon as `create` returns.
+/// Everything started in the namespace is killed, and the pair and the namespace deleted, on
+/// drop (panics included).
+///
+/// ```ignore
+/// let net = DaemonNet::create()?;               // None (after one loud line) without root
+/// let mut daemon = net.command(BIN).args(["-c", &cfg, "serve"]).spawn()?;
+/// TcpStream::connect((net.daemon_v4, port));    // from the host side, source host_v4
+/// ```
+pub struct DaemonNet {
+    pub ns: String,
+    pub host_if: String,
+    pub daemon_if: String,
+    pub host_v4: Ipv4Addr,
+    pub daemon_v4: Ipv4Addr,
+    /// The host's end of the link's /64 (the source of the host's IPv6 connects by default).
+    pub host_v6: Ipv6Addr,
+    /// The host's address in a second /64, routed to the namespace over the same link: a
+    /// client that a /64 ban on `host_v6` must spare (bind to it before connecting).
+    pub host_v6_other: Ipv6Addr,
+    pub daemon_v6: Ipv6Addr,
+    /// `host_v6`'s /64 and `host_v6_other`'s /64.
+    pub link_v6_net: ipnet::Ipv6Net,
+    pub other_v6_net: ipnet::Ipv6Net,
+}
+
+impl DaemonNet {
+    /// `None` (after one loud line) when this machine does not let us create a namespace;
+    /// under `CI=true` that fails instead.
+    pub fn create() -> Option<DaemonNet> {
+        let _serial = NETS.lock().unwrap_or_else(|p| p.into_inner());
+        reap_leftovers();
+        let pid = std::process::id();
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("{DAEMON_NS_PREFIX}{pid}-{n}");
+        let added = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .stdin(Stdio::null())
+            .output();
+        let refused = match &added {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(format!("cannot run ip: {e}")),
+        };
+        if let Some(why) = refused {
+            let why = format!(
+                "SKIPPED: daemon network: `ip netns add` is not permitted here ({why}); it \
+                 needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2"
+            );
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{why}; CI=true requires it"
+            );
+            eprintln!("{why}");
+            return None;
+        }
+        let (host_v4, daemon_v4) = free_block();
+        let k = free_v6_pair();
+        let [a, b, c] = V6_BASE;
+        let link = Ipv6Addr::new(a, b, c, 2 * k + 1, 0, 0, 0, 0);
+        let other = Ipv6Addr::new(a, b, c, 2 * k + 2, 0, 0, 0, 0);
+        let with_host = |net: Ipv6Addr, host: u16| {
+            let mut s = net.segments();
+            s[7] = host;
+            Ipv6Addr::from(s)
+        };
+        // From here on, drop deletes whatever exists.
+        let net = DaemonNet {
+            host_if: format!("pgm{pid}d{n}h"),
+            daemon_if: format!("pgm{pid}d{n}p"),
+            ns,
+            host_v4,
+            daemon_v4,
+            host_v6: with_host(link, 2),
+            host_v6_other: with_host(other, 2),
+            daemon_v6: with_host(link, 1),
+            link_v6_net: ipnet::Ipv6Net::new(link, 64).expect("a /64"),
+            other_v6_net: ipnet::Ipv6Net::new(other, 64).expect("a /64"),
+        };
+        assert!(net.host_if.len() <= 15, "interface name too long");
+        ip_ok(&[
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.daemon_if,
+        ]);
+        ip_ok(&["link", "set", &net.daemon_if, "netns", &net.ns]);
+        // IPv6 without link-local addresses (addr_gen_mode 1: none), so that only the
+        // documentation addresses are ever on the wire; neighbour discovery works with the
+        // global ones. Set before the links come up.
+        std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", net.host_if),
+            "1",
+        )
+        .unwrap_or_else(|e| panic!("addr_gen_mode on {}: {e}", net.host_if));
+        net.exec_ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.addr_gen_mode=1", net.daemon_if),
+        ]);
+        net.exec_ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.accept_ra=0", net.daemon_if),
+        ]);
+        let host_addrs = [
+            format!("{}/30", net.host_v4),
+            format!("{}/64", net.host_v6),
+            format!("{}/64", net.host_v6_other),
+        ];
+        for addr in &host_addrs {
+            ip_ok(&["addr", "add", addr, "dev", &net.host_if, "nodad"]);
+        }
+        ip_ok(&["link", "set", &net.host_if, "up"]);
+        for addr in [
+            format!("{}/30", net.daemon_v4),
+            format!("{}/64", net.daemon_v6),
+        ] {
+            net.exec_ok(&["ip", "addr", "add", &addr, "dev", &net.daemon_if, "nodad"]);
+        }
+        net.exec_ok(&["ip", "link", "set", &net.daemon_if, "up"]);
+        // The host's second /64 is on-link for the namespace too (the host answers neighbour
+        // solicitations for it on the same veth).
+        net.exec_ok(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &net.other_v6_net.to_string(),
+            "dev",
+            &net.daemon_if,
+        ]);
+        // The daemon talks to Asterisk and its own helpers over the namespace's loopback.
+        net.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        for family in ["-4", "-6"] {
+            let routes = net.exec_ok(&["ip", family, "route", "show"]);
+            assert!(
+                !routes.contains("default"),
+                "the daemon's namespace must reach nothing but the host end: {routes}"
+            );
+        }
+        Some(net)
+    }
+
+    /// A command that runs `program` inside the namespace (add arguments, environment, pipes,
+    /// then `output()` or `spawn()`). Standard input is /dev/null unless changed.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .arg(program)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `cmd` inside the namespace to its end; its whole output, whatever its status.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let (program, args) = cmd.split_first().expect("a program to run");
+        self.command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?} in {}: {e}", self.ns))
+    }
+
+    /// Runs `cmd` inside the namespace; its stdout. Panics with its stderr if it fails.
+    pub fn exec_ok(&self, cmd: &[&str]) -> String {
+        let out = self.exec(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} in {}: {}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Starts `cmd` inside the namespace (stdout and stderr inherited: they show in the test's
+    /// output on failure). Drop kills it at the latest.
+    pub fn spawn(&self, cmd: &[&str]) -> Child {
+        let (program, args) = cmd.split_first().expect("a program to run");
+        self.command(program)
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?} in {}: {e}", self.ns))
+    }
+
+    /// The argument vector that runs `nft` inside the namespace (for `Nft::with_program`).
+    pub fn nft_program(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns, "nft"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Drop for DaemonNet {
+    fn drop(&mut self) {
+        let pids = String::from_utf8_lossy(&ip(&["netns", "pids", &self.ns]).stdout).to_string();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// The first k whose two /64s (see [`V6_BASE`]) no address or route of this host uses yet
+/// (another DaemonNet of this or another run).
+fn free_v6_pair() -> u16 {
+    let text = |args: &[&str]| String::from_utf8_lossy(&ip(args).stdout).to_string();
+    let seen = format!(
+        "{}\n{}",
+        text(&["-o", "-6", "addr", "show"]),
+        text(&["-6", "route", "show", "table", "all"])
+    );
+    let [a, b, c] = V6_BASE;
+    // Shown as "2001:db8:21:<net>::", followed by "/64" or the host part.
+    let used = |net: u16| seen.contains(&Ipv6Addr::new(a, b, c, net, 0, 0, 0, 0).to_string());
+    (0..1000u16)
+        .find(|k| !used(2 * k + 1) && !used(2 * k + 2))
+        .expect("a free pair of /64s in 2001:db8:21::/48")
 }
