@@ -7,8 +7,8 @@
 //!     set v6 { type ipv6_addr; flags interval,timeout; elements = { 2001:db8:1::/64 timeout 1h } }
 //!     chain input {
 //!         type filter hook input priority raw; policy accept;
-//!         ip saddr @v4 counter drop
-//!         ip6 saddr @v6 counter drop
+//!         fib saddr type != local ip saddr @v4 counter drop
+//!         fib saddr type != local ip6 saddr @v6 counter drop
 //!     }
 //! }
 //! ```
@@ -1109,11 +1109,23 @@ impl ValOut {
     }
 }
 
+/// `fib saddr type != local`: the packet's source is not an address of this host.
+fn not_local_json() -> Value {
+    json!({"match": {
+        "op": "!=",
+        "left": {"fib": {"result": "type", "flags": ["saddr"]}},
+        "right": "local",
+    }})
+}
+
 fn drop_rule_json(table: &str, family: usize, counter: Counter) -> Value {
     let (protocol, set) = [("ip", SET_V4), ("ip6", SET_V6)][family];
     json!({"add": {"rule": {
         "family": "inet", "table": table, "chain": CHAIN,
         "expr": [
+            // Never this host's own addresses: a ban of the office /64 (a desk phone with a
+            // stale password) must not cut the PBX off from itself.
+            not_local_json(),
             {"match": {
                 "op": "==",
                 "left": {"payload": {"protocol": protocol, "field": "saddr"}},
@@ -1408,11 +1420,15 @@ fn flag_list(flags: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// `Some((family, counter))` for exactly `ip saddr @v4 counter drop` (or the ip6/v6 one).
+/// `Some((family, counter))` for exactly `fib saddr type != local ip saddr @v4 counter drop`
+/// (or the ip6/v6 one).
 fn drop_rule(expr: &[Value]) -> Option<(usize, Counter)> {
-    let [m, counter, verdict] = expr else {
+    let [local, m, counter, verdict] = expr else {
         return None;
     };
+    if *local != not_local_json() {
+        return None;
+    }
     let m = m.get("match")?;
     let op = m.get("op")?.as_str()?;
     let payload = m.get("left")?.get("payload")?;
@@ -1466,6 +1482,7 @@ mod tests {
         let rule = |proto: &str, set: &str, packets: u64| {
             json!({"rule": {"family": "inet", "table": "pbxguard", "chain": "input", "handle": 4,
                 "expr": [
+                    {"match": {"op": "!=", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}},
                     {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}}, "right": set}},
                     {"counter": {"packets": packets, "bytes": packets * 60}},
                     {"drop": null}]}})
