@@ -152,6 +152,10 @@ pub async fn run(
         },
     };
 
+    // The listeners start with the bans in force, not an empty list.
+    if let Err(e) = daemon.app.bans.refresh(true).await {
+        warn!(error = %e, "reading the ban list at start failed; retrying every second");
+    }
     let config = daemon.app.config.load_full();
     let staged = daemon.prepare_all(&config).await?;
     daemon.commit_all(staged);
@@ -214,9 +218,6 @@ fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
 /// How often a node refreshes its row in the `nodes` table.
 const NODE_REFRESH: Duration = Duration::from_secs(30);
 
-/// With a shared database (PostgreSQL): follows the change feed, so that a change made on any
-/// node drops the caches here; and keeps this node's row in the `nodes` table (its
-/// `public_url`, for the other nodes' recording redirects) current. On SQLite only the row.
 /// The ban list's refresh from the store, the firewall that copies it into the kernel, and
 /// the blocklist feeds (whose handle the daemon keeps for reloads).
 fn spawn_bans(
@@ -271,6 +272,9 @@ fn spawn_bans(
     )
 }
 
+/// With a shared database (PostgreSQL): follows the change feed, so that a change made on any
+/// node drops the caches here; and keeps this node's row in the `nodes` table (its
+/// `public_url`, for the other nodes' recording redirects) current. On SQLite only the row.
 fn spawn_node_tasks(tracker: &TaskTracker, app: Arc<App>, shutdown: CancellationToken) {
     let follower = app.clone();
     let stop = shutdown.clone();

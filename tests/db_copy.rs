@@ -238,7 +238,7 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
         "scanner not cut off"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sqlite(&env.db(), "SELECT COUNT(*) FROM sip_bans") == "0" {
+    while sqlite(&env.db(), "SELECT COUNT(*) FROM bans") == "0" {
         assert!(std::time::Instant::now() < deadline, "no ban recorded");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -184,7 +184,7 @@ async fn authenticate(
         .get("Events")
         .and_then(classes::strings_to_mask)
         .unwrap_or(u32::MAX);
-    let mask = requested & policy.read & !classes::SECURITY;
+    let mask = requested & policy.read;
     let events = classes::mask_text(mask);
     match gw.upstream_for(cfg, &events).await {
         Ok(up) => {

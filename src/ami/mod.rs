@@ -94,7 +94,8 @@ pub fn policy_from_row(row: &AmiClientRow) -> policy::ClientPolicy {
     policy::ClientPolicy {
         name: row.name.clone(),
         allow: list(&row.allow),
-        read: classes::parse_class_list(&row.events).unwrap_or(0),
+        // Never the security class, whatever the row says (see `classes::SECURITY`).
+        read: classes::parse_class_list(&row.events).unwrap_or(0) & !classes::SECURITY,
         permit: list(&row.permit)
             .iter()
             .filter_map(|p| p.parse().ok())

@@ -117,7 +117,9 @@ async fn record(
     result: &'static str,
 ) -> Result<(), StoreError> {
     gate.metrics.login(result);
-    if result != "ok" {
+    // Only guesses count: a throttled or disabled account's owner retrying must not get the
+    // office's address banned.
+    if matches!(result, "unknown_user" | "bad_password" | "mfa_failed") {
         if let Ok(ip) = client.ip.parse::<std::net::IpAddr>() {
             gate.bans.strike(
                 ip,

@@ -95,7 +95,7 @@ pub async fn add(
         return Err(BanError::NeverBanned(key.to_string(), why));
     }
     let duration = req.duration.unwrap_or(config.duration);
-    if duration.is_zero() || duration > MAX_MANUAL {
+    if duration < Duration::from_secs(1) || duration > MAX_MANUAL {
         return Err(BanError::Duration);
     }
     let reason = req.reason.unwrap_or("banned by an admin").trim();

@@ -28,7 +28,9 @@ pub fn start(bans: Bans, metrics: Metrics, tracker: &TaskTracker, stop: Cancella
         let mut failing = false;
         loop {
             let config = bans.config();
-            if config.firewall == Firewall::Nftables {
+            if config.firewall == Firewall::Nftables && !bans.loaded() {
+                // Not read from the store yet: wait rather than empty the kernel's sets.
+            } else if config.firewall == Firewall::Nftables {
                 if owned.as_deref().is_some_and(|t| t != config.table) {
                     if let Some(old) = owned.take() {
                         remove(&old).await;

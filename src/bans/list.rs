@@ -25,12 +25,14 @@ use crate::store::{BanRow, NewBan, Store, StoreError};
 /// How often the daemon looks at the store's ban version (the CLI's changes; other nodes'
 /// on SQLite-less setups arrive at once through the change feed as well).
 pub const POLL: Duration = Duration::from_secs(1);
-/// Offence counters kept at most per source; past this the stale ones go, then all (an
-/// address-spraying attacker cannot grow memory without bound).
+/// Offence counters kept at most per source; past this the stale ones go, and new addresses
+/// go uncounted while it stays full (an address-spraying attacker cannot grow memory).
 const MAX_TRACKED: usize = 65_536;
 /// A ban imposed here but not read back from the store yet (a slow or failed write) is kept
 /// this long by refreshes.
 const PENDING_GRACE: Duration = Duration::from_secs(60);
+/// Automatic bans (every source but feeds and admins) stop at this many bans in force.
+pub const MAX_BANS: usize = 200_000;
 /// How often rows that ended long ago are deleted.
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
@@ -61,9 +63,13 @@ struct Inner {
     exempt: ArcSwap<Vec<IpNet>>,
     copy: RwLock<Copy>,
     pending: Mutex<HashMap<BanKey, (i64, Source, Instant)>>,
-    strikes: Mutex<HashMap<(Source, BanKey), VecDeque<Instant>>>,
+    strikes: Mutex<HashMap<Source, HashMap<BanKey, VecDeque<Instant>>>>,
     generation: watch::Sender<u64>,
     version: AtomicI64,
+    /// One refresh at a time: an older snapshot must never replace a newer one.
+    refreshing: tokio::sync::Mutex<()>,
+    /// When the last "too many bans" warning was logged.
+    full_warned: Mutex<Option<Instant>>,
 }
 
 /// The ban list as the daemon uses it. Cloning shares it.
@@ -89,6 +95,8 @@ impl Bans {
             strikes: Mutex::default(),
             generation: watch::channel(0).0,
             version: AtomicI64::new(-1),
+            refreshing: tokio::sync::Mutex::new(()),
+            full_warned: Mutex::new(None),
         }))
     }
 
@@ -211,6 +219,9 @@ impl Bans {
             debug!(address = %key, source = source.as_str(), why, "not banned");
             return false;
         }
+        if self.full() {
+            return false;
+        }
         let until = now_unix() + base.unwrap_or(self.0.config.load().duration).as_secs() as i64;
         {
             let mut copy = self.0.copy.write().unwrap_or_else(|e| e.into_inner());
@@ -231,6 +242,33 @@ impl Bans {
         true
     }
 
+    /// Whether the automatic bans in force reached [`MAX_BANS`] (spoofed sources must not
+    /// grow the list, the store and the kernel's sets without bound); warns once a minute.
+    fn full(&self) -> bool {
+        let len = self
+            .0
+            .copy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .active
+            .len();
+        if len < MAX_BANS {
+            return false;
+        }
+        let mut warned = self.0.full_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *warned = Some(Instant::now());
+            warn!(bans = len, "the ban list is full: new offenders are not banned until bans end (see [bans] allow and the sources in the list)");
+        }
+        true
+    }
+
+    /// Whether the list was read from the store at least once (the firewall waits for it:
+    /// an empty copy must not empty the kernel's sets at start).
+    pub fn loaded(&self) -> bool {
+        self.0.version.load(Ordering::Acquire) >= 0
+    }
+
     /// Counts one offence of `source` from `ip`; the `threshold`-th within `window` bans it.
     /// Returns whether this offence started a ban.
     pub fn strike(
@@ -245,24 +283,32 @@ impl Bans {
         if threshold == 0 {
             return false;
         }
+        // Offences of an address already banned change nothing (and a spoofing attacker
+        // cannot make them rewrite the ban).
+        if self.banned(ip).is_some() {
+            return false;
+        }
         let key = BanKey::host(ip);
         let now = Instant::now();
         let crossed = {
-            let mut strikes = self.0.strikes.lock().unwrap_or_else(|e| e.into_inner());
-            if strikes.len() >= MAX_TRACKED && !strikes.contains_key(&(source, key)) {
+            let mut all = self.0.strikes.lock().unwrap_or_else(|e| e.into_inner());
+            let strikes = all.entry(source).or_default();
+            if strikes.len() >= MAX_TRACKED && !strikes.contains_key(&key) {
                 strikes.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+                // Still full of live counters (an address-spraying attack): the new address
+                // goes uncounted rather than resetting everyone else's count.
                 if strikes.len() >= MAX_TRACKED {
-                    strikes.clear();
+                    return false;
                 }
             }
-            let q = strikes.entry((source, key)).or_default();
+            let q = strikes.entry(key).or_default();
             while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
                 q.pop_front();
             }
             q.push_back(now);
             let crossed = q.len() >= threshold as usize;
             if crossed {
-                strikes.remove(&(source, key));
+                strikes.remove(&key);
             }
             crossed
         };
@@ -272,6 +318,7 @@ impl Bans {
     /// Re-reads the bans in force when the store's version moved (or `force`). Returns
     /// whether the copy changed.
     pub async fn refresh(&self, force: bool) -> Result<bool, StoreError> {
+        let _one = self.0.refreshing.lock().await;
         let version = self.0.store.ban_version().await?;
         if !force && version == self.0.version.load(Ordering::Acquire) {
             return Ok(false);
@@ -582,22 +629,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn repeat_offenders_get_longer_bans_and_ipv6_is_banned_by_its_64() {
+    async fn a_renewal_in_force_is_not_doubled_and_ipv6_is_banned_by_its_64() {
         let (_dir, b) = bans("duration = \"1h\"\nmax_duration = \"3h\"").await;
         let host = BanKey::host(ip("2001:db8:1:2::5"));
         let first = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
         let second = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
-        let third = b.impose(host, Source::Asterisk, "x", None).await.unwrap();
         assert_eq!(first.address, "2001:db8:1:2::/64");
-        assert_eq!(second.expires_at - second.created_at, 7200);
-        assert_eq!(third.expires_at - third.created_at, 3 * 3600, "capped");
-        assert_eq!(third.hits, 3);
+        assert_eq!(
+            second.hits, 1,
+            "several nodes banning on one event: one offence"
+        );
+        assert!(second.expires_at - second.created_at <= 3601);
         assert!(b.banned(ip("2001:db8:1:2:ffff::1")).is_some());
         assert!(b.banned(ip("2001:db8:1:3::1")).is_none());
         let elements = b.elements();
         assert_eq!(elements.len(), 1);
         assert_eq!(elements[0].net.to_string(), "2001:db8:1:2::/64");
         assert!(b.next_expiry().is_some());
+        // Offences from a banned address change nothing.
+        let window = Duration::from_secs(60);
+        for _ in 0..5 {
+            let started = b.strike(
+                ip("2001:db8:1:2::7"),
+                Source::Asterisk,
+                "x",
+                1,
+                window,
+                None,
+            );
+            assert!(!started);
+        }
+        // Link-local and multicast are never banned.
+        for never in ["fe80::1", "ff02::1", "169.254.1.1", "224.0.0.5"] {
+            assert!(
+                b.never_banned(&BanKey::host(ip(never))).is_some(),
+                "{never}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -24,20 +24,32 @@ pub use list::{Bans, ImposeError};
 /// it relays; on one host that is loopback or the address Asterisk listens on).
 pub fn never_banned(key: &BanKey, allow: &[IpNet], exempt: &[IpNet]) -> Option<String> {
     let net = key.net();
-    let special = match net {
-        IpNet::V4(n) => {
+    let (loopback, local_link) = match net {
+        IpNet::V4(n) => (
             n.addr().is_loopback()
                 || n.addr().is_unspecified()
-                || n.contains(&std::net::Ipv4Addr::LOCALHOST)
-        }
+                || n.contains(&std::net::Ipv4Addr::LOCALHOST),
+            n.addr().is_link_local()
+                || n.addr().is_multicast()
+                || n.addr().is_broadcast()
+                || n.contains(&std::net::Ipv4Addr::new(169, 254, 0, 1)),
+        ),
         IpNet::V6(n) => {
-            n.addr().is_loopback()
-                || n.addr().is_unspecified()
-                || n.contains(&std::net::Ipv6Addr::LOCALHOST)
+            let first = n.addr().segments()[0];
+            (
+                n.addr().is_loopback()
+                    || n.addr().is_unspecified()
+                    || n.contains(&std::net::Ipv6Addr::LOCALHOST),
+                // fe80::/10 link-local (neighbour discovery, router adverts), ff00::/8.
+                first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || n.prefix_len() < 10,
+            )
         }
     };
-    if special {
+    if loopback {
         return Some("loopback (this host)".into());
+    }
+    if local_link {
+        return Some("a link-local or multicast address (the host's own network plumbing)".into());
     }
     if let Some(a) = allow.iter().find(|a| key.overlaps(a)) {
         return Some(format!("it overlaps {a} in [bans] allow"));

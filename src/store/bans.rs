@@ -48,10 +48,11 @@ pub fn escalate(base: i64, max: i64, hits: i64) -> i64 {
 }
 
 impl Store {
-    /// Imposes a ban, or renews the one this source already holds on the address: a ban
-    /// still in force or expired less than [`REMEMBER_SECS`] ago counts as an earlier
-    /// offence, and the new one is doubled for each (up to `max_secs`). A ban never gets
-    /// shorter. Returns the row as stored.
+    /// Imposes a ban, or renews the one this source already holds on the address. A ban
+    /// that ended less than [`REMEMBER_SECS`] ago makes this a repeat offence: `hits` grows
+    /// and the length doubles per earlier offence (up to `max_secs`). One still in force is
+    /// renewed at its length (several nodes banning on the same events must not double it).
+    /// A ban never gets shorter. Returns the row as stored.
     pub async fn put_ban(&self, ban: &NewBan<'_>) -> Result<BanRow, StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -63,14 +64,24 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let row = match old {
-                Some(old) if old.expires_at > ban.now - REMEMBER_SECS => {
-                    let hits = old.hits.saturating_add(1);
-                    let until = ban.now + escalate(ban.base_secs, ban.max_secs, hits);
+                // Still in force (another node banned on the same events, an admin renewing):
+                // renewed at its current length, not doubled.
+                Some(old) if old.expires_at > ban.now => {
+                    let until = ban.now + escalate(ban.base_secs, ban.max_secs, old.hits);
                     BanRow {
                         reason: ban.reason.to_string(),
-                        // A ban that had ended starts again now.
-                        created_at: if old.expires_at > ban.now { old.created_at } else { ban.now },
                         expires_at: until.max(old.expires_at),
+                        node: ban.node.to_string(),
+                        ..old
+                    }
+                }
+                // Ended lately: a repeat offence, doubled.
+                Some(old) if old.expires_at > ban.now - REMEMBER_SECS => {
+                    let hits = old.hits.saturating_add(1);
+                    BanRow {
+                        reason: ban.reason.to_string(),
+                        created_at: ban.now,
+                        expires_at: ban.now + escalate(ban.base_secs, ban.max_secs, hits),
                         hits,
                         node: ban.node.to_string(),
                         ..old
@@ -202,7 +213,8 @@ impl Store {
             for new in wanted.iter().filter(|a| !have_set.contains(*a)) {
                 tx.exec(
                     sqlx::query(&format!(
-                        "INSERT INTO bans ({COLUMNS}) VALUES ($1, 'feed', $2, $3, $4, $5, 1, $6)"
+                        "INSERT INTO bans ({COLUMNS}) VALUES ($1, 'feed', $2, $3, $4, $5, 1, $6) \
+                         ON CONFLICT(address, source, origin) DO UPDATE SET expires_at = excluded.expires_at"
                     ))
                     .bind(*new)
                     .bind(feed)
