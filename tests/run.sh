@@ -24,6 +24,7 @@ declare -A peers=(
     [sipsak]="command -v sipsak"
     [socat]="command -v socat"
     [iproute2]="command -v ip"
+    [nftables]="command -v nft || test -x /usr/sbin/nft"
     [gcc]="command -v gcc"
     [postgresql]="ls /usr/lib/postgresql/*/bin/pg_ctl"
 )

@@ -4,7 +4,7 @@
 #
 #   install -> start (READY=1) -> /healthz -> reload (RELOADING=1/READY=1) -> watchdog restart
 #   of a frozen process -> CLI with only the encrypted key -> upgrade keeps config and state
-#   -> remove -> purge leaves nothing
+#   -> remove -> purge leaves nothing (and deletes the configured nftables table, no other)
 #   plus systemd-analyze security --offline (<= 1.5) and verify (no output) on the installed unit.
 #
 # Run as root from anywhere: packaging/tests/lifecycle.sh
@@ -23,7 +23,7 @@ export LC_ALL=C.UTF-8
 SUITE=bookworm
 CACHE=${PBXGUARD_CI_CACHE:-/var/cache/pbxguard-ci}
 # The container's packages. Bump the cache key when the list changes.
-INCLUDE=systemd,systemd-sysv,dbus,passwd,procps,init-system-helpers,curl,man-db
+INCLUDE=systemd,systemd-sysv,dbus,passwd,procps,init-system-helpers,curl,man-db,nftables
 CACHE_KEY="$SUITE minbase $INCLUDE v1"
 PATH_IN=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -235,6 +235,10 @@ check "no key-file drop-in on a host that can encrypt" \
 check "unit enabled" test "$(in_ct systemctl is-enabled pbxguard || true)" = enabled
 check "unit not started by the install" test "$(in_ct systemctl is-active pbxguard || true)" = inactive
 check "man page pbxguard(8) installed" in_ct man -w pbxguard-secret-set
+check "unit bounding set is CAP_NET_ADMIN alone (got '$(prop CapabilityBoundingSet)')" \
+    test "$(prop CapabilityBoundingSet)" = cap_net_admin
+check "unit ambient capability CAP_NET_ADMIN (got '$(prop AmbientCapabilities)')" \
+    test "$(prop AmbientCapabilities)" = cap_net_admin
 cred_sum=$(in_ct sha256sum /etc/pbxguard/master.key.cred)
 pass "install: user+asterisk group, 0750/0640 overrides, encrypted key, enabled, not started"
 
@@ -277,7 +281,18 @@ check "Type=notify" test "$(prop Type)" = notify
 check "READY=1 with STATUS=serving (got '$(prop StatusText)')" test "$(prop StatusText)" = serving
 check "key came from the credential" in_ct test ! -e /etc/pbxguard/master.key
 pid1=$(prop MainPID)
+# CAP_NET_ADMIN (bit 12) and nothing else: effective, and ambient so that nft inherits it.
+caps() { in_ct awk -v f="$1:" '$1 == f { print $2 }' "/proc/$pid1/status"; }
+check "daemon has CapEff CAP_NET_ADMIN only (got $(caps CapEff))" test "$(caps CapEff)" = 0000000000001000
+check "daemon has CapAmb CAP_NET_ADMIN only (got $(caps CapAmb))" test "$(caps CapAmb)" = 0000000000001000
 pass "start: active (running) through READY=1 (StatusText=serving), main PID $pid1"
+if in_ct grep -Eq '^[[:space:]]*firewall[[:space:]]*=[[:space:]]*"nftables"' /etc/pbxguard/pbxguard.toml; then
+    # The packaged config enforces bans in nftables: the daemon, under the unit's sandbox,
+    # must have made its table with nft.
+    wait_for 10 "table inet pbxguard made by the daemon" \
+        in_ct sh -c 'nft list table inet pbxguard | grep -q "ip saddr @v4 counter"'
+    pass "nftables: the daemon made table inet pbxguard (CAP_NET_ADMIN and AF_NETLINK suffice)"
+fi
 
 health() { in_ct curl -fsS --max-time 5 -k https://127.0.0.1:8443/healthz; }
 body=$(health) || fail "/healthz"
@@ -344,6 +359,17 @@ health > /dev/null || fail "/healthz after upgrade"
 pass "upgrade: restarted (PID $pid2 -> $(prop MainPID)), config, key and vault kept, /healthz OK"
 
 # ---------------------------------------------------------------- remove
+# The table the purge must delete has a configured name; "pbxguard" and "keep" are someone
+# else's tables then, which it must leave alone. Made by hand if the daemon made none.
+in_ct awk '
+    /^[[:space:]]*\[/ { in_bans = ($0 ~ /^[[:space:]]*\[bans\][[:space:]]*$/) }
+    in_bans && /^[[:space:]]*table[[:space:]]*=/ { next }
+    { print }
+    in_bans && /^[[:space:]]*\[bans\]/ { print "table = \"lifecycle_fw\""; done = 1 }
+    END { if (!done) print "\n[bans]\ntable = \"lifecycle_fw\"" }
+' /etc/pbxguard/pbxguard.toml > "$work/edited.toml"
+in_ct sh -c 'cat > /etc/pbxguard/pbxguard.toml' < "$work/edited.toml"
+for t in lifecycle_fw pbxguard keep; do in_ct nft add table inet "$t" || fail "nft add table $t"; done
 in_ct apt-get remove -y pbxguard > "$work/remove.log" 2>&1 || { cat "$work/remove.log" >&2; fail "remove"; }
 check "service stopped by remove" test "$(in_ct systemctl is-active pbxguard || true)" = inactive
 check "binary gone" in_ct test ! -e /usr/bin/pbxguard
@@ -362,6 +388,10 @@ check "no mention in the account files" \
     absent in_ct grep -w pbxguard /etc/passwd /etc/group /etc/shadow /etc/gshadow
 check "no statoverride left" absent in_ct sh -c 'dpkg-statoverride --list | grep pbxguard'
 check "systemd forgot the unit" in_ct sh -c 'systemctl list-unit-files pbxguard.service | grep -q "^0 unit files"'
+check "configured table inet lifecycle_fw deleted" absent in_ct nft list table inet lifecycle_fw
+check "other tables kept" in_ct sh -c 'nft list table inet pbxguard && nft list table inet keep' >/dev/null
+in_ct nft delete table inet pbxguard
+in_ct nft delete table inet keep
 # Left on purpose: the host's credential key, which systemd-creds created and which every
 # encrypted credential on the machine shares.
 leftovers() {
@@ -374,7 +404,7 @@ leftovers() {
     [ -z "$missing" ] || { echo "$missing" >&2; fail "purge removed files it did not install"; }
 }
 leftovers
-pass "purge: no files, user, group, statoverride or unit left"
+pass "purge: no files, user, group, statoverride, unit or configured nftables table left; other tables kept"
 
 # ---------------------------------------------------------------- host that cannot encrypt
 # systemd-creds is diverted to a stub that fails, as on a host whose /var/lib/systemd cannot
@@ -396,6 +426,8 @@ health > /dev/null || fail "/healthz with the key file"
 # The vault reads a key file only as its owner, so here the CLI runs as the service account.
 check "secret CLI as pbxguard with the key file" \
     in_ct sh -c 'echo x | runuser -u pbxguard -- pbxguard secret set smtp/password >/dev/null'
+# The purge must not fail without the table (or without nft at all).
+in_ct sh -c 'nft delete table inet pbxguard 2>/dev/null || true'
 in_ct dpkg --purge pbxguard > "$work/purge2.log" 2>&1 || { cat "$work/purge2.log" >&2; fail "purge (fallback)"; }
 in_ct rm -f /usr/bin/systemd-creds
 in_ct dpkg-divert --quiet --local --rename --remove /usr/bin/systemd-creds
