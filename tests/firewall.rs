@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::netns::DaemonNet;
@@ -16,6 +16,15 @@ use common::{free_port, Daemon, Env};
 
 /// How long a connect may take before it counts as dropped.
 const DROPPED_AFTER: Duration = Duration::from_millis(800);
+
+/// What a TCP connect got: a banned client's SYN is dropped (no answer at all), which is not
+/// a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Connected,
+    Dropped,
+    Refused,
+}
 
 struct Site {
     net: DaemonNet,
@@ -117,9 +126,9 @@ impl Site {
         std::fs::read_to_string(self.env.path("serve.log")).unwrap_or_default()
     }
 
-    /// Whether a TCP connect from `from` (this host's default source when `None`) to `to`'s
-    /// address on `port` completes within [`DROPPED_AFTER`].
-    fn connects_from(&self, from: Option<IpAddr>, to: SocketAddr, port: u16) -> bool {
+    /// What a TCP connect from `from` (this host's default source when `None`) to `to`'s
+    /// address on `port` gets within [`DROPPED_AFTER`].
+    fn probe(&self, from: Option<IpAddr>, to: SocketAddr, port: u16) -> Probe {
         let to = SocketAddr::new(to.ip(), port);
         let domain = if to.is_ipv4() {
             socket2::Domain::IPV4
@@ -133,11 +142,16 @@ impl Site {
                 .expect("bind the client's address");
         }
         match socket.connect_timeout(&to.into(), DROPPED_AFTER) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Ok(()) => Probe::Connected,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Probe::Dropped,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Probe::Dropped,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
             Err(e) => panic!("connect to {to} failed otherwise than by a timeout: {e}"),
         }
+    }
+
+    fn connects_from(&self, from: Option<IpAddr>, to: SocketAddr, port: u16) -> bool {
+        self.probe(from, to, port) == Probe::Connected
     }
 
     fn connects(&self, to: SocketAddr, port: u16) -> bool {
@@ -145,8 +159,8 @@ impl Site {
     }
 
     /// Each listener, from `from` to `to`.
-    fn all_connect(&self, from: Option<IpAddr>, to: SocketAddr) -> [bool; 3] {
-        [self.https, self.ami, self.sip].map(|p| self.connects_from(from, to, p))
+    fn all_connect(&self, from: Option<IpAddr>, to: SocketAddr) -> [Probe; 3] {
+        [self.https, self.ami, self.sip].map(|p| self.probe(from, to, p))
     }
 
     fn set(&self, family: &str) -> String {
@@ -169,15 +183,14 @@ impl Site {
         start.elapsed()
     }
 
+    /// A metric as `/metrics` gives it to loopback (inside the namespace; the default
+    /// `metrics_allow` is loopback only).
     fn metric(&self, name: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5", "--cacert"])
-            .arg(self.env.cert())
-            .arg("--resolve")
-            .arg(format!("localhost:{}:{}", self.https, self.net.daemon_v4))
-            .arg(format!("https://localhost:{}/metrics", self.https))
-            .output()
-            .expect("curl");
+        let cert = self.env.cert().display().to_string();
+        let url = format!("https://localhost:{}/metrics", self.https);
+        let out = self
+            .net
+            .exec(&["curl", "-sS", "--max-time", "5", "--cacert", &cert, &url]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.starts_with(name))
@@ -192,7 +205,11 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
         return;
     };
     let me = IpAddr::V4(s.net.host_v4);
-    assert_eq!(s.all_connect(None, s.v4()), [true; 3], "before the ban");
+    assert_eq!(
+        s.all_connect(None, s.v4()),
+        [Probe::Connected; 3],
+        "before the ban"
+    );
 
     let t = Instant::now();
     s.env
@@ -207,7 +224,7 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
     assert!(s.set("v4").contains("timeout"), "{}", s.set("v4"));
     assert_eq!(
         s.all_connect(None, s.v4()),
-        [false; 3],
+        [Probe::Dropped; 3],
         "HTTPS, AMI, SIP all dropped"
     );
 
@@ -222,7 +239,7 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
     s.wait("the deleted table restored", Duration::from_secs(5), || {
         s.set("v4").contains(&me.to_string())
     });
-    assert!(!s.connects(s.v4(), s.https));
+    assert_eq!(s.probe(None, s.v4(), s.https), Probe::Dropped);
     // Another table in the namespace is never touched.
     s.net
         .exec_ok(&["nft", "add", "table", "inet", "someone_else"]);
@@ -233,7 +250,11 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
         Duration::from_secs(2),
         || !s.set("v4").contains(&me.to_string()),
     );
-    assert_eq!(s.all_connect(None, s.v4()), [true; 3], "after the lift");
+    assert_eq!(
+        s.all_connect(None, s.v4()),
+        [Probe::Connected; 3],
+        "after the lift"
+    );
     assert!(s
         .net
         .exec(&["nft", "list", "table", "inet", "someone_else"])
@@ -254,7 +275,7 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
     s.env
         .ok(&["ban", "add", &me.to_string(), "--duration", "3s"], b"");
     s.wait("the short ban in force", Duration::from_secs(2), || {
-        !s.connects(s.v4(), s.https)
+        s.probe(None, s.v4(), s.https) == Probe::Dropped
     });
     s.wait("the short ban ended", Duration::from_secs(8), || {
         s.connects(s.v4(), s.https)
@@ -276,7 +297,7 @@ fn an_ipv6_ban_covers_the_64_and_allowlisted_addresses_are_never_banned() {
     s.wait("the /64 in the kernel", Duration::from_secs(2), || {
         s.set("v6").contains(&key)
     });
-    assert_eq!(s.all_connect(Some(v6), s.v6()), [false; 3]);
+    assert_eq!(s.all_connect(Some(v6), s.v6()), [Probe::Dropped; 3]);
     assert!(
         s.connects_from(Some(other), s.v6(), s.https),
         "another /64 is not banned"

@@ -24,6 +24,7 @@ pub fn start(bans: Bans, metrics: Metrics, tracker: &TaskTracker, stop: Cancella
     tracker.spawn(async move {
         let mut changes = bans.subscribe();
         let mut owned: Option<String> = None;
+        let mut nft: Option<Nft> = None;
         let mut dropped_seen: u64 = 0;
         let mut failing = false;
         loop {
@@ -37,7 +38,14 @@ pub fn start(bans: Bans, metrics: Metrics, tracker: &TaskTracker, stop: Cancella
                     }
                     dropped_seen = 0;
                 }
-                let nft = Nft::new(&config.table);
+                // One instance per table: it remembers what it wrote, which is how a table
+                // someone deleted or changed is told from a first start.
+                if nft.as_ref().is_none_or(|n| n.table() != config.table) {
+                    nft = Some(Nft::new(&config.table));
+                }
+                let Some(nft) = nft.as_ref() else {
+                    continue;
+                };
                 let elements = bans.elements();
                 match nft.reconcile(&elements, now_unix()).await {
                     Ok(done) => {
