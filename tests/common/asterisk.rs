@@ -9,6 +9,7 @@
 //!
 //! Without Asterisk a test returns early after one loud line; under `CI=true` it fails instead.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +56,18 @@ pub struct Setup {
     /// Modules loaded besides the admin guide's set (e.g. `res_clioriginate.so` for the CLI's
     /// `channel originate`).
     pub extra_modules: Vec<String>,
+    /// Runs Asterisk behind this command, e.g. `ip netns exec NS` to put it in a network
+    /// namespace (empty: started directly). `asterisk -rx` needs no prefix: the control
+    /// socket is a file.
+    pub command_prefix: Vec<String>,
+    /// The address the example's pjsip transport binds to instead of 127.0.0.1.
+    pub sip_bind: Option<IpAddr>,
+    /// That transport's port instead of a free one (a test that adds a transport on the
+    /// same port in `pjsip_extra` needs to know it beforehand).
+    pub sip_port: Option<u16>,
+    /// manager.conf's `bindaddr` instead of 127.0.0.1 (the upstream user's ACL still admits
+    /// 127.0.0.1 only).
+    pub ami_bind: Option<IpAddr>,
 }
 
 pub struct Asterisk {
@@ -65,6 +78,8 @@ pub struct Asterisk {
     /// The manager.conf secret of the `pbxguard` user (pbxguard's `ami/upstream`).
     pub ami_secret: String,
     child: Option<Child>,
+    /// [`Setup::command_prefix`], for every boot.
+    command_prefix: Vec<String>,
 }
 
 /// Modules loaded with `autoload = no`: the set docs/admin-guide.md lists ("Point Asterisk at
@@ -125,9 +140,10 @@ impl Asterisk {
             dir,
             prefix: prefix.to_path_buf(),
             ami_port: free_port(),
-            sip_port: free_port(),
+            sip_port: setup.sip_port.unwrap_or_else(free_port),
             ami_secret: format!("ast-{:016x}", rand_u64()),
             child: None,
+            command_prefix: setup.command_prefix.clone(),
         };
         ast.write_configs(setup);
         let mut ast = ast;
@@ -189,6 +205,13 @@ impl Asterisk {
         let mut manager = Self::example("manager.conf")
             .replace("port = 5038", &format!("port = {}", self.ami_port))
             .replace("CHANGE-ME-TO-32-RANDOM-CHARACTERS", &self.ami_secret);
+        if let Some(ip) = setup.ami_bind {
+            assert!(
+                manager.contains("bindaddr = 127.0.0.1\n"),
+                "manager.conf example changed shape"
+            );
+            manager = manager.replace("bindaddr = 127.0.0.1\n", &format!("bindaddr = {ip}\n"));
+        }
         if let Some((read, write)) = &setup.manager_permissions {
             manager = manager
                 .lines()
@@ -211,10 +234,12 @@ impl Asterisk {
         self.write("manager.conf", &manager);
 
         if pjsip {
-            let text = Self::example("pjsip.conf").replace(
-                "bind = 127.0.0.1:5060",
-                &format!("bind = 127.0.0.1:{}", self.sip_port),
+            let bind = SocketAddr::new(
+                setup.sip_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                self.sip_port,
             );
+            let text = Self::example("pjsip.conf")
+                .replace("bind = 127.0.0.1:5060", &format!("bind = {bind}"));
             assert!(
                 text.contains(&self.sip_port.to_string()),
                 "pjsip.conf example changed"
@@ -269,7 +294,16 @@ impl Asterisk {
 
     fn boot(&mut self) {
         let out = std::fs::File::create(self.dir.path().join("log/console.log")).expect("log");
-        let child = Command::new(self.prefix.join("sbin/asterisk"))
+        let asterisk = self.prefix.join("sbin/asterisk");
+        let mut cmd = match self.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&asterisk);
+                c
+            }
+            None => Command::new(&asterisk),
+        };
+        let child = cmd
             .arg("-C")
             .arg(self.conf())
             .args(["-f", "-n", "-q"])
