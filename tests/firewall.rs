@@ -302,6 +302,26 @@ fn an_ipv6_ban_covers_the_64_and_allowlisted_addresses_are_never_banned() {
         s.connects_from(Some(other), s.v6(), s.https),
         "another /64 is not banned"
     );
+    // The banned /64 holds the daemon's own address: the host still reaches itself there.
+    let own = format!("https://[{}]:{}/healthz", s.net.daemon_v6, s.https);
+    let out = s.net.exec(&[
+        "curl",
+        "-gsSk",
+        "--max-time",
+        "3",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &own,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the PBX cut off from itself: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.net.exec_ok(&["nft", "list", "table", "inet", "pbxguard"])
+    );
     // The IPv4 address of the same host is not banned either.
     assert!(s.connects(s.v4(), s.https));
     s.env.ok(&["ban", "rm", &v6.to_string()], b"");

@@ -568,7 +568,8 @@ pub async fn serve(
                 continue;
             }
         };
-        if gateway.ctx.bans.banned(peer.ip()).is_some() {
+        let own = stream.local_addr().is_ok_and(|l| l.ip() == peer.ip());
+        if !own && gateway.ctx.bans.banned(peer.ip()).is_some() {
             debug!(%peer, "closing an AMI connection from a banned address");
             continue;
         }

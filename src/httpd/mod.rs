@@ -158,7 +158,10 @@ pub async fn serve(
                 }
             },
         };
-        if httpd.refuses(addr.ip()) {
+        // This host connecting to its own address is never refused (a ban of the /64 the
+        // PBX shares with the office's phones must not cut it off from itself).
+        let own = stream.local_addr().is_ok_and(|l| l.ip() == addr.ip());
+        if !own && httpd.refuses(addr.ip()) {
             debug!(listener = name, %addr, "closing a connection from a banned address");
             continue;
         }

@@ -122,7 +122,8 @@ pub async fn serve(
                 continue;
             }
         };
-        if edge.bans.banned(peer.ip()).is_some() {
+        let own = stream.local_addr().is_ok_and(|l| l.ip() == peer.ip());
+        if !own && edge.bans.banned(peer.ip()).is_some() {
             debug!(%peer, "closing a connection from a banned address");
             continue;
         }
