@@ -316,3 +316,108 @@ fn failed_web_logins_from_one_address_ban_it() {
     assert_eq!(env.login("root", PW, &[&from("192.0.2.78")]).status, 200);
     assert_eq!(env.login("root", PW, &[]).status, 200);
 }
+
+/// A child process killed on drop (panics included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The addresses `ban list` has from feeds, sorted.
+fn feed_rows(env: &Env) -> Vec<String> {
+    let mut rows: Vec<String> = list(env)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "feed")
+        .map(|r| r["address"].as_str().unwrap().to_string())
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_feed_served_over_http_is_imported_followed_kept_when_broken_and_lifted_when_removed() {
+    let env = Env::new();
+    let www = env.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let list_file = www.join("list.txt");
+    std::fs::write(
+        &list_file,
+        "# a blocklist\n192.0.2.10\n198.51.100.0/24 ; a network\ngarbage line\n127.0.0.1\n",
+    )
+    .unwrap();
+    let port = common::free_port();
+    let _server = Killed(
+        std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let feed = |ttl: &str, url: &str| {
+        format!(
+            "[[bans.feeds]]\nname = \"office\"\nurl = \"{url}\"\nformat = \"plain\"\ninterval = \"1m\"\nttl = \"{ttl}\"\n"
+        )
+    };
+    let url = format!("http://127.0.0.1:{port}/list.txt");
+    let base = env.config_text(env.http_port, env.redirect_port, "");
+    env.write_config(&format!("{base}\n{}", feed("10m", &url)));
+    env.init();
+    let d = env.start();
+    let want = |rows: &[&str]| rows.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Imported at start; the garbage line is skipped, loopback is never banned.
+    wait_for("the feed imported", Duration::from_secs(10), || {
+        feed_rows(&env) == want(&["192.0.2.10", "198.51.100.0/24"])
+    });
+    let bans = list(&env);
+    assert!(
+        bans[0]["reason"].as_str().unwrap().contains("office"),
+        "{bans}"
+    );
+    // The feed drops an entry and adds one; a changed ttl restarts it at the reload.
+    std::fs::write(&list_file, "198.51.100.0/24\n192.0.2.11\n").unwrap();
+    env.write_config(&format!("{base}\n{}", feed("11m", &url)));
+    d.signal("HUP");
+    wait_for("the feed's change applied", Duration::from_secs(10), || {
+        feed_rows(&env) == want(&["192.0.2.11", "198.51.100.0/24"])
+    });
+    // Broken (404 now, then an HTML page): the last good list stays.
+    std::fs::remove_file(&list_file).unwrap();
+    env.write_config(&format!("{base}\n{}", feed("12m", &url)));
+    d.signal("HUP");
+    let failed = || {
+        let metrics = env.curl_https("/metrics", &[]);
+        String::from_utf8_lossy(&metrics.stdout).lines().any(|l| {
+            l.starts_with("pbxguard_ban_feed_refreshes_total")
+                && l.contains("feed=\"office\"")
+                && l.contains("result=\"failed\"")
+        })
+    };
+    wait_for(
+        "the failed refresh counted",
+        Duration::from_secs(10),
+        failed,
+    );
+    assert_eq!(feed_rows(&env), want(&["192.0.2.11", "198.51.100.0/24"]));
+    // Removed from the configuration: its bans are lifted.
+    env.write_config(&base);
+    d.signal("HUP");
+    wait_for(
+        "the removed feed's bans lifted",
+        Duration::from_secs(10),
+        || feed_rows(&env).is_empty(),
+    );
+}
