@@ -27,8 +27,10 @@ fn gateway(extra: &str, peer_args: &[&str]) -> Gw {
     let env = Env::new();
     let port = free_port();
     let extra = extra.replace("{dir}", &env.dir.path().display().to_string());
+    // The peer counts Asterisk sessions and logins exactly: the security-event monitor (its
+    // own session, tested in tests/asterisk_security.rs) stays off here.
     let ami = format!(
-        "[ami]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nupstream_timeout = \"2s\"\n{extra}",
+        "[bans]\nasterisk_events = false\n[ami]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nupstream_timeout = \"2s\"\n{extra}",
         peer.port()
     );
     env.write_config(&env.config_text(env.http_port, env.redirect_port, &ami));
