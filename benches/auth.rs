@@ -85,6 +85,8 @@ fn auth(c: &mut Criterion) {
         lockout_threshold: 10,
         lockout_window: Duration::from_secs(900),
         lockout_duration: Duration::from_secs(900),
+        password_min_length: 12,
+        password_min_strength: 2,
         routes: Default::default(),
         history_retention: Duration::from_secs(365 * 86400),
     };

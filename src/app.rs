@@ -24,7 +24,18 @@ use crate::vault::Vault;
 pub struct App {
     /// The configuration in force; a reload replaces it in one step, so a request sees either
     /// the old or the new settings, never a mix.
+    /// Runtime security settings (see `crate::settings`) are applied to it: readers see the
+    /// values in force without asking the database.
     pub config: ArcSwap<Config>,
+    /// The config file as last loaded, without the runtime settings.
+    file_config: ArcSwap<Config>,
+    /// The runtime settings stored in the database, as last read.
+    stored_settings: ArcSwap<crate::settings::Stored>,
+    /// Serialises putting a configuration in force (a reload and a settings change racing
+    /// must not leave one's file with the other's stale settings).
+    in_force: std::sync::Mutex<()>,
+    /// Serialises settings reads, so that an older read never replaces a newer one.
+    settings_read: tokio::sync::Mutex<()>,
     pub store: Store,
     pub vault: Vault,
     /// The `[http]` TLS config; read per accepted connection so new certificates apply from
@@ -99,7 +110,6 @@ fn edge_config(config: &Config) -> Option<crate::sip::EdgeConfig> {
     Some(crate::sip::EdgeConfig {
         sip,
         http_tls: config.http.as_ref().and_then(|h| h.tls.clone()),
-        session_idle_timeout: config.auth.session_idle_timeout,
     })
 }
 
@@ -144,7 +154,11 @@ impl App {
         Arc::new(App {
             auth: Arc::new(auth),
             recordings: Arc::new(recordings),
+            file_config: ArcSwap::from_pointee(config.clone()),
             config: ArcSwap::from_pointee(config),
+            stored_settings: ArcSwap::default(),
+            in_force: std::sync::Mutex::new(()),
+            settings_read: tokio::sync::Mutex::new(()),
             store,
             vault,
             http_tls: Arc::new(ArcSwapOption::new(http_tls)),
@@ -158,8 +172,23 @@ impl App {
         })
     }
 
+    /// The config file as last loaded, without the runtime settings: their defaults.
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file_config.load_full()
+    }
+
     /// Puts a new configuration in force (a reload's point of no return).
     pub fn set_config(&self, config: Config) {
+        let _serial = self.in_force.lock();
+        self.file_config.store(Arc::new(config));
+        self.put_in_force();
+    }
+
+    /// The config file with the stored runtime settings applied becomes the configuration in
+    /// force. Callers hold `in_force`.
+    fn put_in_force(&self) {
+        let file = Config::clone(&self.file_config.load());
+        let config = self.stored_settings.load().applied(file);
         self.httpd.set_limits(http_limits(&config));
         self.dialing
             .set_config(config.dialing.clone(), config.smtp.clone());
@@ -176,6 +205,28 @@ impl App {
     pub async fn sync_auth(&self) {
         if self.auth.sessions.sync() {
             self.reload_keys().await;
+            self.reload_settings().await;
+        }
+    }
+
+    /// Reads the runtime security settings again and puts them in force. On a database
+    /// fault the settings in force stay (and say so in the log): a node never falls back to
+    /// the file's values because a read failed.
+    pub async fn reload_settings(&self) {
+        let _serial = self.settings_read.lock().await;
+        match crate::settings::ops::stored(&self.store).await {
+            Ok(stored) => {
+                if **self.stored_settings.load() == stored {
+                    return;
+                }
+                let _in_force = self.in_force.lock();
+                self.stored_settings.store(Arc::new(stored));
+                self.put_in_force();
+                tracing::info!("runtime security settings changed; in force from now");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the runtime security settings failed; the ones in force stay")
+            }
         }
     }
 
@@ -186,6 +237,7 @@ impl App {
             Heard::Everything => {
                 self.auth.sessions.clear();
                 self.reload_keys().await;
+                self.reload_settings().await;
                 self.bans_changed.notify_one();
                 return;
             }
@@ -194,7 +246,12 @@ impl App {
         tracing::debug!(change = %change.encode(), "change announced by a node");
         match change {
             Change::Session(id) => self.auth.sessions.forget(&id),
-            Change::Sessions | Change::MfaPolicy => self.auth.sessions.clear(),
+            Change::Sessions => self.auth.sessions.clear(),
+            // `mfa policy --force` writes the force setting's row.
+            Change::MfaPolicy => {
+                self.auth.sessions.clear();
+                self.reload_settings().await;
+            }
             Change::Keys => {
                 self.auth.sessions.clear();
                 self.reload_keys().await;
@@ -202,6 +259,11 @@ impl App {
             Change::Link(id) => self.recordings.links.forget(&id),
             Change::Links => self.recordings.links.clear(),
             Change::Bans => self.bans_changed.notify_one(),
+            // Cached sessions were judged under the old idle timeout.
+            Change::Settings => {
+                self.auth.sessions.clear();
+                self.reload_settings().await;
+            }
             // Read from the database at each use: nothing cached to drop.
             Change::AmiClients | Change::SipCredentials | Change::Heartbeat(_) => {}
         }
@@ -255,6 +317,10 @@ impl App {
                 Box::pin(async move { app.sync_auth().await })
             }),
             config: ArcSwapOption::empty(),
+            session_idle_timeout: Box::new({
+                let app = self.clone();
+                move || app.config.load().auth.session_idle_timeout
+            }),
             bans: self.bans.clone(),
             dialing: self.dialing.clone(),
         }

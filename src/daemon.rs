@@ -135,6 +135,8 @@ pub async fn run(
         metrics,
         None,
     );
+    // Runtime security settings stored by admins override the file from the first request.
+    app.reload_settings().await;
     let mut subsystems = vec![manage(web::server::Http::new(app.clone()), |c: &Config| {
         c.http.clone()
     })];

@@ -92,6 +92,7 @@ pub mod problems;
 pub mod rate;
 pub mod realtime;
 pub mod recordings;
+pub mod settings;
 pub mod sip;
 pub mod store;
 pub mod subsystem;

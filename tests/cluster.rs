@@ -659,3 +659,58 @@ fn mfa_ami_clients_and_sip_bans_reach_every_node() {
     );
     drop(daemons);
 }
+
+/// Runtime security settings changed on one node apply on the other from its next request
+/// (issue 22): the settings read the same, and a lockout threshold lowered on A locks on B.
+#[test]
+fn settings_changed_on_one_node_apply_on_the_other() {
+    let Some(pg) = Postgres::start("settings_nodes") else {
+        return;
+    };
+    let (nodes, daemons) = two_nodes(&pg, "pbxguard", "", ["", ""]);
+    let [a, b] = &nodes;
+    for d in &daemons {
+        following(d);
+    }
+    a.add_user("root", 9, "root password for nodes");
+    a.add_user("bob", 2, "bob password for nodes");
+    let root_a = a.token("root", "root password for nodes");
+    let root_b = b.token("root", "root password for nodes");
+    let settings = |env: &Env, token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        env.request("GET", "/api/v1/admin/settings", &[&auth], None)
+    };
+    let auth = format!("Authorization: Bearer {root_a}");
+    let r = a.request(
+        "PUT",
+        "/api/v1/admin/settings",
+        &[&auth, "Content-Type: application/json"],
+        Some(r#"{"lockout_threshold":2,"session_max_lifetime":"10h"}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let on_b = settings(b, &root_b);
+    assert_eq!(on_b.status, 200, "{on_b:?}");
+    assert_eq!(on_b.json(), r.json(), "B reads what A wrote");
+    daemons[1].wait_for_log("runtime security settings changed");
+    // B's next login already has the new lifetime, and the new threshold.
+    b.token("bob", "bob password for nodes");
+    let span = pg.psql(
+        "pbxguard",
+        "SELECT s.expires_at - s.created_at FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.name = 'bob'",
+    );
+    assert_eq!(span, "36000");
+    for _ in 0..2 {
+        assert_eq!(b.login("bob", "wrong password 123", &[]).status, 401);
+    }
+    let r = b.login("bob", "bob password for nodes", &[]);
+    assert_eq!(r.status, 429, "{r:?}");
+    // The audit row names the node that wrote it.
+    let rows = pg.psql(
+        "pbxguard",
+        "SELECT target, detail, node FROM audit_log WHERE action = 'settings.set' ORDER BY target",
+    );
+    assert_eq!(
+        rows,
+        "lockout_threshold|10 -> 2|pbx-a\nsession_max_lifetime|12h -> 10h|pbx-a"
+    );
+}

@@ -7,6 +7,15 @@ use serde::Deserialize;
 
 use crate::problems::Checker;
 
+/// `[auth] password_min_length` default, and the range admins may set (here and at run time).
+pub const PASSWORD_MIN_LENGTH: u32 = 12;
+pub const PASSWORD_LENGTH_FLOOR: i64 = 8;
+pub const PASSWORD_LENGTH_CEILING: i64 = 128;
+/// `[auth] password_min_strength` default: zxcvbn's "somewhat guessable" (about 10^8
+/// guesses) is the least a password behind a throttled login with a second factor should
+/// reach.
+pub const PASSWORD_MIN_STRENGTH: u8 = 2;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     pub session_idle_timeout: Duration,
@@ -14,6 +23,10 @@ pub struct AuthConfig {
     pub lockout_threshold: u32,
     pub lockout_window: Duration,
     pub lockout_duration: Duration,
+    /// Shortest new password, in characters.
+    pub password_min_length: u32,
+    /// Least strength estimate (0-4) a new password must reach.
+    pub password_min_strength: u8,
     /// URI prefix -> least role name.
     pub routes: BTreeMap<String, String>,
     /// Login history rows older than this are deleted (hourly).
@@ -24,6 +37,8 @@ pub struct AuthConfig {
 pub struct MfaConfig {
     pub email_code_ttl: Duration,
     pub email_fallback: bool,
+    /// Whether every user must have a second factor (the default of the runtime setting).
+    pub force: bool,
     pub totp_issuer: String,
     /// Whether admins (level 9) may use emailed codes at all; email is the weaker factor.
     pub email_for_admins: bool,
@@ -45,6 +60,8 @@ pub(crate) struct RawAuth {
     lockout_threshold: Option<i64>,
     lockout_window: Option<String>,
     lockout_duration: Option<String>,
+    password_min_length: Option<i64>,
+    password_min_strength: Option<i64>,
     routes: Option<BTreeMap<String, String>>,
     history_retention: Option<String>,
 }
@@ -54,6 +71,7 @@ pub(crate) struct RawAuth {
 pub(crate) struct RawMfa {
     email_code_ttl: Option<String>,
     email_fallback: Option<bool>,
+    force: Option<bool>,
     totp_issuer: Option<String>,
     email_for_admins: Option<bool>,
     mfa_token_ttl: Option<String>,
@@ -101,6 +119,20 @@ impl AuthConfig {
                 raw.lockout_duration.as_deref(),
                 "15m",
             ),
+            password_min_length: c.int(
+                "auth.password_min_length",
+                raw.password_min_length,
+                PASSWORD_MIN_LENGTH,
+                PASSWORD_LENGTH_FLOOR,
+                PASSWORD_LENGTH_CEILING,
+            ),
+            password_min_strength: c.int(
+                "auth.password_min_strength",
+                raw.password_min_strength,
+                PASSWORD_MIN_STRENGTH,
+                0,
+                4,
+            ),
             routes,
             history_retention: c.duration(
                 "auth.history_retention",
@@ -124,6 +156,7 @@ impl MfaConfig {
         let mfa = MfaConfig {
             email_code_ttl: c.duration("mfa.email_code_ttl", raw.email_code_ttl.as_deref(), "10m"),
             email_fallback: raw.email_fallback.unwrap_or(true),
+            force: raw.force.unwrap_or(false),
             totp_issuer: c.nonempty("mfa.totp_issuer", raw.totp_issuer.as_ref(), "pbxguard"),
             email_for_admins: raw.email_for_admins.unwrap_or(true),
             mfa_token_ttl: c.duration("mfa.mfa_token_ttl", raw.mfa_token_ttl.as_deref(), "5m"),

@@ -136,9 +136,13 @@ pub enum Next {
     },
 }
 
-/// Whether the force policy is on.
-pub async fn forced(store: &Store) -> Result<bool, StoreError> {
-    Ok(store.setting(FORCE_SETTING).await?.as_deref() == Some("on"))
+/// Whether the force policy is on: as stored by an admin, else `[mfa] force`.
+pub async fn forced(store: &Store, cfg: &MfaConfig) -> Result<bool, StoreError> {
+    Ok(match store.setting(FORCE_SETTING).await?.as_deref() {
+        Some("on") => true,
+        Some("off") => false,
+        _ => cfg.force,
+    })
 }
 
 /// Whether a user with this address and level may finish a login with an emailed code.
@@ -190,7 +194,7 @@ pub async fn after_password(
         .exempt_until(user.id)
         .await?
         .is_some_and(|until| until > now);
-    if !forced(store).await? || exempt {
+    if !forced(store, cfg).await? || exempt {
         return Ok(Next::Session);
     }
     let enroll_token = new_token();

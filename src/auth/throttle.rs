@@ -141,6 +141,8 @@ mod tests {
             lockout_threshold: 3,
             lockout_window: Duration::from_secs(60),
             lockout_duration: Duration::from_secs(300),
+            password_min_length: 12,
+            password_min_strength: 2,
             routes: Default::default(),
             history_retention: Duration::from_secs(86400),
         }

@@ -74,9 +74,13 @@ pub fn check_extension(ext: &str) -> Result<(), UserError> {
     }
 }
 
-/// A new password as typed: checked against the policy.
-pub fn check_password(text: &str) -> Result<Zeroizing<String>, UserError> {
-    password::check_policy(text).map_err(|e| UserError::Invalid(e.to_string()))?;
+/// A new password of the user `name` as typed: checked against the rules in force.
+pub fn check_password(
+    text: &str,
+    name: &str,
+    rules: password::Rules,
+) -> Result<Zeroizing<String>, UserError> {
+    password::check_policy(text, name, rules).map_err(|e| UserError::Invalid(e.to_string()))?;
     Ok(Zeroizing::new(text.to_string()))
 }
 

@@ -60,7 +60,10 @@ fn refusal(e: MfaError, name: &str) -> anyhow::Error {
 pub async fn run(config_path: &Path, cmd: MfaCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
-    let out = run_with(&config, &store, cmd).await;
+    let out = match crate::settings::ops::stored(&store).await {
+        Ok(stored) => run_with(&stored.applied(config), &store, cmd).await,
+        Err(e) => Err(e.into()),
+    };
     store.close().await;
     out
 }
@@ -88,7 +91,7 @@ async fn run_with(config: &Config, store: &Store, cmd: MfaCommand) -> anyhow::Re
             if let Some(f) = force {
                 admin::set_policy(store, &actor(), matches!(f, OnOff::On), now).await?;
             }
-            let forced = admin::policy(store).await?;
+            let forced = admin::policy(store, &config.mfa).await?;
             println!("force enrollment: {}", if forced { "on" } else { "off" });
         }
         MfaCommand::Exempt { name, duration } => {
@@ -117,7 +120,7 @@ async fn status(config: &Config, store: &Store, json: bool, now: i64) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
-    let forced = admin::policy(store).await?;
+    let forced = admin::policy(store, &config.mfa).await?;
     println!("force enrollment: {}", if forced { "on" } else { "off" });
     println!(
         "{:<24}  {:<6}  {:<20}  EXEMPT UNTIL",

@@ -10,6 +10,7 @@ mod docs;
 mod mfa;
 mod recording;
 mod secret;
+mod settings;
 mod sip;
 mod users;
 
@@ -79,6 +80,10 @@ pub enum Command {
     /// The one ban list: SIP, AMI, HTTP, Asterisk's security events, feeds, admins.
     #[command(subcommand)]
     Ban(ban::BanCommand),
+    /// Runtime security settings (session timeouts, password rules, 2FA policy, lockout),
+    /// stored in the database for every node.
+    #[command(subcommand)]
+    Settings(settings::SettingsCommand),
     /// Audit Asterisk's configuration, or read pbxguard's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -210,6 +215,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recording(cmd) => runtime()?.block_on(recording::run(&cli.config, cmd)),
         Command::Sip(cmd) => runtime()?.block_on(sip::run(&cli.config, cmd)),
         Command::Ban(cmd) => runtime()?.block_on(ban::run(&cli.config, cmd)),
+        Command::Settings(cmd) => runtime()?.block_on(settings::run(&cli.config, cmd)),
         Command::Ami(cmd) => runtime()?.block_on(ami::run(&cli.config, cmd)),
         Command::Db(cmd) => runtime()?.block_on(db::run(&cli.config, cmd)),
         Command::Mfa(cmd) => runtime()?.block_on(mfa::run(&cli.config, cmd)),
@@ -278,6 +284,12 @@ fn spawn_shutdown_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 /// The database of an initialised installation, migrated to this version.
+/// `config` with the runtime security settings stored in the database in force, as the
+/// daemon runs with them.
+pub(crate) async fn with_settings(config: Config, store: &Store) -> anyhow::Result<Config> {
+    Ok(crate::settings::ops::stored(store).await?.applied(config))
+}
+
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::open_with_password_file(
         &config.daemon.database,

@@ -109,11 +109,15 @@ pub struct HistoryArgs {
     json: bool,
 }
 
-fn read_password(raw: bool) -> anyhow::Result<Zeroizing<String>> {
+fn read_password(
+    raw: bool,
+    name: &str,
+    rules: password::Rules,
+) -> anyhow::Result<Zeroizing<String>> {
     let buf = super::read_stdin_secret(password::MAX_LEN, raw, "password")?;
     let text = std::str::from_utf8(&buf)
         .map_err(|_| UsageError("the password is not valid UTF-8".into()))?;
-    users::check_password(text).map_err(usage)
+    users::check_password(text, name, rules).map_err(usage)
 }
 
 /// Input the admin can correct is a usage error (exit 64); the rest keeps its own sentence.
@@ -146,7 +150,10 @@ pub(super) fn notice(config: &Config) -> Notice<'_> {
 pub async fn user(config_path: &Path, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
-    let out = user_inner(&config, &store, cmd).await;
+    let out = match super::with_settings(config, &store).await {
+        Ok(config) => user_inner(&config, &store, cmd).await,
+        Err(e) => Err(e),
+    };
     store.close().await;
     out
 }
@@ -170,7 +177,7 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
                 extension: extension.as_deref(),
             };
             new.check().map_err(usage)?;
-            let pw = read_password(raw)?;
+            let pw = read_password(raw, &name, password::Rules::of(&config.auth))?;
             users::add(store, &who, new, &pw).await.map_err(usage)?;
             eprintln!("user {name:?} added with level {level}");
         }
@@ -199,7 +206,7 @@ async fn user_inner(config: &Config, store: &Store, cmd: UserCommand) -> anyhow:
             }
         }
         UserCommand::Passwd { name, raw, .. } => {
-            let pw = read_password(raw)?;
+            let pw = read_password(raw, &name, password::Rules::of(&config.auth))?;
             let ended = users::set_password(store, notice, &who, &name, &pw).await?;
             eprintln!("password of {name:?} changed; {ended} session(s) ended");
         }
@@ -235,7 +242,10 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
 pub async fn session(config_path: &Path, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     let store = open_store(&config).await?;
-    let out = session_inner(&config, &store, cmd).await;
+    let out = match super::with_settings(config, &store).await {
+        Ok(config) => session_inner(&config, &store, cmd).await,
+        Err(e) => Err(e),
+    };
     store.close().await;
     out
 }

@@ -60,8 +60,6 @@ pub struct EdgeConfig {
     pub sip: SipConfig,
     /// `[http]`'s certificate pair, used when `[sip]` names none.
     pub http_tls: Option<TlsFiles>,
-    /// `[auth] session_idle_timeout`: a WebSocket whose web session idles past it is closed.
-    pub session_idle_timeout: Duration,
 }
 
 /// What the edge uses of the rest of the daemon.
@@ -80,6 +78,9 @@ pub struct Context {
     /// The configuration in force: set by [`service::Sip`] on start and reload, `None` once
     /// `[sip]` is removed.
     pub config: ArcSwapOption<EdgeConfig>,
+    /// The session idle timeout in force (a runtime setting): a WebSocket whose web session
+    /// idles past it is closed.
+    pub session_idle_timeout: Box<dyn Fn() -> Duration + Send + Sync>,
     /// The one ban list: the edge refuses its addresses and adds its own offenders.
     pub bans: crate::bans::Bans,
     /// The toll-fraud rules: destinations, calls at once and attempts per minute.
@@ -204,12 +205,9 @@ impl Edge {
     /// has that extension (`set-extension` may have given it to someone else).
     pub async fn binding_alive(&self, binding: &ticket::Binding) -> bool {
         // Without a configuration the edge is closing anyway; sessions are not judged idle.
-        let idle = self
-            .ctx
-            .config
-            .load()
-            .as_ref()
-            .map_or(i64::MAX, |c| c.session_idle_timeout.as_secs() as i64);
+        let idle = self.ctx.config.load().as_ref().map_or(i64::MAX, |_| {
+            (self.ctx.session_idle_timeout)().as_secs() as i64
+        });
         let session = match self.ctx.store.session(&binding.session).await {
             Ok(Some(row)) => session_alive(&row, now_unix(), idle),
             Ok(None) => false,

@@ -52,6 +52,8 @@ pub enum Change {
     SipCredentials,
     /// The MFA policy or an exemption changed.
     MfaPolicy,
+    /// Runtime security settings changed: every node re-reads them.
+    Settings,
     /// A heartbeat of node `0`: only that node acts on it.
     Heartbeat(String),
 }
@@ -77,6 +79,7 @@ impl Change {
             Change::AmiClients => "ami_clients".into(),
             Change::SipCredentials => "sip_credentials".into(),
             Change::MfaPolicy => "mfa_policy".into(),
+            Change::Settings => "settings".into(),
             Change::Heartbeat(node) => format!("heartbeat:{node}"),
         }
     }
@@ -103,6 +106,7 @@ impl Change {
             ("ami_clients", None) => Change::AmiClients,
             ("sip_credentials", None) => Change::SipCredentials,
             ("mfa_policy", None) => Change::MfaPolicy,
+            ("settings", None) => Change::Settings,
             _ => return None,
         })
     }
@@ -301,6 +305,7 @@ mod tests {
             Change::AmiClients,
             Change::SipCredentials,
             Change::MfaPolicy,
+            Change::Settings,
             Change::Heartbeat("pbx-a.example".into()),
         ] {
             assert_eq!(Change::decode(&c.encode()), Some(c));

@@ -278,6 +278,8 @@ async fn login_steps(
     peer: &Peer,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Settings another process changed (lockout, session lifetime, 2FA) apply to this login.
+    app.sync_auth().await;
     let config = app.config.load_full();
     let gate = gate(app, &config);
     let user = match login::check_password(gate, username, password, client).await? {

@@ -24,6 +24,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds the client should wait before trying again, as the body's `retry_after`.
     retry_after: Option<i64>,
+    /// The input the error is about, as the body's `field` (settings name it).
+    field: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            field: None,
             headers: Vec::new(),
         }
     }
@@ -42,6 +45,12 @@ impl ApiError {
     /// [`ApiError::header`]).
     pub fn retry_after(mut self, secs: i64) -> ApiError {
         self.retry_after = Some(secs);
+        self
+    }
+
+    /// Names the input at fault in the body's `field`.
+    pub fn field(mut self, name: impl Into<String>) -> ApiError {
+        self.field = Some(name.into());
         self
     }
 
@@ -109,6 +118,9 @@ impl IntoResponse for ApiError {
         let mut body = serde_json::json!({ "error": self.code, "message": self.message });
         if let Some(secs) = self.retry_after {
             body["retry_after"] = secs.into();
+        }
+        if let Some(field) = self.field {
+            body["field"] = field.into();
         }
         let mut response = (self.status, Json(body)).into_response();
         for (name, value) in self.headers {

@@ -166,7 +166,7 @@ pub async fn admin_policy_get(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&app, &headers, Role::Admin).await?;
-    let force = admin::policy(&app.store).await?;
+    let force = admin::policy(&app.store, &app.config.load().mfa).await?;
     Ok(Json(json!({ "force": force })))
 }
 

@@ -12,6 +12,7 @@ pub mod login_page;
 pub mod mfa_api;
 pub mod recordings_api;
 pub mod server;
+pub mod settings_api;
 pub mod sip_api;
 pub mod softphone;
 
@@ -66,6 +67,10 @@ pub fn api_router(app: Arc<App>) -> Router {
             get(bans_api::list)
                 .post(bans_api::add)
                 .delete(bans_api::remove),
+        )
+        .route(
+            "/api/v1/admin/settings",
+            get(settings_api::get).put(settings_api::put),
         )
         .route("/api/v1/auth/mfa", post(mfa_api::finish))
         .route("/api/v1/auth/mfa/email", post(mfa_api::email))

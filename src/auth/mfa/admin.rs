@@ -54,8 +54,8 @@ pub async fn status(
 }
 
 /// Whether enrollment is forced on everyone.
-pub async fn policy(store: &Store) -> Result<bool, StoreError> {
-    forced(store).await
+pub async fn policy(store: &Store, cfg: &MfaConfig) -> Result<bool, StoreError> {
+    forced(store, cfg).await
 }
 
 /// Forces enrollment on everyone, or stops forcing it (audited as `mfa.policy`).
