@@ -168,10 +168,12 @@ fn enrollment_and_login_in_headless_chromium() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
     for shot in [
         "1-enroll.png",
+        "2a-recovery-codes.png",
         "2-enrolled.png",
         "3-totp.png",
         "4-logged-in.png",
         "5-wrong-code.png",
+        "6-recovery.png",
     ] {
         let png = std::fs::read(out_dir.join(shot)).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{shot}");
@@ -180,7 +182,12 @@ fn enrollment_and_login_in_headless_chromium() {
         &env.db(),
         "SELECT group_concat(result, ' ') FROM login_history WHERE username = 'ivy'",
     );
-    assert_eq!(results, "ok ok mfa_failed");
+    assert_eq!(results, "ok ok mfa_failed ok");
+    let used = sqlite(
+        &env.db(),
+        "SELECT count(*) FROM mfa_recovery_codes WHERE used_at IS NOT NULL",
+    );
+    assert_eq!(used, "1", "the recovery login spent one code");
     let totp = sqlite(&env.db(), "SELECT count(*) FROM mfa_totp");
     assert_eq!(totp, "1");
     d.signal("TERM");

@@ -200,7 +200,7 @@ fn totp_enrollment_then_logins_with_single_use_codes() {
     assert_eq!(r.status, 200);
     let j = r.json();
     assert_eq!(j["status"], "mfa_required");
-    assert_eq!(j["methods"], serde_json::json!(["totp"]));
+    assert_eq!(j["methods"], serde_json::json!(["totp", "recovery"]));
     assert!(j.get("token").is_none());
     let token = j["mfa_token"].as_str().unwrap().to_string();
     // The mfa_token is no session.
@@ -1035,5 +1035,278 @@ fn parallel_guesses_on_one_login_get_at_most_its_tries() {
             .iter()
             .all(|a| a.contains("invalid_code") || a.contains("invalid_mfa_token")),
         "{answers:#?}"
+    );
+}
+
+// ---- recovery codes (issue 22) ------------------------------------------------------------
+
+/// Enrolls `name` with a session; the recovery codes the confirmation showed, and the session.
+fn enroll_with_codes(env: &Env, name: &str) -> (String, Vec<String>) {
+    let jwt = env.token(name, PW);
+    let e = json_post(
+        env,
+        "/api/v1/auth/totp/enroll",
+        Some(&jwt),
+        serde_json::json!({}),
+    );
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    let c = json_post(
+        env,
+        "/api/v1/auth/totp/confirm",
+        Some(&jwt),
+        serde_json::json!({ "code": oathtool(&secret, 0) }),
+    );
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.header("cache-control").as_deref(), Some("no-store"));
+    let codes: Vec<String> = c.json()["recovery_codes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recovery_codes: {c:?}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    (jwt, codes)
+}
+
+fn mfa_token(env: &Env, name: &str) -> String {
+    let r = env.login(name, PW, &[]).json();
+    r["mfa_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no mfa_token: {r}"))
+        .to_string()
+}
+
+fn recovery_count(env: &Env, jwt: &str) -> serde_json::Value {
+    let auth = format!("Authorization: Bearer {jwt}");
+    let r = env.request("GET", "/api/v1/auth/recovery-codes", &[&auth], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+#[test]
+fn recovery_codes_are_shown_once_work_once_and_are_mailed_about() {
+    let env = Env::new();
+    let sink = Sink::start(env.path("mail"), None);
+    let extra = smtp_config(sink.port, "none", None);
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    env.init();
+    let _d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "gina",
+            "--level",
+            "3",
+            "--email",
+            "gina@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    let (jwt, codes) = enroll_with_codes(&env, "gina");
+    assert_eq!(codes.len(), 10);
+    for c in &codes {
+        assert_eq!(c.len(), 14, "{c}");
+        assert!(c
+            .chars()
+            .all(|ch| ch == '-' || ch.is_ascii_digit() || ch.is_ascii_lowercase()));
+    }
+    // Stored only as keyed hashes.
+    let stored = env.sql("SELECT code_hash FROM mfa_recovery_codes");
+    assert_eq!(stored.lines().count(), 10);
+    for c in &codes {
+        assert!(!stored.contains(&c.replace('-', "")), "a code in clear");
+    }
+
+    assert_eq!(
+        recovery_count(&env, &jwt),
+        serde_json::json!({"total": 10, "left": 10})
+    );
+
+    // The login offers them; one finishes it, is audited and mailed.
+    let r = env.login("gina", PW, &[]).json();
+    assert_eq!(r["methods"], serde_json::json!(["totp", "recovery"]));
+    let token = r["mfa_token"].as_str().unwrap().to_string();
+    let ok = mfa(&env, &token, "recovery", &codes[0]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(ok.json()["token"].is_string());
+    let audit = env.sql("SELECT detail FROM audit_log WHERE action = 'mfa.recovery.use'");
+    assert!(audit.starts_with("9 left"), "{audit}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mail = loop {
+        if let Some(m) = sink
+            .mails()
+            .into_iter()
+            .find(|m| m.contains("recovery code was used"))
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no notice mailed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(mail.contains("X-Test-Rcpt: gina@example.com"), "{mail}");
+    assert!(mail.contains("9 recovery codes are left"), "{mail}");
+    assert!(!mail.contains(&codes[0]), "the code itself is never mailed");
+
+    // Used once: the same code again is a wrong code.
+    let again = mfa(&env, &mfa_token(&env, "gina"), "recovery", &codes[0]);
+    assert_eq!(
+        (again.status, again.json()["error"].as_str()),
+        (401, Some("invalid_code"))
+    );
+    // Typed loosely (upper case, blanks) it still reads.
+    let loose = codes[1].to_uppercase().replace('-', " ");
+    assert_eq!(
+        mfa(&env, &mfa_token(&env, "gina"), "recovery", &loose).status,
+        200
+    );
+    // Malformed: 400, not a try.
+    for junk in ["123456", "not-a-code", ""] {
+        let r = mfa(&env, &mfa_token(&env, "gina"), "recovery", junk);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_code")),
+            "{junk}"
+        );
+    }
+    assert_eq!(
+        recovery_count(&env, &jwt),
+        serde_json::json!({"total": 10, "left": 8})
+    );
+
+    // Regeneration needs the password and voids the old set.
+    let auth = format!("Authorization: Bearer {jwt}");
+    let headers = [auth.as_str(), "Content-Type: application/json"];
+    let wrong = env.request(
+        "POST",
+        "/api/v1/auth/recovery-codes",
+        &headers,
+        Some(r#"{"password":"not the password"}"#),
+    );
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    let body = serde_json::json!({ "password": PW }).to_string();
+    let fresh = env.request("POST", "/api/v1/auth/recovery-codes", &headers, Some(&body));
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    assert_eq!(fresh.header("cache-control").as_deref(), Some("no-store"));
+    let new_codes: Vec<String> = fresh.json()["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new_codes.len(), 10);
+    assert!(new_codes.iter().all(|c| !codes.contains(c)));
+    let old = mfa(&env, &mfa_token(&env, "gina"), "recovery", &codes[2]);
+    assert_eq!(old.status, 401, "an old code is void: {old:?}");
+    assert_eq!(
+        mfa(&env, &mfa_token(&env, "gina"), "recovery", &new_codes[0]).status,
+        200
+    );
+    let actions = env
+        .sql("SELECT action FROM audit_log WHERE action LIKE 'mfa.recovery.%' ORDER BY at, action");
+    assert!(actions.contains("mfa.recovery.issue"), "{actions}");
+    assert!(actions.contains("mfa.recovery.regenerate"), "{actions}");
+    assert_eq!(actions.matches("mfa.recovery.use").count(), 3, "{actions}");
+
+    // An admin reset takes them with the TOTP; re-enrolling shows a new first set.
+    env.ok(&["mfa", "reset", "gina"], b"");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_recovery_codes"), "0");
+    assert_eq!(env.login("gina", PW, &[]).json()["status"], "ok");
+    let (_, after_reset) = enroll_with_codes(&env, "gina");
+    assert_eq!(after_reset.len(), 10);
+}
+
+#[test]
+fn one_recovery_code_used_in_parallel_wins_exactly_once() {
+    let (env, _d) = setup("");
+    env.add_user("hugo", 2, PW);
+    let (_, codes) = enroll_with_codes(&env, "hugo");
+    let bodies = (0..4)
+        .map(|_| {
+            serde_json::json!({ "mfa_token": mfa_token(&env, "hugo"), "method": "recovery", "code": codes[3] })
+                .to_string()
+        })
+        .collect();
+    let statuses: Vec<u16> = post_all(&env, "/api/v1/auth/mfa", bodies)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM mfa_recovery_codes WHERE used_at IS NOT NULL"),
+        "1"
+    );
+}
+
+#[test]
+fn wrong_recovery_codes_count_towards_the_lockout() {
+    let (env, _d) = setup("[auth]\nlockout_threshold = 3\n[mfa]\nmax_code_failures = 5\n");
+    env.add_user("ivan", 2, PW);
+    let (_, codes) = enroll_with_codes(&env, "ivan");
+    let token = mfa_token(&env, "ivan");
+    for guess in ["aaaa-bbbb-cccc", "2222-3333-4444", "zzzz-yyyy-xxxx"] {
+        let r = mfa(&env, &token, "recovery", guess);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("invalid_code"))
+        );
+    }
+    // Locked now, even with a right code and the right password.
+    let r = mfa(&env, &token, "recovery", &codes[0]);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(env.login("ivan", PW, &[]).status, 429);
+    let fails = env.sql(
+        "SELECT count(*) FROM login_history WHERE username = 'ivan' AND result = 'mfa_failed'",
+    );
+    assert_eq!(fails, "3");
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM mfa_recovery_codes WHERE used_at IS NULL"),
+        "10",
+        "the right code was not spent by the locked attempt"
+    );
+}
+
+#[test]
+fn regenerating_needs_a_second_factor_and_a_session() {
+    let (env, _d) = setup("");
+    env.add_user("jill", 2, PW);
+    let jwt = env.token("jill", PW);
+    let body = serde_json::json!({ "password": PW });
+    let r = json_post(
+        &env,
+        "/api/v1/auth/recovery-codes",
+        Some(&jwt),
+        body.clone(),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (409, Some("no_second_factor"))
+    );
+    let r = json_post(&env, "/api/v1/auth/recovery-codes", None, body);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        recovery_count(&env, &jwt),
+        serde_json::json!({"total": 0, "left": 0})
+    );
+    // Without codes left, a login offers TOTP alone.
+    let (_, codes) = enroll_with_codes(&env, "jill");
+    env.sql("UPDATE mfa_recovery_codes SET used_at = 1");
+    assert_eq!(
+        env.login("jill", PW, &[]).json()["methods"],
+        serde_json::json!(["totp"])
+    );
+    let r = mfa(&env, &mfa_token(&env, "jill"), "recovery", &codes[0]);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("method_not_allowed"))
     );
 }

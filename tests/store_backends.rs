@@ -887,6 +887,7 @@ async fn parallel_claims_on_two_nodes_never_exceed_their_limits() {
                     &Finish {
                         attempt: "a1",
                         totp_step: None,
+                        recovery: None,
                     },
                 )
                 .await

@@ -7,7 +7,7 @@ let mfaToken = null;
 let enrollToken = null;
 
 function show(id) {
-  for (const s of ["password-step", "totp-step", "enroll-step", "email-step", "done"]) {
+  for (const s of ["password-step", "totp-step", "recovery-step", "enroll-step", "codes-step", "email-step", "done"]) {
     $(s).hidden = s !== id;
   }
 }
@@ -53,6 +53,7 @@ async function afterPassword(data) {
   if (data.status === "ok") return loggedIn(data);
   if (data.status === "mfa_required") {
     mfaToken = data.mfa_token;
+    $("recovery-offer").hidden = !data.methods.includes("recovery");
     if (data.methods.includes("totp")) { show("totp-step"); $("totp-code").focus(); }
     else show("email-step");
     return;
@@ -67,6 +68,18 @@ async function afterPassword(data) {
     show("enroll-step");
     $("enroll-code").focus();
   }
+}
+
+// The first recovery codes come with the confirmation, once: shown before the login goes on.
+function showCodes(data) {
+  const list = $("recovery-codes");
+  list.replaceChildren(...data.recovery_codes.map((c) => {
+    const li = document.createElement("li");
+    li.textContent = c;
+    return li;
+  }));
+  show("codes-step");
+  $("codes-saved").onclick = () => loggedIn(data);
 }
 
 function guard(fn) {
@@ -91,7 +104,18 @@ document.addEventListener("DOMContentLoaded", () => {
     }));
   }));
   $("enroll-form").addEventListener("submit", guard(async () => {
-    loggedIn(await api("/api/v1/auth/totp/confirm", { code: $("enroll-code").value.trim() }, enrollToken));
+    const data = await api("/api/v1/auth/totp/confirm", { code: $("enroll-code").value.trim() }, enrollToken);
+    if (Array.isArray(data.recovery_codes)) showCodes(data); else loggedIn(data);
+  }));
+  $("use-recovery").addEventListener("click", guard(async () => {
+    $("error").hidden = true;
+    show("recovery-step");
+    $("recovery-code").focus();
+  }));
+  $("recovery-step").addEventListener("submit", guard(async () => {
+    loggedIn(await api("/api/v1/auth/mfa", {
+      mfa_token: mfaToken, method: "recovery", code: $("recovery-code").value.trim(),
+    }));
   }));
   $("use-email").addEventListener("click", guard(async () => { show("email-step"); }));
   $("send-email").addEventListener("click", guard(async () => {

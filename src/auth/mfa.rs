@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod enroll;
 pub mod login;
+pub mod recovery;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -50,6 +51,12 @@ pub enum MfaError {
     InvalidCode,
     #[error("the code is exactly 6 digits")]
     BadCode,
+    #[error("a recovery code is 12 letters and digits, as xxxx-xxxx-xxxx")]
+    BadRecoveryCode,
+    #[error("recovery codes come with a second factor: set up TOTP first")]
+    NoSecondFactor,
+    #[error("wrong password")]
+    WrongPassword,
     #[error("this login is finished with: {methods}")]
     MethodNotAllowed { methods: String },
     #[error("too many failed logins; try again in {retry_after} s")]
@@ -182,13 +189,15 @@ pub async fn after_password(
     };
     if store.totp(user.id).await?.is_some() {
         let token = new_token();
+        // A recovery code finishes the login of a user who lost the phone, while one is left.
+        let mut methods = vec!["totp"];
+        if store.recovery_codes(user.id).await?.1 > 0 {
+            methods.push("recovery");
+        }
         store
-            .insert_pending(&[row("mfa", "totp", cfg.mfa_token_ttl, &token)])
+            .insert_pending(&[row("mfa", &methods.join(","), cfg.mfa_token_ttl, &token)])
             .await?;
-        return Ok(Next::Mfa {
-            token,
-            methods: vec!["totp"],
-        });
+        return Ok(Next::Mfa { token, methods });
     }
     let exempt = store
         .exempt_until(user.id)

@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod login;
 pub mod mfa;
 pub mod password;
+pub mod recovery;
 pub mod roles;
 pub mod routes;
 pub mod sessions;

@@ -47,6 +47,8 @@ pub struct Finish<'a> {
     pub attempt: &'a str,
     /// `(user id, step)`: the TOTP step used, which must be later than the last one accepted.
     pub totp_step: Option<(i64, i64)>,
+    /// `(user id, code hash)`: the recovery code used, which must still be unused.
+    pub recovery: Option<(i64, &'a str)>,
 }
 
 impl Store {
@@ -90,6 +92,8 @@ impl Store {
             let mut tx = db.begin_write().await?;
             let done = tx
                 .exec(sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1").bind(user_id))
+                .await?;
+            tx.exec(sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1").bind(user_id))
                 .await?;
             tx.exec(
                 sqlx::query(
@@ -295,12 +299,82 @@ impl Store {
                     return Ok(false);
                 }
             }
+            if let Some((user_id, hash)) = finish.recovery {
+                let spent = tx
+                    .exec(
+                        sqlx::query(
+                            "UPDATE mfa_recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+                        )
+                        .bind(s.created_at)
+                        .bind(user_id)
+                        .bind(hash),
+                    )
+                    .await?;
+                if spent.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
             if !super::sessions::insert_session!(tx, self.node(), s, password_hash, history)? {
                 tx.rollback().await?;
                 return Ok(false);
             }
             tx.commit().await?;
             Ok(true)
+        })
+    }
+
+    /// Replaces a user's recovery codes with `hashes` (the old set is void), in one
+    /// transaction.
+    pub async fn replace_recovery_codes(
+        &self,
+        user_id: i64,
+        hashes: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            tx.exec(sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1").bind(user_id))
+                .await?;
+            for h in hashes {
+                tx.exec(
+                    sqlx::query(
+                        "INSERT INTO mfa_recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
+                    )
+                    .bind(user_id)
+                    .bind(h)
+                    .bind(now),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// `(codes in the set, codes left unused)` of a user.
+    pub async fn recovery_codes(&self, user_id: i64) -> Result<(i64, i64), StoreError> {
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT COUNT(*), COUNT(*) - COUNT(used_at) FROM mfa_recovery_codes WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_one(db.pool)
+            .await?)
+        })
+    }
+
+    /// Whether `hash` is an unused recovery code of the user.
+    pub async fn recovery_code_unused(&self, user_id: i64, hash: &str) -> Result<bool, StoreError> {
+        with_db!(self, db => {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM mfa_recovery_codes WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+            )
+            .bind(user_id)
+            .bind(hash)
+            .fetch_one(db.pool)
+            .await?;
+            Ok(n == 1)
         })
     }
 

@@ -151,15 +151,28 @@ fn session_cookie(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue
 
 /// The body and cookie of a completed login (also used after a second factor).
 pub fn issued_response(issued: &Issued, peer: &Peer, headers: &HeaderMap) -> Response {
+    issued_response_with(issued, peer, headers, serde_json::Map::new())
+}
+
+/// [`issued_response`] with more members in the body (the first recovery codes).
+pub fn issued_response_with(
+    issued: &Issued,
+    peer: &Peer,
+    headers: &HeaderMap,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Response {
     let role = Role::of_level(issued.level)
         .map(Role::name)
         .unwrap_or("agent");
-    let body = json!({
+    let mut body = json!({
         "status": "ok",
         "token": issued.token,
         "expires_at": rfc3339(issued.expires_at),
         "user": { "name": issued.user, "level": issued.level, "role": role },
     });
+    if let Some(map) = body.as_object_mut() {
+        map.extend(extra);
+    }
     let mut response = Json(body).into_response();
     let max_age = (issued.expires_at - now_unix()).max(0);
     if let Some(cookie) = session_cookie(&issued.token, max_age, cookie_secure(peer, headers)) {

@@ -219,6 +219,15 @@ impl From<MfaError> for ApiError {
                 "bad_code",
                 "the code is exactly 6 digits (0-9), without spaces".into(),
             ),
+            M::BadRecoveryCode => bad(
+                "bad_code",
+                "a recovery code is 12 letters and digits, as xxxx-xxxx-xxxx".into(),
+            ),
+            M::NoSecondFactor => conflict(
+                "no_second_factor",
+                "recovery codes come with a second factor: set up TOTP first",
+            ),
+            M::WrongPassword => Refusal::InvalidCredentials.into(),
             M::MethodNotAllowed { methods } => bad(
                 "method_not_allowed",
                 format!("this login is finished with: {methods}"),

@@ -1,5 +1,6 @@
 //! The second factor over HTTP: finishing a login with a TOTP or emailed code, mailing a code,
-//! TOTP enrollment and confirmation, and the admin's policy, status, resets and exemptions.
+//! TOTP enrollment and confirmation, recovery codes, and the admin's policy, status, resets
+//! and exemptions.
 //! The steps are `auth::mfa`'s; these handlers parse, call and render.
 
 use std::sync::Arc;
@@ -21,7 +22,11 @@ use crate::auth::roles::Role;
 use crate::auth::sessions::Notice;
 use crate::clock::{now_unix, rfc3339};
 
-use super::auth_api::{authenticate, client, issued_response, mfa, no_store, require, token_from};
+use zeroize::Zeroizing;
+
+use super::auth_api::{
+    authenticate, client, issued_response, issued_response_with, mfa, no_store, require, token_from,
+};
 use super::extract::ApiJson;
 use super::{ApiError, Peer};
 
@@ -137,9 +142,77 @@ pub async fn totp_confirm(
         .confirm(who, &body.code, &client, now)
         .await?
     {
-        Confirmed::Enrolled => Ok(Json(json!({ "status": "ok" })).into_response()),
-        Confirmed::LoggedIn(issued) => Ok(issued_response(&issued, &peer, &headers)),
+        Confirmed::Enrolled(codes) => {
+            let mut body = json!({ "status": "ok" });
+            if let (Some(map), Some(codes)) = (body.as_object_mut(), codes) {
+                map.insert("recovery_codes".into(), codes_json(&codes));
+            }
+            Ok(no_store(Json(body).into_response()))
+        }
+        Confirmed::LoggedIn(issued, codes) => {
+            let mut extra = serde_json::Map::new();
+            if let Some(codes) = codes {
+                extra.insert("recovery_codes".into(), codes_json(&codes));
+            }
+            Ok(issued_response_with(&issued, &peer, &headers, extra))
+        }
     }
+}
+
+fn codes_json(codes: &[Zeroizing<String>]) -> serde_json::Value {
+    serde_json::Value::from(codes.iter().map(|c| c.as_str()).collect::<Vec<_>>())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegenerateBody {
+    password: String,
+}
+
+/// `POST /api/v1/auth/recovery-codes`: a new set of recovery codes for the session's user,
+/// with the current password; the old set is void. Shown once.
+pub async fn recovery_regenerate(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegenerateBody>,
+) -> Result<Response, ApiError> {
+    let password = Zeroizing::new(body.password);
+    let session = authenticate(&app, &headers)
+        .await
+        .map_err(|_| ApiError::unauthorized())?;
+    if password.is_empty() || password.len() > crate::auth::password::MAX_LEN {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "password must have 1 to 1024 bytes",
+        ));
+    }
+    let client = client(&app, &peer, &headers);
+    let config = app.config.load_full();
+    let codes = mfa(&app, &config)
+        .regenerate_recovery_codes(&session.user, password, &client, now_unix())
+        .await?;
+    Ok(no_store(
+        Json(json!({ "recovery_codes": codes_json(&codes) })).into_response(),
+    ))
+}
+
+/// `GET /api/v1/auth/recovery-codes`: how many of the session user's codes are left.
+pub async fn recovery_count(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = authenticate(&app, &headers)
+        .await
+        .map_err(|_| ApiError::unauthorized())?;
+    let user = app
+        .store
+        .user(&session.user)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let (total, left) = crate::auth::mfa::recovery::count(&app.store, user.id).await?;
+    Ok(Json(json!({ "total": total, "left": left })))
 }
 
 // ---- admin --------------------------------------------------------------------------------

@@ -76,6 +76,10 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route("/api/v1/auth/mfa/email", post(mfa_api::email))
         .route("/api/v1/auth/totp/enroll", post(mfa_api::totp_enroll))
         .route("/api/v1/auth/totp/confirm", post(mfa_api::totp_confirm))
+        .route(
+            "/api/v1/auth/recovery-codes",
+            get(mfa_api::recovery_count).post(mfa_api::recovery_regenerate),
+        )
         .route("/api/v1/admin/mfa", get(mfa_api::admin_status))
         .route(
             "/api/v1/admin/mfa/policy",

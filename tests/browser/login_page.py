@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives pbxguard's /login page in headless Chromium (Debian's chromium + chromedriver):
-a forced user enrolls TOTP (QR code shown, code from oathtool), is logged in, then logs in
-again with a TOTP code. Screenshots of each step go to OUTDIR.
+a forced user enrolls TOTP (QR code shown, code from oathtool), sees the recovery codes once,
+is logged in, then logs in again with a TOTP code, and with a recovery code. Screenshots of each step go to OUTDIR.
 
     login_page.py BASE_URL USER PASSWORD OUTDIR PROFILE_DIR [EXEMPT_USER]
 """
@@ -50,6 +50,12 @@ def main():
         driver.save_screenshot(outdir + "/1-enroll.png")
         driver.find_element(By.ID, "enroll-code").send_keys(totp(secret))
         driver.find_element(By.ID, "enroll-submit").click()
+        # The first recovery codes, shown once before the login goes on.
+        visible("codes-step")
+        codes = [li.text.strip() for li in driver.find_elements(By.CSS_SELECTOR, "#recovery-codes li")]
+        assert len(codes) == 10 and all(len(c) == 14 for c in codes), codes
+        driver.save_screenshot(outdir + "/2a-recovery-codes.png")
+        driver.find_element(By.ID, "codes-saved").click()
         visible("done")
         assert driver.find_element(By.ID, "who").text == user
         driver.save_screenshot(outdir + "/2-enrolled.png")
@@ -81,6 +87,18 @@ def main():
         err = visible("error")
         assert "code" in err.text, err.text
         driver.save_screenshot(outdir + "/5-wrong-code.png")
+        # 3a. The phone is lost: a recovery code finishes the login.
+        driver.delete_all_cookies()
+        driver.get(base + "/login")
+        visible("username").send_keys(user)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "login").click()
+        visible("totp-step")
+        visible("use-recovery").click()
+        visible("recovery-code").send_keys(codes[0].upper())
+        driver.save_screenshot(outdir + "/6-recovery.png")
+        driver.find_element(By.ID, "recovery-submit").click()
+        visible("done")
         # 4. ?next= leads only to this origin: a tab or backslash trick stays here, a plain
         #    path is followed. (An exempt user: password only.)
         if exempt_user:

@@ -37,13 +37,14 @@ pub struct Enrollment {
     pub qr_svg: String,
 }
 
-/// What a confirmed enrollment leads to.
+/// What a confirmed enrollment leads to, with the user's first recovery codes (shown once;
+/// none when the user already holds a set).
 #[derive(Debug)]
 pub enum Confirmed {
     /// A logged-in user enrolled.
-    Enrolled,
+    Enrolled(Option<Vec<Zeroizing<String>>>),
     /// A forced login enrolled and is finished: its session.
-    LoggedIn(Issued),
+    LoggedIn(Issued, Option<Vec<Zeroizing<String>>>),
 }
 
 impl Mfa<'_> {
@@ -148,15 +149,17 @@ impl Mfa<'_> {
             .audit(&user.name, "mfa.totp.confirm", &user.name, "")
             .await?;
         tracing::info!(user = %user.name, "TOTP enrolled");
+        let recovery_codes = self.first_recovery_codes(&user, now).await?;
         let Some(row) = pending else {
-            return Ok(Confirmed::Enrolled);
+            return Ok(Confirmed::Enrolled(recovery_codes));
         };
         let finish = Finish {
             attempt: &row.attempt,
             totp_step: None,
+            recovery: None,
         };
         match login::issue_session_after_mfa(self.gate, &user, client, &finish).await {
-            Ok(issued) => Ok(Confirmed::LoggedIn(issued)),
+            Ok(issued) => Ok(Confirmed::LoggedIn(issued, recovery_codes)),
             Err(LoginError::UserChanged) => Err(MfaError::InvalidToken),
             Err(e) => Err(e.into()),
         }

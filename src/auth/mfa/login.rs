@@ -53,7 +53,11 @@ impl Mfa<'_> {
         now: i64,
     ) -> Result<Issued, MfaError> {
         let row = pending_for(self, attempt.token, attempt.method, now).await?;
-        if !totp::well_formed(attempt.code) {
+        if attempt.method == "recovery" {
+            if crate::auth::recovery::normalize(attempt.code).is_none() {
+                return Err(MfaError::BadRecoveryCode);
+            }
+        } else if !totp::well_formed(attempt.code) {
             return Err(MfaError::BadCode);
         }
         let user = user_of(self.gate.store, &row)
@@ -76,7 +80,16 @@ impl Mfa<'_> {
         attempt: CodeAttempt<'_>,
         now: i64,
     ) -> Result<Issued, MfaError> {
-        let totp_step = if attempt.method == "totp" {
+        let mut recovery_hash = None;
+        let totp_step = if attempt.method == "recovery" {
+            let hash = self.recovery_hash(user, attempt.code).await?;
+            if !self.gate.store.recovery_code_unused(user.id, &hash).await? {
+                self.wrong_code(None, user, client).await;
+                return Err(MfaError::InvalidCode);
+            }
+            recovery_hash = Some(hash);
+            None
+        } else if attempt.method == "totp" {
             let secret = self.vault.get(&totp_secret_name(user.id)).await?;
             let last = self
                 .gate
@@ -102,9 +115,15 @@ impl Mfa<'_> {
         let finish = Finish {
             attempt: &row.attempt,
             totp_step,
+            recovery: recovery_hash.as_deref().map(|h| (user.id, h)),
         };
         match login::issue_session_after_mfa(self.gate, user, client, &finish).await {
-            Ok(issued) => Ok(issued),
+            Ok(issued) => {
+                if finish.recovery.is_some() {
+                    self.recovery_used(user, client).await;
+                }
+                Ok(issued)
+            }
             // Another request finished this login (or spent this code) first.
             Err(LoginError::UserChanged) => Err(MfaError::InvalidCode),
             Err(e) => Err(e.into()),

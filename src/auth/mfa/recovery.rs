@@ -1,0 +1,145 @@
+//! Recovery codes as a second factor: the first set when a user confirms a second factor,
+//! regeneration with the current password (which voids the old set), and the use of a code to
+//! finish a login, which is audited and mailed to the user.
+
+use zeroize::Zeroizing;
+
+use crate::auth::login::{self, Client, PasswordStep, Refusal};
+use crate::auth::recovery;
+use crate::clock::{now_unix, rfc3339};
+use crate::store::{Store, StoreError, UserRow};
+
+use super::{email_key, Mfa, MfaError};
+
+/// `(codes in the user's set, codes left)`.
+pub async fn count(store: &Store, user_id: i64) -> Result<(i64, i64), StoreError> {
+    store.recovery_codes(user_id).await
+}
+
+impl Mfa<'_> {
+    /// The stored form of a typed code of `user` (checked for shape by the caller).
+    pub(super) async fn recovery_hash(
+        &self,
+        user: &UserRow,
+        typed: &str,
+    ) -> Result<String, MfaError> {
+        let code = recovery::normalize(typed).ok_or(MfaError::BadRecoveryCode)?;
+        let key = email_key(self.vault).await?;
+        Ok(recovery::keyed_hash(&key, user.id, &code))
+    }
+
+    /// Stores a fresh set for `user` in place of any old one; the codes to show, once.
+    async fn new_set(&self, user: &UserRow, now: i64) -> Result<Vec<Zeroizing<String>>, MfaError> {
+        let key = email_key(self.vault).await?;
+        let codes = recovery::new_set();
+        let hashes: Vec<String> = codes
+            .iter()
+            .map(|c| {
+                let canonical = recovery::normalize(c).unwrap_or_default();
+                recovery::keyed_hash(&key, user.id, &canonical)
+            })
+            .collect();
+        self.gate
+            .store
+            .replace_recovery_codes(user.id, &hashes, now)
+            .await?;
+        Ok(codes)
+    }
+
+    /// The first set, when a user confirms a second factor and holds no set yet.
+    pub(super) async fn first_recovery_codes(
+        &self,
+        user: &UserRow,
+        now: i64,
+    ) -> Result<Option<Vec<Zeroizing<String>>>, MfaError> {
+        if count(self.gate.store, user.id).await?.0 > 0 {
+            return Ok(None);
+        }
+        let codes = self.new_set(user, now).await?;
+        self.gate
+            .store
+            .audit(&user.name, "mfa.recovery.issue", &user.name, "10 codes")
+            .await?;
+        Ok(Some(codes))
+    }
+
+    /// A new set for the user named `name` after checking `password` (throttled and recorded
+    /// like a login's password step); the old set is void. Audited as
+    /// `mfa.recovery.regenerate`.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        name: &str,
+        password: Zeroizing<String>,
+        client: &Client,
+        now: i64,
+    ) -> Result<Vec<Zeroizing<String>>, MfaError> {
+        let user = match login::check_password(self.gate, name, password, client).await? {
+            PasswordStep::Verified(user) => user,
+            PasswordStep::Refused(Refusal::Throttled { retry_after }) => {
+                return Err(MfaError::Throttled { retry_after })
+            }
+            PasswordStep::Refused(Refusal::InvalidCredentials) => {
+                return Err(MfaError::WrongPassword)
+            }
+            PasswordStep::Refused(Refusal::Disabled) => return Err(MfaError::NoSession),
+        };
+        if self.gate.store.totp(user.id).await?.is_none() {
+            return Err(MfaError::NoSecondFactor);
+        }
+        let codes = self.new_set(&user, now).await?;
+        self.gate
+            .store
+            .audit(
+                &user.name,
+                "mfa.recovery.regenerate",
+                &user.name,
+                "10 codes",
+            )
+            .await?;
+        tracing::info!(user = %user.name, "recovery codes regenerated");
+        Ok(codes)
+    }
+
+    /// After a login finished with a recovery code: the audit row, and a mail to the user
+    /// (sent in the background; a failure is logged, the login stands).
+    pub(super) async fn recovery_used(&self, user: &UserRow, client: &Client) {
+        let left = match count(self.gate.store, user.id).await {
+            Ok((_, left)) => left,
+            Err(e) => {
+                tracing::error!(error = %e, "counting recovery codes failed");
+                -1
+            }
+        };
+        let detail = format!("{left} left, from {}", client.ip);
+        if let Err(e) = self
+            .gate
+            .store
+            .audit(&user.name, "mfa.recovery.use", &user.name, &detail)
+            .await
+        {
+            tracing::error!(error = %e, "auditing a recovery code's use failed");
+        }
+        tracing::warn!(user = %user.name, left, "a login was finished with a recovery code");
+        let Some(address) = user.email.clone().filter(|e| !e.is_empty()) else {
+            return;
+        };
+        let issuer = self.cfg.totp_issuer.clone();
+        let text = format!(
+            "A recovery code was used to log in to {issuer} as {name} from {ip} at {at}.\n\
+             {left} recovery codes are left; each works once. Regenerate them from your account \
+             page when few are left.\n\n\
+             If this was not you, someone has your password and a recovery code: tell your \
+             administrator at once.\n",
+            name = user.name,
+            ip = client.ip,
+            at = rfc3339(now_unix()),
+        );
+        let subject = format!("{issuer}: a recovery code was used");
+        let (smtp, vault, name) = (self.smtp.clone(), self.vault.clone(), user.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::mail::send(&smtp, &vault, &address, &subject, text).await {
+                tracing::error!(error = %e, user = %name, "mailing the recovery code notice failed");
+            }
+        });
+    }
+}
