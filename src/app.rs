@@ -36,6 +36,9 @@ pub struct App {
     in_force: std::sync::Mutex<()>,
     /// Serialises settings reads, so that an older read never replaces a newer one.
     settings_read: tokio::sync::Mutex<()>,
+    /// A settings read failed: the next request tries again (the stamp or the notification
+    /// that asked for it is spent by then).
+    settings_stale: std::sync::atomic::AtomicBool,
     pub store: Store,
     pub vault: Vault,
     /// The `[http]` TLS config; read per accepted connection so new certificates apply from
@@ -159,6 +162,7 @@ impl App {
             stored_settings: ArcSwap::default(),
             in_force: std::sync::Mutex::new(()),
             settings_read: tokio::sync::Mutex::new(()),
+            settings_stale: std::sync::atomic::AtomicBool::new(false),
             store,
             vault,
             http_tls: Arc::new(ArcSwapOption::new(http_tls)),
@@ -206,6 +210,11 @@ impl App {
         if self.auth.sessions.sync() {
             self.reload_keys().await;
             self.reload_settings().await;
+        } else if self
+            .settings_stale
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.reload_settings().await;
         }
     }
 
@@ -214,7 +223,10 @@ impl App {
     /// the file's values because a read failed.
     pub async fn reload_settings(&self) {
         let _serial = self.settings_read.lock().await;
-        match crate::settings::ops::stored(&self.store).await {
+        let read = crate::settings::ops::stored(&self.store).await;
+        self.settings_stale
+            .store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match read {
             Ok(stored) => {
                 if **self.stored_settings.load() == stored {
                     return;
@@ -225,7 +237,7 @@ impl App {
                 tracing::info!("runtime security settings changed; in force from now");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the runtime security settings failed; the ones in force stay")
+                tracing::warn!(error = %e, "reading the runtime security settings failed; the ones in force stay until a request finds the database again")
             }
         }
     }

@@ -1196,6 +1196,16 @@ fn recovery_codes_are_shown_once_work_once_and_are_mailed_about() {
         .collect();
     assert_eq!(new_codes.len(), 10);
     assert!(new_codes.iter().all(|c| !codes.contains(c)));
+    // The user is told of the new set too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sink
+        .mails()
+        .iter()
+        .any(|m| m.contains("New recovery codes were made for gina"))
+    {
+        assert!(Instant::now() < deadline, "no regeneration notice mailed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let old = mfa(&env, &mfa_token(&env, "gina"), "recovery", &codes[2]);
     assert_eq!(old.status, 401, "an old code is void: {old:?}");
     assert_eq!(

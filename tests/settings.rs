@@ -196,7 +196,7 @@ fn the_api_reads_and_changes_settings_for_admins_only() {
             r#"{"session_max_lifetime":"1h","session_idle_timeout":"2h"}"#,
             "session_idle_timeout",
         ),
-        (r#"{"session_max_lifetime":"1h"}"#, "session_idle_timeout"),
+        (r#"{"session_max_lifetime":"1h"}"#, "session_max_lifetime"),
         (r#"{"password_min_strength":9}"#, "password_min_strength"),
         (r#"{"mfa_force":"on"}"#, "mfa_force"),
         (

@@ -99,8 +99,13 @@ fn check_routes(c: &mut Checker, routes: &BTreeMap<String, String>) {
 impl AuthConfig {
     /// Converts `[auth]` with its defaults, reporting each bad value under its key.
     pub(crate) fn from_raw(raw: RawAuth, c: &mut Checker) -> AuthConfig {
-        let routes = raw.routes.unwrap_or_default();
+        let mut routes = raw.routes.unwrap_or_default();
         check_routes(c, &routes);
+        // The console's admin pages need the admin role at the forward-auth check too (nginx
+        // in front of pbxguard), unless the file says otherwise for that prefix.
+        routes
+            .entry("/admin".to_string())
+            .or_insert_with(|| "admin".to_string());
         let auth = AuthConfig {
             session_idle_timeout: c.duration(
                 "auth.session_idle_timeout",

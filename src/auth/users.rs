@@ -221,7 +221,19 @@ pub async fn set_password(
     password: &Zeroizing<String>,
 ) -> Result<u64, UserError> {
     let hash = password::hash_now(password.as_bytes())?;
-    let ended = changed(store.set_user_password(name, &hash).await?, name)?;
+    set_password_hash(store, notice, actor, name, &hash).await
+}
+
+/// Stores a password already hashed (the daemon hashes on its bounded pool), ending the
+/// user's sessions; audited as `user.passwd`. The sessions ended.
+pub async fn set_password_hash(
+    store: &Store,
+    notice: Notice<'_>,
+    actor: &str,
+    name: &str,
+    hash: &str,
+) -> Result<u64, UserError> {
+    let ended = changed(store.set_user_password(name, hash).await?, name)?;
     let told = notice.sessions_ended(store).await;
     store.audit(actor, "user.passwd", name, "").await?;
     told?;

@@ -75,6 +75,37 @@ impl Key {
         }
     }
 
+    /// What the key takes, for people (forms, help).
+    pub fn allowed(self) -> String {
+        match self.kind() {
+            Kind::Duration { min, max } => {
+                format!("{} to {}", duration_text(min), duration_text(max))
+            }
+            Kind::Int { min, max } => format!("{min} to {max}"),
+            Kind::Bool => "on or off".into(),
+        }
+    }
+
+    /// Whether the key is a switch (on/off).
+    pub fn is_switch(self) -> bool {
+        matches!(self.kind(), Kind::Bool)
+    }
+
+    /// A short description, for forms.
+    pub fn label(self) -> &'static str {
+        match self {
+            Key::SessionIdleTimeout => "Sign out after this long idle",
+            Key::SessionMaxLifetime => "Sign out after this long at most",
+            Key::PasswordMinLength => "Shortest password (characters)",
+            Key::PasswordMinStrength => "Least password strength (0-4)",
+            Key::MfaForce => "Everyone must use two-factor authentication",
+            Key::MfaEmailFallback => "Emailed codes for users without an app",
+            Key::LockoutThreshold => "Failed logins before a lockout",
+            Key::LockoutWindow => "Counted within",
+            Key::LockoutDuration => "Lockout lasts",
+        }
+    }
+
     fn kind(self) -> Kind {
         match self {
             // The idle timeout also bounds how long a softphone's WebSocket outlives activity;
@@ -113,6 +144,19 @@ enum Kind {
     Bool,
 }
 
+/// A duration as an admin writes it: in the largest unit that holds it whole (`365d`, `8h`,
+/// `90m`, `45s`). humantime's own form counts months of 30.44 days (`11months 30days 3h…`).
+pub fn duration_text(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// A setting's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value {
@@ -126,7 +170,7 @@ impl Value {
     /// (`on`/`off` for switches: the force policy's row has always been written so).
     pub fn text(self) -> String {
         match self {
-            Value::Duration(d) => humantime::format_duration(d).to_string(),
+            Value::Duration(d) => duration_text(d),
             Value::Int(n) => n.to_string(),
             Value::Bool(true) => "on".into(),
             Value::Bool(false) => "off".into(),
@@ -135,7 +179,7 @@ impl Value {
 
     pub fn json(self) -> Json {
         match self {
-            Value::Duration(d) => Json::String(humantime::format_duration(d).to_string()),
+            Value::Duration(d) => Json::String(duration_text(d)),
             Value::Int(n) => Json::from(n),
             Value::Bool(b) => Json::Bool(b),
         }
@@ -224,8 +268,8 @@ fn in_range(key: Key, value: Value) -> Result<Value, Invalid> {
                     name,
                     format!(
                         "must be between {} and {}",
-                        humantime::format_duration(min),
-                        humantime::format_duration(max)
+                        duration_text(min),
+                        duration_text(max)
                     ),
                 ));
             }
@@ -322,7 +366,7 @@ impl Settings {
                 Key::SessionIdleTimeout.name(),
                 format!(
                     "must not be longer than session_max_lifetime ({})",
-                    humantime::format_duration(self.session_max_lifetime)
+                    duration_text(self.session_max_lifetime)
                 ),
             ));
         }
@@ -454,6 +498,13 @@ mod tests {
     #[test]
     fn values_print_as_the_config_file_writes_them() {
         assert_eq!(Value::Duration(Duration::from_secs(8 * 3600)).text(), "8h");
+        assert_eq!(
+            Value::Duration(Duration::from_secs(365 * 86_400)).text(),
+            "365d"
+        );
+        assert_eq!(Value::Duration(Duration::from_secs(5400)).text(), "90m");
+        assert_eq!(Value::Duration(Duration::from_secs(61)).text(), "61s");
+        assert_eq!(Key::SessionMaxLifetime.allowed(), "5m to 365d");
         assert_eq!(Value::Bool(true).text(), "on");
         assert_eq!(Value::Int(12).json(), serde_json::json!(12));
     }

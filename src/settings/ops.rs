@@ -57,7 +57,21 @@ pub async fn change(
     for (k, v) in changes {
         after.set(*k, *v);
     }
-    after.check()?;
+    if let Err(mut e) = after.check() {
+        // The pair is at fault; name the one the admin sent (the lifetime alone, shortened
+        // below the idle timeout in force, is the lifetime's fault).
+        let sent = |k: Key| changes.iter().any(|(c, _)| *c == k);
+        if !sent(Key::SessionIdleTimeout) && sent(Key::SessionMaxLifetime) {
+            e = Invalid {
+                field: Key::SessionMaxLifetime.name().into(),
+                message: format!(
+                    "must not be shorter than session_idle_timeout ({})",
+                    after.get(Key::SessionIdleTimeout).text()
+                ),
+            };
+        }
+        return Err(e.into());
+    }
     let rows: Vec<SettingChange<'_>> = super::KEYS
         .iter()
         .filter(|k| before.get(**k) != after.get(**k))

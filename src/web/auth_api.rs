@@ -133,7 +133,7 @@ pub fn client(app: &App, peer: &Peer, headers: &HeaderMap) -> Client {
 
 /// `Secure` is dropped only for plain HTTP from loopback (the dev setup); a trusted proxy that
 /// terminated TLS says so with `X-Forwarded-Proto: https`.
-fn cookie_secure(peer: &Peer, headers: &HeaderMap) -> bool {
+pub(super) fn cookie_secure(peer: &Peer, headers: &HeaderMap) -> bool {
     let forwarded_https = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -141,7 +141,7 @@ fn cookie_secure(peer: &Peer, headers: &HeaderMap) -> bool {
     peer.tls || !is_loopback(peer.addr.ip()) || forwarded_https
 }
 
-fn session_cookie(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+pub(super) fn session_cookie(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={value}; HttpOnly{secure}; SameSite=Strict; Path=/; Max-Age={max_age}"

@@ -6,6 +6,7 @@
 pub mod admin_api;
 pub mod auth_api;
 pub mod bans_api;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod login_page;
@@ -108,6 +109,7 @@ pub fn api_router(app: Arc<App>) -> Router {
         // is not a genuine token is one uniform 403.
         .route("/rec/", any(recordings_api::download))
         .route("/rec/{*token}", any(recordings_api::download))
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -181,7 +183,14 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !json && (response.status().is_client_error() || response.status().is_server_error()) {
+    // The console's pages answer errors as pages of their own (they carry its policy header).
+    let page = response
+        .headers()
+        .contains_key(header::CONTENT_SECURITY_POLICY);
+    if !json
+        && !page
+        && (response.status().is_client_error() || response.status().is_server_error())
+    {
         // Layers and extractors below us (timeout, body limit, path decoding) answer with bare
         // text; every error keeps the JSON shape.
         let status = response.status();

@@ -149,9 +149,10 @@ impl Mfa<'_> {
             .audit(&user.name, "mfa.totp.confirm", &user.name, "")
             .await?;
         tracing::info!(user = %user.name, "TOTP enrolled");
-        let recovery_codes = self.first_recovery_codes(&user, now).await?;
         let Some(row) = pending else {
-            return Ok(Confirmed::Enrolled(recovery_codes));
+            return Ok(Confirmed::Enrolled(
+                self.first_recovery_codes(&user, now).await,
+            ));
         };
         let finish = Finish {
             attempt: &row.attempt,
@@ -159,7 +160,11 @@ impl Mfa<'_> {
             recovery: None,
         };
         match login::issue_session_after_mfa(self.gate, &user, client, &finish).await {
-            Ok(issued) => Ok(Confirmed::LoggedIn(issued, recovery_codes)),
+            // The codes only once the login stands: an answer that is not given shows none.
+            Ok(issued) => {
+                let codes = self.first_recovery_codes(&user, now).await;
+                Ok(Confirmed::LoggedIn(issued, codes))
+            }
             Err(LoginError::UserChanged) => Err(MfaError::InvalidToken),
             Err(e) => Err(e.into()),
         }

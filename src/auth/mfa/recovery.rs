@@ -9,7 +9,18 @@ use crate::auth::recovery;
 use crate::clock::{now_unix, rfc3339};
 use crate::store::{Store, StoreError, UserRow};
 
-use super::{email_key, Mfa, MfaError};
+use crate::vault::{Vault, VaultError};
+
+use super::{Mfa, MfaError};
+
+/// The vault key recovery codes are hashed under: one fixed name (created once, by whichever
+/// node comes first), never rotated, since a new key would void every stored set.
+pub const KEY_NAME: &str = "keys/recovery-codes";
+
+async fn key(vault: &Vault) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    vault.generate_if_absent(KEY_NAME, 32).await?;
+    vault.get(KEY_NAME).await
+}
 
 /// `(codes in the user's set, codes left)`.
 pub async fn count(store: &Store, user_id: i64) -> Result<(i64, i64), StoreError> {
@@ -24,13 +35,13 @@ impl Mfa<'_> {
         typed: &str,
     ) -> Result<String, MfaError> {
         let code = recovery::normalize(typed).ok_or(MfaError::BadRecoveryCode)?;
-        let key = email_key(self.vault).await?;
+        let key = key(self.vault).await?;
         Ok(recovery::keyed_hash(&key, user.id, &code))
     }
 
     /// Stores a fresh set for `user` in place of any old one; the codes to show, once.
     async fn new_set(&self, user: &UserRow, now: i64) -> Result<Vec<Zeroizing<String>>, MfaError> {
-        let key = email_key(self.vault).await?;
+        let key = key(self.vault).await?;
         let codes = recovery::new_set();
         let hashes: Vec<String> = codes
             .iter()
@@ -46,21 +57,32 @@ impl Mfa<'_> {
         Ok(codes)
     }
 
-    /// The first set, when a user confirms a second factor and holds no set yet.
+    /// The first set, when a user has confirmed a second factor and holds no set yet. The
+    /// factor stands either way: a failure here is logged and shows no codes, and the user
+    /// makes a set from the account page (nothing was stored, so nothing is lost).
     pub(super) async fn first_recovery_codes(
         &self,
         user: &UserRow,
         now: i64,
-    ) -> Result<Option<Vec<Zeroizing<String>>>, MfaError> {
-        if count(self.gate.store, user.id).await?.0 > 0 {
-            return Ok(None);
+    ) -> Option<Vec<Zeroizing<String>>> {
+        let made = async {
+            if count(self.gate.store, user.id).await?.0 > 0 {
+                return Ok(None);
+            }
+            let codes = self.new_set(user, now).await?;
+            self.gate
+                .store
+                .audit(&user.name, "mfa.recovery.issue", &user.name, "10 codes")
+                .await?;
+            Ok::<_, MfaError>(Some(codes))
+        };
+        match made.await {
+            Ok(codes) => codes,
+            Err(e) => {
+                tracing::error!(error = %e, user = %user.name, "making the first recovery codes failed; the user can make them from the account page");
+                None
+            }
         }
-        let codes = self.new_set(user, now).await?;
-        self.gate
-            .store
-            .audit(&user.name, "mfa.recovery.issue", &user.name, "10 codes")
-            .await?;
-        Ok(Some(codes))
     }
 
     /// A new set for the user named `name` after checking `password` (throttled and recorded
@@ -97,7 +119,34 @@ impl Mfa<'_> {
             )
             .await?;
         tracing::info!(user = %user.name, "recovery codes regenerated");
+        self.tell_user(
+            &user,
+            "new recovery codes were made",
+            format!(
+                "New recovery codes were made for {name} from {ip} at {at}; the old ones no \
+                 longer work.\n\n\
+                 If this was not you, someone has your password and a signed-in session: tell \
+                 your administrator at once.\n",
+                name = user.name,
+                ip = client.ip,
+                at = rfc3339(now_unix()),
+            ),
+        );
         Ok(codes)
+    }
+
+    /// Mails `text` to the user, in the background (a failure is logged; the step stands).
+    fn tell_user(&self, user: &UserRow, what: &str, text: String) {
+        let Some(address) = user.email.clone().filter(|e| !e.is_empty()) else {
+            return;
+        };
+        let subject = format!("{}: {what}", self.cfg.totp_issuer);
+        let (smtp, vault, name) = (self.smtp.clone(), self.vault.clone(), user.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::mail::send(&smtp, &vault, &address, &subject, text).await {
+                tracing::error!(error = %e, user = %name, "mailing a recovery code notice failed");
+            }
+        });
     }
 
     /// After a login finished with a recovery code: the audit row, and a mail to the user
@@ -120,10 +169,7 @@ impl Mfa<'_> {
             tracing::error!(error = %e, "auditing a recovery code's use failed");
         }
         tracing::warn!(user = %user.name, left, "a login was finished with a recovery code");
-        let Some(address) = user.email.clone().filter(|e| !e.is_empty()) else {
-            return;
-        };
-        let issuer = self.cfg.totp_issuer.clone();
+        let issuer = &self.cfg.totp_issuer;
         let text = format!(
             "A recovery code was used to log in to {issuer} as {name} from {ip} at {at}.\n\
              {left} recovery codes are left; each works once. Regenerate them from your account \
@@ -134,12 +180,6 @@ impl Mfa<'_> {
             ip = client.ip,
             at = rfc3339(now_unix()),
         );
-        let subject = format!("{issuer}: a recovery code was used");
-        let (smtp, vault, name) = (self.smtp.clone(), self.vault.clone(), user.name.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::mail::send(&smtp, &vault, &address, &subject, text).await {
-                tracing::error!(error = %e, user = %name, "mailing the recovery code notice failed");
-            }
-        });
+        self.tell_user(user, "a recovery code was used", text);
     }
 }

@@ -1,0 +1,360 @@
+//! `/account`, every user's page: change the password, the second factor and recovery codes,
+//! the user's own sessions (sign one out, or every other one) and recent logins.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::{Extension, Form};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::auth::admin::{self, HistoryView, SessionView};
+use crate::auth::login::{self, PasswordStep, Refusal};
+use crate::auth::mfa::MfaError;
+use crate::auth::password::{self, Rules};
+use crate::auth::roles::Role;
+use crate::auth::sessions::Notice;
+use crate::auth::users;
+use crate::clock::{now_unix, rfc3339};
+
+use super::super::auth_api::{client, cookie_secure, gate, mfa, session_cookie};
+use super::super::Peer;
+use super::{form_visitor, plain, render, see_other, visitor, Nav, Visitor};
+
+const PATH: &str = "/account";
+/// Logins shown.
+const HISTORY: u32 = 20;
+
+#[derive(Template)]
+#[template(path = "console/account.html")]
+struct AccountPage {
+    nav: Nav,
+    min_length: u32,
+    totp_since: Option<String>,
+    recovery_left: i64,
+    recovery_total: i64,
+    sessions: Vec<SessionView>,
+    current: String,
+    history: Vec<HistoryView>,
+}
+
+#[derive(Template)]
+#[template(path = "console/codes.html")]
+struct CodesPage {
+    nav: Nav,
+    codes: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/message.html")]
+struct MessagePage {
+    nav: Nav,
+    heading: String,
+}
+
+/// Fixed notices a redirect may name (`?done=`): never text from the request.
+fn notice(query: Option<&str>) -> Option<String> {
+    let done = query?.split('&').find_map(|kv| kv.strip_prefix("done="))?;
+    Some(
+        match done {
+            "revoked" => "That session is signed out.",
+            "others" => "Every other session is signed out.",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// The account page of `v`, with `status` (an error re-renders it with the message).
+async fn account_page(app: &App, v: Visitor, status: StatusCode) -> Response {
+    match build(app, v).await {
+        Ok(page) => render(status, &page),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the account page's data failed");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database cannot answer right now; try again later",
+            )
+        }
+    }
+}
+
+async fn build(app: &App, v: Visitor) -> Result<AccountPage, crate::store::StoreError> {
+    let config = app.config.load();
+    let store = &app.store;
+    let user = store.user(&v.session.user).await?;
+    let (totp_since, (recovery_total, recovery_left)) = match &user {
+        Some(u) => (
+            store.totp(u.id).await?.map(|(at, _)| rfc3339(at)),
+            crate::auth::mfa::recovery::count(store, u.id).await?,
+        ),
+        None => (None, (0, 0)),
+    };
+    let sessions = admin::sessions(store, &config.auth, Some(&v.session.user), now_unix()).await?;
+    let history = store
+        .history(Some(&v.session.user), HISTORY)
+        .await?
+        .into_iter()
+        .map(HistoryView::from)
+        .collect();
+    Ok(AccountPage {
+        min_length: config.auth.password_min_length,
+        totp_since,
+        recovery_left,
+        recovery_total,
+        sessions,
+        current: v.session.id.to_string(),
+        history,
+        nav: v.nav,
+    })
+}
+
+pub async fn page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut v = match visitor(&app, &headers, PATH, Role::Agent).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    v.nav.notice = notice(uri.query());
+    account_page(&app, v, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    csrf: String,
+    current: String,
+    new: String,
+    again: String,
+}
+
+/// Changes the visitor's own password (the current one is checked like a login's, throttled
+/// and recorded); every session of the user ends, this one included.
+pub async fn change_password(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let mut v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (current, new, again) = (
+        Zeroizing::new(form.current),
+        Zeroizing::new(form.new),
+        Zeroizing::new(form.again),
+    );
+    let config = app.config.load_full();
+    let name = v.session.user.to_string();
+    if *new != *again {
+        v.nav.error = Some("The two new passwords differ.".into());
+        return account_page(&app, v, StatusCode::BAD_REQUEST).await;
+    }
+    if let Err(e) = password::check_policy(&new, &name, Rules::of(&config.auth)) {
+        v.nav.error = Some(capitalised(&e.to_string()));
+        return account_page(&app, v, StatusCode::BAD_REQUEST).await;
+    }
+    let client = client(&app, &peer, &headers);
+    match login::check_password(gate(&app, &config), &name, current, &client).await {
+        Ok(PasswordStep::Verified(_)) => {}
+        Ok(PasswordStep::Refused(Refusal::Throttled { .. })) => {
+            v.nav.error = Some("Too many failed attempts; try again later.".into());
+            return account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await;
+        }
+        Ok(PasswordStep::Refused(_)) => {
+            v.nav.error = Some("The current password is wrong.".into());
+            return account_page(&app, v, StatusCode::UNAUTHORIZED).await;
+        }
+        Err(e) => return failure(&e),
+    }
+    let hash = match app.auth.hasher.hash(new).await {
+        Ok(h) => h,
+        Err(e) => return failure(&e),
+    };
+    let notice = Notice::Daemon(&app.auth.sessions);
+    let actor = format!("web:{name}");
+    if let Err(e) = users::set_password_hash(&app.store, notice, &actor, &name, &hash).await {
+        return failure(&e);
+    }
+    let mut r = render(
+        StatusCode::OK,
+        &MessagePage {
+            heading: "Your password is changed. Log in again with the new one.".into(),
+            nav: v.nav,
+        },
+    );
+    clear_cookie(&mut r, &peer, &headers);
+    r
+}
+
+#[derive(Deserialize)]
+pub struct CodesForm {
+    csrf: String,
+    password: String,
+}
+
+/// A new set of recovery codes, shown once; the old set is void.
+pub async fn regenerate_codes(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<CodesForm>,
+) -> Response {
+    let mut v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let password = Zeroizing::new(form.password);
+    let config = app.config.load_full();
+    let client = client(&app, &peer, &headers);
+    let name = v.session.user.to_string();
+    match mfa(&app, &config)
+        .regenerate_recovery_codes(&name, password, &client, now_unix())
+        .await
+    {
+        Ok(codes) => render(
+            StatusCode::OK,
+            &CodesPage {
+                codes: codes.iter().map(|c| c.to_string()).collect(),
+                nav: v.nav,
+            },
+        ),
+        Err(MfaError::WrongPassword) => {
+            v.nav.error = Some("The password is wrong.".into());
+            account_page(&app, v, StatusCode::UNAUTHORIZED).await
+        }
+        Err(MfaError::Throttled { .. }) => {
+            v.nav.error = Some("Too many failed attempts; try again later.".into());
+            account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await
+        }
+        Err(MfaError::NoSecondFactor) => {
+            v.nav.error =
+                Some("Recovery codes come with an authenticator app; set one up first.".into());
+            account_page(&app, v, StatusCode::CONFLICT).await
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    csrf: String,
+    id: String,
+}
+
+/// Signs out one of the visitor's own sessions (never another user's).
+pub async fn revoke_one(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load();
+    let own =
+        match admin::sessions(&app.store, &config.auth, Some(&v.session.user), now_unix()).await {
+            Ok(list) => list.into_iter().any(|s| s.id == form.id),
+            Err(e) => return failure(&e),
+        };
+    if !own {
+        return plain(StatusCode::NOT_FOUND, "no such session of yours");
+    }
+    let actor = format!("web:{}", v.session.user);
+    let notice = Notice::Daemon(&app.auth.sessions);
+    if let Err(e) = admin::revoke_session(&app.store, notice, &actor, &form.id, now_unix()).await {
+        return failure(&e);
+    }
+    see_other("/account?done=revoked")
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+/// Signs out every session of the visitor but this one.
+pub async fn revoke_others(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load();
+    let list =
+        match admin::sessions(&app.store, &config.auth, Some(&v.session.user), now_unix()).await {
+            Ok(list) => list,
+            Err(e) => return failure(&e),
+        };
+    let actor = format!("web:{}", v.session.user);
+    for s in list.iter().filter(|s| *s.id != *v.session.id) {
+        let notice = Notice::Daemon(&app.auth.sessions);
+        match admin::revoke_session(&app.store, notice, &actor, &s.id, now_unix()).await {
+            // Ended meanwhile (expired, or signed out elsewhere).
+            Ok(_) | Err(admin::AdminError::NoSuchSession) => {}
+            Err(e) => return failure(&e),
+        }
+    }
+    see_other("/account?done=others")
+}
+
+/// Logs the visitor out (the page's button; the API has its own endpoint).
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let client = client(&app, &peer, &headers);
+    let config = app.config.load();
+    if let Err(e) = login::logout(gate(&app, &config), &v.session, &client).await {
+        return failure(&e);
+    }
+    let mut r = see_other("/login");
+    clear_cookie(&mut r, &peer, &headers);
+    r
+}
+
+fn clear_cookie(r: &mut Response, peer: &Peer, headers: &HeaderMap) {
+    if let Some(c) = session_cookie("", 0, cookie_secure(peer, headers)) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+}
+
+/// A failure the visitor cannot fix: logged; 503 when the database cannot take the write.
+fn failure(e: &(dyn std::error::Error + 'static)) -> Response {
+    if crate::store::is_unavailable(e) {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database cannot save changes right now; nothing was changed, try again later",
+        );
+    }
+    tracing::error!(error = %e, "a console request failed");
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error; the daemon log has details",
+    )
+}
+
+fn capitalised(text: &str) -> String {
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect::<String>() + ".",
+        None => String::new(),
+    }
+}

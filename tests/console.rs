@@ -1,0 +1,454 @@
+//! The security console's pages (issue 22) through the real binary: who may see which page,
+//! CSRF tokens on every form, hostile text escaped, and what each form does. The pages in a
+//! real browser (CSP violations, screenshots) are in `console_browser_run` below.
+
+mod common;
+
+use common::*;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+const PW: &str = "correct horse battery";
+
+fn env_with_users() -> (Env, Daemon) {
+    let env = Env::new();
+    env.init();
+    for (name, level) in [("agent", 2), ("sup", 5), ("manager", 7), ("root", 9)] {
+        env.add_user(name, level, PW);
+    }
+    let d = env.start();
+    (env, d)
+}
+
+fn cookie(token: &str) -> String {
+    format!("Cookie: pbxguard_session={token}")
+}
+
+fn get(env: &Env, path: &str, token: Option<&str>) -> Resp {
+    let c = token.map(cookie);
+    let headers: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
+    env.request("GET", path, &headers, None)
+}
+
+fn post(env: &Env, path: &str, token: &str, form: &[(&str, &str)]) -> Resp {
+    let body: Vec<String> = form
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, NON_ALPHANUMERIC),
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    let c = cookie(token);
+    env.request(
+        "POST",
+        path,
+        &[&c, "Content-Type: application/x-www-form-urlencoded"],
+        Some(&body.join("&")),
+    )
+}
+
+/// The CSRF token the page's forms carry.
+fn csrf(page: &Resp) -> String {
+    let at = page
+        .body
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field: {}", page.body));
+    let rest = &page.body[at + 19..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+#[test]
+fn pages_need_a_session_and_admin_pages_an_admin() {
+    let (env, _d) = env_with_users();
+    for path in ["/account", "/admin", "/admin/settings"] {
+        let r = get(&env, path, None);
+        assert_eq!(r.status, 303, "{path}: {r:?}");
+        assert_eq!(
+            r.header("location").as_deref(),
+            Some(format!("/login?next={path}").as_str())
+        );
+    }
+    for name in ["agent", "sup", "manager"] {
+        let t = env.token(name, PW);
+        let page = get(&env, "/account", Some(&t));
+        assert_eq!(page.status, 200, "{name}: {page:?}");
+        assert!(page.body.contains(&format!("{name} (")), "{name}");
+        assert!(
+            !page.body.contains("href=\"/admin\""),
+            "{name} sees no admin link"
+        );
+        for path in ["/admin", "/admin/settings"] {
+            assert_eq!(get(&env, path, Some(&t)).status, 403, "{name} {path}");
+        }
+        let token = csrf(&page);
+        let r = post(
+            &env,
+            "/admin/settings",
+            &t,
+            &[("csrf", &token), ("lockout_threshold", "1")],
+        );
+        assert_eq!(r.status, 403, "{name} cannot save settings");
+    }
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM settings"),
+        "0",
+        "nothing was written by the refused posts"
+    );
+    let root = env.token("root", PW);
+    for path in ["/account", "/admin", "/admin/settings"] {
+        let r = get(&env, path, Some(&root));
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+        assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
+        assert!(!r.body.contains("<script"), "{path}: no script at all");
+        assert!(!r.body.contains("style="), "{path}: no inline style");
+    }
+    // The forward-auth rules cover the console: /admin needs the admin role there too.
+    let agent = env.token("agent", PW);
+    let check = env.request(
+        "GET",
+        "/api/v1/auth/check",
+        &[
+            &format!("Authorization: Bearer {agent}"),
+            "X-Original-URI: /admin/settings",
+        ],
+        None,
+    );
+    assert_eq!(check.status, 403, "{check:?}");
+}
+
+#[test]
+fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
+    let (env, _d) = env_with_users();
+    let root = env.token("root", PW);
+    let other = env.token("root", PW);
+    let page = get(&env, "/account", Some(&root));
+    let token = csrf(&page);
+    // Another session's token is not this session's.
+    let foreign = csrf(&get(&env, "/account", Some(&other)));
+    assert_ne!(token, foreign);
+    let other_id = env.sql(
+        "SELECT id FROM sessions WHERE revoked_at IS NULL ORDER BY created_at DESC, id LIMIT 1",
+    );
+    let forms: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "/account/password",
+            vec![
+                ("current", PW),
+                ("new", "glacier tram obelisk harbour"),
+                ("again", "glacier tram obelisk harbour"),
+            ],
+        ),
+        ("/account/recovery-codes", vec![("password", PW)]),
+        ("/account/sessions/revoke", vec![("id", other_id.as_str())]),
+        ("/account/sessions/revoke-others", vec![]),
+        ("/account/logout", vec![]),
+        ("/admin/settings", vec![("lockout_threshold", "2")]),
+    ];
+    for (path, fields) in &forms {
+        for bad in [None, Some(""), Some("00"), Some(foreign.as_str())] {
+            let mut form: Vec<(&str, &str)> = fields.clone();
+            if let Some(b) = bad {
+                form.push(("csrf", b));
+            }
+            let r = post(&env, path, &root, &form);
+            assert!(
+                r.status == 403 || r.status == 422 || r.status == 400,
+                "{path} with {bad:?}: {r:?}"
+            );
+        }
+    }
+    // Nothing happened: both sessions live, no setting, the password unchanged.
+    assert_eq!(env.check(&root, &[]).status, 200);
+    assert_eq!(env.check(&other, &[]).status, 200);
+    assert_eq!(env.sql("SELECT COUNT(*) FROM settings"), "0");
+    assert_eq!(env.login("root", PW, &[]).status, 200);
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM audit_log WHERE action IN ('user.passwd', 'session.revoke', 'settings.set')"),
+        "0"
+    );
+}
+
+#[test]
+fn hostile_text_is_shown_as_text() {
+    let (env, _d) = env_with_users();
+    let hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&";
+    let ua = format!("User-Agent: {hostile}");
+    let r = env.login("agent", PW, &[&ua]);
+    assert_eq!(r.status, 200);
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    env.login("agent", "wrong password!!", &[&ua]);
+    let page = get(&env, "/account", Some(&token));
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(!page.body.contains("<img src=x"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("&#60;script&#62;alert(1)&#60;/script&#62;&#60;img src=x"),
+        "{}",
+        page.body
+    );
+    // A settings value as typed comes back escaped in the refused form.
+    let root = env.token("root", PW);
+    let t = csrf(&get(&env, "/admin/settings", Some(&root)));
+    let r = post(
+        &env,
+        "/admin/settings",
+        &root,
+        &[("csrf", &t), ("lockout_window", "\"><script>x</script>")],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(!r.body.contains("<script>x"), "{}", r.body);
+    assert!(r.body.contains("lockout_window: "), "{}", r.body);
+}
+
+#[test]
+fn the_account_page_signs_out_sessions_and_changes_the_password() {
+    let (env, _d) = env_with_users();
+    let here = env.token("agent", PW);
+    let phone = env.token("agent", PW);
+    let laptop = env.token("agent", PW);
+    let page = get(&env, "/account", Some(&here));
+    assert_eq!(
+        page.body.matches("Sign out</button>").count(),
+        2,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("this one"));
+    let t = csrf(&page);
+    let sid = |token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        env.request("GET", "/api/v1/me", &[&auth], None).json()["session"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Someone else's session cannot be signed out from here.
+    let root = env.token("root", PW);
+    let r = post(
+        &env,
+        "/account/sessions/revoke",
+        &here,
+        &[("csrf", &t), ("id", &sid(&root))],
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(env.check(&root, &[]).status, 200);
+    // One of mine: the phone's.
+    let r = post(
+        &env,
+        "/account/sessions/revoke",
+        &here,
+        &[("csrf", &t), ("id", &sid(&phone))],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/account?done=revoked")
+    );
+    assert_eq!(
+        env.check(&phone, &[]).status,
+        401,
+        "the second login (the phone) is out"
+    );
+    assert_eq!(env.check(&laptop, &[]).status, 200);
+    let r = post(
+        &env,
+        "/account/sessions/revoke-others",
+        &here,
+        &[("csrf", &t)],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(env.check(&laptop, &[]).status, 401);
+    assert_eq!(env.check(&here, &[]).status, 200, "this session stays");
+    let done = get(&env, "/account?done=others", Some(&here));
+    assert!(done.body.contains("Every other session is signed out."));
+
+    // Password: the wrong current one, a weak new one, two that differ, then a good one.
+    for (current, new, again, status, needle) in [
+        (
+            "not my password",
+            "glacier tram obelisk harbour",
+            "glacier tram obelisk harbour",
+            401,
+            "current password is wrong",
+        ),
+        (
+            PW,
+            "password1234",
+            "password1234",
+            400,
+            "most common passwords",
+        ),
+        (
+            PW,
+            "glacier tram obelisk harbour",
+            "glacier tram obelisk harbor",
+            400,
+            "differ",
+        ),
+    ] {
+        let r = post(
+            &env,
+            "/account/password",
+            &here,
+            &[
+                ("csrf", &t),
+                ("current", current),
+                ("new", new),
+                ("again", again),
+            ],
+        );
+        assert_eq!(r.status, status, "{needle}: {r:?}");
+        assert!(r.body.contains(needle), "{needle}: {}", r.body);
+        assert!(
+            !r.body.contains(new) || new.len() < 12,
+            "the password is not echoed"
+        );
+    }
+    let r = post(
+        &env,
+        "/account/password",
+        &here,
+        &[
+            ("csrf", &t),
+            ("current", PW),
+            ("new", "glacier tram obelisk harbour"),
+            ("again", "glacier tram obelisk harbour"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(env.check(&here, &[]).status, 401, "every session ended");
+    assert_eq!(env.login("agent", PW, &[]).status, 401);
+    assert_eq!(
+        env.login("agent", "glacier tram obelisk harbour", &[])
+            .status,
+        200
+    );
+    let audit = env.sql("SELECT actor FROM audit_log WHERE action = 'user.passwd'");
+    assert_eq!(audit, "web:agent");
+}
+
+#[test]
+fn the_settings_form_saves_checks_and_names_the_field_at_fault() {
+    let (env, _d) = env_with_users();
+    let root = env.token("root", PW);
+    let page = get(&env, "/admin/settings", Some(&root));
+    assert!(
+        page.body
+            .contains("name=\"lockout_threshold\" value=\"10\""),
+        "{}",
+        page.body
+    );
+    let t = csrf(&page);
+    let r = post(
+        &env,
+        "/admin/settings",
+        &root,
+        &[
+            ("csrf", &t),
+            ("lockout_threshold", "4"),
+            ("mfa_email_fallback", "off"),
+            ("session_idle_timeout", "8h"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    let saved = get(&env, "/admin/settings?done=saved", Some(&root));
+    assert!(saved.body.contains("Saved."));
+    assert!(saved
+        .body
+        .contains("name=\"lockout_threshold\" value=\"4\""));
+    let rows = env.sql(
+        "SELECT actor, target, detail FROM audit_log WHERE action = 'settings.set' ORDER BY target",
+    );
+    assert_eq!(
+        rows,
+        "web:root|lockout_threshold|10 -> 4\nweb:root|mfa_email_fallback|on -> off"
+    );
+    // A bad value: 400, the field marked, nothing written.
+    let r = post(
+        &env,
+        "/admin/settings",
+        &root,
+        &[
+            ("csrf", &t),
+            ("lockout_threshold", "5"),
+            ("session_idle_timeout", "40d"),
+        ],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("session_idle_timeout: must be between"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("class=\"bad\""));
+    assert_eq!(
+        env.sql("SELECT value FROM settings WHERE key = 'security.lockout_threshold'"),
+        "4"
+    );
+    // It applies at once: two failures lock.
+    let r = post(
+        &env,
+        "/admin/settings",
+        &root,
+        &[("csrf", &t), ("lockout_threshold", "2")],
+    );
+    assert_eq!(r.status, 303);
+    env.login("agent", "wrong password!!", &["X-Forwarded-For: 192.0.2.7"]);
+    env.login("agent", "wrong password!!", &["X-Forwarded-For: 192.0.2.7"]);
+    assert_eq!(env.login("agent", PW, &[]).status, 429);
+}
+
+/// The pages in headless Chromium: every page rendered and screenshotted, no CSP violation in
+/// the browser's log, forms that work with scripts off (the console has none).
+#[test]
+fn console_browser_run() {
+    let env = Env::new();
+    let port = env.http_port;
+    let d = env.dir.path().display();
+    env.write_config(&format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\nshutdown_grace = \"2s\"\n[vault]\nkey_file = \"{d}/master.key\"\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n"
+    ));
+    env.init();
+    env.add_user("root", 9, PW);
+    let daemon = env.start();
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["root", PW])
+        .arg(&out_dir)
+        .arg(env.path("chromium-profile"))
+        .output()
+        .expect("python3 with selenium");
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{}\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    for shot in [
+        "1-account.png",
+        "2-admin.png",
+        "3-settings.png",
+        "4-saved.png",
+        "5-refused.png",
+    ] {
+        let png = std::fs::read(out_dir.join(shot)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{shot}");
+    }
+    assert_eq!(
+        env.sql("SELECT value FROM settings WHERE key = 'security.lockout_threshold'"),
+        "7"
+    );
+}
