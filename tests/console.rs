@@ -443,6 +443,11 @@ fn console_browser_run() {
         "3-settings.png",
         "4-saved.png",
         "5-refused.png",
+        "6-users.png",
+        "7-sessions.png",
+        "8-history.png",
+        "9-bans.png",
+        "10-ami.png",
     ] {
         let png = std::fs::read(out_dir.join(shot)).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{shot}");
@@ -451,4 +456,269 @@ fn console_browser_run() {
         env.sql("SELECT value FROM settings WHERE key = 'security.lockout_threshold'"),
         "7"
     );
+    assert_eq!(env.sql("SELECT address FROM bans"), "198.51.100.7");
+}
+
+#[test]
+fn admin_pages_manage_users_sessions_history_bans_and_list_ami_clients() {
+    let (env, _d) = env_with_users();
+    let root = env.token("root", PW);
+    let agent = env.token("agent", PW);
+    for path in [
+        "/admin/users",
+        "/admin/sessions",
+        "/admin/history",
+        "/admin/history.csv",
+        "/admin/bans",
+        "/admin/ami",
+    ] {
+        assert_eq!(get(&env, path, Some(&agent)).status, 403, "{path}");
+        let r = get(&env, path, Some(&root));
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    let t = csrf(&get(&env, "/admin/users", Some(&root)));
+
+    // Users: create (the password rules apply), level, state, exemption, reset.
+    let weak = post(
+        &env,
+        "/admin/users/create",
+        &root,
+        &[
+            ("csrf", &t),
+            ("name", "newbie"),
+            ("level", "3"),
+            ("password", "password1234"),
+        ],
+    );
+    assert_eq!(weak.status, 400, "{weak:?}");
+    assert!(weak.body.contains("most common passwords"), "{}", weak.body);
+    let r = post(
+        &env,
+        "/admin/users/create",
+        &root,
+        &[
+            ("csrf", &t),
+            ("name", "newbie"),
+            ("level", "3"),
+            ("email", "newbie@example.com"),
+            ("password", "glacier tram obelisk harbour"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(
+        env.login("newbie", "glacier tram obelisk harbour", &[])
+            .status,
+        200
+    );
+    let again = post(
+        &env,
+        "/admin/users/create",
+        &root,
+        &[
+            ("csrf", &t),
+            ("name", "newbie"),
+            ("level", "3"),
+            ("password", "glacier tram obelisk harbour"),
+        ],
+    );
+    assert_eq!(again.status, 409, "{again:?}");
+    let r = post(
+        &env,
+        "/admin/users/level",
+        &root,
+        &[("csrf", &t), ("name", "agent"), ("level", "5")],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(env.sql("SELECT level FROM users WHERE name = 'agent'"), "5");
+    assert_eq!(
+        env.check(&agent, &[]).status,
+        401,
+        "a level change ends sessions"
+    );
+    let r = post(
+        &env,
+        "/admin/users/state",
+        &root,
+        &[("csrf", &t), ("name", "agent"), ("disabled", "on")],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(env.login("agent", PW, &[]).status, 403);
+    post(
+        &env,
+        "/admin/users/state",
+        &root,
+        &[("csrf", &t), ("name", "agent"), ("disabled", "off")],
+    );
+    assert_eq!(env.login("agent", PW, &[]).status, 200);
+    let r = post(
+        &env,
+        "/admin/users/state",
+        &root,
+        &[("csrf", &t), ("name", "root"), ("disabled", "on")],
+    );
+    assert_eq!(r.status, 400, "no admin locks themselves out here");
+    let r = post(
+        &env,
+        "/admin/users/exempt",
+        &root,
+        &[("csrf", &t), ("name", "agent"), ("for", "2d")],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    let r = post(
+        &env,
+        "/admin/users/exempt",
+        &root,
+        &[("csrf", &t), ("name", "agent"), ("for", "100d")],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = post(
+        &env,
+        "/admin/users/reset-2fa",
+        &root,
+        &[("csrf", &t), ("name", "ghost")],
+    );
+    assert_eq!(r.status, 404);
+    let page = get(&env, "/admin/users", Some(&root));
+    assert!(page.body.contains("id=\"user-newbie\""), "{}", page.body);
+    assert!(page.body.contains("exempt until"), "{}", page.body);
+    let actions = env.sql("SELECT action FROM audit_log WHERE actor = 'web:root' ORDER BY id");
+    for a in [
+        "user.add",
+        "user.set-level",
+        "user.disable",
+        "user.enable",
+        "mfa.exempt",
+    ] {
+        assert!(actions.lines().any(|l| l == a), "{a}: {actions}");
+    }
+
+    // Sessions: everyone's, revocable.
+    let newbie = env.token("newbie", "glacier tram obelisk harbour");
+    let page = get(&env, "/admin/sessions", Some(&root));
+    assert!(page.body.contains("newbie"), "{}", page.body);
+    let auth = format!("Authorization: Bearer {newbie}");
+    let sid = env.request("GET", "/api/v1/me", &[&auth], None).json()["session"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post(
+        &env,
+        "/admin/sessions/revoke",
+        &root,
+        &[("csrf", &t), ("id", &sid)],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(env.check(&newbie, &[]).status, 401);
+
+    // History: filters, a bad time refused, CSV with formulas neutralised.
+    env.login(
+        "newbie",
+        "not the password!",
+        &["User-Agent: =HYPERLINK(\"http://x\")"],
+    );
+    let r = get(
+        &env,
+        "/admin/history?user=NEWBIE&result=bad_password",
+        Some(&root),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.matches("<td>bad_password</td>").count(),
+        1,
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("<td>ok</td>"),
+        "only the failure: {}",
+        r.body
+    );
+    let r = get(&env, "/admin/history?from=yesterday", Some(&root));
+    assert_eq!(r.status, 400);
+    let r = get(
+        &env,
+        "/admin/history?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z",
+        Some(&root),
+    );
+    assert!(!r.body.contains("<td>ok</td>"), "nothing in 2000");
+    let csv = get(&env, "/admin/history.csv?user=newbie", Some(&root));
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    assert!(csv
+        .header("content-disposition")
+        .unwrap()
+        .contains("attachment"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines[0], "at,user,result,ip,user_agent,node");
+    assert!(lines.len() >= 3, "{}", csv.body);
+    assert!(
+        csv.body.contains("\"'=HYPERLINK(\"\"http://x\"\")\""),
+        "{}",
+        csv.body
+    );
+
+    // Bans: add (escaped reason), never-banned refused, lift.
+    let r = post(
+        &env,
+        "/admin/bans/add",
+        &root,
+        &[
+            ("csrf", &t),
+            ("address", "192.0.2.66"),
+            ("duration", "2h"),
+            ("reason", "<b>scanner</b>"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    let page = get(&env, "/admin/bans", Some(&root));
+    assert!(
+        page.body.contains("192.0.2.66") && !page.body.contains("<b>scanner"),
+        "{}",
+        page.body
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["ban", "list", "--json"], b"")).unwrap();
+    assert_eq!(list[0]["address"], "192.0.2.66");
+    assert_eq!(list[0]["source"], "manual");
+    let r = post(
+        &env,
+        "/admin/bans/add",
+        &root,
+        &[("csrf", &t), ("address", "127.0.0.1")],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("never banned") || r.body.contains("loopback"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &env,
+        "/admin/bans/add",
+        &root,
+        &[("csrf", &t), ("address", "not an address")],
+    );
+    assert_eq!(r.status, 400);
+    let r = post(
+        &env,
+        "/admin/bans/remove",
+        &root,
+        &[("csrf", &t), ("address", "192.0.2.66")],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        String::from_utf8_lossy(&env.ok(&["ban", "list", "--json"], b"")).trim(),
+        "[]"
+    );
+
+    // AMI clients, read only.
+    env.add_ami_client(
+        "dialer",
+        "a dialer secret value",
+        &["--allow", "Originate,Ping", "--context", "sales"],
+    );
+    let page = get(&env, "/admin/ami", Some(&root));
+    assert!(page.body.contains("<td>dialer</td>"), "{}", page.body);
+    assert!(page.body.contains("sales"), "{}", page.body);
+    assert!(!page.body.contains("a dialer secret value"));
 }

@@ -117,10 +117,20 @@ pub async fn add(
     user: NewUser<'_>,
     password: &Zeroizing<String>,
 ) -> Result<(), UserError> {
-    user.check()?;
     let hash = password::hash_now(password.as_bytes())?;
+    add_hashed(store, actor, user, &hash).await
+}
+
+/// Adds a user whose password is already hashed (the daemon hashes on its bounded pool).
+pub async fn add_hashed(
+    store: &Store,
+    actor: &str,
+    user: NewUser<'_>,
+    hash: &str,
+) -> Result<(), UserError> {
+    user.check()?;
     if !store
-        .insert_user(user.name, user.level, user.email, &hash)
+        .insert_user(user.name, user.level, user.email, hash)
         .await?
     {
         return Err(UserError::Exists(user.name.to_string()));

@@ -18,6 +18,20 @@ pub struct HistoryRow {
     pub node: Option<String>,
 }
 
+/// What the console's history page filters on (each `None` matches everything).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter<'a> {
+    /// The name as typed, any case.
+    pub user: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    /// Unix seconds, inclusive.
+    pub from: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub to: Option<i64>,
+    pub limit: u32,
+}
+
 /// Results that count towards a lockout.
 pub const FAILURE_RESULTS: &str = "('bad_password', 'unknown_user', 'disabled', 'mfa_failed')";
 
@@ -52,6 +66,48 @@ impl Store {
             let mut tx = db.begin_write().await?;
             insert_history!(tx, self.node(), h)?;
             tx.commit().await
+        })
+    }
+
+    /// Attempts matching `f`, newest first.
+    pub async fn history_filtered(
+        &self,
+        f: &HistoryFilter<'_>,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT at, username, ip, user_agent, result, node FROM login_history
+                 WHERE ($1 IS NULL OR lower(username) = lower($2))
+                   AND ($3 IS NULL OR result = $4)
+                   AND ($5 IS NULL OR ip = $6)
+                   AND ($7 IS NULL OR at >= $8)
+                   AND ($9 IS NULL OR at < $10)
+                 ORDER BY id DESC LIMIT $11",
+            )
+            .bind(f.user)
+            .bind(f.user)
+            .bind(f.result)
+            .bind(f.result)
+            .bind(f.ip)
+            .bind(f.ip)
+            .bind(f.from)
+            .bind(f.from)
+            .bind(f.to)
+            .bind(f.to)
+            .bind(i64::from(f.limit))
+            .fetch_all(db.pool)
+            .await?)
+        })
+    }
+
+    /// Each user's last successful login (unix seconds), by name as typed in lower case.
+    pub async fn last_logins(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        with_db!(self, db => {
+            Ok(sqlx::query_as(
+                "SELECT lower(username), MAX(at) FROM login_history WHERE result = 'ok' GROUP BY lower(username)",
+            )
+            .fetch_all(db.pool)
+            .await?)
         })
     }
 

@@ -65,7 +65,7 @@ use sqlx::sqlite::{
 pub use ami::AmiClientRow;
 pub use audit::AuditEntry;
 pub use bans::{BanRow, NewBan};
-pub use history::HistoryRow;
+pub use history::{HistoryFilter, HistoryRow};
 pub use links::{LinkFilter, LinkRow};
 pub use mfa::{Finish, MfaStatusRow, PendingRow};
 pub use nodes::NodeRow;

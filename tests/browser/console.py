@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives pbxguard's console pages in headless Chromium (Debian's chromium + chromedriver):
 log in on /login, then /account, /admin and /admin/settings; save a setting through the form,
-and have a bad value refused. Screenshots go to OUTDIR. Any Content-Security-Policy violation
+have a bad value refused; then the users, sessions, history, bans and AMI pages, and a ban
+through its form. Screenshots go to OUTDIR. Any Content-Security-Policy violation
 in the browser's log fails the run.
 
     console.py BASE_URL ADMIN PASSWORD OUTDIR PROFILE_DIR
@@ -72,6 +73,25 @@ def main():
         assert "lockout_window" in err.text, err.text
         driver.save_screenshot(outdir + "/5-refused.png")
         no_csp_violation("the refused form")
+
+        for n, path, marker in ((6, "/admin/users", "create-user"),
+                                (7, "/admin/sessions", None),
+                                (8, "/admin/history?result=ok", "history-filter"),
+                                (9, "/admin/bans", "ban-add"),
+                                (10, "/admin/ami", None)):
+            driver.get(base + path)
+            if marker:
+                visible(marker)
+            else:
+                wait.until(EC.presence_of_element_located((By.TAG_NAME, "table")))
+            driver.save_screenshot("%s/%d-%s.png" % (outdir, n, path.split("/")[2].split("?")[0]))
+            no_csp_violation(path)
+        # A ban through the form, with scripts off being irrelevant: plain HTML forms.
+        driver.get(base + "/admin/bans")
+        visible("ban-add").find_element(By.NAME, "address").send_keys("198.51.100.7")
+        driver.find_element(By.ID, "ban-submit").click()
+        wait.until(lambda d: "done=added" in d.current_url)
+        assert "198.51.100.7" in driver.page_source
         print("OK")
     except Exception:
         driver.save_screenshot(outdir + "/failure.png")

@@ -23,7 +23,7 @@ use crate::clock::{now_unix, rfc3339};
 
 use super::super::auth_api::{client, cookie_secure, gate, mfa, session_cookie};
 use super::super::Peer;
-use super::{form_visitor, plain, render, see_other, visitor, Nav, Visitor};
+use super::{failure, form_visitor, notice, plain, render, see_other, visitor, Nav, Visitor};
 
 const PATH: &str = "/account";
 /// Logins shown.
@@ -56,18 +56,10 @@ struct MessagePage {
     heading: String,
 }
 
-/// Fixed notices a redirect may name (`?done=`): never text from the request.
-fn notice(query: Option<&str>) -> Option<String> {
-    let done = query?.split('&').find_map(|kv| kv.strip_prefix("done="))?;
-    Some(
-        match done {
-            "revoked" => "That session is signed out.",
-            "others" => "Every other session is signed out.",
-            _ => return None,
-        }
-        .to_string(),
-    )
-}
+const NOTICES: &[(&str, &str)] = &[
+    ("revoked", "That session is signed out."),
+    ("others", "Every other session is signed out."),
+];
 
 /// The account page of `v`, with `status` (an error re-renders it with the message).
 async fn account_page(app: &App, v: Visitor, status: StatusCode) -> Response {
@@ -122,7 +114,7 @@ pub async fn page(
         Ok(v) => v,
         Err(r) => return r,
     };
-    v.nav.notice = notice(uri.query());
+    v.nav.notice = notice(uri.query(), NOTICES);
     account_page(&app, v, StatusCode::OK).await
 }
 
@@ -334,21 +326,6 @@ fn clear_cookie(r: &mut Response, peer: &Peer, headers: &HeaderMap) {
     if let Some(c) = session_cookie("", 0, cookie_secure(peer, headers)) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
-}
-
-/// A failure the visitor cannot fix: logged; 503 when the database cannot take the write.
-fn failure(e: &(dyn std::error::Error + 'static)) -> Response {
-    if crate::store::is_unavailable(e) {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database cannot save changes right now; nothing was changed, try again later",
-        );
-    }
-    tracing::error!(error = %e, "a console request failed");
-    plain(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error; the daemon log has details",
-    )
 }
 
 fn capitalised(text: &str) -> String {

@@ -7,6 +7,7 @@
 
 mod account;
 mod admin;
+mod manage;
 
 use std::sync::Arc;
 
@@ -45,6 +46,20 @@ pub fn routes() -> Router<Arc<App>> {
             "/admin/settings",
             get(admin::settings_page).post(admin::save_settings),
         )
+        .route("/admin/users", get(manage::users_page))
+        .route("/admin/users/create", post(manage::create_user))
+        .route("/admin/users/level", post(manage::set_level))
+        .route("/admin/users/state", post(manage::set_state))
+        .route("/admin/users/reset-2fa", post(manage::reset_2fa))
+        .route("/admin/users/exempt", post(manage::exempt))
+        .route("/admin/sessions", get(manage::sessions_page))
+        .route("/admin/sessions/revoke", post(manage::revoke_session))
+        .route("/admin/history", get(manage::history_page))
+        .route("/admin/history.csv", get(manage::history_csv))
+        .route("/admin/bans", get(manage::bans_page))
+        .route("/admin/bans/add", post(manage::add_ban))
+        .route("/admin/bans/remove", post(manage::remove_ban))
+        .route("/admin/ami", get(manage::ami_page))
 }
 
 /// What the layout shows of the visitor, and the token its forms carry.
@@ -58,6 +73,30 @@ pub struct Nav {
     pub error: Option<String>,
 }
 
+/// The fixed notice a redirect names with `?done=KEY` (never text from the request).
+pub fn notice(query: Option<&str>, table: &[(&str, &str)]) -> Option<String> {
+    let done = query?.split('&').find_map(|kv| kv.strip_prefix("done="))?;
+    table
+        .iter()
+        .find(|(k, _)| *k == done)
+        .map(|(_, text)| text.to_string())
+}
+
+/// A failure the visitor cannot fix: logged; 503 when the database cannot take the write.
+pub fn failure(e: &(dyn std::error::Error + 'static)) -> Response {
+    if crate::store::is_unavailable(e) {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database cannot save changes right now; nothing was changed, try again later",
+        );
+    }
+    tracing::error!(error = %e, "a console request failed");
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error; the daemon log has details",
+    )
+}
+
 /// A signed-in visitor of a page.
 pub struct Visitor {
     pub session: Session,
@@ -65,7 +104,7 @@ pub struct Visitor {
 }
 
 /// Headers of every console answer.
-fn secure(mut response: Response) -> Response {
+pub fn secure(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
