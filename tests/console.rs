@@ -143,6 +143,8 @@ fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
                 ("again", "glacier tram obelisk harbour"),
             ],
         ),
+        ("/account/totp", vec![("code", "123456")]),
+        ("/account/totp/remove", vec![("password", PW)]),
         ("/account/recovery-codes", vec![("password", PW)]),
         ("/account/sessions/revoke", vec![("id", other_id.as_str())]),
         ("/account/sessions/revoke-others", vec![]),
@@ -721,4 +723,72 @@ fn admin_pages_manage_users_sessions_history_bans_and_list_ami_clients() {
     assert!(page.body.contains("<td>dialer</td>"), "{}", page.body);
     assert!(page.body.contains("sales"), "{}", page.body);
     assert!(!page.body.contains("a dialer secret value"));
+}
+
+/// TOTP from the account page: set up (QR code and key, then a code from oathtool), the first
+/// recovery codes shown once, then removed with the password.
+#[test]
+fn the_account_page_sets_up_and_removes_the_authenticator_app() {
+    let (env, _d) = env_with_users();
+    let me = env.token("sup", PW);
+    let page = get(&env, "/account", Some(&me));
+    assert!(page.body.contains("id=\"setup-totp\""), "{}", page.body);
+    let t = csrf(&page);
+    let setup = get(&env, "/account/totp", Some(&me));
+    assert_eq!(setup.status, 200, "{setup:?}");
+    assert!(setup.body.contains("src=\"data:image/svg+xml;base64,"));
+    let at = setup.body.find("<code id=\"secret\">").unwrap() + 18;
+    let secret = &setup.body[at..at + 32];
+    // A wrong code: the page says so, nothing is set up.
+    let r = post(
+        &env,
+        "/account/totp",
+        &me,
+        &[("csrf", &t), ("code", "000000")],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_totp"), "0");
+    let code = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", secret])
+        .output()
+        .expect("oathtool is installed");
+    let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+    let r = post(&env, "/account/totp", &me, &[("csrf", &t), ("code", &code)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body.matches("<li>").count(),
+        10,
+        "the first codes: {}",
+        r.body
+    );
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_totp"), "1");
+    let page = get(&env, "/account", Some(&me));
+    assert!(
+        page.body.contains("Recovery codes left: 10 of 10"),
+        "{}",
+        page.body
+    );
+    assert_eq!(env.login("sup", PW, &[]).json()["status"], "mfa_required");
+    // Set up already: the setup page leads back to the account.
+    assert_eq!(get(&env, "/account/totp", Some(&me)).status, 303);
+    // Removal needs the password; then TOTP and codes are gone and the sessions ended.
+    let r = post(
+        &env,
+        "/account/totp/remove",
+        &me,
+        &[("csrf", &t), ("password", "not it at all")],
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_totp"), "1");
+    let r = post(
+        &env,
+        "/account/totp/remove",
+        &me,
+        &[("csrf", &t), ("password", PW)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_totp"), "0");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM mfa_recovery_codes"), "0");
+    assert_eq!(env.check(&me, &[]).status, 401);
+    assert_eq!(env.login("sup", PW, &[]).json()["status"], "ok");
 }

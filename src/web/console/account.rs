@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::app::App;
 use crate::auth::admin::{self, HistoryView, SessionView};
 use crate::auth::login::{self, PasswordStep, Refusal};
+use crate::auth::mfa::enroll::{Confirmed, Enroller};
 use crate::auth::mfa::MfaError;
 use crate::auth::password::{self, Rules};
 use crate::auth::roles::Role;
@@ -59,7 +60,140 @@ struct MessagePage {
 const NOTICES: &[(&str, &str)] = &[
     ("revoked", "That session is signed out."),
     ("others", "Every other session is signed out."),
+    ("totp", "Your authenticator app is set up."),
 ];
+
+#[derive(Template)]
+#[template(path = "console/totp.html")]
+struct TotpPage {
+    nav: Nav,
+    qr_b64: String,
+    secret: String,
+}
+
+/// A fresh secret for the visitor, pending until a code confirms it (a new one each visit).
+pub async fn totp_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    use base64::Engine as _;
+    let v = match visitor(&app, &headers, "/account/totp", Role::Agent).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load_full();
+    let m = mfa(&app, &config);
+    let who = match m
+        .enrolling(Enroller::Session(&v.session.user), now_unix())
+        .await
+    {
+        Ok(who) => who,
+        Err(MfaError::AlreadyEnrolled) => return see_other("/account"),
+        Err(e) => return failure(&e),
+    };
+    match m.enroll(&who).await {
+        Ok(e) => render(
+            StatusCode::OK,
+            &TotpPage {
+                qr_b64: base64::engine::general_purpose::STANDARD.encode(e.qr_svg.as_bytes()),
+                secret: e.secret.to_string(),
+                nav: v.nav,
+            },
+        ),
+        Err(e) => failure(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    csrf: String,
+    code: String,
+}
+
+/// Confirms the pending secret with a first code; the first recovery codes are shown once.
+pub async fn totp_confirm(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let mut v = match form_visitor(&app, &headers, "/account/totp", Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load_full();
+    let m = mfa(&app, &config);
+    let now = now_unix();
+    let who = match m.enrolling(Enroller::Session(&v.session.user), now).await {
+        Ok(who) => who,
+        Err(MfaError::AlreadyEnrolled) => return see_other("/account"),
+        Err(e) => return failure(&e),
+    };
+    let client = client(&app, &peer, &headers);
+    match m.confirm(who, form.code.trim(), &client, now).await {
+        Ok(Confirmed::Enrolled(Some(codes))) => render(
+            StatusCode::OK,
+            &CodesPage {
+                codes: codes.iter().map(|c| c.to_string()).collect(),
+                nav: v.nav,
+            },
+        ),
+        Ok(_) => see_other("/account?done=totp"),
+        Err(e @ (MfaError::BadCode | MfaError::InvalidCode | MfaError::NoEnrollment)) => {
+            v.nav.error = Some(capitalised(&e.to_string()));
+            account_page(&app, v, StatusCode::BAD_REQUEST).await
+        }
+        Err(MfaError::Throttled { .. }) => {
+            v.nav.error = Some("Too many failed attempts; try again later.".into());
+            account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// Removes the visitor's own authenticator app and recovery codes, with the password; every
+/// session of the user ends.
+pub async fn totp_remove(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<CodesForm>,
+) -> Response {
+    let mut v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load_full();
+    let name = v.session.user.to_string();
+    let client = client(&app, &peer, &headers);
+    let password = Zeroizing::new(form.password);
+    match login::check_password(gate(&app, &config), &name, password, &client).await {
+        Ok(PasswordStep::Verified(_)) => {}
+        Ok(PasswordStep::Refused(Refusal::Throttled { .. })) => {
+            v.nav.error = Some("Too many failed attempts; try again later.".into());
+            return account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await;
+        }
+        Ok(PasswordStep::Refused(_)) => {
+            v.nav.error = Some("The password is wrong.".into());
+            return account_page(&app, v, StatusCode::UNAUTHORIZED).await;
+        }
+        Err(e) => return failure(&e),
+    }
+    let notice = Notice::Daemon(&app.auth.sessions);
+    let actor = format!("web:{name}");
+    if let Err(e) =
+        crate::auth::mfa::admin::reset(&app.store, &app.vault, notice, &actor, &name, now_unix())
+            .await
+    {
+        return failure(&e);
+    }
+    let mut r = render(
+        StatusCode::OK,
+        &MessagePage {
+            heading: "Your authenticator app is removed. Log in again.".into(),
+            nav: v.nav,
+        },
+    );
+    clear_cookie(&mut r, &peer, &headers);
+    r
+}
 
 /// The account page of `v`, with `status` (an error re-renders it with the message).
 async fn account_page(app: &App, v: Visitor, status: StatusCode) -> Response {

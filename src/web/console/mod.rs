@@ -34,6 +34,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/console/style.css", get(style))
         .route("/account", get(account::page))
         .route("/account/password", post(account::change_password))
+        .route(
+            "/account/totp",
+            get(account::totp_page).post(account::totp_confirm),
+        )
+        .route("/account/totp/remove", post(account::totp_remove))
         .route("/account/recovery-codes", post(account::regenerate_codes))
         .route("/account/sessions/revoke", post(account::revoke_one))
         .route(
