@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::ami::config::RawAmi;
+use crate::audit::config::RawAudit;
 use crate::auth::config::{RawAuth, RawMfa};
 use crate::bans::config::RawBans;
 use crate::dialing::config::RawDialing;
@@ -29,6 +30,7 @@ use crate::recordings::config::RawRecordings;
 use crate::sip::config::RawSip;
 
 pub use crate::ami::config::AmiConfig;
+pub use crate::audit::config::AuditConfig;
 pub use crate::auth::config::{AuthConfig, MfaConfig};
 pub use crate::bans::config::BansConfig;
 pub use crate::dialing::config::DialingConfig;
@@ -108,6 +110,8 @@ pub struct Config {
     pub dialing: DialingConfig,
     /// `[bans]`: the one ban list, Asterisk's security events, the firewall and the feeds.
     pub bans: BansConfig,
+    /// `[audit]`: `audit asterisk` run by the daemon on a schedule.
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +179,7 @@ struct Raw {
     sip: Option<RawSip>,
     dialing: Option<RawDialing>,
     bans: Option<RawBans>,
+    audit: Option<RawAudit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,6 +504,7 @@ impl Config {
         let sip = raw.sip.map(|s| SipConfig::from_raw(s, c, origins));
         let dialing = DialingConfig::from_raw(raw.dialing.unwrap_or_default(), c);
         let bans = BansConfig::from_raw(raw.bans.unwrap_or_default(), c);
+        let audit = AuditConfig::from_raw(raw.audit.unwrap_or_default(), c);
         let config = Config {
             daemon,
             vault,
@@ -512,6 +518,7 @@ impl Config {
             sip,
             dialing,
             bans,
+            audit,
         };
         config.check_sip_tls(c);
         config.check_listener_clashes(c);
@@ -626,6 +633,7 @@ impl Raw {
                 "sip" => raw.sip = c.section(&name, value),
                 "dialing" => raw.dialing = c.section(&name, value),
                 "bans" => raw.bans = c.section(&name, value),
+                "audit" => raw.audit = c.section(&name, value),
                 _ => c.bad(&shown_key(&name), UNKNOWN_KEY),
             }
         }

@@ -168,6 +168,23 @@ pub async fn run(
     info!(version = env!("CARGO_PKG_VERSION"), "pbxguard ready");
     spawn_watchdog(&daemon.host.tracker, shutdown.clone());
     spawn_housekeeping(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
+    {
+        let app = daemon.app.clone();
+        daemon.host.tracker.spawn(crate::audit::scheduled::run(
+            daemon.app.store.clone(),
+            move || {
+                let c = app.config.load();
+                crate::audit::scheduled::RunConfig {
+                    audit: c.audit.clone(),
+                    upstream_user: c.ami.as_ref().map_or_else(
+                        || crate::audit::DEFAULT_UPSTREAM_USER.to_string(),
+                        |a| a.upstream_username.clone(),
+                    ),
+                }
+            },
+            shutdown.clone(),
+        ));
+    }
     spawn_node_tasks(&daemon.host.tracker, daemon.app.clone(), shutdown.clone());
 
     loop {

@@ -792,3 +792,64 @@ fn the_account_page_sets_up_and_removes_the_authenticator_app() {
     assert_eq!(env.check(&me, &[]).status, 401);
     assert_eq!(env.login("sup", PW, &[]).json()["status"], "ok");
 }
+
+/// `[audit] interval`: the daemon audits Asterisk's folder on its own and the console shows
+/// the last findings; a folder that is not there is shown as the reason there are none.
+#[test]
+fn the_scheduled_asterisk_audit_shows_on_the_console() {
+    let env = Env::new();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/asterisk/insecure");
+    let text = format!(
+        "{}\n[audit]\ninterval = \"1m\"\ndir = \"{data}\"\n",
+        env.config_text(env.http_port, env.redirect_port, "")
+    );
+    env.write_config(&text);
+    env.init();
+    env.add_user("root", 9, PW);
+    let _d = env.start();
+    let root = env.token("root", PW);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let page = loop {
+        let p = get(&env, "/admin/audit", Some(&root));
+        if p.body.contains("high,") {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit shown: {}",
+            p.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(page.body.contains("manager.conf:"), "{}", page.body);
+    assert_eq!(env.sql("SELECT COUNT(*) FROM audit_runs"), "1");
+    // The same findings as the CLI's.
+    let out = env.run(&["audit", "asterisk", "--dir", data, "--json"], b"");
+    assert_eq!(out.status.code(), Some(1), "exit 1: high findings");
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&env.sql("SELECT findings FROM audit_runs")).unwrap();
+    assert_eq!(stored, cli);
+
+    // A bad interval is a configuration problem.
+    let bad = format!(
+        "{}\n[audit]\ninterval = \"10s\"\n",
+        env.config_text(env.http_port, env.redirect_port, "")
+    );
+    env.write_config(&bad);
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text_of(&out).contains("audit.interval"),
+        "{}",
+        text_of(&out)
+    );
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

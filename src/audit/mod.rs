@@ -6,14 +6,16 @@
 //! restriction, dialplan injection.
 
 pub mod conf;
+pub mod config;
 pub mod dialplan;
 pub mod rules;
+pub mod scheduled;
 
 use std::path::Path;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     High,
@@ -32,7 +34,7 @@ impl Severity {
 }
 
 /// One finding, as `--json` prints it (documented in docs/admin/audit.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub severity: Severity,
     /// Relative to the audited folder.

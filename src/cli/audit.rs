@@ -80,32 +80,19 @@ async fn log(config: &Path, action: &str, limit: u32, json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// The AMI gateway's clients as the dialplan audit needs them: which may place or move calls,
-/// and into which contexts. Nothing (and no note) on a host without pbxguard's configuration,
-/// where the audit reads Asterisk's files only.
+/// The AMI gateway's clients as the dialplan audit needs them. Nothing (and no note) on a host
+/// without pbxguard's configuration, where the audit reads Asterisk's files only.
 async fn ami_clients(config: &Path) -> Result<Vec<audit::AmiClientInfo>, String> {
     if !config.exists() {
         return Ok(Vec::new());
     }
     let config = load(config).map_err(|e| e.to_string())?;
     let store = open_store(&config).await.map_err(|e| e.to_string())?;
-    let rows = store.ami_clients().await.map_err(|e| e.to_string());
+    let infos = audit::scheduled::ami_client_infos(&store)
+        .await
+        .map_err(|e| e.to_string());
     store.close().await;
-    Ok(rows?
-        .into_iter()
-        .map(|r| audit::AmiClientInfo {
-            // The call actions its allow list admits, whatever its contexts.
-            originate: !crate::ami::clients::calls_without_contexts(&r.allow, "").is_empty(),
-            contexts: r
-                .contexts
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect(),
-            name: r.name,
-        })
-        .collect())
+    infos
 }
 
 pub fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {

@@ -97,3 +97,48 @@ impl Store {
         })
     }
 }
+
+/// A node's last scheduled `audit asterisk`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRunRow {
+    pub node: String,
+    pub at: i64,
+    /// Why the audit could not run; empty when it did.
+    pub error: String,
+    /// The findings as a JSON array.
+    pub findings: String,
+}
+
+impl Store {
+    /// Replaces this node's last audit run.
+    pub async fn put_audit_run(
+        &self,
+        at: i64,
+        error: &str,
+        findings: &str,
+    ) -> Result<(), StoreError> {
+        let node = self.node().unwrap_or("").to_string();
+        with_db!(self, db => {
+            sqlx::query(
+                "INSERT INTO audit_runs (node, at, error, findings) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT(node) DO UPDATE SET at = $2, error = $3, findings = $4",
+            )
+            .bind(&node)
+            .bind(at)
+            .bind(error)
+            .bind(findings)
+            .execute_write(db)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Every node's last audit run, by node.
+    pub async fn audit_runs(&self) -> Result<Vec<AuditRunRow>, StoreError> {
+        with_db!(self, db => {
+            Ok(sqlx::query_as("SELECT node, at, error, findings FROM audit_runs ORDER BY node")
+                .fetch_all(db.pool)
+                .await?)
+        })
+    }
+}

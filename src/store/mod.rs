@@ -63,7 +63,7 @@ use sqlx::sqlite::{
 };
 
 pub use ami::AmiClientRow;
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, AuditRunRow};
 pub use bans::{BanRow, NewBan};
 pub use history::{HistoryFilter, HistoryRow};
 pub use links::{LinkFilter, LinkRow};

@@ -717,3 +717,54 @@ pub async fn ami_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
         Err(e) => failure(&e),
     }
 }
+
+// ---- the scheduled Asterisk audit ----------------------------------------------------------
+
+/// One node's last run as the page shows it.
+struct RunView {
+    node: String,
+    at: String,
+    error: String,
+    high: usize,
+    findings: Vec<crate::audit::Finding>,
+}
+
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+struct AuditPage {
+    nav: Nav,
+    runs: Vec<RunView>,
+}
+
+pub async fn audit_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let v = match visitor(&app, &headers, "/admin/audit", Role::Admin).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let rows = match app.store.audit_runs().await {
+        Ok(rows) => rows,
+        Err(e) => return failure(&e),
+    };
+    let runs = rows
+        .into_iter()
+        .map(|r| {
+            // Written by this program; a row that does not read shows as an error of its own.
+            let (findings, error) =
+                match serde_json::from_str::<Vec<crate::audit::Finding>>(&r.findings) {
+                    Ok(f) => (f, r.error),
+                    Err(_) => (Vec::new(), "the stored findings do not read".to_string()),
+                };
+            RunView {
+                high: findings
+                    .iter()
+                    .filter(|f| f.severity == crate::audit::Severity::High)
+                    .count(),
+                node: r.node,
+                at: rfc3339(r.at),
+                error,
+                findings,
+            }
+        })
+        .collect();
+    render(StatusCode::OK, &AuditPage { nav: v.nav, runs })
+}

@@ -65,6 +65,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/bans/add", post(manage::add_ban))
         .route("/admin/bans/remove", post(manage::remove_ban))
         .route("/admin/ami", get(manage::ami_page))
+        .route("/admin/audit", get(manage::audit_page))
 }
 
 /// What the layout shows of the visitor, and the token its forms carry.
