@@ -203,8 +203,16 @@ mod tests {
     fn routes_need_a_path_and_a_role() {
         let (cfg, problems) =
             auth("[routes]\n\"/ok\" = \"manager\"\n\"nope\" = \"agent\"\n\"/x\" = \"Admin\"\n");
-        assert_eq!(cfg.routes.len(), 3);
+        // The three as written, and the console's /admin.
+        assert_eq!(cfg.routes.len(), 4);
+        assert_eq!(cfg.routes.get("/admin").map(String::as_str), Some("admin"));
         assert_eq!(problems, ["auth.routes.\"/x\"", "auth.routes.\"nope\""]);
+        // A file that names /admin keeps its own rule.
+        let (cfg, _) = auth("[routes]\n\"/admin\" = \"manager\"\n");
+        assert_eq!(
+            cfg.routes.get("/admin").map(String::as_str),
+            Some("manager")
+        );
     }
 
     #[test]
