@@ -175,9 +175,11 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
     let recordings = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(recordings.path().join("2025")).unwrap();
     std::fs::write(recordings.path().join("2025/call.wav"), b"RIFF-not-really").unwrap();
+    // The scheduled Asterisk audit fills audit_runs.
     let mut edge = Edge::start(&format!(
-        "\n[recordings]\nroot = \"{}\"\n",
-        recordings.path().display()
+        "\n[recordings]\nroot = \"{}\"\n[audit]\ninterval = \"1m\"\ndir = \"{}/tests/data/asterisk/secure\"\n",
+        recordings.path().display(),
+        env!("CARGO_MANIFEST_DIR"),
     ));
     let env = &edge.env;
     env.add_user("alice", 5, PW);
@@ -245,6 +247,14 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
     while sqlite(&env.db(), "SELECT COUNT(*) FROM bans") == "0" {
         assert!(std::time::Instant::now() < deadline, "no ban recorded");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sqlite(&env.db(), "SELECT COUNT(*) FROM audit_runs") == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled audit stored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     // The procedure: stop the daemon, copy, point the config at PostgreSQL, start.
