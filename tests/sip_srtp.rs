@@ -282,14 +282,27 @@ fn call_and_carry_srtp(e: &Edge, suite: Suite) {
     );
 
     // 3. The peer's own record: the INVITE as it arrived (after the edge) and the 200 it sent.
-    let log = e.peer.log();
+    // The peer writes a message to its log after sending it, so the client can hold the 200
+    // before the log does: read it again until the entry is there.
     let logged = |dir: &str, pred: &dyn Fn(&SipMsg) -> bool| -> SipMsg {
-        log.iter()
-            .filter(|m| m["dir"] == dir)
-            .filter_map(|m| m["raw"].as_str())
-            .filter_map(|raw| SipMsg::parse(raw.as_bytes()))
-            .find(|m| m.header("Call-ID") == Some(call_id.as_str()) && pred(m))
-            .unwrap_or_else(|| panic!("{what}: peer log has no such {dir} message: {log:#?}"))
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let log = e.peer.log();
+            let found = log
+                .iter()
+                .filter(|m| m["dir"] == dir)
+                .filter_map(|m| m["raw"].as_str())
+                .filter_map(|raw| SipMsg::parse(raw.as_bytes()))
+                .find(|m| m.header("Call-ID") == Some(call_id.as_str()) && pred(m));
+            if let Some(m) = found {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: peer log has no such {dir} message: {log:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     };
     let invite_seen = logged("in", &|m| m.method() == Some("INVITE"));
     let ok_sent = logged("out", &|m| {
