@@ -156,26 +156,17 @@ pub async fn totp_remove(
     headers: HeaderMap,
     Form(form): Form<CodesForm>,
 ) -> Response {
-    let mut v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let config = app.config.load_full();
     let name = v.session.user.to_string();
     let client = client(&app, &peer, &headers);
     let password = Zeroizing::new(form.password);
-    match login::check_password(gate(&app, &config), &name, password, &client).await {
-        Ok(PasswordStep::Verified(_)) => {}
-        Ok(PasswordStep::Refused(Refusal::Throttled { .. })) => {
-            v.nav.error = Some("Too many failed attempts; try again later.".into());
-            return account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await;
-        }
-        Ok(PasswordStep::Refused(_)) => {
-            v.nav.error = Some("The password is wrong.".into());
-            return account_page(&app, v, StatusCode::UNAUTHORIZED).await;
-        }
-        Err(e) => return failure(&e),
-    }
+    let v = match own_password(&app, v, password, &client, "The password is wrong.").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let notice = Notice::Daemon(&app.auth.sessions);
     let actor = format!("web:{name}");
     if let Err(e) =
@@ -184,15 +175,12 @@ pub async fn totp_remove(
     {
         return failure(&e);
     }
-    let mut r = render(
-        StatusCode::OK,
-        &MessagePage {
-            heading: "Your authenticator app is removed. Log in again.".into(),
-            nav: v.nav,
-        },
-    );
-    clear_cookie(&mut r, &peer, &headers);
-    r
+    signed_out(
+        v,
+        "Your authenticator app is removed. Log in again.",
+        &peer,
+        &headers,
+    )
 }
 
 /// The account page of `v`, with `status` (an error re-renders it with the message).
@@ -288,18 +276,10 @@ pub async fn change_password(
         return account_page(&app, v, StatusCode::BAD_REQUEST).await;
     }
     let client = client(&app, &peer, &headers);
-    match login::check_password(gate(&app, &config), &name, current, &client).await {
-        Ok(PasswordStep::Verified(_)) => {}
-        Ok(PasswordStep::Refused(Refusal::Throttled { .. })) => {
-            v.nav.error = Some("Too many failed attempts; try again later.".into());
-            return account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await;
-        }
-        Ok(PasswordStep::Refused(_)) => {
-            v.nav.error = Some("The current password is wrong.".into());
-            return account_page(&app, v, StatusCode::UNAUTHORIZED).await;
-        }
-        Err(e) => return failure(&e),
-    }
+    let v = match own_password(&app, v, current, &client, "The current password is wrong.").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let hash = match app.auth.hasher.hash(new).await {
         Ok(h) => h,
         Err(e) => return failure(&e),
@@ -309,15 +289,12 @@ pub async fn change_password(
     if let Err(e) = users::set_password_hash(&app.store, notice, &actor, &name, &hash).await {
         return failure(&e);
     }
-    let mut r = render(
-        StatusCode::OK,
-        &MessagePage {
-            heading: "Your password is changed. Log in again with the new one.".into(),
-            nav: v.nav,
-        },
-    );
-    clear_cookie(&mut r, &peer, &headers);
-    r
+    signed_out(
+        v,
+        "Your password is changed. Log in again with the new one.",
+        &peer,
+        &headers,
+    )
 }
 
 #[derive(Deserialize)]
@@ -453,6 +430,45 @@ pub async fn logout(
     }
     let mut r = see_other("/login");
     clear_cookie(&mut r, &peer, &headers);
+    r
+}
+
+/// Checks the visitor's own password as a login's password step is checked (throttled, a
+/// failure recorded); a refusal is the account page again, saying `wrong` or to wait.
+async fn own_password(
+    app: &App,
+    mut v: Visitor,
+    password: Zeroizing<String>,
+    client: &login::Client,
+    wrong: &str,
+) -> Result<Visitor, Response> {
+    let config = app.config.load_full();
+    let name = v.session.user.to_string();
+    let (message, status) =
+        match login::check_password(gate(app, &config), &name, password, client).await {
+            Ok(PasswordStep::Verified(_)) => return Ok(v),
+            Ok(PasswordStep::Refused(Refusal::Throttled { .. })) => (
+                "Too many failed attempts; try again later.",
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            Ok(PasswordStep::Refused(_)) => (wrong, StatusCode::UNAUTHORIZED),
+            Err(e) => return Err(failure(&e)),
+        };
+    v.nav.error = Some(message.to_string());
+    Err(account_page(app, v, status).await)
+}
+
+/// The page after a change that ended every session of the visitor: `heading`, and the
+/// cookie cleared.
+fn signed_out(v: Visitor, heading: &str, peer: &Peer, headers: &HeaderMap) -> Response {
+    let mut r = render(
+        StatusCode::OK,
+        &MessagePage {
+            heading: heading.to_string(),
+            nav: v.nav,
+        },
+    );
+    clear_cookie(&mut r, peer, headers);
     r
 }
 
