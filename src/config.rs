@@ -522,7 +522,27 @@ impl Config {
         };
         config.check_sip_tls(c);
         config.check_listener_clashes(c);
+        config.check_passkey_rp_id(c);
         config
+    }
+
+    /// A passkey RP id must be the host of `public_url` or a domain it is under.
+    fn check_passkey_rp_id(&self, c: &mut Checker) {
+        let Some(domain) = &self.mfa.passkey_rp_id else {
+            return;
+        };
+        let host = self
+            .http
+            .as_ref()
+            .and_then(|h| h.public_url.parse::<axum::http::Uri>().ok())
+            .and_then(|u| u.host().map(str::to_string));
+        match host {
+            Some(h) if crate::auth::config::host_within(&h, domain) => {}
+            _ => c.bad(
+                "mfa.passkey_rp_id",
+                format!("{domain:?} must be http.public_url's host or a domain it is under"),
+            ),
+        }
     }
 
     /// SIP is TLS only: its own pair, or the web tier's.

@@ -208,6 +208,14 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
     );
     assert_eq!(c.status, 200, "{c:?}");
     assert_eq!(env.login("alice", PW, &[]).json()["status"], "mfa_required");
+    // A passkey registration waiting for its authenticator (passkey_registrations).
+    let r = json_post(
+        env,
+        "/api/v1/auth/passkeys/register",
+        &alice,
+        serde_json::json!({ "name": "laptop", "password": PW }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
     // MFA policy (settings) and an exemption.
     env.ok(&["mfa", "exempt", "bob", "--for", "2h"], b"");
     env.ok(&["mfa", "policy", "--force", "on"], b"");
@@ -261,6 +269,15 @@ fn every_table_is_copied_and_the_daemon_serves_from_the_copy() {
     edge.daemon.signal("TERM");
     assert!(edge.daemon.wait_exit(Duration::from_secs(20)).success());
     let env = &edge.env;
+    // A passkey and the passwordless opt-in, as a browser registration leaves them (the
+    // browser itself is tests/passkeys.rs's); the registration waiting above stays too.
+    sqlite(
+        &env.db(),
+        "INSERT INTO passkeys (id, user_id, name, rp_id, credential_id, user_handle, credential, sign_count, created_at)
+         SELECT '00112233445566778899aabbccddeeff', id, 'laptop', 'localhost', 'Y3JlZA', '0f6d3a52-5d8e-4c57-9a63-0d8f4b8a9e11', '{}', 3, 1700000000
+         FROM users WHERE name = 'alice';
+         INSERT INTO passkey_passwordless (user_id, enabled_at) SELECT id, 1700000000 FROM users WHERE name = 'alice';",
+    );
     let mut tables = sqlite_tables(&env.db());
     for t in &tables {
         assert_ne!(

@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-use std::process::Command;
-
 const PW: &str = "a long password";
 
 /// Plain HTTP on loopback (allowed there), so the browser needs no certificate exception.
@@ -29,6 +27,7 @@ fn the_login_page_serves_its_assets_with_a_strict_policy() {
         ("/login", "text/html"),
         ("/login/app.js", "text/javascript"),
         ("/login/style.css", "text/css"),
+        ("/console/passkeys.js", "text/javascript"),
     ] {
         let r = env.request("GET", path, &[], None);
         assert_eq!(r.status, 200, "{path}");
@@ -144,29 +143,19 @@ fn enrollment_and_login_in_headless_chromium() {
     env.ok(&["mfa", "policy", "--force", "on"], b"");
     env.ok(&["mfa", "exempt", "jack", "--for", "1h"], b"");
 
-    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("login-page");
-    let _ = std::fs::remove_dir_all(&out_dir);
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let browser = BrowserRun::new("login_page.py", "login-page");
+    let base = format!("http://127.0.0.1:{port}");
     let profile = env.path("chromium-profile");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/login_page.py");
-    let out = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(["ivy", PW])
-        .arg(&out_dir)
-        .arg(&profile)
-        .arg("jack")
-        .output()
-        .expect("python3 with selenium");
-    assert!(
-        out.status.success(),
-        "browser run failed:\n{}\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
-    for shot in [
+    let args = [
+        base.as_ref(),
+        "ivy".as_ref(),
+        PW.as_ref(),
+        browser.shots.as_os_str(),
+        profile.as_os_str(),
+        "jack".as_ref(),
+    ];
+    assert!(browser.run(&args, &d).starts_with("OK "));
+    browser.assert_shots(&[
         "1-enroll.png",
         "2a-recovery-codes.png",
         "2-enrolled.png",
@@ -174,10 +163,7 @@ fn enrollment_and_login_in_headless_chromium() {
         "4-logged-in.png",
         "5-wrong-code.png",
         "6-recovery.png",
-    ] {
-        let png = std::fs::read(out_dir.join(shot)).unwrap();
-        assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{shot}");
-    }
+    ]);
     let results = sqlite(
         &env.db(),
         "SELECT group_concat(result, ' ') FROM login_history WHERE username = 'ivy'",

@@ -68,4 +68,4 @@ cargo test --locked "$@"
 
 # The end-to-end tests of logins, MFA, recording links and AMI clients once more with their
 # daemons on PostgreSQL (a throwaway cluster, see tests/common/mod.rs) instead of SQLite.
-PBXGUARD_TEST_STORE=postgres cargo test --locked --test auth --test mfa --test recordings --test ami --test settings "$@"
+PBXGUARD_TEST_STORE=postgres cargo test --locked --test auth --test mfa --test recordings --test ami --test settings --test passkeys "$@"

@@ -54,6 +54,184 @@ async fn second_factor_rows_on_both_backends() {
 }
 
 #[tokio::test]
+async fn passkey_rows_on_both_backends() {
+    on_both("passkey_rows", |s| async move { passkey_rows(&s).await }).await;
+}
+
+fn passkey(id: &str, user_id: i64, name: &str, cred: &str) -> PasskeyRow {
+    PasskeyRow {
+        id: id.into(),
+        user_id,
+        name: name.into(),
+        rp_id: "localhost".into(),
+        credential_id: cred.into(),
+        user_handle: "0f6d3a52-5d8e-4c57-9a63-0d8f4b8a9e11".into(),
+        credential: format!("{{\"cred\":\"{cred}\"}}"),
+        sign_count: 0,
+        created_at: 100,
+        last_used_at: None,
+    }
+}
+
+/// Passkeys: names and credentials unique, a counter spent only forward inside the session's
+/// transaction (a replayed count loses), registrations single use and expiring, the
+/// passwordless opt-in only with a passkey and gone with the last one, and the admin reset.
+async fn passkey_rows(store: &Store) {
+    // hash-a: the password hash pending() rows carry.
+    store.insert_user("carol", 4, None, "hash-a").await.unwrap();
+    store.insert_user("dave", 4, None, "hash-d").await.unwrap();
+    let carol = store.user("carol").await.unwrap().unwrap();
+    let dave = store.user("dave").await.unwrap().unwrap();
+
+    // No passkey, no passwordless.
+    assert!(!store.set_passwordless(carol.id, true, 100).await.unwrap());
+    let k1 = passkey("k1", carol.id, "laptop", "cred-1");
+    assert_eq!(store.add_passkey(&k1).await.unwrap(), Ok(()));
+    assert_eq!(
+        store
+            .add_passkey(&passkey("k2", carol.id, "laptop", "cred-2"))
+            .await
+            .unwrap(),
+        Err(AddRefusal::NameTaken)
+    );
+    // The same authenticator for another user: refused.
+    assert_eq!(
+        store
+            .add_passkey(&passkey("k3", dave.id, "key", "cred-1"))
+            .await
+            .unwrap(),
+        Err(AddRefusal::CredentialTaken)
+    );
+    assert_eq!(store.passkeys(carol.id).await.unwrap(), vec![k1.clone()]);
+    let status = store.mfa_status(100).await.unwrap();
+    let of = |name: &str| {
+        status
+            .iter()
+            .find(|r| r.user == name)
+            .unwrap()
+            .passkey_since
+    };
+    assert_eq!((of("carol"), of("dave")), (Some(100), None));
+    assert!(store.passkeys(dave.id).await.unwrap().is_empty());
+
+    // The counter moves forward in the session's transaction, once per count.
+    let spend = |id: &'static str, count: i64, attempt: &'static str, sid: &'static str| {
+        let mut row = session(sid, carol.id, 4);
+        row.created_at = 200;
+        async move {
+            store
+                .insert_pending(&[pending(&format!("t-{sid}"), attempt, carol.id)])
+                .await
+                .unwrap();
+            store
+                .create_session_after_mfa(
+                    &row,
+                    "hash-a",
+                    &login(200, "ok"),
+                    &Finish {
+                        attempt,
+                        totp_step: None,
+                        recovery: None,
+                        passkey: Some(PasskeyUse {
+                            id,
+                            user_id: carol.id,
+                            credential: "{\"cred\":\"cred-1\",\"n\":5}",
+                            sign_count: count,
+                        }),
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(spend("k1", 5, "p1", "s1").await);
+    let row = &store.passkeys(carol.id).await.unwrap()[0];
+    assert_eq!((row.sign_count, row.last_used_at), (5, Some(200)));
+    assert!(row.credential.contains("\"n\":5"));
+    assert!(!spend("k1", 5, "p2", "s2").await, "the same count again");
+    assert!(!spend("k1", 3, "p3", "s3").await, "a count that went back");
+    assert!(!spend("k9", 9, "p4", "s4").await, "a removed passkey");
+    assert!(spend("k1", 6, "p5", "s5").await);
+
+    // Registrations: single use, per user, expiring.
+    store
+        .put_passkey_registration("r1", carol.id, "phone", "handle", "{}", 300)
+        .await
+        .unwrap();
+    assert!(store
+        .take_passkey_registration("r1", dave.id, 100)
+        .await
+        .unwrap()
+        .is_none());
+    let r = store
+        .take_passkey_registration("r1", carol.id, 100)
+        .await
+        .unwrap();
+    assert!(
+        r.is_none(),
+        "a wrong user's try uses the registration up too"
+    );
+    store
+        .put_passkey_registration("r2", carol.id, "phone", "handle", "{}", 300)
+        .await
+        .unwrap();
+    let r = store
+        .take_passkey_registration("r2", carol.id, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.user_handle.as_str()),
+        ("phone", "handle")
+    );
+    assert!(store
+        .take_passkey_registration("r2", carol.id, 100)
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .put_passkey_registration("r3", carol.id, "phone", "handle", "{}", 300)
+        .await
+        .unwrap();
+    assert!(store
+        .take_passkey_registration("r3", carol.id, 300)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Passwordless: on with a passkey, off with the last one.
+    assert!(store.set_passwordless(carol.id, true, 100).await.unwrap());
+    assert!(store.passwordless(carol.id).await.unwrap());
+    assert!(!store.remove_passkey(carol.id, "k9").await.unwrap());
+    assert!(
+        !store.remove_passkey(dave.id, "k1").await.unwrap(),
+        "not dave's"
+    );
+    assert!(store.remove_passkey(carol.id, "k1").await.unwrap());
+    assert!(!store.passwordless(carol.id).await.unwrap());
+
+    // The admin reset removes passkeys and the opt-in.
+    assert_eq!(
+        store
+            .add_passkey(&passkey("k4", carol.id, "a", "cred-4"))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .add_passkey(&passkey("k5", carol.id, "b", "cred-5"))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert!(store.set_passwordless(carol.id, true, 100).await.unwrap());
+    assert_eq!(store.reset_totp(carol.id, 400).await.unwrap(), (false, 2));
+    assert!(store.passkeys(carol.id).await.unwrap().is_empty());
+    assert!(!store.passwordless(carol.id).await.unwrap());
+}
+
+#[tokio::test]
 async fn vault_rows_on_both_backends() {
     on_both("vault_rows", |s| async move { vault_rows(&s).await }).await;
 }
@@ -195,6 +373,7 @@ async fn second_factor_rows(store: &Store) {
         email_sent_at: None,
         email_code_failures: 0,
         emails_sent: 0,
+        webauthn_state: Some("{\"challenge\":1}".into()),
     };
     store
         .insert_pending(std::slice::from_ref(&pending))
@@ -224,6 +403,7 @@ async fn second_factor_rows(store: &Store) {
                 level: 2,
                 email: Some("alice@example.org".into()),
                 totp_confirmed_at: Some(70),
+                passkey_since: None,
                 exempt_until: None,
             },
             MfaStatusRow {
@@ -231,6 +411,7 @@ async fn second_factor_rows(store: &Store) {
                 level: 4,
                 email: None,
                 totp_confirmed_at: None,
+                passkey_since: None,
                 exempt_until: Some(900),
             },
         ]
@@ -836,6 +1017,7 @@ fn pending(token: &str, attempt: &str, user_id: i64) -> PendingRow {
         email_sent_at: None,
         email_code_failures: 0,
         emails_sent: 0,
+        webauthn_state: None,
     }
 }
 
@@ -888,6 +1070,7 @@ async fn parallel_claims_on_two_nodes_never_exceed_their_limits() {
                         attempt: "a1",
                         totp_step: None,
                         recovery: None,
+                        passkey: None,
                     },
                 )
                 .await

@@ -5,9 +5,10 @@
 const $ = (id) => document.getElementById(id);
 let mfaToken = null;
 let enrollToken = null;
+let webauthnOptions = null;
 
 function show(id) {
-  for (const s of ["password-step", "totp-step", "recovery-step", "enroll-step", "codes-step", "email-step", "done"]) {
+  for (const s of ["password-step", "passkey-step", "totp-step", "recovery-step", "enroll-step", "codes-step", "email-step", "done"]) {
     $(s).hidden = s !== id;
   }
 }
@@ -53,8 +54,17 @@ async function afterPassword(data) {
   if (data.status === "ok") return loggedIn(data);
   if (data.status === "mfa_required") {
     mfaToken = data.mfa_token;
-    $("recovery-offer").hidden = !data.methods.includes("recovery");
-    if (data.methods.includes("totp")) { show("totp-step"); $("totp-code").focus(); }
+    webauthnOptions = data.webauthn || null;
+    const recovery = data.methods.includes("recovery");
+    $("recovery-offer").hidden = !recovery;
+    $("passkey-recovery-offer").hidden = !recovery;
+    $("totp-offer").hidden = !data.methods.includes("totp");
+    if (data.methods.includes("webauthn") && webauthnOptions && window.pbxguardPasskey
+        && window.pbxguardPasskey.supported()) {
+      show("passkey-step");
+      $("passkey-submit").focus();
+    } else if (data.methods.includes("totp")) { show("totp-step"); $("totp-code").focus(); }
+    else if (recovery && !data.methods.includes("email")) { show("recovery-step"); $("recovery-code").focus(); }
     else show("email-step");
     return;
   }
@@ -97,6 +107,32 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     $("password").value = "";
     await afterPassword(data);
+  }));
+  $("passkey-login").addEventListener("click", guard(async () => {
+    const username = $("username").value.trim();
+    if (!username) throw new Error("Enter your user name first.");
+    await afterPassword(await api("/api/v1/auth/passkey/login", { username }));
+  }));
+  $("passkey-submit").addEventListener("click", guard(async () => {
+    let credential;
+    try {
+      credential = await window.pbxguardPasskey.get(webauthnOptions);
+    } catch (e) {
+      throw new Error(e.name === "NotAllowedError"
+        ? "The passkey did not answer (cancelled, timed out, or not a passkey of this account)."
+        : e.message);
+    }
+    loggedIn(await api("/api/v1/auth/mfa", { mfa_token: mfaToken, method: "webauthn", credential }));
+  }));
+  $("use-totp").addEventListener("click", guard(async () => {
+    $("error").hidden = true;
+    show("totp-step");
+    $("totp-code").focus();
+  }));
+  $("passkey-use-recovery").addEventListener("click", guard(async () => {
+    $("error").hidden = true;
+    show("recovery-step");
+    $("recovery-code").focus();
   }));
   $("totp-step").addEventListener("submit", guard(async () => {
     loggedIn(await api("/api/v1/auth/mfa", {

@@ -50,6 +50,9 @@ pub struct MfaConfig {
     pub max_code_failures: u32,
     /// Shortest interval between two mailed codes for one login.
     pub email_resend_interval: Duration,
+    /// The passkeys' relying party id when it is not `public_url`'s host: a domain every
+    /// node's host is under (several hosts, one set of passkeys).
+    pub passkey_rp_id: Option<String>,
 }
 
 /// `[auth]` as serde reads it: every key optional, values unconverted.
@@ -78,6 +81,7 @@ pub(crate) struct RawMfa {
     enroll_token_ttl: Option<String>,
     max_code_failures: Option<i64>,
     email_resend_interval: Option<String>,
+    passkey_rp_id: Option<String>,
 }
 
 fn check_routes(c: &mut Checker, routes: &BTreeMap<String, String>) {
@@ -176,7 +180,16 @@ impl MfaConfig {
                 raw.email_resend_interval.as_deref(),
                 "30s",
             ),
+            passkey_rp_id: raw.passkey_rp_id.map(|d| d.to_ascii_lowercase()),
         };
+        if let Some(d) = &mfa.passkey_rp_id {
+            if !is_domain(d) {
+                c.bad(
+                    "mfa.passkey_rp_id",
+                    "must be a domain name such as example.com (not an IP address, no scheme or port)",
+                );
+            }
+        }
         if mfa.totp_issuer.contains(':') {
             c.bad(
                 "mfa.totp_issuer",
@@ -187,9 +200,53 @@ impl MfaConfig {
     }
 }
 
+/// A DNS name of at least two labels (browsers refuse IP addresses and bare TLDs as RP ids).
+fn is_domain(d: &str) -> bool {
+    d.len() <= 253
+        && d.split('.').count() >= 2
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !d.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Whether `host` is `domain` or a name under it.
+pub fn host_within(host: &str, domain: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host == domain || host.ends_with(&format!(".{domain}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_passkey_rp_id_is_a_domain() {
+        for good in ["example.com", "pbx.example.co.uk", "EXAMPLE.com"] {
+            let (cfg, problems) = mfa(&format!("passkey_rp_id = \"{good}\"\n"));
+            assert!(problems.is_empty(), "{good}: {problems:?}");
+            assert_eq!(cfg.passkey_rp_id, Some(good.to_ascii_lowercase()));
+        }
+        for bad in [
+            "com",
+            "192.0.2.1",
+            "https://example.com",
+            "example.com:8443",
+            "-a.example.com",
+            "a..b",
+        ] {
+            let (_, problems) = mfa(&format!("passkey_rp_id = \"{bad}\"\n"));
+            assert_eq!(problems, ["mfa.passkey_rp_id"], "{bad}");
+        }
+        assert!(host_within("pbx1.example.com", "example.com"));
+        assert!(host_within("example.com", "example.com"));
+        assert!(!host_within("badexample.com", "example.com"));
+        assert!(!host_within("example.com.evil.test", "example.com"));
+    }
 
     fn auth(text: &str) -> (AuthConfig, Vec<String>) {
         crate::problems::convert_section(text, AuthConfig::from_raw)

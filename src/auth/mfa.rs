@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod enroll;
 pub mod login;
+pub mod passkey;
 pub mod recovery;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -53,8 +54,34 @@ pub enum MfaError {
     BadCode,
     #[error("a recovery code is 12 letters and digits, as xxxx-xxxx-xxxx")]
     BadRecoveryCode,
-    #[error("recovery codes come with a second factor: set up TOTP first")]
+    #[error("recovery codes come with a second factor: set up TOTP or a passkey first")]
     NoSecondFactor,
+    #[error("passkeys need [http] public_url with a host name (browsers refuse an IP address)")]
+    NoRelyingParty,
+    #[error("a passkey name has 1 to 64 characters and no control characters")]
+    BadPasskeyName,
+    #[error("you already have a passkey of that name")]
+    PasskeyNameTaken,
+    #[error("this authenticator is registered already")]
+    PasskeyTaken,
+    #[error("at most 10 passkeys per user")]
+    TooManyPasskeys,
+    #[error("this registration is unknown, used or expired: start again")]
+    InvalidRegistration,
+    #[error("the authenticator's answer was not accepted")]
+    PasskeyRejected,
+    #[error("credential is not a WebAuthn credential as the browser gives it")]
+    BadCredential,
+    #[error("no such passkey")]
+    NoSuchPasskey,
+    #[error("passwordless login needs a passkey first")]
+    NoPasskey,
+    #[error("the passkey's signature counter went back (a copied authenticator?): refused")]
+    PasskeyCloned,
+    #[error("WebAuthn: {0}")]
+    Webauthn(String),
+    #[error("this account's passkeys belong to another host name and it has no other second factor here")]
+    NoUsableFactor,
     #[error("wrong password")]
     WrongPassword,
     #[error("this login is finished with: {methods}")]
@@ -104,6 +131,8 @@ pub struct Mfa<'a> {
     pub vault: &'a Vault,
     pub cfg: &'a MfaConfig,
     pub smtp: &'a SmtpConfig,
+    /// `[http] public_url`: the passkeys' relying party.
+    pub public_url: Option<&'a str>,
 }
 
 /// A fresh opaque token (43 characters of base64url).
@@ -136,6 +165,8 @@ pub enum Next {
     Mfa {
         token: String,
         methods: Vec<&'static str>,
+        /// The options for `navigator.credentials.get` when a passkey may finish the login.
+        webauthn: Option<serde_json::Value>,
     },
     Enroll {
         enroll_token: String,
@@ -160,10 +191,12 @@ pub fn email_allowed(cfg: &MfaConfig, email: Option<&str>, level: u8) -> bool {
 }
 
 /// What a correct password leads to for `user`: a session at once, a code, or enrollment. The
-/// pending rows that carry the login on are stored here.
+/// pending rows that carry the login on are stored here. `rp` is the passkeys' relying party
+/// (`None` when `public_url` can be none).
 pub async fn after_password(
     store: &Store,
     cfg: &MfaConfig,
+    rp: Option<&passkey::RelyingParty>,
     user: &UserRow,
     client: &Client,
     now: i64,
@@ -186,18 +219,39 @@ pub async fn after_password(
         email_sent_at: None,
         email_code_failures: 0,
         emails_sent: 0,
+        webauthn_state: None,
     };
-    if store.totp(user.id).await?.is_some() {
+    let totp = store.totp(user.id).await?.is_some();
+    let keys = store.passkeys(user.id).await?;
+    if totp || !keys.is_empty() {
         let token = new_token();
+        let mut methods = Vec::new();
+        if totp {
+            methods.push("totp");
+        }
+        let challenge = passkey::login_challenge(rp, &keys)?;
+        if challenge.is_some() {
+            methods.push("webauthn");
+        }
         // A recovery code finishes the login of a user who lost the phone, while one is left.
-        let mut methods = vec!["totp"];
         if store.recovery_codes(user.id).await?.1 > 0 {
             methods.push("recovery");
         }
-        store
-            .insert_pending(&[row("mfa", &methods.join(","), cfg.mfa_token_ttl, &token)])
-            .await?;
-        return Ok(Next::Mfa { token, methods });
+        if methods.is_empty() {
+            // Passkeys made for another host's name only: the password alone must not do.
+            return Err(MfaError::NoUsableFactor);
+        }
+        let mut pending = row("mfa", &methods.join(","), cfg.mfa_token_ttl, &token);
+        let webauthn = challenge.map(|c| {
+            pending.webauthn_state = Some(c.state);
+            c.options
+        });
+        store.insert_pending(&[pending]).await?;
+        return Ok(Next::Mfa {
+            token,
+            methods,
+            webauthn,
+        });
     }
     let exempt = store
         .exempt_until(user.id)

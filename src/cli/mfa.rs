@@ -23,12 +23,14 @@ pub enum OnOff {
 
 #[derive(Debug, Subcommand)]
 pub enum MfaCommand {
-    /// Every user's second factor (totp, email or none), enrollment time and exemption.
+    /// Every user's second factor (totp, passkey, totp+passkey, email or none), enrollment time
+    /// and exemption.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a user's TOTP and end the user's sessions (a lost phone).
+    /// Remove a user's TOTP, recovery codes and passkeys and end the user's sessions (a lost
+    /// phone).
     Reset { name: String },
     /// Show the policy, or force enrollment for every user with --force on.
     Policy {
@@ -77,8 +79,13 @@ async fn run_with(config: &Config, store: &Store, cmd: MfaCommand) -> anyhow::Re
             let r = admin::reset(store, &vault, notice(config), &actor(), &name, now)
                 .await
                 .map_err(|e| refusal(e, &name))?;
+            let passkeys = match r.passkeys {
+                0 => String::new(),
+                1 => ", 1 passkey removed".to_string(),
+                n => format!(", {n} passkeys removed"),
+            };
             println!(
-                "{}; {}'s sessions were ended",
+                "{}{passkeys}; {}'s sessions were ended",
                 if r.had_totp {
                     "TOTP removed"
                 } else {

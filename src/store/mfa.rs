@@ -25,9 +25,11 @@ pub struct PendingRow {
     pub email_sent_at: Option<i64>,
     pub email_code_failures: i64,
     pub emails_sent: i64,
+    /// The passkey challenge of an `mfa` row that may be finished with one.
+    pub webauthn_state: Option<String>,
 }
 
-const PENDING_COLUMNS: &str = "token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at, failures, used_at, email_code_hash, email_sent_at, email_code_failures, emails_sent";
+const PENDING_COLUMNS: &str = "token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at, failures, used_at, email_code_hash, email_sent_at, email_code_failures, emails_sent, webauthn_state";
 
 /// One user's second factor as admins see it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -38,6 +40,8 @@ pub struct MfaStatusRow {
     pub level: u8,
     pub email: Option<String>,
     pub totp_confirmed_at: Option<i64>,
+    /// When the user's first passkey still held was added.
+    pub passkey_since: Option<i64>,
     pub exempt_until: Option<i64>,
 }
 
@@ -49,6 +53,32 @@ pub struct Finish<'a> {
     pub totp_step: Option<(i64, i64)>,
     /// `(user id, code hash)`: the recovery code used, which must still be unused.
     pub recovery: Option<(i64, &'a str)>,
+    /// The passkey used, with its new counter: the counter must not have moved meanwhile.
+    pub passkey: Option<super::passkeys::PasskeyUse<'a>>,
+}
+
+/// `end_sessions!(tx, user_id, now)`: revokes the user's sessions, voids the user's pending
+/// logins and announces it, inside `tx` (a macro so that it compiles for either backend).
+macro_rules! end_sessions {
+    ($tx:expr, $user_id:expr, $now:expr) => {
+        $tx.exec(
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind($now)
+            .bind($user_id),
+        )
+        .await?;
+        $tx.exec(
+            sqlx::query(
+                "UPDATE mfa_pending SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
+            )
+            .bind($now)
+            .bind($user_id),
+        )
+        .await?;
+        $tx.announce(&super::changes::Change::Sessions).await?;
+    };
 }
 
 impl Store {
@@ -86,8 +116,10 @@ impl Store {
         })
     }
 
-    /// Removes a user's TOTP and revokes the user's sessions, in one transaction.
-    pub async fn reset_totp(&self, user_id: i64, now: i64) -> Result<bool, StoreError> {
+    /// Removes a user's second factors (TOTP, recovery codes, passkeys and the passwordless
+    /// opt-in) and revokes the user's sessions, in one transaction:
+    /// `(whether there was a TOTP, how many passkeys were removed)`.
+    pub async fn reset_totp(&self, user_id: i64, now: i64) -> Result<(bool, u64), StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
             let done = tx
@@ -95,21 +127,36 @@ impl Store {
                 .await?;
             tx.exec(sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1").bind(user_id))
                 .await?;
+            let keys = tx
+                .exec(sqlx::query("DELETE FROM passkeys WHERE user_id = $1").bind(user_id))
+                .await?;
+            tx.exec(sqlx::query("DELETE FROM passkey_passwordless WHERE user_id = $1").bind(user_id))
+                .await?;
+            tx.exec(sqlx::query("DELETE FROM passkey_registrations WHERE user_id = $1").bind(user_id))
+                .await?;
+            end_sessions!(tx, user_id, now);
+            tx.commit().await?;
+            Ok((done.rows_affected() == 1, keys.rows_affected()))
+        })
+    }
+
+    /// Removes the user's own TOTP (recovery codes too, unless a passkey remains) and revokes
+    /// the user's sessions, in one transaction; whether there was one.
+    pub async fn remove_totp(&self, user_id: i64, now: i64) -> Result<bool, StoreError> {
+        with_db!(self, db => {
+            let mut tx = db.begin_write().await?;
+            let done = tx
+                .exec(sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1").bind(user_id))
+                .await?;
             tx.exec(
                 sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                    "DELETE FROM mfa_recovery_codes WHERE user_id = $1
+                     AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
                 )
-                .bind(now)
                 .bind(user_id),
             )
             .await?;
-            tx.exec(
-                sqlx::query("UPDATE mfa_pending SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
-                    .bind(now)
-                    .bind(user_id),
-            )
-            .await?;
-            tx.announce(&super::changes::Change::Sessions).await?;
+            end_sessions!(tx, user_id, now);
             tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })
@@ -120,8 +167,8 @@ impl Store {
             let mut tx = db.begin_write().await?;
             for r in rows {
                 tx.exec(sqlx::query(
-                    "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO mfa_pending (token_hash, attempt, kind, user_id, password_hash, methods, ip, user_agent, created_at, expires_at, webauthn_state)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&r.token_hash)
                 .bind(&r.attempt)
@@ -132,7 +179,8 @@ impl Store {
                 .bind(&r.ip)
                 .bind(&r.user_agent)
                 .bind(r.created_at)
-                .bind(r.expires_at))
+                .bind(r.expires_at)
+                .bind(&r.webauthn_state))
                 .await?;
             }
             tx.commit().await?;
@@ -315,6 +363,12 @@ impl Store {
                     return Ok(false);
                 }
             }
+            if let Some(used) = &finish.passkey {
+                if !super::passkeys::spend!(tx, used, s.created_at) {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
             if !super::sessions::insert_session!(tx, self.node(), s, password_hash, history)? {
                 tx.rollback().await?;
                 return Ok(false);
@@ -472,6 +526,7 @@ impl Store {
         with_db!(self, db => {
             Ok(sqlx::query_as(
                 "SELECT u.name AS user_name, u.level, u.email, t.confirmed_at AS totp_confirmed_at,
+                     (SELECT MIN(p.created_at) FROM passkeys p WHERE p.user_id = u.id) AS passkey_since,
                      CASE WHEN e.until > $1 THEN e.until END AS exempt_until
                  FROM users u
                  LEFT JOIN mfa_totp t ON t.user_id = u.id
@@ -492,6 +547,8 @@ impl Store {
                 .exec(sqlx::query("DELETE FROM mfa_pending WHERE expires_at < $1").bind(before))
                 .await?;
             tx.exec(sqlx::query("DELETE FROM mfa_exemptions WHERE until < $1").bind(now))
+                .await?;
+            tx.exec(sqlx::query("DELETE FROM passkey_registrations WHERE expires_at < $1").bind(now))
                 .await?;
             tx.commit().await?;
             Ok(done.rows_affected())

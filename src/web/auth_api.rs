@@ -85,6 +85,7 @@ pub fn mfa<'a>(app: &'a App, config: &'a Config) -> Mfa<'a> {
         vault: &app.vault,
         cfg: &config.mfa,
         smtp: &config.smtp,
+        public_url: config.http.as_ref().map(|h| h.public_url.as_str()),
     }
 }
 
@@ -196,8 +197,17 @@ pub fn no_store(mut response: Response) -> Response {
 fn pending_body(next: Next) -> Option<serde_json::Value> {
     match next {
         Next::Session => None,
-        Next::Mfa { token, methods } => {
-            Some(json!({ "status": "mfa_required", "mfa_token": token, "methods": methods }))
+        Next::Mfa {
+            token,
+            methods,
+            webauthn,
+        } => {
+            let mut body =
+                json!({ "status": "mfa_required", "mfa_token": token, "methods": methods });
+            if let (Some(map), Some(options)) = (body.as_object_mut(), webauthn) {
+                map.insert("webauthn".into(), options);
+            }
+            Some(body)
         }
         Next::Enroll {
             enroll_token,
@@ -299,7 +309,16 @@ async fn login_steps(
         PasswordStep::Refused(r) => return Err(r.into()),
         PasswordStep::Verified(user) => user,
     };
-    let next = mfa::after_password(&app.store, &config.mfa, &user, client, now_unix()).await?;
+    let rp = mfa(app, &config).relying_party();
+    let next = mfa::after_password(
+        &app.store,
+        &config.mfa,
+        rp.as_ref(),
+        &user,
+        client,
+        now_unix(),
+    )
+    .await?;
     if let Some(body) = pending_body(next) {
         return Ok(no_store(Json(body).into_response()));
     }

@@ -225,7 +225,44 @@ impl From<MfaError> for ApiError {
             ),
             M::NoSecondFactor => conflict(
                 "no_second_factor",
-                "recovery codes come with a second factor: set up TOTP first",
+                "recovery codes come with a second factor: set up TOTP or a passkey first",
+            ),
+            M::NoRelyingParty => conflict(
+                "passkeys_unavailable",
+                "passkeys need [http] public_url with a host name (browsers refuse an IP address)",
+            ),
+            M::BadPasskeyName => bad(
+                "bad_name",
+                "a passkey name has 1 to 64 characters and no control characters".into(),
+            ),
+            M::PasskeyNameTaken => conflict("name_taken", "you already have a passkey of that name"),
+            M::PasskeyTaken => conflict("passkey_taken", "this authenticator is registered already"),
+            M::TooManyPasskeys => conflict("too_many_passkeys", "at most 10 passkeys per user"),
+            M::InvalidRegistration => bad(
+                "invalid_registration",
+                "this registration is unknown, used or expired: start again".into(),
+            ),
+            M::PasskeyRejected => bad(
+                "passkey_rejected",
+                "the authenticator's answer was not accepted (wrong site, no user verification, or not a passkey)".into(),
+            ),
+            M::BadCredential => bad(
+                "bad_credential",
+                "credential must be the WebAuthn credential the browser gave, as JSON (base64url fields)".into(),
+            ),
+            M::NoSuchPasskey => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such passkey")
+            }
+            M::NoPasskey => conflict("no_passkey", "passwordless login needs a passkey first"),
+            M::NoUsableFactor => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no_usable_factor",
+                "your passkeys belong to another host name and you have no other second factor here: log in on that host, or ask an administrator",
+            ),
+            M::PasskeyCloned => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "passkey_refused",
+                "this passkey's signature counter went back, as a copied authenticator's does: refused",
             ),
             M::WrongPassword => Refusal::InvalidCredentials.into(),
             M::MethodNotAllowed { methods } => bad(

@@ -35,7 +35,13 @@ use super::{ApiError, Peer};
 pub struct FinishBody {
     mfa_token: String,
     method: String,
-    code: String,
+    /// A TOTP, emailed or recovery code.
+    #[serde(default)]
+    code: Option<String>,
+    /// A passkey's assertion (`method` `webauthn`): the browser's `PublicKeyCredential` as
+    /// JSON, binary fields in base64url.
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
 }
 
 /// `POST /api/v1/auth/mfa`.
@@ -49,14 +55,32 @@ pub async fn finish(
     // The session is signed with the key that is current now, even if the CLI just replaced it.
     app.sync_auth().await;
     let config = app.config.load_full();
-    let attempt = CodeAttempt {
-        token: &body.mfa_token,
-        method: &body.method,
-        code: &body.code,
+    let m = mfa(&app, &config);
+    let issued = if body.method == "webauthn" {
+        let credential = body.credential.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "method webauthn needs credential (the browser's PublicKeyCredential as JSON)",
+            )
+        })?;
+        m.finish_passkey(&body.mfa_token, credential, &client, now_unix())
+            .await?
+    } else {
+        let code = body.code.as_deref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "code is missing",
+            )
+        })?;
+        let attempt = CodeAttempt {
+            token: &body.mfa_token,
+            method: &body.method,
+            code,
+        };
+        m.finish(attempt, &client, now_unix()).await?
     };
-    let issued = mfa(&app, &config)
-        .finish(attempt, &client, now_unix())
-        .await?;
     Ok(issued_response(&issued, &peer, &headers))
 }
 
@@ -159,7 +183,7 @@ pub async fn totp_confirm(
     }
 }
 
-fn codes_json(codes: &[Zeroizing<String>]) -> serde_json::Value {
+pub(super) fn codes_json(codes: &[Zeroizing<String>]) -> serde_json::Value {
     serde_json::Value::from(codes.iter().map(|c| c.as_str()).collect::<Vec<_>>())
 }
 
@@ -272,7 +296,7 @@ pub async fn admin_reset(
     .await?;
     warn!(user = %reset.user, by = %session.user, "2FA reset; the user's sessions were ended");
     Ok(Json(
-        json!({ "user": reset.user, "had_totp": reset.had_totp }),
+        json!({ "user": reset.user, "had_totp": reset.had_totp, "passkeys_removed": reset.passkeys }),
     ))
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod login_page;
 pub mod mfa_api;
+pub mod passkeys_api;
 pub mod recordings_api;
 pub mod server;
 pub mod settings_api;
@@ -24,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Extension, Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -80,6 +81,21 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route(
             "/api/v1/auth/recovery-codes",
             get(mfa_api::recovery_count).post(mfa_api::recovery_regenerate),
+        )
+        .route("/api/v1/auth/passkeys", get(passkeys_api::list))
+        .route(
+            "/api/v1/auth/passkeys/register",
+            post(passkeys_api::register_start),
+        )
+        .route(
+            "/api/v1/auth/passkeys/register/finish",
+            post(passkeys_api::register_finish),
+        )
+        .route("/api/v1/auth/passkeys/{id}", delete(passkeys_api::remove))
+        .route("/api/v1/auth/passwordless", put(passkeys_api::passwordless))
+        .route(
+            "/api/v1/auth/passkey/login",
+            post(passkeys_api::passkey_login),
         )
         .route("/api/v1/admin/mfa", get(mfa_api::admin_status))
         .route(

@@ -600,3 +600,49 @@ impl Env {
         );
     }
 }
+
+/// A browser run of `tests/browser/SCRIPT` (headless Chromium through Debian's selenium): its
+/// screenshot folder, emptied first, under the test target's tmp folder.
+pub struct BrowserRun {
+    pub shots: PathBuf,
+    script: &'static str,
+}
+
+impl BrowserRun {
+    pub fn new(script: &'static str, shots: &str) -> BrowserRun {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("screenshot folder");
+        BrowserRun { shots: dir, script }
+    }
+
+    /// Runs the script with `args` and fails the test with its output and the daemon's log
+    /// when it fails; its standard output when it passes.
+    pub fn run(&self, args: &[&std::ffi::OsStr], daemon: &Daemon) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/browser")
+            .join(self.script);
+        let out = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python3 with selenium");
+        assert!(
+            out.status.success(),
+            "browser run failed:\n{}\n{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Each screenshot is a real PNG with something drawn in it.
+    pub fn assert_shots(&self, names: &[&str]) {
+        for shot in names {
+            let png =
+                std::fs::read(self.shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
+            assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{shot}");
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub const MAX_EXEMPTION_SECS: i64 = 90 * 24 * 3600;
 #[derive(Debug, Serialize)]
 pub struct MfaStatusView {
     pub user: String,
-    /// `totp`, `email` or `none`.
+    /// `totp`, `passkey`, `totp+passkey`, `email` or `none`.
     pub method: &'static str,
     pub enrolled_at: Option<String>,
     pub exempt_until: Option<String>,
@@ -39,14 +39,18 @@ pub async fn status(
     Ok(rows
         .into_iter()
         .map(|r| MfaStatusView {
-            method: if r.totp_confirmed_at.is_some() {
-                "totp"
-            } else if email_allowed(cfg, r.email.as_deref(), r.level) {
-                "email"
-            } else {
-                "none"
+            method: match (r.totp_confirmed_at, r.passkey_since) {
+                (Some(_), Some(_)) => "totp+passkey",
+                (Some(_), None) => "totp",
+                (None, Some(_)) => "passkey",
+                (None, None) if email_allowed(cfg, r.email.as_deref(), r.level) => "email",
+                (None, None) => "none",
             },
-            enrolled_at: r.totp_confirmed_at.map(rfc3339),
+            enrolled_at: match (r.totp_confirmed_at, r.passkey_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(rfc3339),
             exempt_until: r.exempt_until.map(rfc3339),
             user: r.user,
         })
@@ -78,10 +82,12 @@ pub struct Reset {
     pub user: String,
     /// Whether the user had confirmed TOTP.
     pub had_totp: bool,
+    /// Passkeys removed with it.
+    pub passkeys: u64,
 }
 
-/// Removes a user's TOTP (and a pending enrollment) and ends the user's sessions (audited as
-/// `mfa.reset`).
+/// Removes a user's TOTP (and a pending enrollment), recovery codes, passkeys and the
+/// passwordless opt-in, and ends the user's sessions (audited as `mfa.reset`).
 pub async fn reset(
     store: &Store,
     vault: &Vault,
@@ -97,13 +103,44 @@ pub async fn reset(
             Err(e) => return Err(e.into()),
         }
     }
-    let had_totp = store.reset_totp(user.id, now).await?;
-    store.audit(actor, "mfa.reset", &user.name, "").await?;
+    let (had_totp, passkeys) = store.reset_totp(user.id, now).await?;
+    let detail = if passkeys > 0 {
+        format!("{passkeys} passkeys removed")
+    } else {
+        String::new()
+    };
+    store.audit(actor, "mfa.reset", &user.name, &detail).await?;
     notice.sessions_ended(store).await?;
     Ok(Reset {
         user: user.name,
         had_totp,
+        passkeys,
     })
+}
+
+/// The user's own removal of the authenticator app (from the account page, after the
+/// password): the TOTP secret goes, the recovery codes too unless a passkey remains, and the
+/// user's sessions end (audited as `mfa.totp.remove`). Passkeys stay.
+pub async fn remove_totp(
+    store: &Store,
+    vault: &Vault,
+    notice: Notice<'_>,
+    name: &str,
+    now: i64,
+) -> Result<bool, MfaError> {
+    let user = named_user(store, name).await?;
+    for secret in [totp_secret_name(user.id), pending_totp_secret_name(user.id)] {
+        match vault.remove(&secret).await {
+            Ok(()) | Err(VaultError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let had = store.remove_totp(user.id, now).await?;
+    store
+        .audit(&user.name, "mfa.totp.remove", &user.name, "")
+        .await?;
+    notice.sessions_ended(store).await?;
+    Ok(had)
 }
 
 /// Lets a user log in without enrolling until `until` (at most [`MAX_EXEMPTION_SECS`] away);

@@ -158,6 +158,7 @@ impl Mfa<'_> {
             attempt: &row.attempt,
             totp_step: None,
             recovery: None,
+            passkey: None,
         };
         match login::issue_session_after_mfa(self.gate, &user, client, &finish).await {
             // The codes only once the login stands: an answer that is not given shows none.

@@ -116,6 +116,7 @@ impl Mfa<'_> {
             attempt: &row.attempt,
             totp_step,
             recovery: recovery_hash.as_deref().map(|h| (user.id, h)),
+            passkey: None,
         };
         match login::issue_session_after_mfa(self.gate, user, client, &finish).await {
             Ok(issued) => {

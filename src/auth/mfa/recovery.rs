@@ -95,17 +95,9 @@ impl Mfa<'_> {
         client: &Client,
         now: i64,
     ) -> Result<Vec<Zeroizing<String>>, MfaError> {
-        let user = match login::check_password(self.gate, name, password, client).await? {
-            PasswordStep::Verified(user) => user,
-            PasswordStep::Refused(Refusal::Throttled { retry_after }) => {
-                return Err(MfaError::Throttled { retry_after })
-            }
-            PasswordStep::Refused(Refusal::InvalidCredentials) => {
-                return Err(MfaError::WrongPassword)
-            }
-            PasswordStep::Refused(Refusal::Disabled) => return Err(MfaError::NoSession),
-        };
-        if self.gate.store.totp(user.id).await?.is_none() {
+        let user = self.own_password(name, password, client).await?;
+        let store = self.gate.store;
+        if store.totp(user.id).await?.is_none() && store.passkeys(user.id).await?.is_empty() {
             return Err(MfaError::NoSecondFactor);
         }
         let codes = self.new_set(&user, now).await?;
@@ -135,8 +127,26 @@ impl Mfa<'_> {
         Ok(codes)
     }
 
+    /// The signed-in user `name`, once `password` is checked (throttled and recorded like a
+    /// login's password step).
+    pub(super) async fn own_password(
+        &self,
+        name: &str,
+        password: Zeroizing<String>,
+        client: &Client,
+    ) -> Result<UserRow, MfaError> {
+        match login::check_password(self.gate, name, password, client).await? {
+            PasswordStep::Verified(user) => Ok(user),
+            PasswordStep::Refused(Refusal::Throttled { retry_after }) => {
+                Err(MfaError::Throttled { retry_after })
+            }
+            PasswordStep::Refused(Refusal::InvalidCredentials) => Err(MfaError::WrongPassword),
+            PasswordStep::Refused(Refusal::Disabled) => Err(MfaError::NoSession),
+        }
+    }
+
     /// Mails `text` to the user, in the background (a failure is logged; the step stands).
-    fn tell_user(&self, user: &UserRow, what: &str, text: String) {
+    pub(super) fn tell_user(&self, user: &UserRow, what: &str, text: String) {
         let Some(address) = user.email.clone().filter(|e| !e.is_empty()) else {
             return;
         };
@@ -144,7 +154,7 @@ impl Mfa<'_> {
         let (smtp, vault, name) = (self.smtp.clone(), self.vault.clone(), user.name.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::mail::send(&smtp, &vault, &address, &subject, text).await {
-                tracing::error!(error = %e, user = %name, "mailing a recovery code notice failed");
+                tracing::error!(error = %e, user = %name, "mailing a second-factor notice failed");
             }
         });
     }

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::auth::admin::{self, HistoryView, SessionView};
 use crate::auth::login::{self, PasswordStep, Refusal};
 use crate::auth::mfa::enroll::{Confirmed, Enroller};
+use crate::auth::mfa::passkey::PasskeyView;
 use crate::auth::mfa::MfaError;
 use crate::auth::password::{self, Rules};
 use crate::auth::roles::Role;
@@ -38,6 +39,10 @@ struct AccountPage {
     totp_since: Option<String>,
     recovery_left: i64,
     recovery_total: i64,
+    passkeys: Vec<PasskeyView>,
+    passwordless: bool,
+    /// Whether `[http] public_url` can be a passkeys' relying party.
+    passkeys_available: bool,
     sessions: Vec<SessionView>,
     current: String,
     history: Vec<HistoryView>,
@@ -61,6 +66,16 @@ const NOTICES: &[(&str, &str)] = &[
     ("revoked", "That session is signed out."),
     ("others", "Every other session is signed out."),
     ("totp", "Your authenticator app is set up."),
+    ("passkey", "Your passkey is added."),
+    ("passkey-removed", "That passkey is removed."),
+    (
+        "passwordless-on",
+        "You can now log in with a passkey alone.",
+    ),
+    (
+        "passwordless-off",
+        "Logging in now takes your password again.",
+    ),
 ];
 
 #[derive(Template)]
@@ -168,9 +183,8 @@ pub async fn totp_remove(
         Err(r) => return r,
     };
     let notice = Notice::Daemon(&app.auth.sessions);
-    let actor = format!("web:{name}");
     if let Err(e) =
-        crate::auth::mfa::admin::reset(&app.store, &app.vault, notice, &actor, &name, now_unix())
+        crate::auth::mfa::admin::remove_totp(&app.store, &app.vault, notice, &name, now_unix())
             .await
     {
         return failure(&e);
@@ -208,6 +222,23 @@ async fn build(app: &App, v: Visitor) -> Result<AccountPage, crate::store::Store
         ),
         None => (None, (0, 0)),
     };
+    let (passkeys, passwordless) = match &user {
+        Some(u) => (
+            store
+                .passkeys(u.id)
+                .await?
+                .iter()
+                .map(PasskeyView::from)
+                .collect(),
+            store.passwordless(u.id).await?,
+        ),
+        None => (Vec::new(), false),
+    };
+    let passkeys_available = crate::auth::mfa::passkey::relying_party(
+        config.http.as_ref().map(|h| h.public_url.as_str()),
+        &config.mfa,
+    )
+    .is_ok();
     let sessions = admin::sessions(store, &config.auth, Some(&v.session.user), now_unix()).await?;
     let history = store
         .history(Some(&v.session.user), HISTORY)
@@ -220,6 +251,9 @@ async fn build(app: &App, v: Visitor) -> Result<AccountPage, crate::store::Store
         totp_since,
         recovery_left,
         recovery_total,
+        passkeys,
+        passwordless,
+        passkeys_available,
         sessions,
         current: v.session.id.to_string(),
         history,
@@ -338,12 +372,109 @@ pub async fn regenerate_codes(
             account_page(&app, v, StatusCode::TOO_MANY_REQUESTS).await
         }
         Err(MfaError::NoSecondFactor) => {
-            v.nav.error =
-                Some("Recovery codes come with an authenticator app; set one up first.".into());
+            v.nav.error = Some(
+                "Recovery codes come with an authenticator app or a passkey; set one up first."
+                    .into(),
+            );
             account_page(&app, v, StatusCode::CONFLICT).await
         }
         Err(e) => failure(&e),
     }
+}
+
+#[derive(Deserialize)]
+pub struct PasskeyRemoveForm {
+    csrf: String,
+    id: String,
+    password: String,
+}
+
+/// Removes one of the visitor's passkeys, with the password.
+pub async fn passkey_remove(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<PasskeyRemoveForm>,
+) -> Response {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let config = app.config.load_full();
+    let client = client(&app, &peer, &headers);
+    let name = v.session.user.to_string();
+    let password = Zeroizing::new(form.password);
+    let removed = mfa(&app, &config)
+        .passkey_remove(&name, password, &form.id, &client)
+        .await;
+    passkey_answer(&app, v, removed.map(|()| "/account?done=passkey-removed")).await
+}
+
+#[derive(Deserialize)]
+pub struct PasswordlessForm {
+    csrf: String,
+    /// `on` or `off`.
+    enabled: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// Turns the visitor's passwordless login on (with the password) or off.
+pub async fn passwordless(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordlessForm>,
+) -> Response {
+    let v = match form_visitor(&app, &headers, PATH, Role::Agent, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let on = match form.enabled.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return plain(StatusCode::BAD_REQUEST, "enabled is on or off"),
+    };
+    let config = app.config.load_full();
+    let client = client(&app, &peer, &headers);
+    let name = v.session.user.to_string();
+    let password = (!form.password.is_empty()).then(|| Zeroizing::new(form.password));
+    let done = mfa(&app, &config)
+        .set_passwordless(&name, on, password, &client, now_unix())
+        .await;
+    let to = |now_on: bool| {
+        if now_on {
+            "/account?done=passwordless-on"
+        } else {
+            "/account?done=passwordless-off"
+        }
+    };
+    passkey_answer(&app, v, done.map(to)).await
+}
+
+/// Where a passkey form leads: on to `Ok(path)`, or the account page with the refusal.
+async fn passkey_answer(
+    app: &App,
+    mut v: Visitor,
+    outcome: Result<&'static str, MfaError>,
+) -> Response {
+    let (message, status) = match outcome {
+        Ok(path) => return see_other(path),
+        Err(MfaError::WrongPassword) => (
+            "The password is wrong.".to_string(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        Err(MfaError::Throttled { .. }) => (
+            "Too many failed attempts; try again later.".to_string(),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        Err(e @ (MfaError::NoSuchPasskey | MfaError::NoPasskey)) => {
+            (capitalised(&e.to_string()), StatusCode::CONFLICT)
+        }
+        Err(e) => return failure(&e),
+    };
+    v.nav.error = Some(message);
+    account_page(app, v, status).await
 }
 
 #[derive(Deserialize)]

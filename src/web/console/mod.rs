@@ -40,6 +40,9 @@ pub fn routes() -> Router<Arc<App>> {
         )
         .route("/account/totp/remove", post(account::totp_remove))
         .route("/account/recovery-codes", post(account::regenerate_codes))
+        .route("/account/passkeys/remove", post(account::passkey_remove))
+        .route("/account/passwordless", post(account::passwordless))
+        .route("/console/passkeys.js", get(passkeys_script))
         .route("/account/sessions/revoke", post(account::revoke_one))
         .route(
             "/account/sessions/revoke-others",
@@ -131,6 +134,19 @@ pub fn secure(mut response: Response) -> Response {
 
 async fn style() -> Response {
     secure(([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response())
+}
+
+/// The one script: passkeys for the account page and the login page.
+const PASSKEYS_JS: &str = include_str!("../../../assets/console/passkeys.js");
+
+async fn passkeys_script() -> Response {
+    secure(
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            PASSKEYS_JS,
+        )
+            .into_response(),
+    )
 }
 
 /// A rendered template with `status`; a template that fails to render is a 500 page.
