@@ -397,7 +397,7 @@ fn a_shared_relying_party_id_covers_every_host_under_it() {
     let config = env
         .config_text(env.http_port, env.redirect_port, "")
         .replace("https://localhost:", "https://pbx1.example.test:")
-        + "\n[mfa]\npasskey_rp_id = \"example.test\"\n";
+        + "\n[mfa]\npasskey_rp_id = \"example.test\"\npasskey_origins = [\"https://pbx.example.test\", \"https://pbx2.example.test:8443\"]\n";
     env.write_config(&config);
     env.init();
     env.add_user("ana", 4, PW);
@@ -416,4 +416,9 @@ fn a_shared_relying_party_id_covers_every_host_under_it() {
     let out = env.run(&["check-config"], b"");
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     assert!(text(&out).contains("mfa.passkey_rp_id"), "{}", text(&out));
+    // Every other origin is named and under the domain (no "any subdomain").
+    env.write_config(&config.replace("https://pbx.example.test\"", "https://pbx.example.org\""));
+    let out = env.run(&["check-config"], b"");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("mfa.passkey_origins"), "{}", text(&out));
 }

@@ -199,9 +199,23 @@ async fn passkey_rows(store: &Store) {
         .unwrap()
         .is_none());
 
-    // Passwordless: on with a passkey, off with the last one.
+    // Passwordless: on with a passkey; off voids the passwordless logins already started.
     assert!(store.set_passwordless(carol.id, true, 100).await.unwrap());
     assert!(store.passwordless(carol.id).await.unwrap());
+    let mut started = pending("t-pwl", "pwl", carol.id);
+    started.methods = "webauthn".into();
+    store.insert_pending(&[started]).await.unwrap();
+    assert!(!store.set_passwordless(carol.id, false, 150).await.unwrap());
+    assert_eq!(
+        store.pending("t-pwl").await.unwrap().unwrap().used_at,
+        Some(150)
+    );
+    // The last passkey ends the opt-in, and (with no TOTP) the recovery codes.
+    assert!(store.set_passwordless(carol.id, true, 100).await.unwrap());
+    store
+        .replace_recovery_codes(carol.id, &["c1".into(), "c2".into()], 100)
+        .await
+        .unwrap();
     assert!(!store.remove_passkey(carol.id, "k9").await.unwrap());
     assert!(
         !store.remove_passkey(dave.id, "k1").await.unwrap(),
@@ -209,6 +223,7 @@ async fn passkey_rows(store: &Store) {
     );
     assert!(store.remove_passkey(carol.id, "k1").await.unwrap());
     assert!(!store.passwordless(carol.id).await.unwrap());
+    assert_eq!(store.recovery_codes(carol.id).await.unwrap(), (0, 0));
 
     // The admin reset removes passkeys and the opt-in.
     assert_eq!(
@@ -229,6 +244,23 @@ async fn passkey_rows(store: &Store) {
     assert_eq!(store.reset_totp(carol.id, 400).await.unwrap(), (false, 2));
     assert!(store.passkeys(carol.id).await.unwrap().is_empty());
     assert!(!store.passwordless(carol.id).await.unwrap());
+
+    // A new password (an admin's after a compromise, say) ends passwordless logins.
+    assert_eq!(
+        store
+            .add_passkey(&passkey("k6", carol.id, "c", "cred-6"))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert!(store.set_passwordless(carol.id, true, 500).await.unwrap());
+    store.set_user_password("carol", "hash-new").await.unwrap();
+    assert!(!store.passwordless(carol.id).await.unwrap());
+    assert_eq!(
+        store.passkeys(carol.id).await.unwrap().len(),
+        1,
+        "the passkey stays"
+    );
 }
 
 #[tokio::test]

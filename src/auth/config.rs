@@ -53,6 +53,9 @@ pub struct MfaConfig {
     /// The passkeys' relying party id when it is not `public_url`'s host: a domain every
     /// node's host is under (several hosts, one set of passkeys).
     pub passkey_rp_id: Option<String>,
+    /// Browser origins besides `public_url`'s that may finish a passkey ceremony (the other
+    /// hosts and a load balancer's name; each under `passkey_rp_id`).
+    pub passkey_origins: Vec<String>,
 }
 
 /// `[auth]` as serde reads it: every key optional, values unconverted.
@@ -82,6 +85,7 @@ pub(crate) struct RawMfa {
     max_code_failures: Option<i64>,
     email_resend_interval: Option<String>,
     passkey_rp_id: Option<String>,
+    passkey_origins: Option<Vec<String>>,
 }
 
 fn check_routes(c: &mut Checker, routes: &BTreeMap<String, String>) {
@@ -181,7 +185,27 @@ impl MfaConfig {
                 "30s",
             ),
             passkey_rp_id: raw.passkey_rp_id.map(|d| d.to_ascii_lowercase()),
+            passkey_origins: raw
+                .passkey_origins
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
         };
+        for o in &mfa.passkey_origins {
+            let host = origin_host(o);
+            match (&mfa.passkey_rp_id, host) {
+                (Some(domain), Some(h)) if host_within(h, domain) => {}
+                (None, _) => c.bad(
+                    "mfa.passkey_origins",
+                    "needs mfa.passkey_rp_id (the domain every origin is under)",
+                ),
+                _ => c.bad(
+                    "mfa.passkey_origins",
+                    format!("{o:?} must be https://HOST[:PORT] with HOST under mfa.passkey_rp_id"),
+                ),
+            }
+        }
         if let Some(d) = &mfa.passkey_rp_id {
             if !is_domain(d) {
                 c.bad(
@@ -214,6 +238,20 @@ fn is_domain(d: &str) -> bool {
         && !d.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
+/// The host of an `https://HOST[:PORT]` origin (no path, no user part).
+pub fn origin_host(origin: &str) -> Option<&str> {
+    let rest = origin.strip_prefix("https://")?;
+    if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    let host = match rest.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h,
+        Some(_) => return None,
+        None => rest,
+    };
+    is_domain(host).then_some(host)
+}
+
 /// Whether `host` is `domain` or a name under it.
 pub fn host_within(host: &str, domain: &str) -> bool {
     let host = host.to_ascii_lowercase();
@@ -242,6 +280,30 @@ mod tests {
             let (_, problems) = mfa(&format!("passkey_rp_id = \"{bad}\"\n"));
             assert_eq!(problems, ["mfa.passkey_rp_id"], "{bad}");
         }
+        let with_origins = |o: &str| {
+            mfa(&format!(
+                "passkey_rp_id = \"example.com\"\npasskey_origins = [{o}]\n"
+            ))
+        };
+        let (cfg, problems) =
+            with_origins("\"https://pbx.example.com\", \"https://PBX2.example.com:8443/\"");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            cfg.passkey_origins,
+            ["https://pbx.example.com", "https://pbx2.example.com:8443"]
+        );
+        for bad in [
+            "\"http://pbx.example.com\"",
+            "\"https://pbx.example.org\"",
+            "\"https://pbx.example.com/login\"",
+            "\"https://192.0.2.1\"",
+            "\"https://pbx.example.com:x\"",
+        ] {
+            let (_, problems) = with_origins(bad);
+            assert_eq!(problems, ["mfa.passkey_origins"], "{bad}");
+        }
+        let (_, problems) = mfa("passkey_origins = [\"https://pbx.example.com\"]\n");
+        assert_eq!(problems, ["mfa.passkey_origins"]);
         assert!(host_within("pbx1.example.com", "example.com"));
         assert!(host_within("example.com", "example.com"));
         assert!(!host_within("badexample.com", "example.com"));

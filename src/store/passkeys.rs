@@ -131,7 +131,8 @@ impl Store {
         })
     }
 
-    /// Removes one of a user's passkeys; the passwordless opt-in ends with the last one.
+    /// Removes one of a user's passkeys; the passwordless opt-in ends with the last one, and
+    /// the recovery codes with the last second factor.
     pub async fn remove_passkey(&self, user_id: i64, id: &str) -> Result<bool, StoreError> {
         with_db!(self, db => {
             let mut tx = db.begin_write().await?;
@@ -146,6 +147,17 @@ impl Store {
                 sqlx::query(
                     "DELETE FROM passkey_passwordless WHERE user_id = $1
                      AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)",
+                )
+                .bind(user_id),
+            )
+            .await?;
+            // Codes of a user with no second factor left would come back to life with the
+            // next one.
+            tx.exec(
+                sqlx::query(
+                    "DELETE FROM mfa_recovery_codes WHERE user_id = $1
+                     AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)
+                     AND NOT EXISTS (SELECT 1 FROM mfa_totp WHERE user_id = $1)",
                 )
                 .bind(user_id),
             )
@@ -250,6 +262,16 @@ impl Store {
                 tx.exec(
                     sqlx::query("DELETE FROM passkey_passwordless WHERE user_id = $1")
                         .bind(user_id),
+                )
+                .await?;
+                // Passwordless logins already started end with the opt-in.
+                tx.exec(
+                    sqlx::query(
+                        "UPDATE mfa_pending SET used_at = $1
+                         WHERE user_id = $2 AND methods = 'webauthn' AND used_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(user_id),
                 )
                 .await?;
             }

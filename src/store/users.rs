@@ -129,6 +129,12 @@ impl Store {
                 Value::OptText(v) => query.bind(v),
             };
             tx.exec(query.bind(now).bind(id)).await?;
+            if set == "password_hash" {
+                // A new password (the user's or an admin's, after a compromise) also ends
+                // logging in with a passkey alone: the owner turns it on again.
+                tx.exec(sqlx::query("DELETE FROM passkey_passwordless WHERE user_id = $1").bind(id))
+                    .await?;
+            }
             let revoked = if end_sessions {
                 revoke_in_tx!(tx, id, now)?
             } else {

@@ -71,12 +71,19 @@ pub fn relying_party(public_url: Option<&str>, cfg: &MfaConfig) -> Result<Relyin
     };
     let origin =
         Url::parse(&url.origin().ascii_serialization()).map_err(|_| MfaError::NoRelyingParty)?;
+    // The other hosts' and a load balancer's origins: named one by one (checked to be under
+    // the RP id when the configuration was read), never "any subdomain".
+    let others: Vec<Url> = cfg
+        .passkey_origins
+        .iter()
+        .filter_map(|o| Url::parse(o).ok())
+        .collect();
     WebauthnBuilder::new(&rp_id, &origin)
         .and_then(|b| {
-            b.rp_name(&cfg.totp_issuer)
-                .timeout(CEREMONY_TIMEOUT)
-                // With a shared RP id, a passkey made on one host's origin is used on another's.
-                .allow_subdomains(cfg.passkey_rp_id.is_some())
+            let b = b.rp_name(&cfg.totp_issuer).timeout(CEREMONY_TIMEOUT);
+            others
+                .iter()
+                .fold(b, |b, o| b.append_allowed_origin(o))
                 .build()
         })
         .map(|webauthn| RelyingParty {
@@ -374,6 +381,19 @@ impl Mfa<'_> {
             .audit(&user.name, "mfa.passkey.remove", &user.name, &row.name)
             .await?;
         tracing::info!(user = %user.name, "passkey removed");
+        self.tell_user(
+            &user,
+            "a passkey was removed",
+            format!(
+                "The passkey named \"{key}\" was removed from {name} from {ip} at {at}.\n\n\
+                 If this was not you, someone has your password and a signed-in session: tell \
+                 your administrator at once.\n",
+                key = row.name,
+                name = user.name,
+                ip = client.ip,
+                at = rfc3339(now_unix()),
+            ),
+        );
         Ok(())
     }
 
@@ -430,6 +450,17 @@ impl Mfa<'_> {
             });
         }
         let account = typed.replace('\0', "\u{FFFD}").to_ascii_lowercase();
+        // The password step's lockout, by the typed name and the address, for every name
+        // alike (a locked name answers 429 whether it exists or not).
+        match gate
+            .auth
+            .pending
+            .admit(gate.store, gate.cfg, &account, &client.ip, now)
+            .await?
+        {
+            Ok(ticket) => gate.auth.pending.release(ticket).await,
+            Err(retry_after) => return Err(MfaError::Throttled { retry_after }),
+        }
         let store = gate.store;
         let user = store.user(&account).await?.filter(|u| !u.disabled);
         if let Some(user) = user {
