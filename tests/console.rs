@@ -163,7 +163,20 @@ fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
         ("/account/sessions/revoke-others", vec![]),
         ("/account/logout", vec![]),
         ("/admin/settings", vec![("lockout_threshold", "2")]),
+        (
+            "/account/passkeys/remove",
+            vec![("id", "ab01"), ("password", PW)],
+        ),
+        (
+            "/account/passwordless",
+            vec![("enabled", "on"), ("password", PW)],
+        ),
     ];
+    // A passkey the refused forms would remove or turn into the only factor.
+    env.sql(
+        "INSERT INTO passkeys (id, user_id, name, rp_id, credential_id, user_handle, credential, sign_count, created_at)
+         SELECT 'ab01', id, 'key', 'localhost', 'Y3JlZA', 'h', '{}', 0, 1 FROM users WHERE name = 'root'",
+    );
     for (path, fields) in &forms {
         for bad in [None, Some(""), Some("00"), Some(foreign.as_str())] {
             let mut form: Vec<(&str, &str)> = fields.clone();
@@ -181,9 +194,13 @@ fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
     assert_eq!(env.check(&root, &[]).status, 200);
     assert_eq!(env.check(&other, &[]).status, 200);
     assert_eq!(env.sql("SELECT COUNT(*) FROM settings"), "0");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM passkeys"), "1");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM passkey_passwordless"), "0");
+    // (The stand-in passkey holds no usable key: out of the way of the password check.)
+    env.sql("DELETE FROM passkeys");
     assert_eq!(env.login("root", PW, &[]).status, 200);
     assert_eq!(
-        env.sql("SELECT COUNT(*) FROM audit_log WHERE action IN ('user.passwd', 'session.revoke', 'settings.set')"),
+        env.sql("SELECT COUNT(*) FROM audit_log WHERE action IN ('user.passwd', 'session.revoke', 'settings.set', 'mfa.passkey.remove', 'mfa.passwordless.on')"),
         "0"
     );
 }

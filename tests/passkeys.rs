@@ -345,6 +345,48 @@ fn passkey_endpoints_refuse_bad_input_clearly_and_change_nothing() {
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.json()["error"], "no_usable_factor", "{r:?}");
     assert_eq!(sessions(), before, "no session for the refused login");
+
+    // The account page's forms: passwordless on (the password needed), then the passkey
+    // removed, which ends the opt-in.
+    let cookie = format!("Cookie: pbxguard_session={token}");
+    let form = |path: &str, body: &str| {
+        env.request(
+            "POST",
+            path,
+            &[&cookie, "Content-Type: application/x-www-form-urlencoded"],
+            Some(body),
+        )
+    };
+    let at = page.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &page.body[at..at + page.body[at..].find('"').unwrap()];
+    let r = form(
+        "/account/passwordless",
+        &format!("csrf={csrf}&enabled=on&password=wrong+password+here"),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let pw = PW.replace(' ', "+");
+    let r = form(
+        "/account/passwordless",
+        &format!("csrf={csrf}&enabled=on&password={pw}"),
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM passkey_passwordless"), "1");
+    let r = form(
+        "/account/passkeys/remove",
+        &format!("csrf={csrf}&id=nope&password={pw}"),
+    );
+    assert_eq!(r.status, 409, "{r:?}");
+    let r = form(
+        "/account/passkeys/remove",
+        &format!("csrf={csrf}&id=aa11&password={pw}"),
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/account?done=passkey-removed")
+    );
+    assert_eq!(env.sql("SELECT COUNT(*) FROM passkeys"), "0");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM passkey_passwordless"), "0");
 }
 
 /// A `public_url` with an IP address can be no relying party: passkeys are unavailable, said
