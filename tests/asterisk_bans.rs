@@ -500,7 +500,7 @@ impl Site {
             None,
             "pbx-ns",
             &format!(
-                "[ami]\nlisten = \"[::]:{gw_port}\"\nupstream = \"127.0.0.1:{}\"\n\
+                "[ami]\nlisten = \"[::]:{gw_port}\"\nallow_plaintext = true\nupstream = \"127.0.0.1:{}\"\n\
                  upstream_timeout = \"3s\"\n\n\
                  [bans]\nfirewall = \"nftables\"\nthreshold = 3\nwindow = \"1m\"\n",
                 ast.ami_port

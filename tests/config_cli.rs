@@ -217,3 +217,37 @@ fn audit_log_lists_rows_newest_first_filtered_by_action() {
     let out = env.run(&["audit", "log", "--limit", "0"], b"");
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
 }
+
+/// Plain AMI where other hosts reach it: refused by `check-config` (exit 64, naming
+/// `ami.listen`) unless TLS is configured or the admin says `allow_plaintext = true`.
+#[test]
+fn plain_ami_off_loopback_is_refused_unless_tls_or_allowed() {
+    let env = Env::new();
+    env.init();
+    let good = env.config_text(env.http_port, env.redirect_port, "");
+    let cert = env.cert().display().to_string();
+    let key = env.path("etc/tls/key.pem").display().to_string();
+    let with = |ami: &str| {
+        env.write_config(&format!("{good}\n[ami]\n{ami}\n"));
+        env.run(&["check-config"], b"")
+    };
+    for listen in ["0.0.0.0:5039", "[::]:5039", "192.0.2.10:5039"] {
+        let out = with(&format!("listen = \"{listen}\""));
+        assert_eq!(out.status.code(), Some(64), "{listen}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ami.listen")
+                && err.contains("allow_plaintext")
+                && err.contains("tls_cert"),
+            "{err}"
+        );
+        let out = with(&format!("listen = \"{listen}\"\nallow_plaintext = true"));
+        assert_eq!(out.status.code(), Some(0), "{listen}: {}", text(&out));
+        let out = with(&format!(
+            "listen = \"{listen}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""
+        ));
+        assert_eq!(out.status.code(), Some(0), "{listen}: {}", text(&out));
+    }
+    let out = with("listen = \"127.0.0.1:5039\"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

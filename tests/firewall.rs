@@ -51,6 +51,7 @@ fn site(bans: &str) -> Option<Site> {
         "{base}
 [ami]
 listen = \"[::]:{ami}\"
+allow_plaintext = true
 upstream = \"127.0.0.1:{}\"
 upstream_timeout = \"2s\"
 
@@ -209,6 +210,14 @@ fn a_banned_client_is_dropped_by_the_kernel_on_every_listener_until_lifted() {
         s.all_connect(None, s.v4()),
         [Probe::Connected; 3],
         "before the ban"
+    );
+    // Plain AMI where other hosts reach it runs only with the admin's explicit yes, and says
+    // what it costs at every start.
+    assert!(
+        s.log()
+            .contains("the AMI gateway listens without TLS where other hosts reach it"),
+        "{}",
+        s.log()
     );
 
     let t = Instant::now();

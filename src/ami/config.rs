@@ -13,6 +13,9 @@ pub struct AmiConfig {
     pub listen: SocketAddr,
     /// Optional TLS towards clients (AMI over TLS, as Asterisk's `tlsenable`).
     pub tls: Option<TlsFiles>,
+    /// The admin's explicit yes to plain AMI on an address other hosts reach (secrets and
+    /// call events in clear text); warned about at every start.
+    pub allow_plaintext: bool,
     pub upstream: SocketAddr,
     pub upstream_username: String,
     pub upstream_secret: String,
@@ -47,6 +50,7 @@ pub(crate) struct RawAmi {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
     upstream: Option<String>,
     upstream_username: Option<String>,
     upstream_secret: Option<String>,
@@ -70,6 +74,7 @@ impl AmiConfig {
         let cfg = AmiConfig {
             listen: c.addr("ami.listen", a.listen.as_deref(), "127.0.0.1:5039"),
             tls: c.tls_pair("ami", a.tls_cert, a.tls_key),
+            allow_plaintext: a.allow_plaintext.unwrap_or(false),
             upstream: c.addr("ami.upstream", a.upstream.as_deref(), "127.0.0.1:5038"),
             upstream_timeout: c.duration(
                 "ami.upstream_timeout",
@@ -110,7 +115,21 @@ impl AmiConfig {
             "ami.upstream_secret",
             crate::vault::check_configured_name(&cfg.upstream_secret),
         );
+        if cfg.plaintext_off_loopback() && !cfg.allow_plaintext {
+            c.bad(
+                "ami.listen",
+                format!(
+                    "plain AMI (no tls_cert/tls_key) on {}, which other hosts reach, sends client secrets and call events in clear text: add tls_cert and tls_key, listen on loopback, or set ami.allow_plaintext = true",
+                    cfg.listen
+                ),
+            );
+        }
         cfg
+    }
+
+    /// Whether clients on other hosts would talk to the gateway without TLS.
+    pub fn plaintext_off_loopback(&self) -> bool {
+        self.tls.is_none() && !self.listen.ip().to_canonical().is_loopback()
     }
 }
 
@@ -120,6 +139,32 @@ mod tests {
 
     fn convert(text: &str) -> (AmiConfig, Vec<String>) {
         crate::problems::convert_section(text, AmiConfig::from_raw)
+    }
+
+    #[test]
+    fn plain_ami_off_loopback_needs_tls_or_an_explicit_yes() {
+        for listen in [
+            "0.0.0.0:5039",
+            "[::]:5039",
+            "192.0.2.10:5039",
+            "[::ffff:192.0.2.10]:5039",
+        ] {
+            let (_, problems) = convert(&format!("listen = \"{listen}\"\n"));
+            assert_eq!(problems, ["ami.listen"], "{listen}");
+            let (cfg, problems) =
+                convert(&format!("listen = \"{listen}\"\nallow_plaintext = true\n"));
+            assert!(problems.is_empty(), "{listen}: {problems:?}");
+            assert!(cfg.allow_plaintext && cfg.plaintext_off_loopback());
+        }
+        for listen in ["127.0.0.1:5039", "[::1]:5039", "[::ffff:127.0.0.1]:5039"] {
+            let (cfg, problems) = convert(&format!("listen = \"{listen}\"\n"));
+            assert!(problems.is_empty(), "{listen}: {problems:?}");
+            assert!(!cfg.plaintext_off_loopback());
+        }
+        let (cfg, problems) =
+            convert("listen = \"0.0.0.0:5039\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(!cfg.plaintext_off_loopback());
     }
 
     #[test]

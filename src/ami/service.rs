@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Context, Gateway};
 use crate::ami::config::AmiConfig;
@@ -110,6 +110,9 @@ impl Subsystem for Ami {
             }
             None => None,
         };
+        if cfg.plaintext_off_loopback() {
+            warn!(listen = %cfg.listen, "the AMI gateway listens without TLS where other hosts reach it ([ami] allow_plaintext = true): client secrets and call events cross the network in clear text; add tls_cert and tls_key");
+        }
         let running = self.running.as_ref().map(|r| &r.listener);
         let listener = bind_changed("ami.listen", cfg.listen, running).await?;
         let gateway = match self.running {
