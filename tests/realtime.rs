@@ -88,6 +88,17 @@ fn body(fields: &[(&str, &str)]) -> String {
 impl Rt {
     /// POST (or GET without a body) as libcurl does for `${CURL(url,body)}`; (status, body).
     fn call(&self, path: &str, body: Option<&str>, user: Option<(&str, &str)>) -> (u16, String) {
+        self.call_from(None, path, body, user)
+    }
+
+    /// [`Rt::call`] from another loopback address (`curl --interface`).
+    fn call_from(
+        &self,
+        from: Option<&str>,
+        path: &str,
+        body: Option<&str>,
+        user: Option<(&str, &str)>,
+    ) -> (u16, String) {
         let auth = user.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
         let url = format!("http://{auth}127.0.0.1:{}{path}", self.port);
         let mut args = vec![
@@ -101,6 +112,9 @@ impl Rt {
         ];
         if let Some(b) = body {
             args.extend(["--data-binary", b]);
+        }
+        if let Some(ip) = from {
+            args.extend(["--interface", ip]);
         }
         args.push(&url);
         let out = curl(&args);
@@ -264,6 +278,66 @@ fn credentials_are_required_and_checked() {
     );
     // Still serving the right client.
     assert_eq!(rt.asterisk("single", &[("id", "1001")]).0, 200);
+}
+
+/// An address that sends ten wrong credentials within a minute gets 429 with nothing to
+/// misread, even with the right password, while other addresses are served; logged once.
+#[test]
+fn an_address_guessing_the_password_gets_429_and_others_are_served() {
+    let rt = setup("");
+    rt.set("1001", "1001", "pw");
+    let b = body(&[("id", "1001")]);
+    for i in 0..10 {
+        let (code, text) = rt.call(
+            "/realtime/ps_auths/single",
+            Some(&b),
+            Some((RT_USER, "wrong")),
+        );
+        assert_eq!((code, text.as_str()), (401, ""), "try {i}");
+    }
+    let (code, text) = rt.asterisk("single", &[("id", "1001")]);
+    assert_eq!((code, text.as_str()), (429, ""), "not even looked at");
+    let (code, text) = rt.call(
+        "/realtime/ps_auths/store",
+        Some("id=1001&"),
+        Some((RT_USER, RT_PASSWORD)),
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (429, "-1\n"),
+        "writes still get a number"
+    );
+    // Another address is served.
+    let (code, text) = rt.call_from(
+        Some("127.0.0.2"),
+        "/realtime/ps_auths/single",
+        Some(&b),
+        Some((RT_USER, RT_PASSWORD)),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        ast_record(text.trim_end())
+            .get("password")
+            .is_some_and(|p| p == "pw"),
+        "{text}"
+    );
+    rt.daemon
+        .wait_for_log("too many wrong credentials from this address");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        rt.daemon
+            .log()
+            .matches("too many wrong credentials from this address")
+            .count(),
+        1
+    );
+    let metrics = rt.env.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains(
+            "pbxguard_realtime_requests_total{family=\"ps_auths\",op=\"single\",status=\"429\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod credentials;
 pub mod service;
+pub mod throttle;
 pub mod wire;
 
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// `[realtime]` in force: set by [`service::Realtime`] on start and reload.
     pub config: ArcSwapOption<RealtimeConfig>,
+    /// Wrong credentials per address.
+    pub throttle: throttle::Throttle,
 }
 
 impl Context {
@@ -94,6 +97,7 @@ impl Context {
             vault,
             metrics,
             config: ArcSwapOption::empty(),
+            throttle: throttle::Throttle::default(),
         }
     }
 }
@@ -216,7 +220,26 @@ async fn handle(
             })
             .inc();
     };
-    match authorised(&ctx, &headers, peer.as_ref().map(|Extension(p)| p)).await {
+    let ip = peer.as_ref().map(|Extension(p)| p.addr.ip());
+    let now = std::time::Instant::now();
+    if ip.is_some_and(|ip| ctx.throttle.blocked(ip, now)) {
+        // Not even looked at: the address guessed too often; Asterisk retries.
+        count(StatusCode::TOO_MANY_REQUESTS);
+        return for_op(&op, plain(StatusCode::TOO_MANY_REQUESTS, String::new()));
+    }
+    let verdict = authorised(&ctx, &headers, peer.as_ref().map(|Extension(p)| p)).await;
+    if let Some(ip) = ip {
+        match verdict {
+            Auth::Yes => ctx.throttle.succeeded(ip),
+            Auth::No => {
+                if ctx.throttle.failed(ip, now) == throttle::Failed::Blocked {
+                    warn!(peer = %ip, failures = throttle::MAX_FAILURES, "realtime: too many wrong credentials from this address; its requests get 429 for a minute");
+                }
+            }
+            Auth::StoreDown => {}
+        }
+    }
+    match verdict {
         Auth::Yes => {}
         Auth::StoreDown => {
             // As for any other lookup the database cannot answer: Asterisk keeps what it has.
