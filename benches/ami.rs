@@ -37,7 +37,8 @@ fn bench(c: &mut Criterion) {
     framer.push(ORIGINATE, &mut msgs);
     let msg = msgs.remove(0);
     g.bench_function("policy_originate", |b| {
-        b.iter(|| policy.decide(black_box("originate"), black_box(&msg)))
+        let root = std::path::Path::new("/var/spool/asterisk/monitor");
+        b.iter(|| policy.decide(black_box("originate"), black_box(&msg), root))
     });
     // The toll-fraud rules on the same Originate: its context, Exten and Channel number.
     let dialing = pbxguard::dialing::DialingConfig::default();

@@ -499,7 +499,10 @@ impl Config {
         let smtp = SmtpConfig::from_raw(raw.smtp, c);
         let recordings = RecordingsConfig::from_raw(raw.recordings, c);
         let realtime = raw.realtime.map(|r| RealtimeConfig::from_raw(r, c));
-        let ami = raw.ami.map(|a| AmiConfig::from_raw(a, c));
+        let ami = raw.ami.map(|a| AmiConfig {
+            recordings_root: recordings.root.clone(),
+            ..AmiConfig::from_raw(a, c)
+        });
         let origins = HttpConfig::origins(http.as_ref());
         let sip = raw.sip.map(|s| SipConfig::from_raw(s, c, origins));
         let dialing = DialingConfig::from_raw(raw.dialing.unwrap_or_default(), c);

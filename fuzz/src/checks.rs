@@ -79,7 +79,11 @@ pub fn ami_client(data: &[u8]) {
             continue;
         };
         let action = String::from_utf8_lossy(raw_action).to_ascii_lowercase();
-        match policy.decide(&action, msg) {
+        match policy.decide(
+            &action,
+            msg,
+            std::path::Path::new("/var/spool/asterisk/monitor"),
+        ) {
             Verdict::Refuse(refusal) => assert!(!refusal.message.is_empty()),
             Verdict::Pass { overrides } => {
                 assert!(overrides.is_empty(), "no override was configured");
@@ -143,6 +147,9 @@ fn calls(text: &str, name: &str) -> bool {
 pub fn ami_forbidden(action: &str, msg: &AmiMessage) -> Option<String> {
     if action == "moduleload" {
         return Some("ModuleLoad".into());
+    }
+    if action == "mixmonitor" && msg.all("Command").any(|c| !c.trim_ascii().is_empty()) {
+        return Some("a MixMonitor post-recording command".into());
     }
     for line in &msg.lines {
         if let Some(app) = header_value(line, "Application") {

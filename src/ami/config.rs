@@ -42,6 +42,8 @@ pub struct AmiConfig {
     /// A client that accepts no bytes at all for this long is disconnected (Asterisk's
     /// `writetimeout`, counted as time without progress).
     pub write_timeout: Duration,
+    /// `[recordings] root` (not a key of `[ami]`): where the `MixMonitor` action may write.
+    pub recordings_root: PathBuf,
 }
 
 /// `[ami]` as serde reads it: every key optional, values unconverted.
@@ -110,6 +112,7 @@ impl AmiConfig {
                 "pbxguard",
             ),
             upstream_secret: a.upstream_secret.unwrap_or_else(|| "ami/upstream".into()),
+            recordings_root: PathBuf::from(crate::recordings::config::DEFAULT_ROOT),
         };
         c.check(
             "ami.upstream_secret",

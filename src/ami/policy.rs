@@ -29,6 +29,9 @@ pub enum Rule {
     ModuleLoad,
     /// `Command` running a CLI command that prints secrets or writes the realtime store.
     Secrets,
+    /// The `MixMonitor` action writing outside the recordings folder, or running a program
+    /// when the recording ends.
+    MixMonitor,
 }
 
 pub const RULES: &[Rule] = &[
@@ -38,6 +41,7 @@ pub const RULES: &[Rule] = &[
     Rule::Config,
     Rule::ModuleLoad,
     Rule::Secrets,
+    Rule::MixMonitor,
 ];
 
 impl Rule {
@@ -49,6 +53,7 @@ impl Rule {
             Rule::Config => "config",
             Rule::ModuleLoad => "moduleload",
             Rule::Secrets => "secrets",
+            Rule::MixMonitor => "mixmonitor",
         }
     }
 
@@ -438,8 +443,52 @@ fn bad_config_file(value: &[u8], write: bool) -> Option<String> {
     None
 }
 
-/// The built-in refusals that apply to `msg` (action name lower-case in `action`).
-pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
+/// Why a `MixMonitor` action may not run: a post-recording command (`Command:`, which Asterisk
+/// runs with the system shell), or a file (`File:`, and the `r(…)`/`t(…)` files of `Options:`)
+/// with `..` or an absolute path outside `root` (relative names land in Asterisk's monitor
+/// folder).
+fn bad_mixmonitor(msg: &Message, root: &std::path::Path) -> Option<String> {
+    if msg.all("Command").any(|c| !c.trim_ascii().is_empty()) {
+        return Some("a command run when the recording ends (Command:)".to_string());
+    }
+    let option_files = msg.all("Options").flat_map(|o| {
+        let mut files = Vec::new();
+        let mut rest = o;
+        while let Some(open) = rest.iter().position(|&b| b == b'(') {
+            let letter = open.checked_sub(1).map(|i| rest[i].to_ascii_lowercase());
+            let close = rest[open..]
+                .iter()
+                .position(|&b| b == b')')
+                .map_or(rest.len(), |c| open + c);
+            if matches!(letter, Some(b'r' | b't')) {
+                files.push(&rest[open + 1..close]);
+            }
+            rest = rest.get(close + 1..).unwrap_or_default();
+        }
+        files
+    });
+    msg.all("File")
+        .chain(option_files)
+        .find_map(|f| bad_recording_file(&unescape(f), root))
+}
+
+fn bad_recording_file(value: &[u8], root: &std::path::Path) -> Option<String> {
+    let v = String::from_utf8_lossy(value.trim_ascii()).into_owned();
+    if v.split(['/', '\\']).any(|seg| seg == "..") {
+        return Some(format!("the file {v:?} (no ..)"));
+    }
+    if v.starts_with('/') && !std::path::Path::new(&v).starts_with(root) {
+        return Some(format!(
+            "the file {v:?} (absolute paths only under {})",
+            root.display()
+        ));
+    }
+    None
+}
+
+/// The built-in refusals that apply to `msg` (action name lower-case in `action`);
+/// `recordings` is `[recordings] root`, where `MixMonitor` may write.
+pub fn builtin(action: &str, msg: &Message, recordings: &std::path::Path) -> Vec<Refusal> {
     let mut out = Vec::new();
     if action == "moduleload" {
         out.push(Refusal {
@@ -495,6 +544,14 @@ pub fn builtin(action: &str, msg: &Message) -> Vec<Refusal> {
             });
         }
     }
+    if action == "mixmonitor" {
+        if let Some(why) = bad_mixmonitor(msg, recordings) {
+            out.push(Refusal {
+                rule: Some(Rule::MixMonitor),
+                message: format!("MixMonitor with {why} is not allowed through the gateway"),
+            });
+        }
+    }
     if CONFIG_ACTIONS.contains(&action) {
         let write = matches!(action, "updateconfig" | "createconfig");
         let why = FILE_HEADERS
@@ -537,8 +594,9 @@ impl ClientPolicy {
                 .any(|p| crate::pattern::wildcard(p, action, '*', '\u{0}'))
     }
 
-    /// Decides one authenticated client message that names an action (`action` lower-case).
-    pub fn decide(&self, action: &str, msg: &Message) -> Verdict {
+    /// Decides one authenticated client message that names an action (`action` lower-case;
+    /// `recordings` is `[recordings] root`).
+    pub fn decide(&self, action: &str, msg: &Message, recordings: &std::path::Path) -> Verdict {
         if !self.allows_action(action) {
             return Verdict::Refuse(Refusal {
                 rule: None,
@@ -546,7 +604,7 @@ impl ClientPolicy {
             });
         }
         let mut overrides = Vec::new();
-        for refusal in builtin(action, msg) {
+        for refusal in builtin(action, msg, recordings) {
             match refusal.rule {
                 Some(rule) if self.overrides.contains(&rule) => overrides.push(rule),
                 _ => return Verdict::Refuse(refusal),

@@ -19,8 +19,11 @@ fn policy(allow: &[&str]) -> ClientPolicy {
 fn decide(p: &ClientPolicy, pairs: &[(&str, &str)]) -> Verdict {
     let m = Message::from_pairs(pairs);
     let action = lower(m.action().unwrap_or_default());
-    p.decide(&action, &m)
+    p.decide(&action, &m, std::path::Path::new(ROOT))
 }
+
+/// `[recordings] root` in these tests.
+const ROOT: &str = "/var/spool/asterisk/monitor";
 
 fn refused(v: &Verdict) -> Option<Rule> {
     match v {
@@ -458,4 +461,51 @@ fn overrides_lift_only_their_rule() {
         ],
     );
     assert_eq!(refused(&v), Some(Rule::Function));
+}
+
+#[test]
+fn mixmonitor_writes_only_under_the_recordings_folder_and_runs_nothing() {
+    let p = policy(&["mixmonitor"]);
+    let mm = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![("Action", "MixMonitor"), ("Channel", "PJSIP/1001-0001")];
+        pairs.extend_from_slice(extra);
+        decide(&p, &pairs)
+    };
+    for bad in [
+        vec![("File", "/etc/asterisk/manager.conf")],
+        vec![("File", "/var/spool/asterisk/monitor/../../../etc/cron.d/x")],
+        vec![("File", "/var/spool/asterisk/monitorx/a.wav")],
+        vec![("File", "calls/../../x.wav")],
+        vec![("File", "a.wav"), ("Command", "rm -rf /")],
+        vec![("File", "a.wav"), ("command", "  /usr/bin/id ")],
+        vec![("File", "a.wav"), ("Options", "br(/etc/cron.d/x)")],
+        vec![("File", "a.wav"), ("Options", "bT(../x.wav)")],
+        vec![("File", "a.wav"), ("Options", "v(1)t(/tmp/x.wav)")],
+    ] {
+        let v = mm(&bad);
+        assert!(
+            matches!(&v, Verdict::Refuse(r) if r.rule == Some(Rule::MixMonitor)),
+            "{bad:?}: {v:?}"
+        );
+    }
+    for good in [
+        vec![("File", "call-1001.wav")],
+        vec![("File", "2026/12/08/call.wav"), ("Options", "bv(2)W(1)")],
+        vec![("File", "/var/spool/asterisk/monitor/2026/call.wav")],
+        vec![("File", "a.wav"), ("Options", "r(in.wav)t(out.wav)")],
+        vec![("File", "a.wav"), ("Command", "")],
+    ] {
+        assert!(matches!(mm(&good), Verdict::Pass { .. }), "{good:?}");
+    }
+    // The rule is about the MixMonitor action only, and an override lifts it.
+    let mut lifted = policy(&["mixmonitor"]);
+    lifted.overrides = vec![Rule::MixMonitor];
+    let m = Message::from_pairs(&[("Action", "MixMonitor"), ("File", "/tmp/x.wav")]);
+    assert_eq!(
+        lifted.decide("mixmonitor", &m, std::path::Path::new(ROOT)),
+        Verdict::Pass {
+            overrides: vec![Rule::MixMonitor]
+        }
+    );
+    assert_eq!(Rule::parse("mixmonitor"), Some(Rule::MixMonitor));
 }

@@ -307,7 +307,11 @@ impl Relay<'_> {
             match action.as_str() {
                 "login" => Some(answer("Success", id, "Already authenticated")),
                 "challenge" => Some(challenge_answer(&msg, &mut self.challenge)),
-                _ => match self.policy.load_full().decide(&action, &msg) {
+                _ => match self
+                    .policy
+                    .load_full()
+                    .decide(&action, &msg, &self.cfg.recordings_root)
+                {
                     Verdict::Refuse(refusal) => {
                         self.count("refused");
                         let rule = refusal.rule.map(|r| r.name()).unwrap_or("not_allowed");

@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::problems::Checker;
 
+/// Asterisk's monitor folder, where MixMonitor writes relative names.
+pub const DEFAULT_ROOT: &str = "/var/spool/asterisk/monitor";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordingsConfig {
     pub root: PathBuf,
@@ -27,9 +30,7 @@ impl RecordingsConfig {
     /// Converts `[recordings]` with its defaults, reporting each bad value under its key.
     pub(crate) fn from_raw(raw: RawRecordings, c: &mut Checker) -> RecordingsConfig {
         let recordings = RecordingsConfig {
-            root: raw
-                .root
-                .unwrap_or_else(|| PathBuf::from("/var/spool/asterisk/monitor")),
+            root: raw.root.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
             link_ttl: c.duration("recordings.link_ttl", raw.link_ttl.as_deref(), "8h"),
             max_link_ttl: c.duration("recordings.max_link_ttl", raw.max_link_ttl.as_deref(), "7d"),
         };
