@@ -709,6 +709,69 @@ fn emailed_codes_finish_a_forced_login() {
     );
 }
 
+/// W9: at most 5 codes are mailed for one login, however long the client waits between them;
+/// the sixth request is refused with its reason and nothing more is sent.
+#[test]
+fn at_most_five_codes_are_mailed_for_one_login() {
+    let env = Env::new();
+    let sink = Sink::start(env.path("mail"), None);
+    let extra = format!(
+        "{}\n[mfa]\nemail_resend_interval = \"1s\"\n",
+        smtp_config(sink.port, "none", None)
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    env.init();
+    let _d = env.start();
+    env.ok(
+        &[
+            "user",
+            "add",
+            "gina",
+            "--level",
+            "3",
+            "--email",
+            "gina@example.com",
+            "--password-stdin",
+        ],
+        format!("{PW}\n").as_bytes(),
+    );
+    env.ok(&["mfa", "policy", "--force", "on"], b"");
+    let token = env.login("gina", PW, &[]).json()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = || {
+        json_post(
+            &env,
+            "/api/v1/auth/mfa/email",
+            None,
+            serde_json::json!({ "mfa_token": token }),
+        )
+    };
+    for n in 1..=5 {
+        let r = send();
+        assert_eq!(r.status, 202, "code {n}: {r:?}");
+        sink.code(n);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let r = send();
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many codes for this login"),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(send().status, 429, "still refused after the interval");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.mails().len(), 5);
+    // The last code still finishes the login; a new login may mail again.
+    let (last, _) = sink.code(5);
+    assert_eq!(mfa(&env, &token, "email", &last).status, 200);
+}
+
 #[test]
 fn smtp_trouble_is_a_clear_503_and_starttls_is_enforced() {
     let env = Env::new();
