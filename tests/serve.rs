@@ -302,6 +302,44 @@ fn slow_clients_time_out_and_the_connection_limit_holds() {
     );
 }
 
+/// D1/D2: a request whose body arrives slower than `request_timeout` is answered 408 and its
+/// connection closed; the daemon goes on serving.
+#[test]
+fn a_request_slower_than_request_timeout_gets_408_and_the_daemon_serves_on() {
+    let env = Env::new();
+    let port = env.http_port;
+    let d = env.dir.path().display();
+    // Plain HTTP on loopback: the test speaks HTTP/1.1 over the socket itself.
+    env.write_config(&format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\nshutdown_grace = \"2s\"\n[vault]\nkey_file = \"{d}/master.key\"\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nrequest_timeout = \"1s\"\n"
+    ));
+    env.init();
+    let _d = env.start();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    slow.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: pbx\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"username\"",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let mut ok = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: pbx\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = ok.read_to_end(&mut buf);
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
+
 #[test]
 fn serve_without_init_says_what_to_do() {
     let env = Env::new();
