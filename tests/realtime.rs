@@ -340,6 +340,79 @@ fn an_address_guessing_the_password_gets_429_and_others_are_served() {
     );
 }
 
+/// D3: the realtime listener has the `[http]` limits: a request head that never ends is cut
+/// off after `header_timeout`, a connection that says nothing within the timeouts too, and
+/// connections over `max_connections` are closed at once, while the API listener is
+/// unaffected.
+#[test]
+fn the_realtime_listener_enforces_the_http_timeouts_and_connection_cap() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let env = Env::new();
+    let port = free_port();
+    let extra = format!(
+        "max_connections = 3\nheader_timeout = \"1s\"\nrequest_timeout = \"1s\"\nidle_timeout = \"2s\"\n\
+         \n[realtime]\nlisten = \"127.0.0.1:{port}\"\nusername = \"{RT_USER}\"\n"
+    );
+    env.write_config(&env.config_text(env.http_port, env.redirect_port, &extra));
+    env.init();
+    env.ok(
+        &["secret", "set", "realtime/password"],
+        format!("{RT_PASSWORD}\n").as_bytes(),
+    );
+    let daemon = env.start();
+    daemon.wait_for_port(port);
+    let closed_after = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        started.elapsed()
+    };
+    // A head that never ends.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"POST /realtime/ps_auths/single HTTP/1.1\r\n")
+        .unwrap();
+    let waited = closed_after(slow);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "header timeout: {waited:?}"
+    );
+    // A connection that says nothing at all (the first of the timeouts closes it).
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let waited = closed_after(silent);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "idle timeout: {waited:?}"
+    );
+    // Three connections hold every slot; the fourth is closed at once.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let extra_conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let waited = closed_after(extra_conn);
+    assert!(
+        waited < Duration::from_millis(800),
+        "over the cap: {waited:?}"
+    );
+    // The API listener has its own slots.
+    assert_eq!(env.request("GET", "/healthz", &[], None).status, 200);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = env.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("pbxguard_connections_refused_total{listener=\"realtime\"} 1"),
+        "{metrics}"
+    );
+    // And realtime serves again.
+    let rt = Rt { env, daemon, port };
+    rt.set("1001", "1001", "pw");
+    assert_eq!(rt.asterisk("single", &[("id", "1001")]).0, 200);
+}
+
 #[test]
 fn writes_are_refused_unless_the_family_is_writable() {
     let rt = setup("");
