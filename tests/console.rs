@@ -480,6 +480,74 @@ fn console_browser_run() {
     assert_eq!(env.sql("SELECT address FROM bans"), "198.51.100.7");
 }
 
+/// W12: a form posted from another site in a real browser carries no session cookie
+/// (`SameSite=Strict`), even with a valid CSRF token in it: nothing happens. The same action
+/// from the account page works.
+#[test]
+fn a_cross_site_form_post_in_a_browser_changes_nothing() {
+    let env = Env::new();
+    let port = env.http_port;
+    let d = env.dir.path().display();
+    env.write_config(&format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\nshutdown_grace = \"2s\"\n[vault]\nkey_file = \"{d}/master.key\"\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://localhost:{port}\"\n"
+    ));
+    env.init();
+    env.add_user("root", 9, PW);
+    let daemon = env.start();
+    // A second session of the same user, which "sign out everywhere else" would end.
+    let api = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().to_string(), body.to_string())
+    };
+    let login = serde_json::json!({"username": "root", "password": PW}).to_string();
+    let (code, body) = api(&[
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &login,
+        &format!("http://127.0.0.1:{port}/api/v1/auth/login"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let other: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Authorization: Bearer {}", other["token"].as_str().unwrap());
+    let other_alive = || {
+        api(&[
+            "-H",
+            &bearer,
+            &format!("http://127.0.0.1:{port}/api/v1/auth/check"),
+        ])
+        .0
+    };
+    assert_eq!(other_alive(), "200");
+
+    let browser = BrowserRun::new("cross_site.py", "cross-site");
+    let base = format!("http://localhost:{port}");
+    let profile = env.path("chromium-profile");
+    let args = [
+        base.as_ref(),
+        "root".as_ref(),
+        PW.as_ref(),
+        browser.shots.as_os_str(),
+        profile.as_os_str(),
+    ];
+    let said = browser.run(&args, &daemon);
+    assert!(said.contains("cross-site refused"), "{said}");
+    assert!(said.contains("same-site done"), "{said}");
+    browser.assert_shots(&["1-cross-site.png", "2-same-site.png"]);
+    // Only the same-site click ended the other session, and only once.
+    assert_eq!(other_alive(), "401");
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM audit_log WHERE action = 'session.revoke'"),
+        "1"
+    );
+}
+
 #[test]
 fn admin_pages_manage_users_sessions_history_bans_and_list_ami_clients() {
     let (env, _d) = env_with_users();
