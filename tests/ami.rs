@@ -1076,6 +1076,93 @@ fn cli_manages_clients_and_removal_ends_sessions() {
     );
 }
 
+/// D4: on the AMI TLS listener, TLS 1.1 is refused by the server, a client that never
+/// completes its handshake is closed after 10 s, and connections over `max_clients` are closed
+/// at once (and counted) while the others are served.
+#[test]
+fn tls_1_1_slow_handshakes_and_max_clients_are_refused() {
+    let gw = gateway(
+        "tls_cert = \"{dir}/etc/tls/cert.pem\"\ntls_key = \"{dir}/etc/tls/key.pem\"\nmax_clients = 3\n",
+        &[],
+    );
+    let s_client = |version: &str| {
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", gw.port),
+                version,
+                // Lets the client offer TLS 1.1 at all: the refusal must be the server's.
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // The server answers a TLS 1.1 hello with an alert (rustls speaks 1.2 and 1.3 only).
+    let old = s_client("-tls1_1");
+    assert!(
+        (old.contains("alert handshake failure") || old.contains("alert protocol version"))
+            && old.contains("Cipher is (NONE)")
+            && !old.contains("Asterisk Call Manager/"),
+        "{old}"
+    );
+    let good = s_client("-tls1_2");
+    assert!(good.contains("New, TLSv1.2, Cipher is ECDHE"), "{good}");
+
+    // A TCP connection that never starts its handshake.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = Instant::now();
+    let n = std::io::Read::read(&mut &silent, &mut [0u8; 16]).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(13),
+        "{waited:?}"
+    );
+
+    // Three connections hold every slot; the fourth is closed at once.
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let extra = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let started = Instant::now();
+    let n = std::io::Read::read(&mut &extra, &mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "the connection over max_clients was not closed");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = gw.env.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("pbxguard_connections_refused_total{listener=\"ami\"} 1"),
+        "{metrics}"
+    );
+    // Served again once slots are free.
+    let again = s_client("-tls1_2");
+    assert!(again.contains("New, TLSv1.2, Cipher is ECDHE"), "{again}");
+}
+
 #[test]
 fn tls_clients_and_the_pool() {
     let gw = gateway(
