@@ -339,21 +339,26 @@ impl Mfa<'_> {
             .audit(&user.name, "mfa.passkey.add", &user.name, &row.name)
             .await?;
         tracing::info!(user = %user.name, "passkey registered");
+        self.tell_passkey_change(&user, &row.name, "added to", client);
+        let codes = self.first_recovery_codes(&user, now).await;
+        Ok((PasskeyView::from(&row), codes))
+    }
+
+    /// Mails the user that a passkey was `what` ("added to", "removed from") the account.
+    fn tell_passkey_change(&self, user: &UserRow, key: &str, what: &str, client: &Client) {
+        let verb = what.split(' ').next().unwrap_or(what);
         self.tell_user(
-            &user,
-            "a passkey was added",
+            user,
+            &format!("a passkey was {verb}"),
             format!(
-                "A passkey named \"{key}\" was added to {name} from {ip} at {at}.\n\n\
+                "The passkey named \"{key}\" was {what} {name} from {ip} at {at}.\n\n\
                  If this was not you, someone has your password and a signed-in session: tell \
                  your administrator at once.\n",
-                key = row.name,
                 name = user.name,
                 ip = client.ip,
                 at = rfc3339(now_unix()),
             ),
         );
-        let codes = self.first_recovery_codes(&user, now).await;
-        Ok((PasskeyView::from(&row), codes))
     }
 
     /// Removes one of the signed-in user's passkeys, with the current password.
@@ -381,19 +386,7 @@ impl Mfa<'_> {
             .audit(&user.name, "mfa.passkey.remove", &user.name, &row.name)
             .await?;
         tracing::info!(user = %user.name, "passkey removed");
-        self.tell_user(
-            &user,
-            "a passkey was removed",
-            format!(
-                "The passkey named \"{key}\" was removed from {name} from {ip} at {at}.\n\n\
-                 If this was not you, someone has your password and a signed-in session: tell \
-                 your administrator at once.\n",
-                key = row.name,
-                name = user.name,
-                ip = client.ip,
-                at = rfc3339(now_unix()),
-            ),
-        );
+        self.tell_passkey_change(&user, &row.name, "removed from", client);
         Ok(())
     }
 
